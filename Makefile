@@ -1,0 +1,44 @@
+# deqstream: the two commands a newcomer needs are `make demo` and `make test`.
+PYTHON ?= python3
+CONFIG ?= tiny
+HEIGHT ?= 256
+WIDTH ?= 512
+CHECKPOINT ?= checkpoints/tiny_sur.pt
+ENGINES ?= engines
+QUICK ?=
+
+.PHONY: install kernels export train accuracy demo bench test lint clean
+
+# CPU-only machines get the CPU build of torch from the local wheel cache (never the
+# multi-GB CUDA build); machines that already have torch (the GPU boxes) keep theirs.
+install:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q torch==2.13.0
+	$(PYTHON) -m pip install -q -e ".[dev]"
+
+kernels:
+	$(PYTHON) -m kernels.build
+
+export: install
+	$(PYTHON) -m export --config $(CONFIG) --checkpoint $(CHECKPOINT) --height $(HEIGHT) --width $(WIDTH) --out $(ENGINES)
+
+train: install
+	$(PYTHON) -m export.train --config $(CONFIG) --out $(CHECKPOINT)
+
+accuracy: install
+	$(PYTHON) -m benchmarks.accuracy --checkpoint $(CHECKPOINT) $(if $(QUICK),--quick,)
+
+demo: export
+	$(PYTHON) -m runtime.demo --engines $(ENGINES)
+
+bench: install
+	$(PYTHON) -m benchmarks.fps $(if $(QUICK),--quick,)
+
+test: install kernels
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m pytest -rs
+
+lint:
+	$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check .
+
+clean:
+	rm -rf $(ENGINES) out kernels/build .pytest_cache

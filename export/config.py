@@ -1,0 +1,94 @@
+"""Model configurations: the published MDEQ configs and our CPU-friendly ``tiny``.
+
+One dataclass describes everything the export side needs to build a model; the
+runtime never sees it (it reads ``manifest.json``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+# ImageNet statistics, as the published MDEQ preprocessing uses (RGB order).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class MDEQConfig:
+    """Architecture hyper-parameters of one MDEQ (see notes/mdeq-streamdeq.md §1)."""
+
+    name: str
+    channels: tuple[int, ...]  # per scale, finest first
+    expansion: int = 5  # BasicBlock channel expansion E
+    groups: int = 8  # GroupNorm groups (post-fusion GN uses groups // 2)
+    dropout: float = 0.0  # variational dropout, training only
+    num_classes: int = 19
+    head_channels: int | None = None  # seg head width; default sum(channels)
+    stem_stride: int = 4  # two stride-2 convs
+    task: str = "seg"  # "seg" or "cls"
+    f_thres: int = 20  # iterations from z = 0 that count as "converged"
+    class_names: tuple[str, ...] = field(default_factory=tuple)
+    palette: tuple[tuple[int, int, int], ...] = field(default_factory=tuple)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @property
+    def num_scales(self) -> int:
+        return len(self.channels)
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Stride of each state scale relative to the input frame."""
+        return tuple(self.stem_stride * 2**i for i in range(self.num_scales))
+
+    @property
+    def multiple(self) -> int:
+        """Input height and width must be multiples of this (the coarsest stride)."""
+        return self.strides[-1]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def with_classes(self, names: tuple[str, ...], palette: tuple[tuple[int, int, int], ...]) -> MDEQConfig:
+        return replace(self, num_classes=len(names), class_names=names, palette=palette)
+
+
+# Classes of our synthetic benchmark (export/synthetic.py draws them).
+SYNTH_CLASSES = ("road", "sky", "building", "vegetation", "car", "person", "sign")
+SYNTH_PALETTE = (
+    (128, 64, 128),
+    (70, 130, 180),
+    (70, 70, 70),
+    (107, 142, 35),
+    (0, 0, 142),
+    (220, 20, 60),
+    (220, 220, 0),
+)
+
+CONFIGS: dict[str, MDEQConfig] = {
+    "tiny": MDEQConfig(
+        name="tiny",
+        channels=(16, 32, 64, 128),
+        expansion=2,
+        groups=4,
+        dropout=0.05,
+        num_classes=len(SYNTH_CLASSES),
+        head_channels=64,
+        f_thres=20,
+        class_names=SYNTH_CLASSES,
+        palette=SYNTH_PALETTE,
+    ),
+    "small-seg": MDEQConfig(name="small-seg", channels=(32, 64, 128, 256), expansion=5, dropout=0.05, f_thres=27),
+    "xl-seg": MDEQConfig(name="xl-seg", channels=(88, 176, 352, 704), expansion=6, dropout=0.04, f_thres=26),
+    "small-cls": MDEQConfig(
+        name="small-cls", channels=(32, 64, 128, 256), expansion=5, num_classes=1000, task="cls", f_thres=26
+    ),
+}
+
+
+def get_config(name: str) -> MDEQConfig:
+    """Look a config up by name, with an error that lists the known ones."""
+    try:
+        return CONFIGS[name]
+    except KeyError:
+        raise ValueError(f"unknown config {name!r}; choose one of {', '.join(CONFIGS)}") from None

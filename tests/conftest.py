@@ -1,0 +1,37 @@
+"""Shared fixtures and the gpu/tensorrt skips (shown in the summary thanks to -rs)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+
+def has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001 - any failure means "no usable GPU"
+        return False
+
+
+def has_tensorrt() -> bool:
+    if importlib.util.find_spec("tensorrt") is None:
+        return False
+    try:
+        import tensorrt  # noqa: F401
+    except Exception:  # noqa: BLE001 - stub wheels raise at import
+        return False
+    return True
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip_gpu = pytest.mark.skip(reason="needs an NVIDIA GPU (torch.cuda.is_available() is False)")
+    skip_trt = pytest.mark.skip(reason="needs TensorRT (the tensorrt module does not import here)")
+    gpu, trt = has_cuda(), has_tensorrt()
+    for item in items:
+        if "gpu" in item.keywords and not gpu:
+            item.add_marker(skip_gpu)
+        if "tensorrt" in item.keywords and not trt:
+            item.add_marker(skip_trt)
