@@ -1,0 +1,328 @@
+"""Accuracy vs iterations per frame: per-frame (z = 0 every frame) vs streaming (warm start).
+
+Reproduces the StreamDEQ evaluation (paper Table I and Fig. 5) on held-out synthetic clips that
+went through the H.264 codec: mIoU vs frame offset for k in {1, 2, 4, 8}, next to the converged
+single-frame baseline (f_thres iterations from zero), plus the relative residual
+||f(z) - z|| / ||z|| and the relative distance to the converged fixed point per frame.
+
+The model is reached only through :class:`Stepper` (inject / cell / head / zeros), so a later
+version can drop in the exported engines through the runtime without touching the metric code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from export.metrics import confusion, miou
+from export.synthetic import EncodeOptions, read_clip, render_clip_with_meta, write_clip
+
+HELDOUT_SEED = 900_000  # training never draws from integer clip seeds; these are disjoint by construction
+KS = (1, 2, 4, 8)
+FROM_FRAME = 10
+
+
+# --------------------------------------------------------------------------- model access
+class Stepper:
+    """The three graphs the runtime loops, over a list of state tensors."""
+
+    num_classes: int
+
+    def inject(self, frame: np.ndarray) -> object: ...
+    def zeros(self, height: int, width: int) -> list: ...
+    def cell(self, z: list, x: object) -> list: ...
+    def classes(self, z: list, height: int, width: int) -> np.ndarray: ...
+
+
+class TorchStepper(Stepper):
+    """Eager PyTorch, eval mode (no dropout), no autograd."""
+
+    def __init__(self, model: torch.nn.Module, device: str = "cpu") -> None:
+        self.model = model.to(device).eval()
+        self.device = device
+        self.num_classes = model.cfg.num_classes
+
+    @torch.no_grad()
+    def inject(self, frame: np.ndarray) -> Tensor:
+        return self.model.injection(torch.from_numpy(np.ascontiguousarray(frame[None])).to(self.device))
+
+    def zeros(self, height: int, width: int) -> list[Tensor]:
+        return [torch.zeros(s, device=self.device) for s in self.model.state_shapes(1, height, width)]
+
+    @torch.no_grad()
+    def cell(self, z: list[Tensor], x: Tensor) -> list[Tensor]:
+        return list(self.model.fullstage(*z, x))
+
+    @torch.no_grad()
+    def classes(self, z: list[Tensor], height: int, width: int) -> np.ndarray:
+        logits = self.model.head(*z)
+        up = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=True)
+        return up.argmax(1)[0].to(torch.uint8).cpu().numpy()
+
+
+def _norm(z: list[Tensor]) -> float:
+    return float(torch.sqrt(sum((t.double() ** 2).sum() for t in z)))
+
+
+def _rel(a: list[Tensor], b: list[Tensor]) -> float:
+    """||a - b|| / ||b|| over all scales together."""
+    return _norm([x - y for x, y in zip(a, b)]) / max(_norm(b), 1e-12)
+
+
+# --------------------------------------------------------------------------- clips
+def prepare_clips(
+    root: Path, n: int, frames: int, height: int, width: int, seed: int = HELDOUT_SEED
+) -> list[tuple[np.ndarray, np.ndarray, dict]]:
+    """Held-out clips written to MP4 and decoded back (cached under root by seed and size)."""
+    clips = []
+    for i in range(n):
+        d = Path(root) / f"seed{seed + i}_{frames}f_{height}x{width}"
+        if not (d / "labels.npz").exists() or not (d / "clip.mp4").exists():
+            f, lab, flow, meta = render_clip_with_meta(seed + i, frames, height, width)
+            write_clip(d, f, lab, flow, meta, EncodeOptions())
+        decoded, labels, _, meta = read_clip(d)
+        if decoded.shape[0] != labels.shape[0]:
+            raise RuntimeError(f"{d}: decoded {decoded.shape[0]} frames but {labels.shape[0]} labels")
+        clips.append((decoded, labels, meta))
+    return clips
+
+
+# --------------------------------------------------------------------------- evaluation
+@dataclass
+class Acc:
+    """Per frame offset: confusion matrices and the residual / fixed-point distance samples."""
+
+    conf: dict[int, np.ndarray] = field(default_factory=dict)
+    residual: dict[int, list[float]] = field(default_factory=dict)
+    distance: dict[int, list[float]] = field(default_factory=dict)
+
+    def add(self, t: int, c: np.ndarray, res: float | None = None, dist: float | None = None) -> None:
+        self.conf[t] = self.conf.get(t, 0) + c
+        if res is not None:
+            self.residual.setdefault(t, []).append(res)
+        if dist is not None:
+            self.distance.setdefault(t, []).append(dist)
+
+    def summary(self, from_frame: int = FROM_FRAME) -> dict:
+        offsets = sorted(self.conf)
+        late = [t for t in offsets if t >= from_frame]
+        flat = lambda d, ts: [v for t in ts for v in d.get(t, [])]  # noqa: E731
+        mean = lambda v: float(np.mean(v)) if v else None  # noqa: E731
+        return {
+            "miou": miou(sum(self.conf[t] for t in offsets)),
+            "miou_from10": miou(sum(self.conf[t] for t in late)) if late else None,
+            "residual": mean(flat(self.residual, offsets)),
+            "residual_from10": mean(flat(self.residual, late)),
+            "distance": mean(flat(self.distance, offsets)),
+            "per_frame_miou": [miou(self.conf[t]) for t in offsets],
+            "per_frame_residual": [mean(self.residual.get(t, [])) for t in offsets],
+            "per_frame_distance": [mean(self.distance.get(t, [])) for t in offsets],
+        }
+
+
+def evaluate_clip(stepper: Stepper, frames: np.ndarray, labels: np.ndarray, ks, f_thres: int, accs: dict) -> None:
+    """Run every (mode, k) and the converged baseline over one clip, accumulating into accs."""
+    h, w = labels.shape[1:]
+    nc = stepper.num_classes
+    stream = {k: None for k in ks}
+    for t, (frame, lab) in enumerate(zip(frames, labels)):
+        x = stepper.inject(frame)
+        zstar = stepper.zeros(h, w)
+        for _ in range(f_thres):
+            zstar = stepper.cell(zstar, x)
+        res_star = _rel(stepper.cell(zstar, x), zstar)
+        accs["converged"].add(t, confusion(stepper.classes(zstar, h, w), lab, nc), res_star, 0.0)
+        for k in ks:
+            for mode in ("per-frame", "stream"):
+                z = stepper.zeros(h, w) if mode == "per-frame" or stream[k] is None else stream[k]
+                for _ in range(k):
+                    z = stepper.cell(z, x)
+                fz = stepper.cell(z, x)
+                c = confusion(stepper.classes(z, h, w), lab, nc)
+                accs[(mode, k)].add(t, c, _rel(fz, z), _rel(z, zstar))
+                if mode == "stream":
+                    stream[k] = z
+
+
+def run_accuracy(stepper: Stepper, clips, ks=KS, f_thres: int = 30) -> dict:
+    """Results dict: per row ('converged', 'per-frame k', 'stream k') the summary of Acc."""
+    accs: dict = {"converged": Acc()}
+    for k in ks:
+        accs[("per-frame", k)] = Acc()
+        accs[("stream", k)] = Acc()
+    for frames, labels, _meta in clips:
+        evaluate_clip(stepper, frames, labels, ks, f_thres, accs)
+    rows = {}
+    for key, acc in accs.items():
+        name = key if isinstance(key, str) else f"{key[0]} k={key[1]}"
+        rows[name] = acc.summary()
+    return rows
+
+
+# --------------------------------------------------------------------------- outputs
+def _pct(v: float | None) -> str:
+    return "-" if v is None or not np.isfinite(v) else f"{100 * v:.1f}"
+
+
+def _sci(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3g}"
+
+
+def markdown(results: dict, stamp: dict) -> str:
+    """Table I style: one table per checkpoint, rows mode x k."""
+    lines = [
+        "# Accuracy vs iterations per frame (synthetic held-out clips, through H.264)",
+        "",
+        f"- command: `{stamp['command']}`",
+        f"- machine: {stamp['machine']}",
+        f"- date: {stamp['date']}; clips: {stamp['clips']} x {stamp['frames']} frames at "
+        f"{stamp['height']}x{stamp['width']}; converged = {stamp['f_thres']} iterations "
+        f"from z = 0; 'from 10' = frame offsets >= {FROM_FRAME}",
+        "",
+    ]
+    for name, res in results.items():
+        meta = res["checkpoint_meta"]
+        lines += [
+            f"## {name} (mode {meta.get('mode')}, N={meta.get('iters')}, {meta.get('steps')} steps)",
+            "",
+            "| mode | k | mIoU % | mIoU % from 10 | rel. residual | rel. distance to z* |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row, s in res["rows"].items():
+            mode, k = (row, "f_thres") if row == "converged" else row.split(" k=")
+            lines.append(
+                f"| {mode} | {k} | {_pct(s['miou'])} | {_pct(s['miou_from10'])} | {_sci(s['residual'])} | "
+                f"{_sci(s['distance'])} |"
+            )
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> None:
+    """mIoU vs frame offset (top) and distance to z* (bottom), one column per checkpoint."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(results)
+    fig, axes = plt.subplots(2, n, figsize=(6.5 * n, 8), squeeze=False)
+    for col, (name, res) in enumerate(results.items()):
+        ax, axd = axes[0, col], axes[1, col]
+        for row, s in res["rows"].items():
+            style = "k-" if row == "converged" else ("--" if row.startswith("per-frame") else "-")
+            y = [100 * v for v in s["per_frame_miou"]]
+            ax.plot(range(len(y)), y, style, label=row, lw=2 if row == "converged" else 1.2)
+            if row != "converged":
+                axd.semilogy(range(len(y)), s["per_frame_distance"], style, label=row)
+        ax.set(title=f"{name}: mIoU vs frame offset", xlabel="frame offset", ylabel="mIoU %")
+        axd.set(title="relative distance to converged z*", xlabel="frame offset", ylabel="||z - z*|| / ||z*||")
+        ax.legend(fontsize=7, ncol=2)
+        axd.legend(fontsize=7, ncol=2)
+        ax.grid(alpha=0.3)
+        axd.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_outputs(results: dict, stamp: dict, out_dir: Path, stem: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{stem}.md", out_dir / f"{stem}.json", out_dir / f"{stem}.png"]
+    _write_text(paths[0], markdown(results, stamp))
+    _write_text(paths[1], json.dumps({"stamp": stamp, "results": results}, indent=1, default=float))
+    plot(results, paths[2])
+    return paths
+
+
+# --------------------------------------------------------------------------- CLI
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.accuracy",
+        description="mIoU vs iterations per frame, per-frame vs streaming, on held-out synthetic clips "
+        "(StreamDEQ Table I).",
+    )
+    p.add_argument(
+        "--checkpoint", nargs="+", required=True, help="one or more deqstream-ckpt/1 files (e.g. SUR and UR)"
+    )
+    p.add_argument("--quick", action="store_true", help="2 clips x 16 frames (< 3 min on a 2-core CPU)")
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--clips", type=int, default=None, help="held-out clips (default 6, quick 2)")
+    p.add_argument("--frames", type=int, default=None, help="frames per clip (default 30, quick 16)")
+    p.add_argument("--height", type=int, default=256)
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--ks", type=int, nargs="+", default=list(KS))
+    p.add_argument("--f-thres", type=int, default=30, help="iterations from zero for the converged baseline")
+    p.add_argument("--data", default="data/accuracy_clips", help="cache of the held-out MP4 clips")
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=0)
+    a = p.parse_args(argv)
+    a.clips = a.clips or (2 if a.quick else 6)
+    a.frames = a.frames or (16 if a.quick else 30)
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    from export.train import load_model, machine
+
+    a = parse_args(argv)
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args = argv if argv is not None else sys.argv[1:]
+    stamp = {
+        "command": "python -m benchmarks.accuracy " + " ".join(shlex.quote(s) for s in args),
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "clips": a.clips,
+        "frames": a.frames,
+        "height": a.height,
+        "width": a.width,
+        "f_thres": a.f_thres,
+        "ks": a.ks,
+        "heldout_seed": HELDOUT_SEED,
+        "backend": "pytorch-eager",
+    }
+    t0 = time.time()
+    try:
+        if min(a.ks) < 1 or a.clips < 1 or a.frames < 1:
+            raise ValueError("--ks, --clips and --frames must be >= 1")
+        models = {Path(c).stem: load_model(Path(c), device) for c in a.checkpoint}
+        clips = prepare_clips(Path(a.data), a.clips, a.frames, a.height, a.width)
+    except (ValueError, OSError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    results = {}
+    for name, (model, meta) in models.items():
+        rows = run_accuracy(TorchStepper(model, device), clips, a.ks, a.f_thres)
+        results[name] = {"checkpoint_meta": meta, "rows": rows}
+        print(f"{name}: converged {_pct(rows['converged']['miou'])}", flush=True)
+    stamp["wall_s"] = round(time.time() - t0, 1)
+    stem = "accuracy_quick" if a.quick else "accuracy"
+    paths = write_outputs(results, stamp, Path(a.out), stem)
+    print(markdown(results, stamp))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

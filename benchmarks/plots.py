@@ -1,0 +1,362 @@
+"""Writers for benchmarks.fps: the markdown report, the JSON, the PNG plots and the roofline files (all atomic).
+
+Why separate: the tables and plots are pure functions of the results dict, so they are tested on a fake run without
+measuring anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks import roofline
+from runtime.stats import CV_WARN
+
+
+# --------------------------------------------------------------------------- atomic files
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write through ``write(tmp)`` then rename onto ``path`` (readers never see half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text))
+
+
+def _clean(o: Any) -> Any:
+    """JSON without NaN/inf (not valid JSON): they become null."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if hasattr(o, "item") and callable(o.item):
+        return _clean(o.item())
+    return o
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(_clean(obj), indent=1) + "\n")
+
+
+# --------------------------------------------------------------------------- markdown
+def _f(v: Any, fmt: str = ".2f") -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
+
+
+def _case(r: dict[str, Any]) -> str:
+    b = f" B{r['batch']}" if r.get("batch", 1) != 1 else ""
+    return f"{r['config']} {r['height']}x{r['width']}{b} {r['precision']}"
+
+
+def _groups(rows: list[dict[str, Any]], measure: str) -> dict[tuple[str, str], dict[tuple[str, int], dict]]:
+    out: dict[tuple[str, str], dict[tuple[str, int], dict]] = {}
+    for r in rows:
+        if r["measure"] == measure:
+            out.setdefault((_case(r), r["backend"]), {})[(r["mode"], r["iters"])] = r
+    return out
+
+
+def fps_table(rows: list[dict[str, Any]], measure: str) -> list[str]:
+    """Rows case x backend; columns stream k..., frame N (frames per second, images/s when B > 1)."""
+    groups = _groups(rows, measure)
+    if not groups:
+        return ["(no measurements)"]
+    cols = sorted({key for g in groups.values() for key in g}, key=lambda t: (t[0] != "stream", t[1]))
+    head = [f"{'k' if m == 'stream' else 'frame N'}={k}" for m, k in cols]
+    lines = ["| case | backend | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(cols)]
+    for (case, backend), g in groups.items():
+        cells = [_f(g[c]["fps"]) if c in g else "-" for c in cols]
+        lines.append(f"| {case} | {backend} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def latency_table(rows: list[dict[str, Any]]) -> list[str]:
+    """trtexec's numbers for every measurement: throughput, latency percentiles, GPU compute, host overhead, CV."""
+    lines = [
+        "| case | backend | measure | mode | k | fps | lat mean | median | p90 | p95 | p99 | GPU compute median "
+        "| host overhead median | cell ms/iter | CV % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        s = r["summary"]
+        lat = s["latency_ms"]
+        gpu = s.get("gpu_compute_ms", {})
+        host = s.get("host_overhead_ms", {})
+        cv = s.get("cv")
+        warn = " ⚠" if cv is not None and cv > CV_WARN else ""
+        lines.append(
+            f"| {_case(r)} | {r['backend']} | {r['measure']} | {r['mode']} | {r['iters']} | {_f(r['fps'])} "
+            f"| {_f(lat.get('mean'))} | {_f(lat.get('median'))} | {_f(lat.get('p90'))} | {_f(lat.get('p95'))} "
+            f"| {_f(lat.get('p99'))} | {_f(gpu.get('median'), '.3f')} | {_f(host.get('median'), '.3f')} "
+            f"| {_f(r.get('cell_ms_per_iter'), '.3f')} | {_f(100 * cv if cv is not None else None, '.1f')}{warn} |"
+        )
+    return lines
+
+
+def speedup_table(speedups: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| case | backend | measure | k | fps stream | fps frame N | speed-up | ideal N/k | of ideal |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in speedups:
+        lines.append(
+            f"| {_case(r)} | {r['backend']} | {r['measure']} | {r['k']} | {_f(r['fps_stream'])} | "
+            f"{_f(r['fps_frame'])} (N={r['n']}) | {_f(r['speedup'])}x | {_f(r['ideal'])}x | "
+            f"{_f(100 * r['fraction_of_ideal'], '.0f')}% |"
+        )
+    return lines
+
+
+def ratio_table(ratios: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| case | backend | measure | mode | k | vs | fps | fps eager | fps ratio | cell iteration speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in ratios:
+        lines.append(
+            f"| {_case(r)} | {r['backend']} | {r['measure']} | {r['mode']} | {r['k']} | {r['vs']} | {_f(r['fps'])} "
+            f"| {_f(r['fps_eager'])} | {_f(r['ratio'])}x | {_f(r.get('cell_iter_ratio'))}x |"
+        )
+    return lines
+
+
+def scaling_tables(scaling: dict[str, list[dict[str, Any]]]) -> list[str]:
+    lines: list[str] = []
+    res, bat = scaling.get("resolution", []), scaling.get("batch", [])
+    if res:
+        lines += ["Time per frame vs resolution (B=1, device loop):", ""]
+        lines += ["| case | backend | k | ms/frame (median) | µs per 1k pixels | fps |", "|---|---|---|---|---|---|"]
+        for r in res:
+            per = 1e3 * r["ms_per_frame"] / (r["pixels"] / 1e3)
+            lines.append(
+                f"| {_case(r)} | {r['backend']} | {r['iters']} | {_f(r['ms_per_frame'])} | {_f(per)} | {_f(r['fps'])} |"
+            )
+        lines.append("")
+    if bat:
+        base = next((r["fps"] for r in bat if r["batch"] == 1), None)
+        lines += ["Throughput vs batched streams B (one batched engine call per frame):", ""]
+        lines += ["| case | backend | k | B | images/s | per stream fps | vs B=1 |", "|---|---|---|---|---|---|---|"]
+        for r in bat:
+            rel = r["fps"] / base if base else math.nan
+            lines.append(
+                f"| {_case(r)} | {r['backend']} | {r['iters']} | {r['batch']} | {_f(r['fps'])} "
+                f"| {_f(r['fps'] / r['batch'])} | {_f(rel)}x |"
+            )
+    return lines or ["(scaling not measured)"]
+
+
+def stamp_lines(st: dict[str, Any]) -> list[str]:
+    env = st.get("environment", {})
+    keys = (
+        "cpu",
+        "cpu_count",
+        "load_average",
+        "gpu",
+        "compute_capability",
+        "driver",
+        "cuda_runtime",
+        "cudnn",
+        "torch",
+        "torch_threads",
+        "onnxruntime",
+        "onnxruntime_providers",
+        "onnx",
+        "tensorrt",
+        "python",
+    )
+    lines = [
+        f"- command: `{st['command']}`",
+        f"- date: {st['date']}",
+        f"- machine: {st['machine']}",
+        f"- device: {st.get('device')}, CPU threads {st.get('threads') or 'library default'}"
+        + (f" — **{st['note']}**" if st.get("note") else ""),
+        "- environment: " + ", ".join(f"{k} {env[k]}" for k in keys if env.get(k) is not None),
+    ]
+    return lines
+
+
+def markdown(results: dict[str, Any]) -> str:
+    st = results["stamp"]
+    label = "CPU, shared machine" if st.get("device", "cpu") == "cpu" else st.get("environment", {}).get("gpu", "")
+    lines = [f"# FPS vs iterations per frame ({label}{', quick' if st.get('quick') else ''})", ""]
+    lines += stamp_lines(st)
+    lines += [f"- weights: {results.get('weights', {})}; total benchmark wall time {results.get('wall_s')} s", ""]
+    lines += ["## Device-only loop (injection + k iterations + head, frame on the device), frames/s", ""]
+    lines += fps_table(results["rows"], "device") + [""]
+    lines += ["## End to end (decode -> class map on the host, through the runtime Pipeline), frames/s", ""]
+    lines += fps_table(results["rows"], "e2e") + [""]
+    lines += ["## Streaming speed-up over per-frame N vs the ideal N/k", ""]
+    lines += speedup_table(results.get("speedups", [])) + [""]
+    lines += ["## Backends vs PyTorch eager (same k, same measure)", ""]
+    lines += ratio_table(results.get("backend_ratios", [])) + [""]
+    lines += ["## Roofline of one cell iteration (cell ms/iter from the frame-N device loop)", ""]
+    lines += [
+        "bytes min = weights + z,x read + f written (compulsory: a lower bound); unfused = every op reads its "
+        "inputs and writes its outputs; bound = max(FLOPs/peak FLOP/s, bytes min/peak GB/s).",
+        "",
+    ]
+    lines += roofline.markdown(results.get("roofline", []), results.get("warp_roofline", [])).splitlines() + [""]
+    lines += ["## Scaling", ""] + scaling_tables(results.get("scaling", {})) + [""]
+    lines += ["## Statistics (trtexec style; ⚠ = coefficient of variation above 2.5 %)", ""]
+    lines += latency_table(results["rows"]) + [""]
+    if results.get("skipped"):
+        lines += ["## Skipped", ""] + [f"- {s['backend']} {s['case']}: {s['reason']}" for s in results["skipped"]]
+        lines.append("")
+    cvs = [r["summary"].get("cv") or 0.0 for r in results["rows"]]
+    noisy = [c for c in cvs if c > CV_WARN]
+    if noisy:
+        lines += [
+            "## Warnings",
+            "",
+            f"- [W] {len(noisy)} of {len(cvs)} measurements have a coefficient of variation above "
+            f"{100 * CV_WARN:g}% (max {100 * max(noisy):.1f}%): timings are unstable (locking GPU clocks or an idle "
+            "machine may improve stability); see the ⚠ rows above",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- plots
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_fps(results: dict[str, Any], path: Path) -> Path:
+    """FPS vs k per backend (solid: device loop, dashed: end to end; dotted horizontal: frame N), one panel per case,
+    plus the scaling panels."""
+    plt = _plt()
+    rows = results["rows"]
+    cases = list(dict.fromkeys(_case(r) for r in rows)) or ["(none)"]
+    scaling = results.get("scaling", {})
+    extra = [k for k in ("resolution", "batch") if scaling.get(k)]
+    n = len(cases) + len(extra)
+    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4.2), squeeze=False)
+    colors = {"eager": "C0", "aoti": "C1", "onnx": "C2", "tensorrt": "C3"}
+    for ax, case in zip(axes[0], cases):
+        for measure, style in (("device", "-o"), ("e2e", "--s")):
+            for backend in dict.fromkeys(r["backend"] for r in rows):
+                pts = sorted(
+                    (r["iters"], r["fps"])
+                    for r in rows
+                    if _case(r) == case
+                    and r["backend"] == backend
+                    and r["measure"] == measure
+                    and r["mode"] == "stream"
+                )
+                if pts:
+                    ax.plot(*zip(*pts), style, color=colors.get(backend), label=f"{backend} {measure}", ms=4)
+                base = next(
+                    (
+                        r
+                        for r in rows
+                        if _case(r) == case
+                        and r["backend"] == backend
+                        and r["measure"] == measure
+                        and r["mode"] == "frame"
+                    ),
+                    None,
+                )
+                if base is not None:
+                    ax.axhline(base["fps"], color=colors.get(backend), ls=":", lw=1)
+        ax.set(xscale="log", yscale="log", xlabel="iterations per frame k (stream)", ylabel="frames/s", title=case)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, title="dotted: frame N", title_fontsize=7)
+    for ax, kind in zip(axes[0][len(cases) :], extra):
+        pts = scaling[kind]
+        if kind == "resolution":
+            ax.plot([r["pixels"] / 1e6 for r in pts], [r["ms_per_frame"] for r in pts], "-o")
+            ax.set(xlabel="megapixels", ylabel="ms per frame (median)", xscale="log", yscale="log")
+        else:
+            ax.plot([r["batch"] for r in pts], [r["fps"] for r in pts], "-o")
+            ax.set(xlabel="batched streams B", ylabel="images/s", xticks=[r["batch"] for r in pts])
+            ax.set_ylim(bottom=0)
+        ax.set_title(f"scaling: {kind} ({pts[0]['backend']}, k={pts[0]['iters']})")
+        ax.grid(alpha=0.3, which="both")
+    st = results["stamp"]
+    fig.suptitle(f"{st['command']}  |  {st['date']}  |  {st['machine']}", fontsize=7)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    atomic_write(path, lambda p: fig.savefig(p, dpi=90, format="png"))
+    plt.close(fig)
+    return path
+
+
+def plot_accuracy(results: dict[str, Any], path: Path) -> Path | None:
+    """mIoU vs FPS, one curve per (checkpoint, mode, backend, measure); points labelled by k."""
+    pts = results.get("accuracy_vs_fps", [])
+    if not pts:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    keys = dict.fromkeys((p["checkpoint"], p["mode"], p["backend"], p["measure"], p["precision"]) for p in pts)
+    for key in keys:
+        sel = sorted(
+            (p for p in pts if (p["checkpoint"], p["mode"], p["backend"], p["measure"], p["precision"]) == key),
+            key=lambda p: p["k"],
+        )
+        x, y = [p["fps"] for p in sel], [100 * p["miou"] for p in sel]
+        ax.plot(x, y, "-o" if key[1] == "stream" else "--s", ms=4, label=" ".join(map(str, key)))
+        for p in sel:
+            ax.annotate(f"k={p['k']}", (p["fps"], 100 * p["miou"]), fontsize=6)
+    ax.set(xscale="log", xlabel="frames/s (this machine)", ylabel="mIoU %", title="accuracy vs FPS per mode")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6)
+    st = results["stamp"]
+    fig.suptitle(f"{st['command']}  |  {st['date']}  |  {st['machine']}", fontsize=6)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    atomic_write(path, lambda p: fig.savefig(p, dpi=90, format="png"))
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- all outputs
+def output_stem(results: dict[str, Any]) -> str:
+    st = results["stamp"]
+    return st.get("machine_tag", "cpu") + ("_quick" if st.get("quick") else "")
+
+
+def write_outputs(results: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """fps_<tag>.{md,json,png} (+ _accuracy.png) and roofline_<tag>.{md,json}; returns the paths and the md text."""
+    out_dir = Path(out_dir)
+    stem = output_stem(results)
+    md = markdown(results)
+    paths: dict[str, Any] = {
+        "md": write_text(out_dir / f"fps_{stem}.md", md + "\n"),
+        "json": write_json(out_dir / f"fps_{stem}.json", results),
+        "png": plot_fps(results, out_dir / f"fps_{stem}.png"),
+    }
+    acc = plot_accuracy(results, out_dir / f"fps_{stem}_accuracy.png")
+    if acc is not None:
+        paths["accuracy_png"] = acc
+    roof = {"stamp": results["stamp"], "cell": results.get("roofline", []), "warp": results.get("warp_roofline", [])}
+    st = results["stamp"]
+    roof_md = "\n".join(
+        [f"# Roofline of one DEQ cell iteration ({st.get('device')})", "", *stamp_lines(st), ""]
+        + roofline.markdown(roof["cell"], roof["warp"]).splitlines()
+    )
+    paths["roofline_md"] = write_text(out_dir / f"roofline_{stem}.md", roof_md + "\n")
+    paths["roofline_json"] = write_json(out_dir / f"roofline_{stem}.json", roof)
+    paths["md_text"] = md
+    return paths

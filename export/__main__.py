@@ -1,0 +1,162 @@
+"""``python -m export``: checkpoint -> engine bundle (injection, deq_cell, heads, manifest).
+
+Examples::
+
+    python -m export --config tiny --random-init --height 256 --width 512 --out engines
+    python -m export --config tiny --checkpoint checkpoints/tiny_sur.pt --formats onnx,pt2
+    python -m export --config xl-seg --checkpoint MDEQ_XL_Seg.pkl --height 1024 --width 2048 --formats onnx,plan
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from export.config import CONFIGS, get_config
+
+EXIT_USAGE = 2  # bad input: missing file, bad resolution, TensorRT absent
+EXIT_FAILED = 1  # the export ran and failed (e.g. parity)
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m export",
+        description="Export an MDEQ model as an engine bundle: injection, deq_cell and head graphs (ONNX, "
+        "AOTInductor .pt2 and/or TensorRT .plan) plus manifest.json. Each engine is checked against "
+        "PyTorch before it is written; the bundle directory is replaced atomically.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", choices=sorted(CONFIGS), help="architecture; a deqstream checkpoint carries its own")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="weights: a deqstream-ckpt/1 file (make train) or a published MDEQ .pth/.pkl (auto-detected)",
+    )
+    src.add_argument("--random-init", action="store_true", help="export an untrained, seeded model (smoke tests)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --random-init")
+    p.add_argument("--height", type=int, default=256, help="input frame height (multiple of 32)")
+    p.add_argument("--width", type=int, default=512, help="input frame width (multiple of 32)")
+    p.add_argument("--batch", type=int, default=1, help="static batch size of every engine")
+    p.add_argument("--formats", type=_csv, default=["onnx"], help="comma list of onnx, pt2, plan")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="engine precision (fp16: GPU)")
+    p.add_argument("--heads", type=_csv, default=["seg"], help="comma list of seg, pose")
+    p.add_argument(
+        "--device", default="auto", help="device for .pt2 compilation and reference outputs: auto, cpu or cuda"
+    )
+    p.add_argument("--out", type=Path, default=Path("engines"), help="bundle directory (replaced if it exists)")
+    return p
+
+
+class UsageError(Exception):
+    """Bad command-line input; main() prints it as one line and exits 2."""
+
+
+def _check_static(args: argparse.Namespace) -> None:
+    """Everything that can be rejected before any model is built (fast, one line)."""
+    from export.bundle import FORMATS, HEADS
+
+    cfg_name = args.config or "tiny"
+    multiple = get_config(cfg_name).multiple
+    if args.height <= 0 or args.width <= 0 or args.height % multiple or args.width % multiple:
+        raise UsageError(
+            f"--height and --width must be positive multiples of {multiple}, got {args.height}x{args.width}"
+        )
+    if args.batch < 1:
+        raise UsageError(f"--batch must be >= 1, got {args.batch}")
+    bad = [f for f in args.formats if f not in FORMATS] or ([] if args.formats else ["(empty)"])
+    if bad:
+        raise UsageError(f"unknown --formats {','.join(bad)}; choose from {','.join(FORMATS)}")
+    bad = [h for h in args.heads if h not in HEADS]
+    if bad:
+        raise UsageError(f"unknown --heads {','.join(bad)}; choose from {','.join(HEADS)}")
+    if "plan" in args.formats:
+        from export.tensorrt_build import require_tensorrt
+
+        require_tensorrt()
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        raise UsageError(
+            f"checkpoint not found: {args.checkpoint} (train one with `make train`, or pass --random-init)"
+        )
+    if args.checkpoint is None and args.config is None:
+        raise UsageError("--random-init needs --config")
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda requested but no CUDA device is available")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise UsageError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return name
+
+
+def _load_model(args: argparse.Namespace):
+    from export.checkpoint import load_any
+    from export.mdeq import build_model
+
+    if args.random_init:
+        return build_model(get_config(args.config), seed=args.seed), f"random init (seed {args.seed})"
+    cfg = get_config(args.config) if args.config else None
+    model, _meta, what = load_any(args.checkpoint, cfg)
+    if cfg is not None and model.cfg.name != cfg.name:
+        print(f"note: the checkpoint holds config {model.cfg.name!r}; using it instead of --config {cfg.name}")
+    return model, what
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    from export.bundle import export_bundle
+
+    _check_static(args)
+    device = _device(args.device)
+    t0 = time.perf_counter()
+    model, what = _load_model(args)
+    print(f"model {model.cfg.name}: {what}")
+    print(f"exporting {','.join(args.formats)} {args.precision} {args.batch}x{args.height}x{args.width} on {device}")
+    export_bundle(
+        model,
+        args.out,
+        args.height,
+        args.width,
+        batch=args.batch,
+        formats=args.formats,
+        precision=args.precision,
+        device=device,
+        heads=args.heads,
+        command="python -m export " + shlex.join(argv),
+        log=lambda msg: print(msg, flush=True),
+    )
+    print(f"wrote {args.out}/ in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    from export.checkpoint import CheckpointError
+    from export.manifest import ManifestError
+    from export.onnx_export import ParityError
+    from export.tensorrt_build import TensorRTBuildError, TensorRTUnavailable
+
+    try:
+        return run(args, argv)
+    except (UsageError, TensorRTUnavailable, CheckpointError, ManifestError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ParityError, TensorRTBuildError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

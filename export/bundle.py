@@ -1,0 +1,319 @@
+"""Write an engine bundle: injection, deq_cell and head graphs plus ``manifest.json``.
+
+Every engine file is checked against PyTorch on random inputs before it is accepted,
+because a silently wrong engine in a fixed-point loop produces plausible-looking garbage.
+Everything is written into a temporary directory next to ``out_dir`` and renamed into
+place at the end, so a failed export never leaves a half-written bundle behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from export.manifest import (
+    FORMAT,
+    MANIFEST_NAME,
+    collect_versions,
+    default_mode,
+    dtype_name,
+    sha256_file,
+    tensor_spec,
+    utc_now,
+    write_manifest,
+)
+from export.mdeq import ClassMapHead, MDEQSegNet, PoseHead, check_resolution
+from export.onnx_export import ParityError, check_tolerance, compare, export_onnx, merge_parity, run_onnx
+from export.precision import TORCH_DTYPES, check_precision, to_half, to_half_injection
+
+FORMATS = ("onnx", "pt2", "plan")
+HEADS = ("seg", "pose")
+# Relative tolerance (to max|ref|) of an engine vs PyTorch in the same precision; for the
+# uint8 class map, the largest allowed fraction of differing pixels.
+TOLERANCE = {"fp32": 1e-3, "fp16": 1e-2}
+CLASSMAP_TOLERANCE = 1e-3
+TIMING_CACHE = "trt_timing.cache"  # kept inside the bundle and carried over to its next export
+PARITY_ITERS = 2  # cell iterations from z = 0 that make the parity inputs look like real states
+
+
+@dataclass
+class EngineGraph:
+    """One graph to export: the module, sample inputs to trace, other inputs to check."""
+
+    name: str
+    module: nn.Module
+    trace_inputs: list[Tensor]
+    check_inputs: list[Tensor]
+    input_names: list[str]
+    output_names: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+def _as_list(out: Tensor | Sequence[Tensor]) -> list[Tensor]:
+    return [out] if isinstance(out, Tensor) else list(out)
+
+
+def _specs(names: Sequence[str], tensors: Sequence[Tensor]) -> list[dict[str, Any]]:
+    return [tensor_spec(n, t.shape, dtype_name(t.dtype)) for n, t in zip(names, tensors)]
+
+
+def _sample_inputs(
+    model: MDEQSegNet, batch: int, height: int, width: int, device: str, seed: int
+) -> tuple[Tensor, list[Tensor], Tensor]:
+    """A random uint8 frame and the (z, x) a couple of cell iterations give for it."""
+    gen = torch.Generator().manual_seed(seed)
+    frame = torch.randint(0, 256, (batch, height, width, 3), dtype=torch.uint8, generator=gen).to(device)
+    with torch.no_grad():
+        z, x = model.solve(frame, iters=PARITY_ITERS)
+    return frame, z, x
+
+
+def _pose_module(model: MDEQSegNet, device: str) -> tuple[nn.Module, list[str]]:
+    """The model's own pose head when it has one, else a seeded random one (and say so)."""
+    head = getattr(model, "pose_head", None)
+    if isinstance(head, PoseHead):
+        return head, []
+    rng = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    head = PoseHead(model.cfg).to(device).eval()
+    torch.random.set_rng_state(rng)
+    return head, ["pose head is randomly initialised (the model has no trained pose_head)"]
+
+
+def build_graphs(
+    model: MDEQSegNet, height: int, width: int, batch: int, precision: str, device: str, heads: Sequence[str]
+) -> list[EngineGraph]:
+    """The engine graphs in export order, in the requested precision and on ``device``."""
+    dtype = TORCH_DTYPES[precision]
+    n = model.cfg.num_scales
+    z_names, f_names = [f"z{i}" for i in range(n)], [f"f{i}" for i in range(n)]
+    frame_t, z_t, x_t = _sample_inputs(model, batch, height, width, device, seed=1)
+    frame_c, z_c, x_c = _sample_inputs(model, batch, height, width, device, seed=2)
+    z_t, z_c = [z.to(dtype) for z in z_t], [z.to(dtype) for z in z_c]
+    x_t, x_c = x_t.to(dtype), x_c.to(dtype)
+    half = precision == "fp16"
+
+    def cast(m: nn.Module) -> nn.Module:
+        return to_half(m) if half else m
+
+    injection = to_half_injection(model.injection) if half else model.injection
+    graphs = [
+        EngineGraph("injection", injection, [frame_t], [frame_c], ["frame"], ["x"]),
+        EngineGraph("deq_cell", cast(model.fullstage), [*z_t, x_t], [*z_c, x_c], [*z_names, "x"], f_names),
+    ]
+    if "seg" in heads:
+        head = cast(ClassMapHead(model.head, (height, width)).eval())
+        graphs.append(EngineGraph("head_seg", head, z_t, z_c, z_names, ["classes"]))
+    if "pose" in heads:
+        pose, notes = _pose_module(model, device)
+        graphs.append(EngineGraph("head_pose", cast(pose), z_t, z_c, z_names, ["heatmaps"], notes))
+    return graphs
+
+
+def _tolerance(output: Tensor, precision: str) -> float:
+    return CLASSMAP_TOLERANCE if not output.is_floating_point() else TOLERANCE[precision]
+
+
+def _parity(graph: EngineGraph, kind: str, refs: list[Tensor], outs: Sequence[Any], precision: str) -> dict[str, float]:
+    results = [compare(r, o) for r, o in zip(refs, outs)]
+    for ref, res in zip(refs, results):
+        check_tolerance(graph.name, kind, res, _tolerance(ref, precision))
+    return merge_parity(results)
+
+
+def _export_onnx(graph: EngineGraph, tmp: Path, refs: list[Tensor], precision: str) -> tuple[str, dict[str, Any]]:
+    fname = f"{graph.name}.onnx"
+    export_onnx(graph.module, graph.trace_inputs, graph.input_names, graph.output_names, tmp / fname)
+    feeds = dict(zip(graph.input_names, graph.check_inputs))
+    try:
+        outs = run_onnx(tmp / fname, feeds)
+    except Exception as e:  # noqa: BLE001 - ORT CPU lacks some fp16 kernels; say so instead of failing
+        if precision != "fp16":
+            raise
+        first = str(e).strip().splitlines()[0][:200]
+        return fname, {"skipped": f"ONNX Runtime (CPU) cannot run this fp16 graph: {first}"}
+    return fname, _parity(graph, "onnx", refs, outs, precision)
+
+
+def _export_pt2(
+    graph: EngineGraph, tmp: Path, refs: list[Tensor], precision: str, device: str
+) -> tuple[str, dict[str, Any]]:
+    from export.aoti_export import export_pt2, run_pt2
+
+    fname = f"{graph.name}.pt2"
+    export_pt2(graph.module, graph.trace_inputs, tmp / fname)
+    outs = run_pt2(tmp / fname, graph.check_inputs)
+    return fname, _parity(graph, "pt2", refs, outs, precision)
+
+
+def _export_plan(
+    graph: EngineGraph, tmp: Path, refs: list[Tensor], precision: str, onnx_name: str
+) -> tuple[str, dict[str, Any]]:
+    from export.tensorrt_build import build_plan, run_plan
+
+    fname = f"{graph.name}.plan"
+    build_plan(tmp / onnx_name, tmp / fname, precision=precision, timing_cache=tmp / TIMING_CACHE)
+    outs = run_plan(tmp / fname, dict(zip(graph.input_names, graph.check_inputs)), graph.output_names)
+    return fname, _parity(graph, "plan", refs, outs, precision)
+
+
+def export_engine(
+    graph: EngineGraph, tmp: Path, formats: Sequence[str], precision: str, device: str, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Export one graph in every requested format into ``tmp``; returns its manifest entry."""
+    with torch.no_grad():
+        refs = _as_list(graph.module(*graph.check_inputs))
+        trace_out = _as_list(graph.module(*graph.trace_inputs))
+    entry: dict[str, Any] = {
+        "inputs": _specs(graph.input_names, graph.trace_inputs),
+        "outputs": _specs(graph.output_names, trace_out),
+        "files": {},
+        "sha256": {},
+        "parity": {},
+        "device": {},
+        "export_seconds": {},
+    }
+    kinds = list(formats)
+    if "plan" in kinds and "onnx" not in kinds:
+        kinds.insert(0, "onnx")  # TensorRT builds from the ONNX file; keep it in the bundle too
+    for kind in kinds:
+        t0 = time.perf_counter()
+        if kind == "onnx":
+            fname, parity = _export_onnx(graph, tmp, refs, precision)
+            entry["device"][kind] = "cpu"
+        elif kind == "pt2":
+            fname, parity = _export_pt2(graph, tmp, refs, precision, device)
+            entry["device"][kind] = device
+        else:
+            fname, parity = _export_plan(graph, tmp, refs, precision, entry["files"]["onnx"])
+            entry["device"][kind] = "cuda"
+        dt = time.perf_counter() - t0
+        entry["files"][kind] = fname
+        entry["sha256"][fname] = sha256_file(tmp / fname)
+        entry["parity"][kind] = parity
+        entry["export_seconds"][kind] = round(dt, 2)
+        log(f"  {graph.name}.{kind}: {dt:.1f} s, parity {_fmt_parity(parity)}")
+    if graph.notes:
+        entry["notes"] = list(graph.notes)
+    return entry
+
+
+def _fmt_parity(parity: dict[str, Any]) -> str:
+    if "skipped" in parity:
+        return f"not checked ({parity['skipped']})"
+    text = f"max_abs {parity['max_abs']:.2e} max_rel {parity['max_rel']:.2e}"
+    return text + (f" mismatch {parity['mismatch']:.2e}" if "mismatch" in parity else "")
+
+
+def base_manifest(model: MDEQSegNet, height: int, width: int, batch: int, precision: str, command: str) -> dict:
+    cfg = model.cfg
+    dtype = dtype_name(TORCH_DTYPES[precision])
+    state = [tensor_spec(f"z{i}", s, dtype) for i, s in enumerate(model.state_shapes(batch, height, width))]
+    return {
+        "format": FORMAT,
+        "created": utc_now(),
+        "command": command,
+        "config": cfg.to_dict(),
+        "task": cfg.task,
+        "height": height,
+        "width": width,
+        "batch": batch,
+        "strides": list(cfg.strides),
+        "state": state,
+        "normalization": {"input": "uint8 RGB NHWC", "mean": list(cfg.mean), "std": list(cfg.std)},
+        "classes": list(cfg.class_names),
+        "palette": [list(c) for c in cfg.palette],
+        "precision": precision,
+        "f_thres": cfg.f_thres,
+        "versions": collect_versions(),
+        "engines": {},
+    }
+
+
+def _check_args(model: MDEQSegNet, height: int, width: int, batch: int, formats, precision, heads, device) -> None:
+    check_resolution(model.cfg, height, width)
+    check_precision(precision)
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ValueError(f"formats must be a non-empty subset of {', '.join(FORMATS)}, got {', '.join(formats)}")
+    bad = [h for h in heads if h not in HEADS]
+    if bad:
+        raise ValueError(f"heads must be a subset of {', '.join(HEADS)}, got {', '.join(heads)}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
+    if "plan" in formats:
+        from export.tensorrt_build import require_tensorrt
+
+        require_tensorrt()
+        if not device.startswith("cuda"):
+            raise ValueError("plan engines are built and checked on a GPU: pass device='cuda' (--device cuda)")
+
+
+def _install_bundle(tmp: Path, out: Path) -> None:
+    """Swap the finished temp directory into place (replacing an older bundle, never
+    anything that is not a bundle)."""
+    if out.exists():
+        if not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_NAME).is_file()):
+            raise ValueError(f"refusing to replace {out}: it exists and is not an engine bundle")
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / out.name)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def export_bundle(
+    model: MDEQSegNet,
+    out_dir: str | os.PathLike[str],
+    height: int,
+    width: int,
+    batch: int = 1,
+    formats: Sequence[str] = ("onnx",),
+    precision: str = "fp32",
+    device: str = "cpu",
+    heads: Sequence[str] = ("seg",),
+    command: str = "",
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Export ``model`` as a bundle in ``out_dir`` and return the manifest written there.
+
+    Raises ValueError on bad arguments and ParityError when an engine disagrees with
+    PyTorch; in both cases ``out_dir`` is left as it was.
+    """
+    log = log or (lambda _msg: None)
+    formats, heads = list(formats), list(heads)
+    _check_args(model, height, width, batch, formats, precision, heads, device)
+    work = copy.deepcopy(model).to(device).eval()  # never flip the caller's model out of train mode
+    out = Path(out_dir).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    manifest = base_manifest(work, height, width, batch, precision, command)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        os.chmod(tmp, default_mode(0o777))
+        if "plan" in formats and (out / TIMING_CACHE).is_file():
+            shutil.copy2(out / TIMING_CACHE, tmp / TIMING_CACHE)  # faster TensorRT rebuilds
+        for graph in build_graphs(work, height, width, batch, precision, device, heads):
+            manifest["engines"][graph.name] = export_engine(graph, tmp, formats, precision, device, log)
+        write_manifest(manifest, tmp)
+        _install_bundle(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return json.loads(json.dumps(manifest))  # exactly what a reader of manifest.json gets
+
+
+__all__ = ["FORMATS", "HEADS", "ParityError", "build_graphs", "export_bundle", "export_engine"]

@@ -1,0 +1,310 @@
+"""Checkpoints: our own format, and import of the published MDEQ checkpoints.
+
+Our format (``deqstream-ckpt/1``) carries the config next to the weights so an export
+never has to guess the architecture. Published MDEQ checkpoints use the same module
+names as ``export.mdeq`` but keep weight norm as ``weight_g``/``weight_v`` pairs and
+several duplicate copies of the cell (notes/mdeq-streamdeq.md §1-2); importing folds the
+weight norm (W = g * v / ||v||) and keeps one copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from export.config import MDEQConfig
+from export.mdeq import MDEQSegNet
+
+FORMAT = "deqstream-ckpt/1"
+log = logging.getLogger(__name__)
+
+# Our model registers the stem and the seg head twice (as parts of the model and inside the
+# injection/head wrappers); the canonical, published names are the top-level ones.
+ALIASES = {"injection.downsample.": "downsample.", "injection.stage0.": "stage0.", "head.last_layer.": "last_layer."}
+TRUNK = ("downsample.", "stage0.", "fullstage.")
+SEG_HEAD = ("last_layer.",)
+DUPLICATES = ("fullstage_copy.", "deq.func_copy.", "deq.")
+WRAPPER_PREFIXES = ("model.", "module.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model (one-line message)."""
+
+
+@dataclass
+class ImportReport:
+    """What an import did with the keys it did not map one to one."""
+
+    source: str = ""
+    folded: list[str] = field(default_factory=list)  # weight-norm pairs folded into .weight
+    ignored: list[str] = field(default_factory=list)  # duplicates and (cls) head keys dropped
+    kept_at_init: list[str] = field(default_factory=list)  # model keys the checkpoint lacks, on purpose
+
+    def summary(self) -> str:
+        parts = [f"folded weight norm in {len(self.folded)} convs", f"ignored {len(self.ignored)} keys"]
+        if self.kept_at_init:
+            prefixes = sorted({k.split(".")[0] for k in self.kept_at_init})
+            parts.append(f"kept {len(self.kept_at_init)} keys at init ({', '.join(prefixes)})")
+        return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------- our format
+
+
+def config_from_dict(d: Mapping[str, Any]) -> MDEQConfig:
+    """Inverse of ``MDEQConfig.to_dict`` (JSON/pickle turn tuples into lists)."""
+    names = {f.name for f in dataclasses.fields(MDEQConfig)}
+    kw: dict[str, Any] = {}
+    for k, v in d.items():
+        if k not in names:
+            continue
+        if k == "palette":
+            v = tuple(tuple(c) for c in v)
+        elif isinstance(v, list):
+            v = tuple(v)
+        kw[k] = v
+    return MDEQConfig(**kw)
+
+
+def _plain(value: Any) -> Any:
+    """Meta as plain Python (str subclasses such as torch.__version__ and numpy scalars would
+    force a full unpickle on load)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, str):
+        return str(value)
+    if hasattr(value, "item") and not isinstance(value, Tensor) and getattr(value, "shape", None) == ():
+        return value.item()  # numpy scalar
+    return value
+
+
+def save_checkpoint(model: MDEQSegNet, path: str | os.PathLike[str], meta: dict[str, Any]) -> Path:
+    """Write our checkpoint format atomically (temp file in the same directory, then rename).
+
+    ``save_checkpoint(path, model, meta)`` is accepted too (the arguments are told apart by
+    type), so a caller that guessed the other order still writes the right file.
+    """
+    if isinstance(model, (str, os.PathLike)) and isinstance(path, torch.nn.Module):
+        model, path = path, model
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "config": model.cfg.to_dict(), "state_dict": model.state_dict(), "meta": _plain(meta)}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _torch_load(path: str | os.PathLike[str]) -> Any:
+    """torch.load restricted to tensors and plain containers; a full unpickle only as a
+    fallback for old checkpoints that need it (with a warning: pickles can run code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        # torch.__version__ (a TorchVersion) often ends up in meta; it is a harmless str.
+        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as first:  # noqa: BLE001 - any failure: try the permissive loader
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception:  # noqa: BLE001 - report the first, more specific, error
+            raise CheckpointError(f"cannot read checkpoint {path}: {str(first).splitlines()[0]}") from None
+        warnings.warn(f"{path} needed a full unpickle (weights_only=False); only load trusted files", stacklevel=2)
+        return obj
+
+
+def is_own_format(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and obj.get("format") == FORMAT
+
+
+def model_from_own(obj: Mapping[str, Any]) -> tuple[MDEQSegNet, dict[str, Any]]:
+    cfg = config_from_dict(obj["config"])
+    model = MDEQSegNet(cfg)
+    try:
+        model.load_state_dict(obj["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint weights do not fit its own config {cfg.name!r}: {_first_line(e)}") from None
+    return model.eval(), dict(obj.get("meta", {}))
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[MDEQSegNet, dict[str, Any]]:
+    """Read our format back: (model in eval mode, meta)."""
+    obj = _torch_load(path)
+    if not is_own_format(obj):
+        raise CheckpointError(f"{path} is not a {FORMAT} checkpoint (a published MDEQ one? use import_published)")
+    return model_from_own(obj)
+
+
+# --------------------------------------------------------------------- published MDEQ
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _unwrap(obj: Any) -> dict[str, Tensor]:
+    """The tensor dict inside a checkpoint (bare, or under 'state_dict'/'model')."""
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, Tensor) for v in inner.values()):
+                return dict(inner)
+        if obj and all(isinstance(v, Tensor) for v in obj.values()):
+            return dict(obj)
+    raise CheckpointError("checkpoint holds no state dict (expected a mapping of parameter names to tensors)")
+
+
+def _strip_wrappers(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Drop the ``model.`` (FullModel) / ``module.`` (DataParallel) prefixes."""
+    for prefix in WRAPPER_PREFIXES:
+        if any(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in sd.items()}
+    return sd
+
+
+def fold_weight_norm(g: Tensor, v: Tensor) -> Tensor:
+    """W = g * v / ||v||, the norm per output channel over all other dims (MDEQ's WN)."""
+    norm = v.flatten(1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
+    return g.view(-1, *([1] * (v.dim() - 1))) * v / norm
+
+
+def _select_cell(sd: dict[str, Tensor], report: ImportReport) -> dict[str, Tensor]:
+    """Keep one copy of the cell: ``fullstage.*``, or ``deq.func.*`` renamed when absent."""
+    has_fullstage = any(k.startswith("fullstage.") for k in sd)
+    out: dict[str, Tensor] = {}
+    for k, v in sd.items():
+        if k.startswith("deq.func.") and not has_fullstage:
+            out["fullstage." + k[len("deq.func.") :]] = v
+        elif k.startswith(DUPLICATES):
+            report.ignored.append(k)
+        else:
+            out[k] = v
+    return out
+
+
+def _fold_all(sd: dict[str, Tensor], report: ImportReport) -> dict[str, Tensor]:
+    out = dict(sd)
+    for k in [k for k in sd if k.endswith(".weight_g")]:
+        base = k[: -len("_g")]
+        v_key = base + "_v"
+        if v_key not in sd:
+            raise CheckpointError(f"checkpoint has {k} but no {v_key} (cannot fold weight norm)")
+        g, v = out.pop(k), out.pop(v_key)
+        if g.numel() != v.shape[0]:
+            raise CheckpointError(f"wrong shape: {k} {tuple(g.shape)} does not fit {v_key} {tuple(v.shape)}")
+        out[base] = fold_weight_norm(g.float(), v.float()).to(v.dtype)
+        report.folded.append(base)
+    return out
+
+
+def canonical_state(model: MDEQSegNet) -> dict[str, Tensor]:
+    """The model's state dict without the alias copies (published names only)."""
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(tuple(ALIASES))}
+
+
+def with_aliases(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Add the alias copies (``injection.downsample.*`` ...) that a strict load expects."""
+    out = dict(sd)
+    for alias, canon in ALIASES.items():
+        out.update({alias + k[len(canon) :]: v for k, v in sd.items() if k.startswith(canon)})
+    return out
+
+
+def _mismatch_error(cfg: MDEQConfig, missing, unexpected, wrong, expected, given) -> CheckpointError:
+    def first(keys: list[str], with_shape: dict[str, Tensor]) -> str:
+        shown = ", ".join(f"{k} {tuple(with_shape[k].shape)}" for k in keys[:3])
+        return shown + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)}: {first(missing, expected)}")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)}: {first(unexpected, given)}")
+    if wrong:
+        shown = ", ".join(
+            f"{k} checkpoint {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}" for k in wrong[:3]
+        )
+        parts.append(f"wrong shape {len(wrong)}: {shown}" + (f" (+{len(wrong) - 3} more)" if len(wrong) > 3 else ""))
+    return CheckpointError(f"checkpoint does not fit config {cfg.name!r}: " + "; ".join(parts))
+
+
+def import_published_with_report(
+    state_dict_or_path: Mapping[str, Any] | str | os.PathLike[str], cfg: MDEQConfig
+) -> tuple[MDEQSegNet, ImportReport]:
+    """Map a published MDEQ checkpoint onto ``MDEQSegNet(cfg)``; see ``import_published``."""
+    report = ImportReport()
+    if isinstance(state_dict_or_path, (str, os.PathLike)):
+        report.source = str(state_dict_or_path)
+        obj: Any = _torch_load(state_dict_or_path)
+    else:
+        obj = state_dict_or_path
+    sd = _fold_all(_select_cell(_strip_wrappers(_unwrap(obj)), report), report)
+    model = MDEQSegNet(cfg)
+    expected = canonical_state(model)
+    wanted = TRUNK if cfg.task == "cls" else TRUNK + SEG_HEAD
+    given: dict[str, Tensor] = {}
+    for k, v in sd.items():
+        if k.startswith(wanted):
+            given[k] = v
+        elif cfg.task == "cls":
+            report.ignored.append(k)  # the HRNet-style classification head: not exported
+        else:
+            given[k] = v  # unknown key in a seg checkpoint: reported as unexpected below
+    needed = {k for k in expected if k.startswith(wanted)}
+    report.kept_at_init = sorted(set(expected) - needed)
+    # Old BatchNorm checkpoints have no num_batches_tracked; it does not affect eval.
+    missing = sorted(k for k in needed - set(given) if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(set(given) - set(expected))
+    wrong = sorted(k for k in needed & set(given) if tuple(given[k].shape) != tuple(expected[k].shape))
+    if missing or unexpected or wrong:
+        raise _mismatch_error(cfg, missing, unexpected, wrong, expected, given)
+    model.load_state_dict(with_aliases({**expected, **given}))
+    return model.eval(), report
+
+
+def import_published(state_dict_or_path: Mapping[str, Any] | str | os.PathLike[str], cfg: MDEQConfig) -> MDEQSegNet:
+    """A published MDEQ checkpoint (path to .pth/.pkl, or its state dict) as an ``MDEQSegNet``.
+
+    Strips the ``model.`` prefix, keeps ``fullstage.*`` (or ``deq.func.*``), drops the
+    ``*_copy``/``deq.*`` duplicates, folds weight norm, and, for a ``cls`` config, imports
+    only the trunk (the classification head is ignored and logged). Raises CheckpointError
+    naming the first missing / unexpected / wrongly shaped keys when it does not fit.
+    """
+    model, report = import_published_with_report(state_dict_or_path, cfg)
+    log.info("imported %s: %s", report.source or "state dict", report.summary())
+    return model
+
+
+def load_any(path: str | os.PathLike[str], cfg: MDEQConfig | None) -> tuple[MDEQSegNet, dict[str, Any], str]:
+    """Our format or a published one, detected from the content: (model, meta, description).
+
+    ``cfg`` is required for a published checkpoint (it carries no config); for ours the
+    stored config wins.
+    """
+    obj = _torch_load(path)
+    if is_own_format(obj):
+        model, meta = model_from_own(obj)
+        return model, meta, f"{FORMAT} checkpoint (config {model.cfg.name!r})"
+    if cfg is None:
+        raise CheckpointError(f"{path} is a published MDEQ checkpoint; name its architecture with --config")
+    model, report = import_published_with_report(obj, cfg)
+    return model, {"source": str(path), "published": True}, f"published MDEQ checkpoint: {report.summary()}"

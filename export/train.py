@@ -1,0 +1,324 @@
+"""Train an MDEQ segmentation model on synthetic single frames: UR, SUR or IL.
+
+Why three modes (notes/mdeq-streamdeq.md §4): UR back-propagates through N unrolled cell
+applications from z = 0; SUR draws N uniformly from 1..N_max per batch, which teaches the model
+to give usable outputs after any number of iterations (what streaming with small k needs);
+IL solves for the fixed point without a graph and back-propagates through one phantom step
+from z*, the cheap DEQ-style gradient.
+
+Resumable: the checkpoint (exact ``deqstream-ckpt/1`` format) is written every few minutes,
+next to a ``.resume`` sidecar (optimizer, step, elapsed time) and a ``.jsonl`` log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from export.config import get_config
+from export.mdeq import MDEQSegNet, build_model, check_resolution
+from export.metrics import confusion, miou
+from export.synthetic import random_batch
+
+CKPT_FORMAT = "deqstream-ckpt/1"
+
+
+def machine() -> str:
+    """One line naming the machine, stamped into checkpoints and results."""
+    cpu = platform.processor() or platform.machine()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    threads = torch.get_num_threads()
+    return f"{platform.node()} {cpu} {os.cpu_count()} cpus, torch {torch.__version__} threads {threads}, {gpu}"
+
+
+def save_ckpt(path: Path, model: MDEQSegNet, meta: dict) -> None:
+    """Write the checkpoint dict in exactly the shared format, atomically."""
+    try:  # the shared helper, when another engineer has written it
+        from export.checkpoint import save_checkpoint  # type: ignore[attr-defined]
+    except ImportError:
+        save_checkpoint = None
+    if save_checkpoint is not None:
+        try:
+            save_checkpoint(path, model, meta)
+            return
+        except TypeError:
+            pass
+    obj = {"format": CKPT_FORMAT, "config": model.cfg.to_dict(), "state_dict": model.state_dict(), "meta": meta}
+    _atomic_save(obj, path)
+
+
+def _atomic_save(obj: object, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_model(path: Path, device: str = "cpu") -> tuple[MDEQSegNet, dict]:
+    """Model and meta from a ``deqstream-ckpt/1`` file (config rebuilt from the stored dict)."""
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is one bad-input error
+        raise ValueError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict) or obj.get("format") != CKPT_FORMAT:
+        raise ValueError(f"{path}: not a {CKPT_FORMAT} checkpoint")
+    cfg = config_from_dict(obj["config"])
+    model = build_model(cfg).to(device)
+    model.load_state_dict(obj["state_dict"])
+    return model, obj.get("meta", {})
+
+
+def config_from_dict(d: dict):  # noqa: ANN201 - MDEQConfig
+    """Rebuild an MDEQConfig from ``to_dict()`` output (lists back to tuples)."""
+    from export.config import MDEQConfig
+
+    d = dict(d)
+    d["channels"] = tuple(d["channels"])
+    d["class_names"] = tuple(d.get("class_names", ()))
+    d["palette"] = tuple(tuple(p) for p in d.get("palette", ()))
+    d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+    return MDEQConfig(**d)
+
+
+# --------------------------------------------------------------------------- losses per mode
+def seg_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy of the stride-4 logits upsampled (as the head engine does) to label size."""
+    up = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=True)
+    return F.cross_entropy(up, labels)
+
+
+def forward_train(model: MDEQSegNet, frames: Tensor, mode: str, iters: int, rng: np.random.Generator) -> Tensor:
+    """Logits for one training batch under the mode's gradient rule."""
+    if mode == "ur":
+        state, _ = model.solve(frames, iters)
+    elif mode == "sur":
+        state, _ = model.solve(frames, int(rng.integers(1, iters + 1)))
+    elif mode == "il":
+        with torch.no_grad():
+            state, _ = model.solve(frames, iters)
+        x = model.injection(frames)  # tracked: the phantom step's gradient reaches the injection
+        state = list(model.fullstage(*[s.detach() for s in state], x))
+    else:
+        raise ValueError(f"unknown mode {mode!r}")
+    return model.head(*state)
+
+
+# --------------------------------------------------------------------------- validation
+def val_set(seed: int, n: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out full-size frames (their own rng stream, never drawn during training)."""
+    return random_batch(np.random.default_rng([seed, 987654321]), n, height, width)
+
+
+@torch.no_grad()
+def evaluate(model: MDEQSegNet, frames: np.ndarray, labels: np.ndarray, iters: int, device: str) -> float:
+    """mIoU (0..1) at ``iters`` cell iterations from z = 0."""
+    was = model.training
+    model.eval()
+    conf = 0
+    for f, lab in zip(frames, labels):
+        logits = model(torch.from_numpy(f[None]).to(device), iters=iters)
+        up = F.interpolate(logits, size=lab.shape, mode="bilinear", align_corners=True)
+        conf = conf + confusion(up.argmax(1)[0].cpu().numpy(), lab, model.cfg.num_classes)
+    model.train(was)
+    return miou(conf)
+
+
+# --------------------------------------------------------------------------- loop
+def lr_at(base: float, progress: float, warmup: float = 0.02) -> float:
+    """Linear warm-up then cosine decay to 2% of base; progress in [0, 1]."""
+    if progress < warmup:
+        return base * (0.1 + 0.9 * progress / warmup)
+    p = min(1.0, (progress - warmup) / (1 - warmup))
+    return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m export.train",
+        description="Train an MDEQ on synthetic frames with UR, SUR or IL (see notes/mdeq-streamdeq.md §4).",
+    )
+    p.add_argument("--config", default="tiny")
+    p.add_argument("--mode", choices=("sur", "ur", "il"), default="sur")
+    p.add_argument("--iters", type=int, default=10, help="UR: N; SUR: N_max (N ~ U{1..N_max}); IL: solver iterations")
+    p.add_argument("--out", required=True, help="checkpoint path (.pt); log goes to <out>.jsonl")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=6)
+    p.add_argument(
+        "--crop", type=int, nargs=2, metavar=("H", "W"), default=None, help="training crop (default 128 256)"
+    )
+    p.add_argument("--height", type=int, default=None, help="training crop height (same as --crop H)")
+    p.add_argument("--width", type=int, default=None, help="training crop width (same as --crop W)")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--time-limit", type=float, default=0.0, help="minutes; stop (and anneal LR by time) at this budget")
+    p.add_argument("--resume", action="store_true", help="continue from --out and its .resume sidecar")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave default)")
+    p.add_argument("--val-every", type=int, default=250)
+    p.add_argument("--val-frames", type=int, default=8)
+    p.add_argument("--save-every", type=float, default=3.0, help="minutes between checkpoints")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    h, w = a.crop or (128, 256)
+    a.height, a.width = a.height or h, a.width or w
+    return a
+
+
+class Trainer:
+    """Holds the model, optimizer and bookkeeping so the loop stays short."""
+
+    def __init__(self, a: argparse.Namespace, command: str) -> None:
+        self.a, self.command = a, command
+        self.device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.cfg = get_config(a.config)
+        check_resolution(self.cfg, a.height, a.width)
+        self.model = build_model(self.cfg, seed=a.seed).to(self.device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
+        self.amp = self.device.startswith("cuda")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.out = Path(a.out)
+        self.sidecar = self.out.with_name(self.out.name + ".resume")
+        self.log_path = self.out.with_suffix(".jsonl")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.step, self.elapsed, self.best = 0, 0.0, float("nan")
+        self.val = val_set(a.seed, a.val_frames, 256, 512)
+
+    def resume(self) -> None:
+        if not self.out.exists():
+            return
+        obj = torch.load(self.out, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(obj["state_dict"])
+        if self.sidecar.exists():
+            side = torch.load(self.sidecar, map_location=self.device, weights_only=False)
+            self.opt.load_state_dict(side["optimizer"])
+            self.step, self.elapsed = side["step"], side["elapsed"]
+        print(f"resumed from {self.out} at step {self.step} ({self.elapsed / 60:.1f} min)", flush=True)
+
+    def progress(self) -> float:
+        p = self.step / self.a.steps
+        if self.a.time_limit > 0:
+            p = max(p, self.elapsed / (self.a.time_limit * 60))
+        return p
+
+    def meta(self, val_miou: float) -> dict:
+        return {
+            "mode": self.a.mode,
+            "iters": self.a.iters,
+            "steps": self.step,
+            "batch": self.a.batch,
+            "crop": [self.a.height, self.a.width],
+            "lr": self.a.lr,
+            "seed": self.a.seed,
+            "wall_time_s": round(self.elapsed, 1),
+            "machine": machine(),
+            "command": self.command,
+            "val_miou": val_miou,
+            "val_iters": self.val_iters(),
+            "torch": torch.__version__,
+            "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+
+    def val_iters(self) -> int:
+        return self.a.iters if self.a.mode != "il" else self.cfg.f_thres
+
+    def save(self, val_miou: float) -> None:
+        self.model.eval()  # state_dict is mode-independent; keep the saved model in eval
+        save_ckpt(self.out, self.model, self.meta(val_miou))
+        self.model.train()
+        _atomic_save({"optimizer": self.opt.state_dict(), "step": self.step, "elapsed": self.elapsed}, self.sidecar)
+
+    def log(self, rec: dict) -> None:
+        with open(self.log_path, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+
+    def train_step(self) -> float:
+        a = self.a
+        rng = np.random.default_rng([a.seed, self.step])
+        frames, labels = random_batch(rng, a.batch, a.height, a.width)
+        x = torch.from_numpy(frames).to(self.device)
+        y = torch.from_numpy(labels.astype(np.int64)).to(self.device)
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(a.lr, self.progress())
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
+            logits = forward_train(self.model, x, a.mode, a.iters, rng)
+            loss = seg_loss(logits.float(), y)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 2.0)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return float(loss.detach())
+
+    def run(self) -> float:
+        from tqdm import tqdm
+
+        a = self.a
+        self.model.train()
+        last_save, val_miou = time.time(), float("nan")
+        bar = tqdm(total=a.steps, initial=self.step, disable=a.no_progress, dynamic_ncols=True, mininterval=5)
+        t_prev = time.time()
+        while self.step < a.steps and self.progress() < 1.0:
+            loss = self.train_step()
+            self.step += 1
+            now = time.time()
+            self.elapsed += now - t_prev
+            t_prev = now
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.opt.param_groups[0]['lr']:.1e}")
+            rec = {"step": self.step, "loss": round(loss, 4), "elapsed_s": round(self.elapsed, 1)}
+            if self.step % a.val_every == 0:
+                val_miou = evaluate(self.model, *self.val, self.val_iters(), self.device)
+                rec["val_miou"] = round(val_miou, 4)
+                print(f"\nstep {self.step} loss {loss:.3f} val mIoU {100 * val_miou:.1f}", flush=True)
+                t_prev = time.time()  # validation time does not count against the training budget
+            if self.step % 10 == 0 or "val_miou" in rec:
+                self.log(rec)
+            if time.time() - last_save > a.save_every * 60:
+                self.save(val_miou)
+                last_save = t_prev = time.time()
+        bar.close()
+        val_miou = evaluate(self.model, *self.val, self.val_iters(), self.device)
+        self.log({"step": self.step, "final_val_miou": round(val_miou, 4), "elapsed_s": round(self.elapsed, 1)})
+        self.save(val_miou)
+        print(f"done: {self.step} steps, {self.elapsed / 60:.1f} min, val mIoU {100 * val_miou:.1f} -> {self.out}")
+        return val_miou
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    command = "python -m export.train " + " ".join(shlex.quote(s) for s in (argv if argv is not None else sys.argv[1:]))
+    try:
+        if a.iters < 1 or a.steps < 1 or a.batch < 1:
+            raise ValueError("--iters, --steps and --batch must be >= 1")
+        trainer = Trainer(a, command)
+        if a.resume:
+            trainer.resume()
+    except (ValueError, OSError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    torch.manual_seed(a.seed + trainer.step)
+    trainer.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

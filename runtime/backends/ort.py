@@ -1,0 +1,94 @@
+"""ONNX Runtime runner: IOBinding on the runtime's persistent buffers, bound by pointer.
+
+CUDA EP (onnxruntime-gpu and a GPU present) binds torch device memory by ``data_ptr`` and
+runs on the runtime's stream (``user_compute_stream``), so nothing goes through the host.
+On the CPU EP the same binding by pointer makes ORT write outputs straight into our torch CPU
+tensors: no per-call allocation, no copy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from runtime.backends.base import Runner, check_io
+from runtime.bundle import EngineSpec
+from runtime.errors import EngineError
+
+NP_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.uint8: np.uint8, torch.int64: np.int64}
+
+
+class OrtRunner(Runner):
+    kind = "onnx"
+    capturable = False  # ORT has its own CUDA-graph mode; torch.cuda.graph cannot record a session run
+
+    def __init__(
+        self, path: Path, spec: EngineSpec, device: torch.device, threads: int = 0, stream: Any = None
+    ) -> None:
+        super().__init__(path, spec, device)
+        self.threads = threads
+        self.stream = stream
+        self.session: Any = None
+        self.bindings: dict[int, Any] = {}
+        self.on_cuda = False
+
+    def load(self) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise EngineError(f"{self.path.name}: onnxruntime does not import ({e})") from None
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if self.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            cuda_opts = {"device_id": str(self.device.index or 0)}
+            if self.stream is not None:
+                cuda_opts["user_compute_stream"] = str(self.stream.cuda_stream)
+            providers = [("CUDAExecutionProvider", cuda_opts)]
+            opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+            self.on_cuda = True
+        elif self.device.type == "cuda":
+            raise EngineError(
+                f"{self.path.name}: device is CUDA but onnxruntime has no CUDAExecutionProvider "
+                "(install onnxruntime-gpu, or run with --device cpu)"
+            )
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
+        except Exception as e:  # noqa: BLE001 - ORT raises several types for a bad file
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise EngineError(f"{self.path.name}: not a loadable ONNX model ({first[:200]})") from None
+        check_io(
+            self.path,
+            self.spec,
+            {i.name: _static(i.shape) for i in self.session.get_inputs()},
+            {o.name: _static(o.shape) for o in self.session.get_outputs()},
+        )
+
+    def bind(self, name: str, tensor: torch.Tensor, slot: int = 0) -> None:
+        super().bind(name, tensor, slot)
+        if tensor.device.type != ("cuda" if self.on_cuda else "cpu"):
+            raise EngineError(f"{self.path.name}: buffer for {name} is on {tensor.device}, the session is not")
+        b = self.bindings.get(slot)
+        if b is None:
+            b = self.bindings[slot] = self.session.io_binding()
+        dev = "cuda" if self.on_cuda else "cpu"
+        idx = (tensor.device.index or 0) if self.on_cuda else 0
+        args = (name, dev, idx, NP_DTYPES[tensor.dtype], list(tensor.shape), tensor.data_ptr())
+        if name in {t.name for t in self.spec.outputs}:
+            b.bind_output(*args)
+        else:
+            b.bind_input(*args)
+
+    def run(self, stream: Any = None, slot: int = 0) -> None:
+        self._bound(slot)
+        self.session.run_with_iobinding(self.bindings[slot])
+
+
+def _static(shape: list[Any]) -> tuple[int, ...] | None:
+    """ORT shape with symbolic dims -> None (not checkable), else a tuple of ints."""
+    return tuple(shape) if all(isinstance(s, int) for s in shape) else None

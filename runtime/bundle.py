@@ -1,0 +1,214 @@
+"""Read an engine bundle: ``manifest.json`` plus the engine files of one kind.
+
+The runtime knows the model only through the manifest (ARCHITECTURE.md, "deqstream-bundle/1"),
+so this is where a bundle that does not fit the contract is caught, before any engine is
+loaded: missing keys, missing files, hashes that differ, state tensors that do not line up
+with the cell's inputs and outputs. The runtime never imports ``export``; this reader checks
+what the runtime relies on, from the file alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import BundleError
+
+FORMAT = "deqstream-bundle/1"
+MANIFEST_NAME = "manifest.json"
+SUFFIX_KIND = {".onnx": "onnx", ".pt2": "pt2", ".plan": "plan"}
+REQUIRED = ("format", "height", "width", "batch", "strides", "state", "engines")
+CORE_ENGINES = ("injection", "deq_cell")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, static shape and dtype of one engine input or output."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @classmethod
+    def parse(cls, d: dict[str, Any], where: str) -> TensorSpec:
+        try:
+            return cls(str(d["name"]), tuple(int(s) for s in d["shape"]), str(d.get("dtype", "float32")))
+        except (KeyError, TypeError, ValueError):
+            raise BundleError(f"manifest: malformed tensor spec in {where}: {d!r}") from None
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """One engine of the bundle as the manifest describes it, resolved to a file of our kind."""
+
+    name: str
+    path: Path
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    device: str | None = None
+
+    def input(self, name: str) -> TensorSpec:
+        return next(t for t in self.inputs if t.name == name)
+
+    def output(self, name: str) -> TensorSpec:
+        return next(t for t in self.outputs if t.name == name)
+
+
+@dataclass
+class Bundle:
+    """What the runtime needs from a bundle: resolution, state layout, engines of one kind."""
+
+    root: Path
+    kind: str
+    manifest: dict[str, Any]
+    height: int
+    width: int
+    batch: int
+    state: tuple[TensorSpec, ...]
+    engines: dict[str, EngineSpec]
+    classes: list[str] = field(default_factory=list)
+    palette: list[tuple[int, int, int]] = field(default_factory=list)
+    f_thres: int = 20
+
+    @property
+    def head_name(self) -> str:
+        return "head_seg" if "head_seg" in self.engines else next(n for n in self.engines if n.startswith("head"))
+
+
+def kind_of(path: str | Path) -> str:
+    """Backend kind from the file suffix (the contract: .onnx, .pt2, .plan)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in SUFFIX_KIND:
+        raise BundleError(f"{path}: unknown engine suffix {suffix!r}; expected one of {', '.join(SUFFIX_KIND)}")
+    return SUFFIX_KIND[suffix]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        raise BundleError(f"no {MANIFEST_NAME} next to the engine in {root} (export a bundle with `python -m export`)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{path} is not a readable JSON manifest: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise BundleError(f"{path}: format is {got!r}, expected {FORMAT!r}")
+    missing = [k for k in REQUIRED if k not in manifest]
+    if missing:
+        raise BundleError(f"{path} lacks keys: {', '.join(missing)}")
+    return manifest
+
+
+def _engine_spec(root: Path, name: str, entry: dict[str, Any], kind: str, check_hash: bool) -> EngineSpec:
+    files = entry.get("files", {})
+    if kind not in files:
+        have = ", ".join(sorted(files)) or "none"
+        raise BundleError(f"manifest: engine {name!r} has no {kind!r} file (has: {have})")
+    path = root / files[kind]
+    if not path.is_file():
+        raise BundleError(f"engine file {path} is missing (listed in the manifest)")
+    if check_hash:
+        want = entry.get("sha256", {}).get(files[kind])
+        if want is None:
+            raise BundleError(f"manifest: no sha256 for {files[kind]}")
+        if sha256_file(path) != want:
+            raise BundleError(f"engine file {path} does not match its sha256 in the manifest (rebuilt or corrupted?)")
+    inputs = tuple(TensorSpec.parse(t, f"{name}.inputs") for t in entry.get("inputs", []))
+    outputs = tuple(TensorSpec.parse(t, f"{name}.outputs") for t in entry.get("outputs", []))
+    if not inputs or not outputs:
+        raise BundleError(f"manifest: engine {name!r} lists no inputs or no outputs")
+    device = entry.get("device", {}).get(kind) if isinstance(entry.get("device"), dict) else None
+    return EngineSpec(name, path, inputs, outputs, device)
+
+
+def _check_consistency(b: Bundle) -> None:
+    """The runtime allocates buffers from the manifest and binds them by name: check the
+    shapes it will bind agree across engines, so a mismatch is one line, not a crash."""
+    n = len(b.state)
+    cell = b.engines["deq_cell"]
+    if [t.name for t in cell.inputs[:n]] != [s.name for s in b.state]:
+        raise BundleError(
+            "manifest: deq_cell inputs do not start with the state tensors " + ",".join(s.name for s in b.state)
+        )
+    for z, zin, f in zip(b.state, cell.inputs[:n], cell.outputs):
+        if not (z.shape == zin.shape == f.shape):
+            raise BundleError(f"manifest: state {z.name} {z.shape} does not match deq_cell {zin.shape} -> {f.shape}")
+    if len(cell.outputs) != n or len(cell.inputs) != n + 1:
+        raise BundleError("manifest: deq_cell must map z0..z{n-1}, x to f0..f{n-1}")
+    inj = b.engines["injection"]
+    if inj.outputs[0].shape != cell.inputs[n].shape:
+        raise BundleError(f"manifest: injection output {inj.outputs[0].shape} != deq_cell x {cell.inputs[n].shape}")
+    if inj.inputs[0].shape != (b.batch, b.height, b.width, 3):
+        raise BundleError(f"manifest: injection input {inj.inputs[0].shape} != ({b.batch}, {b.height}, {b.width}, 3)")
+    head = b.engines[b.head_name]
+    if tuple(t.shape for t in head.inputs) != tuple(s.shape for s in b.state):
+        raise BundleError(f"manifest: {b.head_name} inputs do not match the state shapes")
+
+
+def open_bundle(engine: str | Path, check_hash: bool = True) -> Bundle:
+    """Resolve ``engines/deq_cell.onnx`` (or the bundle directory) to a validated Bundle.
+
+    The suffix of the engine picks the kind; the other engines of that kind come from the
+    manifest's ``files``.
+    """
+    engine = Path(engine)
+    if engine.is_dir():
+        root = engine
+        manifest = read_manifest(root)
+        kinds = list(manifest["engines"].get("deq_cell", {}).get("files", {}))
+        if not kinds:
+            raise BundleError(f"{root}: manifest lists no deq_cell engine")
+        kind = "onnx" if "onnx" in kinds else kinds[0]
+    else:
+        kind = kind_of(engine)
+        if not engine.exists():
+            raise BundleError(f"engine file {engine} does not exist")
+        root = engine.parent
+        manifest = read_manifest(root)
+    try:
+        state = tuple(TensorSpec.parse(t, "state") for t in manifest["state"])
+        engines = {}
+        for name, entry in manifest["engines"].items():
+            if name in CORE_ENGINES or name.startswith("head") or kind in entry.get("files", {}):
+                engines[name] = _engine_spec(root, name, entry, kind, check_hash)
+        for name in CORE_ENGINES:
+            if name not in engines:
+                raise BundleError(f"manifest has no {name!r} engine")
+        if not any(n.startswith("head") for n in engines):
+            raise BundleError("manifest has no head engine (head_seg)")
+        b = Bundle(
+            root=root,
+            kind=kind,
+            manifest=manifest,
+            height=int(manifest["height"]),
+            width=int(manifest["width"]),
+            batch=int(manifest["batch"]),
+            state=state,
+            engines=engines,
+            classes=[str(c) for c in manifest.get("classes", [])],
+            palette=[tuple(int(v) for v in p) for p in manifest.get("palette", [])],
+            f_thres=int(manifest.get("f_thres", 20)),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise BundleError(f"{root / MANIFEST_NAME}: malformed manifest ({type(e).__name__}: {e})") from None
+    if not engine.is_dir() and engine.resolve() not in {e.path.resolve() for e in b.engines.values()}:
+        raise BundleError(f"{engine} is not one of the engines listed in {root / MANIFEST_NAME}")
+    _check_consistency(b)
+    return b

@@ -1,0 +1,30 @@
+"""User-facing errors of the runtime.
+
+Everything a user can get wrong (a missing file, a corrupt engine, a manifest that does not
+match, an unwritable output directory) raises one of these with a one-line message; the CLI
+prints that line and exits non-zero instead of showing a traceback.
+"""
+
+from __future__ import annotations
+
+
+class DeqRuntimeError(Exception):
+    """Base class: the message is one line meant for the user."""
+
+    exit_code = 2
+
+
+class BundleError(DeqRuntimeError):
+    """The engine bundle (manifest.json + engine files) is missing, corrupt or inconsistent."""
+
+
+class EngineError(DeqRuntimeError):
+    """An engine file cannot be loaded by its backend (wrong kind, corrupt, backend missing)."""
+
+
+class SourceError(DeqRuntimeError):
+    """The input cannot be opened or decoded."""
+
+
+class OutputError(DeqRuntimeError):
+    """The output directory or a file in it cannot be written."""

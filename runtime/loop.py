@@ -1,0 +1,385 @@
+"""The streaming loop: sources -> Pipeline (one batched call for N streams) -> writers.
+
+One loop runs every mode: each stream's policy plans the frame, the pipeline executes the
+plans, a reset monitor drops states after a shot change or divergence, and each decoded frame
+gets exactly one record. Ctrl-C stops after the current frame and still writes everything
+processed so far. ``run`` is what the CLI, the demo and the benchmarks call.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from runtime.bundle import Bundle, open_bundle
+from runtime.errors import DeqRuntimeError, EngineError, SourceError
+from runtime.modes import FrameInfo, Outcome, Plan, Policy, ResetMonitor, make_policy
+from runtime.pipeline import STAGES, Pipeline
+from runtime.sources import Frame, Prefetcher, Source, open_source
+from runtime.stats import format_summary, summarize
+from runtime.writers import Sink, atomic_write_json, prepare_out_dir
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs (the CLI's arguments, usable from Python)."""
+
+    engine: str | Path
+    sources: list[Any]  # paths/URLs or Source objects, one per stream
+    out: Path | None = Path("out")
+    mode: str = "stream"
+    iters: int = 2
+    solver: str = "fixed_point"
+    tol: float | None = None
+    check_every: int = 4
+    budget_ms: float | None = None
+    max_iters: int = 20
+    reset_iters: int | None = None
+    reset: bool = True
+    fit: str = "resize"
+    save_maps: str = "png"
+    video: bool = True
+    device: str = "auto"
+    graphs: bool = True
+    max_frames: int | None = None
+    threads: int = 0
+    progress: bool = True
+    check_hash: bool = True
+    log: Any = None  # callable(str) for warnings; default stderr
+    policy: Callable[[], Policy] | None = None  # one fresh policy per stream; overrides mode/iters
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def pick_device(requested: str, bundle: Bundle) -> torch.device:
+    """``auto``: the GPU when torch sees one and the engine kind can use it, else the CPU."""
+    if requested == "cpu":
+        if bundle.kind == "plan":
+            raise EngineError(
+                f"{bundle.engines['deq_cell'].path.name}: a .plan engine needs an NVIDIA GPU, not --device cpu"
+            )
+        return torch.device("cpu")
+    cuda = torch.cuda.is_available()
+    if requested.startswith("cuda"):
+        if not cuda:
+            raise EngineError("--device cuda was asked for but no NVIDIA GPU is available")
+        return torch.device(requested)
+    if bundle.kind == "pt2":
+        built = bundle.engines["deq_cell"].device or "cpu"
+        return torch.device("cuda" if built.startswith("cuda") and cuda else "cpu")
+    if bundle.kind == "onnx" and cuda:
+        import onnxruntime as ort
+
+        return torch.device("cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu")
+    return torch.device("cuda" if cuda else "cpu")
+
+
+class _StopFlag:
+    """First Ctrl-C: finish the current frame and write everything; second: abort hard."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self._old: Any = None
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, *_: object) -> None:
+        if self.stop:
+            raise KeyboardInterrupt
+        self.stop = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _frame_change(a: np.ndarray | None, b: np.ndarray) -> float | None:
+    """Mean absolute pixel difference on a 1/8 subsample (cheap shot-change evidence)."""
+    if a is None or a.shape != b.shape:
+        return None
+    return float(np.abs(a[::8, ::8].astype(np.int16) - b[::8, ::8].astype(np.int16)).mean())
+
+
+class StreamState:
+    """Per-stream bookkeeping of the loop: its source, policy, monitor, writer, counters."""
+
+    def __init__(self, idx: int, source: Source, policy: Policy, sink: Sink | None, prefetch: Prefetcher) -> None:
+        self.idx, self.source, self.policy, self.sink, self.prefetch = idx, source, policy, sink, prefetch
+        self.monitor = ResetMonitor()
+        self.done = False
+        self.frames = 0
+        self.prev: np.ndarray | None = None
+        self.resets: list[dict[str, Any]] = []
+        self.iters: list[int] = []
+        self.residuals: list[float] = []
+
+
+def run(cfg: RunConfig) -> dict[str, Any]:
+    """Process the sources; returns the summary (also written as ``summary.json``)."""
+    log = cfg.log or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    bundle = open_bundle(cfg.engine, check_hash=cfg.check_hash)
+    n = len(cfg.sources)
+    if n == 0:
+        raise SourceError("no input given")
+    if bundle.batch != n:
+        raise EngineError(
+            f"the engines take batch {bundle.batch} but {n} input stream(s) were given "
+            f"(export with --batch {n}, or pass {bundle.batch} input(s))"
+        )
+    device = pick_device(cfg.device, bundle)
+    outs: list[Path | None] = [None] * n
+    if cfg.out is not None:
+        root = prepare_out_dir(Path(cfg.out))
+        outs = [root] if n == 1 else [prepare_out_dir(root / f"stream{i}") for i in range(n)]
+    sources = [s if isinstance(s, Source) else open_source(s) for s in cfg.sources]
+    if cfg.policy is not None:  # a custom mode (e.g. a propagation mode) plugs in here
+        policies = [cfg.policy() for _ in range(n)]
+    else:
+        policies = [make_policy(cfg.mode, cfg.iters, cfg.reset_iters, cfg.budget_ms, cfg.max_iters) for _ in range(n)]
+    pipeline = Pipeline(
+        bundle,
+        device,
+        cfg.solver,
+        cfg.tol,
+        cfg.check_every,
+        cfg.graphs,
+        cfg.threads,
+        max_iters=max(p.max_iters for p in policies),
+        log=log,
+    )
+    hw = (bundle.height, bundle.width)
+    streams = []
+    for i, src in enumerate(sources):
+        sink = None
+        if outs[i] is not None:
+            fps = float(getattr(getattr(src, "stream", None), "average_rate", None) or getattr(src, "fps", 30) or 30)
+            sink = Sink(outs[i], fps, bundle.palette, cfg.save_maps, cfg.video)
+        pre = Prefetcher(src, hw, cfg.fit, keep_original=cfg.video and sink is not None, max_frames=cfg.max_frames)
+        streams.append(StreamState(i, src, policies[i], sink, pre))
+    try:
+        summary = _loop(cfg, bundle, pipeline, streams, log)
+    except BaseException:
+        for s in streams:
+            s.prefetch.close()
+            if s.sink is not None:
+                s.sink.abort()
+        raise
+    return summary
+
+
+def _loop(cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[StreamState], log: Any) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    latency, gpu, stages = [], [], {k: [] for k in ("decode", *STAGES)}
+    total = streams[0].source.total if len(streams) == 1 else None
+    if cfg.max_frames is not None:
+        total = min(total, cfg.max_frames) if total else cfg.max_frames
+    bar = tqdm(total=total, disable=not cfg.progress, unit="frame", file=sys.stderr, dynamic_ncols=True)
+    blank = np.zeros((bundle.height, bundle.width, 3), np.uint8)
+    interrupted = False
+    t_start = time.perf_counter()
+    with _StopFlag() as flag:
+        while True:
+            got = [None if s.done else s.prefetch.get(lambda: flag.stop) for s in streams]
+            if flag.stop and any(f is None and not s.done for s, f in zip(streams, got)):
+                interrupted = True  # stopped while waiting for a frame (e.g. a stalled live source)
+                log("interrupted: finishing with the frames processed so far")
+                break
+            for s, f in zip(streams, got):
+                if f is None:
+                    s.done = True
+            if all(s.done for s in streams):
+                break
+            latency_ms, gpu_ms = _one_frame(cfg, pipe, streams, got, blank, stages, log)
+            latency.append(latency_ms)
+            if gpu_ms is not None:
+                gpu.append(gpu_ms)
+            bar.update(1)
+            if flag.stop:
+                interrupted = True
+                log("interrupted: finishing with the frames processed so far")
+                break
+    wall = time.perf_counter() - t_start
+    bar.close()
+    for s in streams:
+        s.prefetch.close()
+    decoded = sum(s.frames for s in streams)
+    if decoded == 0:
+        for s in streams:
+            if s.sink is not None:
+                s.sink.abort()
+        detail = "; ".join(f"{s.source.last_error}" for s in streams if s.source.last_error)
+        raise SourceError(
+            f"{', '.join(s.source.name for s in streams)}: zero frames decoded" + (f" ({detail})" if detail else "")
+        )
+    for s in streams:
+        if s.sink is not None:
+            s.sink.close()
+            stages.setdefault("write", []).extend(s.sink.write_ms)
+    summary = summarize(latency, wall, gpu or None, frames=len(latency), extra=stages)
+    summary.update(_run_facts(cfg, bundle, pipe, streams, interrupted))
+    if cfg.out is not None:
+        atomic_write_json(Path(cfg.out) / "summary.json", summary)
+    return summary
+
+
+def _one_frame(
+    cfg: RunConfig,
+    pipe: Pipeline,
+    streams: list[StreamState],
+    got: list[Frame | None],
+    blank: np.ndarray,
+    stages: dict[str, list[float]],
+    log: Any,
+) -> tuple[float, float | None]:
+    """Plan, run and record one batched frame (streams that ended get a blank, unrecorded)."""
+    infos, plans, frames, pre_reset = [], [], [], []
+    for s, f in zip(streams, got):
+        info = FrameInfo(f.index, f.time, f.key_frame, f.side) if f is not None else FrameInfo(-1)
+        reason = ""
+        if f is not None and cfg.reset and cfg.mode != "frame":
+            reason = s.monitor.before(info, _frame_change(s.prev, f.rgb))
+            if reason:
+                pipe.reset(s.idx)
+        plan = s.policy.plan(info, pipe.has_state[s.idx]) if f is not None else Plan(iters=0, run_cell=False)
+        if reason:
+            plan.reason = reason
+        infos.append(info)
+        plans.append(plan)
+        frames.append(f.rgb if f is not None else blank)
+        pre_reset.append(reason)
+    t0 = time.perf_counter()
+    res = pipe.run(frames, plans, infos)
+    post = [""] * len(streams)
+    if cfg.reset and cfg.mode != "frame":
+        warm = [p.start == "previous" and pipe.has_state[i] and not pre_reset[i] for i, p in enumerate(plans)]
+        for s, f, r, w in zip(streams, got, res.residuals, warm):
+            if f is not None:
+                post[s.idx] = s.monitor.after(r, w and s.frames > 0)
+        if any(post):
+            res = _after_reset(pipe, streams, got, plans, infos, post, res)
+    latency_ms = (time.perf_counter() - t0) * 1e3
+    for name, ms in res.stage_ms.items():
+        stages.setdefault(name, []).append(ms)
+    for s, f, plan in zip(streams, got, plans):
+        if f is None:
+            continue
+        stages["decode"].append(f.decode_ms)
+        _record(cfg, s, f, plan, res, pre_reset[s.idx] or post[s.idx], latency_ms)
+    return latency_ms, res.gpu_ms
+
+
+def _after_reset(
+    pipe: Pipeline,
+    streams: list[StreamState],
+    got: list[Frame | None],
+    plans: list[Plan],
+    infos: list[FrameInfo],
+    post: list[str],
+    res: Any,
+) -> Any:
+    """Drop the states that the monitor rejected. With one stream the frame is solved again
+    from zero (same x, no re-upload); in a batch the others' start states are gone, so the
+    rejected streams restart from zero on their next frame instead."""
+    for s in streams:
+        if post[s.idx]:
+            pipe.reset(s.idx)
+            s.monitor.clear()
+    if len(streams) == 1 and got[0] is not None:
+        s = streams[0]
+        plan = s.policy.plan(infos[0], False)
+        plan.start, plan.reason = "zero", post[0]
+        again = pipe.resolve([plan], infos)
+        merged = dict(res.stage_ms)
+        for k, v in again.stage_ms.items():
+            merged[k] = merged.get(k, 0.0) + v
+        again.stage_ms = merged
+        again.gpu_ms = res.gpu_ms
+        plans[0] = plan
+        return again
+    return res
+
+
+def _record(cfg: RunConfig, s: StreamState, f: Frame, plan: Plan, res: Any, reset: str, latency_ms: float) -> None:
+    b = s.idx
+    residual = float(res.residuals[b]) if res.nstep else None
+    warm = plan.start == "previous" and not reset
+    if residual is not None:
+        s.monitor.accept(residual, warm)
+    iters = res.nstep if plan.run_cell else 0
+    s.iters.append(iters)
+    if residual is not None:
+        s.residuals.append(residual)
+    if reset:  # logged in the frame record and the summary (stderr stays for problems)
+        s.resets.append({"frame": f.index, "reason": reset})
+    stage = {k: round(v, 3) for k, v in res.stage_ms.items()}
+    record = {
+        "frame": f.index,
+        "stream": b,
+        "timestamp": f.time,
+        "key_frame": f.key_frame,
+        "mode": s.policy.name,
+        "iterations": iters,
+        "residual": None if residual is None or residual != residual else round(residual, 6),
+        "start": "zero" if (plan.start == "zero" or reset) else "previous",
+        "reset": reset or None,
+        "cuda_graph": res.graph,
+        "latency_ms": {"decode": round(f.decode_ms, 3), **stage, "total": round(latency_ms, 3)},
+    }
+    s.policy.observe(
+        FrameInfo(f.index, f.time, f.key_frame),
+        Outcome(
+            iters, residual if residual is not None else float("nan"), res.stage_ms.get("cell", 0.0), latency_ms, reset
+        ),
+    )
+    s.frames += 1
+    s.prev = f.rgb
+    if s.sink is not None:
+        fitter = s.prefetch.fitters.get(f.source_hw)
+        s.sink.put(record, f, res.classes[b], fitter)
+
+
+def _run_facts(cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[StreamState], interrupted: bool) -> dict:
+    """What the summary says besides timings: config, device, per-stream counts and problems."""
+    per_stream = []
+    for s in streams:
+        per_stream.append(
+            {
+                "source": s.source.name,
+                "frames": s.frames,
+                "decode_errors": s.source.errors,
+                "last_decode_error": s.source.last_error or None,
+                "resets": s.resets,
+                "mean_iterations": float(np.mean(s.iters)) if s.iters else 0.0,
+                "mean_residual": float(np.nanmean(s.residuals)) if s.residuals else None,
+                "out": str(s.sink.out) if s.sink is not None else None,
+            }
+        )
+    return {
+        "engine": str(cfg.engine),
+        "kind": bundle.kind,
+        "device": str(pipe.device),
+        "mode": cfg.mode,
+        "iters": cfg.iters,
+        "solver": cfg.solver,
+        "tol": cfg.tol,
+        "budget_ms": cfg.budget_ms,
+        "streams": per_stream,
+        "cuda_graphs": bool(pipe.graphs),
+        "interrupted": interrupted,
+        "resolution": [bundle.height, bundle.width],
+    }
+
+
+__all__ = ["DeqRuntimeError", "RunConfig", "format_summary", "pick_device", "run"]

@@ -1,0 +1,213 @@
+"""Modes are policies: per frame they decide the start state, the iteration count, whether the
+cell runs at all, and an optional warp of the state, so one loop executes every mode.
+
+``frame`` (z = 0, N iterations) and ``stream`` (StreamDEQ: warm start from the previous
+frame's state, k iterations) live here. Propagation modes (dff, mv, mv-interp, stream-mv)
+plug in by returning a ``Plan`` with ``warp`` set (and ``run_cell=False`` on frames they only
+propagate); the loop does not change. ``Budgeted`` wraps any policy with a latency controller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+
+@dataclass
+class FrameInfo:
+    """What a policy may look at before the frame runs (no pixels: those are on the device)."""
+
+    index: int
+    time: float | None = None
+    key_frame: bool = False
+    side: dict[str, Any] = field(default_factory=dict)  # e.g. codec motion vectors
+
+
+# warp(state views of one stream, each (C, H, W), frame info) -> None, in place on the start state
+WarpHook = Callable[[list[Tensor], FrameInfo], None]
+
+
+@dataclass
+class Plan:
+    """One frame's work: start from zero or the previous state, warp it, run ``iters`` steps."""
+
+    iters: int
+    start: str = "previous"  # "zero" | "previous"
+    run_cell: bool = True
+    warp: WarpHook | None = None
+    reason: str = ""  # why the state was reset (logged), empty otherwise
+
+
+@dataclass
+class Outcome:
+    """What a policy learns after the frame (feeds adaptive policies and controllers)."""
+
+    iters: int
+    residual: float
+    cell_ms: float
+    total_ms: float
+    reset: str = ""
+
+
+class Policy:
+    """Base policy; subclasses override ``plan`` (and ``observe`` if they adapt)."""
+
+    name = "base"
+
+    def plan(self, info: FrameInfo, has_state: bool) -> Plan:
+        raise NotImplementedError
+
+    def observe(self, info: FrameInfo, outcome: Outcome) -> None:
+        """Called once per frame after it ran."""
+
+    @property
+    def max_iters(self) -> int:
+        """Most iterations a frame can ask for (sizes the residual trace once)."""
+        return 1
+
+
+class FramePolicy(Policy):
+    """Per-frame DEQ baseline: every frame starts from z = 0 and runs N iterations."""
+
+    name = "frame"
+
+    def __init__(self, iters: int) -> None:
+        self.iters = iters
+
+    def plan(self, info: FrameInfo, has_state: bool) -> Plan:
+        return Plan(iters=self.iters, start="zero")
+
+    @property
+    def max_iters(self) -> int:
+        return self.iters
+
+
+class StreamPolicy(Policy):
+    """StreamDEQ: start from the previous frame's state and run k iterations. The first frame
+    (and a frame after a reset) starts from zero with ``reset_iters`` (default k, as the paper)."""
+
+    name = "stream"
+
+    def __init__(self, iters: int, reset_iters: int | None = None) -> None:
+        self.iters = iters
+        self.reset_iters = reset_iters or iters
+
+    def plan(self, info: FrameInfo, has_state: bool) -> Plan:
+        if not has_state:
+            return Plan(iters=self.reset_iters, start="zero", reason="" if info.index == 0 else "no state")
+        return Plan(iters=self.iters, start="previous")
+
+    @property
+    def max_iters(self) -> int:
+        return max(self.iters, self.reset_iters)
+
+
+class Budgeted(Policy):
+    """Choose the iterations per frame so the frame latency stays under ``budget_ms``.
+
+    Keeps running means (EMA) of the cost of one cell iteration and of everything else per
+    frame, and asks for floor((budget - rest) / per_iter) iterations, clamped to
+    [min_iters, max_iters]. In stream mode, frames that start from zero (first frame, resets)
+    keep the wrapped policy's count.
+    """
+
+    def __init__(self, inner: Policy, budget_ms: float, min_iters: int = 1, max_iters: int = 20, ema: float = 0.2):
+        self.inner, self.budget_ms = inner, budget_ms
+        self.min_iters, self._max, self.ema = min_iters, max_iters, ema
+        self.per_iter_ms: float | None = None
+        self.rest_ms: float | None = None
+        self.name = f"{inner.name}+budget"
+
+    def choose(self) -> int:
+        if self.per_iter_ms is None or self.rest_ms is None:
+            return self.min_iters
+        n = int((self.budget_ms - self.rest_ms) / max(self.per_iter_ms, 1e-6) + 1e-6)
+        return max(self.min_iters, min(self._max, n))
+
+    def plan(self, info: FrameInfo, has_state: bool) -> Plan:
+        plan = self.inner.plan(info, has_state)
+        if plan.run_cell and (plan.start == "previous" or isinstance(self.inner, FramePolicy)):
+            plan.iters = self.choose()
+        return plan
+
+    def observe(self, info: FrameInfo, outcome: Outcome) -> None:
+        self.inner.observe(info, outcome)
+        if outcome.iters <= 0:
+            return
+        per, rest = outcome.cell_ms / outcome.iters, max(outcome.total_ms - outcome.cell_ms, 0.0)
+        a = self.ema
+        self.per_iter_ms = per if self.per_iter_ms is None else (1 - a) * self.per_iter_ms + a * per
+        self.rest_ms = rest if self.rest_ms is None else (1 - a) * self.rest_ms + a * rest
+
+    @property
+    def max_iters(self) -> int:
+        return max(self._max, self.inner.max_iters)
+
+
+class ResetMonitor:
+    """Decides when a stream's state must be dropped, and says why (the reason is logged).
+
+    - divergence: a non-finite residual, or a residual that grew over ``grow_frames`` frames
+      in a row to above ``grow_limit``;
+    - shot change, after the frame ran: the residual of a warm-started frame jumps above
+      ``jump`` times its running mean (the previous state belongs to another scene);
+    - shot change, before it runs: a codec key frame whose mean absolute difference from the
+      previous frame (0..255) exceeds ``key_change``.
+    """
+
+    def __init__(self, jump: float = 4.0, grow_frames: int = 3, grow_limit: float = 0.5, key_change: float = 40.0):
+        self.jump, self.grow_frames, self.grow_limit, self.key_change = jump, grow_frames, grow_limit, key_change
+        self.mean: float | None = None
+        self.seen = 0
+        self.grew = 0
+        self.last: float | None = None
+
+    def before(self, info: FrameInfo, frame_change: float | None) -> str:
+        if info.key_frame and frame_change is not None and frame_change > self.key_change:
+            return f"key frame with large change ({frame_change:.0f})"
+        return ""
+
+    def after(self, residual: float, warm: bool) -> str:
+        if residual != residual or residual in (float("inf"), float("-inf")):
+            return "divergence (non-finite residual)"
+        if not warm:
+            return ""
+        reason = ""
+        if self.last is not None and residual > self.last and residual > self.grow_limit:
+            self.grew += 1
+            if self.grew >= self.grow_frames:
+                reason = f"divergence (residual grew {self.grew} frames to {residual:.3g})"
+        else:
+            self.grew = 0
+        if not reason and self.mean is not None and self.seen >= 3 and residual > self.jump * self.mean:
+            reason = f"shot change (residual {residual:.3g} > {self.jump:g} x mean {self.mean:.3g})"
+        return reason
+
+    def accept(self, residual: float, warm: bool) -> None:
+        """Record a frame that was kept (warm frames only feed the running mean)."""
+        self.last = residual
+        if warm:
+            self.seen += 1
+            self.mean = residual if self.mean is None else 0.8 * self.mean + 0.2 * residual
+
+    def clear(self) -> None:
+        self.mean, self.seen, self.grew, self.last = None, 0, 0, None
+
+
+def make_policy(
+    mode: str, iters: int, reset_iters: int | None = None, budget_ms: float | None = None, max_iters: int = 20
+) -> Policy:
+    """The CLI's ``--mode`` -> policy (extend the table for new modes)."""
+    table: dict[str, Callable[[], Policy]] = {
+        "frame": lambda: FramePolicy(iters),
+        "stream": lambda: StreamPolicy(iters, reset_iters),
+    }
+    if mode not in table:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(table)}")
+    policy = table[mode]()
+    if budget_ms is not None:
+        policy = Budgeted(policy, budget_ms, min_iters=1, max_iters=max(max_iters, iters))
+    return policy

@@ -1,0 +1,271 @@
+"""The streaming loop's GPU side: upload -> injection -> policy-driven solve -> head -> download.
+
+One ``Pipeline`` owns the engines and the persistent buffers of one stream group (a batch of
+B streams sharing one batched engine call). Per frame it uploads the decoded bytes, runs the
+injection, prepares each stream's start state as its policy asks (zero / previous / warped),
+runs the solver between the two state sets, runs the head on the set holding the result and
+downloads the class map: one host sync per frame. On CUDA the k plain iterations of a frame
+are captured once per (k, start set) into a CUDA graph and replayed; if capture fails the
+pipeline falls back to plain launches and says so once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from runtime.backends import Runner, load_runner
+from runtime.buffers import StreamBuffers
+from runtime.bundle import Bundle
+from runtime.modes import Plan
+from runtime.solvers import SOLVERS, SolverInfo, Workspace, fixed_point
+
+STAGES = ("upload", "injection", "cell", "head", "download")
+
+
+@dataclass
+class BatchResult:
+    """Outputs of one batched frame: class maps (host copies), residual and steps per stream."""
+
+    classes: np.ndarray  # (B, H, W) uint8, owned by the caller
+    residuals: list[float]
+    nstep: int
+    stage_ms: dict[str, float]
+    gpu_ms: float | None = None
+    graph: bool = False
+    info: SolverInfo | None = None
+    resets: list[str] = field(default_factory=list)
+
+
+class _Timer:
+    """Stage times: CUDA events on the pipeline stream on GPU (read after the frame's one
+    sync), perf_counter on CPU (where every call is synchronous)."""
+
+    def __init__(self, stream: torch.cuda.Stream | None) -> None:
+        self.stream = stream
+        self.marks: list[tuple[str, Any]] = []
+        if stream is not None:
+            self.events = [torch.cuda.Event(enable_timing=True) for _ in range(len(STAGES) + 2)]
+
+    def start(self) -> None:
+        self.marks = []
+        self.mark("start")
+
+    def mark(self, name: str) -> None:
+        if self.stream is None:
+            self.marks.append((name, time.perf_counter()))
+        else:
+            ev = self.events[len(self.marks)]
+            ev.record(self.stream)
+            self.marks.append((name, ev))
+
+    def stage_ms(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for (_, a), (name, b) in zip(self.marks, self.marks[1:]):
+            ms = (b - a) * 1e3 if self.stream is None else a.elapsed_time(b)
+            out[name] = out.get(name, 0.0) + ms
+        return out
+
+
+class Pipeline:
+    """Engines + buffers + solver for one stream group; ``run`` processes one batched frame."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        device: torch.device,
+        solver: str = "fixed_point",
+        tol: float | None = None,
+        check_every: int = 4,
+        graphs: bool = True,
+        threads: int = 0,
+        max_iters: int = 64,
+        log: Any = None,
+    ) -> None:
+        self.bundle, self.device = bundle, device
+        self.solver_name, self.solver = solver, SOLVERS[solver]
+        self.tol, self.check_every = tol, check_every
+        self.log = log or (lambda msg: None)
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        kw: dict[str, Any] = {"threads": threads, "stream": self.stream}
+        self.injection = load_runner(bundle.engines["injection"], device, **kw)
+        self.cell = load_runner(bundle.engines["deq_cell"], device, **kw)
+        self.head = load_runner(bundle.engines[bundle.head_name], device, **kw)
+        self.buf = StreamBuffers(bundle, device)
+        self.ws = Workspace(self.buf.layout, device, max_iter=max(max_iters, 1))
+        if solver == "anderson":
+            self.ws.anderson()
+        elif solver == "broyden":
+            self.ws.broyden()
+        self._bind()
+        self.use_graphs = graphs and device.type == "cuda" and self.cell.capturable
+        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, int, SolverInfo]] = {}
+        self.graph_failed = False
+        self.pool: Any = None
+        self.warm: set[int] = set()
+        self._capturing = False
+        self.timer = _Timer(self.stream)
+        self.has_state = [False] * self.batch
+        self.calls = 0
+
+    @property
+    def batch(self) -> int:
+        return self.buf.layout.batch
+
+    def _bind(self) -> None:
+        b = self.bundle
+        inj, cell, head = b.engines["injection"], b.engines["deq_cell"], b.engines[b.head_name]
+        self.injection.bind(inj.inputs[0].name, self.buf.frame)
+        self.injection.bind(inj.outputs[0].name, self.buf.x)
+        n = len(b.state)
+        for slot in (0, 1):
+            src, dst = self.buf.zviews[slot], self.buf.zviews[1 - slot]
+            for spec, t in zip(cell.inputs[:n], src):
+                self.cell.bind(spec.name, t, slot)
+            self.cell.bind(cell.inputs[n].name, self.buf.x, slot)
+            for spec, t in zip(cell.outputs, dst):
+                self.cell.bind(spec.name, t, slot)
+            for spec, t in zip(head.inputs, self.buf.zviews[slot]):
+                self.head.bind(spec.name, t, slot)
+            self.head.bind(head.outputs[0].name, self.buf.out, slot)
+
+    def step(self, z_in: torch.Tensor, z_out: torch.Tensor) -> None:
+        """f(z_in) -> z_out for the two bound state sets (the solvers' ``step``)."""
+        slot = self.buf.set_index(z_in)
+        assert z_out.data_ptr() == self.buf.z[1 - slot].data_ptr(), "step must map one state set to the other"
+        self.cell.run(self.stream, slot)
+        if not self._capturing:
+            self.warm.add(slot)
+
+    # -- per-frame work -------------------------------------------------------------------
+    def upload(self, frames: list[np.ndarray]) -> None:
+        for b, f in enumerate(frames):
+            self.buf.frame_host[b].copy_(torch.from_numpy(f))
+        if self.buf.frame_host is not self.buf.frame:
+            self.buf.frame.copy_(self.buf.frame_host, non_blocking=True)
+
+    def prepare_state(self, plans: list[Plan], infos: list[Any]) -> None:
+        """Zero or warp each stream's start state in the current set, as its plan says."""
+        cur = self.buf.z[self.buf.current]
+        for b, plan in enumerate(plans):
+            views = self.buf.layout.sample_views(cur, b)
+            if plan.start == "zero" or not self.has_state[b]:
+                for v in views:
+                    v.zero_()
+            if plan.warp is not None:
+                plan.warp(views, infos[b])
+
+    def solve(self, iters: int) -> tuple[SolverInfo, bool]:
+        """Run ``iters`` iterations from the current set; the result set becomes current."""
+        cur = self.buf.current
+        z0, work = self.buf.z[cur], self.buf.z[1 - cur]
+        if self._graphable(iters, cur):
+            entry = self.graphs.get((iters, cur)) or self._capture(iters, cur)
+            if entry is not None:
+                g, result, info = entry
+                g.replay()
+                self.buf.current = result
+                return info, True
+        z, info = self.solver(self.step, z0, iters, self.tol, work=work, ws=self.ws, check_every=self.check_every)
+        self.buf.current = self.buf.set_index(z)
+        return info, False
+
+    def _graphable(self, iters: int, cur: int) -> bool:
+        return (
+            self.use_graphs
+            and not self.graph_failed
+            and self.solver is fixed_point
+            and self.tol is None
+            and ({cur} if iters == 1 else {0, 1}) <= self.warm  # slots ran once outside capture (trtexec)
+        )
+
+    def _capture(self, iters: int, cur: int) -> tuple[torch.cuda.CUDAGraph, int, SolverInfo] | None:
+        """Record ``iters`` plain iterations (+ residuals) from set ``cur`` into one graph."""
+        assert self.stream is not None
+        try:
+            self.stream.synchronize()
+            g = torch.cuda.CUDAGraph()
+            self._capturing = True
+            if self.pool is None:  # one pool for all (k, set) graphs: each frees its temporaries
+                self.pool = torch.cuda.graph_pool_handle()
+            with torch.cuda.graph(g, pool=self.pool, stream=self.stream):
+                z, info = fixed_point(self.step, self.buf.z[cur], iters, None, work=self.buf.z[1 - cur], ws=self.ws)
+            self._capturing = False
+            entry = (g, self.buf.set_index(z), info)
+            self.graphs[(iters, cur)] = entry
+            return entry
+        except Exception as e:  # noqa: BLE001 - any capture failure means "run plain launches"
+            self._capturing = False
+            self.graph_failed = True
+            self.log(f"CUDA graph capture failed ({type(e).__name__}: {e}); using plain launches")
+            torch.cuda.synchronize(self.device)
+            return None
+
+    def run(self, frames: list[np.ndarray], plans: list[Plan], infos: list[Any]) -> BatchResult:
+        """Process one batched frame (``frames[b]`` already at the engine resolution)."""
+        ctx = torch.cuda.stream(self.stream) if self.stream is not None else _nullcontext()
+        with ctx:
+            t = self.timer
+            t.start()
+            self.upload(frames)
+            t.mark("upload")
+            self.injection.run(self.stream)
+            t.mark("injection")
+            self.prepare_state(plans, infos)
+            iters = max((p.iters for p in plans if p.run_cell), default=0)
+            info, graph = self.solve(iters) if iters > 0 else (None, False)
+            t.mark("cell")
+            self.head.run(self.stream, self.buf.current)
+            t.mark("head")
+            if self.buf.out_host is not self.buf.out:
+                self.buf.out_host.copy_(self.buf.out, non_blocking=True)
+            t.mark("download")
+            if self.stream is not None:
+                self.stream.synchronize()
+        stage = t.stage_ms()
+        gpu = None if self.stream is None else stage["injection"] + stage["cell"] + stage["head"]
+        residuals = info.residuals() if info is not None and info.nstep else [float("nan")] * self.batch
+        self.has_state = [True] * self.batch
+        self.calls += 1
+        return BatchResult(
+            self.buf.out_host.numpy().copy(), residuals, info.nstep if info else 0, stage, gpu, graph, info
+        )
+
+    def reset(self, b: int) -> None:
+        """Forget stream ``b``'s state (its next plan starts from zero)."""
+        self.has_state[b] = False
+
+    def resolve(self, plans: list[Plan], infos: list[Any]) -> BatchResult:
+        """Re-run the last frame's solve (same x) after a reset: no upload or injection."""
+        ctx = torch.cuda.stream(self.stream) if self.stream is not None else _nullcontext()
+        with ctx:
+            t = self.timer
+            t.start()
+            self.prepare_state(plans, infos)
+            info, graph = self.solve(max(p.iters for p in plans))
+            t.mark("cell")
+            self.head.run(self.stream, self.buf.current)
+            t.mark("head")
+            if self.buf.out_host is not self.buf.out:
+                self.buf.out_host.copy_(self.buf.out, non_blocking=True)
+            t.mark("download")
+            if self.stream is not None:
+                self.stream.synchronize()
+        self.has_state = [True] * self.batch
+        stage = t.stage_ms()
+        return BatchResult(self.buf.out_host.numpy().copy(), info.residuals(), info.nstep, stage, None, graph, info)
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+__all__ = ["STAGES", "BatchResult", "Pipeline", "Runner"]

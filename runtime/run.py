@@ -1,0 +1,201 @@
+"""``python -m runtime.run --engine engines/deq_cell.onnx video.mp4``: the streaming runtime CLI.
+
+Bad input ends with one line on stderr and a non-zero exit code, never a traceback:
+2 = unusable input/engine/output, 3 = the input was only partly decodable (outputs written
+for what decoded), 130 = interrupted (outputs written for what was processed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from runtime.errors import DeqRuntimeError
+from runtime.solvers import SOLVERS
+
+EXAMPLES = """examples:
+  python -m runtime.run --engine engines/deq_cell.onnx clip.mp4 --mode stream --iters 2
+  python -m runtime.run --engine engines/deq_cell.onnx clip.mp4 --mode frame --iters 20 --save-maps npz
+  python -m runtime.run --engine engines/deq_cell.plan rtsp://camera/stream --budget-ms 33
+  python -m runtime.run --engine engines_b2/deq_cell.onnx a.mp4 b.mp4 --streams 2
+outputs (in --out): overlay.mp4, maps/ or maps.npz, frames.jsonl (one record per frame), summary.json
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m runtime.run",
+        description="Run an exported MDEQ engine bundle over video: per-frame DEQ (--mode frame) or "
+        "StreamDEQ warm-started iterations (--mode stream). Reads only the engines and manifest.json.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="video file, image folder, live URL (rtsp://, http://...) or webcam:N; one per stream",
+    )
+    p.add_argument(
+        "--engine",
+        required=True,
+        type=Path,
+        help="the cell engine, e.g. engines/deq_cell.onnx; its suffix picks the backend "
+        "(.onnx ONNX Runtime, .pt2 AOTInductor, .plan TensorRT); manifest.json must sit next to it",
+    )
+    g = p.add_argument_group("solving")
+    g.add_argument(
+        "--mode",
+        choices=("frame", "stream"),
+        default="stream",
+        help="frame: z = 0 every frame; stream: warm start from the previous frame (default)",
+    )
+    g.add_argument(
+        "--iters",
+        type=int,
+        default=None,
+        help="cell iterations per frame (default: 2 in stream mode, the manifest's f_thres in frame mode)",
+    )
+    g.add_argument(
+        "--solver", choices=tuple(SOLVERS), default="fixed_point", help="fixed-point solver (default fixed_point)"
+    )
+    g.add_argument(
+        "--tol",
+        type=float,
+        default=None,
+        help="stop a frame early once the relative residual ||f(z)-z||/||f(z)|| is below this",
+    )
+    g.add_argument("--check-every", type=int, default=4, help="with --tol: check every N iterations (one sync each)")
+    g.add_argument(
+        "--budget-ms",
+        type=float,
+        default=None,
+        help="choose iterations per frame to keep the frame latency under this many milliseconds",
+    )
+    g.add_argument("--max-iters", type=int, default=20, help="upper bound on iterations chosen by --budget-ms")
+    g.add_argument(
+        "--reset-iters",
+        type=int,
+        default=None,
+        help="iterations for a stream's first frame and after a state reset (default: --iters)",
+    )
+    g.add_argument("--no-reset", action="store_true", help="never reset the state on shot changes or divergence")
+    g.add_argument(
+        "--streams",
+        type=int,
+        default=None,
+        help="number of streams processed together in one batched call (default: number of inputs)",
+    )
+    d = p.add_argument_group("device and I/O")
+    d.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    d.add_argument("--no-graphs", action="store_true", help="disable CUDA graph capture of the iterations")
+    d.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
+    d.add_argument(
+        "--fit",
+        choices=("resize", "pad"),
+        default="resize",
+        help="how frames meet the engine resolution: stretch (default) or scale and pad",
+    )
+    d.add_argument("--out", type=Path, default=Path("out"), help="output directory (default out/)")
+    d.add_argument(
+        "--save-maps",
+        choices=("png", "npz", "none"),
+        default="png",
+        help="per-frame class maps: PNG folder (default), one NPZ, or none",
+    )
+    d.add_argument("--no-video", action="store_true", help="do not write the overlay MP4")
+    d.add_argument("--max-frames", type=int, default=None, help="stop after this many frames per stream")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.add_argument("--no-hash", action="store_true", help="skip the sha256 check of the engines against the manifest")
+    return p
+
+
+def _validate(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    for name in ("iters", "check_every", "max_iters", "reset_iters", "streams", "max_frames"):
+        v = getattr(a, name)
+        if v is not None and v < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if a.tol is not None and not a.tol > 0:
+        p.error("--tol must be > 0")
+    if a.budget_ms is not None and not a.budget_ms > 0:
+        p.error("--budget-ms must be > 0")
+    if a.streams is not None and a.streams != len(a.inputs):
+        p.error(f"--streams {a.streams} but {len(a.inputs)} input(s) given (one input per stream)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _validate(parser, args)
+    from runtime.loop import RunConfig, format_summary, run
+
+    try:
+        from runtime.bundle import open_bundle
+
+        iters = args.iters
+        if iters is None:
+            iters = 2 if args.mode == "stream" else open_bundle(args.engine, check_hash=False).f_thres
+        cfg = RunConfig(
+            engine=args.engine,
+            sources=list(args.inputs),
+            out=args.out,
+            mode=args.mode,
+            iters=iters,
+            solver=args.solver,
+            tol=args.tol,
+            check_every=args.check_every,
+            budget_ms=args.budget_ms,
+            max_iters=args.max_iters,
+            reset_iters=args.reset_iters,
+            reset=not args.no_reset,
+            fit=args.fit,
+            save_maps=args.save_maps,
+            video=not args.no_video,
+            device=args.device,
+            graphs=not args.no_graphs,
+            max_frames=args.max_frames,
+            threads=args.threads,
+            progress=not args.no_progress,
+            check_hash=not args.no_hash,
+        )
+        summary = run(cfg)
+    except DeqRuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("error: out of memory", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - a bug, not bad input: still one line, traceback on request
+        if os.environ.get("DEQSTREAM_DEBUG"):
+            raise
+        msg = (str(e).strip().splitlines() or [""])[0][:300]
+        print(
+            f"error: internal error {type(e).__name__}: {msg} (set DEQSTREAM_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+    print(format_summary(summary))
+    print(f"outputs: {args.out.resolve()} (overlay.mp4, frames.jsonl, summary.json)")
+    code = 0
+    for s in summary["streams"]:
+        if s["resets"]:
+            print(f"{s['source']}: {len(s['resets'])} state reset(s) (shot change or divergence; see frames.jsonl)")
+        if s["decode_errors"]:
+            print(
+                f"warning: {s['source']}: {s['decode_errors']} decode error(s), last: {s['last_decode_error']}; "
+                f"outputs cover the {s['frames']} frames that decoded",
+                file=sys.stderr,
+            )
+            code = 3
+    if summary["interrupted"]:
+        code = 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

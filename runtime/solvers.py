@@ -1,0 +1,265 @@
+"""Fixed-point solvers over flat state vectors, torchdeq-style: ``solver(step, z0, max_iter, tol)``.
+
+``step(z_in, z_out)`` writes f(z_in) into z_out. The runtime's step only accepts the two
+bound state buffers (z0 and ``work``), so every solver keeps its iterate in those two and its
+history in preallocated buffers (``Workspace``): no allocation of state-sized memory and no
+host sync inside the loop. The relative residual ||f(z) - z|| / ||f(z)|| is written per
+stream into a device trace; ``tol`` is checked every ``check_every`` iterations (one sync per
+check). Anderson and Broyden treat the batch as one joint system (identical to per-stream for
+the usual batch of one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from runtime.buffers import StateLayout
+
+Step = Callable[[Tensor, Tensor], None]
+
+
+class Workspace:
+    """Preallocated scratch for one stream group: residual meter, trace, solver histories."""
+
+    def __init__(self, layout: StateLayout, device: torch.device, max_iter: int = 64, m: int = 6, lbfgs: int = 30):
+        self.layout, self.device, self.B, D = layout, device, layout.batch, layout.total
+        S = len(layout.shapes)
+        f32 = dict(dtype=layout.dtype, device=device)
+        self.diff = torch.zeros(D, **f32)
+        self.sq = torch.zeros(D, **f32)
+        self.sq_views = [v.view(self.B, -1) for v in layout.views(self.sq)]
+        self.part = torch.zeros(S, self.B, **f32)
+        self.num = torch.zeros(self.B, **f32)
+        self.den = torch.zeros(self.B, **f32)
+        self.trace = torch.zeros(max_iter, self.B, **f32)
+        self.m, self.lbfgs = m, lbfgs
+        self._anderson: dict[str, Tensor] | None = None
+        self._broyden: dict[str, Tensor] | None = None
+
+    def ensure_trace(self, max_iter: int) -> None:
+        if self.trace.shape[0] < max_iter:  # grows only when a larger --iters appears (setup, not per frame)
+            self.trace = torch.zeros(max_iter, self.B, dtype=self.trace.dtype, device=self.device)
+
+    def _sqnorm(self, v: Tensor, out: Tensor) -> None:
+        torch.mul(v, v, out=self.sq)
+        for i, view in enumerate(self.sq_views):
+            torch.sum(view, dim=1, out=self.part[i])
+        torch.sum(self.part, dim=0, out=out)
+
+    def residual(self, fz: Tensor, z: Tensor, out: Tensor) -> None:
+        """Per-stream relative residual ||fz - z|| / ||fz|| into ``out`` (B,), allocation-free."""
+        torch.sub(fz, z, out=self.diff)
+        self._sqnorm(self.diff, self.num)
+        self._sqnorm(fz, self.den)
+        self.den.clamp_(min=1e-30)
+        torch.div(self.num, self.den, out=out)
+        out.sqrt_()
+
+    def anderson(self) -> dict[str, Tensor]:
+        if self._anderson is None:
+            m, D = self.m, self.layout.total
+            kw = dict(dtype=self.layout.dtype, device=self.device)
+            bordered = []
+            for n in range(1, m + 1):
+                K = torch.zeros(n + 1, n + 1, **kw)
+                K[0, 1:] = 1
+                K[1:, 0] = 1
+                bordered.append(K)
+            rhs = torch.zeros(m + 1, 1, **kw)
+            rhs[0] = 1
+            self._anderson = {"F": torch.zeros(m, D, **kw), "G": torch.zeros(m, D, **kw), "rhs": rhs}
+            self._anderson.update({f"K{n}": K for n, K in enumerate(bordered, 1)})
+            self._anderson.update({f"H{n}": torch.zeros(n, n, **kw) for n in range(1, m + 1)})
+        return self._anderson
+
+    def broyden(self) -> dict[str, Tensor]:
+        if self._broyden is None:
+            L, D = self.lbfgs, self.layout.total
+            kw = dict(dtype=self.layout.dtype, device=self.device)
+            self._broyden = {k: torch.zeros(L, D, **kw) for k in ("U", "V")}
+            self._broyden.update({k: torch.zeros(D, **kw) for k in ("gx", "gnew", "dx", "dg", "upd", "vt", "u", "t")})
+            self._broyden.update({k: torch.zeros(L, **kw) for k in ("c",)})
+        return self._broyden
+
+
+@dataclass
+class SolverInfo:
+    """nstep, the relative-residual trace (device, (nstep, B)) and helpers that read it once."""
+
+    nstep: int
+    trace: Tensor
+    solver: str
+
+    def residuals(self) -> list[float]:
+        """Final relative residual per stream (syncs)."""
+        return self.trace[self.nstep - 1].tolist() if self.nstep else []
+
+    def trace_list(self) -> list[list[float]]:
+        return self.trace[: self.nstep].tolist()
+
+    def lowest_step(self) -> int:
+        """1-based step with the lowest worst-stream residual (torchdeq's ``lowest_step``)."""
+        return int(self.trace[: self.nstep].amax(dim=1).argmin()) + 1 if self.nstep else 0
+
+
+def _workspace(z0: Tensor, ws: Workspace | None, max_iter: int) -> Workspace:
+    if ws is None:  # standalone use (tests, scripts): one flat batch-of-one vector
+        ws = Workspace(StateLayout(((1, z0.numel()),), (0,), z0.numel(), z0.dtype), z0.device, max_iter)
+    ws.ensure_trace(max_iter)
+    return ws
+
+
+def _converged(ws: Workspace, k: int, tol: float | None, check_every: int, max_iter: int) -> bool:
+    """One sync every ``check_every`` iterations, never when no tol is set."""
+    if tol is None or ((k + 1) % check_every and k + 1 != max_iter):
+        return False
+    return bool(ws.trace[k].max() < tol)
+
+
+def fixed_point(
+    step: Step,
+    z0: Tensor,
+    max_iter: int,
+    tol: float | None = None,
+    *,
+    work: Tensor | None = None,
+    ws: Workspace | None = None,
+    check_every: int = 4,
+    **_: object,
+) -> tuple[Tensor, SolverInfo]:
+    """z <- f(z), ping-ponging between z0 and work; returns the buffer holding the last f."""
+    ws = _workspace(z0, ws, max_iter)
+    a, b = z0, (work if work is not None else torch.empty_like(z0))
+    k = -1
+    for k in range(max_iter):
+        step(a, b)
+        ws.residual(b, a, ws.trace[k])
+        a, b = b, a
+        if _converged(ws, k, tol, check_every, max_iter):
+            break
+    return a, SolverInfo(k + 1, ws.trace, "fixed_point")
+
+
+def anderson(
+    step: Step,
+    z0: Tensor,
+    max_iter: int,
+    tol: float | None = None,
+    *,
+    work: Tensor | None = None,
+    ws: Workspace | None = None,
+    check_every: int = 4,
+    lam: float = 1e-4,
+    **_: object,
+) -> tuple[Tensor, SolverInfo]:
+    """Anderson acceleration (type II, history m): the next iterate is the mix of the last m
+    f-values whose residual mix has the least norm (a bordered least squares, regularised by
+    ``lam`` times the mean squared residual so it stays scale-free)."""
+    ws = _workspace(z0, ws, max_iter)
+    h = ws.anderson()
+    F, G, rhs = h["F"], h["G"], h["rhs"]
+    x, fx = z0, (work if work is not None else torch.empty_like(z0))
+    k = -1
+    for k in range(max_iter):
+        step(x, fx)
+        ws.residual(fx, x, ws.trace[k])
+        i = k % ws.m
+        F[i].copy_(fx)
+        torch.sub(fx, x, out=G[i])
+        if k + 1 == max_iter or _converged(ws, k, tol, check_every, max_iter):
+            break
+        n = min(k + 1, ws.m)
+        if n == 1:
+            x.copy_(fx)
+            continue
+        K, H = h[f"K{n}"], h[f"H{n}"]
+        torch.mm(G[:n], G[:n].T, out=H)
+        K[1:, 1:].copy_(H)
+        # lam relative to the mean squared residual: an absolute lam swamps G G^T near convergence
+        K.diagonal()[1:].add_(H.diagonal().mean() * lam + 1e-30)
+        sol, _ = torch.linalg.solve_ex(K, rhs[: n + 1], check_errors=False)
+        torch.mm(sol[1:].T, F[:n], out=x.view(1, -1))
+    return fx, SolverInfo(k + 1, ws.trace, "anderson")
+
+
+def broyden(
+    step: Step,
+    z0: Tensor,
+    max_iter: int,
+    tol: float | None = None,
+    *,
+    work: Tensor | None = None,
+    ws: Workspace | None = None,
+    check_every: int = 4,
+    **_: object,
+) -> tuple[Tensor, SolverInfo]:
+    """Limited-memory ("good") Broyden on g(z) = f(z) - z, inverse Jacobian -I + U^T V kept
+    in L preallocated rows (restarted when full); the first update is +g, so one step equals one plain iteration."""
+    ws = _workspace(z0, ws, max_iter)
+    h = ws.broyden()
+    U, V, c = h["U"], h["V"], h["c"]
+    gx, gnew, dx, dg, upd, vt, u, t = (h[k] for k in ("gx", "gnew", "dx", "dg", "upd", "vt", "u", "t"))
+    x, fx = z0, (work if work is not None else torch.empty_like(z0))
+    L = ws.lbfgs
+    step(x, fx)
+    ws.residual(fx, x, ws.trace[0])
+    torch.sub(fx, x, out=gx)
+    upd.copy_(gx)
+    k, stored = 0, 0
+    if _converged(ws, 0, tol, check_every, max_iter):
+        return fx, SolverInfo(1, ws.trace, "broyden")
+    for k in range(1, max_iter):
+        x.add_(upd)
+        dx.copy_(upd)
+        step(x, fx)
+        ws.residual(fx, x, ws.trace[k])
+        torch.sub(fx, x, out=gnew)
+        torch.sub(gnew, gx, out=dg)
+        gx.copy_(gnew)
+        if k + 1 == max_iter or _converged(ws, k, tol, check_every, max_iter):
+            break
+        if stored == L:  # memory full: restart from -I (overwriting the oldest pair diverges)
+            stored = 0
+        n = stored
+        _rmatvec(U[:n], V[:n], c[:n], dx, vt, t)  # vt = Binv^T dx
+        _matvec(U[:n], V[:n], c[:n], dg, u, t)  # u = Binv dg
+        torch.sub(dx, u, out=u)
+        den = torch.dot(vt, dg)
+        den = torch.where(den.abs() < 1e-30, torch.full_like(den, 1e-30), den)
+        u.div_(den)
+        U[stored].copy_(u)
+        V[stored].copy_(vt)
+        stored += 1
+        n = stored
+        _matvec(U[:n], V[:n], c[:n], gx, upd, t)
+        upd.neg_()
+    return fx, SolverInfo(k + 1, ws.trace, "broyden")
+
+
+def _matvec(U: Tensor, V: Tensor, c: Tensor, y: Tensor, out: Tensor, t: Tensor) -> None:
+    """out = (-I + U^T V) y, with U, V the stored rows."""
+    torch.neg(y, out=out)
+    if U.shape[0]:
+        torch.mv(V, y, out=c)
+        torch.mv(U.T, c, out=t)
+        out.add_(t)
+
+
+def _rmatvec(U: Tensor, V: Tensor, c: Tensor, y: Tensor, out: Tensor, t: Tensor) -> None:
+    """out = (-I + U^T V)^T y = -y + V^T (U y)."""
+    torch.neg(y, out=out)
+    if U.shape[0]:
+        torch.mv(U, y, out=c)
+        torch.mv(V.T, c, out=t)
+        out.add_(t)
+
+
+SOLVERS: dict[str, Callable[..., tuple[Tensor, SolverInfo]]] = {
+    "fixed_point": fixed_point,
+    "anderson": anderson,
+    "broyden": broyden,
+}

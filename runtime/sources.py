@@ -1,0 +1,324 @@
+"""Inputs: video files (anything FFmpeg decodes, via PyAV), image folders, live URLs and webcams,
+and in-memory arrays (tests, benchmarks). A decode thread fills a bounded queue so decoding
+overlaps the GPU work; frames are fitted to the engine resolution there too.
+
+A corrupt packet is skipped and counted, a stream that breaks off ends the input: what could
+be decoded is processed and the rest is reported, never a crash.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import SourceError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+LIVE_PREFIXES = ("rtsp://", "rtmp://", "rtp://", "udp://", "tcp://", "srt://", "http://", "https://")
+
+
+@dataclass
+class Frame:
+    """One decoded frame: engine-resolution pixels plus what the policies and writers need."""
+
+    index: int
+    rgb: np.ndarray  # (H, W, 3) uint8 at the engine resolution
+    source_hw: tuple[int, int]
+    time: float | None = None
+    key_frame: bool = False
+    decode_ms: float = 0.0
+    original: np.ndarray | None = None  # source-resolution pixels (for the overlay), if kept
+    side: dict[str, Any] = field(default_factory=dict)
+
+
+class Fitter:
+    """Engine resolution <-> source resolution: ``resize`` (stretch) or ``pad`` (keep aspect,
+    scale to fit, pad bottom/right with black). Class maps go back by nearest neighbour."""
+
+    def __init__(self, src_hw: tuple[int, int], dst_hw: tuple[int, int], mode: str = "resize") -> None:
+        if mode not in ("resize", "pad"):
+            raise ValueError(f"fit mode must be resize or pad, got {mode!r}")
+        (sh, sw), (dh, dw) = src_hw, dst_hw
+        self.src_hw, self.dst_hw, self.mode = src_hw, dst_hw, mode
+        if mode == "pad":
+            s = min(dh / sh, dw / sw)
+            self.inner = (max(1, round(sh * s)), max(1, round(sw * s)))
+        else:
+            self.inner = (dh, dw)
+        ih, iw = self.inner
+        self.rows = np.minimum((np.arange(sh) + 0.5) * ih / sh, ih - 1).astype(np.intp)
+        self.cols = np.minimum((np.arange(sw) + 0.5) * iw / sw, iw - 1).astype(np.intp)
+
+    @property
+    def identity(self) -> bool:
+        return self.src_hw == self.dst_hw
+
+    def fit(self, rgb: np.ndarray) -> np.ndarray:
+        """Source pixels -> engine-resolution pixels (bilinear)."""
+        if self.identity:
+            return np.ascontiguousarray(rgb)
+        from PIL import Image
+
+        ih, iw = self.inner
+        small = np.asarray(Image.fromarray(rgb).resize((iw, ih), Image.BILINEAR))
+        if self.inner == self.dst_hw:
+            return np.ascontiguousarray(small)
+        out = np.zeros((*self.dst_hw, 3), np.uint8)
+        out[:ih, :iw] = small
+        return out
+
+    def unfit(self, classes: np.ndarray) -> np.ndarray:
+        """Engine-resolution class map -> source resolution (nearest, crops the padding)."""
+        if self.identity:
+            return classes
+        return classes[self.rows[:, None], self.cols[None, :]]
+
+
+Item = tuple[np.ndarray, float | None, bool, dict[str, Any]]
+
+
+class Source:
+    """Iterates ``(rgb, time, key_frame, side)`` at the source resolution; counts decode errors.
+
+    ``side`` carries per-frame extras for the policies (e.g. codec motion vectors for the
+    propagation modes, filled by a ``side_hook``)."""
+
+    name = "source"
+    live = False
+
+    def __init__(self) -> None:
+        self.errors = 0
+        self.last_error = ""
+        self.total: int | None = None
+
+    def __iter__(self) -> Iterator[Item]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the decoder (idempotent)."""
+
+
+class ArraySource(Source):
+    """Frames from memory (a list, an array or any iterable of HxWx3 uint8 arrays)."""
+
+    def __init__(self, frames: Iterable[np.ndarray], name: str = "array", fps: float = 30.0) -> None:
+        super().__init__()
+        self.frames, self.name, self.fps = frames, name, fps
+        self.total = len(frames) if hasattr(frames, "__len__") else None  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[Item]:
+        for i, f in enumerate(self.frames):
+            yield f, i / self.fps, i == 0, {}
+
+
+class ImageFolderSource(Source):
+    """Sorted image files of a directory; an unreadable image is skipped and counted."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.name = str(root)
+        self.files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.files:
+            raise SourceError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+        self.total = len(self.files)
+
+    def __iter__(self) -> Iterator[Item]:
+        from PIL import Image
+
+        for i, p in enumerate(self.files):
+            try:
+                with Image.open(p) as im:
+                    rgb = np.asarray(im.convert("RGB"))
+            except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
+                self.errors += 1
+                self.last_error = f"{p.name}: {e}"
+                continue
+            yield rgb, float(i), True, {}
+
+
+class VideoSource(Source):
+    """A video file or a live URL/webcam through PyAV (FFmpeg).
+
+    ``codec_options`` go to the decoder (``{"flags2": "+export_mvs"}`` makes FFmpeg export
+    motion vectors); ``side_hook(av_frame, index) -> dict`` turns a decoded frame's side data
+    into the ``side`` dict the policies see (how the motion-vector modes plug in).
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        live: bool = False,
+        options: dict[str, str] | None = None,
+        codec_options: dict[str, str] | None = None,
+        side_hook: Callable[[Any, int], dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__()
+        import av
+
+        self.side_hook = side_hook
+        self.name, self.live = spec, live
+        fmt = None
+        if spec.startswith("webcam:") or spec.startswith("/dev/video"):
+            fmt, spec = "v4l2", (f"/dev/video{spec.split(':', 1)[1]}" if spec.startswith("webcam:") else spec)
+        opts = dict(options or {})
+        if spec.startswith("rtsp://"):
+            opts.setdefault("rtsp_transport", "tcp")
+        try:
+            self.container = av.open(spec, format=fmt, options=opts, timeout=(15.0, 15.0) if live else None)
+        except FileNotFoundError:
+            raise SourceError(f"{spec}: no such file") from None
+        except PermissionError:
+            raise SourceError(f"{spec}: permission denied") from None
+        except Exception as e:  # noqa: BLE001 - av.error.* for anything FFmpeg cannot open
+            raise SourceError(f"{spec}: cannot open as video ({_one_line(e)})") from None
+        if not self.container.streams.video:
+            self.container.close()
+            raise SourceError(f"{spec}: contains no video stream")
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type = "AUTO"
+        if codec_options:
+            self.stream.codec_context.options = dict(codec_options)
+        self.total = self.stream.frames or None
+
+    def __iter__(self) -> Iterator[Item]:
+        index = 0
+        try:
+            for packet in self.container.demux(self.stream):
+                try:
+                    decoded = packet.decode()
+                except Exception as e:  # noqa: BLE001 - a corrupt packet: skip it, count it
+                    self.errors += 1
+                    self.last_error = _one_line(e)
+                    continue
+                for f in decoded:
+                    side = self.side_hook(f, index) if self.side_hook is not None else {}
+                    ts = float(f.time) if f.time is not None else None
+                    yield f.to_ndarray(format="rgb24"), ts, bool(getattr(f, "key_frame", False)), side
+                    index += 1
+        except Exception as e:  # noqa: BLE001 - the demuxer gave up: keep what was decoded
+            self.errors += 1
+            self.last_error = _one_line(e)
+
+    def close(self) -> None:
+        try:
+            self.container.close()
+        except Exception:  # noqa: BLE001 - closing twice or a dead connection is fine
+            pass
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]
+
+
+def open_source(spec: str | Path) -> Source:
+    """A path, folder, URL or ``webcam:N`` -> the right Source (clear error if unusable)."""
+    s = str(spec)
+    if s.startswith(LIVE_PREFIXES) or s.startswith("webcam:") or s.startswith("/dev/video"):
+        return VideoSource(s, live=not s.startswith(("http://", "https://")) or s.endswith((".m3u8", ".sdp")))
+    p = Path(s)
+    if not p.exists():
+        raise SourceError(f"{s}: no such file or directory")
+    if p.is_dir():
+        return ImageFolderSource(p)
+    if p.suffix.lower() in IMAGE_SUFFIXES:
+        raise SourceError(f"{s}: a single image; pass the folder that holds the frames")
+    try:
+        with open(p, "rb") as f:
+            if not f.read(1):
+                raise SourceError(f"{s}: empty file (zero frames)")
+    except OSError as e:
+        raise SourceError(f"{s}: cannot read ({e.strerror})") from None
+    return VideoSource(s)
+
+
+_END = object()
+
+
+class Prefetcher:
+    """Decode thread: fits frames to the engine resolution and fills a bounded queue.
+
+    ``keep_original`` keeps the source-resolution pixels for the overlay writer.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        dst_hw: tuple[int, int],
+        fit: str = "resize",
+        maxsize: int = 8,
+        keep_original: bool = True,
+        max_frames: int | None = None,
+    ) -> None:
+        self.source, self.dst_hw, self.fit_mode = source, dst_hw, fit
+        self.keep_original, self.max_frames = keep_original, max_frames
+        self.q: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
+        self.stop_event = threading.Event()
+        self.fitters: dict[tuple[int, int], Fitter] = {}
+        self.decoded = 0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._work, name=f"decode-{source.name}", daemon=True)
+        self.thread.start()
+
+    def fitter(self, hw: tuple[int, int]) -> Fitter:
+        if hw not in self.fitters:
+            self.fitters[hw] = Fitter(hw, self.dst_hw, self.fit_mode)
+        return self.fitters[hw]
+
+    def _put(self, item: Any) -> bool:
+        while not self.stop_event.is_set():
+            try:
+                self.q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self) -> None:
+        try:
+            t0 = time.perf_counter()
+            for rgb, ts, key, side in self.source:
+                if self.max_frames is not None and self.decoded >= self.max_frames:
+                    break
+                if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+                    raise SourceError(f"{self.source.name}: frame {self.decoded} is not HxWx3 uint8")
+                hw = (int(rgb.shape[0]), int(rgb.shape[1]))
+                fitted = self.fitter(hw).fit(rgb)
+                ms = (time.perf_counter() - t0) * 1e3
+                frame = Frame(self.decoded, fitted, hw, ts, key, ms, rgb if self.keep_original else None, side)
+                if not self._put(frame):
+                    return
+                self.decoded += 1
+                t0 = time.perf_counter()
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, reported there
+            self.error = e
+        finally:
+            self._put(_END)
+
+    def get(self, stop: Callable[[], bool] = lambda: False) -> Frame | None:
+        """Next frame, or None at the end or once ``stop()`` is true while waiting (a live
+        source may not deliver); re-raises a decode-thread failure."""
+        while True:
+            try:
+                item = self.q.get(timeout=0.2)
+                break
+            except queue.Empty:
+                if stop():
+                    return None
+        if item is _END:
+            if self.error is not None:
+                raise self.error
+            return None
+        return item
+
+    def close(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=5)
+        self.source.close()

@@ -1,0 +1,112 @@
+"""Timing statistics in trtexec's vocabulary, as pure functions over lists of timings.
+
+Shared by the runtime's end-of-run summary and the benchmark scripts: throughput, latency
+min/max/mean/median/percentiles, GPU compute time, and trtexec's warning when the coefficient
+of variation exceeds 2.5 % (unstable clocks or a noisy machine make the numbers unreliable).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+CV_WARN = 0.025
+PERCENTILES = (90, 95, 99)
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (what trtexec reports); NaN for no values."""
+    if not values:
+        return math.nan
+    s = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(s)))
+    return float(s[min(rank, len(s)) - 1])
+
+
+def describe(values: Sequence[float], percentiles: Sequence[float] = PERCENTILES) -> dict[str, float]:
+    """min, max, mean, median, p<N>, std and coefficient of variation of ``values``."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return {"count": 0}
+    n = len(vals)
+    mean = sum(vals) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / n)
+    s = sorted(vals)
+    median = s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+    out = {
+        "count": n,
+        "min": s[0],
+        "max": s[-1],
+        "mean": mean,
+        "median": median,
+        "std": std,
+        "cv": std / mean if mean > 0 else 0.0,
+    }
+    for p in percentiles:
+        out[f"p{p:g}"] = percentile(s, p)
+    return out
+
+
+def summarize(
+    latency_ms: Sequence[float],
+    wall_s: float,
+    gpu_ms: Sequence[float] | None = None,
+    frames: int | None = None,
+    extra: dict[str, Sequence[float]] | None = None,
+) -> dict[str, Any]:
+    """The summary of one run: throughput over the wall time, latency, GPU compute, stages."""
+    n = len(latency_ms) if frames is None else frames
+    out: dict[str, Any] = {
+        "frames": n,
+        "wall_s": wall_s,
+        "throughput_fps": n / wall_s if wall_s > 0 else math.nan,
+        "latency_ms": describe(latency_ms),
+    }
+    if gpu_ms:
+        out["gpu_compute_ms"] = describe(gpu_ms)
+        out["total_gpu_compute_s"] = sum(gpu_ms) / 1e3
+    for name, vals in (extra or {}).items():
+        out.setdefault("stages_ms", {})[name] = describe(vals)
+    out["warnings"] = warnings_for(out)
+    return out
+
+
+def warnings_for(summary: dict[str, Any]) -> list[str]:
+    """trtexec's stability warning, on GPU compute time when present, else on latency."""
+    key = "gpu_compute_ms" if "gpu_compute_ms" in summary else "latency_ms"
+    d = summary.get(key, {})
+    if d.get("count", 0) >= 2 and d.get("cv", 0.0) > CV_WARN:
+        return [
+            f"the coefficient of variation of {key.replace('_ms', '')} is {100 * d['cv']:.1f}% (> {100 * CV_WARN:g}%):"
+            " timings are unstable (locking GPU clocks or an idle machine may improve stability)"
+        ]
+    return []
+
+
+def _line(name: str, d: dict[str, float], unit: str = "ms") -> str:
+    if not d.get("count"):
+        return f"{name}: n/a"
+    pct = ", ".join(f"percentile({k[1:]}%) = {d[k]:.3f} {unit}" for k in d if k.startswith("p") and k[1:].isdigit())
+    return (
+        f"{name}: min = {d['min']:.3f} {unit}, max = {d['max']:.3f} {unit}, mean = {d['mean']:.3f} {unit}, "
+        f"median = {d['median']:.3f} {unit}, {pct}"
+    )
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """Human-readable block, laid out like trtexec's ``=== Performance summary ===``."""
+    lines = ["=== Performance summary ===", f"Throughput: {summary['throughput_fps']:.3f} fps"]
+    lines.append(_line("Latency", summary["latency_ms"]))
+    if "gpu_compute_ms" in summary:
+        lines.append(_line("GPU Compute Time", summary["gpu_compute_ms"]))
+    for name, d in summary.get("stages_ms", {}).items():
+        if d.get("count"):
+            lines.append(
+                f"  {name:<10} mean = {d['mean']:.3f} ms, median = {d['median']:.3f} ms, p99 = {d['p99']:.3f} ms"
+            )
+    lines.append(f"Total Host Walltime: {summary['wall_s']:.3f} s ({summary['frames']} frames)")
+    if "total_gpu_compute_s" in summary:
+        lines.append(f"Total GPU Compute Time: {summary['total_gpu_compute_s']:.3f} s")
+    lines += [f"[W] {w}" for w in summary.get("warnings", [])]
+    return "\n".join(lines)

@@ -1,0 +1,102 @@
+"""The accuracy benchmark machinery on a tiny clip set with a randomly initialised model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.accuracy import TorchStepper, main, prepare_clips, run_accuracy, write_outputs
+from export.config import get_config
+from export.mdeq import build_model
+from export.metrics import confusion, iou_per_class, miou
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core CPU, OpenMP spinning makes 2 threads far slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_miou_matches_hand_computation() -> None:
+    pred = np.array([[0, 0, 1], [1, 2, 2]])
+    label = np.array([[0, 1, 1], [1, 2, 0]])
+    # class 0: tp 1, union {0,1,5} = 3; class 1: tp 2, union {1,2,3} = 3; class 2: tp 1, union {4,5} = 2
+    expected = (1 / 3 + 2 / 3 + 1 / 2) / 3
+    assert miou(confusion(pred, label, 3)) == pytest.approx(expected)
+    ious = iou_per_class(confusion(pred, label, 4))  # class 3 never occurs: ignored, not zero
+    assert np.isnan(ious[3]) and miou(confusion(pred, label, 4)) == pytest.approx(expected)
+    label_ign = label.copy()
+    label_ign[1, 2] = 255  # ignored pixel drops out: class 0 now tp 1 / union 2, class 2 tp 1 / union 1
+    assert miou(confusion(pred, label_ign, 3)) == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("acc")
+    torch.manual_seed(0)
+    model = build_model(get_config("tiny"), seed=3).eval()
+    clips = prepare_clips(root / "clips", 2, 3, 64, 128)
+    rows = run_accuracy(TorchStepper(model), clips, ks=(1, 2), f_thres=3)
+    return model, clips, rows, root
+
+
+def test_rows_and_invariants(tiny_run) -> None:
+    model, clips, rows, _ = tiny_run
+    assert set(rows) == {"converged", "per-frame k=1", "stream k=1", "per-frame k=2", "stream k=2"}
+    for s in rows.values():
+        assert 0.0 <= s["miou"] <= 1.0 and len(s["per_frame_miou"]) == 3
+    assert rows["converged"]["distance"] == 0.0
+    # frame 0 of a stream starts from z = 0, exactly like per-frame
+    assert rows["stream k=2"]["per_frame_miou"][0] == rows["per-frame k=2"]["per_frame_miou"][0]
+    assert rows["stream k=2"]["per_frame_distance"][0] == pytest.approx(rows["per-frame k=2"]["per_frame_distance"][0])
+
+
+def test_per_frame_miou_matches_independent_forward(tiny_run) -> None:
+    """Recompute per-frame k=1 with the model's own forward and a hand-written mIoU."""
+    model, clips, rows, _ = tiny_run
+    nc = model.cfg.num_classes
+    tp, fp, fn = np.zeros(nc), np.zeros(nc), np.zeros(nc)
+    with torch.no_grad():
+        for frames, labels, _ in clips:
+            for f, lab in zip(frames, labels):
+                logits = model(torch.from_numpy(f[None]), iters=1)
+                up = torch.nn.functional.interpolate(logits, size=lab.shape, mode="bilinear", align_corners=True)
+                pred = up.argmax(1)[0].numpy()
+                for c in range(nc):
+                    tp[c] += np.sum((pred == c) & (lab == c))
+                    fp[c] += np.sum((pred == c) & (lab != c))
+                    fn[c] += np.sum((pred != c) & (lab == c))
+    present = (tp + fp + fn) > 0
+    expected = np.mean(tp[present] / (tp + fp + fn)[present])
+    assert rows["per-frame k=1"]["miou"] == pytest.approx(expected)
+
+
+def test_outputs_written(tiny_run) -> None:
+    model, _, rows, root = tiny_run
+    stamp = {"command": "test", "machine": "test", "date": "now", "clips": 2, "frames": 3, "height": 64,
+             "width": 128, "f_thres": 3}  # fmt: skip
+    results = {"random": {"checkpoint_meta": {"mode": "none"}, "rows": rows}}
+    md, js, png = write_outputs(results, stamp, root / "out", "accuracy_test")
+    assert "| stream | 2 |" in md.read_text() and png.stat().st_size > 1000
+    assert json.loads(js.read_text())["results"]["random"]["rows"]["converged"]["miou"] == rows["converged"]["miou"]
+
+
+def test_cli_end_to_end_and_bad_checkpoint(tiny_run, capsys) -> None:
+    model, _, _, root = tiny_run
+    ckpt = root / "rand.pt"
+    torch.save({"format": "deqstream-ckpt/1", "config": model.cfg.to_dict(), "state_dict": model.state_dict(),
+                "meta": {"mode": "none"}}, ckpt)  # fmt: skip
+    args = ["--checkpoint", str(ckpt), "--out", str(root / "cli"), "--data", str(root / "clips"), "--clips", "1",
+            "--frames", "2", "--height", "64", "--width", "128", "--ks", "1", "--f-thres", "2"]  # fmt: skip
+    assert main(args) == 0
+    assert (root / "cli" / "accuracy.md").exists() and (root / "cli" / "accuracy.png").exists()
+    bad = root / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main([*args[:1], str(bad), *args[2:]]) == 2
+    assert capsys.readouterr().err.startswith("error:")

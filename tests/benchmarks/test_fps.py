@@ -1,0 +1,179 @@
+"""benchmarks.fps: statistics of a timed loop, derived speed-ups and ratios, the writers, and the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from benchmarks import fps, plots
+from runtime.stats import describe, summarize
+
+
+class SleepLoop(fps.DeviceLoop):
+    """A fake device loop whose frame costs k milliseconds of sleep plus a fixed 1 ms 'injection + head'."""
+
+    def __init__(self) -> None:
+        self.device = torch.device("cpu")
+        self.calls = 0
+
+    def step(self, k: int, zero: bool, timer: fps.StageTimer) -> None:
+        timer.mark("start")
+        time.sleep(0.0005)
+        timer.mark("injection")
+        time.sleep(0.001 * k)
+        timer.mark("cell")
+        time.sleep(0.0005)
+        timer.mark("head")
+        self.calls += 1
+
+
+def test_measure_device_has_trtexec_fields_and_excludes_warmup():
+    loop = SleepLoop()
+    s = fps.measure_device(loop, k=4, zero=False, warmup=2, frames=5)
+    assert loop.calls == 7
+    assert s["frames"] == 5
+    for key in ("mean", "median", "p90", "p95", "p99", "cv", "min", "max"):
+        assert key in s["latency_ms"]
+    assert set(s["stages_ms"]) == {"injection", "cell", "head"}
+    assert s["stages_ms"]["cell"]["median"] >= 4.0  # 4 ms of sleep in the cell stage
+    assert s["latency_ms"]["median"] >= s["stages_ms"]["cell"]["median"]
+    assert s["throughput_fps"] == pytest.approx(5 / s["wall_s"])
+    assert "gpu_compute_ms" not in s and s["cv"] == s["latency_ms"]["cv"]
+
+
+def test_host_overhead_is_latency_minus_gpu():
+    s = fps.add_host_overhead(summarize([10.0, 12.0], 0.022, [7.0, 8.0]), [10.0, 12.0], [7.0, 8.0])
+    assert s["host_overhead_ms"]["mean"] == pytest.approx(3.5)
+    assert s["cv"] == s["gpu_compute_ms"]["cv"]
+
+
+def _row(backend: str, measure: str, mode: str, k: int, fps_value: float, cv: float = 0.01) -> dict:
+    lat = 1e3 / fps_value
+    summary = summarize([lat * (1 - cv), lat * (1 + cv)], 2 / fps_value, extra={"cell": [lat / 2, lat / 2]})
+    summary["cv"] = summary["latency_ms"]["cv"]
+    case = fps.Case("tiny", 64, 128)
+    return fps._entry(case, backend, measure, mode, k, summary)
+
+
+def fake_results(tmp_path) -> dict:
+    rows = [
+        _row("eager", "device", "stream", 1, 50.0),
+        _row("eager", "device", "stream", 2, 40.0, cv=0.2),
+        _row("eager", "device", "frame", 20, 5.0),
+        _row("onnx", "device", "stream", 1, 100.0),
+        _row("onnx", "device", "stream", 2, 80.0),
+        _row("onnx", "device", "frame", 20, 10.0),
+        _row("onnx", "e2e", "stream", 2, 60.0),
+        _row("onnx", "e2e", "frame", 20, 9.0),
+    ]
+    stamp = {"command": "python -m benchmarks.fps --test", "date": "2026-11-22T00:00:00Z", "machine": "test box",
+             "machine_tag": "cpu", "quick": True, "device": "cpu", "environment": {"torch": "x"}}  # fmt: skip
+    scaling = {
+        "resolution": [dict(_row("onnx", "device", "stream", 2, 80.0), ms_per_frame=12.5, pixels=64 * 128)],
+        "batch": [dict(_row("onnx", "device", "stream", 2, 80.0), ms_per_frame=12.5, pixels=64 * 128)],
+    }
+    results = {"stamp": stamp, "settings": {}, "skipped": [{"backend": "tensorrt", "case": "all", "reason": "none"}],
+               "rows": rows, "scaling": scaling}  # fmt: skip
+    s = fps.settings_from_args(fps.build_parser().parse_args(["--quick", "--out", str(tmp_path)]))
+    fps.derive(results, s, torch.device("cpu"))
+    return results
+
+
+def test_speedups_and_backend_ratios(tmp_path):
+    res = fake_results(tmp_path)
+    sp = {(r["backend"], r["measure"], r["k"]): r for r in res["speedups"]}
+    assert sp[("eager", "device", 1)]["speedup"] == pytest.approx(10.0)
+    assert sp[("eager", "device", 1)]["ideal"] == pytest.approx(20.0)
+    assert sp[("eager", "device", 1)]["fraction_of_ideal"] == pytest.approx(0.5)
+    assert sp[("onnx", "e2e", 2)]["speedup"] == pytest.approx(60 / 9)
+    assert sp[("onnx", "device", 2)]["fraction_of_ideal"] == pytest.approx(0.8)
+    ratios = {(r["mode"], r["k"]): r["ratio"] for r in res["backend_ratios"] if r["measure"] == "device"}
+    assert ratios == {("stream", 1): pytest.approx(2.0), ("stream", 2): pytest.approx(2.0), ("frame", 20): 2.0}
+    # the roofline rows come from the frame-N device loop: cell ms per iteration = median cell stage / N
+    roof = {r["backend"]: r for r in res["roofline"]}
+    assert roof["onnx"]["measured_ms"] == pytest.approx(50.0 / 20)
+    assert roof["onnx"]["flops"] > 0 and roof["onnx"]["measured_over_bound"] > 0
+
+
+def test_writers_produce_md_json_png(tmp_path):
+    res = fake_results(tmp_path)
+    paths = plots.write_outputs(res, tmp_path)
+    for key, name in (("md", "fps_cpu_quick.md"), ("json", "fps_cpu_quick.json"), ("png", "fps_cpu_quick.png")):
+        assert paths[key] == tmp_path / name and paths[key].stat().st_size > 0
+    assert (tmp_path / "roofline_cpu_quick.md").is_file() and (tmp_path / "roofline_cpu_quick.json").is_file()
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = paths["md"].read_text()
+    assert "python -m benchmarks.fps --test" in md and "test box" in md and "2026-11-22" in md
+    assert "| tiny 64x128 fp32 | onnx | 100.00 | 80.00 | 10.00 |" in md  # device table: k=1, k=2, frame N=20
+    assert "⚠" in md and "coefficient of variation" in md  # the 20 % CV row is flagged
+    assert "tensorrt all: none" in md
+    data = json.loads(paths["json"].read_text())
+    assert data["stamp"]["command"] == "python -m benchmarks.fps --test"
+    row = data["rows"][0]
+    for key in ("config", "height", "width", "backend", "measure", "mode", "iters", "fps", "cell_ms_per_iter"):
+        assert key in row
+    for key in ("throughput_fps", "latency_ms", "stages_ms", "warnings"):
+        assert key in row["summary"]
+    assert {"speedups", "backend_ratios", "roofline", "scaling", "skipped"} <= set(data)
+    assert not list(tmp_path.glob("*.tmp*"))  # atomic writes leave nothing behind
+
+
+def test_accuracy_vs_fps_joins_accuracy_json(tmp_path):
+    acc = {"stamp": {"height": 256, "width": 512}, "results": {"tiny_sur": {"rows": {
+        "converged": {"miou": 0.7}, "stream k=1": {"miou": 0.6}, "per-frame k=1": {"miou": 0.2},
+        "stream k=2": {"miou": 0.65}}}}}  # fmt: skip
+    (tmp_path / "accuracy_quick.json").write_text(json.dumps(acc))
+    res = fake_results(tmp_path)
+    pts = {(p["mode"], p["k"], p["backend"], p["measure"]): p for p in res["accuracy_vs_fps"]}
+    assert pts[("stream", 1, "onnx", "device")]["fps"] == 100.0
+    assert pts[("per-frame", 1, "eager", "device")]["miou"] == 0.2
+    assert pts[("stream", 2, "onnx", "e2e")]["fps"] == 60.0
+    assert plots.plot_accuracy(res, tmp_path / "acc.png").stat().st_size > 0
+
+
+def test_describe_is_the_shared_statistics():
+    d = describe([1.0, 2.0, 3.0, 4.0])
+    assert d["median"] == 2.5 and d["p99"] == 4.0
+
+
+def test_bad_arguments_are_one_line(capsys):
+    assert fps.main(["--resolutions", "100x100", "--configs", "tiny"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "multiples of 32" in err[0]
+    assert fps.main(["--backends", "magic"]) == 2
+    with pytest.raises(SystemExit):
+        fps.main(["--resolutions", "wide"])
+
+
+def test_cli_minimal_case_writes_files(tmp_path):
+    argv = ["--configs", "tiny", "--resolutions", "64x128", "--backends", "onnx,eager", "--iters", "1,2",
+            "--frame-n", "4", "--warmup", "1", "--frames", "2", "--e2e-frames", "2", "--e2e-iters", "1",
+            "--no-scaling", "--out", str(tmp_path)]  # fmt: skip
+    assert fps.main(argv) == 0
+    data = json.loads((tmp_path / "fps_cpu.json").read_text())
+    got = {(r["backend"], r["measure"], r["mode"], r["iters"]) for r in data["rows"]}
+    for b in ("onnx", "eager"):
+        assert {(b, "device", "stream", 1), (b, "device", "stream", 2), (b, "device", "frame", 4)} <= got
+        assert {(b, "e2e", "stream", 1), (b, "e2e", "frame", 4)} <= got
+    assert all(r["fps"] > 0 for r in data["rows"])
+    assert any(s["reason"].startswith("fp16") for s in data["skipped"])
+    assert (tmp_path / "fps_cpu.md").is_file() and (tmp_path / "fps_cpu.png").is_file()
+    assert json.loads((tmp_path / "roofline_cpu.json").read_text())["cell"]
+
+
+@pytest.mark.gpu
+def test_gpu_path_uses_events_and_graphs(tmp_path):
+    argv = ["--configs", "tiny", "--resolutions", "256x512", "--backends", "eager,aoti", "--iters", "1,2",
+            "--precision", "fp32,fp16", "--warmup", "2", "--frames", "5", "--e2e-frames", "3", "--e2e-iters", "2",
+            "--no-scaling", "--out", str(tmp_path)]  # fmt: skip
+    assert fps.main(argv) == 0
+    data = json.loads(next(tmp_path.glob("fps_*.json")).read_text())
+    assert data["stamp"]["environment"]["gpu"]
+    rows = data["rows"]
+    assert {r["precision"] for r in rows} == {"fp32", "fp16"}
+    assert all("gpu_compute_ms" in r["summary"] and "host_overhead_ms" in r["summary"] for r in rows)
+    assert any(r.get("cuda_graphs") for r in rows if r["backend"] == "aoti")
+    assert all(r["peaks_source"].startswith(("table", "measured")) for r in data["roofline"])

@@ -1,0 +1,158 @@
+"""Checkpoints: our own format round trip, and import of the published MDEQ layout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from export.checkpoint import (
+    FORMAT,
+    CheckpointError,
+    import_published,
+    import_published_with_report,
+    load_any,
+    load_checkpoint,
+    save_checkpoint,
+)
+from export.config import get_config
+from export.mdeq import build_model
+from tests.export.published_layout import CLS_HEAD_KEYS, published_state_dict
+
+
+def _frame(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (1, h, w, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def _same_outputs(a: torch.nn.Module, b: torch.nn.Module, h: int = 64, w: int = 128, iters: int = 3) -> None:
+    frame = _frame(h, w)
+    with torch.no_grad():
+        za, _ = a.solve(frame, iters)
+        zb, _ = b.solve(frame, iters)
+        for x, y in zip(za, zb):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a.head(*za), b.head(*zb), rtol=1e-5, atol=1e-5)
+
+
+def test_own_format_round_trip(tmp_path) -> None:
+    model = build_model(get_config("tiny"), seed=3).eval()
+    path = save_checkpoint(model, tmp_path / "sub" / "tiny.pt", {"step": 7, "loss": 0.5})
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == FORMAT and set(raw) == {"format", "config", "state_dict", "meta"}
+    loaded, meta = load_checkpoint(path)
+    assert meta == {"step": 7, "loss": 0.5}
+    assert loaded.cfg == model.cfg  # lists turned back into tuples
+    _same_outputs(model, loaded)
+    assert [p.name for p in path.parent.iterdir()] == ["tiny.pt"]  # no temp file left
+
+
+def test_load_any_detects_own_format(tmp_path) -> None:
+    model = build_model(get_config("tiny"), seed=1).eval()
+    save_checkpoint(model, tmp_path / "a.pt", {})
+    loaded, _, what = load_any(tmp_path / "a.pt", None)
+    assert FORMAT in what and loaded.cfg.name == "tiny"
+
+
+def test_small_seg_published_import_matches_folded_model(tmp_path) -> None:
+    cfg = get_config("small-seg")
+    sd, ref = published_state_dict(cfg)
+    assert any(k.endswith("weight_g") for k in sd) and any(k.startswith("model.deq.func_copy.") for k in sd)
+    torch.save(sd, tmp_path / "seg.pth")
+    model, report = import_published_with_report(tmp_path / "seg.pth", cfg)
+    assert len(report.folded) == 3 * cfg.num_scales  # conv1, conv2 per block + post-fuse conv
+    _same_outputs(ref, model)
+
+
+def test_deq_func_is_used_when_fullstage_is_absent() -> None:
+    cfg = get_config("tiny")
+    sd, ref = published_state_dict(cfg, fullstage=False)
+    assert not any(k.startswith("model.fullstage.") for k in sd)
+    _same_outputs(ref, import_published(sd, cfg))
+
+
+def test_small_cls_imports_trunk_and_ignores_head() -> None:
+    cfg = get_config("small-cls")
+    sd, ref = published_state_dict(cfg, cls_head=True, copies=False)
+    model, report = import_published_with_report(sd, cfg)
+    assert set(CLS_HEAD_KEYS) <= set(report.ignored)
+    assert all(k.startswith("last_layer.") for k in report.kept_at_init)
+    frame = _frame(64, 64)
+    with torch.no_grad():
+        za, _ = ref.solve(frame, 2)
+        zb, _ = model.solve(frame, 2)
+    for x, y in zip(za, zb):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+
+
+def test_xl_seg_published_import() -> None:
+    cfg = get_config("xl-seg")
+    sd, ref = published_state_dict(cfg)
+    model = import_published(sd, cfg)
+    del sd
+    want, got = ref.state_dict(), model.state_dict()
+    for k in ("fullstage.branches.3.blocks.0.conv1.weight", "fullstage.post_fuse_layers.0.conv.weight"):
+        torch.testing.assert_close(got[k], want[k])
+    frame = _frame(32, 64)
+    with torch.no_grad():
+        z0 = [t + 0.1 for t in ref.zeros_state(ref.injection(frame), 32, 64)]
+        x = ref.injection(frame)
+        torch.testing.assert_close(model.injection(frame), x)
+        for a, b in zip(ref.fullstage(*z0, x), model.fullstage(*z0, x)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_wrong_shape_is_named() -> None:
+    cfg = get_config("tiny")
+    sd, _ = published_state_dict(cfg, copies=False)
+    key = "model.fullstage.fuse_layers.1.0.net.0.conv.weight"
+    sd[key] = torch.zeros(3, 3, 3, 3)
+    with pytest.raises(CheckpointError, match=r"wrong shape.*fullstage\.fuse_layers\.1\.0\.net\.0\.conv\.weight"):
+        import_published(sd, cfg)
+
+
+def test_missing_key_is_named() -> None:
+    cfg = get_config("tiny")
+    sd, _ = published_state_dict(cfg, copies=False)
+    del sd["model.fullstage.branches.2.blocks.0.gn1.weight"], sd["model.deq.func.branches.2.blocks.0.gn1.weight"]
+    with pytest.raises(CheckpointError, match=r"missing 1: fullstage\.branches\.2\.blocks\.0\.gn1\.weight"):
+        import_published(sd, cfg)
+
+
+def test_wrong_config_fails_clearly() -> None:
+    sd, _ = published_state_dict(get_config("tiny"), copies=False)
+    with pytest.raises(CheckpointError, match="does not fit config 'small-seg'.*wrong shape"):
+        import_published(sd, get_config("small-seg"))
+
+
+def test_unexpected_key_and_lone_weight_g() -> None:
+    cfg = get_config("tiny")
+    sd, _ = published_state_dict(cfg, copies=False)
+    sd["model.extra.weight"] = torch.zeros(2)
+    with pytest.raises(CheckpointError, match=r"unexpected 1: extra\.weight"):
+        import_published(sd, cfg)
+    del sd["model.extra.weight"], sd["model.fullstage.post_fuse_layers.0.conv.weight_v"]
+    with pytest.raises(CheckpointError, match="no fullstage.post_fuse_layers.0.conv.weight_v"):
+        import_published(sd, cfg)
+
+
+def test_missing_or_unreadable_file(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_any(tmp_path / "bad.pt", get_config("tiny"))
+
+
+def test_meta_is_stored_as_plain_python_and_either_argument_order_works(tmp_path) -> None:
+    import warnings
+
+    import numpy as np
+
+    model = build_model(get_config("tiny"), seed=2)
+    meta = {"torch": torch.__version__, "miou": np.float64(0.5), "crop": (128, 256)}
+    save_checkpoint(tmp_path / "a.pt", model, meta)  # path first, as export/train.py calls it
+    raw = torch.load(tmp_path / "a.pt", weights_only=True)  # no pickled classes inside
+    assert raw["meta"] == {"torch": str(torch.__version__), "miou": 0.5, "crop": [128, 256]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to a full unpickle
+        loaded, _ = load_checkpoint(tmp_path / "a.pt")
+    _same_outputs(model.eval(), loaded)

@@ -1,0 +1,127 @@
+"""``python -m export``: exports from each kind of source, and one-line errors with exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from export.__main__ import main
+from export.checkpoint import save_checkpoint
+from export.config import get_config
+from export.mdeq import build_model
+from tests.export.published_layout import published_state_dict
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = ["--height", "64", "--width", "128"]
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err.strip()
+
+
+def test_missing_checkpoint_subprocess(tmp_path) -> None:
+    """The real entry point: exit 2, one line on stderr, no traceback."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "export", "--config", "tiny", "--checkpoint", str(tmp_path / "none.pt")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "checkpoint not found" in lines[0]
+    assert "--random-init" in lines[0] and "make train" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--height", "100", "--width", "128"], "multiples of 32"),
+        (["--formats", "onnx,tflite"], "unknown --formats tflite"),
+        (["--heads", "seg,depth"], "unknown --heads depth"),
+        (["--batch", "0"], "--batch must be >= 1"),
+    ],
+)
+def test_bad_arguments(capsys, tmp_path, extra, needle) -> None:
+    assert main(["--config", "tiny", "--random-init", "--out", str(tmp_path / "e"), *extra]) == 2
+    assert needle in _error_line(capsys)
+    assert not (tmp_path / "e").exists()
+
+
+def test_plan_without_tensorrt(capsys, tmp_path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    assert main(["--config", "tiny", "--random-init", "--formats", "onnx,plan", "--out", str(tmp_path / "e")]) == 2
+    line = _error_line(capsys)
+    assert "TensorRT is not installed" in line and ".onnx" in line and ".pt2" in line
+
+
+def test_unreadable_checkpoint(capsys, tmp_path) -> None:
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    assert main(["--config", "tiny", "--checkpoint", str(tmp_path / "junk.pt"), "--out", str(tmp_path / "e")]) == 2
+    assert "cannot read checkpoint" in _error_line(capsys)
+
+
+def test_random_init_export(capsys, tmp_path) -> None:
+    out = tmp_path / "engines"
+    assert main(["--config", "tiny", "--random-init", *SMALL, "--heads", "seg,pose", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "deq_cell.onnx:" in text and "parity" in text and "wrote" in text
+    man = json.loads((out / "manifest.json").read_text())
+    assert set(man["engines"]) == {"injection", "deq_cell", "head_seg", "head_pose"}
+    assert man["engines"]["head_pose"]["outputs"][0]["name"] == "heatmaps"
+    assert man["command"].startswith("python -m export --config tiny --random-init")
+
+
+def test_export_from_own_checkpoint(capsys, tmp_path) -> None:
+    model = build_model(get_config("tiny"), seed=5)
+    ckpt = save_checkpoint(model, tmp_path / "tiny.pt", {"step": 1})
+    out = tmp_path / "engines"
+    assert main(["--checkpoint", str(ckpt), *SMALL, "--out", str(out)]) == 0
+    assert "deqstream-ckpt/1" in capsys.readouterr().out
+    _check_injection_weights(out, model)
+
+
+def test_export_from_published_checkpoint(capsys, tmp_path) -> None:
+    sd, ref = published_state_dict(get_config("tiny"))
+    torch.save(sd, tmp_path / "pub.pth")
+    out = tmp_path / "engines"
+    assert main(["--config", "tiny", "--checkpoint", str(tmp_path / "pub.pth"), *SMALL, "--out", str(out)]) == 0
+    assert "published MDEQ checkpoint" in capsys.readouterr().out
+    _check_injection_weights(out, ref)
+
+
+def test_published_checkpoint_for_wrong_config(capsys, tmp_path) -> None:
+    sd, _ = published_state_dict(get_config("tiny"), copies=False)
+    torch.save(sd, tmp_path / "pub.pth")
+    args = ["--config", "small-seg", "--checkpoint", str(tmp_path / "pub.pth"), *SMALL, "--out", str(tmp_path / "e")]
+    assert main(args) == 2
+    assert "does not fit config 'small-seg'" in _error_line(capsys)
+
+
+def _check_injection_weights(out: Path, model: torch.nn.Module) -> None:
+    """The exported injection computes this model's x (so the right weights were exported)."""
+    import onnxruntime as ort
+
+    frame = torch.randint(0, 256, (1, 64, 128, 3), dtype=torch.uint8)
+    sess = ort.InferenceSession(str(out / "injection.onnx"), providers=["CPUExecutionProvider"])
+    (x,) = sess.run(None, {"frame": frame.numpy()})
+    with torch.no_grad():
+        ref = model.eval().injection(frame)
+    assert float((ref - torch.from_numpy(x)).abs().max() / ref.abs().max()) < 1e-5
+
+
+def test_help_mentions_every_option(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for opt in ("--config", "--checkpoint", "--random-init", "--formats", "--precision", "--heads", "--out"):
+        assert opt in text

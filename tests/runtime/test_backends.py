@@ -1,0 +1,101 @@
+"""Runners: ONNX Runtime binds our buffers (outputs land in them, checked against a plain
+session.run); bad engines and missing backends fail with one clear line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from runtime.backends import load_runner
+from runtime.buffers import ALIGN_ELEMS, StreamBuffers
+from runtime.bundle import EngineSpec, open_bundle
+from runtime.errors import EngineError
+
+
+def test_ort_outputs_land_in_bound_buffers(bundle64):
+    import onnxruntime as ort
+
+    b = open_bundle(bundle64 / "deq_cell.onnx")
+    spec = b.engines["deq_cell"]
+    runner = load_runner(spec, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    ins = {t.name: torch.randn(t.shape, generator=g) for t in spec.inputs}
+    outs = {t.name: torch.zeros(t.shape) for t in spec.outputs}
+    for name, t in {**ins, **outs}.items():
+        runner.bind(name, t)
+    ptrs = {k: v.data_ptr() for k, v in outs.items()}
+    runner.run()
+    ref = ort.InferenceSession(str(spec.path), providers=["CPUExecutionProvider"]).run(
+        [t.name for t in spec.outputs], {k: v.numpy() for k, v in ins.items()}
+    )
+    for t, r in zip(spec.outputs, ref):
+        assert outs[t.name].data_ptr() == ptrs[t.name]
+        np.testing.assert_allclose(outs[t.name].numpy(), r, rtol=1e-5, atol=1e-5)
+
+
+def test_bind_rejects_wrong_shape_and_aliasing(bundle64):
+    b = open_bundle(bundle64 / "deq_cell.onnx")
+    spec = b.engines["deq_cell"]
+    runner = load_runner(spec, torch.device("cpu"))
+    with pytest.raises(EngineError, match="shape"):
+        runner.bind("z0", torch.zeros(1, 2, 3, 4))
+    z0 = torch.zeros(spec.inputs[0].shape)
+    runner.bind("z0", z0)
+    with pytest.raises(EngineError, match="share one buffer"):
+        runner.bind("f0", z0)
+
+
+def test_state_buffers_are_aligned_views_of_one_flat_vector(bundle64):
+    b = open_bundle(bundle64 / "deq_cell.onnx")
+    buf = StreamBuffers(b, torch.device("cpu"))
+    for views, flat in zip(buf.zviews, buf.z):
+        for v, spec in zip(views, b.state):
+            assert tuple(v.shape) == spec.shape and v.is_contiguous()
+            offset = (v.data_ptr() - flat.data_ptr()) // flat.element_size()
+            assert offset % ALIGN_ELEMS == 0
+        views[2].fill_(1.0)
+        assert flat.sum().item() == views[2].numel()
+
+
+def test_bad_pt2_and_plan(tmp_path, bundle64):
+    spec = open_bundle(bundle64 / "deq_cell.onnx").engines["deq_cell"]
+    pt2 = tmp_path / "deq_cell.pt2"
+    pt2.write_bytes(b"not a zip")
+    with pytest.raises(EngineError, match="not an AOTInductor package"):
+        load_runner(EngineSpec(spec.name, pt2, spec.inputs, spec.outputs), torch.device("cpu"))
+    plan = tmp_path / "deq_cell.plan"
+    plan.write_bytes(b"\x00" * 64)
+    with pytest.raises(EngineError, match="TensorRT|GPU"):
+        load_runner(EngineSpec(spec.name, plan, spec.inputs, spec.outputs), torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_aoti_pt2_matches_onnx(tiny_model, tmp_path):
+    """The .pt2 (AOTInductor, compiled for CPU; ~1 min) and .onnx runners give the same maps."""
+    from export.bundle import export_bundle
+    from runtime.loop import RunConfig, run
+    from runtime.sources import ArraySource
+    from tests.runtime.conftest import moving_frames
+
+    out = tmp_path / "b"
+    export_bundle(tiny_model, out, 32, 64, formats=("onnx", "pt2"))
+    frames = list(moving_frames(4, 32, 64))
+    maps = {}
+    for kind in ("onnx", "pt2"):
+        run(
+            RunConfig(
+                engine=out / f"deq_cell.{kind}",
+                sources=[ArraySource(frames)],
+                out=tmp_path / kind,
+                iters=2,
+                save_maps="npz",
+                video=False,
+                progress=False,
+                reset=False,
+            )
+        )
+        with np.load(tmp_path / kind / "maps.npz") as z:
+            maps[kind] = np.stack([z[k] for k in sorted(z.files)])
+    assert maps["pt2"].shape == (4, 32, 64)
+    assert (maps["pt2"] != maps["onnx"]).mean() < 1e-3

@@ -1,0 +1,321 @@
+"""Bad input -> one clear line and a non-zero exit (never a traceback); outputs are complete,
+atomic and hold one record per decoded frame; Ctrl-C keeps what was processed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.run import main
+from tests.runtime.conftest import moving_frames, write_clip
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "runtime.run", *args, "--no-progress"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def check_one_line_error(rc: int, err: str, *needles: str) -> None:
+    assert rc != 0
+    assert "Traceback" not in err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def run_main(capsys, *args: str) -> tuple[int, str]:
+    rc = main([*args, "--no-progress"])
+    return rc, capsys.readouterr().err
+
+
+def copy_bundle(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
+
+
+def test_subprocess_bad_inputs(bundle64, tmp_path):
+    """The real CLI in subprocesses (run concurrently to keep the test fast)."""
+    eng = str(bundle64 / "deq_cell.onnx")
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 50)
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    procs = {
+        "missing": (cli("--engine", eng, str(tmp_path / "nope.mp4"), "--out", str(tmp_path / "o1")), "no such file"),
+        "not_video": (cli("--engine", eng, str(text), "--out", str(tmp_path / "o2")), "cannot open as video"),
+        "empty": (cli("--engine", eng, str(empty), "--out", str(tmp_path / "o3")), "zero frames"),
+        "bad_kind": (cli("--engine", str(bundle64 / "manifest.json"), str(text)), "unknown engine suffix"),
+    }
+    for name, (p, needle) in procs.items():
+        _, err = p.communicate(timeout=120)
+        check_one_line_error(p.returncode, err, needle)
+        assert name != "missing" or not (tmp_path / "o1" / "frames.jsonl").exists()
+
+
+def test_missing_manifest(bundle64, tmp_path, clip64, capsys):
+    b = copy_bundle(bundle64, tmp_path / "b")
+    (b / "manifest.json").unlink()
+    rc, err = run_main(capsys, "--engine", str(b / "deq_cell.onnx"), str(clip64), "--out", str(tmp_path / "o"))
+    check_one_line_error(rc, err, "no manifest.json")
+
+
+def test_corrupt_engine(bundle64, tmp_path, clip64, capsys):
+    b = copy_bundle(bundle64, tmp_path / "b")
+    data = bytearray((b / "deq_cell.onnx").read_bytes())
+    data[100:400] = os.urandom(300)
+    (b / "deq_cell.onnx").write_bytes(bytes(data))
+    rc, err = run_main(capsys, "--engine", str(b / "deq_cell.onnx"), str(clip64), "--out", str(tmp_path / "o"))
+    check_one_line_error(rc, err, "sha256")
+    (b / "deq_cell.onnx").write_bytes(b"garbage" * 100)
+    rc, err = run_main(
+        capsys, "--engine", str(b / "deq_cell.onnx"), str(clip64), "--out", str(tmp_path / "o"), "--no-hash"
+    )
+    check_one_line_error(rc, err, "not a loadable ONNX model")
+
+
+def test_engine_swapped_for_another_graph(bundle64, tmp_path, clip64, capsys):
+    """Hashes updated but the cell file is really the head: caught by the I/O check."""
+    b = copy_bundle(bundle64, tmp_path / "b")
+    shutil.copy(b / "head_seg.onnx", b / "deq_cell.onnx")
+    rc, err = run_main(
+        capsys, "--engine", str(b / "deq_cell.onnx"), str(clip64), "--out", str(tmp_path / "o"), "--no-hash"
+    )
+    check_one_line_error(rc, err, "do not match the manifest")
+
+
+def test_manifest_not_matching(bundle64, tmp_path, clip64, capsys):
+    b = copy_bundle(bundle64, tmp_path / "b")
+    m = json.loads((b / "manifest.json").read_text())
+    m["state"][1]["shape"][1] += 1
+    (b / "manifest.json").write_text(json.dumps(m))
+    rc, err = run_main(capsys, "--engine", str(b / "deq_cell.onnx"), str(clip64), "--out", str(tmp_path / "o"))
+    check_one_line_error(rc, err, "state z1")
+    (b / "manifest.json").write_text("{ not json")
+    rc, err = run_main(capsys, "--engine", str(b / "deq_cell.onnx"), str(clip64), "--out", str(tmp_path / "o"))
+    check_one_line_error(rc, err, "not a readable JSON manifest")
+
+
+def test_plan_without_tensorrt_or_gpu(bundle64, tmp_path, clip64, capsys):
+    pytest.importorskip("onnx")
+    from runtime.bundle import sha256_file
+
+    b = copy_bundle(bundle64, tmp_path / "b")
+    m = json.loads((b / "manifest.json").read_text())
+    for name, eng in m["engines"].items():
+        (b / f"{name}.plan").write_bytes(b"not a real plan")
+        eng["files"]["plan"] = f"{name}.plan"
+        eng["sha256"][f"{name}.plan"] = sha256_file(b / f"{name}.plan")
+    (b / "manifest.json").write_text(json.dumps(m))
+    rc, err = run_main(capsys, "--engine", str(b / "deq_cell.plan"), str(clip64), "--out", str(tmp_path / "o"))
+    check_one_line_error(rc, err, ".plan")
+    assert "TensorRT" in err or "GPU" in err
+
+
+def test_unwritable_output(bundle64, tmp_path, clip64, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc, err = run_main(capsys, "--engine", str(bundle64 / "deq_cell.onnx"), str(clip64), "--out", str(blocker / "o"))
+    check_one_line_error(rc, err, "not writable")
+
+
+def test_streams_must_match_engine_batch(bundle64, clip64, tmp_path, capsys):
+    rc, err = run_main(
+        capsys, "--engine", str(bundle64 / "deq_cell.onnx"), str(clip64), str(clip64), "--out", str(tmp_path / "o")
+    )
+    check_one_line_error(rc, err, "batch 1")
+
+
+def test_one_record_per_decoded_frame_and_outputs(bundle64, clip64, tmp_path, capsys):
+    out = tmp_path / "o"
+    rc = main(["--engine", str(bundle64 / "deq_cell.onnx"), str(clip64), "--out", str(out), "--no-progress"])
+    assert rc == 0
+    recs = records(out)
+    assert [r["frame"] for r in recs] == list(range(8))
+    assert {"iterations", "residual", "timestamp", "latency_ms"} <= set(recs[0])
+    assert {"decode", "upload", "injection", "cell", "head", "download", "write"} <= set(recs[0]["latency_ms"])
+    assert sorted(p.name for p in (out / "maps").iterdir()) == [f"{i:06d}.png" for i in range(8)]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == 8 and summary["latency_ms"]["count"] == 8
+    import av
+
+    with av.open(str(out / "overlay.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 8
+    assert not [p for p in out.rglob(".*")], "temporary files left behind"
+    assert "Throughput" in capsys.readouterr().out
+
+
+def test_corrupt_and_truncated_streams(bundle64, tmp_path, capsys):
+    """Matroska keeps its index up front, so a cut file still opens; a cut MP4 (index at the
+    end) cannot be opened at all, which must be one clear line too."""
+    mp4 = write_clip(tmp_path / "c.mp4", moving_frames(24), codec="mpeg4").read_bytes()
+    cut_mp4 = tmp_path / "cut.mp4"
+    cut_mp4.write_bytes(mp4[: len(mp4) * 2 // 3])
+    rc, err = run_main(capsys, "--engine", str(bundle64 / "deq_cell.onnx"), str(cut_mp4), "--out", str(tmp_path / "m"))
+    check_one_line_error(rc, err, "cannot open as video")
+    clip = write_clip(tmp_path / "c.mkv", moving_frames(24), codec="mpeg4")
+    data = clip.read_bytes()
+    truncated = tmp_path / "t.mkv"
+    truncated.write_bytes(data[: len(data) * 2 // 3])
+    corrupt = tmp_path / "x.mkv"
+    junk = bytearray(data)
+    junk[len(data) // 2 : len(data) // 2 + 600] = os.urandom(600)
+    corrupt.write_bytes(bytes(junk))
+    for src in (truncated, corrupt):
+        out = tmp_path / f"o_{src.stem}"
+        rc = main(
+            [
+                "--engine",
+                str(bundle64 / "deq_cell.onnx"),
+                str(src),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--save-maps",
+                "none",
+                "--no-video",
+            ]
+        )
+        err = capsys.readouterr().err
+        assert rc in (0, 3) and "Traceback" not in err
+        recs = records(out)
+        summary = json.loads((out / "summary.json").read_text())
+        assert 0 < len(recs) == summary["streams"][0]["frames"]
+        assert [r["frame"] for r in recs] == list(range(len(recs)))
+        if rc == 3:
+            assert "decode error" in err
+
+
+def test_no_partial_files_after_a_writer_failure(bundle64, clip64, tmp_path, capsys, monkeypatch):
+    from runtime import writers
+
+    calls = {"n": 0}
+    real = writers.PngMapWriter.write
+
+    def failing(self, index, classes):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise OSError(28, "No space left on device")
+        real(self, index, classes)
+
+    monkeypatch.setattr(writers.PngMapWriter, "write", failing)
+    out = tmp_path / "o"
+    rc, err = run_main(capsys, "--engine", str(bundle64 / "deq_cell.onnx"), str(clip64), "--out", str(out))
+    check_one_line_error(rc, err, "No space left")
+    names = {p.name for p in out.iterdir()}
+    assert not names & {"frames.jsonl", "overlay.mp4", "summary.json"}
+    assert not [n for n in names if n.startswith(".")], names
+
+
+def test_ctrl_c_keeps_processed_frames(bundle64, tmp_path):
+    clip = write_clip(tmp_path / "long.mp4", moving_frames(300))
+    out = tmp_path / "o"
+    p = cli(
+        "--engine",
+        str(bundle64 / "deq_cell.onnx"),
+        str(clip),
+        "--out",
+        str(out),
+        "--mode",
+        "frame",
+        "--iters",
+        "20",
+        "--save-maps",
+        "none",
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(out.glob(".frames.jsonl.*")):
+        time.sleep(0.1)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err
+    recs = records(out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 < len(recs) < 300 and summary["interrupted"] and summary["frames"] == len(recs)
+    import av
+
+    with av.open(str(out / "overlay.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == len(recs)
+
+
+def test_image_folder_and_resize_back_to_source_size(bundle64, tmp_path, capsys):
+    from PIL import Image
+
+    frames = moving_frames(3, h=50, w=90)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(folder / f"{i:03d}.png")
+    (folder / "003.png").write_bytes(b"broken")
+    out = tmp_path / "o"
+    rc = main(
+        [
+            "--engine",
+            str(bundle64 / "deq_cell.onnx"),
+            str(folder),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--save-maps",
+            "npz",
+            "--fit",
+            "pad",
+        ]
+    )
+    assert rc == 3, capsys.readouterr().err
+    with np.load(out / "maps.npz") as z:
+        assert sorted(z.files) == [f"frame_{i:06d}" for i in range(3)]
+        assert z["frame_000000"].shape == (50, 90)
+
+
+def test_http_url_source(bundle64, clip64, tmp_path, capsys):
+    """A URL goes through PyAV's network input (served locally; no outside network needed)."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(clip64.parent))
+    handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/{clip64.name}"
+        out = tmp_path / "o"
+        rc = main(
+            [
+                "--engine",
+                str(bundle64 / "deq_cell.onnx"),
+                url,
+                "--out",
+                str(out),
+                "--no-progress",
+                "--save-maps",
+                "none",
+            ]
+        )
+        assert rc == 0, capsys.readouterr().err
+        assert len(records(out)) == 8
+    finally:
+        server.shutdown()
