@@ -718,7 +718,7 @@ def run_scaling(
     out: dict[str, list[dict[str, Any]]] = {"resolution": [], "batch": []}
     if not s.scale_resolutions and not s.scale_batches:
         return out
-    precision = s.precisions[0] if device.type == "cuda" else "fp32"
+    precision = ("fp16" if "fp16" in s.precisions else s.precisions[0]) if device.type == "cuda" else "fp32"
     backend = s.scale_backend or ("aoti" if device.type == "cuda" else "onnx")
     why = unavailable(backend, precision, device)
     if why:
@@ -824,6 +824,63 @@ def derive(results: dict[str, Any], s: Settings, device: torch.device) -> None:
     results["roofline"] = roofline_rows(rows, device, s.quick)
     results["warp_roofline"] = roofline.warp_rows()
     results["accuracy_vs_fps"] = accuracy_vs_fps(rows, s.out)
+    results["acceptance"] = acceptance(results)
+
+
+ACCEPT_ROOFLINE = 2.0  # compiled cell iteration within 2x of the roofline bound
+ACCEPT_VS_EAGER = 3.0  # compiled cell iteration >= 3x faster than eager fp32
+ACCEPT_STREAM = 0.75  # end-to-end stream k=1 speed-up >= 75 % of the ideal N/k
+
+
+def acceptance(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The project's GPU acceptance checks, evaluated on whatever this run measured (they are defined for
+    small-seg 1024x2048 fp16 on an H100; elsewhere they are informational)."""
+    checks = []
+    for r in results.get("roofline", []):
+        if r["backend"] != "eager":
+            checks.append(
+                _check(
+                    r, r["backend"], "cell iteration / roofline bound", r["measured_over_bound"], "<=", ACCEPT_ROOFLINE
+                )
+            )
+    for r in results.get("backend_ratios", []):
+        if r["measure"] == "device" and r["mode"] == "frame" and r["vs"] == "eager fp32":
+            checks.append(
+                _check(
+                    r,
+                    r["backend"],
+                    "cell iteration speed-up vs eager fp32",
+                    r["cell_iter_ratio"],
+                    ">=",
+                    ACCEPT_VS_EAGER,
+                )
+            )
+    for r in results.get("speedups", []):
+        if r["measure"] == "e2e" and r["k"] == 1:
+            checks.append(
+                _check(
+                    r,
+                    r["backend"],
+                    f"e2e stream k=1 speed-up / ideal N/k={r['ideal']:g}",
+                    r["fraction_of_ideal"],
+                    ">=",
+                    ACCEPT_STREAM,
+                )
+            )
+    return checks
+
+
+def _check(r: dict[str, Any], backend: str, what: str, value: float, op: str, limit: float) -> dict[str, Any]:
+    ok = value <= limit if op == "<=" else value >= limit
+    case = f"{r.get('config')} {r['height']}x{r['width']} {r.get('precision', r.get('dtype'))}"
+    return {
+        "case": case,
+        "backend": backend,
+        "check": what,
+        "value": value,
+        "limit": f"{op} {limit:g}",
+        "pass": bool(ok) if math.isfinite(value) else None,
+    }
 
 
 def roofline_rows(rows: list[dict[str, Any]], device: torch.device, quick: bool) -> list[dict[str, Any]]:

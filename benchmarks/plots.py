@@ -163,6 +163,19 @@ def scaling_tables(scaling: dict[str, list[dict[str, Any]]]) -> list[str]:
     return lines or ["(scaling not measured)"]
 
 
+def acceptance_lines(checks: list[dict[str, Any]], device: str) -> list[str]:
+    """The GPU acceptance criteria applied to this run (binding only for small-seg 1024x2048 fp16 on an H100)."""
+    if not checks:
+        return []
+    note = "" if device.startswith("cuda") else " — informational on CPU; the criteria are GPU (H100) criteria"
+    lines = [f"## Acceptance checks (small-seg 1024x2048 fp16 on H100 is the binding case{note})", ""]
+    lines += ["| case | backend | check | value | limit | result |", "|---|---|---|---|---|---|"]
+    for c in checks:
+        verdict = {True: "pass", False: "FAIL", None: "-"}[c["pass"]]
+        lines.append(f"| {c['case']} | {c['backend']} | {c['check']} | {_f(c['value'])} | {c['limit']} | {verdict} |")
+    return lines + [""]
+
+
 def stamp_lines(st: dict[str, Any]) -> list[str]:
     env = st.get("environment", {})
     keys = (
@@ -215,6 +228,7 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     lines += roofline.markdown(results.get("roofline", []), results.get("warp_roofline", [])).splitlines() + [""]
     lines += ["## Scaling", ""] + scaling_tables(results.get("scaling", {})) + [""]
+    lines += acceptance_lines(results.get("acceptance", []), st.get("device", "cpu"))
     lines += ["## Statistics (trtexec style; ⚠ = coefficient of variation above 2.5 %)", ""]
     lines += latency_table(results["rows"]) + [""]
     if results.get("skipped"):

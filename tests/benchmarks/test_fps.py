@@ -66,6 +66,7 @@ def fake_results(tmp_path) -> dict:
         _row("onnx", "device", "stream", 1, 100.0),
         _row("onnx", "device", "stream", 2, 80.0),
         _row("onnx", "device", "frame", 20, 10.0),
+        _row("onnx", "e2e", "stream", 1, 135.0),
         _row("onnx", "e2e", "stream", 2, 60.0),
         _row("onnx", "e2e", "frame", 20, 9.0),
     ]
@@ -96,6 +97,17 @@ def test_speedups_and_backend_ratios(tmp_path):
     roof = {r["backend"]: r for r in res["roofline"]}
     assert roof["onnx"]["measured_ms"] == pytest.approx(50.0 / 20)
     assert roof["onnx"]["flops"] > 0 and roof["onnx"]["measured_over_bound"] > 0
+
+
+def test_acceptance_checks(tmp_path):
+    checks = {
+        (c["backend"], c["check"].split(" /")[0].split(" vs")[0]): c for c in fake_results(tmp_path)["acceptance"]
+    }
+    stream = checks[("onnx", "e2e stream k=1 speed-up")]
+    assert stream["value"] == pytest.approx(0.75) and stream["pass"] is True  # 135/9 = 15x of the ideal 20x
+    eager = checks[("onnx", "cell iteration speed-up")]
+    assert eager["value"] == pytest.approx(2.0) and eager["pass"] is False  # 5 ms vs 2.5 ms per iteration, < 3x
+    assert ("onnx", "cell iteration") in checks and not any(b == "eager" for b, _ in checks)
 
 
 def test_writers_produce_md_json_png(tmp_path):
