@@ -76,7 +76,9 @@ def _sample_inputs(
     frame = torch.randint(0, 256, (batch, height, width, 3), dtype=torch.uint8, generator=gen).to(device)
     with torch.no_grad():
         z, x = model.solve(frame, iters=PARITY_ITERS)
-    return frame, z, x
+    # Dense NCHW, as the runtime's buffers are: eager convs keep the channels-last strides of
+    # the permuted frame, and AOTInductor would bake those strides into the package.
+    return frame, [t.contiguous() for t in z], x.contiguous()
 
 
 def _pose_module(model: MDEQSegNet, device: str) -> tuple[nn.Module, list[str]]:

@@ -16,7 +16,6 @@ import argparse
 import os
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from export.checkpoint import load_checkpoint
+from export.checkpoint import atomic_torch_save, load_checkpoint
 from export.config import MDEQConfig, get_config
 from export.flownet import FlowNetS, backward_warp
 from export.synthetic import render_clip
@@ -89,23 +88,8 @@ def epe(pred: Tensor, target: Tensor) -> Tensor:
 
 def save_flownet(net: FlowNetS, cfg: MDEQConfig, path: Path, meta: dict[str, Any]) -> None:
     """Atomic write of the FlowNet checkpoint (its own format: it is not an MDEQ)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    obj = {
-        "format": FORMAT,
-        "config": cfg.name,
-        "width": net.width,
-        "levels": net.levels,
-        "state_dict": net.state_dict(),
-    }
-    obj["meta"] = meta
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    obj = {"format": FORMAT, "config": cfg.name, "width": net.width, "levels": net.levels}
+    atomic_torch_save({**obj, "state_dict": net.state_dict(), "meta": meta}, path)
 
 
 def load_flownet(path: str | os.PathLike[str]) -> tuple[FlowNetS, dict[str, Any]]:

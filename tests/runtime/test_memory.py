@@ -52,5 +52,6 @@ def test_rss_flat_over_10000_frames(tmp_path):
     lines = sum(1 for _ in open(tmp_path / "o" / "frames.jsonl"))
     assert lines == n
     growth = samples[n - 1] - samples[1_000]
+    print(f"RSS {samples[1_000]:.1f} MB at frame 1000, {samples[n - 1]:.1f} MB at frame {n - 1}: +{growth:.1f} MB")
     assert growth < 25, f"RSS grew {growth:.1f} MB over {n - 1_000} frames"
     assert np.isfinite(summary["latency_ms"]["mean"])
