@@ -24,6 +24,7 @@ from torch import Tensor
 
 from export.config import MDEQConfig
 from export.mdeq import MDEQSegNet
+from export.manifest import default_mode
 
 FORMAT = "deqstream-ckpt/1"
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, default_mode())  # mkstemp makes 0600; give the file the usual umask mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
