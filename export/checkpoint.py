@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 
 from export.config import MDEQConfig
-from export.mdeq import MDEQSegNet
 from export.manifest import default_mode
+from export.mdeq import MDEQSegNet
 
 FORMAT = "deqstream-ckpt/1"
 log = logging.getLogger(__name__)
