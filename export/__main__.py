@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default="auto", help="device for .pt2 compilation and reference outputs: auto, cpu or cuda"
     )
     p.add_argument("--out", type=Path, default=Path("engines"), help="bundle directory (replaced if it exists)")
+    p.add_argument(
+        "--flownet",
+        type=Path,
+        default=None,
+        help="also add this trained FlowNet (export.train_flow) as the 'flownet' engine, for the runtime's --mode dff",
+    )
     return p
 
 
@@ -85,6 +91,8 @@ def _check_static(args: argparse.Namespace) -> None:
         raise UsageError(
             f"checkpoint not found: {args.checkpoint} (train one with `make train`, or pass --random-init)"
         )
+    if args.flownet is not None and not args.flownet.is_file():
+        raise UsageError(f"FlowNet checkpoint not found: {args.flownet} (train one with `python -m export.train_flow`)")
     if args.checkpoint is None and args.config is None:
         raise UsageError("--random-init needs --config")
 
@@ -136,6 +144,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         command="python -m export " + shlex.join(argv),
         log=lambda msg: print(msg, flush=True),
     )
+    if args.flownet is not None:
+        from export.flownet_export import add_flownet
+        from export.train_flow import load_flownet
+
+        add_flownet(args.out, load_flownet(args.flownet)[0], args.formats, device, log=lambda m: print(m, flush=True))
     print(f"wrote {args.out}/ in {time.perf_counter() - t0:.1f} s")
     return 0
 

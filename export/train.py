@@ -68,17 +68,24 @@ def _atomic_save(obj: object, path: Path) -> None:
 
 
 def load_model(path: Path, device: str = "cpu") -> tuple[MDEQSegNet, dict]:
-    """Model and meta from a ``deqstream-ckpt/1`` file (config rebuilt from the stored dict)."""
+    """Model and meta from a ``deqstream-ckpt/1`` file; the shared ``export.checkpoint`` reader
+    when present, else our own. Any unreadable file raises ValueError (one line)."""
     if not Path(path).is_file():
         raise ValueError(f"{path}: no such checkpoint file")
+    try:
+        from export.checkpoint import load_checkpoint
+    except ImportError:
+        load_checkpoint = None
+    if load_checkpoint is not None:
+        model, meta = load_checkpoint(path)  # its CheckpointError is a ValueError
+        return model.to(device), meta
     try:
         obj = torch.load(path, map_location=device, weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unreadable file is one bad-input error
         raise ValueError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict) or obj.get("format") != CKPT_FORMAT:
         raise ValueError(f"{path}: not a {CKPT_FORMAT} checkpoint")
-    cfg = config_from_dict(obj["config"])
-    model = build_model(cfg).to(device)
+    model = build_model(config_from_dict(obj["config"])).to(device)
     model.load_state_dict(obj["state_dict"])
     return model, obj.get("meta", {})
 

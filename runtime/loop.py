@@ -44,6 +44,8 @@ class RunConfig:
     budget_ms: float | None = None
     max_iters: int = 20
     reset_iters: int | None = None
+    key_interval: int = 5  # propagation modes (mv, dff): a key frame every this many frames
+    key_start: str = "previous"  # propagation key frames: warm start from the warped state, or "zero"
     reset: bool = True
     fit: str = "resize"
     save_maps: str = "png"
@@ -142,11 +144,16 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     if cfg.out is not None:
         root = prepare_out_dir(Path(cfg.out))
         outs = [root] if n == 1 else [prepare_out_dir(root / f"stream{i}") for i in range(n)]
-    sources = [s if isinstance(s, Source) else open_source(s) for s in cfg.sources]
+    sources = [s if isinstance(s, Source) else _open(s, cfg.mode) for s in cfg.sources]
     if cfg.policy is not None:  # a custom mode (e.g. a propagation mode) plugs in here
         policies = [cfg.policy() for _ in range(n)]
     else:
-        policies = [make_policy(cfg.mode, cfg.iters, cfg.reset_iters, cfg.budget_ms, cfg.max_iters) for _ in range(n)]
+        policies = [
+            make_policy(
+                cfg.mode, cfg.iters, cfg.reset_iters, cfg.budget_ms, cfg.max_iters, cfg.key_interval, cfg.key_start
+            )
+            for _ in range(n)
+        ]
     pipeline = Pipeline(
         bundle,
         device,
@@ -158,6 +165,11 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         max_iters=max(p.max_iters for p in policies),
         log=log,
     )
+    for i, p in enumerate(policies):  # policies that need engines (dff: the flownet) get the pipeline
+        attach = getattr(getattr(p, "inner", p), "attach", None)
+        if attach is not None:
+            attach(pipeline, i)
+    pipeline.warmup()
     hw = (bundle.height, bundle.width)
     streams = []
     for i, src in enumerate(sources):
@@ -176,6 +188,15 @@ def run(cfg: RunConfig) -> dict[str, Any]:
                 s.sink.abort()
         raise
     return summary
+
+
+def _open(spec: Any, mode: str) -> Source:
+    """Motion-vector modes read the codec's vectors with the frames."""
+    if mode in ("mv", "stream-mv", "dff"):  # dff: the vectors' intra coverage flags shot changes
+        from runtime.mv_source import open_mv_source
+
+        return open_mv_source(spec)
+    return open_source(spec)
 
 
 def _loop(cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[StreamState], log: Any) -> dict[str, Any]:
@@ -264,8 +285,8 @@ def _one_frame(
     post = [""] * len(streams)
     if cfg.reset and cfg.mode != "frame":
         warm = [p.start == "previous" and pipe.has_state[i] and not pre_reset[i] for i, p in enumerate(plans)]
-        for s, f, r, w in zip(streams, got, res.residuals, warm):
-            if f is not None:
+        for s, f, r, w, p in zip(streams, got, res.residuals, warm, plans):
+            if f is not None and p.run_cell:  # propagated frames ran no cell: no residual to judge
                 post[s.idx] = s.monitor.after(r, w and s.frames > 0)
         if any(post):
             res = _after_reset(pipe, streams, got, plans, infos, post, res)
@@ -372,6 +393,7 @@ def _run_facts(cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[Str
         "device": str(pipe.device),
         "mode": cfg.mode,
         "iters": cfg.iters,
+        "key_interval": cfg.key_interval if cfg.mode in ("mv", "dff") else None,
         "solver": cfg.solver,
         "tol": cfg.tol,
         "budget_ms": cfg.budget_ms,

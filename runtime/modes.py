@@ -198,13 +198,23 @@ class ResetMonitor:
 
 
 def make_policy(
-    mode: str, iters: int, reset_iters: int | None = None, budget_ms: float | None = None, max_iters: int = 20
+    mode: str,
+    iters: int,
+    reset_iters: int | None = None,
+    budget_ms: float | None = None,
+    max_iters: int = 20,
+    key_interval: int = 5,
+    key_start: str = "previous",
 ) -> Policy:
     """The CLI's ``--mode`` -> policy (extend the table for new modes)."""
+    from runtime.propagation import PROPAGATION_MODES, make_propagation_policy
+
     table: dict[str, Callable[[], Policy]] = {
         "frame": lambda: FramePolicy(iters),
         "stream": lambda: StreamPolicy(iters, reset_iters),
     }
+    for name in PROPAGATION_MODES:
+        table[name] = lambda name=name: make_propagation_policy(name, iters, key_interval, reset_iters, key_start)
     if mode not in table:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(table)}")
     policy = table[mode]()

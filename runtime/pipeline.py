@@ -213,7 +213,8 @@ class Pipeline:
             t.start()
             self.upload(frames)
             t.mark("upload")
-            self.injection.run(self.stream)
+            if any(p.run_cell for p in plans):  # propagated frames (mv, dff) use no injection
+                self.injection.run(self.stream)
             t.mark("injection")
             self.prepare_state(plans, infos)
             iters = max((p.iters for p in plans if p.run_cell), default=0)
@@ -234,6 +235,22 @@ class Pipeline:
         return BatchResult(
             self.buf.out_host.numpy().copy(), residuals, info.nstep if info else 0, stage, gpu, graph, info
         )
+
+    def warmup(self) -> None:
+        """Run every engine once on the (zero) buffers before the first timed frame, as trtexec
+        does: first runs pay for lazy allocation and kernel selection (ORT's arenas, cuDNN's
+        algorithm search), which would otherwise land in frame 0's latency. Streams start from
+        zero afterwards (``has_state`` stays False)."""
+        ctx = torch.cuda.stream(self.stream) if self.stream is not None else _nullcontext()
+        with ctx:
+            self.injection.run(self.stream)
+            for slot in (0, 1):
+                self.cell.run(self.stream, slot)
+                self.head.run(self.stream, slot)
+            if self.stream is not None:
+                self.stream.synchronize()
+        self.has_state = [False] * self.batch
+        self.warm.update((0, 1))
 
     def reset(self, b: int) -> None:
         """Forget stream ``b``'s state (its next plan starts from zero)."""

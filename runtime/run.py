@@ -12,14 +12,20 @@ import os
 import sys
 from pathlib import Path
 
-from runtime.errors import DeqRuntimeError
+from runtime.errors import DeqRuntimeError, EngineError
 from runtime.solvers import SOLVERS
+
+MODES = ("frame", "stream", "stream-mv", "mv", "dff")
+KEY_MODES = ("mv", "dff")
 
 EXAMPLES = """examples:
   python -m runtime.run --engine engines/deq_cell.onnx clip.mp4 --mode stream --iters 2
   python -m runtime.run --engine engines/deq_cell.onnx clip.mp4 --mode frame --iters 20 --save-maps npz
   python -m runtime.run --engine engines/deq_cell.plan rtsp://camera/stream --budget-ms 33
   python -m runtime.run --engine engines_b2/deq_cell.onnx a.mp4 b.mp4 --streams 2
+  python -m runtime.run --engine engines/deq_cell.onnx clip.mp4 --mode mv --key-interval 5 --iters 2
+  python -m runtime.run --engine engines/deq_cell.onnx clip.mp4 --mode stream-mv --iters 1
+  python -m runtime.run --engine engines/deq_cell.onnx clip.mp4 --mode dff --key-interval 5   (bundle with flownet)
 outputs (in --out): overlay.mp4, maps/ or maps.npz, frames.jsonl (one record per frame), summary.json
 """
 
@@ -27,8 +33,10 @@ outputs (in --out): overlay.mp4, maps/ or maps.npz, frames.jsonl (one record per
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m runtime.run",
-        description="Run an exported MDEQ engine bundle over video: per-frame DEQ (--mode frame) or "
-        "StreamDEQ warm-started iterations (--mode stream). Reads only the engines and manifest.json.",
+        description="Run an exported MDEQ engine bundle over video: per-frame DEQ (--mode frame), "
+        "StreamDEQ warm-started iterations (--mode stream), or feature propagation between key frames "
+        "(--mode mv / stream-mv with codec motion vectors, --mode dff with the bundle's FlowNet). "
+        "Reads only the engines and manifest.json.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -48,15 +56,32 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("solving")
     g.add_argument(
         "--mode",
-        choices=("frame", "stream"),
+        choices=MODES,
         default="stream",
-        help="frame: z = 0 every frame; stream: warm start from the previous frame (default)",
+        help="frame: z = 0 every frame; stream: warm start from the previous frame (default); "
+        "stream-mv: previous state warped by the codec motion vectors, then --iters iterations; "
+        "mv: key frames solved, other frames only warped by the motion vectors (no cell); "
+        "dff: key frames solved, other frames = key state warped by the FlowNet's flow x scale",
+    )
+    g.add_argument(
+        "--key-interval",
+        type=int,
+        default=None,
+        help="mv/dff: a key frame every N frames (default 5; codec I-frames are key frames too)",
+    )
+    g.add_argument(
+        "--key-start",
+        choices=("previous", "zero"),
+        default="previous",
+        help="mv/dff key frames: warm start from the propagated state with --iters iterations (default), "
+        "or from zero with --reset-iters iterations",
     )
     g.add_argument(
         "--iters",
         type=int,
         default=None,
-        help="cell iterations per frame (default: 2 in stream mode, the manifest's f_thres in frame mode)",
+        help="cell iterations per frame (default: 2 in stream mode, the manifest's f_thres in frame mode); "
+        "mv/dff: iterations of a warm-started key frame; stream-mv: 0 means a pure warp",
     )
     g.add_argument(
         "--solver", choices=tuple(SOLVERS), default="fixed_point", help="fixed-point solver (default fixed_point)"
@@ -79,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--reset-iters",
         type=int,
         default=None,
-        help="iterations for a stream's first frame and after a state reset (default: --iters)",
+        help="iterations for a stream's first frame and after a state reset (default: --iters; "
+        "mv/dff: the manifest's f_thres)",
     )
     g.add_argument("--no-reset", action="store_true", help="never reset the state on shot changes or divergence")
     g.add_argument(
@@ -91,7 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = p.add_argument_group("device and I/O")
     d.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     d.add_argument("--no-graphs", action="store_true", help="disable CUDA graph capture of the iterations")
-    d.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
+    d.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="intra-op threads of ONNX Runtime and of torch's CPU ops (solver, warps) (0: their defaults)",
+    )
     d.add_argument(
         "--fit",
         choices=("resize", "pad"),
@@ -113,7 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _validate(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
-    for name in ("iters", "check_every", "max_iters", "reset_iters", "streams", "max_frames"):
+    if a.iters is not None and a.iters < (0 if a.mode == "stream-mv" else 1):
+        p.error("--iters must be >= 1" + (" (0 is allowed only with --mode stream-mv)" if a.iters == 0 else ""))
+    if a.key_interval is not None and a.mode not in KEY_MODES:
+        p.error(f"--key-interval applies to --mode {' / '.join(KEY_MODES)}, not {a.mode}")
+    if a.key_interval is not None and a.key_interval < 1:
+        p.error("--key-interval must be >= 1")
+    if a.key_start != "previous" and a.mode not in KEY_MODES:
+        p.error(f"--key-start applies to --mode {' / '.join(KEY_MODES)}, not {a.mode}")
+    if a.mode in KEY_MODES and a.budget_ms is not None:
+        p.error(f"--budget-ms does not apply to --mode {a.mode} (its propagated frames run no iterations)")
+    for name in ("check_every", "max_iters", "reset_iters", "streams", "max_frames"):
         v = getattr(a, name)
         if v is not None and v < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -131,12 +172,23 @@ def main(argv: list[str] | None = None) -> int:
     _validate(parser, args)
     from runtime.loop import RunConfig, format_summary, run
 
+    if args.threads > 0:  # the CPU path's torch ops (solver residuals, warps) oversubscribe a shared CPU otherwise
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         from runtime.bundle import open_bundle
 
-        iters = args.iters
+        iters, reset_iters = args.iters, args.reset_iters
         if iters is None:
-            iters = 2 if args.mode == "stream" else open_bundle(args.engine, check_hash=False).f_thres
+            iters = 2 if args.mode != "frame" else open_bundle(args.engine, check_hash=False).f_thres
+        if reset_iters is None and args.mode in KEY_MODES:
+            reset_iters = open_bundle(args.engine, check_hash=False).f_thres
+        if args.mode == "dff" and "flownet" not in open_bundle(args.engine, check_hash=False).engines:
+            raise EngineError(
+                f"--mode dff needs a flownet engine in the bundle next to {args.engine} "
+                "(export it with `python -m export.flownet_export`)"
+            )
         cfg = RunConfig(
             engine=args.engine,
             sources=list(args.inputs),
@@ -148,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
             check_every=args.check_every,
             budget_ms=args.budget_ms,
             max_iters=args.max_iters,
-            reset_iters=args.reset_iters,
+            reset_iters=reset_iters,
+            key_interval=args.key_interval or 5,
+            key_start=args.key_start,
             reset=not args.no_reset,
             fit=args.fit,
             save_maps=args.save_maps,

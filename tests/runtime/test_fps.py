@@ -18,7 +18,7 @@ def test_stream_k2_at_least_5x_frame_n20(tmp_path):
 
     bundle = tmp_path / "b256"
     export_bundle(build_model(get_config("tiny")), bundle, 256, 512)
-    frames = list(moving_frames(6, 256, 512))
+    frames = list(moving_frames(10, 256, 512))
     fps = {}
     for mode, iters in (("stream", 2), ("frame", 20)):
         s = run(
