@@ -92,13 +92,7 @@ def _plain(value: Any) -> Any:
 
 
 def save_checkpoint(model: MDEQSegNet, path: str | os.PathLike[str], meta: dict[str, Any]) -> Path:
-    """Write our checkpoint format atomically (temp file in the same directory, then rename).
-
-    ``save_checkpoint(path, model, meta)`` is accepted too (the arguments are told apart by
-    type), so a caller that guessed the other order still writes the right file.
-    """
-    if isinstance(model, (str, os.PathLike)) and isinstance(path, torch.nn.Module):
-        model, path = path, model
+    """Write our checkpoint format atomically (temp file in the same directory, then rename)."""
     payload = {"format": FORMAT, "config": model.cfg.to_dict(), "state_dict": model.state_dict(), "meta": _plain(meta)}
     return atomic_torch_save(payload, path)
 

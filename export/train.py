@@ -27,12 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from export.checkpoint import atomic_torch_save, load_checkpoint, save_checkpoint
 from export.config import get_config
 from export.mdeq import MDEQSegNet, build_model, check_resolution
 from export.metrics import confusion, miou
 from export.synthetic import random_batch
-
-CKPT_FORMAT = "deqstream-ckpt/1"
 
 
 def machine() -> str:
@@ -43,63 +42,11 @@ def machine() -> str:
     return f"{platform.node()} {cpu} {os.cpu_count()} cpus, torch {torch.__version__} threads {threads}, {gpu}"
 
 
-def save_ckpt(path: Path, model: MDEQSegNet, meta: dict) -> None:
-    """Write the checkpoint dict in exactly the shared format, atomically."""
-    try:  # the shared helper, when another engineer has written it
-        from export.checkpoint import save_checkpoint  # type: ignore[attr-defined]
-    except ImportError:
-        save_checkpoint = None
-    if save_checkpoint is not None:
-        try:
-            save_checkpoint(path, model, meta)
-            return
-        except TypeError:
-            pass
-    obj = {"format": CKPT_FORMAT, "config": model.cfg.to_dict(), "state_dict": model.state_dict(), "meta": meta}
-    _atomic_save(obj, path)
-
-
-def _atomic_save(obj: object, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def load_model(path: Path, device: str = "cpu") -> tuple[MDEQSegNet, dict]:
-    """Model and meta from a ``deqstream-ckpt/1`` file; the shared ``export.checkpoint`` reader
-    when present, else our own. Any unreadable file raises ValueError (one line)."""
-    if not Path(path).is_file():
-        raise ValueError(f"{path}: no such checkpoint file")
-    try:
-        from export.checkpoint import load_checkpoint
-    except ImportError:
-        load_checkpoint = None
-    if load_checkpoint is not None:
-        model, meta = load_checkpoint(path)  # its CheckpointError is a ValueError
-        return model.to(device), meta
-    try:
-        obj = torch.load(path, map_location=device, weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is one bad-input error
-        raise ValueError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(obj, dict) or obj.get("format") != CKPT_FORMAT:
-        raise ValueError(f"{path}: not a {CKPT_FORMAT} checkpoint")
-    model = build_model(config_from_dict(obj["config"])).to(device)
-    model.load_state_dict(obj["state_dict"])
-    return model, obj.get("meta", {})
-
-
-def config_from_dict(d: dict):  # noqa: ANN201 - MDEQConfig
-    """Rebuild an MDEQConfig from ``to_dict()`` output (lists back to tuples)."""
-    from export.config import MDEQConfig
-
-    d = dict(d)
-    d["channels"] = tuple(d["channels"])
-    d["class_names"] = tuple(d.get("class_names", ()))
-    d["palette"] = tuple(tuple(p) for p in d.get("palette", ()))
-    d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
-    return MDEQConfig(**d)
+    """Model and meta of one of our checkpoints, on ``device`` (the shared reader; its
+    CheckpointError is a ValueError with one line)."""
+    model, meta = load_checkpoint(path)
+    return model.to(device), meta
 
 
 # --------------------------------------------------------------------------- losses per mode
@@ -209,8 +156,8 @@ class Trainer:
     def resume(self) -> None:
         if not self.out.exists():
             return
-        obj = torch.load(self.out, map_location=self.device, weights_only=False)
-        self.model.load_state_dict(obj["state_dict"])
+        saved, _ = load_checkpoint(self.out)
+        self.model.load_state_dict(saved.state_dict())
         if self.sidecar.exists():
             side = torch.load(self.sidecar, map_location=self.device, weights_only=False)
             self.opt.load_state_dict(side["optimizer"])
@@ -246,9 +193,10 @@ class Trainer:
 
     def save(self, val_miou: float) -> None:
         self.model.eval()  # state_dict is mode-independent; keep the saved model in eval
-        save_ckpt(self.out, self.model, self.meta(val_miou))
+        save_checkpoint(self.model, self.out, self.meta(val_miou))
         self.model.train()
-        _atomic_save({"optimizer": self.opt.state_dict(), "step": self.step, "elapsed": self.elapsed}, self.sidecar)
+        resume = {"optimizer": self.opt.state_dict(), "step": self.step, "elapsed": self.elapsed}
+        atomic_torch_save(resume, self.sidecar)
 
     def log(self, rec: dict) -> None:
         with open(self.log_path, "a") as fh:
