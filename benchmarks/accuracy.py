@@ -5,8 +5,9 @@ went through the H.264 codec: mIoU vs frame offset for k in {1, 2, 4, 8}, next t
 single-frame baseline (f_thres iterations from zero), plus the relative residual
 ||f(z) - z|| / ||z|| and the relative distance to the converged fixed point per frame.
 
-The model is reached only through :class:`Stepper` (inject / cell / head / zeros), so a later
-version can drop in the exported engines through the runtime without touching the metric code.
+The model is reached only through :class:`Stepper` (inject / cell / head / zeros): either
+eager PyTorch on a checkpoint (``--checkpoint``) or the exported engines through the runtime's
+own runners and buffers (``--engine``, what ``make accuracy`` measures), with the same metric code.
 """
 
 from __future__ import annotations
@@ -69,6 +70,63 @@ class TorchStepper(Stepper):
         logits = self.model.head(*z)
         up = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=True)
         return up.argmax(1)[0].to(torch.uint8).cpu().numpy()
+
+
+class EngineStepper(Stepper):
+    """The exported engines through the runtime's runners and persistent buffers (what
+    ``python -m runtime.run`` executes). The states travel through the pipeline's state set A
+    (input) and B (output); each call copies them in and clones them out, so the metric code
+    can hold many states at once. Batch-1 bundles at the clips' resolution only."""
+
+    def __init__(self, engine: str | Path, device: str = "cpu", threads: int = 0) -> None:
+        from runtime.bundle import open_bundle
+        from runtime.pipeline import Pipeline
+
+        self.bundle = open_bundle(engine)
+        if self.bundle.batch != 1:
+            raise ValueError(f"{engine}: accuracy needs a batch-1 bundle, this one takes {self.bundle.batch}")
+        self.pipe = Pipeline(self.bundle, torch.device(device), graphs=False, threads=threads)
+        self.buf = self.pipe.buf
+        self.num_classes = len(self.bundle.classes)
+        self.zin, self.zout = self.buf.zviews[0], self.buf.zviews[1]
+
+    def _check(self, height: int, width: int) -> None:
+        if (height, width) != (self.bundle.height, self.bundle.width):
+            raise ValueError(
+                f"clips are {height}x{width} but the engines take {self.bundle.height}x{self.bundle.width} "
+                "(pass --height/--width or export at the clips' size)"
+            )
+
+    def _sync(self) -> None:
+        if self.pipe.stream is not None:
+            self.pipe.stream.synchronize()
+
+    def inject(self, frame: np.ndarray) -> Tensor:
+        self._check(*frame.shape[:2])
+        self.pipe.upload([frame])
+        self.pipe.injection.run(self.pipe.stream)
+        self._sync()
+        return self.buf.x.clone()
+
+    def zeros(self, height: int, width: int) -> list[Tensor]:
+        self._check(height, width)
+        return [torch.zeros_like(v) for v in self.zin]
+
+    def cell(self, z: list[Tensor], x: Tensor) -> list[Tensor]:
+        for dst, src in zip(self.zin, z):
+            dst.copy_(src)
+        self.buf.x.copy_(x)
+        self.pipe.cell.run(self.pipe.stream, 0)  # slot 0: set A -> set B
+        self._sync()
+        return [v.clone() for v in self.zout]
+
+    def classes(self, z: list[Tensor], height: int, width: int) -> np.ndarray:
+        self._check(height, width)
+        for dst, src in zip(self.zin, z):
+            dst.copy_(src)
+        self.pipe.head.run(self.pipe.stream, 0)
+        self._sync()
+        return self.buf.out[0].cpu().numpy().copy()
 
 
 def _norm(z: list[Tensor]) -> float:
@@ -186,6 +244,7 @@ def markdown(results: dict, stamp: dict) -> str:
         "",
         f"- command: `{stamp['command']}`",
         f"- machine: {stamp['machine']}",
+        f"- backend: {stamp.get('backend', 'pytorch-eager')}",
         f"- date: {stamp['date']}; clips: {stamp['clips']} x {stamp['frames']} frames at "
         f"{stamp['height']}x{stamp['width']}; converged = {stamp['f_thres']} iterations "
         f"from z = 0; 'from 10' = frame offsets >= {FROM_FRAME}",
@@ -261,8 +320,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="mIoU vs iterations per frame, per-frame vs streaming, on held-out synthetic clips "
         "(StreamDEQ Table I).",
     )
-    p.add_argument(
-        "--checkpoint", nargs="+", required=True, help="one or more deqstream-ckpt/1 files (e.g. SUR and UR)"
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--engine",
+        nargs="+",
+        help="one or more exported bundles (their deq_cell.onnx/.pt2/.plan), run through the runtime's runners",
+    )
+    src.add_argument(
+        "--checkpoint", nargs="+", help="one or more deqstream-ckpt/1 files (e.g. SUR and UR), run in eager PyTorch"
     )
     p.add_argument("--quick", action="store_true", help="2 clips x 16 frames (< 3 min on a 2-core CPU)")
     p.add_argument("--out", default="benchmarks/results")
@@ -281,8 +346,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
+def _steppers(a: argparse.Namespace, device: str, stamp: dict) -> dict[str, tuple[Stepper, dict]]:
+    """Name -> (stepper, meta of its weights): exported bundles or eager checkpoints."""
+    from export.train import load_model
+
+    if a.engine:
+        out = {}
+        for e in a.engine:
+            st = EngineStepper(e, device, a.threads)
+            meta = dict(st.bundle.manifest.get("weights", {}))
+            name = Path(meta["checkpoint"]).stem if "checkpoint" in meta else Path(e).parent.name
+            out[f"{name} ({st.bundle.kind})"] = (st, meta)
+        kinds = sorted({st.bundle.kind for st, _ in out.values()})
+        stamp["backend"] = f"exported engines ({', '.join(kinds)}) through runtime runners, {device}"
+        return out
+    stamp["backend"] = f"pytorch-eager, {device}"
+    out = {}
+    for c in a.checkpoint:
+        model, meta = load_model(Path(c), device)
+        out[Path(c).stem] = (TorchStepper(model, device), meta)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    from export.train import load_model, machine
+    from export.train import machine
+    from runtime.errors import DeqRuntimeError
 
     a = parse_args(argv)
     if a.threads > 0:
@@ -300,20 +388,23 @@ def main(argv: list[str] | None = None) -> int:
         "f_thres": a.f_thres,
         "ks": a.ks,
         "heldout_seed": HELDOUT_SEED,
-        "backend": "pytorch-eager",
     }
     t0 = time.time()
     try:
         if min(a.ks) < 1 or a.clips < 1 or a.frames < 1:
             raise ValueError("--ks, --clips and --frames must be >= 1")
-        models = {Path(c).stem: load_model(Path(c), device) for c in a.checkpoint}
+        steppers = _steppers(a, device, stamp)
         clips = prepare_clips(Path(a.data), a.clips, a.frames, a.height, a.width)
-    except (ValueError, OSError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError, DeqRuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     results = {}
-    for name, (model, meta) in models.items():
-        rows = run_accuracy(TorchStepper(model, device), clips, a.ks, a.f_thres)
+    for name, (stepper, meta) in steppers.items():
+        try:
+            rows = run_accuracy(stepper, clips, a.ks, a.f_thres)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         results[name] = {"checkpoint_meta": meta, "rows": rows}
         print(f"{name}: converged {_pct(rows['converged']['miou'])}", flush=True)
     stamp["wall_s"] = round(time.time() - t0, 1)

@@ -114,12 +114,14 @@ def _load_model(args: argparse.Namespace):
     from export.mdeq import build_model
 
     if args.random_init:
-        return build_model(get_config(args.config), seed=args.seed), f"random init (seed {args.seed})"
+        what = f"random init (seed {args.seed})"
+        return build_model(get_config(args.config), seed=args.seed), what, {"source": what}
     cfg = get_config(args.config) if args.config else None
-    model, _meta, what = load_any(args.checkpoint, cfg)
+    model, meta, what = load_any(args.checkpoint, cfg)
     if cfg is not None and model.cfg.name != cfg.name:
         print(f"note: the checkpoint holds config {model.cfg.name!r}; using it instead of --config {cfg.name}")
-    return model, what
+    keep = ("mode", "iters", "steps", "val_miou", "wall_time_s", "machine")
+    return model, what, {"source": what, "checkpoint": str(args.checkpoint), **{k: meta[k] for k in keep if k in meta}}
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
@@ -128,7 +130,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     _check_static(args)
     device = _device(args.device)
     t0 = time.perf_counter()
-    model, what = _load_model(args)
+    model, what, weights = _load_model(args)
     print(f"model {model.cfg.name}: {what}")
     print(f"exporting {','.join(args.formats)} {args.precision} {args.batch}x{args.height}x{args.width} on {device}")
     export_bundle(
@@ -143,6 +145,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         heads=args.heads,
         command="python -m export " + shlex.join(argv),
         log=lambda msg: print(msg, flush=True),
+        weights=weights,
     )
     if args.flownet is not None:
         from export.flownet_export import add_flownet

@@ -290,8 +290,13 @@ def export_bundle(
     heads: Sequence[str] = ("seg",),
     command: str = "",
     log: Callable[[str], None] | None = None,
+    weights: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Export ``model`` as a bundle in ``out_dir`` and return the manifest written there.
+
+    ``weights`` (optional) says where the weights came from (checkpoint, training mode and
+    steps); it is stored as the manifest's ``weights`` so results made from the engines alone
+    can name the model they measured.
 
     Raises ValueError on bad arguments and ParityError when an engine disagrees with
     PyTorch; in both cases ``out_dir`` is left as it was.
@@ -303,6 +308,8 @@ def export_bundle(
     out = Path(out_dir).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     manifest = base_manifest(work, height, width, batch, precision, command)
+    if weights:
+        manifest["weights"] = weights
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         os.chmod(tmp, default_mode(0o777))

@@ -100,3 +100,38 @@ def test_cli_end_to_end_and_bad_checkpoint(tiny_run, capsys) -> None:
     bad.write_bytes(b"not a checkpoint")
     assert main([*args[:1], str(bad), *args[2:]]) == 2
     assert capsys.readouterr().err.startswith("error:")
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tiny_run):
+    from export.bundle import export_bundle
+
+    model, _, _, root = tiny_run
+    export_bundle(model, root / "bundle", 64, 128, weights={"mode": "none", "checkpoint": "rand.pt"})
+    return root / "bundle" / "deq_cell.onnx"
+
+
+def test_engine_stepper_matches_pytorch(tiny_run, tiny_bundle) -> None:
+    """The engines through the runtime's runners give the eager model's rows (same metric code)."""
+    from benchmarks.accuracy import EngineStepper
+
+    _, clips, rows, _ = tiny_run
+    eng = run_accuracy(EngineStepper(tiny_bundle, threads=1), clips, ks=(1, 2), f_thres=3)
+    assert set(eng) == set(rows)
+    for name in rows:
+        assert eng[name]["miou"] == pytest.approx(rows[name]["miou"], abs=2e-3), name
+        assert eng[name]["distance"] == pytest.approx(rows[name]["distance"], rel=1e-3, abs=1e-6), name
+
+
+def test_cli_engine_and_resolution_mismatch(tiny_run, tiny_bundle, capsys) -> None:
+    _, _, _, root = tiny_run
+    args = ["--engine", str(tiny_bundle), "--out", str(root / "cli_eng"), "--data", str(root / "clips"),
+            "--clips", "1", "--frames", "2", "--height", "64", "--width", "128",
+            "--ks", "1", "--f-thres", "2"]  # fmt: skip
+    assert main(args) == 0
+    md = (root / "cli_eng" / "accuracy.md").read_text()
+    assert "## rand (onnx)" in md and "exported engines (onnx)" in md
+    wrong = [*args[:-8], "--height", "96", "--width", "128", "--ks", "1", "--f-thres", "2"]
+    assert main(wrong) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "96x128" in err and "64x128" in err
