@@ -912,7 +912,8 @@ def accuracy_vs_fps(rows: list[dict[str, Any]], out_dir: Path) -> list[dict[str,
     import json
 
     points = []
-    for path in sorted(Path(out_dir).glob("accuracy*.json")):
+    full = Path(out_dir) / "accuracy.json"  # the full run wins over the quick one when both exist
+    for path in [full] if full.exists() else sorted(Path(out_dir).glob("accuracy*.json")):
         try:
             data = json.loads(path.read_text())
             res = data["results"]
