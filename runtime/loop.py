@@ -22,6 +22,7 @@ import torch
 
 from runtime.bundle import Bundle, open_bundle
 from runtime.errors import DeqRuntimeError, EngineError, SourceError
+from runtime.interp import Emission, InterpPolicy
 from runtime.modes import FrameInfo, Outcome, Plan, Policy, ResetMonitor, make_policy
 from runtime.pipeline import STAGES, Pipeline
 from runtime.sources import Frame, Prefetcher, Source, open_source
@@ -44,7 +45,7 @@ class RunConfig:
     budget_ms: float | None = None
     max_iters: int = 20
     reset_iters: int | None = None
-    key_interval: int = 5  # propagation modes (mv, dff): a key frame every this many frames
+    key_interval: int = 5  # propagation modes (mv, dff, mv-interp): a key frame every this many frames
     key_start: str = "previous"  # propagation key frames: warm start from the warped state, or "zero"
     reset: bool = True
     fit: str = "resize"
@@ -134,6 +135,10 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     n = len(cfg.sources)
     if n == 0:
         raise SourceError("no input given")
+    if cfg.mode == "mv-interp" and n > 1:
+        raise SourceError(
+            f"--mode mv-interp takes one input stream (it holds frames back until the next key frame), got {n}"
+        )
     if bundle.batch != n:
         raise EngineError(
             f"the engines take batch {bundle.batch} but {n} input stream(s) were given "
@@ -147,6 +152,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     sources = [s if isinstance(s, Source) else _open(s, cfg.mode) for s in cfg.sources]
     if cfg.policy is not None:  # a custom mode (e.g. a propagation mode) plugs in here
         policies = [cfg.policy() for _ in range(n)]
+    elif cfg.mode == "mv-interp":  # key frames from zero with cfg.iters; delayed output (runtime.interp)
+        policies = [InterpPolicy(cfg.key_interval, cfg.iters)]
     else:
         policies = [
             make_policy(
@@ -192,7 +199,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
 
 def _open(spec: Any, mode: str) -> Source:
     """Motion-vector modes read the codec's vectors with the frames."""
-    if mode in ("mv", "stream-mv", "dff"):  # dff: the vectors' intra coverage flags shot changes
+    if mode in ("mv", "stream-mv", "dff", "mv-interp"):  # dff: the vectors' intra coverage flags shot changes
         from runtime.mv_source import open_mv_source
 
         return open_mv_source(spec)
@@ -208,6 +215,7 @@ def _loop(cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[StreamSt
         total = min(total, cfg.max_frames) if total else cfg.max_frames
     bar = tqdm(total=total, disable=not cfg.progress, unit="frame", file=sys.stderr, dynamic_ncols=True)
     blank = np.zeros((bundle.height, bundle.width, 3), np.uint8)
+    interp = streams[0].policy if isinstance(streams[0].policy, InterpPolicy) else None
     interrupted = False
     t_start = time.perf_counter()
     with _StopFlag() as flag:
@@ -222,15 +230,21 @@ def _loop(cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[StreamSt
                     s.done = True
             if all(s.done for s in streams):
                 break
-            latency_ms, gpu_ms = _one_frame(cfg, pipe, streams, got, blank, stages, log)
-            latency.append(latency_ms)
-            if gpu_ms is not None:
-                gpu.append(gpu_ms)
+            if interp is not None:
+                _emit(cfg, streams[0], interp.push(got[0], _shot_change(cfg, streams[0], got[0])), stages, latency, gpu)
+                streams[0].prev = got[0].rgb  # the frame before the next one (records go out later)
+            else:
+                latency_ms, gpu_ms = _one_frame(cfg, pipe, streams, got, blank, stages, log)
+                latency.append(latency_ms)
+                if gpu_ms is not None:
+                    gpu.append(gpu_ms)
             bar.update(1)
             if flag.stop:
                 interrupted = True
                 log("interrupted: finishing with the frames processed so far")
                 break
+        if interp is not None:  # frames still held back: forward from the last key frame
+            _emit(cfg, streams[0], interp.flush(), stages, latency, gpu)
     wall = time.perf_counter() - t_start
     bar.close()
     for s in streams:
@@ -301,6 +315,32 @@ def _one_frame(
     return latency_ms, res.gpu_ms
 
 
+def _shot_change(cfg: RunConfig, s: StreamState, f: Frame) -> str:
+    """The reset monitor's verdict before a frame runs (mv-interp: it makes the frame a key frame)."""
+    if not cfg.reset:
+        return ""
+    return s.monitor.before(FrameInfo(f.index, f.time, f.key_frame, f.side), _frame_change(s.prev, f.rgb))
+
+
+def _emit(
+    cfg: RunConfig,
+    s: StreamState,
+    emissions: list[Emission],
+    stages: dict[str, list[float]],
+    latency: list[float],
+    gpu: list[float],
+) -> None:
+    """Record the frames mv-interp lets go (in frame order); each counts once in the summary."""
+    for e in emissions:
+        for name, ms in e.result.stage_ms.items():
+            stages.setdefault(name, []).append(ms)
+        stages["decode"].append(e.frame.decode_ms)
+        latency.append(e.latency_ms)
+        if e.result.gpu_ms is not None:
+            gpu.append(e.result.gpu_ms)
+        _record(cfg, s, e.frame, e.plan, e.result, e.reset, e.latency_ms, e.extra)
+
+
 def _after_reset(
     pipe: Pipeline,
     streams: list[StreamState],
@@ -332,7 +372,17 @@ def _after_reset(
     return res
 
 
-def _record(cfg: RunConfig, s: StreamState, f: Frame, plan: Plan, res: Any, reset: str, latency_ms: float) -> None:
+def _record(
+    cfg: RunConfig,
+    s: StreamState,
+    f: Frame,
+    plan: Plan,
+    res: Any,
+    reset: str,
+    latency_ms: float,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """One frame's JSON record, class map and overlay (``extra``: mode-specific record fields)."""
     b = s.idx
     residual = float(res.residuals[b]) if res.nstep else None
     warm = plan.start == "previous" and not reset
@@ -357,6 +407,7 @@ def _record(cfg: RunConfig, s: StreamState, f: Frame, plan: Plan, res: Any, rese
         "reset": reset or None,
         "cuda_graph": res.graph,
         "latency_ms": {"decode": round(f.decode_ms, 3), **stage, "total": round(latency_ms, 3)},
+        **(extra or {}),
     }
     s.policy.observe(
         FrameInfo(f.index, f.time, f.key_frame),
@@ -393,7 +444,7 @@ def _run_facts(cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[Str
         "device": str(pipe.device),
         "mode": cfg.mode,
         "iters": cfg.iters,
-        "key_interval": cfg.key_interval if cfg.mode in ("mv", "dff") else None,
+        "key_interval": cfg.key_interval if cfg.mode in ("mv", "dff", "mv-interp") else None,
         "solver": cfg.solver,
         "tol": cfg.tol,
         "budget_ms": cfg.budget_ms,

@@ -2,9 +2,10 @@
 cell runs at all, and an optional warp of the state, so one loop executes every mode.
 
 ``frame`` (z = 0, N iterations) and ``stream`` (StreamDEQ: warm start from the previous
-frame's state, k iterations) live here. Propagation modes (dff, mv, mv-interp, stream-mv)
-plug in by returning a ``Plan`` with ``warp`` set (and ``run_cell=False`` on frames they only
-propagate); the loop does not change. ``Budgeted`` wraps any policy with a latency controller.
+frame's state, k iterations) live here. Propagation modes (dff, mv, stream-mv) plug in by
+returning a ``Plan`` with ``warp`` set (and ``run_cell=False`` on frames they only propagate);
+the loop does not change. mv-interp, whose output waits for the next key frame, is the one
+exception (``runtime.interp``). ``Budgeted`` wraps any policy with a latency controller.
 """
 
 from __future__ import annotations

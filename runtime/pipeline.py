@@ -12,6 +12,7 @@ pipeline falls back to plain launches and says so once.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -251,6 +252,33 @@ class Pipeline:
                 self.stream.synchronize()
         self.has_state = [False] * self.batch
         self.warm.update((0, 1))
+
+    def stream_context(self) -> Any:
+        """The pipeline's CUDA stream as the current stream (nothing on CPU): work on its
+        buffers done outside ``run`` (mv-interp's copies and warps) must be ordered with it."""
+        return torch.cuda.stream(self.stream) if self.stream is not None else _nullcontext()
+
+    def head_only(self, states: Sequence[torch.Tensor]) -> BatchResult:
+        """Class maps of states computed outside the solver (mv-interp's interpolated frames):
+        ``states`` (per scale, (B, C, h, w)) are copied into the current set, the one the head
+        is bound to, then head and download as in ``run``; no upload, injection or cell."""
+        with self.stream_context():
+            t = self.timer
+            t.start()
+            for dst, src in zip(self.buf.zviews[self.buf.current], states):
+                dst.copy_(src)
+            t.mark("interp")
+            self.head.run(self.stream, self.buf.current)
+            t.mark("head")
+            if self.buf.out_host is not self.buf.out:
+                self.buf.out_host.copy_(self.buf.out, non_blocking=True)
+            t.mark("download")
+            if self.stream is not None:
+                self.stream.synchronize()
+        stage = t.stage_ms()
+        gpu = None if self.stream is None else stage["interp"] + stage["head"]
+        nan = [float("nan")] * self.batch
+        return BatchResult(self.buf.out_host.numpy().copy(), nan, 0, stage, gpu)
 
     def reset(self, b: int) -> None:
         """Forget stream ``b``'s state (its next plan starts from zero)."""

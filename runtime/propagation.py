@@ -14,9 +14,10 @@ Modes (``--mode``), all as :class:`runtime.modes.Policy` objects, so the one loo
   iterations (StreamDEQ with motion-compensated warm start). ``iters=0`` is a pure warp.
 * ``dff``: key frames as in ``mv``; other frames run the FlowNet on (current, key) and take the
   key frame's state warped by ``flow_i`` and multiplied by ``scale_i`` (DFF, notes §1).
-* ``mv-interp``: bidirectional interpolation between key frames with n frames of delay
-  (Jain & Gonzalez). It needs the frames after the current one, so it is offered as the
-  buffered :func:`interpolate_segment` (used by ``benchmarks.propagation``), not as a live loop mode.
+* ``mv-interp``: bidirectional interpolation between key frames with up to n frames of delay
+  (Jain & Gonzalez). It needs the frames after the current one, so the loop holds frames back
+  through :class:`runtime.interp.InterpPolicy`, which calls :func:`interpolate_segment` (also
+  used, buffered, by ``benchmarks.propagation``) once the next key frame is solved.
 
 Motion vectors arrive in ``FrameInfo.side["motion"]`` (a :class:`runtime.motion_vectors.MotionField`
 at stride 4 of the source picture, filled by :mod:`runtime.mv_source`); :func:`mv_pyramid` turns it

@@ -15,8 +15,9 @@ from pathlib import Path
 from runtime.errors import DeqRuntimeError, EngineError
 from runtime.solvers import SOLVERS
 
-MODES = ("frame", "stream", "stream-mv", "mv", "dff")
-KEY_MODES = ("mv", "dff")
+MODES = ("frame", "stream", "stream-mv", "mv", "dff", "mv-interp")
+KEY_MODES = ("mv", "dff", "mv-interp")
+WARM_KEY_MODES = ("mv", "dff")  # mv-interp solves every key frame from zero
 
 EXAMPLES = """examples:
   python -m runtime.run --engine engines/deq_cell.onnx clip.mp4 --mode stream --iters 2
@@ -26,6 +27,7 @@ EXAMPLES = """examples:
   python -m runtime.run --engine engines/deq_cell.onnx clip.mp4 --mode mv --key-interval 5 --iters 2
   python -m runtime.run --engine engines/deq_cell.onnx clip.mp4 --mode stream-mv --iters 1
   python -m runtime.run --engine engines/deq_cell.onnx clip.mp4 --mode dff --key-interval 5   (bundle with flownet)
+  python -m runtime.run --engine engines/deq_cell.onnx clip.mp4 --mode mv-interp --key-interval 5   (delayed output)
 outputs (in --out): overlay.mp4, maps/ or maps.npz, frames.jsonl (one record per frame), summary.json
 """
 
@@ -35,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m runtime.run",
         description="Run an exported MDEQ engine bundle over video: per-frame DEQ (--mode frame), "
         "StreamDEQ warm-started iterations (--mode stream), or feature propagation between key frames "
-        "(--mode mv / stream-mv with codec motion vectors, --mode dff with the bundle's FlowNet). "
+        "(--mode mv / stream-mv with codec motion vectors, --mode dff with the bundle's FlowNet, --mode mv-interp "
+        "interpolating between key frames with a delay). "
         "Reads only the engines and manifest.json.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -61,13 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="frame: z = 0 every frame; stream: warm start from the previous frame (default); "
         "stream-mv: previous state warped by the codec motion vectors, then --iters iterations; "
         "mv: key frames solved, other frames only warped by the motion vectors (no cell); "
-        "dff: key frames solved, other frames = key state warped by the FlowNet's flow x scale",
+        "dff: key frames solved, other frames = key state warped by the FlowNet's flow x scale; "
+        "mv-interp: key frames solved from zero, the frames between interpolated from both neighbouring key "
+        "frames along the motion vectors (output waits for the next key frame; one stream)",
     )
     g.add_argument(
         "--key-interval",
         type=int,
         default=None,
-        help="mv/dff: a key frame every N frames (default 5; codec I-frames are key frames too)",
+        help="mv/dff/mv-interp: a key frame every N frames (default 5; codec I-frames and shot changes "
+        "are key frames too)",
     )
     g.add_argument(
         "--key-start",
@@ -81,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="cell iterations per frame (default: 2 in stream mode, the manifest's f_thres in frame mode); "
-        "mv/dff: iterations of a warm-started key frame; stream-mv: 0 means a pure warp",
+        "mv/dff: iterations of a warm-started key frame; mv-interp: iterations of every key frame "
+        "(default: --reset-iters, else the manifest's f_thres); stream-mv: 0 means a pure warp",
     )
     g.add_argument(
         "--solver", choices=tuple(SOLVERS), default="fixed_point", help="fixed-point solver (default fixed_point)"
@@ -105,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="iterations for a stream's first frame and after a state reset (default: --iters; "
-        "mv/dff: the manifest's f_thres)",
+        "mv/dff: the manifest's f_thres; mv-interp: the default of --iters)",
     )
     g.add_argument("--no-reset", action="store_true", help="never reset the state on shot changes or divergence")
     g.add_argument(
@@ -150,8 +157,8 @@ def _validate(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error(f"--key-interval applies to --mode {' / '.join(KEY_MODES)}, not {a.mode}")
     if a.key_interval is not None and a.key_interval < 1:
         p.error("--key-interval must be >= 1")
-    if a.key_start != "previous" and a.mode not in KEY_MODES:
-        p.error(f"--key-start applies to --mode {' / '.join(KEY_MODES)}, not {a.mode}")
+    if a.key_start != "previous" and a.mode not in WARM_KEY_MODES:
+        p.error(f"--key-start applies to --mode {' / '.join(WARM_KEY_MODES)}, not {a.mode}")
     if a.mode in KEY_MODES and a.budget_ms is not None:
         p.error(f"--budget-ms does not apply to --mode {a.mode} (its propagated frames run no iterations)")
     for name in ("check_every", "max_iters", "reset_iters", "streams", "max_frames"):
@@ -180,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         from runtime.bundle import open_bundle
 
         iters, reset_iters = args.iters, args.reset_iters
+        if iters is None and args.mode == "mv-interp":  # every key frame is solved from zero
+            iters = reset_iters or open_bundle(args.engine, check_hash=False).f_thres
         if iters is None:
             iters = 2 if args.mode != "frame" else open_bundle(args.engine, check_hash=False).f_thres
         if reset_iters is None and args.mode in KEY_MODES:
