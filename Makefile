@@ -7,7 +7,7 @@ CHECKPOINT ?= checkpoints/tiny_sur.pt
 ENGINES ?= engines
 QUICK ?=
 
-.PHONY: install kernels export train accuracy demo bench test lint clean
+.PHONY: install kernels export train accuracy propagation demo bench test lint clean
 
 # CPU-only machines get the CPU build of torch from the local wheel cache (never the
 # multi-GB CUDA build); machines that already have torch (the GPU boxes) keep theirs.
@@ -27,6 +27,10 @@ train: install
 # The exported engines of the shipped checkpoint, through the runtime's runners.
 accuracy: export
 	$(PYTHON) -m benchmarks.accuracy --engine $(ENGINES)/deq_cell.onnx --threads 1 $(if $(QUICK),--quick,)
+
+# Every mode (frame, stream, stream-mv, mv, dff, mv-interp): mIoU and FPS, eager and deployed runtime.
+propagation: install
+	$(PYTHON) -m benchmarks.propagation $(if $(QUICK),--quick,)
 
 demo: export
 	$(PYTHON) -m runtime.demo --engines $(ENGINES)

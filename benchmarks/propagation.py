@@ -15,8 +15,8 @@ busy shared CPU slows them alike. Motion fields are decoded once, up front, as t
 decode thread does (their cost is reported separately, not in the FPS).
 
 A second pass (skip with ``--no-runtime``) exports the checkpoint (and FlowNet) as an ONNX bundle
-and runs the live modes through the deployed path, ``runtime.loop.run``, end to end; mv-interp
-is buffered (n frames of delay) and exists only in the first pass.
+and runs every mode through the deployed path, ``runtime.loop.run``, end to end (mv-interp with
+its n frames of delay, as ``--mode mv-interp`` runs it).
 """
 
 from __future__ import annotations
@@ -234,6 +234,7 @@ def runtime_modes(args: argparse.Namespace, has_flownet: bool) -> dict[str, dict
             "key_interval": n,
             "key_start": "zero",
         }
+    rows[f"mv-interp n={n} (key: zero N={n0})"] = {"mode": "mv-interp", "iters": n0, "key_interval": n}
     return rows
 
 

@@ -11,6 +11,7 @@ pipeline falls back to plain launches and says so once.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -208,8 +209,7 @@ class Pipeline:
 
     def run(self, frames: list[np.ndarray], plans: list[Plan], infos: list[Any]) -> BatchResult:
         """Process one batched frame (``frames[b]`` already at the engine resolution)."""
-        ctx = torch.cuda.stream(self.stream) if self.stream is not None else _nullcontext()
-        with ctx:
+        with self.stream_context():
             t = self.timer
             t.start()
             self.upload(frames)
@@ -221,13 +221,7 @@ class Pipeline:
             iters = max((p.iters for p in plans if p.run_cell), default=0)
             info, graph = self.solve(iters) if iters > 0 else (None, False)
             t.mark("cell")
-            self.head.run(self.stream, self.buf.current)
-            t.mark("head")
-            if self.buf.out_host is not self.buf.out:
-                self.buf.out_host.copy_(self.buf.out, non_blocking=True)
-            t.mark("download")
-            if self.stream is not None:
-                self.stream.synchronize()
+            self._head_and_download(t)
         stage = t.stage_ms()
         gpu = None if self.stream is None else stage["injection"] + stage["cell"] + stage["head"]
         residuals = info.residuals() if info is not None and info.nstep else [float("nan")] * self.batch
@@ -242,8 +236,7 @@ class Pipeline:
         does: first runs pay for lazy allocation and kernel selection (ORT's arenas, cuDNN's
         algorithm search), which would otherwise land in frame 0's latency. Streams start from
         zero afterwards (``has_state`` stays False)."""
-        ctx = torch.cuda.stream(self.stream) if self.stream is not None else _nullcontext()
-        with ctx:
+        with self.stream_context():
             self.injection.run(self.stream)
             for slot in (0, 1):
                 self.cell.run(self.stream, slot)
@@ -256,7 +249,7 @@ class Pipeline:
     def stream_context(self) -> Any:
         """The pipeline's CUDA stream as the current stream (nothing on CPU): work on its
         buffers done outside ``run`` (mv-interp's copies and warps) must be ordered with it."""
-        return torch.cuda.stream(self.stream) if self.stream is not None else _nullcontext()
+        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
 
     def head_only(self, states: Sequence[torch.Tensor]) -> BatchResult:
         """Class maps of states computed outside the solver (mv-interp's interpolated frames):
@@ -268,17 +261,21 @@ class Pipeline:
             for dst, src in zip(self.buf.zviews[self.buf.current], states):
                 dst.copy_(src)
             t.mark("interp")
-            self.head.run(self.stream, self.buf.current)
-            t.mark("head")
-            if self.buf.out_host is not self.buf.out:
-                self.buf.out_host.copy_(self.buf.out, non_blocking=True)
-            t.mark("download")
-            if self.stream is not None:
-                self.stream.synchronize()
+            self._head_and_download(t)
         stage = t.stage_ms()
         gpu = None if self.stream is None else stage["interp"] + stage["head"]
         nan = [float("nan")] * self.batch
         return BatchResult(self.buf.out_host.numpy().copy(), nan, 0, stage, gpu)
+
+    def _head_and_download(self, t: _Timer) -> None:
+        """Head on the current state set, class map to the host, the frame's one sync."""
+        self.head.run(self.stream, self.buf.current)
+        t.mark("head")
+        if self.buf.out_host is not self.buf.out:
+            self.buf.out_host.copy_(self.buf.out, non_blocking=True)
+        t.mark("download")
+        if self.stream is not None:
+            self.stream.synchronize()
 
     def reset(self, b: int) -> None:
         """Forget stream ``b``'s state (its next plan starts from zero)."""
@@ -286,31 +283,16 @@ class Pipeline:
 
     def resolve(self, plans: list[Plan], infos: list[Any]) -> BatchResult:
         """Re-run the last frame's solve (same x) after a reset: no upload or injection."""
-        ctx = torch.cuda.stream(self.stream) if self.stream is not None else _nullcontext()
-        with ctx:
+        with self.stream_context():
             t = self.timer
             t.start()
             self.prepare_state(plans, infos)
             info, graph = self.solve(max(p.iters for p in plans))
             t.mark("cell")
-            self.head.run(self.stream, self.buf.current)
-            t.mark("head")
-            if self.buf.out_host is not self.buf.out:
-                self.buf.out_host.copy_(self.buf.out, non_blocking=True)
-            t.mark("download")
-            if self.stream is not None:
-                self.stream.synchronize()
+            self._head_and_download(t)
         self.has_state = [True] * self.batch
         stage = t.stage_ms()
         return BatchResult(self.buf.out_host.numpy().copy(), info.residuals(), info.nstep, stage, None, graph, info)
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 __all__ = ["STAGES", "BatchResult", "Pipeline", "Runner"]
