@@ -7,7 +7,7 @@ CHECKPOINT ?= checkpoints/tiny_sur.pt
 ENGINES ?= engines
 QUICK ?=
 
-.PHONY: install kernels export train accuracy propagation demo bench test lint clean
+.PHONY: install kernels export train accuracy propagation demo bench test gpu gpu-wheels lint clean
 
 # CPU-only machines get the CPU build of torch from the local wheel cache (never the
 # multi-GB CUDA build); machines that already have torch (the GPU boxes) keep theirs.
@@ -41,6 +41,22 @@ bench: install
 test: install kernels
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest -rs
+
+# The GPU machines here have torch but no network: fetch the few extra wheels (Python 3.12)
+# here with `make gpu-wheels`, carry .whl/ along, then run `make gpu` there. `make gpu` runs the
+# gpu/tensorrt tests, the warp bandwidth benchmark and the full FPS benchmark; the results land in
+# benchmarks/results/ (commit them).
+WHEELS ?= .whl
+GPU_WHEELS = av tqdm pytest
+gpu-wheels:
+	$(PYTHON) -m pip download -q -d $(WHEELS) --only-binary=:all: --python-version 3.12 \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 $(GPU_WHEELS)
+
+gpu: kernels
+	@if [ -d $(WHEELS) ]; then $(PYTHON) -m pip install -q --no-index --find-links $(WHEELS) $(GPU_WHEELS); fi
+	$(PYTHON) -m pytest -rs -m "gpu or tensorrt"
+	$(PYTHON) -m benchmarks.warp_bandwidth
+	$(PYTHON) -m benchmarks.fps
 
 lint:
 	$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check .

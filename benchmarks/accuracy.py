@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 import time
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from benchmarks.plots import atomic_write, pyplot, write_text
 from export.metrics import confusion, miou
 from export.synthetic import EncodeOptions, read_clip, render_clip_with_meta, write_clip
 
@@ -268,12 +268,11 @@ def markdown(results: dict, stamp: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(results: dict, path: Path) -> Path | None:
     """mIoU vs frame offset (top) and distance to z* (bottom), one column per checkpoint."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    if plt is None:
+        return None
 
     n = len(results)
     fig, axes = plt.subplots(2, n, figsize=(6.5 * n, 8), squeeze=False)
@@ -292,24 +291,18 @@ def plot(results: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
         axd.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
+    atomic_write(path, lambda p: fig.savefig(p, dpi=90, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    return path
 
 
 def write_outputs(results: dict, stamp: dict, out_dir: Path, stem: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.md", out_dir / f"{stem}.json", out_dir / f"{stem}.png"]
-    _write_text(paths[0], markdown(results, stamp))
-    _write_text(paths[1], json.dumps({"stamp": stamp, "results": results}, indent=1, default=float))
-    plot(results, paths[2])
+    write_text(paths[0], markdown(results, stamp))
+    write_text(paths[1], json.dumps({"stamp": stamp, "results": results}, indent=1, default=float))
+    if plot(results, paths[2]) is None:
+        paths.pop()
     return paths
 
 

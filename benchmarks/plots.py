@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -249,19 +250,27 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- plots
-def _plt() -> Any:
-    import matplotlib
-
+def pyplot() -> Any | None:
+    """matplotlib.pyplot on the Agg backend, or None (with one warning line) where matplotlib is
+    not installed: the tables and JSON matter more than the pictures, e.g. on a GPU machine that
+    cannot install packages."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("warning: matplotlib is not installed: PNG plots skipped", file=sys.stderr)
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
 
 
-def plot_fps(results: dict[str, Any], path: Path) -> Path:
+def plot_fps(results: dict[str, Any], path: Path) -> Path | None:
     """FPS vs k per backend (solid: device loop, dashed: end to end; dotted horizontal: frame N), one panel per case,
     plus the scaling panels."""
-    plt = _plt()
+    plt = pyplot()
+    if plt is None:
+        return None
     rows = results["rows"]
     cases = list(dict.fromkeys(_case(r) for r in rows)) or ["(none)"]
     scaling = results.get("scaling", {})
@@ -330,7 +339,9 @@ def plot_accuracy(results: dict[str, Any], path: Path) -> Path | None:
     pts = [p for p in pts if p["backend"] == backend]
     if not pts:
         return None
-    plt = _plt()
+    plt = pyplot()
+    if plt is None:
+        return None
     fig, ax = plt.subplots(figsize=(8, 5))
     keys = dict.fromkeys((p["checkpoint"], p["mode"]) for p in pts)
     for key in keys:

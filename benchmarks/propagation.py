@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.accuracy import HELDOUT_SEED, Acc, Stepper, TorchStepper, _write_text, prepare_clips
+from benchmarks.accuracy import HELDOUT_SEED, Acc, Stepper, TorchStepper, prepare_clips
+from benchmarks.plots import atomic_write, pyplot, write_text
 from export.metrics import confusion
 from kernels.warp import warp
 from runtime.modes import FrameInfo, FramePolicy, Policy, StreamPolicy
@@ -375,12 +376,9 @@ def markdown(rows: dict[str, Any], acc: dict[str, Any], stamp: dict[str, Any]) -
 
 def plot(rows: dict[str, Any], path: Path) -> None:
     """mIoU vs FPS per mode (left) and mIoU vs frame offset (right)."""
-    import os
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    if plt is None:
+        return
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 5.5))
     for name, r in rows.items():
@@ -394,10 +392,8 @@ def plot(rows: dict[str, Any], path: Path) -> None:
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
+    atomic_write(path, lambda p: fig.savefig(p, dpi=90, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -491,8 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     stem = "propagation_quick" if a.quick else "propagation"
     text = markdown(rows, acc, stamp)
-    _write_text(out / f"{stem}.md", text)
-    _write_text(out / f"{stem}.json", json.dumps({"stamp": stamp, "acceptance": acc, "rows": rows}, indent=1))
+    write_text(out / f"{stem}.md", text)
+    write_text(out / f"{stem}.json", json.dumps({"stamp": stamp, "acceptance": acc, "rows": rows}, indent=1))
     plot(rows, out / f"{stem}.png")
     print(text)
     print(f"wrote {out / stem}.md, .json, .png")

@@ -135,3 +135,16 @@ def test_cli_engine_and_resolution_mismatch(tiny_run, tiny_bundle, capsys) -> No
     assert main(wrong) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "96x128" in err and "64x128" in err
+
+
+def test_outputs_without_matplotlib(tiny_run, monkeypatch, capsys) -> None:
+    """A machine without matplotlib (the GPU boxes cannot install it) still gets the table and JSON."""
+    import sys
+
+    _, _, rows, root = tiny_run
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import raises ImportError
+    stamp = {"command": "test", "machine": "test", "date": "now", "clips": 2, "frames": 3, "height": 64,
+             "width": 128, "f_thres": 3}  # fmt: skip
+    paths = write_outputs({"random": {"checkpoint_meta": {}, "rows": rows}}, stamp, root / "noplt", "acc")
+    assert [p.suffix for p in paths] == [".md", ".json"] and not (root / "noplt" / "acc.png").exists()
+    assert "PNG plots skipped" in capsys.readouterr().err
