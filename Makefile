@@ -48,6 +48,8 @@ test: install kernels
 # benchmarks/results/ (commit them).
 WHEELS ?= .whl
 GPU_WHEELS = av tqdm pytest
+# The binding acceptance case; each extra config/resolution costs AOTI compiles (minutes each).
+GPU_FPS_ARGS ?= --configs small-seg --resolutions 1024x2048 --precision fp32,fp16 --backends eager,aoti,tensorrt
 gpu-wheels:
 	$(PYTHON) -m pip download -q -d $(WHEELS) --only-binary=:all: --python-version 3.12 \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 $(GPU_WHEELS)
@@ -56,7 +58,7 @@ gpu: kernels
 	@if [ -d $(WHEELS) ]; then $(PYTHON) -m pip install -q --no-index --find-links $(WHEELS) $(GPU_WHEELS); fi
 	$(PYTHON) -m pytest -rs -m "gpu or tensorrt"
 	$(PYTHON) -m benchmarks.warp_bandwidth
-	$(PYTHON) -m benchmarks.fps
+	$(PYTHON) -m benchmarks.fps $(GPU_FPS_ARGS)
 
 lint:
 	$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check .

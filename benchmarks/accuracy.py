@@ -103,30 +103,36 @@ class EngineStepper(Stepper):
 
     def inject(self, frame: np.ndarray) -> Tensor:
         self._check(*frame.shape[:2])
-        self.pipe.upload([frame])
-        self.pipe.injection.run(self.pipe.stream)
+        with self.pipe.stream_context():  # copies and clones on the engines' stream (no races)
+            self.pipe.upload([frame])
+            self.pipe.injection.run(self.pipe.stream)
+            x = self.buf.x.clone()
         self._sync()
-        return self.buf.x.clone()
+        return x
 
     def zeros(self, height: int, width: int) -> list[Tensor]:
         self._check(height, width)
         return [torch.zeros_like(v) for v in self.zin]
 
     def cell(self, z: list[Tensor], x: Tensor) -> list[Tensor]:
-        for dst, src in zip(self.zin, z):
-            dst.copy_(src)
-        self.buf.x.copy_(x)
-        self.pipe.cell.run(self.pipe.stream, 0)  # slot 0: set A -> set B
+        with self.pipe.stream_context():
+            for dst, src in zip(self.zin, z):
+                dst.copy_(src)
+            self.buf.x.copy_(x)
+            self.pipe.cell.run(self.pipe.stream, 0)  # slot 0: set A -> set B
+            out = [v.clone() for v in self.zout]
         self._sync()
-        return [v.clone() for v in self.zout]
+        return out
 
     def classes(self, z: list[Tensor], height: int, width: int) -> np.ndarray:
         self._check(height, width)
-        for dst, src in zip(self.zin, z):
-            dst.copy_(src)
-        self.pipe.head.run(self.pipe.stream, 0)
+        with self.pipe.stream_context():
+            for dst, src in zip(self.zin, z):
+                dst.copy_(src)
+            self.pipe.head.run(self.pipe.stream, 0)
+            out = self.buf.out[0].clone()
         self._sync()
-        return self.buf.out[0].cpu().numpy().copy()
+        return out.cpu().numpy()
 
 
 def _norm(z: list[Tensor]) -> float:

@@ -391,7 +391,8 @@ class EngineLoop(DeviceLoop):
         self.Plan, self.FrameInfo = Plan, FrameInfo
         gen = np.random.default_rng(0)
         frame = gen.integers(0, 256, (self.batch, self.bundle.height, self.bundle.width, 3), dtype=np.uint8)
-        self.pipe.upload(list(frame))
+        with self.pipe.stream_context():  # the upload is ordered with the engines' stream
+            self.pipe.upload(list(frame))
         self.n = 0
 
     def plans(self, k: int, zero: bool) -> tuple[list[Any], list[Any]]:

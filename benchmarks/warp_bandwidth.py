@@ -32,17 +32,20 @@ def smooth_disp(n: int, h: int, w: int, magnitude: float, device: str = "cuda") 
     return F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=True).contiguous()
 
 
-def time_ms(fn: Callable[[], object], iters: int, warmup: int) -> list[float]:
-    """Per-iteration GPU times (ms) from CUDA events on the current stream."""
+def time_ms(fn: Callable[[], object], iters: int, warmup: int, reps: int = 20) -> list[float]:
+    """GPU time per call (ms), ``iters`` samples, each the mean of ``reps`` back-to-back calls
+    between one pair of CUDA events: a ~50 us kernel is about as long as a Python launch, so an
+    event pair around every single call would time the launch gaps, not the kernel."""
     for _ in range(warmup):
         fn()
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
     for start, end in events:
         start.record()
-        fn()
+        for _ in range(reps):
+            fn()
         end.record()
     torch.cuda.synchronize()
-    return [s.elapsed_time(e) for s, e in events]
+    return [s.elapsed_time(e) / reps for s, e in events]
 
 
 def summarize(times: list[float], nbytes: int) -> dict:

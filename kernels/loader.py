@@ -19,6 +19,7 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from kernels import build as _build
 
@@ -129,11 +130,28 @@ def check_arch(data: bytes, major: int, minor: int) -> None:
     raise KernelUnavailable(f"warp.fatbin has no code for sm_{cc} (it has {have}); rebuild with kernels/build.py")
 
 
+def _core() -> Any:
+    """The ``cuda.core`` namespace: top level in cuda-core >= 0.5, ``cuda.core.experimental`` before."""
+    try:
+        import cuda.core as core
+
+        if hasattr(core, "ObjectCode"):
+            return core
+        import cuda.core.experimental as core
+
+        return core
+    except ImportError as exc:
+        raise KernelUnavailable(
+            f"cuda.core does not import ({exc}); pip install 'cuda-core>=0.5' or set DEQSTREAM_KERNEL_BACKEND=driver"
+        ) from None
+
+
 class _CoreModule:
     """Kernels through ``cuda.core`` (Device/ObjectCode/LaunchConfig/launch)."""
 
     def __init__(self, device_index: int, data: bytes) -> None:
-        from cuda.core import Device, ObjectCode
+        core = _core()
+        Device, ObjectCode = core.Device, core.ObjectCode
 
         self._device_index = device_index
         self._tls = threading.local()
@@ -149,24 +167,22 @@ class _CoreModule:
         """Make the device's primary context (the one PyTorch uses) current for cuda.core on this thread."""
         if getattr(self._tls, "active", False):
             return
-        from cuda.core import Device
-
-        Device(self._device_index).set_current()
+        _core().Device(self._device_index).set_current()
         self._tls.active = True
 
     def _stream(self, handle: int) -> object:
-        from cuda.core import LEGACY_DEFAULT_STREAM, Stream
-
+        core = _core()
         if handle == 0:
-            return LEGACY_DEFAULT_STREAM
+            return core.LEGACY_DEFAULT_STREAM
         s = self._streams.get(handle)
         if s is None:
-            s = self._streams[handle] = Stream.from_handle(handle)
+            s = self._streams[handle] = core.Stream.from_handle(handle)
         return s
 
     def launch(self, name: str, grid: tuple, block: tuple, stream: int, args: Sequence[Arg]) -> None:
         import numpy as np
-        from cuda.core import LaunchConfig, launch
+
+        core = _core()
 
         self._activate()
         kernel = self._kernels.get(name)
@@ -175,7 +191,7 @@ class _CoreModule:
         # cuda.core maps a Python int to a pointer-sized argument; scalars must carry their C type.
         conv = {"ptr": int, "i32": np.int32, "f32": np.float32}
         values = [conv[a.kind](a.value) for a in args]
-        launch(self._stream(stream), LaunchConfig(grid=grid, block=block), kernel, *values)
+        core.launch(self._stream(stream), core.LaunchConfig(grid=grid, block=block), kernel, *values)
 
 
 class _DriverModule:

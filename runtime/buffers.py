@@ -15,7 +15,7 @@ import torch
 
 from runtime.bundle import Bundle, TensorSpec
 
-ALIGN_ELEMS = 64  # 256 bytes of float32
+ALIGN_BYTES = 256  # TensorRT wants 256-byte aligned tensor addresses
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "uint8": torch.uint8, "int64": torch.int64}
 
@@ -36,10 +36,11 @@ class StateLayout:
     @classmethod
     def from_specs(cls, specs: tuple[TensorSpec, ...]) -> StateLayout:
         offsets, pos = [], 0
+        dtype = torch_dtype(specs[0].dtype) if specs else torch.float32
+        align = ALIGN_BYTES // torch.empty((), dtype=dtype).element_size()  # 64 fp32, 128 fp16 elements
         for s in specs:
             offsets.append(pos)
-            pos += -(-s.numel // ALIGN_ELEMS) * ALIGN_ELEMS
-        dtype = torch_dtype(specs[0].dtype) if specs else torch.float32
+            pos += -(-s.numel // align) * align
         return cls(tuple(s.shape for s in specs), tuple(offsets), pos, dtype)
 
     @property

@@ -113,6 +113,8 @@ class Pipeline:
         self.timer = _Timer(self.stream)
         self.has_state = [False] * self.batch
         self.calls = 0
+        if self.stream is not None:  # buffers were zero-filled on the default stream
+            self.stream.wait_stream(torch.cuda.current_stream(device))
 
     @property
     def batch(self) -> int:
@@ -235,7 +237,10 @@ class Pipeline:
         """Run every engine once on the (zero) buffers before the first timed frame, as trtexec
         does: first runs pay for lazy allocation and kernel selection (ORT's arenas, cuDNN's
         algorithm search), which would otherwise land in frame 0's latency. Streams start from
-        zero afterwards (``has_state`` stays False)."""
+        zero afterwards (``has_state`` stays False). On CUDA it also orders everything the
+        policies allocated on the default stream (``attach``) before the pipeline's stream."""
+        if self.stream is not None:
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
         with self.stream_context():
             self.injection.run(self.stream)
             for slot in (0, 1):

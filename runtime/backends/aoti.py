@@ -7,6 +7,7 @@ copies them into the bound output buffers; under a CUDA graph those come from th
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,10 @@ class AotiRunner(Runner):
     def run(self, stream: Any = None, slot: int = 0) -> None:
         bound = self._bound(slot)
         args = [bound[t.name] for t in self.spec.inputs]
-        outs = self.model(*args)
-        if isinstance(outs, torch.Tensor):
-            outs = [outs]
-        for t, o in zip(self.spec.outputs, outs):
-            bound[t.name].copy_(o)
+        # AOTI launches on the current stream: make it the caller's, as the other runners use theirs
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            outs = self.model(*args)
+            if isinstance(outs, torch.Tensor):
+                outs = [outs]
+            for t, o in zip(self.spec.outputs, outs):
+                bound[t.name].copy_(o)

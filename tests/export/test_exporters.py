@@ -395,3 +395,21 @@ def test_plan_needs_a_gpu_even_with_tensorrt(model, tmp_path, monkeypatch) -> No
     with pytest.raises(ValueError, match="built and checked on a GPU"):
         export_bundle(model, tmp_path / "e", H, W, formats=("onnx", "plan"), device="cpu")
     assert not (tmp_path / "e").exists()
+
+
+def test_export_turns_tf32_off_and_restores_it(model, tmp_path, monkeypatch) -> None:
+    """Parity references are exact fp32 during the export (TF32 would blow the 1e-3 bound on a
+    GPU); the caller's TF32 settings come back afterwards."""
+    seen = []
+    real = bundle_mod.export_engine
+
+    def spy(*args, **kwargs):
+        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bundle_mod, "export_engine", spy)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    export_bundle(model, tmp_path / "e", H, W)
+    assert seen and all(s == (False, False) for s in seen)
+    assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32

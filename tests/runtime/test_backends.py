@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from runtime.backends import load_runner
-from runtime.buffers import ALIGN_ELEMS, StreamBuffers
+from runtime.buffers import ALIGN_BYTES, StateLayout, StreamBuffers
 from runtime.bundle import EngineSpec, open_bundle
 from runtime.errors import EngineError
 
@@ -52,10 +52,19 @@ def test_state_buffers_are_aligned_views_of_one_flat_vector(bundle64):
     for views, flat in zip(buf.zviews, buf.z):
         for v, spec in zip(views, b.state):
             assert tuple(v.shape) == spec.shape and v.is_contiguous()
-            offset = (v.data_ptr() - flat.data_ptr()) // flat.element_size()
-            assert offset % ALIGN_ELEMS == 0
+            assert (v.data_ptr() - flat.data_ptr()) % ALIGN_BYTES == 0
         views[2].fill_(1.0)
         assert flat.sum().item() == views[2].numel()
+
+
+def test_fp16_state_offsets_are_256_byte_aligned():
+    """An odd number of 64-element blocks would leave fp16 views only 128-byte aligned."""
+    from runtime.bundle import TensorSpec
+
+    specs = tuple(TensorSpec(f"z{i}", (1, 1, 1, n), "float16") for i, n in enumerate((64, 64 * 3, 10)))
+    layout = StateLayout.from_specs(specs)
+    assert all((o * 2) % ALIGN_BYTES == 0 for o in layout.offsets)
+    assert layout.offsets == (0, 128, 384)
 
 
 def test_bad_pt2_and_plan(tmp_path, bundle64):
