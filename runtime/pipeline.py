@@ -113,6 +113,8 @@ class Pipeline:
         self.timer = _Timer(self.stream)
         self.has_state = [False] * self.batch
         self.calls = 0
+        pinned = device.type == "cuda"
+        self.res_host = torch.zeros(self.batch, dtype=self.ws.trace.dtype, pin_memory=pinned)  # final residuals
         if self.stream is not None:  # buffers were zero-filled on the default stream
             self.stream.wait_stream(torch.cuda.current_stream(device))
 
@@ -223,10 +225,9 @@ class Pipeline:
             iters = max((p.iters for p in plans if p.run_cell), default=0)
             info, graph = self.solve(iters) if iters > 0 else (None, False)
             t.mark("cell")
-            self._head_and_download(t)
+            residuals = self._head_and_download(t, info)
         stage = t.stage_ms()
         gpu = None if self.stream is None else stage["injection"] + stage["cell"] + stage["head"]
-        residuals = info.residuals() if info is not None and info.nstep else [float("nan")] * self.batch
         self.has_state = [True] * self.batch
         self.calls += 1
         return BatchResult(
@@ -272,15 +273,20 @@ class Pipeline:
         nan = [float("nan")] * self.batch
         return BatchResult(self.buf.out_host.numpy().copy(), nan, 0, stage, gpu)
 
-    def _head_and_download(self, t: _Timer) -> None:
-        """Head on the current state set, class map to the host, the frame's one sync."""
+    def _head_and_download(self, t: _Timer, info: SolverInfo | None = None) -> list[float]:
+        """Head on the current state set; class map and final residuals to the host (pinned,
+        asynchronous) before the frame's one sync. Returns the residual per stream (NaN: no cell)."""
         self.head.run(self.stream, self.buf.current)
         t.mark("head")
         if self.buf.out_host is not self.buf.out:
             self.buf.out_host.copy_(self.buf.out, non_blocking=True)
+        ran = info is not None and info.nstep > 0
+        if ran:
+            self.res_host.copy_(info.trace[info.nstep - 1], non_blocking=True)
         t.mark("download")
         if self.stream is not None:
             self.stream.synchronize()
+        return self.res_host.tolist() if ran else [float("nan")] * self.batch
 
     def reset(self, b: int) -> None:
         """Forget stream ``b``'s state (its next plan starts from zero)."""
@@ -294,10 +300,10 @@ class Pipeline:
             self.prepare_state(plans, infos)
             info, graph = self.solve(max(p.iters for p in plans))
             t.mark("cell")
-            self._head_and_download(t)
+            residuals = self._head_and_download(t, info)
         self.has_state = [True] * self.batch
         stage = t.stage_ms()
-        return BatchResult(self.buf.out_host.numpy().copy(), info.residuals(), info.nstep, stage, None, graph, info)
+        return BatchResult(self.buf.out_host.numpy().copy(), residuals, info.nstep, stage, None, graph, info)
 
 
 __all__ = ["STAGES", "BatchResult", "Pipeline", "Runner"]
