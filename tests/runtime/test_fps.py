@@ -19,20 +19,21 @@ def test_stream_k2_at_least_5x_frame_n20(tmp_path):
     bundle = tmp_path / "b256"
     export_bundle(build_model(get_config("tiny")), bundle, 256, 512)
     frames = list(moving_frames(10, 256, 512))
-    fps = {}
-    for mode, iters in (("stream", 2), ("frame", 20)):
-        s = run(
-            RunConfig(
-                engine=bundle / "deq_cell.onnx",
-                sources=[ArraySource(frames)],
-                out=None,
-                mode=mode,
-                iters=iters,
-                reset=False,
-                progress=False,
+    fps = {"stream": 0.0, "frame": 0.0}
+    for _ in range(2):  # alternate the two modes and keep each one's best run: a burst of load
+        for mode, iters in (("stream", 2), ("frame", 20)):  # on a shared CPU then hits both alike
+            s = run(
+                RunConfig(
+                    engine=bundle / "deq_cell.onnx",
+                    sources=[ArraySource(frames)],
+                    out=None,
+                    mode=mode,
+                    iters=iters,
+                    reset=False,
+                    progress=False,
+                )
             )
-        )
-        fps[mode] = s["throughput_fps"]
+            fps[mode] = max(fps[mode], s["throughput_fps"])
     print(
         f"256x512 CPU: stream k=2 {fps['stream']:.2f} fps, frame N=20 {fps['frame']:.2f} fps, "
         f"ratio {fps['stream'] / fps['frame']:.1f}x"
