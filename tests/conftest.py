@@ -26,6 +26,18 @@ def has_tensorrt() -> bool:
     return True
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One torch intra-op thread for the test: on a shared 2-core CPU, OpenMP spinning makes two
+    threads slower than one, and the ORT sessions need the other core."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     skip_gpu = pytest.mark.skip(reason="needs an NVIDIA GPU (torch.cuda.is_available() is False)")
     skip_trt = pytest.mark.skip(reason="needs TensorRT (the tensorrt module does not import here)")

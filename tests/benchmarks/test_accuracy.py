@@ -13,14 +13,7 @@ from export.config import get_config
 from export.mdeq import build_model
 from export.metrics import confusion, iou_per_class, miou
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core CPU, OpenMP spinning makes 2 threads far slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_miou_matches_hand_computation() -> None:

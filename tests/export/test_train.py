@@ -13,14 +13,7 @@ from export.mdeq import build_model
 from export.synthetic import random_batch
 from export.train import forward_train, load_model, main, seg_loss
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core CPU, OpenMP spinning makes 2 threads far slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("mode", ["sur", "ur", "il"])

@@ -28,13 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BI, FWD = "bidirectional", "forward"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The eager references and the ORT engines share 2 cores: one torch thread each is fastest."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
