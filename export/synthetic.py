@@ -8,8 +8,17 @@ pixel's world position, and therefore its flow, is known in closed form.
 
 Classes follow ``export.config.SYNTH_CLASSES``. Colours overlap on purpose (overcast sky vs
 grey buildings vs road, car bodies in any colour, clothing in any colour), so a pixel's class
-needs context (window grids, lane marks, wheel/head shapes, position above the ground line):
-several cell iterations matter, but the structure stays learnable.
+needs context (window grids, lane marks, wheel/head shapes, position above the ground line).
+
+Two scene families (:data:`VARIANTS`). The benchmark's, "context", makes building vs
+vegetation a long-range decision, as real street scenes make many classes (Cityscapes needs
+context far beyond what two iterations of a shallow cell can see; see :func:`_context_skyline`):
+the skyline comes in districts separated by sky gaps; a district's texture (window grid or
+foliage) and roof line are drawn independently of its class, which shows only in the coloured
+ends of its plinth (warm: building, cool: vegetation). Pixels in a district's middle are
+90-270 px from that evidence, so per-frame inference needs several cell iterations while a
+streamed state carries it over from earlier frames. "plain" is the earlier family, where the
+texture gives the class away locally (two iterations from zero nearly suffice there).
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ ROAD, SKY, BUILDING, VEGETATION, CAR, PERSON, SIGN = range(7)
 assert len(SYNTH_CLASSES) == 7 and SYNTH_CLASSES[CAR] == "car" and SYNTH_CLASSES[SIGN] == "sign"
 
 REF_HEIGHT = 256  # object and texture sizes are in pixels at this frame height
+
+VARIANTS = ("context", "plain")  # the first is the default: the benchmark's scenes
 
 
 # --------------------------------------------------------------------------- sampling helpers
@@ -213,11 +224,63 @@ def _sign(rng: np.random.Generator, sc: float) -> tuple[np.ndarray, np.ndarray]:
     return img, pole | face
 
 
-def make_scene(rng: np.random.Generator, hw: int, ww: int, sc: float, speed: float = 1.0) -> Scene:
-    """A world of hw x ww pixels: sky, a skyline of buildings/vegetation, road, sprites."""
-    color = _sky(rng, hw, ww, sc)
-    label = np.full((hw, ww), SKY, np.uint8)
-    ground = int(hw * rng.uniform(0.55, 0.72))
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown scene variant {variant!r}; choose from {', '.join(VARIANTS)}")
+
+
+def _context_skyline(rng: np.random.Generator, color: np.ndarray, label: np.ndarray, ground: int, sc: float) -> None:
+    """The "context" variant's skyline, drawn in place (see VARIANTS).
+
+    Districts are 280-480 px wide, alternate between the two classes (so every view of two
+    or more shows both, and frame-wide statistics cannot tell them apart) and carry their
+    marker at both ends of the plinth (so a district cut by the frame edge still shows one).
+    The middle of a district is 90-210 px from the nearest marker pixel (times the camera's zoom,
+    1.0-1.3): beyond what two cell iterations from zero can see (their receptive field through the
+    stride-32 branch reaches about 140 px), within what a converged state sees."""
+    hw, ww = label.shape
+    plinth = max(2, int(round(10 * sc)))
+    top_min = int(hw * 0.06)
+    x = int(rng.uniform(-300, 0) * sc)  # districts may start left of the world
+    cls = BUILDING if rng.random() < 0.5 else VEGETATION
+    while x < ww:
+        dw = int(rng.uniform(280, 480) * sc)
+        make_tex = _building if rng.random() < 0.5 else _vegetation
+        tex = make_tex(rng, ground - top_min, dw, sc)
+        bumpy = rng.random() < 0.5
+        tops = np.empty(dw, np.int64)
+        bx = 0
+        while bx < dw:
+            w = min(int(rng.uniform(60, 140) * sc), dw - bx)
+            top = int(hw * rng.uniform(0.06, 0.4))
+            if bumpy:
+                bump = (_noise(rng, 1, w, 12 * sc)[0] - 0.5) * 30 * sc
+                tops[bx : bx + w] = np.clip(top + bump + 10 * sc, top_min, ground - plinth - 2).astype(np.int64)
+            else:
+                tops[bx : bx + w] = top
+            bx += w
+        tex[-plinth:] = np.full(3, rng.uniform(90, 170), np.float32)
+        if cls == BUILDING:  # warm marker: red to orange
+            mark = _rgb(rng, (190, 20, 0), (250, 110, 40))
+        else:  # cool marker: blue to cyan
+            mark = _rgb(rng, (0, 60, 190), (60, 200, 250))
+        mw = int(rng.uniform(30, 50) * sc)
+        tex[-plinth:, :mw] = mark
+        tex[-plinth:, dw - mw :] = mark
+        x0, x1 = max(x, 0), min(x + dw, ww)
+        if x1 > x0:
+            rows = np.arange(top_min, ground)[:, None]
+            m = rows >= tops[None, x0 - x : x1 - x]
+            reg_c, reg_l = color[top_min:ground, x0:x1], label[top_min:ground, x0:x1]
+            reg_c[m] = tex[:, x0 - x : x1 - x][m]
+            reg_l[m] = cls
+        x += dw + int(rng.uniform(40, 70) * sc)  # a sky gap separates districts
+        cls = VEGETATION if cls == BUILDING else BUILDING
+
+
+def _plain_skyline(rng: np.random.Generator, color: np.ndarray, label: np.ndarray, ground: int, sc: float) -> None:
+    """The "plain" variant's skyline, drawn in place: blocks whose texture gives the class away."""
+    hw, ww = label.shape
     x = 0
     while x < ww:
         bw = int(rng.uniform(40, 170) * sc)
@@ -236,6 +299,18 @@ def make_scene(rng: np.random.Generator, hw: int, ww: int, sc: float, speed: flo
         reg_c[m] = tex[:, : x1 - x][m]
         reg_l[m] = cls
         x = x1
+
+
+def make_scene(
+    rng: np.random.Generator, hw: int, ww: int, sc: float, speed: float = 1.0, variant: str = VARIANTS[0]
+) -> Scene:
+    """A world of hw x ww pixels: sky, a skyline of buildings/vegetation, road, sprites."""
+    _check_variant(variant)
+    color = _sky(rng, hw, ww, sc)
+    label = np.full((hw, ww), SKY, np.uint8)
+    ground = int(hw * rng.uniform(0.55, 0.72))
+    skyline = _context_skyline if variant == "context" else _plain_skyline
+    skyline(rng, color, label, ground, sc)
     color[ground:] = _road(rng, hw - ground, ww, sc)
     label[ground:] = ROAD
     sprites = []
@@ -314,7 +389,9 @@ def _finish(img: np.ndarray, gain: float, sigma: float, rng: np.random.Generator
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def _shot(rng: np.random.Generator, n: int, h: int, w: int, motion: bool) -> tuple[Scene, list[Camera]]:
+def _shot(
+    rng: np.random.Generator, n: int, h: int, w: int, motion: bool, variant: str = VARIANTS[0]
+) -> tuple[Scene, list[Camera]]:
     """One continuous shot: a world large enough for the camera path, and the path."""
     sc = h / REF_HEIGHT
     pan = rng.uniform(-2.5, 2.5) * sc if motion else 0.0
@@ -323,7 +400,7 @@ def _shot(rng: np.random.Generator, n: int, h: int, w: int, motion: bool) -> tup
     s1 = float(np.clip(s0 + (rng.uniform(-0.15, 0.15) if motion else 0.0), 1.0, 1.3))
     hw = int(h * 1.08) + int(abs(tilt) * n) + 4
     ww = int(w * 1.08) + int(abs(pan) * n) + 4
-    scene = make_scene(rng, hw, ww, sc, speed=1.0 if motion else 0.0)
+    scene = make_scene(rng, hw, ww, sc, speed=1.0 if motion else 0.0, variant=variant)
     cams = []
     for t in range(n):
         s = s0 + (s1 - s0) * t / max(n - 1, 1)
@@ -342,8 +419,11 @@ def render_clip_with_meta(
     noise: bool = True,
     brightness: bool = True,
     motion: bool = True,
+    variant: str = VARIANTS[0],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """Like :func:`render_clip`, plus a meta dict (seed, cuts, gains, noise sigma, classes)."""
+    """Like :func:`render_clip`, plus a meta dict (seed, cuts, gains, noise sigma, classes).
+    ``variant`` picks the scene family (:data:`VARIANTS`; the first is the benchmark's)."""
+    _check_variant(variant)
     if num_frames < 1 or height < 8 or width < 8:
         raise ValueError(f"need num_frames >= 1 and height, width >= 8, got {num_frames}, {height}x{width}")
     rng = np.random.default_rng(seed)
@@ -359,7 +439,7 @@ def render_clip_with_meta(
     gains = []
     t_all = 0
     for length in lengths:
-        scene, cams = _shot(rng, length, height, width, motion)
+        scene, cams = _shot(rng, length, height, width, motion, variant)
         for t in range(length):
             img, lab, owner = _render(scene, cams[t], t, height, width)
             gain = 1.0 + amp * np.sin(phase + 2 * np.pi * t_all / period) if brightness else 1.0
@@ -380,6 +460,7 @@ def render_clip_with_meta(
         "classes": list(SYNTH_CLASSES),
         "flow": "current -> previous, pixels (x, y); zero on frame 0 and on cut frames",
     }
+    meta["variant"] = variant
     return frames, labels, flows, meta
 
 
@@ -387,20 +468,26 @@ def render_clip(
     seed: int, num_frames: int = 30, height: int = 256, width: int = 512, **kwargs: object
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Frames (T,H,W,3) uint8 RGB, class maps (T,H,W) uint8, flow current->previous (T,H,W,2)
-    float32 in pixels (x, y). Deterministic by seed. kwargs: shot_change, noise, brightness, motion."""
+    float32 in pixels (x, y). Deterministic by seed. kwargs: shot_change, noise, brightness, motion,
+    variant."""
     frames, labels, flows, _ = render_clip_with_meta(seed, num_frames, height, width, **kwargs)  # type: ignore[arg-type]
     return frames, labels, flows
 
 
 def random_frame(
-    rng: np.random.Generator, height: int, width: int, scene_height: int = 256, scene_width: int = 512
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    scene_height: int = 256,
+    scene_width: int = 512,
+    variant: str = VARIANTS[0],
 ) -> tuple[np.ndarray, np.ndarray]:
     """One training frame: a height x width crop of a random scene seen at scene_height x
     scene_width (so object scale matches full-size clips). Returns (frame uint8 (H,W,3), labels)."""
     scene_height, scene_width = max(scene_height, height), max(scene_width, width)
     sc = scene_height / REF_HEIGHT
     hw, ww = int(scene_height * 1.05) + 2, int(scene_width * 1.05) + 2
-    scene = make_scene(rng, hw, ww, sc)
+    scene = make_scene(rng, hw, ww, sc, variant=variant)
     s = rng.uniform(1.0, 1.3)
     v0, u0 = rng.uniform(0, scene_height - height + 1e-6), rng.uniform(0, scene_width - width + 1e-6)
     tx = rng.uniform(0, ww - scene_width / s - 1) + u0 / s
@@ -411,11 +498,14 @@ def random_frame(
     return frame, lab
 
 
-def random_batch(rng: np.random.Generator, batch: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+def random_batch(
+    rng: np.random.Generator, batch: int, height: int, width: int, variant: str = VARIANTS[0]
+) -> tuple[np.ndarray, np.ndarray]:
     """A stack of :func:`random_frame` results (with a random horizontal flip)."""
+    _check_variant(variant)
     frames, labels = [], []
     for _ in range(batch):
-        f, lab = random_frame(rng, height, width)
+        f, lab = random_frame(rng, height, width, variant=variant)
         if rng.random() < 0.5:
             f, lab = f[:, ::-1], lab[:, ::-1]
         frames.append(f)
@@ -512,13 +602,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bframes", type=int, default=0)
     p.add_argument("--refs", type=int, default=1)
     p.add_argument("--gop", type=int, default=30)
+    p.add_argument("--variant", choices=VARIANTS, default=VARIANTS[0], help="scene family (default: %(default)s)")
     a = p.parse_args(argv)
     if a.clips < 1 or a.frames < 1 or a.height < 8 or a.width < 8 or a.height % 2 or a.width % 2:
         print("error: need --clips, --frames >= 1 and even --height, --width >= 8", file=sys.stderr)
         return 2
     opts = EncodeOptions(fps=a.fps, crf=a.crf, bframes=a.bframes, refs=a.refs, gop=a.gop)
     for i in range(a.clips):
-        frames, labels, flows, meta = render_clip_with_meta(a.seed + i, a.frames, a.height, a.width)
+        frames, labels, flows, meta = render_clip_with_meta(a.seed + i, a.frames, a.height, a.width, variant=a.variant)
         d = write_clip(Path(a.out) / f"clip_{i:04d}", frames, labels, flows, meta, opts)
         print(f"wrote {d} ({a.frames} frames, cuts {meta['cuts']})")
     return 0

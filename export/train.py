@@ -31,7 +31,7 @@ from export.checkpoint import atomic_torch_save, load_checkpoint, save_checkpoin
 from export.config import get_config
 from export.mdeq import MDEQSegNet, build_model, check_resolution
 from export.metrics import confusion, miou
-from export.synthetic import random_batch
+from export.synthetic import VARIANTS, random_batch
 
 
 def machine() -> str:
@@ -73,9 +73,9 @@ def forward_train(model: MDEQSegNet, frames: Tensor, mode: str, iters: int, rng:
 
 
 # --------------------------------------------------------------------------- validation
-def val_set(seed: int, n: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+def val_set(seed: int, n: int, height: int, width: int, variant: str = VARIANTS[0]) -> tuple[np.ndarray, np.ndarray]:
     """Held-out full-size frames (their own rng stream, never drawn during training)."""
-    return random_batch(np.random.default_rng([seed, 987654321]), n, height, width)
+    return random_batch(np.random.default_rng([seed, 987654321]), n, height, width, variant=variant)
 
 
 @torch.no_grad()
@@ -128,6 +128,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--val-frames", type=int, default=8)
     p.add_argument("--save-every", type=float, default=3.0, help="minutes between checkpoints")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        default=VARIANTS[0],
+        help="synthetic scene family for training and validation (default: %(default)s, the benchmark's: "
+        "building vs vegetation needs long-range context; 'plain': texture gives it away; see export/synthetic.py)",
+    )
     a = p.parse_args(argv)
     h, w = a.crop or (128, 256)
     a.height, a.width = a.height or h, a.width or w
@@ -151,12 +158,15 @@ class Trainer:
         self.log_path = self.out.with_suffix(".jsonl")
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.step, self.elapsed, self.best = 0, 0.0, float("nan")
-        self.val = val_set(a.seed, a.val_frames, 256, 512)
+        self.val = val_set(a.seed, a.val_frames, 256, 512, a.variant)
 
     def resume(self) -> None:
         if not self.out.exists():
             return
-        saved, _ = load_checkpoint(self.out)
+        saved, meta = load_checkpoint(self.out)
+        trained_on = meta.get("variant", "plain")  # checkpoints from before variants: plain scenes
+        if trained_on != self.a.variant:
+            raise ValueError(f"{self.out} was trained on {trained_on!r} scenes, not --variant {self.a.variant}")
         self.model.load_state_dict(saved.state_dict())
         if self.sidecar.exists():
             side = torch.load(self.sidecar, map_location=self.device, weights_only=False)
@@ -186,6 +196,7 @@ class Trainer:
             "val_iters": self.val_iters(),
             "torch": torch.__version__,
             "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "variant": self.a.variant,
         }
 
     def val_iters(self) -> int:
@@ -205,7 +216,7 @@ class Trainer:
     def train_step(self) -> float:
         a = self.a
         rng = np.random.default_rng([a.seed, self.step])
-        frames, labels = random_batch(rng, a.batch, a.height, a.width)
+        frames, labels = random_batch(rng, a.batch, a.height, a.width, variant=a.variant)
         x = torch.from_numpy(frames).to(self.device)
         y = torch.from_numpy(labels.astype(np.int64)).to(self.device)
         for g in self.opt.param_groups:

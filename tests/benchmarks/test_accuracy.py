@@ -41,13 +41,43 @@ def tiny_run(tmp_path_factory):
 
 def test_rows_and_invariants(tiny_run) -> None:
     model, clips, rows, _ = tiny_run
-    assert set(rows) == {"converged", "per-frame k=1", "stream k=1", "per-frame k=2", "stream k=2"}
+    assert set(rows) == {"converged"} | {f"{m} k={k}" for m in ("per-frame", "stream", "stream+reset") for k in (1, 2)}
     for s in rows.values():
         assert 0.0 <= s["miou"] <= 1.0 and len(s["per_frame_miou"]) == 3
     assert rows["converged"]["distance"] == 0.0
     # frame 0 of a stream starts from z = 0, exactly like per-frame
     assert rows["stream k=2"]["per_frame_miou"][0] == rows["per-frame k=2"]["per_frame_miou"][0]
     assert rows["stream k=2"]["per_frame_distance"][0] == pytest.approx(rows["per-frame k=2"]["per_frame_distance"][0])
+
+
+class _Contraction:
+    """A stand-in model with a known solution: z <- 0.9 z + x, x = the frame's mean; class 1 where z > 0."""
+
+    num_classes = 2
+
+    def inject(self, frame: np.ndarray) -> float:
+        return float(frame.mean())
+
+    def zeros(self, height: int, width: int) -> list[torch.Tensor]:
+        return [torch.zeros(1, 1, height, width, dtype=torch.float64)]
+
+    def cell(self, z: list[torch.Tensor], x: float) -> list[torch.Tensor]:
+        return [0.9 * z[0] + x]
+
+    def classes(self, z: list[torch.Tensor], height: int, width: int) -> np.ndarray:
+        return (z[0][0, 0] > 0).numpy().astype(np.int64)
+
+
+def test_stream_reset_restarts_at_a_shot_change() -> None:
+    """Six frames of x = 1, then a cut to x = -3. Streaming k=1 carries z = 4.7 over and still says
+    class 1 (z = 1.2); the runtime's residual-jump rule resets, so stream+reset equals per-frame
+    (z = -3, class 0) at the cut, and equals stream before it."""
+    frames = np.concatenate([np.full((6, 4, 4, 3), 1.0), np.full((3, 4, 4, 3), -3.0)])
+    labels = np.concatenate([np.ones((6, 4, 4), np.int64), np.zeros((3, 4, 4), np.int64)])
+    rows = run_accuracy(_Contraction(), [(frames, labels, {})], ks=(1,), f_thres=60)
+    pf, st, rs = (rows[f"{m} k=1"]["per_frame_miou"] for m in ("per-frame", "stream", "stream+reset"))
+    assert st[6] == 0.0 and rs[6] == pf[6] == 1.0
+    assert rs[:6] == st[:6]
 
 
 def test_per_frame_miou_matches_independent_forward(tiny_run) -> None:

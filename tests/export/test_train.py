@@ -20,7 +20,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_steps_reduce_loss_on_fixed_batch(mode: str) -> None:
     torch.manual_seed(0)
     model = build_model(get_config("tiny"))
-    frames, labels = random_batch(np.random.default_rng(1), 2, 32, 64)
+    # plain scenes: at 32x64 a context crop's labels are mostly unknowable, which tests the data, not the step
+    frames, labels = random_batch(np.random.default_rng(1), 2, 32, 64, variant="plain")
     x, y = torch.from_numpy(frames), torch.from_numpy(labels.astype(np.int64))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     rng = np.random.default_rng(0)
