@@ -204,19 +204,23 @@ class Acc:
 MODES = ("per-frame", "stream", "stream+reset")
 
 
-def _solve(stepper: Stepper, z: list, x: object, k: int) -> tuple[list, float]:
-    """k cell iterations from z; the state and its relative residual ||f(z) - z|| / ||z||."""
+def _solve(stepper: Stepper, z: list, x: object, k: int) -> tuple[list, float, float]:
+    """k cell iterations from z: the state, its relative residual ||f(z) - z|| / ||z|| (the
+    table's), and the last step's ||z_k - z_(k-1)|| / ||z_k|| (the runtime solvers' residual,
+    which its reset monitor judges)."""
+    prev = z
     for _ in range(k):
-        z = stepper.cell(z, x)
-    return z, _rel(stepper.cell(z, x), z)
+        prev, z = z, stepper.cell(z, x)
+    return z, _rel(stepper.cell(z, x), z), _rel(prev, z)
 
 
 def evaluate_clip(stepper: Stepper, frames: np.ndarray, labels: np.ndarray, ks, f_thres: int, accs: dict) -> None:
     """Run every (mode, k) and the converged baseline over one clip, accumulating into accs.
 
     "stream" is the paper's StreamDEQ (the state always carries over, across shot changes too);
-    "stream+reset" adds the deployed runtime's shot-change rule (runtime.modes.ResetMonitor: a
-    warm frame whose residual jumps above its running mean is solved again from zero with k)."""
+    "stream+reset" adds the deployed runtime's shot-change rule (runtime.modes.ResetMonitor on the
+    solver's residual: a warm frame whose residual jumps above its running mean is solved again
+    from zero with k), so it matches ``python -m runtime.run --mode stream``."""
     from runtime.modes import ResetMonitor
 
     h, w = labels.shape[1:]
@@ -225,19 +229,19 @@ def evaluate_clip(stepper: Stepper, frames: np.ndarray, labels: np.ndarray, ks, 
     monitor = {k: ResetMonitor() for k in ks}
     for t, (frame, lab) in enumerate(zip(frames, labels)):
         x = stepper.inject(frame)
-        zstar, res_star = _solve(stepper, stepper.zeros(h, w), x, f_thres)
+        zstar, res_star, _ = _solve(stepper, stepper.zeros(h, w), x, f_thres)
         accs["converged"].add(t, confusion(stepper.classes(zstar, h, w), lab, nc), res_star, 0.0)
         for k in ks:
             for mode in MODES:
                 prev = state.get((mode, k))
-                z, res = _solve(stepper, stepper.zeros(h, w) if prev is None else prev, x, k)
+                z, res, step = _solve(stepper, stepper.zeros(h, w) if prev is None else prev, x, k)
                 if mode == "stream+reset":
                     warm = prev is not None
-                    if monitor[k].after(res, warm):
+                    if monitor[k].after(step, warm):
                         monitor[k].clear()
-                        z, res = _solve(stepper, stepper.zeros(h, w), x, k)
+                        z, res, step = _solve(stepper, stepper.zeros(h, w), x, k)
                         warm = False
-                    monitor[k].accept(res, warm)
+                    monitor[k].accept(step, warm)
                 accs[(mode, k)].add(t, confusion(stepper.classes(z, h, w), lab, nc), res, _rel(z, zstar))
                 if mode != "per-frame":
                     state[(mode, k)] = z
