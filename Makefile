@@ -6,7 +6,7 @@ WIDTH ?= 512
 CHECKPOINT ?= checkpoints/tiny_sur.pt
 ENGINES ?= engines
 QUICK ?=
-# The shipped checkpoint's recipe (README "Shipped checkpoint"): SUR, N ~ U{1..12}, full frames.
+# The shipped checkpoint's recipe (README "The shipped checkpoint"): SUR, N ~ U{1..12}, full frames.
 TRAIN_ARGS ?= --mode sur --iters 12 --batch 2 --crop 256 512 --lr 2e-3 --steps 20000 --time-limit 45 --seed 0 --threads 1
 
 .PHONY: install kernels export train accuracy propagation demo bench test gpu gpu-wheels lint clean

@@ -218,9 +218,12 @@ def evaluate_clip(stepper: Stepper, frames: np.ndarray, labels: np.ndarray, ks, 
     """Run every (mode, k) and the converged baseline over one clip, accumulating into accs.
 
     "stream" is the paper's StreamDEQ (the state always carries over, across shot changes too);
-    "stream+reset" adds the deployed runtime's shot-change rule (runtime.modes.ResetMonitor on the
-    solver's residual: a warm frame whose residual jumps above its running mean is solved again
-    from zero with k), so it matches ``python -m runtime.run --mode stream``."""
+    "stream+reset" adds the deployed runtime's shot-change rule after a frame ran
+    (runtime.modes.ResetMonitor on the solver's residual: after 3 warm frames, a warm frame whose
+    residual exceeds 4x its running mean is solved again from zero with k), so it matches
+    ``python -m runtime.run --mode stream`` on our clips. The runtime's other check, before a frame
+    runs (a codec key frame with a large change), is left out: clips carry no key-frame flags
+    here, and ours are encoded without scene-cut key frames."""
     from runtime.modes import ResetMonitor
 
     h, w = labels.shape[1:]
@@ -248,7 +251,7 @@ def evaluate_clip(stepper: Stepper, frames: np.ndarray, labels: np.ndarray, ks, 
 
 
 def run_accuracy(stepper: Stepper, clips, ks=KS, f_thres: int = 30) -> dict:
-    """Results dict: per row ('converged', 'per-frame k', 'stream k') the summary of Acc."""
+    """Results dict: per row ('converged', 'per-frame k=K', 'stream k=K', 'stream+reset k=K') the summary of Acc."""
     accs: dict = {"converged": Acc()}
     for k in ks:
         for mode in MODES:
@@ -264,6 +267,7 @@ def run_accuracy(stepper: Stepper, clips, ks=KS, f_thres: int = 30) -> dict:
 
 # --------------------------------------------------------------------------- outputs
 def _pct(v: float | None) -> str:
+    """A fraction as a percentage with one decimal; "-" for missing or non-finite."""
     return "-" if v is None or not np.isfinite(v) else f"{100 * v:.1f}"
 
 

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.accuracy import Acc, Stepper, TorchStepper, clip_dir, prepare_clips
+from benchmarks.accuracy import Acc, Stepper, TorchStepper, _pct, clip_dir, prepare_clips
 from benchmarks.plots import atomic_write, pyplot, write_text
 from export.metrics import confusion
 from kernels.warp import warp
@@ -342,7 +342,7 @@ def markdown(rows: dict[str, Any], acc: dict[str, Any], stamp: dict[str, Any]) -
     ]
     for name, r in rows.items():
         lines.append(
-            f"| {name} | {100 * r['miou']:.1f} | {100 * (r['miou_from10'] or float('nan')):.1f} | {r['fps']:.2f} | "
+            f"| {name} | {_pct(r['miou'])} | {_pct(r.get('miou_from10'))} | {r['fps']:.2f} | "
             f"{r['ms_per_frame']:.1f} | {r['cell_iters_per_frame']:.2f} | {r['delay_frames']} |"
         )
     rt = stamp.get("runtime_rows")
@@ -359,8 +359,10 @@ def markdown(rows: dict[str, Any], acc: dict[str, Any], stamp: dict[str, Any]) -
             "|---|---|---|---|---|",
         ]
         for name, r in rt.items():
-            late = 100 * (r.get("miou_from10") or float("nan"))
-            lines.append(f"| {name} | {100 * r['miou']:.1f} | {late:.1f} | {r['fps']:.2f} | {r['ms_per_frame']:.1f} |")
+            lines.append(
+                f"| {name} | {_pct(r['miou'])} | {_pct(r.get('miou_from10'))} | {r['fps']:.2f} | "
+                f"{r['ms_per_frame']:.1f} |"
+            )
     lines += [
         "",
         "## Acceptance targets",

@@ -236,8 +236,9 @@ def _context_skyline(rng: np.random.Generator, color: np.ndarray, label: np.ndar
     or more shows both, and frame-wide statistics cannot tell them apart) and carry their
     marker at both ends of the plinth (so a district cut by the frame edge still shows one).
     The middle of a district is 90-210 px from the nearest marker pixel (times the camera's zoom,
-    1.0-1.3): beyond what two cell iterations from zero can see (their receptive field through the
-    stride-32 branch reaches about 140 px), within what a converged state sees."""
+    1.0-1.3): for most districts beyond what two cell iterations from zero can use (their receptive
+    field through the stride-32 branch reaches about 140 px, most of its weight nearer), within
+    what a converged state sees."""
     hw, ww = label.shape
     plinth = max(2, int(round(10 * sc)))
     top_min = int(hw * 0.06)

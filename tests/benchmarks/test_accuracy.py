@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.accuracy import TorchStepper, main, prepare_clips, run_accuracy, write_outputs
+from benchmarks.accuracy import TorchStepper, _solve, main, prepare_clips, run_accuracy, write_outputs
 from export.config import get_config
 from export.mdeq import build_model
 from export.metrics import confusion, iou_per_class, miou
@@ -78,6 +78,28 @@ def test_stream_reset_restarts_at_a_shot_change() -> None:
     pf, st, rs = (rows[f"{m} k=1"]["per_frame_miou"] for m in ("per-frame", "stream", "stream+reset"))
     assert st[6] == 0.0 and rs[6] == pf[6] == 1.0
     assert rs[:6] == st[:6]
+
+
+def test_reset_rule_judges_the_runtime_solvers_residual() -> None:
+    """stream+reset feeds ResetMonitor the residual runtime.solvers.fixed_point reports (the last
+    step's change), not the table's ||f(z) - z|| / ||z||; both computed on a nonlinear cell."""
+    from runtime.solvers import fixed_point
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(16, 16, generator=g, dtype=torch.float64) / 4
+    x, z0 = (torch.randn(16, generator=g, dtype=torch.float64) for _ in range(2))
+    cell = lambda z: torch.tanh(w @ z + x)  # noqa: E731
+
+    class Stepper:
+        def cell(self, z: list, _x: object) -> list:
+            return [cell(z[0])]
+
+    for k in (1, 3):
+        z, table, step = _solve(Stepper(), [z0.clone()], None, k)
+        zr, info = fixed_point(lambda a, b: b.copy_(cell(a)), z0.clone(), k)
+        torch.testing.assert_close(z[0], zr)
+        assert step == pytest.approx(info.residuals()[0], rel=1e-9)
+        assert abs(table - step) > 1e-3 * step  # the two definitions differ, so the test can tell them apart
 
 
 def test_per_frame_miou_matches_independent_forward(tiny_run) -> None:
