@@ -236,7 +236,7 @@ def evaluate_clip(stepper: Stepper, frames: np.ndarray, labels: np.ndarray, ks, 
         accs["converged"].add(t, confusion(stepper.classes(zstar, h, w), lab, nc), res_star, 0.0)
         for k in ks:
             for mode in MODES:
-                prev = state.get((mode, k))
+                prev = None if mode == "per-frame" else state[(mode, k)]
                 z, res, step = _solve(stepper, stepper.zeros(h, w) if prev is None else prev, x, k)
                 if mode == "stream+reset":
                     warm = prev is not None

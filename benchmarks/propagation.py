@@ -274,15 +274,16 @@ def evaluate_runtime(bundle: Path, clips, args: argparse.Namespace, work: Path, 
             wall[name] += summary["wall_s"]
             frames_done[name] += summary["frames"]
             print(f"  runtime {name}: {summary['throughput_fps']:.1f} fps", flush=True)
-    return {
-        name: {
-            "miou": accs[name].summary()["miou"],
-            "miou_from10": accs[name].summary()["miou_from10"],
+    out = {}
+    for name in table:
+        summ = accs[name].summary()
+        out[name] = {
+            "miou": summ["miou"],
+            "miou_from10": summ["miou_from10"],
             "fps": frames_done[name] / wall[name],
             "ms_per_frame": 1e3 * wall[name] / frames_done[name],
         }
-        for name in table
-    }
+    return out
 
 
 def runtime_pass(model: torch.nn.Module, flownet, clips, args: argparse.Namespace) -> dict[str, Any]:

@@ -229,6 +229,20 @@ def _check_variant(variant: str) -> None:
         raise ValueError(f"unknown scene variant {variant!r}; choose from {', '.join(VARIANTS)}")
 
 
+def _paste_block(
+    color: np.ndarray, label: np.ndarray, tex: np.ndarray, tops: np.ndarray, x: int, y0: int, cls: int
+) -> None:
+    """Draw a skyline block in place: ``tex`` covers rows y0.. and columns x.. of the canvas
+    (clipped to it), shown where a row is at or below the block's roof line ``tops``."""
+    x0, x1 = max(x, 0), min(x + tex.shape[1], label.shape[1])
+    if x1 <= x0:
+        return
+    y1 = y0 + tex.shape[0]
+    m = np.arange(y0, y1)[:, None] >= tops[None, x0 - x : x1 - x]
+    color[y0:y1, x0:x1][m] = tex[:, x0 - x : x1 - x][m]
+    label[y0:y1, x0:x1][m] = cls
+
+
 def _context_skyline(rng: np.random.Generator, color: np.ndarray, label: np.ndarray, ground: int, sc: float) -> None:
     """The "context" variant's skyline, drawn in place (see VARIANTS).
 
@@ -268,13 +282,7 @@ def _context_skyline(rng: np.random.Generator, color: np.ndarray, label: np.ndar
         mw = int(rng.uniform(30, 50) * sc)
         tex[-plinth:, :mw] = mark
         tex[-plinth:, dw - mw :] = mark
-        x0, x1 = max(x, 0), min(x + dw, ww)
-        if x1 > x0:
-            rows = np.arange(top_min, ground)[:, None]
-            m = rows >= tops[None, x0 - x : x1 - x]
-            reg_c, reg_l = color[top_min:ground, x0:x1], label[top_min:ground, x0:x1]
-            reg_c[m] = tex[:, x0 - x : x1 - x][m]
-            reg_l[m] = cls
+        _paste_block(color, label, tex, tops, x, top_min, cls)
         x += dw + int(rng.uniform(40, 70) * sc)  # a sky gap separates districts
         cls = VEGETATION if cls == BUILDING else BUILDING
 
@@ -293,13 +301,8 @@ def _plain_skyline(rng: np.random.Generator, color: np.ndarray, label: np.ndarra
             tex, cls = _vegetation(rng, ground - top, bw, sc), VEGETATION
             bump = (_noise(rng, 1, bw, 12 * sc)[0] - 0.5) * 30 * sc
             tops = np.clip(top + bump + 10 * sc, 0, ground - 2).astype(np.int64)
-        x1 = min(x + bw, ww)
-        rows = np.arange(top, ground)[:, None]
-        m = rows >= tops[None, : x1 - x]
-        reg_c, reg_l = color[top:ground, x:x1], label[top:ground, x:x1]
-        reg_c[m] = tex[:, : x1 - x][m]
-        reg_l[m] = cls
-        x = x1
+        _paste_block(color, label, tex, tops, x, top, cls)
+        x += bw
 
 
 def make_scene(
@@ -460,8 +463,8 @@ def render_clip_with_meta(
         "noise_sigma": sigma,
         "classes": list(SYNTH_CLASSES),
         "flow": "current -> previous, pixels (x, y); zero on frame 0 and on cut frames",
+        "variant": variant,
     }
-    meta["variant"] = variant
     return frames, labels, flows, meta
 
 
