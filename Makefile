@@ -44,23 +44,19 @@ test: install kernels
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest -rs
 
-# The GPU machines here have torch but no network: fetch the few extra wheels (Python 3.12)
-# here with `make gpu-wheels`, carry .whl/ along, then run `make gpu` there. `make gpu` runs the
-# gpu/tensorrt tests, the warp bandwidth benchmark and the full FPS benchmark; the results land in
-# benchmarks/results/ (commit them).
+# The GPU machines here have torch but no network and lack only PyAV: `make gpu-wheels` fetches its
+# wheel (Python 3.12) into .whl/ where pip works; carry .whl along and run `make gpu GPU_OUT=$OUT` there.
+# benchmarks.gpu_check runs every GPU check in order within GPU_BUDGET seconds, each step time-boxed,
+# and leaves summary.md, summary.json, log.txt and results.tar.gz in GPU_OUT (commit what they hold).
 WHEELS ?= .whl
-GPU_WHEELS = av tqdm pytest
-# The binding acceptance case; each extra config/resolution costs AOTI compiles (minutes each).
-GPU_FPS_ARGS ?= --configs small-seg --resolutions 1024x2048 --precision fp32,fp16 --backends eager,aoti,tensorrt
+GPU_OUT ?= out/gpu_check
+GPU_BUDGET ?= 540
 gpu-wheels:
-	$(PYTHON) -m pip download -q -d $(WHEELS) --only-binary=:all: --python-version 3.12 \
-	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 $(GPU_WHEELS)
+	$(PYTHON) -m pip download -q --no-deps -d $(WHEELS) --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 av==18.1.0
 
-gpu: kernels
-	@if [ -d $(WHEELS) ]; then $(PYTHON) -m pip install -q --no-index --find-links $(WHEELS) $(GPU_WHEELS); fi
-	$(PYTHON) -m pytest -rs -m "gpu or tensorrt"
-	$(PYTHON) -m benchmarks.warp_bandwidth
-	$(PYTHON) -m benchmarks.fps $(GPU_FPS_ARGS)
+gpu:
+	$(PYTHON) -m benchmarks.gpu_check --out $(GPU_OUT) --budget $(GPU_BUDGET)
 
 lint:
 	$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check .

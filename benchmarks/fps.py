@@ -82,6 +82,10 @@ class Settings:
     out: Path
     checkpoint: bool
     threads: int = 0
+    pairs: list[tuple[str, str]] | None = None  # only these (backend, precision) pairs, when given
+
+    def measures(self, backend: str, precision: str) -> bool:
+        return self.pairs is None or (backend, precision) in self.pairs
 
 
 def _csv(kind: Callable[[str], Any]) -> Callable[[str], list[Any]]:
@@ -102,6 +106,13 @@ def _res(text: str) -> tuple[int, int]:
     if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
         raise argparse.ArgumentTypeError(f"resolution must look like 512x1024, got {text!r}")
     return int(parts[0]), int(parts[1])
+
+
+def _pair(text: str) -> tuple[str, str]:
+    backend, sep, precision = text.partition(":")
+    if not sep or not backend or not precision:
+        raise argparse.ArgumentTypeError(f"a pair looks like aoti:fp16, got {text!r}")
+    return backend, precision
 
 
 def _pos_int(text: str) -> int:
@@ -137,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--e2e-iters", type=_csv(_pos_int), default=None, help="stream k end to end (default --iters)")
     p.add_argument("--frame-n", type=_pos_int, default=20, help="per-frame baseline iterations N (default 20)")
     p.add_argument("--precision", type=_csv(str), default=None, help="fp32,fp16 (fp16 only on GPU; default both)")
+    p.add_argument(
+        "--pairs",
+        type=_csv(_pair),
+        default=None,
+        help="measure only these backend:precision pairs, e.g. eager:fp32,aoti:fp16 (the acceptance comparison "
+        "without compiling an fp32 AOTI graph); replaces --backends and --precision",
+    )
     p.add_argument("--warmup", type=int, default=None, help="warm-up frames per measurement (default 10, quick 2)")
     p.add_argument("--frames", type=_pos_int, default=None, help="timed frames per measurement (default 50, quick 8)")
     p.add_argument("--e2e-frames", type=_pos_int, default=None, help="timed end-to-end frames (default 40, quick 8)")
@@ -168,6 +186,9 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
     res = a.resolutions or ([(128, 256)] if q else [(512, 1024), (1024, 2048)])
     backends = a.backends or (["eager", "onnx"] if q else list(BACKENDS))
     precisions = a.precision or ["fp32", "fp16"]
+    if a.pairs:
+        backends = list(dict.fromkeys(b for b, _ in a.pairs))
+        precisions = list(dict.fromkeys(pr for _, pr in a.pairs))
     for name in configs:
         if name not in CONFIGS:
             raise ValueError(f"unknown config {name!r}; choose from {', '.join(CONFIGS)}")
@@ -208,6 +229,7 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
         out=a.out,
         checkpoint=not a.no_checkpoint,
         threads=a.threads if a.threads is not None else (1 if pick_device(a.device).type == "cpu" else 0),
+        pairs=list(dict.fromkeys(a.pairs)) if a.pairs else None,
     )
 
 
@@ -667,6 +689,8 @@ def run_benchmark(s: Settings, argv: list[str] | None) -> dict[str, Any]:
         skipped.append({"backend": "aoti", "case": "all", "reason": QUICK_NO_AOTI})
     for case in cases:
         for b in s.backends:
+            if not s.measures(b, case.precision):
+                continue
             why = unavailable(b, case.precision, device)
             if why:
                 skipped.append({"backend": b, "case": case.label, "reason": why})

@@ -189,3 +189,25 @@ def test_gpu_path_uses_events_and_graphs(tmp_path):
     assert all("gpu_compute_ms" in r["summary"] and "host_overhead_ms" in r["summary"] for r in rows)
     assert any(r.get("cuda_graphs") for r in rows if r["backend"] == "aoti")
     assert all(r["peaks_source"].startswith(("table", "measured")) for r in data["roofline"])
+
+
+def test_pairs_replace_backends_and_precisions():
+    s = fps.settings_from_args(fps.build_parser().parse_args(["--pairs", "eager:fp32,aoti:fp16,eager:fp32"]))
+    assert s.backends == ["eager", "aoti"] and s.precisions == ["fp32", "fp16"]
+    assert s.pairs == [("eager", "fp32"), ("aoti", "fp16")]
+    assert s.measures("aoti", "fp16") and not s.measures("aoti", "fp32") and not s.measures("eager", "fp16")
+    assert fps.settings_from_args(fps.build_parser().parse_args([])).measures("onnx", "fp16")
+
+
+def test_pairs_measure_only_the_listed_combinations(tmp_path, capsys):
+    argv = ["--configs", "tiny", "--resolutions", "64x128", "--pairs", "eager:fp32,onnx:fp16", "--iters", "1",
+            "--frame-n", "2", "--warmup", "0", "--frames", "2", "--e2e-frames", "1", "--e2e-iters", "1",
+            "--no-scaling", "--out", str(tmp_path)]  # fmt: skip
+    assert fps.main(argv) == 0
+    data = json.loads((tmp_path / "fps_cpu.json").read_text())
+    assert {(r["backend"], r["precision"]) for r in data["rows"]} == {("eager", "fp32")}
+    assert [(s["backend"], s["case"]) for s in data["skipped"]] == [("onnx", "tiny 64x128 fp16")]
+    assert fps.main(["--pairs", "magic:fp32"]) == 2
+    assert "unknown backend 'magic'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        fps.main(["--pairs", "aoti"])

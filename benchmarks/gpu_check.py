@@ -1,0 +1,327 @@
+"""Every GPU check in one prepared, time-boxed call (``python -m benchmarks.gpu_check --out "$OUT"``).
+
+Why: a lent GPU machine comes with minutes of device time (here 15 a task, its start included, at most 10 a
+call), so the checks must fit one call and a failure must not waste it:
+- steps run in the order the open acceptance criteria need them (the warp kernels' parity and bandwidth, then the
+  small-seg 1024x2048 speed case, then the other gpu-marked tests), each under its own timeout inside one budget;
+- a step that fails or times out does not stop the next, and one that no longer fits the budget is listed as such;
+- after every step the summary and the results archive are rewritten under ``--out``, so a call killed at its
+  limit still brings back everything finished so far;
+- ``--out`` gets four files (the device tool returns at most eight): summary.md, summary.json, log.txt (all the
+  steps' output) and results.tar.gz (junit XML, warp_bandwidth.json, the fps/roofline tables, JSON and plots).
+
+PyAV is the one package those machines lack: ``make gpu-wheels`` puts its wheel into ``.whl/`` here, the device
+call carries ``.whl``, and the ``wheels`` step installs it into a private folder for the other steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.plots import atomic_write, write_json, write_text
+
+PY = sys.executable
+WHEELS = Path(".whl")
+SITE = Path("/tmp/deqstream-site")
+DEFAULT_OUT = Path("out/gpu_check")
+DEFAULT_WORK = DEFAULT_OUT / "files"
+MIN_STEP_S = 15  # a step that would get less than this is not started
+FPS_ARGS = (
+    "--configs small-seg --resolutions 1024x2048 --pairs eager:fp32,aoti:fp16 --iters 1,2,4 --e2e-iters 1 "
+    "--warmup 5 --frames 30 --e2e-frames 20 --no-scaling"
+).split()
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command of the check; ``{work}`` in an argument is replaced by the work folder."""
+
+    name: str
+    argv: tuple[str, ...]
+    timeout_s: int
+    why: str
+
+
+@dataclass
+class Outcome:
+    name: str
+    status: str  # passed, failed, timed out, not run, skipped (all tests skipped), no results
+    seconds: float = 0.0
+    rc: int | None = None
+    headline: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def pytest_step(name: str, marker: str, paths: list[str], timeout_s: int, why: str, extra: list[str]) -> Step:
+    argv = [PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", marker, *paths, *extra]
+    return Step(name, (*argv, f"--junitxml={{work}}/{name}.xml"), timeout_s, why)
+
+
+STEPS: tuple[Step, ...] = (
+    Step("wheels", (PY, "-m", "benchmarks.gpu_check", "--install-wheels"), 90, "PyAV from the carried .whl/"),
+    Step("nvidia-smi", ("nvidia-smi",), 20, "GPU, driver, clocks"),
+    Step("kernels", (PY, "-m", "kernels.build"), 180, "nvcc fatbin of the warp kernels (#6)"),
+    pytest_step("kernel-tests", "gpu", ["tests/kernels"], 240, "kernel vs grid_sample parity (#6)", []),
+    Step(
+        "warp-bandwidth",
+        (PY, "-m", "benchmarks.warp_bandwidth", "--out", "{work}/warp_bandwidth.json"),
+        150,
+        "warp GB/s vs device copy at 256 ch x 256x512 (#6)",
+    ),
+    Step(
+        "fps-small-seg",
+        (PY, "-m", "benchmarks.fps", *FPS_ARGS, "--out", "{work}/fps"),
+        420,
+        "small-seg 1024x2048: AOTI fp16 vs roofline and eager fp32, stream k=1 end to end (#7)",
+    ),
+    pytest_step(
+        "gpu-tests",
+        "gpu or tensorrt",
+        ["tests"],
+        420,
+        "CUDA graphs == plain launches, no allocation or copy in the loop, GPU paths of the benchmarks",
+        ["--ignore=tests/kernels"],
+    ),
+)
+
+
+# --------------------------------------------------------------------------- running
+def child_env() -> dict[str, str]:
+    """The steps' environment: unbuffered output, and the carried wheels (if installed) ahead on the path."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if SITE.is_dir():
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SITE), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def run_step(step: Step, work: Path, log: Path, timeout_s: float) -> Outcome:
+    """Run one step with its output appended to ``log``; a timeout kills its whole process group."""
+    argv = [a.replace("{work}", str(work)) for a in step.argv]
+    t0 = time.monotonic()
+    with open(log, "a") as f:
+        f.write(f"\n===== {step.name}: {' '.join(argv)} (limit {timeout_s:.0f} s)\n")
+        f.flush()
+        try:
+            proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True)
+        except OSError as e:
+            f.write(f"cannot start: {e}\n")
+            return Outcome(step.name, "failed", headline=f"cannot start: {e.strerror or e}")
+        try:
+            rc = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            f.write(f"===== {step.name}: timed out after {timeout_s:.0f} s\n")
+            return Outcome(step.name, "timed out", round(time.monotonic() - t0, 1))
+        f.write(f"===== {step.name}: exit {rc}\n")
+    status = "passed" if rc == 0 else "failed"
+    return Outcome(step.name, status, round(time.monotonic() - t0, 1), rc)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=wait)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_all(
+    steps: list[Step], out: Path, work: Path, budget_s: float, say: Callable[[str], None] = print
+) -> list[Outcome]:
+    """Every step in order within ``budget_s``; ``out`` is brought up to date after each one."""
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    log = out / "log.txt"
+    log.write_text("")
+    deadline = time.monotonic() + budget_s
+    outcomes: list[Outcome] = []
+    try:
+        for step in steps:
+            left = deadline - time.monotonic()
+            if left < MIN_STEP_S:
+                outcomes.append(Outcome(step.name, "not run", headline=f"budget spent ({budget_s:.0f} s)"))
+                continue
+            say(f"gpu_check: {step.name} (limit {min(step.timeout_s, left):.0f} s): {step.why}")
+            res = run_step(step, work, log, min(step.timeout_s, left))
+            headline(res, work)
+            outcomes.append(res)
+            tail = f": {res.headline}" if res.headline else ""
+            say(f"gpu_check: {step.name} {res.status} in {res.seconds:.0f} s{tail}")
+            write_outputs(steps, outcomes, out, work, budget_s)
+    finally:
+        write_outputs(steps, outcomes, out, work, budget_s)
+    return outcomes
+
+
+# --------------------------------------------------------------------------- reading the results
+def junit_counts(path: Path) -> dict[str, int] | None:
+    """passed/failed/skipped from pytest's junit XML (None when the file is missing or unreadable)."""
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return None
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+    n = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+    failed = n["failures"] + n["errors"]
+    return {"passed": n["tests"] - failed - n["skipped"], "failed": failed, "skipped": n["skipped"]}
+
+
+def warp_headline(path: Path) -> tuple[str, dict[str, Any]]:
+    """The best plain-warp fraction of copy bandwidth per dtype (the #6 criterion is >= 60%)."""
+    rows = _load(path).get("results", [])
+    best: dict[str, float] = {}
+    for r in rows:
+        if r.get("op") == "warp":
+            best[r["dtype"]] = max(best.get(r["dtype"], 0.0), r["fraction_of_copy"])
+    text = ", ".join(f"warp {d} {100 * v:.0f}% of copy" for d, v in sorted(best.items()))
+    return text, {"warp_fraction_of_copy": best}
+
+
+def fps_headline(folder: Path) -> tuple[str, dict[str, Any]]:
+    """The fps run's acceptance checks, one ``check value limit PASS/FAIL`` each."""
+    checks = []
+    for path in sorted(folder.glob("fps_*.json")):
+        checks += _load(path).get("acceptance", [])
+    parts = [f"{c['backend']} {c['check']} = {_num(c['value'])} ({c['limit']}: {_verdict(c['pass'])})" for c in checks]
+    return "; ".join(parts), {"acceptance": checks}
+
+
+RESULT_READERS: dict[str, Callable[[Path], tuple[str, dict[str, Any]]]] = {
+    "warp-bandwidth": lambda work: warp_headline(work / "warp_bandwidth.json"),
+    "fps-small-seg": lambda work: fps_headline(work / "fps"),
+}
+
+
+def headline(res: Outcome, work: Path) -> None:
+    """Fill ``res.headline``/``details`` from the files the step wrote (whatever exists, also after a failure)."""
+    counts = junit_counts(work / f"{res.name}.xml")
+    if counts is not None:
+        res.details["tests"] = counts
+        res.headline = f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"
+        if res.status == "passed" and counts["passed"] == 0:
+            res.status = "skipped"  # every test skipped (no GPU): nothing was checked
+    elif res.name in RESULT_READERS:
+        res.headline, res.details = RESULT_READERS[res.name](work)
+        if res.status == "passed" and not res.headline:
+            res.status, res.headline = "no results", "wrote no results (no GPU?)"
+    if res.status == "timed out":
+        res.headline = ("timed out; " + res.headline).strip("; ")
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _num(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, (int, float)) else "n/a"
+
+
+def _verdict(ok: bool | None) -> str:
+    return {True: "PASS", False: "FAIL"}.get(ok, "n/a")
+
+
+# --------------------------------------------------------------------------- writing
+def summary_markdown(steps: list[Step], outcomes: list[Outcome], budget_s: float) -> str:
+    done = {o.name: o for o in outcomes}
+    lines = [
+        "# GPU check",
+        "",
+        f"`python -m benchmarks.gpu_check`, {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}, "
+        f"budget {budget_s:.0f} s. The steps' output is in log.txt, their files in results.tar.gz.",
+        "",
+        "| step | status | s | result | why |",
+        "|---|---|---|---|---|",
+    ]
+    for s in steps:
+        o = done.get(s.name, Outcome(s.name, "pending"))
+        result = o.headline.replace("|", "/") or (f"exit {o.rc}" if o.rc is not None else "")
+        lines.append(f"| {s.name} | {o.status} | {o.seconds:.0f} | {result} | {s.why} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(steps: list[Step], outcomes: list[Outcome], out: Path, work: Path, budget_s: float) -> None:
+    write_text(out / "summary.md", summary_markdown(steps, outcomes, budget_s))
+    write_json(out / "summary.json", {"budget_s": budget_s, "steps": [asdict(o) for o in outcomes]})
+    atomic_write(out / "results.tar.gz", lambda p: _tar(work, p))
+
+
+def _tar(work: Path, path: Path) -> None:
+    with tarfile.open(path, "w:gz") as tar:
+        for f in sorted(work.rglob("*")):
+            if f.is_file() and not f.name.endswith(".tmp"):
+                tar.add(f, arcname=str(f.relative_to(work)))
+
+
+# --------------------------------------------------------------------------- CLI
+def install_wheels(wheels: Path = WHEELS, site: Path = SITE) -> int:
+    """pip-install the carried wheels into ``site`` (no index, no dependencies), as the device notes advise."""
+    found = sorted(wheels.glob("*.whl"))
+    if not found:
+        print(f"no wheels in {wheels}/ (run `make gpu-wheels` where pip works and carry .whl): nothing to install")
+        return 0
+    argv = [PY, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--no-cache-dir"]
+    argv += ["--upgrade", "--target", str(site), *map(str, found)]
+    print(" ".join(argv), flush=True)
+    return subprocess.call(argv)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    names = [s.name for s in STEPS]
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.gpu_check",
+        description="Every GPU check in one time-boxed call: warp kernel parity and bandwidth, the small-seg "
+        "1024x2048 speed case, the other gpu-marked tests. Each step has its own timeout; after each one "
+        "summary.md, summary.json, log.txt and results.tar.gz in --out are brought up to date.",
+        epilog="steps, in order:\n"
+        + "\n".join(f"  {s.name:<15} {s.timeout_s:>4} s  {s.why}" for s in STEPS)
+        + '\n\non a lent GPU machine: python3 -m benchmarks.gpu_check --out "$OUT" --budget 540',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"the four result files (default {DEFAULT_OUT})")
+    p.add_argument("--work", type=Path, default=DEFAULT_WORK, help=f"the steps' files (default {DEFAULT_WORK})")
+    p.add_argument("--budget", type=float, default=540.0, help="seconds for all steps together (default 540)")
+    p.add_argument("--steps", default=",".join(names), help="comma list, a subset of the steps (in their order)")
+    p.add_argument("--install-wheels", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    unknown = [n for n in a.steps.split(",") if n not in names]
+    if unknown:
+        p.error(f"unknown step(s) {', '.join(unknown)}; choose from {', '.join(names)}")
+    if a.out.resolve().is_relative_to(a.work.resolve()):
+        p.error("--out must not lie inside --work (the archive of --work would take in its own files)")
+    if a.budget < MIN_STEP_S:
+        p.error(f"--budget must be at least {MIN_STEP_S} s")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    if a.install_wheels:
+        return install_wheels()
+    chosen = set(a.steps.split(","))
+    steps = [s for s in STEPS if s.name in chosen]
+    outcomes = run_all(steps, a.out, a.work, a.budget)
+    print(summary_markdown(steps, outcomes, a.budget))
+    return 0 if all(o.status == "passed" for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

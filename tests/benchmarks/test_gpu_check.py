@@ -1,0 +1,139 @@
+"""benchmarks.gpu_check: time-boxed steps, results brought back after every step, and the readers of what they wrote.
+
+The steps themselves need a GPU; here they are stand-in commands, and the junit reader is checked against a real
+pytest run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks import gpu_check
+from benchmarks.gpu_check import Outcome, Step
+
+PY = sys.executable
+ROOT = Path(__file__).resolve().parents[2]
+WRITE = "import sys; open(sys.argv[1], 'w').write('x'); print('hello')"
+
+
+def test_steps_run_in_order_within_the_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "MIN_STEP_S", 0.5)
+    steps = [
+        Step("writes", (PY, "-c", WRITE, "{work}/a.txt"), 30, "a"),
+        Step("fails", (PY, "-c", "raise SystemExit(3)"), 30, "b"),
+        Step("hangs", (PY, "-c", "import time; time.sleep(60)"), 60, "c"),
+        Step("late", (PY, "-c", "pass"), 30, "d"),
+    ]  # fmt: skip
+    out, work = tmp_path / "out", tmp_path / "work"
+    t0 = time.monotonic()
+    said: list[str] = []
+    got = gpu_check.run_all(steps, out, work, budget_s=4.0, say=said.append)
+    assert time.monotonic() - t0 < 15  # the hanging step was cut at the budget, not at its 60 s
+    assert [(o.name, o.status) for o in got] == [
+        ("writes", "passed"), ("fails", "failed"), ("hangs", "timed out"), ("late", "not run")]  # fmt: skip
+    assert got[1].rc == 3
+    assert sorted(p.name for p in out.iterdir()) == ["log.txt", "results.tar.gz", "summary.json", "summary.md"]
+    log = (out / "log.txt").read_text()
+    assert "hello" in log and "===== fails: exit 3" in log and "hangs: timed out" in log
+    with tarfile.open(out / "results.tar.gz") as tar:
+        assert tar.getnames() == ["a.txt"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["status"] for s in summary["steps"]] == ["passed", "failed", "timed out", "not run"]
+    md = (out / "summary.md").read_text()
+    assert "| late | not run |" in md and "budget spent" in md
+    assert any("hangs timed out" in line for line in said)
+
+
+def test_a_missing_program_is_a_failed_step_not_a_crash(tmp_path):
+    got = gpu_check.run_all([Step("nope", ("no-such-program-xyz",), 5, "")], tmp_path / "o", tmp_path / "w", 30)
+    assert got[0].status == "failed" and got[0].headline.startswith("cannot start")
+
+
+def test_junit_counts_read_a_real_pytest_run(tmp_path):
+    (tmp_path / "test_x.py").write_text(
+        "import pytest\n"
+        "def test_a(): pass\n"
+        "def test_b(): pass\n"
+        "def test_c(): assert False\n"
+        "@pytest.mark.skip(reason='no')\n"
+        "def test_d(): pass\n"
+    )
+    xml = tmp_path / "r.xml"
+    subprocess.run(
+        [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / "test_x.py"), f"--junitxml={xml}"],
+        cwd=tmp_path,
+        capture_output=True,
+    )
+    assert gpu_check.junit_counts(xml) == {"passed": 2, "failed": 1, "skipped": 1}
+    assert gpu_check.junit_counts(tmp_path / "missing.xml") is None
+
+
+def test_all_skipped_tests_are_not_a_pass(tmp_path):
+    suite = '<testsuite tests="3" failures="0" errors="0" skipped="3"/>'
+    (tmp_path / "t.xml").write_text(f"<testsuites>{suite}</testsuites>")
+    res = Outcome("t", "passed", rc=0)
+    gpu_check.headline(res, tmp_path)
+    assert res.status == "skipped" and res.headline == "0 passed, 0 failed, 3 skipped"
+
+
+def test_result_readers(tmp_path):
+    res = Outcome("warp-bandwidth", "passed", rc=0)
+    gpu_check.headline(res, tmp_path)
+    assert res.status == "no results"
+    rows = [
+        {"op": "warp", "dtype": "fp32", "fraction_of_copy": 0.55},
+        {"op": "warp", "dtype": "fp32", "fraction_of_copy": 0.71},
+        {"op": "interp", "dtype": "fp32", "fraction_of_copy": 0.99},
+        {"op": "warp", "dtype": "fp16", "fraction_of_copy": 0.62},
+    ]
+    (tmp_path / "warp_bandwidth.json").write_text(json.dumps({"results": rows}))
+    res = Outcome("warp-bandwidth", "passed", rc=0)
+    gpu_check.headline(res, tmp_path)
+    assert res.status == "passed"
+    assert res.headline == "warp fp16 62% of copy, warp fp32 71% of copy"
+    (tmp_path / "fps").mkdir()
+    check = {"case": "small-seg 1024x2048 fp16", "backend": "aoti", "check": "x", "value": 1.5, "limit": "<= 2"}
+    acc = [{**check, "pass": True}, {**check, "value": 2.5, "pass": False}]
+    (tmp_path / "fps" / "fps_h200.json").write_text(json.dumps({"acceptance": acc}))
+    res = Outcome("fps-small-seg", "timed out")
+    gpu_check.headline(res, tmp_path)
+    assert res.headline == "timed out; aoti x = 1.5 (<= 2: PASS); aoti x = 2.5 (<= 2: FAIL)"
+
+
+def test_cli_arguments(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--steps", "kernels,magic"])
+    assert "unknown step(s) magic" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--out", str(tmp_path / "w" / "o"), "--work", str(tmp_path / "w")])
+    assert "--out must not lie inside --work" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--help"])
+    assert "fps-small-seg" in capsys.readouterr().out
+
+
+def test_install_wheels_without_wheels_is_a_no_op(tmp_path, capsys):
+    assert gpu_check.install_wheels(tmp_path / "none", tmp_path / "site") == 0
+    assert "nothing to install" in capsys.readouterr().out
+    assert not (tmp_path / "site").exists()
+
+
+def test_the_real_steps_name_valid_arguments():
+    from benchmarks import fps, warp_bandwidth
+
+    s = fps.settings_from_args(fps.build_parser().parse_args(gpu_check.FPS_ARGS))
+    assert s.configs == ["small-seg"] and s.resolutions == [(1024, 2048)]
+    assert s.pairs == [("eager", "fp32"), ("aoti", "fp16")] and not s.scale_batches
+    a = warp_bandwidth.parse_args([])
+    assert (a.channels, a.height, a.width) == (256, 256, 512)  # the #6 bandwidth case
+    for step in gpu_check.STEPS:
+        if "pytest" in step.argv:
+            paths = [p for p in step.argv if p.startswith("tests")]
+            assert paths and all((ROOT / p).exists() for p in paths)
+    assert [s.name for s in gpu_check.STEPS][:3] == ["wheels", "nvidia-smi", "kernels"]
