@@ -218,13 +218,13 @@ def evaluate_clip(stepper: Stepper, frames: np.ndarray, labels: np.ndarray, ks, 
     """Run every (mode, k) and the converged baseline over one clip, accumulating into accs.
 
     "stream" is the paper's StreamDEQ (the state always carries over, across shot changes too);
-    "stream+reset" adds the deployed runtime's shot-change rule after a frame ran
-    (runtime.modes.ResetMonitor on the solver's residual: after 3 warm frames, a warm frame whose
-    residual exceeds 4x its running mean is solved again from zero with k), so it matches
-    ``python -m runtime.run --mode stream`` on our clips. The runtime's other check, before a frame
-    runs (a codec key frame with a large change), is left out: clips carry no key-frame flags
-    here, and ours are encoded without scene-cut key frames."""
-    from runtime.modes import ResetMonitor
+    "stream+reset" adds the deployed runtime's shot-change rules (runtime.modes.ResetMonitor):
+    before a frame runs, a jump in the pixel difference from the previous frame starts it from
+    zero; after it ran, a warm frame whose step residual exceeds 4x its running mean is solved
+    again from zero with k. So it matches ``python -m runtime.run --mode stream`` on our clips.
+    The key-frame part of the first rule never applies here: our clips' only codec key frame is
+    frame 0 (no scene-cut key frames), which has no previous frame."""
+    from runtime.modes import FrameInfo, ResetMonitor, frame_change
 
     h, w = labels.shape[1:]
     nc = stepper.num_classes
@@ -232,6 +232,10 @@ def evaluate_clip(stepper: Stepper, frames: np.ndarray, labels: np.ndarray, ks, 
     monitor = {k: ResetMonitor() for k in ks}
     for t, (frame, lab) in enumerate(zip(frames, labels)):
         x = stepper.inject(frame)
+        change = frame_change(frames[t - 1] if t else None, frame)
+        for k in ks:
+            if monitor[k].before(FrameInfo(t, key_frame=t == 0), change):
+                state[("stream+reset", k)] = None
         zstar, res_star, _ = _solve(stepper, stepper.zeros(h, w), x, f_thres)
         accs["converged"].add(t, confusion(stepper.classes(zstar, h, w), lab, nc), res_star, 0.0)
         for k in ks:

@@ -23,7 +23,7 @@ import torch
 from runtime.bundle import Bundle, open_bundle
 from runtime.errors import DeqRuntimeError, EngineError, SourceError
 from runtime.interp import Emission, InterpPolicy
-from runtime.modes import FrameInfo, Outcome, Plan, Policy, ResetMonitor, make_policy
+from runtime.modes import FrameInfo, Outcome, Plan, Policy, ResetMonitor, frame_change, make_policy
 from runtime.pipeline import STAGES, Pipeline
 from runtime.sources import Frame, Prefetcher, Source, open_source
 from runtime.stats import format_summary, summarize
@@ -105,13 +105,6 @@ class _StopFlag:
     def __exit__(self, *exc: object) -> None:
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)
-
-
-def _frame_change(a: np.ndarray | None, b: np.ndarray) -> float | None:
-    """Mean absolute pixel difference on a 1/8 subsample (cheap shot-change evidence)."""
-    if a is None or a.shape != b.shape:
-        return None
-    return float(np.abs(a[::8, ::8].astype(np.int16) - b[::8, ::8].astype(np.int16)).mean())
 
 
 class StreamState:
@@ -284,7 +277,7 @@ def _one_frame(
         info = FrameInfo(f.index, f.time, f.key_frame, f.side) if f is not None else FrameInfo(-1)
         reason = ""
         if f is not None and cfg.reset and cfg.mode != "frame":
-            reason = s.monitor.before(info, _frame_change(s.prev, f.rgb))
+            reason = s.monitor.before(info, frame_change(s.prev, f.rgb))
             if reason:
                 pipe.reset(s.idx)
         plan = s.policy.plan(info, pipe.has_state[s.idx]) if f is not None else Plan(iters=0, run_cell=False)
@@ -319,7 +312,7 @@ def _shot_change(cfg: RunConfig, s: StreamState, f: Frame) -> str:
     """The reset monitor's verdict before a frame runs (mv-interp: it makes the frame a key frame)."""
     if not cfg.reset:
         return ""
-    return s.monitor.before(FrameInfo(f.index, f.time, f.key_frame, f.side), _frame_change(s.prev, f.rgb))
+    return s.monitor.before(FrameInfo(f.index, f.time, f.key_frame, f.side), frame_change(s.prev, f.rgb))
 
 
 def _emit(

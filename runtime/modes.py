@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from torch import Tensor
 
 
@@ -148,6 +149,14 @@ class Budgeted(Policy):
         return max(self._max, self.inner.max_iters)
 
 
+def frame_change(a: np.ndarray | None, b: np.ndarray) -> float | None:
+    """Mean absolute pixel difference (0..255) on a 1/8 subsample: cheap shot-change evidence, read
+    on the host from the decoded frames before the GPU sees them."""
+    if a is None or a.shape != b.shape:
+        return None
+    return float(np.abs(a[::8, ::8].astype(np.int16) - b[::8, ::8].astype(np.int16)).mean())
+
+
 class ResetMonitor:
     """Decides when a stream's state must be dropped, and says why (the reason is logged).
 
@@ -155,21 +164,50 @@ class ResetMonitor:
       in a row to above ``grow_limit``;
     - shot change, after the frame ran: the residual of a warm-started frame jumps above
       ``jump`` times its running mean (the previous state belongs to another scene);
-    - shot change, before it runs: a codec key frame whose mean absolute difference from the
-      previous frame (0..255) exceeds ``key_change``.
+    - shot change, before it runs, from the pixels (``frame_change``: mean absolute difference
+      from the previous frame, 0..255): a codec key frame that changed by more than
+      ``key_change``, or any frame whose change exceeds both ``change_floor`` and
+      ``change_jump`` times the running mean of the stream's changes. The second catches cuts
+      that encoders code as P frames (x264 with ``scenecut=0``, as our motion-vector encodes
+      use), which the residual rule misses at k = 1: one iteration from a stale state moves
+      little, so its step residual only grows ~3x there.
     """
 
-    def __init__(self, jump: float = 4.0, grow_frames: int = 3, grow_limit: float = 0.5, key_change: float = 40.0):
+    def __init__(
+        self,
+        jump: float = 4.0,
+        grow_frames: int = 3,
+        grow_limit: float = 0.5,
+        key_change: float = 40.0,
+        change_jump: float = 4.0,
+        change_floor: float = 20.0,
+    ) -> None:
         self.jump, self.grow_frames, self.grow_limit, self.key_change = jump, grow_frames, grow_limit, key_change
+        self.change_jump, self.change_floor = change_jump, change_floor
         self.mean: float | None = None
         self.seen = 0
         self.grew = 0
         self.last: float | None = None
+        self.change_mean: float | None = None  # the video's motion, not the state's: survives clear()
+        self.change_seen = 0
 
     def before(self, info: FrameInfo, frame_change: float | None) -> str:
-        if info.key_frame and frame_change is not None and frame_change > self.key_change:
-            return f"key frame with large change ({frame_change:.0f})"
-        return ""
+        if frame_change is None:
+            return ""
+        reason = ""
+        if info.key_frame and frame_change > self.key_change:
+            reason = f"key frame with large change ({frame_change:.0f})"
+        elif (
+            self.change_mean is not None
+            and self.change_seen >= 3
+            and frame_change > max(self.change_floor, self.change_jump * self.change_mean)
+        ):
+            mean = self.change_mean
+            reason = f"shot change (frame difference {frame_change:.0f} > {self.change_jump:g} x mean {mean:.1f})"
+        # Every change enters the mean, cuts too: a sudden lasting rise (a fast pan) fires once, not on every frame.
+        self.change_seen += 1
+        self.change_mean = frame_change if self.change_mean is None else 0.8 * self.change_mean + 0.2 * frame_change
+        return reason
 
     def after(self, residual: float, warm: bool) -> str:
         if residual != residual or residual in (float("inf"), float("-inf")):

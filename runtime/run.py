@@ -114,7 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="iterations for a stream's first frame and after a state reset (default: --iters; "
         "mv/dff: the manifest's f_thres; mv-interp: the default of --iters)",
     )
-    g.add_argument("--no-reset", action="store_true", help="never reset the state on shot changes or divergence")
+    g.add_argument(
+        "--no-reset",
+        action="store_true",
+        help="never drop the state (by default it is dropped at a shot change: a jump in the pixel difference "
+        "from the previous frame or in the solver residual; and when the residual diverges)",
+    )
     g.add_argument(
         "--streams",
         type=int,

@@ -80,6 +80,24 @@ def test_stream_reset_restarts_at_a_shot_change() -> None:
     assert rs[:6] == st[:6]
 
 
+class _Brightness(_Contraction):
+    """x barely moves with the picture (1.0 -> 1.1 at a cut from black to white), so the residual rule stays quiet."""
+
+    def inject(self, frame: np.ndarray) -> float:
+        return 1.0 + 0.1 * float(frame.mean() > 127)
+
+
+def test_stream_reset_restarts_at_a_pixel_cut() -> None:
+    """A cut the residual can't see (x: 1.0 -> 1.1) but the pixels can (0 -> 255): the before-rule
+    starts stream+reset from zero, so at the cut it equals per-frame, and streaming does not."""
+    frames = np.concatenate([np.zeros((6, 16, 16, 3), np.uint8), np.full((3, 16, 16, 3), 255, np.uint8)])
+    labels = np.ones((9, 16, 16), np.int64)
+    rows = run_accuracy(_Brightness(), [(frames, labels, {})], ks=(1,), f_thres=60)
+    pf, st, rs = (rows[f"{m} k=1"]["per_frame_distance"] for m in ("per-frame", "stream", "stream+reset"))
+    assert rs[6] == pytest.approx(pf[6]) and abs(st[6] - pf[6]) > 0.1
+    assert rs[:6] == st[:6]
+
+
 def test_reset_rule_judges_the_runtime_solvers_residual() -> None:
     """stream+reset feeds ResetMonitor the residual runtime.solvers.fixed_point reports (the last
     step's change), not the table's ||f(z) - z|| / ||z||; both computed on a nonlinear cell."""

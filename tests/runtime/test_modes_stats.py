@@ -43,13 +43,30 @@ def test_reset_monitor():
     assert "shot change" in m.after(0.5, warm=True)
     assert "divergence" in m.after(float("nan"), warm=True)
     assert m.before(FrameInfo(3, key_frame=True), 80.0).startswith("key frame")
-    assert m.before(FrameInfo(3, key_frame=False), 80.0) == ""
+    assert m.before(FrameInfo(3, key_frame=False), None) == ""
     g = ResetMonitor(jump=100.0, grow_frames=3, grow_limit=0.2)
     reasons = []
     for r in (0.1, 0.3, 0.6, 0.9, 1.2):
         reasons.append(g.after(r, warm=True))
         g.accept(r, warm=True)
     assert any("grew" in x for x in reasons)
+
+
+def test_reset_monitor_sees_cuts_coded_as_p_frames():
+    """Frame differences measured on our benchmark clips: 3-13 within a shot, 48-67 at a cut (a P frame)."""
+    m = ResetMonitor()
+    changes = [5.0, 4.0, 5.0, 6.0, 5.0, 48.0, 8.0, 9.0, 8.0]
+    got = [m.before(FrameInfo(i + 1), c) for i, c in enumerate(changes)]
+    assert [bool(r) for r in got] == [False] * 5 + [True] + [False] * 3
+    assert got[5].startswith("shot change (frame difference 48")
+    m.clear()  # a reset drops the residual statistics, not the video's motion
+    assert m.before(FrameInfo(20), 60.0).startswith("shot change")
+    calm = ResetMonitor()
+    assert [calm.before(FrameInfo(i), 2.0) for i in range(3)] == ["", "", ""]
+    assert calm.before(FrameInfo(3), 19.0) == ""  # over 4x the mean, but under the floor of 20
+    fast = ResetMonitor()
+    rises = [fast.before(FrameInfo(i), c) for i, c in enumerate([2.0, 2.0, 2.0, 2.0, 30.0, 30.0, 30.0, 30.0])]
+    assert sum(bool(r) for r in rises) == 1  # a lasting rise (a fast pan) fires once
 
 
 def test_stats_against_numpy():
