@@ -671,8 +671,13 @@ def count_steps(s: Settings, cases: list[Case], backends: list[str]) -> int:
     return len(cases) * len(backends) * per + scale
 
 
-def run_benchmark(s: Settings, argv: list[str] | None) -> dict[str, Any]:
-    """Every measurement; returns the results dict that the writers turn into md/json/png."""
+def run_benchmark(
+    s: Settings, argv: list[str] | None, on_partial: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Every measurement; returns the results dict that the writers turn into md/json/png.
+
+    ``on_partial`` gets the results so far (derived, marked ``partial``) after each backend and case, so a run cut
+    off at a time limit (a long AOTInductor compile on a lent GPU machine) still leaves what it measured."""
     device = pick_device(s.device)
     if s.threads > 0:
         torch.set_num_threads(s.threads)
@@ -717,6 +722,11 @@ def run_benchmark(s: Settings, argv: list[str] | None) -> dict[str, Any]:
                 msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
                 skipped.append({"backend": backend, "case": case.label, "reason": f"failed: {type(e).__name__}: {msg}"})
                 prog.line(f"{backend} {case.label} FAILED: {msg}", count=False)
+            if on_partial is not None:
+                snap = {**results, "rows": list(results["rows"]), "skipped": list(skipped), "partial": True}
+                snap["weights"] = {name: src for name, (_, src) in models.items()}
+                derive(snap, s, device)
+                on_partial(snap)
         results["scaling"] = run_scaling(s, models, device, cache, skipped, prog)
         results["export_s"] = cache.export_s
     results["weights"] = {name: src for name, (_, src) in models.items()}
@@ -983,7 +993,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.plots import write_outputs
 
     try:
-        results = run_benchmark(s, argv)
+        results = run_benchmark(s, argv, on_partial=lambda r: write_outputs(r, s.out))
         paths = write_outputs(results, s.out)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

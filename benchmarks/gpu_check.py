@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,11 +34,14 @@ from typing import Any
 from benchmarks.plots import atomic_write, write_json, write_text
 
 PY = sys.executable
-WHEELS = Path(".whl")
+ROOT = Path(__file__).resolve().parents[1]  # the steps run here, whatever the caller's folder
+WHEELS = ROOT / ".whl"
 SITE = Path("/tmp/deqstream-site")
 DEFAULT_OUT = Path("out/gpu_check")
-DEFAULT_WORK = DEFAULT_OUT / "files"
+DEFAULT_WORK = Path("out/gpu_check_files")
+MARKER = ".gpu_check"  # marks a work folder as ours, so a new run may empty it
 MIN_STEP_S = 15  # a step that would get less than this is not started
+GRACE_S = 5  # SIGTERM to SIGKILL
 FPS_ARGS = (
     "--configs small-seg --resolutions 1024x2048 --pairs eager:fp32,aoti:fp16 --iters 1,2,4 --e2e-iters 1 "
     "--warmup 5 --frames 30 --e2e-frames 20 --no-scaling"
@@ -57,7 +61,7 @@ class Step:
 @dataclass
 class Outcome:
     name: str
-    status: str  # passed, failed, timed out, not run, skipped (all tests skipped), no results
+    status: str  # passed, failed, timed out, not run, skipped (all tests skipped), no results, criteria failed
     seconds: float = 0.0
     rc: int | None = None
     headline: str = ""
@@ -107,38 +111,68 @@ def child_env() -> dict[str, str]:
 
 
 def run_step(step: Step, work: Path, log: Path, timeout_s: float) -> Outcome:
-    """Run one step with its output appended to ``log``; a timeout kills its whole process group."""
+    """Run one step in ROOT with its output appended to ``log``; a timeout kills its whole process group."""
     argv = [a.replace("{work}", str(work)) for a in step.argv]
     t0 = time.monotonic()
     with open(log, "a") as f:
         f.write(f"\n===== {step.name}: {' '.join(argv)} (limit {timeout_s:.0f} s)\n")
         f.flush()
         try:
-            proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True)
+            # Its own process group (not session): killpg reaches its compile workers, and whoever kills
+            # gpu_check's session (the device tool at its limit) still reaches the step.
+            proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=child_env(), cwd=ROOT, **_GROUP)
         except OSError as e:
             f.write(f"cannot start: {e}\n")
             return Outcome(step.name, "failed", headline=f"cannot start: {e.strerror or e}")
+        _running.append(proc)
         try:
             rc = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            kill_group(proc)
             f.write(f"===== {step.name}: timed out after {timeout_s:.0f} s\n")
             return Outcome(step.name, "timed out", round(time.monotonic() - t0, 1))
+        finally:
+            _running.remove(proc)
         f.write(f"===== {step.name}: exit {rc}\n")
     status = "passed" if rc == 0 else "failed"
     return Outcome(step.name, status, round(time.monotonic() - t0, 1), rc)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+_GROUP: dict[str, Any] = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+_running: list[subprocess.Popen] = []
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the step's group, then SIGKILL after a grace period (also when the leader exited on SIGTERM:
+    its children may not have)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
-            proc.wait(timeout=wait)
-            return
         except ProcessLookupError:
             return
+        try:
+            proc.wait(timeout=GRACE_S)
         except subprocess.TimeoutExpired:
-            continue
+            pass
+        if sig == signal.SIGTERM:
+            time.sleep(0.2)
+
+
+def _on_sigterm(*_: object) -> None:
+    """Killed from outside: take the running step's group down too, then stop (the finally writes the outputs)."""
+    for proc in list(_running):
+        kill_group(proc)
+    raise KeyboardInterrupt
+
+
+def prepare_work(work: Path) -> None:
+    """An empty work folder: a previous run's files must not pass for this run's (a warm machine keeps them)."""
+    if work.exists():
+        if any(work.iterdir()) and not (work / MARKER).exists():
+            raise SystemExit(f"error: {work} is not empty and was not made by gpu_check; choose another --work")
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    (work / MARKER).write_text("made by benchmarks.gpu_check; emptied at the start of each run\n")
 
 
 def run_all(
@@ -146,7 +180,7 @@ def run_all(
 ) -> list[Outcome]:
     """Every step in order within ``budget_s``; ``out`` is brought up to date after each one."""
     out.mkdir(parents=True, exist_ok=True)
-    work.mkdir(parents=True, exist_ok=True)
+    prepare_work(work)
     log = out / "log.txt"
     log.write_text("")
     deadline = time.monotonic() + budget_s
@@ -182,15 +216,25 @@ def junit_counts(path: Path) -> dict[str, int] | None:
     return {"passed": n["tests"] - failed - n["skipped"], "failed": failed, "skipped": n["skipped"]}
 
 
+WARP_FRACTION = 0.6  # #6: the warp moves at least 60% of the measured (copy) bandwidth
+
+
 def warp_headline(path: Path) -> tuple[str, dict[str, Any]]:
-    """The best plain-warp fraction of copy bandwidth per dtype (the #6 criterion is >= 60%)."""
+    """The best plain-warp fraction of copy bandwidth per dtype, each against the #6 criterion."""
     rows = _load(path).get("results", [])
     best: dict[str, float] = {}
     for r in rows:
         if r.get("op") == "warp":
             best[r["dtype"]] = max(best.get(r["dtype"], 0.0), r["fraction_of_copy"])
-    text = ", ".join(f"warp {d} {100 * v:.0f}% of copy" for d, v in sorted(best.items()))
-    return text, {"warp_fraction_of_copy": best}
+    checks = [
+        {"check": f"warp {d} fraction of copy bandwidth", "value": v, "limit": f">= {WARP_FRACTION:g}",
+         "pass": v >= WARP_FRACTION}
+        for d, v in sorted(best.items())
+    ]  # fmt: skip
+    text = ", ".join(
+        f"warp {d} {100 * v:.0f}% of copy ({_verdict(v >= WARP_FRACTION)})" for d, v in sorted(best.items())
+    )
+    return text, {"warp_fraction_of_copy": best, "acceptance": checks}
 
 
 def fps_headline(folder: Path) -> tuple[str, dict[str, Any]]:
@@ -214,12 +258,16 @@ def headline(res: Outcome, work: Path) -> None:
     if counts is not None:
         res.details["tests"] = counts
         res.headline = f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"
+        if not any(counts.values()) and res.rc:
+            res.headline += f" (pytest exit {res.rc})"  # 4: usage error, 5: nothing collected
         if res.status == "passed" and counts["passed"] == 0:
             res.status = "skipped"  # every test skipped (no GPU): nothing was checked
     elif res.name in RESULT_READERS:
         res.headline, res.details = RESULT_READERS[res.name](work)
         if res.status == "passed" and not res.headline:
             res.status, res.headline = "no results", "wrote no results (no GPU?)"
+        if res.status == "passed" and any(c.get("pass") is False for c in res.details.get("acceptance", [])):
+            res.status = "criteria failed"
     if res.status == "timed out":
         res.headline = ("timed out; " + res.headline).strip("; ")
 
@@ -267,21 +315,28 @@ def write_outputs(steps: list[Step], outcomes: list[Outcome], out: Path, work: P
 def _tar(work: Path, path: Path) -> None:
     with tarfile.open(path, "w:gz") as tar:
         for f in sorted(work.rglob("*")):
-            if f.is_file() and not f.name.endswith(".tmp"):
+            if f.is_file() and not f.name.startswith(".") and ".tmp" not in f.name:  # no half-written files
                 tar.add(f, arcname=str(f.relative_to(work)))
 
 
 # --------------------------------------------------------------------------- CLI
 def install_wheels(wheels: Path = WHEELS, site: Path = SITE) -> int:
-    """pip-install the carried wheels into ``site`` (no index, no dependencies), as the device notes advise."""
+    """pip-install the carried wheels into ``site`` (no index, no dependencies), as the device notes advise, then
+    check that PyAV imports with the steps' environment (without it the later steps fail far less clearly)."""
     found = sorted(wheels.glob("*.whl"))
-    if not found:
-        print(f"no wheels in {wheels}/ (run `make gpu-wheels` where pip works and carry .whl): nothing to install")
-        return 0
-    argv = [PY, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--no-cache-dir"]
-    argv += ["--upgrade", "--target", str(site), *map(str, found)]
-    print(" ".join(argv), flush=True)
-    return subprocess.call(argv)
+    if found:
+        argv = [PY, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--no-cache-dir"]
+        argv += ["--upgrade", "--target", str(site), *map(str, found)]
+        print(" ".join(argv), flush=True)
+        if subprocess.call(argv):
+            return 1
+    else:
+        print(f"no wheels in {wheels}/ (`make gpu-wheels` where pip works, then carry .whl)")
+    probe = [PY, "-c", "import av; print('PyAV', av.__version__)"]
+    if subprocess.call(probe, env=child_env()):
+        print("error: PyAV does not import; the video steps need it (carry its wheel in .whl/)")
+        return 1
+    return 0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -293,7 +348,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "summary.md, summary.json, log.txt and results.tar.gz in --out are brought up to date.",
         epilog="steps, in order:\n"
         + "\n".join(f"  {s.name:<15} {s.timeout_s:>4} s  {s.why}" for s in STEPS)
-        + '\n\non a lent GPU machine: python3 -m benchmarks.gpu_check --out "$OUT" --budget 540',
+        + '\n\non a lent GPU machine: python3 -m benchmarks.gpu_check --out "$OUT" --budget 540\n'
+        "(give that call a limit of at least the budget + 60 s: the last step's kill and the archive come after it)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"the four result files (default {DEFAULT_OUT})")
@@ -305,8 +361,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [n for n in a.steps.split(",") if n not in names]
     if unknown:
         p.error(f"unknown step(s) {', '.join(unknown)}; choose from {', '.join(names)}")
-    if a.out.resolve().is_relative_to(a.work.resolve()):
-        p.error("--out must not lie inside --work (the archive of --work would take in its own files)")
+    out, work = a.out.resolve(), a.work.resolve()
+    if out.is_relative_to(work) or work.is_relative_to(out):
+        p.error("--out and --work must not lie inside each other (--out gets four files; --work is archived)")
+    a.out, a.work = out, work
     if a.budget < MIN_STEP_S:
         p.error(f"--budget must be at least {MIN_STEP_S} s")
     return a
@@ -318,7 +376,12 @@ def main(argv: list[str] | None = None) -> int:
         return install_wheels()
     chosen = set(a.steps.split(","))
     steps = [s for s in STEPS if s.name in chosen]
-    outcomes = run_all(steps, a.out, a.work, a.budget)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        outcomes = run_all(steps, a.out, a.work, a.budget)
+    except KeyboardInterrupt:
+        print("gpu_check: stopped; the outputs hold what finished", file=sys.stderr)
+        return 130
     print(summary_markdown(steps, outcomes, a.budget))
     return 0 if all(o.status == "passed" for o in outcomes) else 1
 

@@ -212,6 +212,8 @@ def markdown(results: dict[str, Any]) -> str:
     label = "CPU, shared machine" if st.get("device", "cpu") == "cpu" else st.get("environment", {}).get("gpu", "")
     lines = [f"# FPS vs iterations per frame ({label}{', quick' if st.get('quick') else ''})", ""]
     lines += stamp_lines(st)
+    if results.get("partial"):
+        lines.append("- **partial**: written after each measured backend; the run had not finished")
     lines += [f"- weights: {results.get('weights', {})}; total benchmark wall time {results.get('wall_s')} s", ""]
     lines += ["## Device-only loop (injection + k iterations + head, frame on the device), frames/s", ""]
     lines += fps_table(results["rows"], "device") + [""]

@@ -211,3 +211,15 @@ def test_pairs_measure_only_the_listed_combinations(tmp_path, capsys):
     assert "unknown backend 'magic'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         fps.main(["--pairs", "aoti"])
+
+
+def test_partial_results_after_each_backend(tmp_path):
+    argv = ["--configs", "tiny", "--resolutions", "64x128", "--backends", "eager,onnx", "--iters", "1",
+            "--frame-n", "2", "--warmup", "0", "--frames", "2", "--e2e-frames", "1", "--e2e-iters", "1",
+            "--no-scaling", "--out", str(tmp_path)]  # fmt: skip
+    s = fps.settings_from_args(fps.build_parser().parse_args(argv))
+    snaps: list[dict] = []
+    final = fps.run_benchmark(s, argv, on_partial=snaps.append)
+    assert [sorted({r["backend"] for r in snap["rows"]}) for snap in snaps] == [["eager"], ["eager", "onnx"]]
+    assert all(snap["partial"] and "acceptance" in snap for snap in snaps) and "partial" not in final
+    assert "**partial**" in plots.markdown(snaps[0]) and "**partial**" not in plots.markdown(final)

@@ -96,7 +96,7 @@ def test_result_readers(tmp_path):
     res = Outcome("warp-bandwidth", "passed", rc=0)
     gpu_check.headline(res, tmp_path)
     assert res.status == "passed"
-    assert res.headline == "warp fp16 62% of copy, warp fp32 71% of copy"
+    assert res.headline == "warp fp16 62% of copy (PASS), warp fp32 71% of copy (PASS)"
     (tmp_path / "fps").mkdir()
     check = {"case": "small-seg 1024x2048 fp16", "backend": "aoti", "check": "x", "value": 1.5, "limit": "<= 2"}
     acc = [{**check, "pass": True}, {**check, "value": 2.5, "pass": False}]
@@ -110,18 +110,78 @@ def test_cli_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit):
         gpu_check.main(["--steps", "kernels,magic"])
     assert "unknown step(s) magic" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        gpu_check.main(["--out", str(tmp_path / "w" / "o"), "--work", str(tmp_path / "w")])
-    assert "--out must not lie inside --work" in capsys.readouterr().err
+    for out, work in (("w/o", "w"), ("o", "o/w")):
+        with pytest.raises(SystemExit):
+            gpu_check.main(["--out", str(tmp_path / out), "--work", str(tmp_path / work)])
+        assert "must not lie inside each other" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         gpu_check.main(["--help"])
     assert "fps-small-seg" in capsys.readouterr().out
 
 
-def test_install_wheels_without_wheels_is_a_no_op(tmp_path, capsys):
-    assert gpu_check.install_wheels(tmp_path / "none", tmp_path / "site") == 0
-    assert "nothing to install" in capsys.readouterr().out
+def test_install_wheels_without_wheels_checks_pyav(tmp_path, capfd):
+    assert gpu_check.install_wheels(tmp_path / "none", tmp_path / "site") == 0  # PyAV is installed here
+    out = capfd.readouterr().out
+    assert "no wheels in" in out and "PyAV" in out
     assert not (tmp_path / "site").exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in state
+
+
+SPAWN = (
+    "import subprocess, sys, time; p = subprocess.Popen(['sleep', '60']); "
+    "open(sys.argv[1], 'w').write(str(p.pid)); time.sleep(60)"
+)
+
+
+def test_a_timeout_kills_the_steps_children_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "MIN_STEP_S", 0.5)
+    step = Step("spawns", (PY, "-c", SPAWN, "{work}/pid"), 2, "")
+    got = gpu_check.run_all([step], tmp_path / "o", tmp_path / "w", budget_s=30)
+    assert got[0].status == "timed out"
+    pid = int((tmp_path / "w" / "pid").read_text())
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid)
+
+
+def test_a_new_run_starts_from_an_empty_work_folder(tmp_path, monkeypatch):
+    work, out = tmp_path / "w", tmp_path / "o"
+    gpu_check.run_all([Step("a", (PY, "-c", WRITE, "{work}/old.txt"), 30, "")], out, work, 30)
+    (work / ".fps.json.x1.tmp.json").write_text("{")  # what a killed atomic writer leaves
+    gpu_check.run_all([Step("b", (PY, "-c", WRITE, "{work}/new.txt"), 30, "")], out, work, 30)
+    assert sorted(p.name for p in work.iterdir()) == [".gpu_check", "new.txt"]
+    (work / ".half.json.x2.tmp.json").write_text("{")
+    gpu_check.write_outputs([], [], out, work, 30)
+    with tarfile.open(out / "results.tar.gz") as tar:
+        assert tar.getnames() == ["new.txt"]
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("x")
+    with pytest.raises(SystemExit, match="not made by gpu_check"):
+        gpu_check.run_all([], out, foreign, 30)
+    assert (foreign / "keep.txt").exists()
+
+
+def test_failed_criteria_and_pytest_usage_errors_show(tmp_path):
+    rows = [{"op": "warp", "dtype": "fp16", "fraction_of_copy": 0.41}]
+    (tmp_path / "warp_bandwidth.json").write_text(json.dumps({"results": rows}))
+    res = Outcome("warp-bandwidth", "passed", rc=0)
+    gpu_check.headline(res, tmp_path)
+    assert res.status == "criteria failed" and res.headline == "warp fp16 41% of copy (FAIL)"
+    (tmp_path / "t.xml").write_text(
+        '<testsuites><testsuite tests="0" failures="0" errors="0" skipped="0"/></testsuites>'
+    )
+    res = Outcome("t", "failed", rc=4)
+    gpu_check.headline(res, tmp_path)
+    assert res.headline.endswith("(pytest exit 4)")
 
 
 def test_the_real_steps_name_valid_arguments():
