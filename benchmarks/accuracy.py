@@ -214,7 +214,15 @@ def _solve(stepper: Stepper, z: list, x: object, k: int) -> tuple[list, float, f
     return z, _rel(stepper.cell(z, x), z), _rel(prev, z)
 
 
-def evaluate_clip(stepper: Stepper, frames: np.ndarray, labels: np.ndarray, ks, f_thres: int, accs: dict) -> None:
+def evaluate_clip(
+    stepper: Stepper,
+    frames: np.ndarray,
+    labels: np.ndarray,
+    ks,
+    f_thres: int,
+    accs: dict,
+    reset_iters: int | None = None,
+) -> None:
     """Run every (mode, k) and the converged baseline over one clip, accumulating into accs.
 
     "stream" is the paper's StreamDEQ (the state always carries over, across shot changes too);
@@ -223,7 +231,9 @@ def evaluate_clip(stepper: Stepper, frames: np.ndarray, labels: np.ndarray, ks, 
     zero; after it ran, a warm frame whose step residual exceeds 4x its running mean is solved
     again from zero with k. So it matches ``python -m runtime.run --mode stream`` on our clips.
     The key-frame part of the first rule never applies here: our clips' only codec key frame is
-    frame 0 (no scene-cut key frames), which has no previous frame."""
+    frame 0 (no scene-cut key frames), which has no previous frame. ``reset_iters`` is the
+    runtime's ``--reset-iters``: iterations from zero for stream+reset's first frame and after a
+    reset (default k, as the paper; "stream" always uses k)."""
     from runtime.modes import FrameInfo, ResetMonitor, frame_change
 
     h, w = labels.shape[1:]
@@ -241,12 +251,16 @@ def evaluate_clip(stepper: Stepper, frames: np.ndarray, labels: np.ndarray, ks, 
         for k in ks:
             for mode in MODES:
                 prev = None if mode == "per-frame" else state[(mode, k)]
-                z, res, step = _solve(stepper, stepper.zeros(h, w) if prev is None else prev, x, k)
+                cold = reset_iters if mode == "stream+reset" and reset_iters else k
+                if prev is None:
+                    z, res, step = _solve(stepper, stepper.zeros(h, w), x, cold)
+                else:
+                    z, res, step = _solve(stepper, prev, x, k)
                 if mode == "stream+reset":
                     warm = prev is not None
                     if monitor[k].after(step, warm):
                         monitor[k].clear()
-                        z, res, step = _solve(stepper, stepper.zeros(h, w), x, k)
+                        z, res, step = _solve(stepper, stepper.zeros(h, w), x, cold)
                         warm = False
                     monitor[k].accept(step, warm)
                 accs[(mode, k)].add(t, confusion(stepper.classes(z, h, w), lab, nc), res, _rel(z, zstar))
@@ -254,14 +268,14 @@ def evaluate_clip(stepper: Stepper, frames: np.ndarray, labels: np.ndarray, ks, 
                     state[(mode, k)] = z
 
 
-def run_accuracy(stepper: Stepper, clips, ks=KS, f_thres: int = 30) -> dict:
+def run_accuracy(stepper: Stepper, clips, ks=KS, f_thres: int = 30, reset_iters: int | None = None) -> dict:
     """Results dict: per row ('converged', 'per-frame k=K', 'stream k=K', 'stream+reset k=K') the summary of Acc."""
     accs: dict = {"converged": Acc()}
     for k in ks:
         for mode in MODES:
             accs[(mode, k)] = Acc()
     for frames, labels, _meta in clips:
-        evaluate_clip(stepper, frames, labels, ks, f_thres, accs)
+        evaluate_clip(stepper, frames, labels, ks, f_thres, accs, reset_iters)
     rows = {}
     for key, acc in accs.items():
         name = key if isinstance(key, str) else f"{key[0]} k={key[1]}"
@@ -290,6 +304,10 @@ def markdown(results: dict, stamp: dict) -> str:
         f"- date: {stamp['date']}; clips: {stamp['clips']} x {stamp['frames']} frames at "
         f"{stamp['height']}x{stamp['width']}; converged = {stamp['f_thres']} iterations "
         f"from z = 0; 'from 10' = frame offsets >= {FROM_FRAME}",
+    ]
+    if stamp.get("reset_iters"):
+        lines.append(f"- stream+reset: {stamp['reset_iters']} iterations from z = 0 on first frames and after resets")
+    lines += [
         "",
     ]
     for name, res in results.items():
@@ -372,6 +390,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--ks", type=int, nargs="+", default=list(KS))
     p.add_argument("--f-thres", type=int, default=30, help="iterations from zero for the converged baseline")
+    p.add_argument(
+        "--reset-iters",
+        type=int,
+        default=None,
+        help="stream+reset: iterations from zero on a stream's first frame and after a reset, as the runtime's "
+        "--reset-iters (default k, as the paper); results go to accuracy_reset<N>.*",
+    )
     p.add_argument("--data", default="data/accuracy_clips", help="cache of the held-out MP4 clips")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=0)
@@ -421,14 +446,15 @@ def main(argv: list[str] | None = None) -> int:
         "height": a.height,
         "width": a.width,
         "f_thres": a.f_thres,
+        "reset_iters": a.reset_iters,
         "ks": a.ks,
         "heldout_seed": HELDOUT_SEED,
         "scenes": VARIANTS[0],
     }
     t0 = time.time()
     try:
-        if min(a.ks) < 1 or a.clips < 1 or a.frames < 1:
-            raise ValueError("--ks, --clips and --frames must be >= 1")
+        if min(a.ks) < 1 or a.clips < 1 or a.frames < 1 or (a.reset_iters is not None and a.reset_iters < 1):
+            raise ValueError("--ks, --clips, --frames and --reset-iters must be >= 1")
         steppers = _steppers(a, device, stamp)
         clips = prepare_clips(Path(a.data), a.clips, a.frames, a.height, a.width)
     except (ValueError, OSError, RuntimeError, DeqRuntimeError) as e:
@@ -437,14 +463,14 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for name, (stepper, meta) in steppers.items():
         try:
-            rows = run_accuracy(stepper, clips, a.ks, a.f_thres)
+            rows = run_accuracy(stepper, clips, a.ks, a.f_thres, a.reset_iters)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         results[name] = {"checkpoint_meta": meta, "rows": rows}
         print(f"{name}: converged {_pct(rows['converged']['miou'])}", flush=True)
     stamp["wall_s"] = round(time.time() - t0, 1)
-    stem = "accuracy_quick" if a.quick else "accuracy"
+    stem = ("accuracy_quick" if a.quick else "accuracy") + (f"_reset{a.reset_iters}" if a.reset_iters else "")
     paths = write_outputs(results, stamp, Path(a.out), stem)
     print(markdown(results, stamp))
     print("wrote " + ", ".join(str(p) for p in paths))

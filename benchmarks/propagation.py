@@ -216,6 +216,7 @@ def runtime_modes(args: argparse.Namespace, has_flownet: bool) -> dict[str, dict
     rows = {
         f"frame N={n0}": {"mode": "frame", "iters": n0},
         "stream k=1": {"mode": "stream", "iters": 1},
+        "stream k=1 --reset-iters 4": {"mode": "stream", "iters": 1, "reset_iters": 4},
         "stream k=2": {"mode": "stream", "iters": 2},
         "stream-mv k=1": {"mode": "stream-mv", "iters": 1},
         f"mv n={n} (key: warm k={k})": {"mode": "mv", "iters": k, "reset_iters": n0, "key_interval": n},

@@ -96,6 +96,11 @@ def test_stream_reset_restarts_at_a_pixel_cut() -> None:
     pf, st, rs = (rows[f"{m} k=1"]["per_frame_distance"] for m in ("per-frame", "stream", "stream+reset"))
     assert rs[6] == pytest.approx(pf[6]) and abs(st[6] - pf[6]) > 0.1
     assert rs[:6] == st[:6]
+    # --reset-iters: the first frame and the frame after the cut get 60 iterations from zero (converged), the rest k
+    rows = run_accuracy(_Brightness(), [(frames, labels, {})], ks=(1,), f_thres=60, reset_iters=60)
+    rs60, st60 = rows["stream+reset k=1"]["per_frame_distance"], rows["stream k=1"]["per_frame_distance"]
+    assert rs60[0] == pytest.approx(0.0, abs=1e-9) and rs60[6] == pytest.approx(0.0, abs=1e-9)
+    assert rs60[1] < 0.01 < st[1] and st60 == st  # warm frames after a converged start stay close; stream is k
 
 
 def test_reset_rule_judges_the_runtime_solvers_residual() -> None:
