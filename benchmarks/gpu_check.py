@@ -332,7 +332,7 @@ def install_wheels(wheels: Path = WHEELS, site: Path = SITE) -> int:
             return 1
     else:
         print(f"no wheels in {wheels}/ (`make gpu-wheels` where pip works, then carry .whl)")
-    probe = [PY, "-c", "import av; print('PyAV', av.__version__)"]
+    probe = [PY, "-c", "import av; print('PyAV', av.__version__, 'from', av.__file__)"]
     if subprocess.call(probe, env=child_env()):
         print("error: PyAV does not import; the video steps need it (carry its wheel in .whl/)")
         return 1
