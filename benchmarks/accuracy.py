@@ -229,7 +229,8 @@ def evaluate_clip(
     "stream+reset" adds the deployed runtime's shot-change rules (runtime.modes.ResetMonitor):
     before a frame runs, a jump in the pixel difference from the previous frame starts it from
     zero; after it ran, a warm frame whose step residual exceeds 4x its running mean is solved
-    again from zero with k. So it matches ``python -m runtime.run --mode stream`` on our clips.
+    again from zero (with ``reset_iters``, default k). So it matches
+    ``python -m runtime.run --mode stream`` on our clips.
     The key-frame part of the first rule never applies here: our clips' only codec key frame is
     frame 0 (no scene-cut key frames), which has no previous frame. ``reset_iters`` is the
     runtime's ``--reset-iters``: iterations from zero for stream+reset's first frame and after a

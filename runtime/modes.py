@@ -166,8 +166,9 @@ class ResetMonitor:
       ``jump`` times its running mean (the previous state belongs to another scene);
     - shot change, before it runs, from the pixels (``frame_change``: mean absolute difference
       from the previous frame, 0..255): a codec key frame that changed by more than
-      ``key_change``, or any frame whose change exceeds both ``change_floor`` and
-      ``change_jump`` times the running mean of the stream's changes. The second catches cuts
+      ``key_change``, or (once 3 changes were seen) any frame whose change exceeds both
+      ``change_floor`` and ``change_jump`` times the running mean of the stream's changes,
+      a mean that every frame enters, cuts included. The second catches cuts
       that encoders code as P frames (x264 with ``scenecut=0``, as our motion-vector encodes
       use), which the residual rule misses at k = 1: one iteration from a stale state moves
       little, so its step residual only grows ~3x there.
