@@ -7,7 +7,16 @@ import math
 import numpy as np
 import pytest
 
-from runtime.modes import Budgeted, FrameInfo, FramePolicy, Outcome, ResetMonitor, StreamPolicy, make_policy
+from runtime.modes import (
+    Budgeted,
+    FrameInfo,
+    FramePolicy,
+    Outcome,
+    ResetMonitor,
+    StreamPolicy,
+    frame_change,
+    make_policy,
+)
 from runtime.stats import describe, format_summary, percentile, summarize
 
 
@@ -67,6 +76,20 @@ def test_reset_monitor_sees_cuts_coded_as_p_frames():
     fast = ResetMonitor()
     rises = [fast.before(FrameInfo(i), c) for i, c in enumerate([2.0, 2.0, 2.0, 2.0, 30.0, 30.0, 30.0, 30.0])]
     assert sum(bool(r) for r in rises) == 1  # a lasting rise (a fast pan) fires once
+    quick = ResetMonitor()  # a cut stays out of the mean, so a second cut three frames later is seen too
+    fired = [bool(quick.before(FrameInfo(i), c)) for i, c in enumerate([5.0, 5.0, 5.0, 5.0, 50.0, 6.0, 5.0, 30.0, 6.0])]
+    assert [i for i, f in enumerate(fired) if f] == [4, 7]
+
+
+@pytest.mark.parametrize("seed", [910003, 910011, 910031, 910001])  # cuts at 15, 20 (a fast plain clip), 13; none
+def test_reset_monitor_on_generated_clips(seed):
+    """Every cut of the scene generator, and only the cuts, fire the pixel rule."""
+    from export.synthetic import render_clip_with_meta
+
+    frames, _, _, meta = render_clip_with_meta(seed, 24, 256, 512, variant="plain")
+    m = ResetMonitor()
+    fired = {t for t in range(1, len(frames)) if m.before(FrameInfo(t), frame_change(frames[t - 1], frames[t]))}
+    assert fired == set(meta["cuts"])
 
 
 def test_stats_against_numpy():
