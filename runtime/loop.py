@@ -59,6 +59,9 @@ class RunConfig:
     check_hash: bool = True
     log: Any = None  # callable(str) for warnings; default stderr
     policy: Callable[[], Policy] | None = None  # one fresh policy per stream; overrides mode/iters
+    # Embedding: called once per decoded frame, in frame order, with its record (as in frames.jsonl) and its
+    # class map at the source's resolution; ``out=None`` with this writes nothing to disk.
+    on_frame: Callable[[dict[str, Any], np.ndarray], None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -410,8 +413,11 @@ def _record(
     )
     s.frames += 1
     s.prev = f.rgb
+    fitter = s.prefetch.fitters.get(f.source_hw)
+    if cfg.on_frame is not None:
+        classes = fitter.unfit(res.classes[b]) if fitter is not None else res.classes[b]
+        cfg.on_frame(dict(record), np.array(classes, copy=True))
     if s.sink is not None:
-        fitter = s.prefetch.fitters.get(f.source_hw)
         s.sink.put(record, f, res.classes[b], fitter)
 
 

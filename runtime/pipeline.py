@@ -149,8 +149,9 @@ class Pipeline:
 
     # -- per-frame work -------------------------------------------------------------------
     def upload(self, frames: list[np.ndarray]) -> None:
+        host = self.buf.frame_host.numpy()  # a view of the (pinned) host buffer: numpy copies read-only frames too
         for b, f in enumerate(frames):
-            self.buf.frame_host[b].copy_(torch.from_numpy(f))
+            np.copyto(host[b], f, casting="unsafe")
         if self.buf.frame_host is not self.buf.frame:
             self.buf.frame.copy_(self.buf.frame_host, non_blocking=True)
 

@@ -107,3 +107,37 @@ def test_custom_policy_with_warp_hook_plugs_into_the_loop(bundle64, tmp_path):
     assert (maps_of(tmp_path / "w") == maps_of(tmp_path / "f")).all()
     assert [c[0] for c in calls] == [0, 1, 2, 3] and all(c[2] == "mv" for c in calls)
     assert calls[0][1][0] == (16, H // 4, W // 4)
+
+
+def test_on_frame_gives_each_record_and_map_in_order(bundle64, tmp_path):
+    """The embedding hook sees what the writers write: same records, same maps at the source's resolution."""
+    frames = list(moving_frames(5, 96, 160))  # not the engine's 64x128: maps come back at the source size
+    got: list[tuple[dict, np.ndarray]] = []
+    cfg = dict(iters=2, save_maps="npz", video=False, progress=False)
+    run(
+        RunConfig(
+            engine=bundle64,
+            sources=[ArraySource(frames)],
+            out=tmp_path,
+            on_frame=lambda r, m: got.append((r, m)),
+            **cfg,
+        )
+    )
+    assert [r["frame"] for r, _ in got] == list(range(5))
+    with np.load(tmp_path / "maps.npz") as z:
+        written = [z[k] for k in sorted(z.files)]
+    assert all(m.shape == (96, 160) for _, m in got)
+    assert all(np.array_equal(m, w) for (_, m), w in zip(got, written))
+    logged = [json.loads(line) for line in (tmp_path / "frames.jsonl").read_text().splitlines()]
+    assert [r["residual"] for r, _ in got] == [r["residual"] for r in logged]
+    only: list[int] = []
+    run(
+        RunConfig(
+            engine=bundle64,
+            sources=[ArraySource(frames)],
+            out=None,
+            on_frame=lambda r, m: only.append(r["frame"]),
+            **cfg,
+        )
+    )
+    assert only == list(range(5))
