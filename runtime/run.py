@@ -178,6 +178,13 @@ def _validate(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error(f"--streams {a.streams} but {len(a.inputs)} input(s) given (one input per stream)")
 
 
+def output_names(no_video: bool, save_maps: str, streams: int) -> list[str]:
+    """What the run wrote into --out (per stream folder when there are several)."""
+    names = ([] if no_video else ["overlay.mp4"]) + {"png": ["maps/"], "npz": ["maps.npz"]}.get(save_maps, [])
+    names += ["frames.jsonl", "summary.json"]
+    return names if streams == 1 else [f"stream<i>/{{{', '.join(names[:-1])}}}", "summary.json"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -248,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     print(format_summary(summary))
-    print(f"outputs: {args.out.resolve()} (overlay.mp4, frames.jsonl, summary.json)")
+    print(f"outputs: {args.out.resolve()} ({', '.join(output_names(args.no_video, args.save_maps, len(args.inputs)))})")
     code = 0
     for s in summary["streams"]:
         if s["resets"]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from runtime.buffers import torch_dtype
 from runtime.bundle import EngineSpec
 from runtime.errors import EngineError
 
@@ -45,6 +46,10 @@ class Runner(ABC):
             )
         if not tensor.is_contiguous():
             raise EngineError(f"{self.path.name}: buffer for {name} must be contiguous")
+        if tensor.dtype != torch_dtype(names[name].dtype):
+            raise EngineError(
+                f"{self.path.name}: buffer for {name} is {tensor.dtype}, the manifest says {names[name].dtype}"
+            )
         bound = self.slots.setdefault(slot, {})
         outs = {t.name for t in self.spec.outputs}
         for other, t in bound.items():
@@ -64,8 +69,16 @@ class Runner(ABC):
         """Run once on the bound buffers of ``slot`` (asynchronously on ``stream`` on CUDA)."""
 
 
-def check_io(path: Path, spec: EngineSpec, inputs: dict[str, tuple], outputs: dict[str, tuple]) -> None:
-    """Engine file vs manifest: same tensor names and static shapes, else one clear line."""
+def check_io(
+    path: Path,
+    spec: EngineSpec,
+    inputs: dict[str, tuple],
+    outputs: dict[str, tuple],
+    dtypes: dict[str, str | None] | None = None,
+) -> None:
+    """Engine file vs manifest: same tensor names, static shapes and (where the engine tells) element types, else one
+    clear line. A plan built outside our exporter (``trtexec --fp16`` keeps fp32 I/O, say) would otherwise read our
+    buffers as the wrong type without an error."""
     for what, want, got in (("inputs", spec.inputs, inputs), ("outputs", spec.outputs, outputs)):
         if sorted(t.name for t in want) != sorted(got):
             raise EngineError(
@@ -77,3 +90,6 @@ def check_io(path: Path, spec: EngineSpec, inputs: dict[str, tuple], outputs: di
                 raise EngineError(
                     f"{path.name}: {t.name} has shape {tuple(shape)} in the engine, {t.shape} in the manifest"
                 )
+            got_dtype = (dtypes or {}).get(t.name)
+            if got_dtype is not None and got_dtype != t.dtype:
+                raise EngineError(f"{path.name}: {t.name} is {got_dtype} in the engine, {t.dtype} in the manifest")

@@ -19,6 +19,13 @@ from runtime.bundle import EngineSpec
 from runtime.errors import EngineError
 
 NP_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.uint8: np.uint8, torch.int64: np.int64}
+# ONNX Runtime's NodeArg.type -> the manifest's dtype names (unknown ones are not checked).
+ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(uint8)": "uint8",
+    "tensor(int64)": "int64",
+}
 
 
 class OrtRunner(Runner):
@@ -77,6 +84,7 @@ class OrtRunner(Runner):
             self.spec,
             {i.name: _static(i.shape) for i in self.session.get_inputs()},
             {o.name: _static(o.shape) for o in self.session.get_outputs()},
+            {t.name: ORT_TYPES.get(t.type) for t in (*self.session.get_inputs(), *self.session.get_outputs())},
         )
 
     def bind(self, name: str, tensor: torch.Tensor, slot: int = 0) -> None:

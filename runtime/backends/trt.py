@@ -16,6 +16,9 @@ from runtime.backends.base import Runner, check_io
 from runtime.bundle import EngineSpec
 from runtime.errors import EngineError
 
+# tensorrt.DataType member names -> the manifest's dtype names (unknown ones are not checked).
+TRT_TYPES = {"FLOAT": "float32", "HALF": "float16", "UINT8": "uint8", "INT64": "int64", "INT32": "int32"}
+
 
 class TrtRunner(Runner):
     kind = "plan"
@@ -42,12 +45,14 @@ class TrtRunner(Runner):
             raise EngineError(
                 f"{self.path.name}: TensorRT cannot deserialize it (corrupt, or built by another TensorRT version/GPU)"
             )
-        ins, outs = {}, {}
+        ins, outs, dtypes = {}, {}, {}
         for i in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(i)
             shape = tuple(self.engine.get_tensor_shape(name))
             (ins if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outs)[name] = shape
-        check_io(self.path, self.spec, ins, outs)
+            dt = self.engine.get_tensor_dtype(name)
+            dtypes[name] = TRT_TYPES.get(getattr(dt, "name", str(dt).rsplit(".", 1)[-1]))
+        check_io(self.path, self.spec, ins, outs, dtypes)
         self.context = self.engine.create_execution_context()
         if self.context is None:
             raise EngineError(f"{self.path.name}: TensorRT could not create an execution context (out of memory?)")

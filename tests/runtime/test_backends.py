@@ -108,3 +108,81 @@ def test_aoti_pt2_matches_onnx(tiny_model, tmp_path):
             maps[kind] = np.stack([z[k] for k in sorted(z.files)])
     assert maps["pt2"].shape == (4, 32, 64)
     assert (maps["pt2"] != maps["onnx"]).mean() < 1e-3
+
+
+def _fake_trt(spec: EngineSpec, dtypes: dict[str, str]):
+    """A stand-in ``tensorrt`` module with the TensorRT 10/11 calls the runner makes (tensor-name API)."""
+    import types
+    from enum import Enum
+
+    mode = Enum("TensorIOMode", "INPUT OUTPUT")
+    dtype = Enum("DataType", "FLOAT HALF UINT8 INT32 INT64")
+    io = [(t, mode.INPUT) for t in spec.inputs] + [(t, mode.OUTPUT) for t in spec.outputs]
+
+    class Engine:
+        num_io_tensors = len(io)
+
+        def get_tensor_name(self, i):
+            return io[i][0].name
+
+        def _find(self, name):
+            return next(x for x in io if x[0].name == name)
+
+        def get_tensor_shape(self, name):
+            return list(self._find(name)[0].shape)
+
+        def get_tensor_mode(self, name):
+            return self._find(name)[1]
+
+        def get_tensor_dtype(self, name):
+            return dtype[dtypes[name]]
+
+        def create_execution_context(self):
+            return object()
+
+    class Runtime:
+        def __init__(self, logger):
+            self.logger = logger
+
+        def deserialize_cuda_engine(self, data):
+            return Engine() if data == b"plan" else None
+
+    trt = types.ModuleType("tensorrt")
+    trt.Logger = type("Logger", (), {"ERROR": 1, "__init__": lambda self, level: None})
+    trt.Runtime, trt.TensorIOMode, trt.DataType = Runtime, mode, dtype
+    return trt
+
+
+def test_plan_runner_checks_names_shapes_and_dtypes(bundle64, tmp_path, monkeypatch):
+    """Through a fake tensorrt module (no TensorRT here): the plan's I/O must match the manifest, dtypes included
+    (a plan built with `trtexec --fp16` keeps fp32 I/O and would otherwise misread fp16 buffers)."""
+    import sys
+
+    spec = open_bundle(bundle64 / "deq_cell.onnx").engines["deq_cell"]
+    plan = tmp_path / "deq_cell.plan"
+    plan.write_bytes(b"plan")
+    spec = EngineSpec(spec.name, plan, spec.inputs, spec.outputs)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    same = {t.name: "FLOAT" for t in (*spec.inputs, *spec.outputs)}
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_trt(spec, same))
+    runner = load_runner(spec, torch.device("cuda"))
+    assert runner.context is not None
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_trt(spec, {**same, "x": "HALF"}))
+    with pytest.raises(EngineError, match="x is float16 in the engine, float32 in the manifest"):
+        load_runner(spec, torch.device("cuda"))
+    plan.write_bytes(b"junk")
+    with pytest.raises(EngineError, match="cannot deserialize"):
+        load_runner(spec, torch.device("cuda"))
+
+
+def test_bind_and_onnx_load_check_dtypes(bundle64):
+    from runtime.bundle import TensorSpec
+
+    spec = open_bundle(bundle64 / "deq_cell.onnx").engines["deq_cell"]
+    runner = load_runner(spec, torch.device("cpu"))
+    x = spec.input("x")
+    with pytest.raises(EngineError, match="buffer for x is torch.float16, the manifest says float32"):
+        runner.bind("x", torch.zeros(x.shape, dtype=torch.float16))
+    wrong = tuple(TensorSpec(t.name, t.shape, "float16") if t.name == "x" else t for t in spec.inputs)
+    with pytest.raises(EngineError, match="x is float32 in the engine, float16 in the manifest"):
+        load_runner(EngineSpec(spec.name, spec.path, wrong, spec.outputs), torch.device("cpu"))

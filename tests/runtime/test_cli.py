@@ -319,3 +319,11 @@ def test_http_url_source(bundle64, clip64, tmp_path, capsys):
         assert len(records(out)) == 8
     finally:
         server.shutdown()
+
+
+def test_outputs_line_names_what_was_written():
+    from runtime.run import output_names
+
+    assert output_names(False, "png", 1) == ["overlay.mp4", "maps/", "frames.jsonl", "summary.json"]
+    assert output_names(True, "none", 1) == ["frames.jsonl", "summary.json"]
+    assert output_names(True, "npz", 2) == ["stream<i>/{maps.npz, frames.jsonl}", "summary.json"]
