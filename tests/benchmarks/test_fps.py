@@ -160,10 +160,16 @@ def test_bad_arguments_are_one_line(capsys):
         fps.main(["--resolutions", "wide"])
 
 
+def tiny_run(out, *args: str) -> list[str]:
+    """A seconds-long CPU run of tiny at 64x128; ``args`` add to or override these (argparse keeps the last)."""
+    base = ["--configs", "tiny", "--resolutions", "64x128", "--frame-n", "2", "--warmup", "0", "--frames", "2",
+            "--e2e-frames", "1", "--e2e-iters", "1", "--no-scaling", "--out", str(out)]  # fmt: skip
+    return base + list(args)
+
+
 def test_cli_minimal_case_writes_files(tmp_path):
-    argv = ["--configs", "tiny", "--resolutions", "64x128", "--backends", "onnx,eager", "--iters", "1,2",
-            "--frame-n", "4", "--warmup", "1", "--frames", "2", "--e2e-frames", "2", "--e2e-iters", "1",
-            "--no-scaling", "--out", str(tmp_path)]  # fmt: skip
+    argv = tiny_run(tmp_path, "--backends", "onnx,eager", "--iters", "1,2", "--frame-n", "4", "--warmup", "1",
+                    "--e2e-frames", "2")  # fmt: skip
     assert fps.main(argv) == 0
     data = json.loads((tmp_path / "fps_cpu.json").read_text())
     got = {(r["backend"], r["measure"], r["mode"], r["iters"]) for r in data["rows"]}
@@ -200,9 +206,7 @@ def test_pairs_replace_backends_and_precisions():
 
 
 def test_pairs_measure_only_the_listed_combinations(tmp_path, capsys):
-    argv = ["--configs", "tiny", "--resolutions", "64x128", "--pairs", "eager:fp32,onnx:fp16", "--iters", "1",
-            "--frame-n", "2", "--warmup", "0", "--frames", "2", "--e2e-frames", "1", "--e2e-iters", "1",
-            "--no-scaling", "--out", str(tmp_path)]  # fmt: skip
+    argv = tiny_run(tmp_path, "--pairs", "eager:fp32,onnx:fp16", "--iters", "1")
     assert fps.main(argv) == 0
     data = json.loads((tmp_path / "fps_cpu.json").read_text())
     assert {(r["backend"], r["precision"]) for r in data["rows"]} == {("eager", "fp32")}
@@ -214,9 +218,7 @@ def test_pairs_measure_only_the_listed_combinations(tmp_path, capsys):
 
 
 def test_partial_results_after_each_backend(tmp_path):
-    argv = ["--configs", "tiny", "--resolutions", "64x128", "--backends", "eager,onnx", "--iters", "1",
-            "--frame-n", "2", "--warmup", "0", "--frames", "2", "--e2e-frames", "1", "--e2e-iters", "1",
-            "--no-scaling", "--out", str(tmp_path)]  # fmt: skip
+    argv = tiny_run(tmp_path, "--backends", "eager,onnx", "--iters", "1")
     s = fps.settings_from_args(fps.build_parser().parse_args(argv))
     snaps: list[dict] = []
     final = fps.run_benchmark(s, argv, on_partial=snaps.append)
