@@ -17,6 +17,7 @@ batched streams, and accuracy vs FPS when benchmarks/results/accuracy*.json exis
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 import tempfile
@@ -918,23 +919,29 @@ def _check(r: dict[str, Any], backend: str, what: str, value: float, op: str, li
     }
 
 
-def roofline_rows(rows: list[dict[str, Any]], device: torch.device, quick: bool) -> list[dict[str, Any]]:
-    """One roofline row per measured (case, backend): cell ms per iteration from the frame-N device loop."""
+@functools.cache
+def _cell_cost(config: str, batch: int, height: int, width: int, precision: str) -> roofline.CellCost:
+    """FLOPs and bytes of one cell iteration, counted once per case and process (partial results derive again)."""
     from export.config import get_config
     from export.mdeq import build_model
 
-    out, peaks, costs = [], {}, {}
+    return roofline.cell_cost(build_model(get_config(config)), batch, height, width, precision)
+
+
+@functools.cache
+def _peaks(device: torch.device, precision: str, quick: bool) -> roofline.Peaks:
+    """The device's peaks, looked up or measured once per process, so every derived table uses the same ones."""
+    return roofline.device_peaks(device, precision, quick)
+
+
+def roofline_rows(rows: list[dict[str, Any]], device: torch.device, quick: bool) -> list[dict[str, Any]]:
+    """One roofline row per measured (case, backend): cell ms per iteration from the frame-N device loop."""
+    out = []
     for r in rows:
         if r["measure"] != "device" or r["mode"] != "frame" or not math.isfinite(r["cell_ms_per_iter"]):
             continue
-        ck = _case_key(r)
-        if ck not in costs:
-            costs[ck] = roofline.cell_cost(
-                build_model(get_config(r["config"])), r["batch"], r["height"], r["width"], r["precision"]
-            )
-        if r["precision"] not in peaks:
-            peaks[r["precision"]] = roofline.device_peaks(device, r["precision"], quick)
-        row = roofline.analyse_cell(costs[ck], peaks[r["precision"]], r["cell_ms_per_iter"])
+        cost = _cell_cost(r["config"], r["batch"], r["height"], r["width"], r["precision"])
+        row = roofline.analyse_cell(cost, _peaks(device, r["precision"], quick), r["cell_ms_per_iter"])
         out.append({"config": r["config"], "backend": r["backend"], **row})
     return out
 
