@@ -190,16 +190,17 @@ def run_all(
             left = deadline - time.monotonic()
             if left < MIN_STEP_S:
                 outcomes.append(Outcome(step.name, "not run", headline=f"budget spent ({budget_s:.0f} s)"))
-                continue
-            say(f"gpu_check: {step.name} (limit {min(step.timeout_s, left):.0f} s): {step.why}")
-            res = run_step(step, work, log, min(step.timeout_s, left))
-            headline(res, work)
-            outcomes.append(res)
-            tail = f": {res.headline}" if res.headline else ""
-            say(f"gpu_check: {step.name} {res.status} in {res.seconds:.0f} s{tail}")
+            else:
+                say(f"gpu_check: {step.name} (limit {min(step.timeout_s, left):.0f} s): {step.why}")
+                res = run_step(step, work, log, min(step.timeout_s, left))
+                headline(res, work)
+                outcomes.append(res)
+                tail = f": {res.headline}" if res.headline else ""
+                say(f"gpu_check: {step.name} {res.status} in {res.seconds:.0f} s{tail}")
             write_outputs(steps, outcomes, out, work, budget_s)
-    finally:
+    except BaseException:  # stopped mid-step: keep what finished
         write_outputs(steps, outcomes, out, work, budget_s)
+        raise
     return outcomes
 
 
