@@ -10,17 +10,17 @@ exits 0. Results go to benchmarks/results/warp_bandwidth.json (written atomicall
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from benchmarks.plots import write_json
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "warp_bandwidth.json"
@@ -109,15 +109,6 @@ def environment() -> dict:
         "cuda": torch.version.cuda,
         "kernel_backend": os.environ.get("DEQSTREAM_KERNEL_BACKEND", "core"),
     }
-
-
-def write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
