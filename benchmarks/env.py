@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from export.tf32 import tf32_enabled
+
 
 def _version(dist: str) -> str | None:
     """Installed version of a distribution, without importing it (tensorrt imports are slow or may fail)."""
@@ -65,8 +67,8 @@ def gpu_info() -> dict[str, Any]:
         "driver": _driver_version(),
         "cuda_runtime": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version(),
-        "tf32_conv": bool(torch.backends.cudnn.allow_tf32),
-        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+        "tf32_conv": tf32_enabled()["conv"],
+        "tf32_matmul": tf32_enabled()["matmul"],
     }
 
 

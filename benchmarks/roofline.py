@@ -14,7 +14,7 @@ A time is only "fast" relative to what the GPU could do: the bound is max(FLOPs 
 * Peaks: a table of published dense (no sparsity) figures for H100/H200/A100 matched by device name; for any other
   device (and the CPU) they are measured here: a large matmul for FLOP/s, a large copy for bandwidth. For fp32 on
   Ampere and later, convolutions run on TF32 tensor cores by default (cuDNN, ORT, TensorRT), so the fp32 compute
-  peak is the TF32 one when ``torch.backends.cudnn.allow_tf32`` is on.
+  peak is the TF32 one when cuDNN's fp32 convolutions may use TF32 (``export.tf32``).
 
 ``python -m benchmarks.roofline --config small-seg --resolution 1024x2048 --precision fp16 [--cell-ms 0.2]``
 prints the analysis; ``benchmarks.fps`` calls :func:`analyse_cell` with its measured times.
@@ -36,6 +36,8 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
+
+from export.tf32 import tf32_enabled
 
 try:
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -240,7 +242,7 @@ def measure_peaks(device: torch.device, precision: str, quick: bool = False) -> 
 def device_peaks(device: torch.device, precision: str, quick: bool = False) -> Peaks:
     """Table entry when the GPU is known, else measured (always measured on the CPU)."""
     if device.type == "cuda":
-        tf32 = bool(torch.backends.cudnn.allow_tf32)
+        tf32 = tf32_enabled()["conv"]
         found = known_peaks(torch.cuda.get_device_name(device), precision, tf32)
         if found is not None:
             return found

@@ -8,14 +8,13 @@ place at the end, so a failed export never leaves a half-written bundle behind.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from export.manifest import (
 from export.mdeq import ClassMapHead, MDEQSegNet, PoseHead, check_resolution
 from export.onnx_export import ParityError, check_tolerance, compare, export_onnx, merge_parity, run_onnx
 from export.precision import TORCH_DTYPES, check_precision, to_half, to_half_injection
+from export.tf32 import exact_fp32
 
 FORMATS = ("onnx", "pt2", "plan")
 HEADS = ("seg", "pose")
@@ -169,19 +169,6 @@ def _export_plan(
     build_plan(tmp / onnx_name, tmp / fname, precision=precision, timing_cache=tmp / TIMING_CACHE)
     outs = run_plan(tmp / fname, dict(zip(graph.input_names, graph.check_inputs)), graph.output_names)
     return fname, _parity(graph, "plan", refs, outs, precision)
-
-
-@contextlib.contextmanager
-def exact_fp32() -> Iterator[None]:
-    """TF32 off while exporting: CUDA references (and AOTI parity runs) in TF32 carry ~5e-4
-    error per layer, which compounds through the cell past the 1e-3 parity bound against ORT's
-    exact fp32 and TensorRT (built without TF32). The caller's settings come back afterwards."""
-    conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, mm
 
 
 def export_engine(

@@ -14,10 +14,12 @@ import pytest
 import torch
 
 import export.bundle as bundle_mod
+import export.tf32 as tf32_mod
 from export.bundle import export_bundle
 from export.config import get_config
 from export.mdeq import ClassMapHead, build_model
 from export.onnx_export import OPSET, ParityError, ort_session
+from export.tf32 import exact_fp32, set_tf32, tf32_enabled
 
 H, W = 64, 128
 
@@ -397,19 +399,40 @@ def test_plan_needs_a_gpu_even_with_tensorrt(model, tmp_path, monkeypatch) -> No
     assert not (tmp_path / "e").exists()
 
 
-def test_export_turns_tf32_off_and_restores_it(model, tmp_path, monkeypatch) -> None:
+@pytest.fixture
+def tf32_restored():
+    """torch's TF32 flags as they were before the test (set and put back through export.tf32:
+    monkeypatch cannot restore attributes that torch serves through __getattr__)."""
+    saved = tf32_mod._snapshot()
+    yield
+    tf32_mod._restore(saved)
+
+
+def test_export_turns_tf32_off_and_restores_it(model, tmp_path, monkeypatch, tf32_restored) -> None:
     """Parity references are exact fp32 during the export (TF32 would blow the 1e-3 bound on a
     GPU); the caller's TF32 settings come back afterwards."""
     seen = []
     real = bundle_mod.export_engine
 
     def spy(*args, **kwargs):
-        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        seen.append(tf32_enabled())
         return real(*args, **kwargs)
 
     monkeypatch.setattr(bundle_mod, "export_engine", spy)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    set_tf32(True)
+    assert tf32_enabled() == {"conv": True, "matmul": True}
     export_bundle(model, tmp_path / "e", H, W)
-    assert seen and all(s == (False, False) for s in seen)
-    assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    assert seen and all(s == {"conv": False, "matmul": False} for s in seen)
+    assert tf32_enabled() == {"conv": True, "matmul": True}
+
+
+def test_exact_fp32_restores_each_backend_to_its_own_value(tf32_restored) -> None:
+    """Convolutions and matmuls come back each to its own earlier value, not to one shared flag."""
+    set_tf32(False)
+    if tf32_mod._NEW_API:
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+    else:
+        torch.backends.cudnn.allow_tf32 = True
+    with exact_fp32():
+        assert tf32_enabled() == {"conv": False, "matmul": False}
+    assert tf32_enabled() == {"conv": True, "matmul": False}
