@@ -1,9 +1,10 @@
-"""TF32 state of PyTorch's CUDA backends, read and set through one API.
+"""TF32 state of PyTorch's CUDA backends, read and set in one place.
 
 PyTorch 2.9 added per-backend ``fp32_precision`` strings and deprecated the ``allow_tf32``
-booleans; mixing the two raises (reading ``cudnn.allow_tf32`` after ``cudnn.conv`` was set
-through the new API is a RuntimeError). Everything here uses the new API where torch has
-it (2.11 on the GPU machines, 2.13 here) and the booleans only on older releases.
+booleans, and mixing the two raises. cuBLAS uses the new API where torch has it (2.11 on the GPU
+machines, 2.13 here). cuDNN keeps the boolean: torch 2.13's own AOTInductor compile reads the
+legacy ``cudnn.allow_tf32``, and that getter raises once cuDNN's precision was set to anything
+but 'tf32' through the new API, so the new API would break every .pt2 export.
 """
 
 from __future__ import annotations
@@ -13,52 +14,48 @@ from collections.abc import Iterator
 
 import torch
 
-_NEW_API = hasattr(torch.backends.cuda.matmul, "fp32_precision")
+_NEW_MATMUL_API = hasattr(torch.backends.cuda.matmul, "fp32_precision")
 
 
-def _knobs() -> dict[str, tuple[object, str]]:
-    """Backend object and attribute for convolutions (cuDNN) and matmuls (cuBLAS)."""
-    if _NEW_API:
-        return {
-            "conv": (torch.backends.cudnn.conv, "fp32_precision"),
-            "matmul": (torch.backends.cuda.matmul, "fp32_precision"),
-        }
-    return {"conv": (torch.backends.cudnn, "allow_tf32"), "matmul": (torch.backends.cuda.matmul, "allow_tf32")}
+def _conv_tf32() -> bool:
+    """cuDNN's answer; a caller that set cuDNN through the new API makes the legacy getter raise."""
+    try:
+        return bool(torch.backends.cudnn.allow_tf32)
+    except RuntimeError:
+        return str(torch.backends.cudnn.conv.fp32_precision) == "tf32"
 
 
-def _resolve(value: object, parents: list[str]) -> bool:
-    """A precision string of 'none' inherits from its parent; booleans are the legacy answer."""
-    if isinstance(value, bool):
-        return value
-    for v in [str(value), *parents]:
-        if v != "none":
-            return v == "tf32"
+def _matmul_tf32() -> bool:
+    if not _NEW_MATMUL_API:
+        return bool(torch.backends.cuda.matmul.allow_tf32)
+    for value in (torch.backends.cuda.matmul.fp32_precision, getattr(torch.backends, "fp32_precision", "none")):
+        if str(value) != "none":
+            return str(value) == "tf32"
     return False
 
 
 def tf32_enabled() -> dict[str, bool]:
-    """Whether fp32 convolutions and matmuls may use TF32 tensor cores right now."""
-    parents: dict[str, list[str]] = {"conv": [], "matmul": []}
-    if _NEW_API:
-        top = str(getattr(torch.backends, "fp32_precision", "none"))
-        parents = {"conv": [str(torch.backends.cudnn.fp32_precision), top], "matmul": [top]}
-    return {name: _resolve(getattr(obj, attr), parents[name]) for name, (obj, attr) in _knobs().items()}
+    """Whether fp32 convolutions (cuDNN) and matmuls (cuBLAS) may use TF32 tensor cores now."""
+    return {"conv": _conv_tf32(), "matmul": _matmul_tf32()}
 
 
-def _snapshot() -> dict[str, object]:
-    return {name: getattr(obj, attr) for name, (obj, attr) in _knobs().items()}
+def _snapshot() -> tuple[bool, object]:
+    mm = torch.backends.cuda.matmul.fp32_precision if _NEW_MATMUL_API else torch.backends.cuda.matmul.allow_tf32
+    return _conv_tf32(), mm
 
 
-def _restore(saved: dict[str, object]) -> None:
-    for name, (obj, attr) in _knobs().items():
-        setattr(obj, attr, saved[name])
+def _restore(saved: tuple[bool, object]) -> None:
+    conv, mm = saved
+    torch.backends.cudnn.allow_tf32 = conv
+    if _NEW_MATMUL_API:
+        torch.backends.cuda.matmul.fp32_precision = mm
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = mm
 
 
 def set_tf32(enabled: bool) -> None:
     """Allow (or forbid) TF32 for both fp32 convolutions and matmuls."""
-    value: object = ("tf32" if enabled else "ieee") if _NEW_API else enabled
-    for obj, attr in _knobs().values():
-        setattr(obj, attr, value)
+    _restore((enabled, ("tf32" if enabled else "ieee") if _NEW_MATMUL_API else enabled))
 
 
 @contextlib.contextmanager
