@@ -50,8 +50,11 @@ accuracy: export
 propagation: install
 	$(PYTHON) -m benchmarks.propagation $(if $(QUICK),--quick,)
 
+# The sample clip is drawn by the PyTorch side (export.synthetic); runtime.demo only runs engines on it.
+DEMO_OUT ?= out/demo
 demo: export
-	$(PYTHON) -m runtime.demo --engines $(ENGINES)
+	$(PYTHON) -m export.synthetic --out $(DEMO_OUT)/sample --clips 1 --frames 60 --height $(HEIGHT) --width $(WIDTH) --seed 7 --preset veryfast
+	$(PYTHON) -m runtime.demo --engines $(ENGINES) --clip $(DEMO_OUT)/sample/clip_0000/clip.mp4 --out $(DEMO_OUT)
 
 bench: install
 	$(PYTHON) -m benchmarks.fps $(if $(QUICK),--quick,)

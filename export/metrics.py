@@ -28,8 +28,3 @@ def miou(conf: np.ndarray) -> float:
     """Mean IoU over the classes that occur (in ground truth or prediction), in [0, 1]."""
     ious = iou_per_class(conf)
     return float(np.nanmean(ious)) if np.isfinite(ious).any() else float("nan")
-
-
-def pixel_accuracy(conf: np.ndarray) -> float:
-    total = conf.sum()
-    return float(np.trace(conf) / total) if total else float("nan")

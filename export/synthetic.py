@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from export.config import SYNTH_CLASSES
+from runtime.encode import EncodeOptions, encode_mp4
 
 ROAD, SKY, BUILDING, VEGETATION, CAR, PERSON, SIGN = range(7)
 assert len(SYNTH_CLASSES) == 7 and SYNTH_CLASSES[CAR] == "car" and SYNTH_CLASSES[SIGN] == "sign"
@@ -518,40 +519,6 @@ def random_batch(
 
 
 # --------------------------------------------------------------------------- I/O
-@dataclass
-class EncodeOptions:
-    """libx264 settings; defaults suit a low-latency stream (no B-frames, one reference)."""
-
-    fps: int = 30
-    crf: int = 18
-    bframes: int = 0
-    refs: int = 1
-    gop: int = 30
-    preset: str = "medium"
-
-
-def encode_mp4(path: Path, frames: np.ndarray, opts: EncodeOptions) -> None:
-    """Write frames (T,H,W,3) uint8 RGB to an H.264 MP4 atomically (tmp then rename)."""
-    import av
-
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    _, h, w, _ = frames.shape
-    if h % 2 or w % 2:
-        raise ValueError(f"yuv420p needs even height and width, got {h}x{w}")
-    with av.open(str(tmp), "w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=opts.fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        params = f"bframes={opts.bframes}:ref={opts.refs}:keyint={opts.gop}:min-keyint={opts.gop}:scenecut=0"
-        stream.options = {"crf": str(opts.crf), "preset": opts.preset, "x264-params": params}
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    os.replace(tmp, path)
-
-
 def decode_mp4(path: Path) -> np.ndarray:
     """All frames of a video as (T,H,W,3) uint8 RGB."""
     import av
@@ -606,12 +573,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bframes", type=int, default=0)
     p.add_argument("--refs", type=int, default=1)
     p.add_argument("--gop", type=int, default=30)
+    p.add_argument("--preset", default="medium", help="libx264 speed/size preset (default: %(default)s)")
     p.add_argument("--variant", choices=VARIANTS, default=VARIANTS[0], help="scene family (default: %(default)s)")
     a = p.parse_args(argv)
     if a.clips < 1 or a.frames < 1 or a.height < 8 or a.width < 8 or a.height % 2 or a.width % 2:
         print("error: need --clips, --frames >= 1 and even --height, --width >= 8", file=sys.stderr)
         return 2
-    opts = EncodeOptions(fps=a.fps, crf=a.crf, bframes=a.bframes, refs=a.refs, gop=a.gop)
+    opts = EncodeOptions(fps=a.fps, crf=a.crf, bframes=a.bframes, refs=a.refs, gop=a.gop, preset=a.preset)
     for i in range(a.clips):
         frames, labels, flows, meta = render_clip_with_meta(a.seed + i, a.frames, a.height, a.width, variant=a.variant)
         d = write_clip(Path(a.out) / f"clip_{i:04d}", frames, labels, flows, meta, opts)

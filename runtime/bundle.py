@@ -3,26 +3,20 @@
 The runtime knows the model only through the manifest (ARCHITECTURE.md, "deqstream-bundle/1"),
 so this is where a bundle that does not fit the contract is caught, before any engine is
 loaded: missing keys, missing files, hashes that differ, state tensors that do not line up
-with the cell's inputs and outputs. The runtime never imports ``export``; this reader checks
-what the runtime relies on, from the file alone.
+with the cell's inputs and outputs. The contract itself (format, required keys, hashes) is
+:mod:`runtime.manifest`, which the exporter uses too; this module adds what the runtime
+relies on beyond it (engines of one kind, shapes that agree), from the file alone.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runtime.errors import BundleError
-
-FORMAT = "deqstream-bundle/1"
-MANIFEST_NAME = "manifest.json"
-SUFFIX_KIND = {".onnx": "onnx", ".pt2": "pt2", ".plan": "plan"}
-REQUIRED = ("format", "height", "width", "batch", "strides", "state", "engines")
-CORE_ENGINES = ("injection", "deq_cell")
+from runtime.manifest import CORE_ENGINES, MANIFEST_NAME, SUFFIX_KIND, check_engine_file, read_manifest, sha256_file
 
 
 @dataclass(frozen=True)
@@ -91,45 +85,17 @@ def kind_of(path: str | Path) -> str:
     return SUFFIX_KIND[suffix]
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def read_manifest(root: Path) -> dict[str, Any]:
-    path = root / MANIFEST_NAME
-    if not path.is_file():
-        raise BundleError(f"no {MANIFEST_NAME} next to the engine in {root} (export a bundle with `python -m export`)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{path} is not a readable JSON manifest: {e}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise BundleError(f"{path}: format is {got!r}, expected {FORMAT!r}")
-    missing = [k for k in REQUIRED if k not in manifest]
-    if missing:
-        raise BundleError(f"{path} lacks keys: {', '.join(missing)}")
-    return manifest
-
-
 def _engine_spec(root: Path, name: str, entry: dict[str, Any], kind: str, check_hash: bool) -> EngineSpec:
     files = entry.get("files", {})
     if kind not in files:
         have = ", ".join(sorted(files)) or "none"
         raise BundleError(f"manifest: engine {name!r} has no {kind!r} file (has: {have})")
-    path = root / files[kind]
-    if not path.is_file():
-        raise BundleError(f"engine file {path} is missing (listed in the manifest)")
     if check_hash:
-        want = entry.get("sha256", {}).get(files[kind])
-        if want is None:
-            raise BundleError(f"manifest: no sha256 for {files[kind]}")
-        if sha256_file(path) != want:
-            raise BundleError(f"engine file {path} does not match its sha256 in the manifest (rebuilt or corrupted?)")
+        path = check_engine_file(root, files[kind], entry.get("sha256", {}))
+    else:
+        path = root / files[kind]
+        if not path.is_file():
+            raise BundleError(f"engine file {path} is missing (listed in the manifest)")
     inputs = tuple(TensorSpec.parse(t, f"{name}.inputs") for t in entry.get("inputs", []))
     outputs = tuple(TensorSpec.parse(t, f"{name}.outputs") for t in entry.get("outputs", []))
     if not inputs or not outputs:
@@ -212,3 +178,6 @@ def open_bundle(engine: str | Path, check_hash: bool = True) -> Bundle:
         raise BundleError(f"{engine} is not one of the engines listed in {root / MANIFEST_NAME}")
     _check_consistency(b)
     return b
+
+
+__all__ = ["Bundle", "EngineSpec", "TensorSpec", "kind_of", "open_bundle", "read_manifest", "sha256_file"]

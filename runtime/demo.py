@@ -1,8 +1,9 @@
-"""``make demo``: make a sample clip, run the bundle over it in stream mode, say where the results are.
+"""``make demo``: run the bundle over a sample clip in stream mode, say where the results are.
 
-The clip comes from ``export.synthetic`` (the synthetic street scenes the tiny model trains
-on) when that package is importable; otherwise a simple moving pattern is drawn here. This is
-the only place the runtime package touches ``export``, and only to make the input clip.
+``make demo`` passes ``--clip``, a synthetic street scene like those the tiny model trains on,
+written by ``python -m export.synthetic``; without ``--clip`` a simple moving pattern is drawn
+here. The runtime never imports ``export`` (ARCHITECTURE.md): a deployment machine has only
+the engines and the manifest.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from runtime.bundle import open_bundle
+from runtime.encode import EncodeOptions, encode_mp4
 from runtime.errors import DeqRuntimeError
+from runtime.writers import prepare_out_dir
 
 
 def pattern_clip(n: int, h: int, w: int) -> np.ndarray:
@@ -30,29 +33,9 @@ def pattern_clip(n: int, h: int, w: int) -> np.ndarray:
     return frames
 
 
-def make_clip(path: Path, n: int, h: int, w: int) -> str:
-    """Write the sample clip; returns where it came from."""
-    try:
-        from export.synthetic import EncodeOptions, encode_mp4, render_clip
-
-        frames = render_clip(seed=7, num_frames=n, height=h, width=w)[0]
-        encode_mp4(path, frames, EncodeOptions(preset="veryfast"))
-        return "export.synthetic"
-    except ImportError:
-        import av
-
-        frames = pattern_clip(n, h, w)
-        tmp = path.with_name(path.name + ".tmp")
-        with av.open(str(tmp), "w", format="mp4") as c:
-            s = c.add_stream("libx264", rate=30)
-            s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-            for f in frames:
-                for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                    c.mux(p)
-            for p in s.encode():
-                c.mux(p)
-        tmp.replace(path)
-        return "a drawn moving pattern"
+def make_clip(path: Path, n: int, h: int, w: int) -> Path:
+    """Write the drawn sample clip (:func:`pattern_clip`) as H.264; returns ``path``."""
+    return encode_mp4(path, pattern_clip(n, h - h % 2, w - w % 2), EncodeOptions(preset="veryfast"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,17 +43,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engines", type=Path, default=Path("engines"), help="bundle directory (default engines/)")
     p.add_argument("--kind", choices=("onnx", "pt2", "plan"), default="onnx", help="engine kind to run (default onnx)")
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory (default out/demo)")
-    p.add_argument("--frames", type=int, default=60, help="length of the sample clip (default 60)")
+    p.add_argument("--clip", type=Path, help="video to run (default: draw a moving pattern at the engines' resolution)")
+    p.add_argument("--frames", type=int, default=60, help="length of the drawn clip (default 60)")
     p.add_argument("--iters", type=int, default=2, help="stream-mode iterations per frame (default 2)")
     a = p.parse_args(argv)
+    if a.frames < 1 or a.iters < 1:
+        p.error("--frames and --iters must be >= 1")
     from runtime.loop import RunConfig, format_summary, run
 
     try:
         bundle = open_bundle(a.engines / f"deq_cell.{a.kind}")
-        a.out.mkdir(parents=True, exist_ok=True)
-        clip = a.out / "sample.mp4"
-        origin = make_clip(clip, a.frames, bundle.height, bundle.width)
-        print(f"sample clip: {clip} ({a.frames} frames from {origin})")
+        prepare_out_dir(a.out)
+        clip = a.clip if a.clip is not None else make_clip(a.out / "sample.mp4", a.frames, bundle.height, bundle.width)
+        print(f"sample clip: {clip}" + ("" if a.clip is not None else f" ({a.frames} frames of a drawn pattern)"))
         summary = run(
             RunConfig(
                 engine=bundle.engines["deq_cell"].path,

@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from runtime.modes import FrameInfo, Plan, Policy
 from runtime.pipeline import BatchResult, Pipeline
+from runtime.policy import FrameInfo, Plan, Policy
 from runtime.propagation import StateWarper, has_motion, interpolate_segment, is_cut, mv_pyramid
 from runtime.sources import Frame
 

@@ -6,69 +6,20 @@ frame's state, k iterations) live here. Propagation modes (dff, mv, stream-mv) p
 returning a ``Plan`` with ``warp`` set (and ``run_cell=False`` on frames they only propagate);
 the loop does not change. mv-interp, whose output waits for the next key frame, is the one
 exception (``runtime.interp``). ``Budgeted`` wraps any policy with a latency controller.
+
+The interface every policy implements (``FrameInfo``, ``Plan``, ``Outcome``, ``Policy``) is
+:mod:`runtime.policy` (importable from here too); :func:`make_policy` here builds every mode's
+policy, so this module imports the propagation modes and they import only the interface.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
-from torch import Tensor
 
-
-@dataclass
-class FrameInfo:
-    """What a policy may look at before the frame runs (no pixels: those are on the device)."""
-
-    index: int
-    time: float | None = None
-    key_frame: bool = False
-    side: dict[str, Any] = field(default_factory=dict)  # e.g. codec motion vectors
-
-
-# warp(state views of one stream, each (C, H, W), frame info) -> None, in place on the start state
-WarpHook = Callable[[list[Tensor], FrameInfo], None]
-
-
-@dataclass
-class Plan:
-    """One frame's work: start from zero or the previous state, warp it, run ``iters`` steps."""
-
-    iters: int
-    start: str = "previous"  # "zero" | "previous"
-    run_cell: bool = True
-    warp: WarpHook | None = None
-    reason: str = ""  # why the state was reset (logged), empty otherwise
-
-
-@dataclass
-class Outcome:
-    """What a policy learns after the frame (feeds adaptive policies and controllers)."""
-
-    iters: int
-    residual: float
-    cell_ms: float
-    total_ms: float
-    reset: str = ""
-
-
-class Policy:
-    """Base policy; subclasses override ``plan`` (and ``observe`` if they adapt)."""
-
-    name = "base"
-
-    def plan(self, info: FrameInfo, has_state: bool) -> Plan:
-        raise NotImplementedError
-
-    def observe(self, info: FrameInfo, outcome: Outcome) -> None:
-        """Called once per frame after it ran."""
-
-    @property
-    def max_iters(self) -> int:
-        """Most iterations a frame can ask for (sizes the residual trace once)."""
-        return 1
+from runtime.policy import FrameInfo, Outcome, Plan, Policy, WarpHook
+from runtime.propagation import PROPAGATION_MODES, make_propagation_policy
 
 
 class FramePolicy(Policy):
@@ -252,8 +203,6 @@ def make_policy(
     key_start: str = "previous",
 ) -> Policy:
     """The CLI's ``--mode`` -> policy (extend the table for new modes)."""
-    from runtime.propagation import PROPAGATION_MODES, make_propagation_policy
-
     table: dict[str, Callable[[], Policy]] = {
         "frame": lambda: FramePolicy(iters),
         "stream": lambda: StreamPolicy(iters, reset_iters),
@@ -266,3 +215,19 @@ def make_policy(
     if budget_ms is not None:
         policy = Budgeted(policy, budget_ms, min_iters=1, max_iters=max(max_iters, iters))
     return policy
+
+
+# The interface is defined in runtime.policy; these names stay importable from here.
+__all__ = [
+    "Budgeted",
+    "FrameInfo",
+    "FramePolicy",
+    "Outcome",
+    "Plan",
+    "Policy",
+    "ResetMonitor",
+    "StreamPolicy",
+    "WarpHook",
+    "frame_change",
+    "make_policy",
+]

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.encode import EncodeOptions, VideoWriter
+
 UNIT = 4  # rasterisation granularity in pixels: exported blocks are 8 or 16 px and 8-px aligned
 
 
@@ -313,35 +315,12 @@ def reencode_for_motion_vectors(
         fd, name = tempfile.mkstemp(suffix=".mp4", prefix="deqstream_mv_")
         os.close(fd)
         dst = name
-    dst = Path(dst)
-    tmp = dst.with_name(dst.name + ".tmp.mp4")
-    try:
-        _transcode(src, tmp, gop, crf, preset)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, dst)
-    return dst
-
-
-def _transcode(src: str | os.PathLike, tmp: Path, gop: int, crf: int, preset: str) -> None:
-    import av
-
-    with av.open(str(src)) as inp, av.open(str(tmp), "w") as out:
+    options = EncodeOptions(crf=crf, bframes=0, refs=1, gop=gop, preset=preset).av_options()
+    with av.open(str(src)) as inp:
         vin = inp.streams.video[0]
-        rate = vin.average_rate or 25
-        vout = None
-        for frame in inp.decode(vin):
-            if vout is None:
-                vout = out.add_stream("libx264", rate=rate)
-                vout.width, vout.height = frame.width // 2 * 2, frame.height // 2 * 2
-                vout.pix_fmt = "yuv420p"
-                opts = {"bf": "0", "refs": "1", "g": str(gop), "sc_threshold": "0", "crf": str(crf), "preset": preset}
-                vout.options = opts
-            rgb = frame.to_ndarray(format="rgb24")[: vout.height, : vout.width]
-            for packet in vout.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
-                out.mux(packet)
-        if vout is None:
-            raise ValueError(f"{src} has no decodable video frames")
-        for packet in vout.encode():
-            out.mux(packet)
+        with VideoWriter(dst, vin.average_rate or 25, options) as out:
+            for frame in inp.decode(vin):
+                out.write(frame.to_ndarray(format="rgb24"))
+            if out.frames == 0:
+                raise ValueError(f"{src} has no decodable video frames")
+    return Path(dst)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kernels.warp import warp, warp_interp
-from runtime.modes import FrameInfo, Plan, Policy
+from runtime.policy import FrameInfo, Plan, Policy
 
 MV_STRIDE = 4  # the MV field's grid = the stride of z0
 MIN_COVERAGE = 0.5  # a P frame with less inter-predicted area than this is a shot change
@@ -132,14 +132,6 @@ class StateWarper:
         for v, d, s in zip(views, disp or self.disp, self.scratch):
             warp(v[None], d, out=s)
             v.copy_(s[0])
-
-    def warp_from(
-        self, src: Sequence[Tensor], views: Sequence[Tensor], disp: Sequence[Tensor], scale: Sequence[Tensor] | None
-    ) -> None:
-        """views <- src warped by ``disp`` times ``scale`` (src must not overlap views)."""
-        scales = scale if scale is not None else [None] * len(views)
-        for s, v, d, sc in zip(src, views, disp, scales):
-            warp(s[None] if s.dim() == 3 else s, d, sc, out=v[None])
 
 
 def motion_warp_hook(warper: StateWarper) -> Callable[[list[Tensor], FrameInfo], None]:

@@ -15,11 +15,13 @@ import threading
 import time
 import zipfile
 from collections.abc import Sequence
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from runtime.encode import VideoWriter, publish, temp_sibling
 from runtime.errors import OutputError
 
 
@@ -35,18 +37,11 @@ def prepare_out_dir(out: Path) -> Path:
     return out
 
 
-def _tmp_for(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = _tmp_for(path)
+    tmp = temp_sibling(path)
     try:
         tmp.write_bytes(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -77,56 +72,43 @@ def overlay(rgb: np.ndarray, classes: np.ndarray, lut: np.ndarray, alpha: float 
     return ((rgb.astype(np.uint16) * (256 - a) + color.astype(np.uint16) * a) >> 8).astype(np.uint8)
 
 
+def caption(rgb: np.ndarray, text: str) -> np.ndarray:
+    """The frame with ``text`` in its top-left corner, white on a black box (PIL's default font)."""
+    if not text:
+        return rgb
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray(np.ascontiguousarray(rgb))
+    draw = ImageDraw.Draw(img)
+    box = draw.textbbox((4, 4), text)
+    draw.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill=(0, 0, 0))
+    draw.text((4, 4), text, fill=(255, 255, 255))
+    return np.asarray(img)
+
+
+def top1_label(record: dict[str, Any]) -> str:
+    top = record.get("top1")
+    return f"top-1: class {top['class']} ({top['score']:.2f})" if top else ""
+
+
 class OverlayWriter:
     """H.264 MP4 of frame + colour-coded prediction (odd sizes cropped to even for yuv420p)."""
 
+    OPTIONS = {"preset": "veryfast", "crf": "23"}  # a preview to look at, not a clip to measure on
+
     def __init__(self, path: Path, fps: float, lut: np.ndarray) -> None:
-        self.path, self.fps, self.lut = path, fps, lut
-        self.tmp: Path | None = None
-        self.container: Any = None
-        self.stream: Any = None
+        self.lut = lut
+        self.video = VideoWriter(path, Fraction(fps).limit_denominator(1001), self.OPTIONS)
 
-    def _open(self, h: int, w: int) -> None:
-        import av
-
-        self.tmp = _tmp_for(self.path)
-        self.container = av.open(str(self.tmp), mode="w", format="mp4")
-        from fractions import Fraction
-
-        self.stream = self.container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
-        self.stream.width, self.stream.height = w - w % 2, h - h % 2
-        self.stream.pix_fmt = "yuv420p"
-        self.stream.options = {"preset": "veryfast", "crf": "23"}
-
-    def write(self, rgb: np.ndarray, classes: np.ndarray) -> None:
-        import av
-
-        if self.container is None:
-            self._open(*rgb.shape[:2])
-        img = overlay(rgb, classes, self.lut)
-        img = np.ascontiguousarray(img[: self.stream.height, : self.stream.width])
-        for packet in self.stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-            self.container.mux(packet)
+    def write(self, rgb: np.ndarray, classes: np.ndarray | None, label: str = "") -> None:
+        """``classes`` None (a classification head): the frame with ``label`` (its top-1) written on it."""
+        self.video.write(overlay(rgb, classes, self.lut) if classes is not None else caption(rgb, label))
 
     def close(self) -> None:
-        if self.container is None:
-            return
-        for packet in self.stream.encode():
-            self.container.mux(packet)
-        self.container.close()
-        self.container = None
-        os.chmod(self.tmp, 0o644)
-        os.replace(self.tmp, self.path)
+        self.video.close()
 
     def abort(self) -> None:
-        if self.container is not None:
-            try:
-                self.container.close()
-            except Exception:  # noqa: BLE001 - already failing; only clean up
-                pass
-            self.container = None
-        if self.tmp is not None:
-            self.tmp.unlink(missing_ok=True)
+        self.video.abort()
 
 
 class PngMapWriter:
@@ -150,49 +132,48 @@ class PngMapWriter:
         pass
 
 
-class NpzMapWriter:
+class _RenamedAtClose:
+    """A file written under a temporary name (``self.file`` open on ``self.tmp``) and renamed to
+    ``self.path`` at close, so a reader never sees a partial file; abort removes it."""
+
+    path: Path
+    tmp: Path
+    file: Any
+
+    def close(self) -> None:
+        self.file.close()
+        publish(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+class NpzMapWriter(_RenamedAtClose):
     """All class maps in one NPZ (arrays ``frame_000000`` ...), streamed into a temp zip."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.tmp = _tmp_for(path)
-        self.zip = zipfile.ZipFile(self.tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1)
+        self.tmp = temp_sibling(path)
+        self.file = zipfile.ZipFile(self.tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1)
 
     def write(self, index: int, classes: np.ndarray) -> None:
-        with self.zip.open(f"frame_{index:06d}.npy", "w", force_zip64=True) as f:
+        with self.file.open(f"frame_{index:06d}.npy", "w", force_zip64=True) as f:
             np.lib.format.write_array(f, np.ascontiguousarray(classes), allow_pickle=False)
 
-    def close(self) -> None:
-        self.zip.close()
-        os.chmod(self.tmp, 0o644)
-        os.replace(self.tmp, self.path)
 
-    def abort(self) -> None:
-        self.zip.close()
-        self.tmp.unlink(missing_ok=True)
-
-
-class JsonlWriter:
+class JsonlWriter(_RenamedAtClose):
     """Per-frame records as JSON lines; renamed into place at close (complete records only)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.tmp = _tmp_for(path)
-        self.f = open(self.tmp, "w")
+        self.tmp = temp_sibling(path)
+        self.file = open(self.tmp, "w")
         self.count = 0
 
     def write(self, record: dict[str, Any]) -> None:
-        self.f.write(json.dumps(record, default=_json_default) + "\n")
+        self.file.write(json.dumps(record, default=_json_default) + "\n")
         self.count += 1
-
-    def close(self) -> None:
-        self.f.close()
-        os.chmod(self.tmp, 0o644)
-        os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
-        self.f.close()
-        self.tmp.unlink(missing_ok=True)
 
 
 class Sink:
@@ -239,10 +220,11 @@ class Sink:
             record, frame, classes, fitter = item
             try:
                 t0 = time.perf_counter()
-                full = fitter.unfit(classes) if fitter is not None else classes
+                full = fitter.unfit(classes) if fitter is not None and classes is not None else classes
                 if self.video is not None:
-                    self.video.write(frame.original if frame.original is not None else frame.rgb, full)
-                if self.maps is not None:
+                    rgb = frame.original if frame.original is not None else frame.rgb
+                    self.video.write(rgb, full, top1_label(record))
+                if self.maps is not None and full is not None:  # None: a classification head, no map
                     self.maps.write(record["frame"], full)
                 ms = (time.perf_counter() - t0) * 1e3
                 record.setdefault("latency_ms", {})["write"] = round(ms, 3)

@@ -123,3 +123,25 @@ def test_validation_catches_structure(bundle, tmp_path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]  # atomic write left no temp file
     with pytest.raises(ManifestError, match="expected 'deqstream-bundle/1'"):
         read_manifest(tmp_path)
+
+
+def test_one_contract_for_exporter_and_runtime(bundle, tmp_path) -> None:
+    """Both sides read the same definition: a key the exporter requires, the runtime requires too."""
+    import export.manifest as em
+    import runtime.bundle as rb
+    import runtime.manifest as rm
+    from runtime.errors import BundleError
+
+    for name in ("FORMAT", "MANIFEST_NAME", "REQUIRED_KEYS", "ManifestError", "read_manifest", "sha256_file"):
+        assert getattr(em, name) is getattr(rm, name), name
+    assert rb.read_manifest is rm.read_manifest and rb.sha256_file is rm.sha256_file
+    out, man, _ = bundle
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for p in out.iterdir():
+        (copy / p.name).write_bytes(p.read_bytes())
+    assert rb.open_bundle(copy / "deq_cell.onnx").height == H
+    write_manifest({k: v for k, v in man.items() if k != "versions"}, copy)
+    with pytest.raises(ManifestError, match="lacks keys: versions") as e:
+        rb.open_bundle(copy / "deq_cell.onnx")
+    assert isinstance(e.value, BundleError) and isinstance(e.value, ValueError)

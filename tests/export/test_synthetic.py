@@ -82,11 +82,14 @@ def test_mp4_round_trip(tmp_path) -> None:
     np.testing.assert_array_equal(lab2, labels)
     np.testing.assert_array_equal(flow2, flows)
     assert meta["seed"] == 1 and meta["encode"]["bframes"] == 0 and meta["encode"]["refs"] == 1
-    assert not list(d.glob("*.tmp"))
+    assert sorted(p.name for p in d.iterdir()) == ["clip.mp4", "labels.npz"]  # no temporary file left
 
 
 def test_cli_and_bad_input(tmp_path, capsys) -> None:
-    assert main(["--out", str(tmp_path), "--clips", "1", "--frames", "3", "--height", "32", "--width", "64"]) == 0
-    assert (tmp_path / "clip_0000" / "clip.mp4").exists()
+    args = ["--out", str(tmp_path), "--clips", "1", "--frames", "3", "--height", "32", "--width", "64"]
+    assert main([*args, "--seed", "7", "--preset", "veryfast"]) == 0
+    frames, labels, flows, meta = read_clip(tmp_path / "clip_0000")
+    assert meta["seed"] == 7 and meta["encode"]["preset"] == "veryfast" and frames.shape == (3, 32, 64, 3)
+    np.testing.assert_array_equal(labels, render_clip(7, 3, 32, 64)[1])
     assert main(["--out", str(tmp_path), "--height", "33"]) == 2
     assert "error" in capsys.readouterr().err

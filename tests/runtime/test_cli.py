@@ -327,3 +327,47 @@ def test_outputs_line_names_what_was_written():
     assert output_names(False, "png", 1) == ["overlay.mp4", "maps/", "frames.jsonl", "summary.json"]
     assert output_names(True, "none", 1) == ["frames.jsonl", "summary.json"]
     assert output_names(True, "npz", 2) == ["stream<i>/{maps.npz, frames.jsonl}", "summary.json"]
+
+
+# ----------------------------------------------------------------------------- runtime.demo (`make demo`)
+def decode_frames(path: Path) -> np.ndarray:
+    import av
+
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def test_demo_draws_a_clip_and_runs_it(bundle64, tmp_path, capsys):
+    from runtime import demo
+
+    out = tmp_path / "demo"
+    assert demo.main(["--engines", str(bundle64), "--out", str(out), "--frames", "5"]) == 0
+    assert "overlay video" in capsys.readouterr().out
+    m = json.loads((bundle64 / "manifest.json").read_text())
+    sample = decode_frames(out / "sample.mp4")
+    assert sample.shape == (5, m["height"], m["width"], 3)
+    drawn = demo.pattern_clip(5, m["height"], m["width"])
+    assert np.abs(sample.astype(int) - drawn).mean() < 8  # the drawn frames, through a lossy codec
+    assert [r["frame"] for r in records(out)] == list(range(5))
+    assert (out / "overlay.mp4").is_file() and (out / "summary.json").is_file()
+
+
+def test_demo_runs_a_given_clip(bundle64, clip64, tmp_path, capsys):
+    from runtime import demo
+
+    out = tmp_path / "demo"
+    assert demo.main(["--engines", str(bundle64), "--out", str(out), "--clip", str(clip64)]) == 0
+    assert f"sample clip: {clip64}" in capsys.readouterr().out
+    assert len(records(out)) == len(decode_frames(clip64)) and not (out / "sample.mp4").exists()
+
+
+def test_demo_bad_input_is_one_line(bundle64, tmp_path, capsys):
+    from runtime import demo
+
+    rc = demo.main(["--engines", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
+    check_one_line_error(rc, capsys.readouterr().err, "does not exist")
+    rc = demo.main(["--engines", str(bundle64), "--out", str(tmp_path / "o"), "--clip", str(tmp_path / "nope.mp4")])
+    check_one_line_error(rc, capsys.readouterr().err, "nope.mp4")
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--engines", str(bundle64), "--frames", "0"])
+    assert e.value.code == 2 and "--frames" in capsys.readouterr().err

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def cut_clip(tmp_path_factory) -> Path:
     """12 frames, one GOP of single-reference P frames: a pan, a shot change at frame 6 (an
     inverted other scene, which x264 with scenecut=0 codes as a P frame of intra blocks), a pan."""
-    from export.synthetic import EncodeOptions, encode_mp4
+    from runtime.encode import EncodeOptions, encode_mp4
 
     frames = np.concatenate([pan_frames(6, seed=0), 255 - pan_frames(6, seed=1)])
     path = tmp_path_factory.mktemp("cut") / "cut.mp4"

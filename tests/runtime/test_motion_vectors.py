@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from kernels import reference
 from runtime import motion_vectors as mv
+from runtime.encode import VideoWriter
 
 H, W, FRAMES = 128, 256, 6
 VX, VY = 2.5, 1.25  # content motion per frame, pixels (right, down)
@@ -43,15 +44,10 @@ def render(tex: torch.Tensor, t: int, margin: int = 48) -> np.ndarray:
 
 
 def encode(path: Path, frames: list[np.ndarray], options: dict[str, str]) -> Path:
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("libx264", rate=10)
-        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
-        s.options = {"crf": "12", "g": "100", "sc_threshold": "0", "preset": "medium", **options}
+    """libx264 at 10 fps through the runtime's encoder, with the codec options under test (B-frames, references)."""
+    with VideoWriter(path, 10, {"crf": "12", "g": "100", "sc_threshold": "0", "preset": "medium", **options}) as out:
         for f in frames:
-            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
+            out.write(f)
     return path
 
 

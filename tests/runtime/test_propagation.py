@@ -189,7 +189,7 @@ def pan_frames(n: int, step: int = 4, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def pan_clip(tmp_path_factory) -> Path:
-    from export.synthetic import EncodeOptions, encode_mp4
+    from runtime.encode import EncodeOptions, encode_mp4
 
     path = tmp_path_factory.mktemp("pan") / "pan.mp4"
     encode_mp4(path, pan_frames(9), EncodeOptions(crf=12, preset="ultrafast", gop=30))
