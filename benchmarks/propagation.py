@@ -34,7 +34,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.accuracy import Acc, Stepper, TorchStepper, _pct, clip_dir, prepare_clips
+from benchmarks.accuracy import (
+    SPLIT_SEEDS,
+    Acc,
+    Stepper,
+    TorchStepper,
+    _pct,
+    add_split_argument,
+    clip_dir,
+    prepare_clips,
+    split_suffix,
+)
 from benchmarks.plots import atomic_write, pyplot, write_text
 from export.metrics import confusion
 from kernels.warp import warp
@@ -55,9 +65,9 @@ FLOWNET = Path("checkpoints/flownet_tiny.pt")
 
 
 # --------------------------------------------------------------------------- clips + motion
-def clip_path(root: Path, i: int, frames: int, height: int, width: int) -> Path:
+def clip_path(root: Path, i: int, frames: int, height: int, width: int, seed: int) -> Path:
     """The MP4 of held-out clip i, where benchmarks.accuracy.prepare_clips cached it."""
-    return clip_dir(root, i, frames, height, width) / "clip.mp4"
+    return clip_dir(root, i, frames, height, width, seed) / "clip.mp4"
 
 
 def motion_fields(path: Path) -> tuple[list[MotionField], float]:
@@ -251,7 +261,7 @@ def evaluate_runtime(bundle: Path, clips, args: argparse.Namespace, work: Path, 
     wall = dict.fromkeys(table, 0.0)
     frames_done = dict.fromkeys(table, 0)
     for i, (_frames, labels, _meta) in enumerate(clips):
-        clip = clip_path(Path(args.data), i, args.frames, args.height, args.width)
+        clip = clip_path(Path(args.data), i, args.frames, args.height, args.width, SPLIT_SEEDS[args.split])
         for name, kw in table.items():
             out = work / "run"
             summary = run(
@@ -325,11 +335,18 @@ def acceptance(rows: dict[str, Any], args: argparse.Namespace, rt: dict[str, Any
     }
 
 
+def speedup(rows: dict[str, Any], name: str) -> str:
+    """FPS of a row over the first row's (frame mode): the ratio the README quotes, measured in one run."""
+    base = next(iter(rows.values()))["fps"]
+    return f"{rows[name]['fps'] / base:.2f}x" if base > 0 else "-"
+
+
 def markdown(rows: dict[str, Any], acc: dict[str, Any], stamp: dict[str, Any]) -> str:
     lines = [
         "# Feature propagation: accuracy and speed per mode (synthetic held-out clips, through H.264)",
         "",
-        f"- command: `{stamp['command']}`",
+        f"- command: `{stamp['command']}` ({stamp.get('wall_s', '-')} s)",
+        f"- clips: {stamp.get('split', 'test')} split, seeds from {stamp.get('heldout_seed', '-')}",
         f"- machine: {stamp['machine']}; backend: {stamp['backend']}",
         f"- date: {stamp['date']}; checkpoint: {stamp['checkpoint']} ({stamp['checkpoint_steps']} steps); "
         f"clips: {stamp['clips']} x {stamp['frames']} frames at {stamp['height']}x{stamp['width']}, "
@@ -339,12 +356,12 @@ def markdown(rows: dict[str, Any], acc: dict[str, Any], stamp: dict[str, Any]) -
         f"{stamp['mv_ms_per_frame']:.1f} ms/frame in the decode thread (not included)",
         f"- dff: {stamp['dff']}",
         "",
-        "| mode | mIoU % | mIoU % from frame 10 | FPS | ms/frame | cell iters/frame | delay (frames) |",
-        "|---|---|---|---|---|---|---|",
+        "| mode | mIoU % | mIoU % from frame 10 | FPS | vs frame | ms/frame | cell iters/frame | delay (frames) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows.items():
         lines.append(
-            f"| {name} | {_pct(r['miou'])} | {_pct(r.get('miou_from10'))} | {r['fps']:.2f} | "
+            f"| {name} | {_pct(r['miou'])} | {_pct(r.get('miou_from10'))} | {r['fps']:.2f} | {speedup(rows, name)} | "
             f"{r['ms_per_frame']:.1f} | {r['cell_iters_per_frame']:.2f} | {r['delay_frames']} |"
         )
     rt = stamp.get("runtime_rows")
@@ -357,12 +374,12 @@ def markdown(rows: dict[str, Any], acc: dict[str, Any], stamp: dict[str, Any]) -
             "warps, download; no writers' video). Key frames and shot changes as the runtime decides them "
             "(its reset monitor on).",
             "",
-            "| mode | mIoU % | mIoU % from frame 10 | FPS | ms/frame |",
-            "|---|---|---|---|---|",
+            "| mode | mIoU % | mIoU % from frame 10 | FPS | vs frame | ms/frame |",
+            "|---|---|---|---|---|---|",
         ]
         for name, r in rt.items():
             lines.append(
-                f"| {name} | {_pct(r['miou'])} | {_pct(r.get('miou_from10'))} | {r['fps']:.2f} | "
+                f"| {name} | {_pct(r['miou'])} | {_pct(r.get('miou_from10'))} | {r['fps']:.2f} | {speedup(rt, name)} | "
                 f"{r['ms_per_frame']:.1f} |"
             )
     lines += [
@@ -421,6 +438,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--f-thres", type=int, default=20, help="N of frame mode and of key frames solved from zero")
     p.add_argument("--data", default="data/accuracy_clips", help="cache of the held-out MP4 clips")
     p.add_argument("--out", default="benchmarks/results")
+    add_split_argument(p)
     p.add_argument(
         "--no-runtime",
         action="store_true",
@@ -451,10 +469,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--clips, --frames, --interval, --key-iters and --f-thres must be >= 1")
         model, meta = load_model(Path(a.checkpoint), "cpu")
         flownet = load_flownet(a.flownet)[0] if Path(a.flownet).is_file() else None
-        clips = prepare_clips(Path(a.data), a.clips, a.frames, a.height, a.width)
+        seed = SPLIT_SEEDS[a.split]
+        clips = prepare_clips(Path(a.data), a.clips, a.frames, a.height, a.width, seed)
         fields, mv_ms = [], []
         for i in range(a.clips):
-            fl, ms = motion_fields(clip_path(Path(a.data), i, a.frames, a.height, a.width))
+            fl, ms = motion_fields(clip_path(Path(a.data), i, a.frames, a.height, a.width, seed))
             if len(fl) != a.frames:
                 raise RuntimeError(f"clip {i}: {len(fl)} motion fields for {a.frames} frames")
             fields.append(fl)
@@ -470,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": a.checkpoint,
         "checkpoint_steps": meta.get("steps"),
         "checkpoint_meta": meta,
+        "split": a.split,
+        "heldout_seed": SPLIT_SEEDS[a.split],
         "clips": a.clips,
         "frames": a.frames,
         "height": a.height,
@@ -491,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     acc = acceptance(rows, a, rt)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "propagation_quick" if a.quick else "propagation"
+    stem = ("propagation_quick" if a.quick else "propagation") + split_suffix(a.split)
     text = markdown(rows, acc, stamp)
     write_text(out / f"{stem}.md", text)
     write_text(out / f"{stem}.json", json.dumps({"stamp": stamp, "acceptance": acc, "rows": rows}, indent=1))

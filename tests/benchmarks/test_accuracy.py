@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.accuracy import TorchStepper, _solve, main, prepare_clips, run_accuracy, write_outputs
+from benchmarks.accuracy import (
+    SPLIT_SEEDS,
+    TorchStepper,
+    _solve,
+    clip_dir,
+    main,
+    prepare_clips,
+    run_accuracy,
+    write_outputs,
+)
 from export.config import get_config
 from export.mdeq import build_model
 from export.metrics import confusion, iou_per_class, miou
@@ -27,6 +36,16 @@ def test_miou_matches_hand_computation() -> None:
     label_ign = label.copy()
     label_ign[1, 2] = 255  # ignored pixel drops out: class 0 now tp 1 / union 2, class 2 tp 1 / union 1
     assert miou(confusion(pred, label_ign, 3)) == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)
+
+
+def test_validation_and_test_clips_are_disjoint_and_cached_apart(tmp_path) -> None:
+    """Settings are tuned on validation seeds and numbers reported on test seeds: no clip in both,
+    even with many more clips than the benchmarks use, and the caches never collide."""
+    val, test = (set(range(s, s + 1000)) for s in (SPLIT_SEEDS["validation"], SPLIT_SEEDS["test"]))
+    assert not val & test
+    assert clip_dir(tmp_path, 0, 30, 256, 512, SPLIT_SEEDS["validation"]) != clip_dir(
+        tmp_path, 0, 30, 256, 512, SPLIT_SEEDS["test"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +183,11 @@ def test_cli_end_to_end_and_bad_checkpoint(tiny_run, capsys) -> None:
             "--frames", "2", "--height", "64", "--width", "128", "--ks", "1", "--f-thres", "2"]  # fmt: skip
     assert main(args) == 0
     assert (root / "cli" / "accuracy.md").exists() and (root / "cli" / "accuracy.png").exists()
+    stamp = json.loads((root / "cli" / "accuracy.json").read_text())["stamp"]
+    assert stamp["split"] == "test" and stamp["heldout_seed"] == SPLIT_SEEDS["test"]
+    assert main([*args, "--split", "validation"]) == 0
+    stamp = json.loads((root / "cli" / "accuracy_validation.json").read_text())["stamp"]
+    assert stamp["split"] == "validation" and stamp["heldout_seed"] == SPLIT_SEEDS["validation"]
     bad = root / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     assert main([*args[:1], str(bad), *args[2:]]) == 2

@@ -1,0 +1,45 @@
+"""The tuning rules, and the runtime's defaults held to what the committed tuning chose."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+from benchmarks.tune import choose_pixel_rule, choose_reset_iters, markdown, pixel_errors
+from runtime.modes import ResetMonitor
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_pixel_errors_counts_against_known_cuts() -> None:
+    calm = [None] + [5.0 + (t % 3) for t in range(1, 30)]
+    cut = list(calm)
+    cut[12] = 60.0
+    pan = list(calm)
+    pan[20:] = [25.0] * 10  # a lasting rise: fires once at most, then it is the video's level
+    got = pixel_errors([cut, pan], [[12], []], jump=3.0, floor=20.0)
+    assert (got["found"], got["missed"]) == (1, 0) and got["false_alarms"] <= 1
+    high = pixel_errors([cut], [[12]], jump=3.0, floor=70.0)  # floor above the cut's change: missed
+    assert (high["found"], high["missed"]) == (0, 1)
+
+
+def test_choice_rules() -> None:
+    rows = [{"jump": j, "floor": f, "missed": int(j >= 4), "false_alarms": int(j <= 2), "found": 1}
+            for j in (2.0, 2.5, 3.0, 3.5, 4.0) for f in (10.0, 20.0)]  # fmt: skip
+    chosen = choose_pixel_rule(rows)  # zero-error region: 2.5..3.5; its median setting
+    assert (chosen["jump"], chosen["floor"]) == (3.0, 20.0)
+    assert choose_reset_iters({1: 0.80, 2: 0.846, 4: 0.85, 8: 0.849}) == 2
+    assert choose_reset_iters({1: 0.80, 2: 0.83, 4: 0.85}) == 4
+
+
+def test_runtime_defaults_are_the_committed_tuning_choice() -> None:
+    res = json.loads((ROOT / "benchmarks" / "results" / "tuning.json").read_text())
+    assert res["stamp"]["split"] == "validation"
+    defaults = inspect.signature(ResetMonitor).parameters
+    chosen = res["pixel"]["chosen"]
+    assert defaults["change_jump"].default == chosen["jump"]
+    assert defaults["change_floor"].default == chosen["floor"]
+    assert "Chosen: --reset-iters" in markdown(res)
+    readme = (ROOT / "README.md").read_text()
+    assert f"--reset-iters {res['reset_iters']['chosen']}" in readme
