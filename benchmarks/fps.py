@@ -12,32 +12,44 @@ time from CUDA events, host overhead (latency - GPU compute) and a warning when 
 2.5 %. Also: the roofline of one cell iteration (benchmarks/roofline.py), time per frame vs resolution, throughput vs
 batched streams, and accuracy vs FPS when benchmarks/results/accuracy*.json exists. Outputs (atomic):
 ``<out>/fps_<machine>[_quick].{md,json,png}`` and ``<out>/roofline_<machine>[_quick].{md,json}``.
+
+This module is the command line and the order of the run; the loops and timers are in benchmarks/fps_measure.py,
+the derived tables in benchmarks/fps_tables.py, the acceptance checks in benchmarks/fps_criteria.py and the writers
+in benchmarks/plots.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
-import math
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from benchmarks import roofline
 from benchmarks.env import stamp as make_stamp
-from runtime.stats import CV_WARN, describe, summarize
+from benchmarks.fps_measure import (
+    BACKENDS,
+    BundleCache,
+    Case,
+    EngineLoop,
+    entry,
+    load_model,
+    make_clip,
+    measure_device,
+    measure_e2e,
+    open_loop,
+    pick_device,
+    release,
+    unavailable,
+)
+from benchmarks.fps_tables import derive
+from runtime.stats import CV_WARN
 
-BACKENDS = ("eager", "aoti", "onnx", "tensorrt")
-FORMAT = {"aoti": "pt2", "onnx": "onnx", "tensorrt": "plan"}
-SUFFIX = {"pt2": ".pt2", "onnx": ".onnx", "plan": ".plan"}
-CHECKPOINTS = {"tiny": Path("checkpoints/tiny_sur.pt")}
 DEFAULT_OUT = Path("benchmarks/results")
 QUICK_NO_AOTI = (
     "not in --quick: compiling the 3 AOTInductor graphs takes ~2.5 min on the shared 2-core CPU "
@@ -46,24 +58,10 @@ QUICK_NO_AOTI = (
 
 
 # --------------------------------------------------------------------------- settings
-@dataclass(frozen=True)
-class Case:
-    """One model configuration to measure: config, resolution, batch of streams, precision."""
-
-    config: str
-    height: int
-    width: int
-    precision: str = "fp32"
-    batch: int = 1
-
-    @property
-    def label(self) -> str:
-        b = f" B{self.batch}" if self.batch != 1 else ""
-        return f"{self.config} {self.height}x{self.width}{b} {self.precision}"
-
-
 @dataclass
 class Settings:
+    """Everything one run measures, validated by :func:`settings_from_args` (the defaults depend on --quick)."""
+
     configs: list[str]
     resolutions: list[tuple[int, int]]
     backends: list[str]
@@ -86,6 +84,7 @@ class Settings:
     pairs: list[tuple[str, str]] | None = None  # only these (backend, precision) pairs, when given
 
     def measures(self, backend: str, precision: str) -> bool:
+        """Whether this (backend, precision) pair is measured (--pairs narrows the backends x precisions grid)."""
         return self.pairs is None or (backend, precision) in self.pairs
 
 
@@ -234,349 +233,6 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
     )
 
 
-def pick_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda but torch sees no GPU")
-    return torch.device(requested)
-
-
-def unavailable(backend: str, precision: str, device: torch.device) -> str | None:
-    """Why ``backend`` cannot be measured here (None when it can)."""
-    if precision == "fp16" and device.type != "cuda":
-        return "fp16 is measured on GPU only (CPU kernels have no fast fp16 path)"
-    if backend == "tensorrt":
-        try:
-            import tensorrt  # noqa: F401
-        except Exception as e:  # noqa: BLE001 - stub wheels raise all sorts at import
-            return f"tensorrt does not import ({type(e).__name__}: {str(e).strip()[:80]})"
-        if device.type != "cuda":
-            return "TensorRT needs an NVIDIA GPU"
-    if backend == "onnx":
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            return f"onnxruntime does not import ({e})"
-        if device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
-            return "onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)"
-    return None
-
-
-# --------------------------------------------------------------------------- models and bundles
-def load_model(config: str, use_checkpoint: bool) -> tuple[Any, str]:
-    """The model (shipped checkpoint when there is one, else random init: speed does not depend on weights)."""
-    from export.config import get_config
-    from export.mdeq import build_model
-
-    ckpt = CHECKPOINTS.get(config)
-    if use_checkpoint and ckpt is not None and ckpt.is_file():
-        try:
-            from export.train import load_model as load_ckpt
-
-            model, _ = load_ckpt(ckpt, "cpu")
-            return model.eval(), str(ckpt)
-        except Exception as e:  # noqa: BLE001 - a broken checkpoint only changes the weights, not the speed
-            print(f"warning: {ckpt}: {e}; using random weights", file=sys.stderr)
-    return build_model(get_config(config)).eval(), "random init"
-
-
-class BundleCache:
-    """One exported bundle per (case, engine format), exported once per run into a temporary folder."""
-
-    def __init__(self, root: Path, device: torch.device, command: str) -> None:
-        self.root, self.device, self.command = root, device, command
-        self.paths: dict[tuple[Case, str], Path] = {}
-        self.export_s: dict[str, float] = {}
-
-    def get(self, model: Any, case: Case, fmt: str) -> Path:
-        from export.bundle import export_bundle
-
-        key = (case, fmt)
-        if key not in self.paths:
-            out = self.root / f"{case.config}_{case.height}x{case.width}_b{case.batch}_{case.precision}_{fmt}"
-            formats = ("onnx", "plan") if fmt == "plan" else (fmt,)
-            dev = "cuda" if self.device.type == "cuda" else "cpu"
-            t0 = time.perf_counter()
-            export_bundle(
-                model, out, case.height, case.width, case.batch, formats, case.precision, dev, command=self.command
-            )
-            self.export_s[f"{case.label} {fmt}"] = round(time.perf_counter() - t0, 1)
-            self.paths[key] = out / f"deq_cell{SUFFIX[fmt]}"
-        return self.paths[key]
-
-
-# --------------------------------------------------------------------------- timing
-class StageTimer:
-    """Per-stage times of one frame: CUDA events on ``stream`` on GPU (GPU compute time), perf_counter on CPU."""
-
-    def __init__(self, device: torch.device, stream: Any = None) -> None:
-        self.cuda = device.type == "cuda"
-        self.stream = stream
-        self.marks: list[tuple[str, Any]] = []
-
-    def mark(self, name: str) -> None:
-        if self.cuda:
-            ev = torch.cuda.Event(enable_timing=True)
-            ev.record(self.stream) if self.stream is not None else ev.record()
-            self.marks.append((name, ev))
-        else:
-            self.marks.append((name, time.perf_counter()))
-
-    def read(self) -> tuple[dict[str, float], float | None]:
-        """Stage times (ms) and, on GPU, the device time from the first to the last mark."""
-        out = {}
-        for (_, a), (name, b) in zip(self.marks, self.marks[1:]):
-            out[name] = a.elapsed_time(b) if self.cuda else (b - a) * 1e3
-        gpu = self.marks[0][1].elapsed_time(self.marks[-1][1]) if self.cuda and len(self.marks) > 1 else None
-        self.marks = []
-        return out, gpu
-
-
-class DeviceLoop:
-    """What one frame costs on the device: injection, start state, k iterations, head. ``step`` runs one frame."""
-
-    device: torch.device
-    stream: Any = None
-    batch: int = 1
-
-    def step(self, k: int, zero: bool, timer: StageTimer) -> None:
-        raise NotImplementedError
-
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            (self.stream or torch.cuda.current_stream(self.device)).synchronize()
-
-    def close(self) -> None:
-        """Release what the loop holds."""
-
-
-class EagerLoop(DeviceLoop):
-    """PyTorch eager (the reference implementation): new tensors each call, as the papers ran it."""
-
-    def __init__(self, model: Any, case: Case, device: torch.device) -> None:
-        from export.mdeq import ClassMapHead
-        from export.precision import to_half, to_half_injection
-
-        self.device, self.batch = device, case.batch
-        head = ClassMapHead(model.head, (case.height, case.width))
-        half = case.precision == "fp16"
-        self.injection = (to_half_injection(model.injection) if half else model.injection).to(device).eval()
-        self.cell = (to_half(model.fullstage) if half else model.fullstage).to(device).eval()
-        self.head = (to_half(head) if half else head).to(device).eval()
-        self.dtype = torch.float16 if half else torch.float32
-        self.shapes = model.state_shapes(case.batch, case.height, case.width)
-        gen = torch.Generator().manual_seed(0)
-        frame = torch.randint(0, 256, (case.batch, case.height, case.width, 3), dtype=torch.uint8, generator=gen)
-        self.frame = frame.to(device)
-        self.z: list[torch.Tensor] | None = None
-        self.classes: torch.Tensor | None = None
-
-    @torch.inference_mode()
-    def run_frame(self, frame: torch.Tensor, k: int, zero: bool, timer: StageTimer | None) -> torch.Tensor:
-        x = self.injection(frame)
-        _mark(timer, "injection")
-        if zero or self.z is None:
-            self.z = [torch.zeros(s, dtype=self.dtype, device=self.device) for s in self.shapes]
-        z = self.z
-        for _ in range(k):
-            z = list(self.cell(*z, x))
-        self.z = z
-        _mark(timer, "cell")
-        out = self.head(*z)
-        _mark(timer, "head")
-        return out
-
-    def step(self, k: int, zero: bool, timer: StageTimer) -> None:
-        timer.mark("start")
-        self.classes = self.run_frame(self.frame, k, zero, timer)
-
-
-def _mark(timer: StageTimer | None, name: str) -> None:
-    if timer is not None:
-        timer.mark(name)
-
-
-class EngineLoop(DeviceLoop):
-    """An exported bundle through the runtime's Pipeline (persistent buffers, CUDA graphs where capturable)."""
-
-    def __init__(self, engine: Path, device: torch.device, threads: int = 0) -> None:
-        from runtime.bundle import open_bundle
-        from runtime.modes import FrameInfo, Plan
-        from runtime.pipeline import Pipeline
-
-        self.bundle = open_bundle(engine)
-        self.device = device
-        log = lambda m: print(f"note: {m}", file=sys.stderr)  # noqa: E731
-        self.pipe = Pipeline(self.bundle, device, graphs=True, threads=threads, max_iters=64, log=log)
-        self.stream = self.pipe.stream
-        self.batch = self.pipe.batch
-        self.Plan, self.FrameInfo = Plan, FrameInfo
-        gen = np.random.default_rng(0)
-        frame = gen.integers(0, 256, (self.batch, self.bundle.height, self.bundle.width, 3), dtype=np.uint8)
-        with self.pipe.stream_context():  # the upload is ordered with the engines' stream
-            self.pipe.upload(list(frame))
-        self.n = 0
-
-    def plans(self, k: int, zero: bool) -> tuple[list[Any], list[Any]]:
-        plan = self.Plan(iters=k, start="zero" if zero else "previous")
-        return [plan] * self.batch, [self.FrameInfo(self.n) for _ in range(self.batch)]
-
-    def step(self, k: int, zero: bool, timer: StageTimer) -> None:
-        pipe = self.pipe
-        plans, infos = self.plans(k, zero)
-        ctx = torch.cuda.stream(self.stream) if self.stream is not None else _Null()
-        with ctx:
-            timer.mark("start")
-            pipe.injection.run(self.stream)
-            timer.mark("injection")
-            pipe.prepare_state(plans, infos)
-            pipe.solve(k)
-            timer.mark("cell")
-            pipe.head.run(self.stream, pipe.buf.current)
-            timer.mark("head")
-        pipe.has_state = [True] * self.batch
-        self.n += 1
-
-    def graphs_used(self) -> bool:
-        return bool(self.pipe.graphs)
-
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def measure_device(loop: DeviceLoop, k: int, zero: bool, warmup: int, frames: int) -> dict[str, Any]:
-    """trtexec-style summary of ``frames`` timed frames after ``warmup`` untimed ones (frame on the device)."""
-    timer = StageTimer(loop.device, loop.stream)
-    for _ in range(warmup):
-        loop.step(k, zero, timer)
-        loop.sync()
-        timer.read()
-    latency, gpu, stages = [], [], {"injection": [], "cell": [], "head": []}
-    t_start = time.perf_counter()
-    for _ in range(frames):
-        t0 = time.perf_counter()
-        loop.step(k, zero, timer)
-        loop.sync()
-        latency.append((time.perf_counter() - t0) * 1e3)
-        st, g = timer.read()
-        for name, ms in st.items():
-            stages.setdefault(name, []).append(ms)
-        if g is not None:
-            gpu.append(g)
-    wall = time.perf_counter() - t_start
-    summary = summarize(latency, wall, gpu or None, frames=frames * loop.batch, extra=stages)
-    return add_host_overhead(summary, latency, gpu)
-
-
-def add_host_overhead(summary: dict[str, Any], latency: Sequence[float], gpu: Sequence[float]) -> dict[str, Any]:
-    """Host overhead per frame = wall latency - GPU compute (trtexec's enqueue/sync cost); CPU: none to separate."""
-    if gpu:
-        summary["host_overhead_ms"] = describe([a - b for a, b in zip(latency, gpu)])
-    summary["cv"] = summary.get("gpu_compute_ms", summary["latency_ms"]).get("cv")
-    return summary
-
-
-# --------------------------------------------------------------------------- end to end
-def make_clip(root: Path, height: int, width: int, frames: int = 12) -> Path:
-    """A synthetic street clip through H.264 at the engine resolution (decoding is part of end to end)."""
-    from export.synthetic import EncodeOptions, encode_mp4, render_clip
-
-    path = root / f"clip_{height}x{width}.mp4"
-    if not path.exists():
-        rgb, _, _ = render_clip(7, frames, height, width, shot_change=False)
-        encode_mp4(path, rgb, EncodeOptions(preset="veryfast"))
-    return path
-
-
-class ClipFrames:
-    """Frames of the clip through the runtime's decode thread (Prefetcher), looping at the end."""
-
-    def __init__(self, clip: Path, hw: tuple[int, int]) -> None:
-        self.clip, self.hw = clip, hw
-        self.pre: Any = None
-        self.index = 0
-
-    def _open(self) -> None:
-        from runtime.sources import Prefetcher, open_source
-
-        self.pre = Prefetcher(open_source(self.clip), self.hw, keep_original=False)
-
-    def next(self) -> Any:
-        if self.pre is None:
-            self._open()
-        f = self.pre.get()
-        if f is None:
-            self.pre.close()
-            self._open()
-            f = self.pre.get()
-        self.index += 1
-        return f
-
-    def close(self) -> None:
-        if self.pre is not None:
-            self.pre.close()
-
-
-def e2e_frame_engine(loop: EngineLoop, frames: ClipFrames, k: int, zero: bool) -> tuple[dict[str, float], float]:
-    """One frame through Pipeline.run (upload, injection, solve, head, download, one sync); returns stages, GPU ms."""
-    got = [frames.next() for _ in range(loop.batch)]
-    plans, infos = loop.plans(k, zero)
-    res = loop.pipe.run([f.rgb for f in got], plans, infos)
-    stages = dict(res.stage_ms)
-    stages["decode"] = sum(f.decode_ms for f in got)
-    loop.n += 1
-    return stages, res.gpu_ms
-
-
-def e2e_frame_eager(loop: EagerLoop, frames: ClipFrames, k: int, zero: bool) -> tuple[dict[str, float], float]:
-    """One frame in eager PyTorch: upload, injection, k iterations, head, class map back to the host."""
-    got = [frames.next() for _ in range(loop.batch)]
-    timer = StageTimer(loop.device)
-    t0 = time.perf_counter()
-    frame = torch.from_numpy(np.stack([f.rgb for f in got])).to(loop.device)
-    upload = (time.perf_counter() - t0) * 1e3
-    timer.mark("start")
-    out = loop.run_frame(frame, k, zero, timer)
-    classes = out.cpu().numpy()
-    timer.mark("download")
-    stages, gpu = timer.read()
-    stages["upload"] = upload
-    stages["decode"] = sum(f.decode_ms for f in got)
-    del classes
-    return stages, gpu
-
-
-def measure_e2e(loop: DeviceLoop, clip: Path, k: int, zero: bool, warmup: int, frames: int) -> dict[str, Any]:
-    """Decode -> class map on the host, per frame; throughput over the wall time (decoding overlaps in its thread)."""
-    hw = (loop.bundle.height, loop.bundle.width) if isinstance(loop, EngineLoop) else loop.frame.shape[1:3]
-    src = ClipFrames(clip, tuple(hw))
-    one = e2e_frame_engine if isinstance(loop, EngineLoop) else e2e_frame_eager
-    try:
-        for _ in range(warmup):
-            one(loop, src, k, zero)
-        latency, gpu, stages = [], [], {}
-        t_start = time.perf_counter()
-        for _ in range(frames):
-            t0 = time.perf_counter()
-            st, g = one(loop, src, k, zero)
-            latency.append((time.perf_counter() - t0) * 1e3)
-            for name, ms in st.items():
-                stages.setdefault(name, []).append(ms)
-            if g is not None:
-                gpu.append(g)
-        wall = time.perf_counter() - t_start
-    finally:
-        src.close()
-    summary = summarize(latency, wall, gpu or None, frames=frames * loop.batch, extra=stages)
-    return add_host_overhead(summary, latency, gpu)
-
-
 # --------------------------------------------------------------------------- the run
 class Progress:
     """Per-case progress lines on stderr (elapsed time, case, result)."""
@@ -589,29 +245,6 @@ class Progress:
             self.done += 1
         pos = f"[{self.done}/{self.total}]" if count else "[..]"
         print(f"{pos} {time.perf_counter() - self.t0:6.1f}s {msg}", file=sys.stderr, flush=True)
-
-
-def _entry(case: Case, backend: str, measure: str, mode: str, k: int, summary: dict[str, Any]) -> dict[str, Any]:
-    cell = summary.get("stages_ms", {}).get("cell", {})
-    per_iter = cell.get("median", math.nan) / k if cell.get("count") else math.nan
-    return {
-        **asdict(case),
-        "backend": backend,
-        "measure": measure,
-        "mode": mode,
-        "iters": k,
-        "fps": summary["throughput_fps"],
-        "cell_ms_per_iter": per_iter,
-        "summary": summary,
-    }
-
-
-def open_loop(
-    backend: str, model: Any, case: Case, device: torch.device, cache: BundleCache, threads: int = 0
-) -> DeviceLoop:
-    if backend == "eager":
-        return EagerLoop(model, case, device)
-    return EngineLoop(cache.get(model, case, FORMAT[backend]), device, threads)
 
 
 def measure_backend(
@@ -630,12 +263,12 @@ def measure_backend(
     plan = [("stream", k) for k in s.iters] + [("frame", s.frame_n)]
     for mode, k in plan:
         summ = measure_device(loop, k, mode == "frame", s.warmup, s.frames)
-        rows.append(_entry(case, backend, "device", mode, k, summ))
+        rows.append(entry(case, backend, "device", mode, k, summ))
         prog.line(f"{backend:<8} {case.label} device {_mk(mode, k)}: {summ['throughput_fps']:.2f} fps{_cvnote(summ)}")
     if clip is not None:
         for mode, k in [("stream", k) for k in s.e2e_iters] + [("frame", s.frame_n)]:
             summ = measure_e2e(loop, clip, k, mode == "frame", max(1, s.warmup), s.e2e_frames)
-            rows.append(_entry(case, backend, "e2e", mode, k, summ))
+            rows.append(entry(case, backend, "e2e", mode, k, summ))
             prog.line(
                 f"{backend:<8} {case.label} e2e    {_mk(mode, k)}: {summ['throughput_fps']:.2f} fps{_cvnote(summ)}"
             )
@@ -646,17 +279,6 @@ def measure_backend(
     return rows
 
 
-def release(loop: DeviceLoop) -> None:
-    """Free the loop's engines and buffers before the next case (GPU memory is the limit on large cases)."""
-    import gc
-
-    loop.close()
-    del loop
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def _mk(mode: str, k: int) -> str:
     return f"stream k={k}" if mode == "stream" else f"frame N={k}"
 
@@ -664,12 +286,6 @@ def _mk(mode: str, k: int) -> str:
 def _cvnote(summary: dict[str, Any]) -> str:
     cv = summary.get("cv") or 0.0
     return f" (CV {100 * cv:.1f}% > {100 * CV_WARN:g}%)" if cv > CV_WARN else ""
-
-
-def count_steps(s: Settings, cases: list[Case], backends: list[str]) -> int:
-    per = len(s.iters) + 1 + len(s.e2e_iters) + 1
-    scale = len(s.scale_resolutions) + len(s.scale_batches)
-    return len(cases) * len(backends) * per + scale
 
 
 def run_benchmark(
@@ -726,14 +342,20 @@ def run_benchmark(
             if on_partial is not None:
                 snap = {**results, "rows": list(results["rows"]), "skipped": list(skipped), "partial": True}
                 snap["weights"] = {name: src for name, (_, src) in models.items()}
-                derive(snap, s, device)
+                derive_for(snap, s, device)
                 on_partial(snap)
         results["scaling"] = run_scaling(s, models, device, cache, skipped, prog)
         results["export_s"] = cache.export_s
     results["weights"] = {name: src for name, (_, src) in models.items()}
-    derive(results, s, device)
+    derive_for(results, s, device)
     results["wall_s"] = round(time.perf_counter() - prog.t0, 1)
     return results
+
+
+def derive_for(results: dict[str, Any], s: Settings, device: torch.device) -> None:
+    """The derived tables of ``results`` with this run's settings (peaks at the run's thread count; accuracy results
+    read from the output folder)."""
+    derive(results, device, quick=s.quick, threads=s.threads, accuracy_dir=s.out)
 
 
 def _settings_dict(s: Settings) -> dict[str, Any]:
@@ -782,7 +404,7 @@ def run_scaling(
             skipped.append({"backend": backend, "case": f"scaling {case.label}", "reason": f"failed: {msg}"})
             prog.line(f"scaling {case.label} FAILED: {msg}")
             continue
-        row = _entry(case, backend, "device", "stream", s.scale_k, summ)
+        row = entry(case, backend, "device", "stream", s.scale_k, summ)
         row["ms_per_frame"] = summ["latency_ms"]["median"]
         row["pixels"] = case.height * case.width
         out[kind].append(row)
@@ -791,204 +413,9 @@ def run_scaling(
     return out
 
 
-# --------------------------------------------------------------------------- derived tables
-def _find(rows: list[dict[str, Any]], **kw: Any) -> dict[str, Any] | None:
-    return next((r for r in rows if all(r.get(k) == v for k, v in kw.items())), None)
-
-
-def _case_key(r: dict[str, Any]) -> tuple:
-    return (r["config"], r["height"], r["width"], r["batch"], r["precision"])
-
-
-def derive(results: dict[str, Any], s: Settings, device: torch.device) -> None:
-    """Speed-ups over per-frame N, backend ratios vs eager, roofline rows, accuracy vs FPS."""
-    rows = results["rows"]
-    speedups, ratios = [], []
-    for r in rows:
-        if r["mode"] != "stream":
-            continue
-        key = dict(zip(("config", "height", "width", "batch", "precision"), _case_key(r)))
-        base = _find(rows, **key, backend=r["backend"], measure=r["measure"], mode="frame")
-        if base is not None and base["fps"] > 0:
-            ideal = base["iters"] / r["iters"]
-            sp = r["fps"] / base["fps"]
-            speedups.append(
-                {
-                    **key,
-                    "backend": r["backend"],
-                    "measure": r["measure"],
-                    "k": r["iters"],
-                    "n": base["iters"],
-                    "fps_stream": r["fps"],
-                    "fps_frame": base["fps"],
-                    "speedup": sp,
-                    "ideal": ideal,
-                    "fraction_of_ideal": sp / ideal,
-                }
-            )
-    for r in rows:
-        if r["backend"] == "eager":
-            continue
-        key = dict(zip(("config", "height", "width", "batch", "precision"), _case_key(r)))
-        for ref_prec in dict.fromkeys((r["precision"], "fp32")):
-            ref = _find(
-                rows,
-                **{**key, "precision": ref_prec},
-                backend="eager",
-                measure=r["measure"],
-                mode=r["mode"],
-                iters=r["iters"],
-            )
-            if ref is not None and ref["fps"] > 0:
-                cell_ratio = ref["cell_ms_per_iter"] / r["cell_ms_per_iter"] if r["cell_ms_per_iter"] > 0 else math.nan
-                ratios.append(
-                    {
-                        **key,
-                        "backend": r["backend"],
-                        "measure": r["measure"],
-                        "mode": r["mode"],
-                        "k": r["iters"],
-                        "vs": f"eager {ref_prec}",
-                        "fps": r["fps"],
-                        "fps_eager": ref["fps"],
-                        "ratio": r["fps"] / ref["fps"],
-                        "cell_iter_ratio": cell_ratio,
-                    }
-                )
-    results["speedups"] = speedups
-    results["backend_ratios"] = ratios
-    results["roofline"] = roofline_rows(rows, device, s.quick)
-    results["warp_roofline"] = roofline.warp_rows()
-    results["accuracy_vs_fps"] = accuracy_vs_fps(rows, s.out)
-    results["acceptance"] = acceptance(results)
-
-
-ACCEPT_ROOFLINE = 2.0  # compiled cell iteration within 2x of the roofline bound
-ACCEPT_VS_EAGER = 3.0  # compiled cell iteration >= 3x faster than eager fp32
-ACCEPT_STREAM = 0.75  # end-to-end stream k=1 speed-up >= 75 % of the ideal N/k
-
-
-def acceptance(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The project's GPU acceptance checks, evaluated on whatever this run measured (they are defined for
-    small-seg 1024x2048 fp16 on an H100; elsewhere they are informational)."""
-    checks = []
-    for r in results.get("roofline", []):
-        if r["backend"] != "eager":
-            checks.append(
-                _check(
-                    r, r["backend"], "cell iteration / roofline bound", r["measured_over_bound"], "<=", ACCEPT_ROOFLINE
-                )
-            )
-    for r in results.get("backend_ratios", []):
-        if r["measure"] == "device" and r["mode"] == "frame" and r["vs"] == "eager fp32":
-            checks.append(
-                _check(
-                    r,
-                    r["backend"],
-                    "cell iteration speed-up vs eager fp32",
-                    r["cell_iter_ratio"],
-                    ">=",
-                    ACCEPT_VS_EAGER,
-                )
-            )
-    for r in results.get("speedups", []):
-        if r["measure"] == "e2e" and r["k"] == 1:
-            checks.append(
-                _check(
-                    r,
-                    r["backend"],
-                    f"e2e stream k=1 speed-up / ideal N/k={r['ideal']:g}",
-                    r["fraction_of_ideal"],
-                    ">=",
-                    ACCEPT_STREAM,
-                )
-            )
-    return checks
-
-
-def _check(r: dict[str, Any], backend: str, what: str, value: float, op: str, limit: float) -> dict[str, Any]:
-    ok = value <= limit if op == "<=" else value >= limit
-    case = f"{r.get('config')} {r['height']}x{r['width']} {r.get('precision', r.get('dtype'))}"
-    return {
-        "case": case,
-        "backend": backend,
-        "check": what,
-        "value": value,
-        "limit": f"{op} {limit:g}",
-        "pass": bool(ok) if math.isfinite(value) else None,
-    }
-
-
-@functools.cache
-def _cell_cost(config: str, batch: int, height: int, width: int, precision: str) -> roofline.CellCost:
-    """FLOPs and bytes of one cell iteration, counted once per case and process (partial results derive again)."""
-    from export.config import get_config
-    from export.mdeq import build_model
-
-    return roofline.cell_cost(build_model(get_config(config)), batch, height, width, precision)
-
-
-@functools.cache
-def _peaks(device: torch.device, precision: str, quick: bool) -> roofline.Peaks:
-    """The device's peaks, looked up or measured once per process, so every derived table uses the same ones."""
-    return roofline.device_peaks(device, precision, quick)
-
-
-def roofline_rows(rows: list[dict[str, Any]], device: torch.device, quick: bool) -> list[dict[str, Any]]:
-    """One roofline row per measured (case, backend): cell ms per iteration from the frame-N device loop."""
-    out = []
-    for r in rows:
-        if r["measure"] != "device" or r["mode"] != "frame" or not math.isfinite(r["cell_ms_per_iter"]):
-            continue
-        cost = _cell_cost(r["config"], r["batch"], r["height"], r["width"], r["precision"])
-        row = roofline.analyse_cell(cost, _peaks(device, r["precision"], quick), r["cell_ms_per_iter"])
-        out.append({"config": r["config"], "backend": r["backend"], **row})
-    return out
-
-
-def accuracy_vs_fps(rows: list[dict[str, Any]], out_dir: Path) -> list[dict[str, Any]]:
-    """Join benchmarks/results/accuracy*.json (mIoU per 'per-frame k=K' / 'stream k=K' row) with our FPS at k.
-
-    FPS at k iterations is the same for both modes (same work); the accuracy run's resolution may differ from ours,
-    so each point carries both resolutions."""
-    import json
-
-    points = []
-    full = Path(out_dir) / "accuracy.json"  # the full run wins over the quick one when both exist
-    for path in [full] if full.exists() else sorted(Path(out_dir).glob("accuracy*.json")):
-        try:
-            data = json.loads(path.read_text())
-            res = data["results"]
-            acc_hw = (data["stamp"].get("height"), data["stamp"].get("width"))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        for ckpt, entry in res.items():
-            for name, summ in entry.get("rows", {}).items():
-                if " k=" not in name or summ.get("miou") is None:
-                    continue
-                mode, k = name.split(" k=")
-                for r in rows:
-                    if r["config"] == "tiny" and r["mode"] == "stream" and r["iters"] == int(k) and r["batch"] == 1:
-                        points.append(
-                            {
-                                "source": path.name,
-                                "checkpoint": ckpt,
-                                "mode": mode,
-                                "k": int(k),
-                                "miou": summ["miou"],
-                                "backend": r["backend"],
-                                "measure": r["measure"],
-                                "precision": r["precision"],
-                                "fps": r["fps"],
-                                "fps_resolution": [r["height"], r["width"]],
-                                "accuracy_resolution": list(acc_hw),
-                            }
-                        )
-    return points
-
-
 # --------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
+    """Parse, validate (a bad value is one ``error:`` line and exit 2), run, write; exit 1 when nothing ran."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -73,32 +73,63 @@ def pytest_step(name: str, marker: str, paths: list[str], timeout_s: int, why: s
     return Step(name, (*argv, f"--junitxml={{work}}/{name}.xml"), timeout_s, why)
 
 
-STEPS: tuple[Step, ...] = (
-    Step("wheels", (PY, "-m", "benchmarks.gpu_check", "--install-wheels"), 90, "PyAV from the carried .whl/"),
-    Step("nvidia-smi", ("nvidia-smi",), 20, "GPU, driver, clocks"),
-    Step("kernels", (PY, "-m", "kernels.build"), 180, "nvcc fatbin of the warp kernels (#6)"),
-    pytest_step("kernel-tests", "gpu", ["tests/kernels"], 240, "kernel vs grid_sample parity (#6)", []),
+WHEELS_STEP = Step("wheels", (PY, "-m", "benchmarks.gpu_check", "--install-wheels"), 40, "PyAV from the carried .whl/")
+ENV_STEP = Step(
+    "environment",
+    (PY, "-m", "benchmarks.gpu_check", "--environment", "{work}/environment.json"),
+    25,
+    "nvidia-smi; torch, CUDA, cuda-core, cuda-bindings, PyAV, ONNX Runtime, TensorRT versions",
+)
+# Ordered by information per second: what every later step depends on first (environment, fatbin), then the
+# checks that are fast and decide correctness (kernel parity, the runtime's CUDA graph / no-copy tests), then the
+# bandwidth measurement. Limits are a few times the expected time on an H100/H200 with 16 cores (fatbin: ~6 s of
+# nvcc CPU time here; each pytest process pays ~10 s of torch + CUDA start-up).
+MAIN_STEPS: tuple[Step, ...] = (
+    WHEELS_STEP,
+    ENV_STEP,
+    Step("kernels", (PY, "-m", "kernels.build"), 60, "nvcc fatbin of the warp kernels (#6)"),
+    pytest_step("kernel-tests", "gpu", ["tests/kernels"], 100, "kernel vs grid_sample parity (#6)", []),
+    pytest_step(
+        "runtime-gpu-tests",
+        "gpu or tensorrt",
+        ["tests/runtime", "tests/export"],
+        200,
+        "CUDA graphs == plain launches, no allocation or copy in the loop, TensorRT plans vs ONNX Runtime",
+        [],
+    ),
     Step(
         "warp-bandwidth",
         (PY, "-m", "benchmarks.warp_bandwidth", "--out", "{work}/warp_bandwidth.json"),
-        150,
-        "warp GB/s vs device copy at 256 ch x 256x512 (#6)",
+        90,
+        "warp kernel GB/s (CUDA events) vs device copy at 256 ch x 256x512, host us per call (#6)",
     ),
+)
+# The small-seg speed case needs AOTInductor compiles of a large model (minutes): it cannot fit beside the rest,
+# so it is a second, separate call with its own plan (``--plan-name speed``).
+SPEED_STEPS: tuple[Step, ...] = (
+    WHEELS_STEP,
+    ENV_STEP,
     Step(
         "fps-small-seg",
         (PY, "-m", "benchmarks.fps", *FPS_ARGS, "--out", "{work}/fps"),
         420,
         "small-seg 1024x2048: AOTI fp16 vs roofline and eager fp32, stream k=1 end to end (#7)",
     ),
-    pytest_step(
-        "gpu-tests",
-        "gpu or tensorrt",
-        ["tests"],
-        420,
-        "CUDA graphs == plain launches, no allocation or copy in the loop, GPU paths of the benchmarks",
-        ["--ignore=tests/kernels"],
-    ),
+    pytest_step("bench-gpu-tests", "gpu", ["tests/benchmarks"], 55, "the benchmarks' GPU paths (events, graphs)", []),
 )
+PLANS: dict[str, tuple[Step, ...]] = {"main": MAIN_STEPS, "speed": SPEED_STEPS}
+DEFAULT_BUDGET_S = 540.0
+STEPS = MAIN_STEPS  # the default plan
+
+
+def plan_text(name: str, steps: list[Step] | tuple[Step, ...], budget_s: float) -> str:
+    """The plan as printed by ``--plan``: one line per step with its limit, then the sum against the budget."""
+    lines = [f"plan {name} (budget {budget_s:.0f} s):"]
+    lines += [f"  {i}. {s.name:<18} {s.timeout_s:>4} s  {s.why}" for i, s in enumerate(steps, 1)]
+    total = sum(s.timeout_s for s in steps)
+    verdict = "fits" if total <= budget_s else "DOES NOT FIT: later steps get what is left"
+    lines.append(f"  total {total} s of {budget_s:.0f} s ({verdict})")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- running
@@ -176,9 +207,15 @@ def prepare_work(work: Path) -> None:
 
 
 def run_all(
-    steps: list[Step], out: Path, work: Path, budget_s: float, say: Callable[[str], None] = print
+    steps: list[Step],
+    out: Path,
+    work: Path,
+    budget_s: float,
+    say: Callable[[str], None] = print,
+    plan: str = "main",
 ) -> list[Outcome]:
     """Every step in order within ``budget_s``; ``out`` is brought up to date after each one."""
+    started = utc_now()
     out.mkdir(parents=True, exist_ok=True)
     prepare_work(work)
     log = out / "log.txt"
@@ -197,9 +234,9 @@ def run_all(
                 outcomes.append(res)
                 tail = f": {res.headline}" if res.headline else ""
                 say(f"gpu_check: {step.name} {res.status} in {res.seconds:.0f} s{tail}")
-            write_outputs(steps, outcomes, out, work, budget_s)
+            write_outputs(steps, outcomes, out, work, budget_s, plan, started)
     except BaseException:  # stopped mid-step: keep what finished
-        write_outputs(steps, outcomes, out, work, budget_s)
+        write_outputs(steps, outcomes, out, work, budget_s, plan, started)
         raise
     return outcomes
 
@@ -247,7 +284,19 @@ def fps_headline(folder: Path) -> tuple[str, dict[str, Any]]:
     return "; ".join(parts), {"acceptance": checks}
 
 
+def environment_headline(path: Path) -> tuple[str, dict[str, Any]]:
+    """GPU, driver and the versions that decide whether the later steps can run."""
+    env = _load(path)
+    if not env:
+        return "", {}
+    keys = ("torch", "cuda_runtime", "cuda_core", "cuda_bindings", "pyav", "onnxruntime", "tensorrt")
+    parts = [env.get("gpu") or "no GPU", f"driver {env.get('driver')}"]
+    parts += [f"{k.replace('_', '-')} {env.get(k)}" for k in keys]
+    return ", ".join(parts), {"environment": env}
+
+
 RESULT_READERS: dict[str, Callable[[Path], tuple[str, dict[str, Any]]]] = {
+    "environment": lambda work: environment_headline(work / "environment.json"),
     "warp-bandwidth": lambda work: warp_headline(work / "warp_bandwidth.json"),
     "fps-small-seg": lambda work: fps_headline(work / "fps"),
 }
@@ -289,12 +338,16 @@ def _verdict(ok: bool | None) -> str:
 
 
 # --------------------------------------------------------------------------- writing
-def summary_markdown(steps: list[Step], outcomes: list[Outcome], budget_s: float) -> str:
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def summary_markdown(steps: list[Step], outcomes: list[Outcome], budget_s: float, plan: str = "main") -> str:
     done = {o.name: o for o in outcomes}
     lines = [
         "# GPU check",
         "",
-        f"`python -m benchmarks.gpu_check`, {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}, "
+        f"`python -m benchmarks.gpu_check --plan-name {plan}`, {utc_now()}, "
         f"budget {budget_s:.0f} s. The steps' output is in log.txt, their files in results.tar.gz.",
         "",
         "| step | status | s | result | why |",
@@ -307,9 +360,28 @@ def summary_markdown(steps: list[Step], outcomes: list[Outcome], budget_s: float
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(steps: list[Step], outcomes: list[Outcome], out: Path, work: Path, budget_s: float) -> None:
-    write_text(out / "summary.md", summary_markdown(steps, outcomes, budget_s))
-    write_json(out / "summary.json", {"budget_s": budget_s, "steps": [asdict(o) for o in outcomes]})
+def write_outputs(
+    steps: list[Step],
+    outcomes: list[Outcome],
+    out: Path,
+    work: Path,
+    budget_s: float,
+    plan: str = "main",
+    started: str | None = None,
+) -> None:
+    """summary.md, summary.json (plan, start time, the environment step's record, every step's outcome; what
+    ``benchmarks.verified_on`` reads) and the archive of the work folder."""
+    write_text(out / "summary.md", summary_markdown(steps, outcomes, budget_s, plan))
+    summary = {
+        "format": "deqstream-gpu-check/2",
+        "plan": plan,
+        "started": started or utc_now(),
+        "budget_s": budget_s,
+        "planned": [{"name": s.name, "timeout_s": s.timeout_s, "why": s.why} for s in steps],
+        "environment": _load(work / "environment.json") or None,
+        "steps": [asdict(o) for o in outcomes],
+    }
+    write_json(out / "summary.json", summary)
     atomic_write(out / "results.tar.gz", lambda p: _tar(work, p))
 
 
@@ -340,28 +412,66 @@ def install_wheels(wheels: Path = WHEELS, site: Path = SITE) -> int:
     return 0
 
 
+def _dist_version(*names: str) -> str | None:
+    """Installed version of the first distribution found (metadata only: importing TensorRT is slow)."""
+    import importlib.metadata
+
+    for name in names:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def record_environment(path: Path) -> int:
+    """The environment step: nvidia-smi's report into the log, and the GPU plus every version a later step
+    depends on into ``path`` (benchmarks.env's record, with cuda-core, cuda-bindings and PyAV added)."""
+    try:
+        subprocess.run(["nvidia-smi"], check=False, timeout=20)
+    except (OSError, subprocess.SubprocessError) as e:
+        print(f"nvidia-smi: {e}")
+    from benchmarks.env import environment
+
+    env = environment()
+    env["cuda_core"] = _dist_version("cuda-core", "cuda_core")
+    env["cuda_bindings"] = _dist_version("cuda-bindings", "cuda_bindings")
+    env["pyav"] = _dist_version("av")
+    env["date"] = utc_now()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, env)
+    print(json.dumps(env, indent=1))
+    return 0 if env.get("gpu") else 1  # no GPU: the later steps will all skip; say so here
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    names = [s.name for s in STEPS]
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.gpu_check",
-        description="Every GPU check in one time-boxed call: warp kernel parity and bandwidth, the small-seg "
-        "1024x2048 speed case, the other gpu-marked tests. Each step has its own timeout; after each one "
-        "summary.md, summary.json, log.txt and results.tar.gz in --out are brought up to date.",
-        epilog="steps, in order:\n"
-        + "\n".join(f"  {s.name:<15} {s.timeout_s:>4} s  {s.why}" for s in STEPS)
-        + '\n\non a lent GPU machine: python3 -m benchmarks.gpu_check --out "$OUT" --budget 540\n'
+        description="Every GPU check of one plan in one time-boxed call. Plan main: environment, fatbin, warp "
+        "kernel parity, the runtime GPU tests, warp bandwidth. Plan speed (a separate call): the small-seg "
+        "1024x2048 speed case. Each step has its own timeout; after each one summary.md, summary.json, log.txt "
+        "and results.tar.gz in --out are brought up to date.",
+        epilog="\n\n".join(plan_text(n, st, DEFAULT_BUDGET_S) for n, st in PLANS.items())
+        + '\n\non a lent GPU machine: python3 -m benchmarks.gpu_check --out "$OUT" [--plan-name speed]\n'
         "(give that call a limit of at least the budget + 60 s: the last step's kill and the archive come after it)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--plan-name", choices=sorted(PLANS), default="main", help="which plan to run (default main)")
+    p.add_argument("--plan", action="store_true", help="print the plan's steps and limits, run nothing")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"the four result files (default {DEFAULT_OUT})")
     p.add_argument("--work", type=Path, default=DEFAULT_WORK, help=f"the steps' files (default {DEFAULT_WORK})")
-    p.add_argument("--budget", type=float, default=540.0, help="seconds for all steps together (default 540)")
-    p.add_argument("--steps", default=",".join(names), help="comma list, a subset of the steps (in their order)")
+    p.add_argument(
+        "--budget", type=float, default=DEFAULT_BUDGET_S, help=f"seconds for all steps (default {DEFAULT_BUDGET_S:g})"
+    )
+    p.add_argument("--steps", default=None, help="comma list, a subset of the plan's steps (run in plan order)")
     p.add_argument("--install-wheels", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--environment", type=Path, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    names = [s.name for s in PLANS[a.plan_name]]
+    a.steps = a.steps or ",".join(names)
     unknown = [n for n in a.steps.split(",") if n not in names]
     if unknown:
-        p.error(f"unknown step(s) {', '.join(unknown)}; choose from {', '.join(names)}")
+        p.error(f"unknown step(s) {', '.join(unknown)} in plan {a.plan_name}; choose from {', '.join(names)}")
     out, work = a.out.resolve(), a.work.resolve()
     if out.is_relative_to(work) or work.is_relative_to(out):
         p.error("--out and --work must not lie inside each other (--out gets four files; --work is archived)")
@@ -375,15 +485,20 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     if a.install_wheels:
         return install_wheels()
+    if a.environment is not None:
+        return record_environment(a.environment)
     chosen = set(a.steps.split(","))
-    steps = [s for s in STEPS if s.name in chosen]
+    steps = [s for s in PLANS[a.plan_name] if s.name in chosen]
+    if a.plan:
+        print(plan_text(a.plan_name, steps, a.budget))
+        return 0
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        outcomes = run_all(steps, a.out, a.work, a.budget)
+        outcomes = run_all(steps, a.out, a.work, a.budget, plan=a.plan_name)
     except KeyboardInterrupt:
         print("gpu_check: stopped; the outputs hold what finished", file=sys.stderr)
         return 130
-    print(summary_markdown(steps, outcomes, a.budget))
+    print(summary_markdown(steps, outcomes, a.budget, a.plan_name))
     return 0 if all(o.status == "passed" for o in outcomes) else 1
 
 

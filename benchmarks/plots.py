@@ -164,6 +164,29 @@ def scaling_tables(scaling: dict[str, list[dict[str, Any]]]) -> list[str]:
     return lines or ["(scaling not measured)"]
 
 
+def accuracy_lines(results: dict[str, Any]) -> list[str]:
+    """The measured (mIoU, FPS) pairs behind the accuracy plot, each with the resolution of each measurement."""
+    pts = results.get("accuracy_vs_fps", [])
+    missing = results.get("accuracy_without_fps", [])
+    if not pts and not missing:
+        return []
+    lines = ["## Accuracy vs FPS (pairs where both were measured)", ""]
+    if pts:
+        lines += [
+            "| checkpoint | mode | k | mIoU % | accuracy at | source | backend | measure | FPS | FPS at |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for p in pts:
+            lines.append(
+                f"| {p['checkpoint']} | {p['mode']} | {p['k']} | {_f(100 * p['miou'], '.1f')} "
+                f"| {_hw(p['accuracy_resolution'])} | {p['source']} | {p['backend']} | {p['measure']} "
+                f"| {_f(p['fps'])} | {_hw(p['fps_resolution'])} |"
+            )
+    if missing:
+        lines += ["", "No FPS measured for (not plotted): " + "; ".join(missing)]
+    return lines + [""]
+
+
 def acceptance_lines(checks: list[dict[str, Any]], device: str) -> list[str]:
     """The GPU acceptance criteria applied to this run (binding only for small-seg 1024x2048 fp16 on an H100)."""
     if not checks:
@@ -172,7 +195,7 @@ def acceptance_lines(checks: list[dict[str, Any]], device: str) -> list[str]:
     lines = [f"## Acceptance checks (small-seg 1024x2048 fp16 on H100 is the binding case{note})", ""]
     lines += ["| case | backend | check | value | limit | result |", "|---|---|---|---|---|---|"]
     for c in checks:
-        verdict = {True: "pass", False: "FAIL", None: "-"}[c["pass"]]
+        verdict = c.get("verdict") or {True: "pass", False: "FAIL", None: "-"}[c["pass"]]
         lines.append(f"| {c['case']} | {c['backend']} | {c['check']} | {_f(c['value'])} | {c['limit']} | {verdict} |")
     return lines + [""]
 
@@ -226,11 +249,13 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["## Roofline of one cell iteration (cell ms/iter from the frame-N device loop)", ""]
     lines += [
         "bytes min = weights + z,x read + f written (compulsory: a lower bound); unfused = every op reads its "
-        "inputs and writes its outputs; bound = max(FLOPs/peak FLOP/s, bytes min/peak GB/s).",
+        "inputs and writes its outputs; bound = max(FLOPs/peak FLOP/s, bytes min/peak GB/s). measured/bound < 1 is "
+        "faster than the peak allows: flagged **wrong peak**, never a pass.",
         "",
     ]
     lines += roofline.markdown(results.get("roofline", []), results.get("warp_roofline", [])).splitlines() + [""]
     lines += ["## Scaling", ""] + scaling_tables(results.get("scaling", {})) + [""]
+    lines += accuracy_lines(results)
     lines += acceptance_lines(results.get("acceptance", []), st.get("device", "cpu"))
     lines += ["## Statistics (trtexec style; ⚠ = coefficient of variation above 2.5 %)", ""]
     lines += latency_table(results["rows"]) + [""]
@@ -328,38 +353,71 @@ def plot_fps(results: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
-BACKEND_PREFERENCE = ("plan", "pt2", "onnx", "eager")
+BACKEND_PREFERENCE = ("tensorrt", "aoti", "onnx", "eager")  # the fastest kind of engine first
 
 
-def plot_accuracy(results: dict[str, Any], path: Path) -> Path | None:
-    """mIoU vs FPS: one curve per (checkpoint, mode), points labelled by k, at the end-to-end FPS of
-    the fastest kind of engine this run measured, device loop (it sweeps every k; one backend
-    keeps the plot readable, the tables hold the rest)."""
-    pts = [p for p in results.get("accuracy_vs_fps", []) if p["measure"] == "device"]
+def accuracy_plot_points(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The joined (mIoU, FPS) points one plot shows: the device loop of the fastest kind of engine measured, at one
+    FPS resolution (the accuracy run's when it was measured there, else the first one). Only measured pairs come in
+    (benchmarks.fps_tables.join_accuracy_fps), so every plotted point has both measurements behind it."""
+    pts = [p for p in points if p["measure"] == "device"]
     have = {p["backend"] for p in pts}
     backend = next((b for b in BACKEND_PREFERENCE if b in have), None)
     pts = [p for p in pts if p["backend"] == backend]
+    if not pts:
+        return []
+    same = [p for p in pts if p["fps_resolution"] == p["accuracy_resolution"]]
+    res = (same or pts)[0]["fps_resolution"]
+    return [p for p in pts if p["fps_resolution"] == res]
+
+
+def _hw(hw: list[int]) -> str:
+    return f"{hw[0]}x{hw[1]}"
+
+
+def accuracy_labels(pts: list[dict[str, Any]]) -> dict[str, str]:
+    """Title and axis labels naming the resolution (and source) each axis was measured at."""
+    p = pts[0]
+    acc_res = ", ".join(dict.fromkeys(_hw(q["accuracy_resolution"]) for q in pts))
+    sources = ", ".join(dict.fromkeys(q["source"] for q in pts))
+    fps_res = _hw(p["fps_resolution"])
+    differ = " (different resolutions: FPS would be lower at the accuracy's)" if acc_res != fps_res else ""
+    return {
+        "title": f"accuracy at {acc_res} vs FPS at {fps_res}{differ}",
+        "xlabel": f"frames/s at {fps_res} ({p['backend']} device loop, {p['precision']}, this machine)",
+        "ylabel": f"mIoU % at {acc_res} ({sources})",
+    }
+
+
+def plot_accuracy(results: dict[str, Any], path: Path) -> Path | None:
+    """mIoU vs FPS: one curve per (checkpoint, mode), points labelled by k, only where both were measured (stream k
+    at the FPS of stream k, per-frame k only at the frame-N FPS); accuracy rows without an FPS are listed under the
+    plot, not placed at another mode's FPS. The axis labels give each measurement's resolution."""
+    pts = accuracy_plot_points(results.get("accuracy_vs_fps", []))
     if not pts:
         return None
     plt = pyplot()
     if plt is None:
         return None
-    fig, ax = plt.subplots(figsize=(8, 5))
-    keys = dict.fromkeys((p["checkpoint"], p["mode"]) for p in pts)
-    for key in keys:
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for key in dict.fromkeys((p["checkpoint"], p["mode"]) for p in pts):
         sel = sorted((p for p in pts if (p["checkpoint"], p["mode"]) == key), key=lambda p: p["k"])
         x, y = [p["fps"] for p in sel], [100 * p["miou"] for p in sel]
-        ax.plot(x, y, "-o" if key[1] == "stream" else "--s", ms=4, label=f"{key[0]}: {key[1]}")
+        ax.plot(x, y, "-o" if key[1] == "stream" else "s", ms=4, label=f"{key[0]}: {key[1]}")
         for p in sel:
             xy = (p["fps"], 100 * p["miou"])
             ax.annotate(f"k={p['k']}", xy, fontsize=7, xytext=(3, 3), textcoords="offset points")
-    title = f"accuracy vs FPS per mode (FPS: {backend} device loop, {pts[0]['precision']})"
-    ax.set(xscale="log", xlabel="frames/s (this machine)", ylabel="mIoU %", title=title)
+    ax.set(xscale="log", **accuracy_labels(pts))
+    ax.title.set_fontsize(9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="lower left")
+    missing = results.get("accuracy_without_fps", [])
+    if missing:
+        note = "not plotted, no FPS measured for: " + "; ".join(missing)
+        fig.text(0.01, 0.01, note, fontsize=6, wrap=True, va="bottom")
     st = results["stamp"]
     fig.suptitle(f"{st['command']}  |  {st['date']}  |  {st['machine']}", fontsize=6)
-    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    fig.tight_layout(rect=(0, 0.1 if missing else 0, 1, 0.94))
     atomic_write(path, lambda p: fig.savefig(p, dpi=90, format="png"))
     plt.close(fig)
     return path

@@ -47,7 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="static batch size of every engine")
     p.add_argument("--formats", type=_csv, default=["onnx"], help="comma list of onnx, pt2, plan")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="engine precision (fp16: GPU)")
-    p.add_argument("--heads", type=_csv, default=["seg"], help="comma list of seg, pose")
+    p.add_argument(
+        "--heads",
+        type=_csv,
+        default=None,
+        help="comma list of seg, cls, pose (default: the config's task head, seg or cls)",
+    )
+    p.add_argument(
+        "--allow-random-head",
+        action="store_true",
+        help="export heads whose weights are not in the checkpoint (e.g. a trunk-only file) with random weights; "
+        "without it such an export stops. The manifest records the flag and the heads (random_heads)",
+    )
     p.add_argument(
         "--device", default="auto", help="device for .pt2 compilation and reference outputs: auto, cpu or cuda"
     )
@@ -57,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="also add this trained FlowNet (export.train_flow) as the 'flownet' engine, for the runtime's --mode dff",
+    )
+    p.add_argument(
+        "--skip-parity",
+        action="store_true",
+        help="write engines that no backend here can run (fp16 on a CPU without the kernels) unchecked; the "
+        "manifest lists them under parity_skipped. Without it such an export stops with an error",
     )
     return p
 
@@ -80,7 +97,7 @@ def _check_static(args: argparse.Namespace) -> None:
     bad = [f for f in args.formats if f not in FORMATS] or ([] if args.formats else ["(empty)"])
     if bad:
         raise UsageError(f"unknown --formats {','.join(bad)}; choose from {','.join(FORMATS)}")
-    bad = [h for h in args.heads if h not in HEADS]
+    bad = [h for h in args.heads or [] if h not in HEADS]
     if bad:
         raise UsageError(f"unknown --heads {','.join(bad)}; choose from {','.join(HEADS)}")
     if "plan" in args.formats:
@@ -143,9 +160,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         precision=args.precision,
         device=device,
         heads=args.heads,
+        allow_random_head=args.allow_random_head,
         command="python -m export " + shlex.join(argv),
         log=lambda msg: print(msg, flush=True),
         weights=weights,
+        skip_parity=args.skip_parity,
     )
     if args.flownet is not None:
         from export.flownet_export import add_flownet

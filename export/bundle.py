@@ -39,7 +39,7 @@ from export.precision import TORCH_DTYPES, check_precision, to_half, to_half_inj
 from export.tf32 import exact_fp32
 
 FORMATS = ("onnx", "pt2", "plan")
-HEADS = ("seg", "pose")
+HEADS = ("seg", "cls", "pose")  # seg: class map (seg configs); cls: 1000 logits (cls configs)
 # Relative tolerance (to max|ref|) of an engine vs PyTorch in the same precision; for the
 # uint8 class map, the largest allowed fraction of differing pixels.
 TOLERANCE = {"fp32": 1e-3, "fp16": 1e-2}
@@ -118,10 +118,30 @@ def build_graphs(
     if "seg" in heads:
         head = cast(ClassMapHead(model.head, (height, width)).eval())
         graphs.append(EngineGraph("head_seg", head, z_t, z_c, z_names, ["classes"]))
+    if "cls" in heads:  # pooled features -> logits, the checkpoint's own classification head
+        graphs.append(EngineGraph("head_cls", cast(model.head), z_t, z_c, z_names, ["logits"]))
     if "pose" in heads:
         pose, notes = _pose_module(model, device)
         graphs.append(EngineGraph("head_pose", cast(pose), z_t, z_c, z_names, ["heatmaps"], notes))
     return graphs
+
+
+def _random_heads(model: MDEQSegNet, heads: Sequence[str], allowed: bool) -> list[str]:
+    """Head engines about to be exported with weights that did not come from the checkpoint;
+    ValueError (one line) unless ``allowed``. A model not loaded from a checkpoint (random init,
+    built in code) has no ``untrained_heads``: its weights are what the caller asked for."""
+    untrained = getattr(model, "untrained_heads", None)
+    if untrained is None:
+        return []
+    names = [f"head_{h}" for h in heads if f"head_{h}" in untrained]
+    if "pose" in heads and not isinstance(getattr(model, "pose_head", None), PoseHead):
+        names.append("head_pose")
+    if names and not allowed:
+        raise ValueError(
+            f"{', '.join(names)}: weights not in the checkpoint; refusing to export a randomly initialised head "
+            "(pass --allow-random-head to export it anyway; the manifest records it)"
+        )
+    return names
 
 
 def _tolerance(output: Tensor, precision: str) -> float:
@@ -135,18 +155,51 @@ def _parity(graph: EngineGraph, kind: str, refs: list[Tensor], outs: Sequence[An
     return merge_parity(results)
 
 
-def _export_onnx(graph: EngineGraph, tmp: Path, refs: list[Tensor], precision: str) -> tuple[str, dict[str, Any]]:
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200] if text else ''}"
+
+
+def _run_onnx_reference(path: Path, feeds: dict[str, Tensor]) -> list[Any]:
+    """ONNX's own reference evaluator (numpy, every standard op and dtype): slow, but it runs
+    the fp16 graphs whose kernels ONNX Runtime's CPU provider lacks."""
+    from onnx.reference import ReferenceEvaluator
+
+    return list(ReferenceEvaluator(str(path)).run(None, {k: v.detach().cpu().numpy() for k, v in feeds.items()}))
+
+
+# Backends that can check an ONNX file, in order: the first that runs the graph gives the parity numbers
+# (looked up at call time, so tests can make one fail).
+ONNX_CHECKERS: tuple[tuple[str, Callable[[Path, dict[str, Tensor]], list[Any]]], ...] = (
+    ("onnxruntime-cpu", lambda path, feeds: run_onnx(path, feeds)),
+    ("onnx-reference", lambda path, feeds: _run_onnx_reference(path, feeds)),
+)
+
+
+def _export_onnx(
+    graph: EngineGraph, tmp: Path, refs: list[Tensor], precision: str, skip_parity: bool = False
+) -> tuple[str, dict[str, Any]]:
+    """Export and check one ONNX graph. The check never goes silently missing: when no backend
+    can run the graph the export stops (ParityError), unless ``skip_parity`` says the user
+    accepts an unchecked engine, which the parity entry then records."""
     fname = f"{graph.name}.onnx"
     export_onnx(graph.module, graph.trace_inputs, graph.input_names, graph.output_names, tmp / fname)
     feeds = dict(zip(graph.input_names, graph.check_inputs))
-    try:
-        outs = run_onnx(tmp / fname, feeds)
-    except Exception as e:  # noqa: BLE001 - ORT CPU lacks some fp16 kernels; say so instead of failing
-        if precision != "fp16":
-            raise
-        first = str(e).strip().splitlines()[0][:200]
-        return fname, {"skipped": f"ONNX Runtime (CPU) cannot run this fp16 graph: {first}"}
-    return fname, _parity(graph, "onnx", refs, outs, precision)
+    errors = []
+    for backend, runner in ONNX_CHECKERS:
+        try:
+            outs = runner(tmp / fname, feeds)
+        except Exception as e:  # noqa: BLE001 - e.g. ORT CPU lacks an fp16 kernel: try the next backend
+            errors.append(f"{backend}: {_first_line(e)}")
+            continue
+        return fname, {**_parity(graph, "onnx", refs, outs, precision), "backend": backend}
+    why = "; ".join(errors)
+    if not skip_parity:
+        raise ParityError(
+            f"{graph.name}.onnx ({precision}) could not be checked: no backend ran it ({why}); "
+            "pass --skip-parity to write the bundle unchecked"
+        )
+    return fname, {"skipped": f"no backend could run this {precision} graph ({why})", "skipped_by_user": True}
 
 
 def _export_pt2(
@@ -172,7 +225,13 @@ def _export_plan(
 
 
 def export_engine(
-    graph: EngineGraph, tmp: Path, formats: Sequence[str], precision: str, device: str, log: Callable[[str], None]
+    graph: EngineGraph,
+    tmp: Path,
+    formats: Sequence[str],
+    precision: str,
+    device: str,
+    log: Callable[[str], None],
+    skip_parity: bool = False,
 ) -> dict[str, Any]:
     """Export one graph in every requested format into ``tmp``; returns its manifest entry."""
     with torch.no_grad():
@@ -193,7 +252,7 @@ def export_engine(
     for kind in kinds:
         t0 = time.perf_counter()
         if kind == "onnx":
-            fname, parity = _export_onnx(graph, tmp, refs, precision)
+            fname, parity = _export_onnx(graph, tmp, refs, precision, skip_parity)
             entry["device"][kind] = "cpu"
         elif kind == "pt2":
             fname, parity = _export_pt2(graph, tmp, refs, precision, device)
@@ -216,7 +275,8 @@ def _fmt_parity(parity: dict[str, Any]) -> str:
     if "skipped" in parity:
         return f"not checked ({parity['skipped']})"
     text = f"max_abs {parity['max_abs']:.2e} max_rel {parity['max_rel']:.2e}"
-    return text + (f" mismatch {parity['mismatch']:.2e}" if "mismatch" in parity else "")
+    text += f" mismatch {parity['mismatch']:.2e}" if "mismatch" in parity else ""
+    return text + (f" ({parity['backend']})" if "backend" in parity else "")
 
 
 def base_manifest(model: MDEQSegNet, height: int, width: int, batch: int, precision: str, command: str) -> dict:
@@ -255,6 +315,10 @@ def _check_args(model: MDEQSegNet, height: int, width: int, batch: int, formats,
     bad = [h for h in heads if h not in HEADS]
     if bad:
         raise ValueError(f"heads must be a subset of {', '.join(HEADS)}, got {', '.join(heads)}")
+    other = {"seg": "cls", "cls": "seg"}[model.cfg.task]
+    if other in heads:  # a seg model has no classification head and vice versa
+        cfg = model.cfg
+        raise ValueError(f"config {cfg.name!r} ({cfg.task}) has no {other} head; use --heads {cfg.task}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
     if "plan" in formats:
@@ -263,6 +327,19 @@ def _check_args(model: MDEQSegNet, height: int, width: int, batch: int, formats,
         require_tensorrt()
         if not device.startswith("cuda"):
             raise ValueError("plan engines are built and checked on a GPU: pass device='cuda' (--device cuda)")
+
+
+def _record_skips(manifest: dict[str, Any]) -> None:
+    """Top-level ``parity_skipped``: every engine file written without a parity check (only
+    ever non-empty when the user passed --skip-parity)."""
+    skipped = [
+        f"{name}.{kind}"
+        for name, entry in manifest["engines"].items()
+        for kind, parity in entry["parity"].items()
+        if "skipped" in parity
+    ]
+    if skipped:
+        manifest["parity_skipped"] = skipped
 
 
 def _install_bundle(tmp: Path, out: Path) -> None:
@@ -288,29 +365,40 @@ def export_bundle(
     formats: Sequence[str] = ("onnx",),
     precision: str = "fp32",
     device: str = "cpu",
-    heads: Sequence[str] = ("seg",),
+    heads: Sequence[str] | None = None,
     command: str = "",
     log: Callable[[str], None] | None = None,
     weights: dict[str, Any] | None = None,
+    skip_parity: bool = False,
+    allow_random_head: bool = False,
 ) -> dict[str, Any]:
     """Export ``model`` as a bundle in ``out_dir`` and return the manifest written there.
 
     ``weights`` (optional) says where the weights came from (checkpoint, training mode and
     steps); it is stored as the manifest's ``weights`` so results made from the engines alone
-    can name the model they measured.
+    can name the model they measured. ``skip_parity`` lets an engine that no backend here can
+    run be written unchecked (recorded as ``parity_skipped`` in the manifest); without it such
+    an export stops.
+
+    ``heads`` defaults to the config's task head (seg or cls). A head whose weights were not in
+    the checkpoint the model came from (``model.untrained_heads``; a pose head the model lacks)
+    is refused unless ``allow_random_head``; the manifest records both (``random_heads``,
+    ``allow_random_head``).
 
     Raises ValueError on bad arguments and ParityError when an engine disagrees with
     PyTorch; in both cases ``out_dir`` is left as it was.
     """
     log = log or (lambda _msg: None)
-    formats, heads = list(formats), list(heads)
+    formats, heads = list(formats), list(heads or [model.cfg.task])
     _check_args(model, height, width, batch, formats, precision, heads, device)
+    random_heads = _random_heads(model, heads, allow_random_head)
     work = copy.deepcopy(model).to(device).eval()  # never flip the caller's model out of train mode
     out = Path(out_dir).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     manifest = base_manifest(work, height, width, batch, precision, command)
     if weights:
         manifest["weights"] = weights
+    manifest["random_heads"], manifest["allow_random_head"] = random_heads, allow_random_head
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         os.chmod(tmp, default_mode(0o777))
@@ -318,7 +406,9 @@ def export_bundle(
             shutil.copy2(out / TIMING_CACHE, tmp / TIMING_CACHE)  # faster TensorRT rebuilds
         with exact_fp32():
             for graph in build_graphs(work, height, width, batch, precision, device, heads):
-                manifest["engines"][graph.name] = export_engine(graph, tmp, formats, precision, device, log)
+                entry = export_engine(graph, tmp, formats, precision, device, log, skip_parity)
+                manifest["engines"][graph.name] = entry
+        _record_skips(manifest)
         write_manifest(manifest, tmp)
         _install_bundle(tmp, out)
     except BaseException:

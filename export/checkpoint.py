@@ -4,7 +4,13 @@ Our format (``deqstream-ckpt/1``) carries the config next to the weights so an e
 never has to guess the architecture. Published MDEQ checkpoints use the same module
 names as ``export.mdeq`` but keep weight norm as ``weight_g``/``weight_v`` pairs and
 several duplicate copies of the cell (notes/mdeq-streamdeq.md §1-2); importing folds the
-weight norm (W = g * v / ||v||) and keeps one copy.
+weight norm (W = g * v / ||v||) and keeps one copy. The reference's training scripts save them
+in several layouts, all accepted: a ``FullModel(model, loss)`` state dict (``model.*`` plus the
+loss's ``loss.criterion.weight``), the periodic ``checkpoint.pth.tar`` dict (``state_dict`` next
+to ``epoch``, ``best_mIoU``/``perf``, ``optimizer``, ``lr_scheduler``), a bare state dict
+(classification), any of them with DataParallel's ``module.`` prefix. Training-only entries are
+dropped and listed in one line; a head whose keys are absent is left at init and named in
+``model.untrained_heads``, so the exporter can refuse it.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from export.config import MDEQConfig
+from export.config import MDEQConfig, SolveSpec
 from export.manifest import default_mode
 from export.mdeq import MDEQSegNet
 
@@ -31,11 +37,22 @@ log = logging.getLogger(__name__)
 
 # Our model registers the stem and the seg head twice (as parts of the model and inside the
 # injection/head wrappers); the canonical, published names are the top-level ones.
-ALIASES = {"injection.downsample.": "downsample.", "injection.stage0.": "stage0.", "head.last_layer.": "last_layer."}
+ALIASES = {
+    "injection.downsample.": "downsample.",
+    "injection.stage0.": "stage0.",
+    "head.last_layer.": "last_layer.",
+    "head.incre_modules.": "incre_modules.",
+    "head.downsamp_modules.": "downsamp_modules.",
+    "head.final_layer.": "final_layer.",
+    "head.classifier.": "classifier.",
+}
 TRUNK = ("downsample.", "stage0.", "fullstage.")
 SEG_HEAD = ("last_layer.",)
+CLS_HEAD = ("incre_modules.", "downsamp_modules.", "final_layer.", "classifier.")
+HEAD_ENGINE = {"seg": "head_seg", "cls": "head_cls"}  # the engine each task's head becomes
 DUPLICATES = ("fullstage_copy.", "deq.func_copy.", "deq.")
-WRAPPER_PREFIXES = ("model.", "module.")
+WRAPPER_PREFIXES = ("module.", "model.")  # DataParallel outside, FullModel inside: strip in this order
+TRAINING_ONLY = ("loss.",)  # FullModel's loss (class weights of the cross entropy)
 
 
 class CheckpointError(ValueError):
@@ -48,14 +65,18 @@ class ImportReport:
 
     source: str = ""
     folded: list[str] = field(default_factory=list)  # weight-norm pairs folded into .weight
-    ignored: list[str] = field(default_factory=list)  # duplicates and (cls) head keys dropped
-    kept_at_init: list[str] = field(default_factory=list)  # model keys the checkpoint lacks, on purpose
+    ignored: list[str] = field(default_factory=list)  # duplicate copies of the cell dropped
+    training_only: list[str] = field(default_factory=list)  # loss tensors, optimizer, scheduler, epoch...
+    kept_at_init: list[str] = field(default_factory=list)  # head keys the checkpoint lacks
+    untrained_heads: list[str] = field(default_factory=list)  # head engines left (partly) at init
 
     def summary(self) -> str:
-        parts = [f"folded weight norm in {len(self.folded)} convs", f"ignored {len(self.ignored)} keys"]
+        parts = [f"folded weight norm in {len(self.folded)} convs", f"ignored {len(self.ignored)} duplicate keys"]
+        if self.training_only:
+            parts.append(f"ignored training-only entries: {', '.join(self.training_only)}")
         if self.kept_at_init:
             prefixes = sorted({k.split(".")[0] for k in self.kept_at_init})
-            parts.append(f"kept {len(self.kept_at_init)} keys at init ({', '.join(prefixes)})")
+            parts.append(f"kept {len(self.kept_at_init)} head keys at init ({', '.join(prefixes)})")
         return "; ".join(parts)
 
 
@@ -71,6 +92,8 @@ def config_from_dict(d: Mapping[str, Any]) -> MDEQConfig:
             continue
         if k == "palette":
             v = tuple(tuple(c) for c in v)
+        elif k == "test_solve":
+            v = SolveSpec(**{f.name: v[f.name] for f in dataclasses.fields(SolveSpec) if f.name in v})
         elif isinstance(v, list):
             v = tuple(v)
         kw[k] = v
@@ -120,8 +143,9 @@ def _torch_load(path: str | os.PathLike[str]) -> Any:
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     try:
-        # torch.__version__ (a TorchVersion) often ends up in meta; it is a harmless str.
-        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+        # torch.__version__ (a TorchVersion) often ends up in meta; numpy scalars in the reference's
+        # checkpoint.pth.tar (best_mIoU is a numpy float64): both harmless.
+        with torch.serialization.safe_globals([torch.torch_version.TorchVersion, *_numpy_globals()]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as first:  # noqa: BLE001 - any failure: try the permissive loader
         try:
@@ -130,6 +154,18 @@ def _torch_load(path: str | os.PathLike[str]) -> Any:
             raise CheckpointError(f"cannot read checkpoint {path}: {str(first).splitlines()[0]}") from None
         warnings.warn(f"{path} needed a full unpickle (weights_only=False); only load trusted files", stacklevel=2)
         return obj
+
+
+def _numpy_globals() -> list[Any]:
+    """What torch.load needs to rebuild numpy scalars (``numpy._core`` on numpy 2, ``core`` before)."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    found: list[Any] = [core.multiarray.scalar, np.dtype]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        found += [getattr(dtypes, n) for n in ("Float64DType", "Float32DType", "Int64DType") if hasattr(dtypes, n)]
+    return found
 
 
 def is_own_format(obj: Any) -> bool:
@@ -143,6 +179,7 @@ def model_from_own(obj: Mapping[str, Any]) -> tuple[MDEQSegNet, dict[str, Any]]:
         model.load_state_dict(obj["state_dict"])
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint weights do not fit its own config {cfg.name!r}: {_first_line(e)}") from None
+    model.untrained_heads = []  # a strict load: every head weight came from the file
     return model.eval(), dict(obj.get("meta", {}))
 
 
@@ -162,24 +199,35 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _unwrap(obj: Any) -> dict[str, Tensor]:
-    """The tensor dict inside a checkpoint (bare, or under 'state_dict'/'model')."""
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, Tensor) for v in obj.values())
+
+
+def _unwrap(obj: Any, report: ImportReport | None = None) -> dict[str, Tensor]:
+    """The tensor dict inside a checkpoint: bare, or under 'state_dict'/'model' of a training
+    checkpoint, whose other entries (epoch, best_mIoU, optimizer, lr_scheduler...) go to
+    ``report.training_only``."""
     if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
-            inner = obj.get(key)
-            if isinstance(inner, Mapping) and inner and all(isinstance(v, Tensor) for v in inner.values()):
-                return dict(inner)
-        if obj and all(isinstance(v, Tensor) for v in obj.values()):
+        if _is_state_dict(obj):
             return dict(obj)
+        for key in ("state_dict", "model"):
+            if _is_state_dict(obj.get(key)):
+                if report is not None:
+                    report.training_only.extend(str(k) for k in obj if k != key)
+                return dict(obj[key])
     raise CheckpointError("checkpoint holds no state dict (expected a mapping of parameter names to tensors)")
 
 
-def _strip_wrappers(sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Drop the ``model.`` (FullModel) / ``module.`` (DataParallel) prefixes."""
+def _strip_wrappers(sd: dict[str, Tensor], report: ImportReport | None = None) -> dict[str, Tensor]:
+    """Drop the ``module.`` (DataParallel) and ``model.`` (FullModel) prefixes, and FullModel's
+    training-only ``loss.*`` tensors (listed in ``report.training_only`` with their shapes)."""
     for prefix in WRAPPER_PREFIXES:
         if any(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in sd.items()}
-    return sd
+    dropped = [k for k in sd if k.startswith(TRAINING_ONLY)]
+    if report is not None:
+        report.training_only.extend(f"{k} {tuple(sd[k].shape)}" for k in dropped)
+    return {k: v for k, v in sd.items() if k not in dropped}
 
 
 def fold_weight_norm(g: Tensor, v: Tensor) -> Tensor:
@@ -258,37 +306,35 @@ def import_published_with_report(
         obj: Any = _torch_load(state_dict_or_path)
     else:
         obj = state_dict_or_path
-    sd = _fold_all(_select_cell(_strip_wrappers(_unwrap(obj)), report), report)
+    sd = _strip_wrappers(_unwrap(obj, report), report)
+    given = _fold_all(_select_cell(sd, report), report)
     model = MDEQSegNet(cfg)
     expected = canonical_state(model)
-    wanted = TRUNK if cfg.task == "cls" else TRUNK + SEG_HEAD
-    given: dict[str, Tensor] = {}
-    for k, v in sd.items():
-        if k.startswith(wanted):
-            given[k] = v
-        elif cfg.task == "cls":
-            report.ignored.append(k)  # the HRNet-style classification head: not exported
-        else:
-            given[k] = v  # unknown key in a seg checkpoint: reported as unexpected below
-    needed = {k for k in expected if k.startswith(wanted)}
-    report.kept_at_init = sorted(set(expected) - needed)
+    head = CLS_HEAD if cfg.task == "cls" else SEG_HEAD
     # Old BatchNorm checkpoints have no num_batches_tracked; it does not affect eval.
-    missing = sorted(k for k in needed - set(given) if not k.endswith("num_batches_tracked"))
+    absent = sorted(k for k in set(expected) - set(given) if not k.endswith("num_batches_tracked"))
+    missing = [k for k in absent if not k.startswith(head)]  # the trunk must be complete
     unexpected = sorted(set(given) - set(expected))
-    wrong = sorted(k for k in needed & set(given) if tuple(given[k].shape) != tuple(expected[k].shape))
+    wrong = sorted(k for k in set(expected) & set(given) if tuple(given[k].shape) != tuple(expected[k].shape))
     if missing or unexpected or wrong:
         raise _mismatch_error(cfg, missing, unexpected, wrong, expected, given)
+    report.kept_at_init = [k for k in absent if k.startswith(head)]
+    if report.kept_at_init:  # the exporter refuses this head unless told otherwise
+        report.untrained_heads.append(HEAD_ENGINE[cfg.task])
     model.load_state_dict(with_aliases({**expected, **given}))
+    model.untrained_heads = list(report.untrained_heads)
     return model.eval(), report
 
 
 def import_published(state_dict_or_path: Mapping[str, Any] | str | os.PathLike[str], cfg: MDEQConfig) -> MDEQSegNet:
-    """A published MDEQ checkpoint (path to .pth/.pkl, or its state dict) as an ``MDEQSegNet``.
+    """A published MDEQ checkpoint (path to .pth/.pkl/.pth.tar, or its content) as an ``MDEQSegNet``.
 
-    Strips the ``model.`` prefix, keeps ``fullstage.*`` (or ``deq.func.*``), drops the
-    ``*_copy``/``deq.*`` duplicates, folds weight norm, and, for a ``cls`` config, imports
-    only the trunk (the classification head is ignored and logged). Raises CheckpointError
-    naming the first missing / unexpected / wrongly shaped keys when it does not fit.
+    Accepts every layout the reference saves (bare, FullModel, ``checkpoint.pth.tar`` dict,
+    ``module.``-prefixed); strips the prefixes, drops training-only entries, keeps
+    ``fullstage.*`` (or ``deq.func.*``), drops the ``*_copy``/``deq.*`` duplicates and folds
+    weight norm. The trunk must be complete; head keys that are absent stay at init and the
+    head is listed in ``model.untrained_heads``. Raises CheckpointError naming the first
+    missing / unexpected / wrongly shaped keys when it does not fit (another architecture).
     """
     model, report = import_published_with_report(state_dict_or_path, cfg)
     log.info("imported %s: %s", report.source or "state dict", report.summary())

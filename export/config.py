@@ -6,11 +6,40 @@ runtime never sees it (it reads ``manifest.json``).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 # ImageNet statistics, as the published MDEQ preprocessing uses (RGB order).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class SolveSpec:
+    """How a frame's fixed point is found "from scratch" (the runtime's per-frame default).
+
+    Published models are evaluated by the reference with Broyden's method: at most
+    ``threshold`` updates after the first evaluation of f (so ``threshold + 1`` cell
+    evaluations), stopping once ||f(z) - z||_2 < tol * sqrt(number of state elements)
+    (``tol_kind="abs"``), and returning the iterate z (not f(z)) with the lowest such
+    residual (``returns="lowest"``). Our own models keep the plain iteration they were trained
+    and measured with. Goes into ``manifest["config"]["test_solve"]`` with the config.
+    """
+
+    solver: str = "fixed_point"  # runtime solver name: fixed_point, anderson, broyden
+    threshold: int = 20  # iterations (fixed_point) or Broyden updates after the first evaluation
+    tol: float | None = None
+    tol_kind: str = "rel"  # "abs": ||f(z)-z|| < tol*sqrt(numel); "rel": ||f(z)-z|| / ||f(z)|| < tol
+    returns: str = "last"  # "last": the last f(z); "lowest": the lowest-residual iterate z
+
+    @property
+    def max_iter(self) -> int:
+        """Cell evaluations (what the runtime's --iters counts): Broyden evaluates f once more."""
+        return self.threshold + 1 if self.solver == "broyden" else self.threshold
+
+
+def reference_solve(f_thres: int) -> SolveSpec:
+    """The reference's test-time solve (locuslab/mdeq DEQFunc2d: eps = 1e-5 * sqrt(numel))."""
+    return SolveSpec(solver="broyden", threshold=f_thres, tol=1e-5, tol_kind="abs", returns="lowest")
 
 
 @dataclass(frozen=True)
@@ -31,6 +60,13 @@ class MDEQConfig:
     palette: tuple[tuple[int, int, int], ...] = field(default_factory=tuple)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    # Final logits -> input-resolution upsampling of the seg head. The reference's test script
+    # (``inference``) uses bilinear align_corners=False; our tiny model was measured with True.
+    upsample_align_corners: bool = True
+    test_solve: SolveSpec = field(default_factory=SolveSpec)
+    # Classification head (published HRNet-style head): Bottleneck widths per scale, final width.
+    cls_head_channels: tuple[int, ...] = ()
+    cls_final_channels: int = 2048
 
     @property
     def num_scales(self) -> int:
@@ -48,9 +84,6 @@ class MDEQConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    def with_classes(self, names: tuple[str, ...], palette: tuple[tuple[int, int, int], ...]) -> MDEQConfig:
-        return replace(self, num_classes=len(names), class_names=names, palette=palette)
 
 
 # Classes of our synthetic benchmark (export/synthetic.py draws them).
@@ -77,11 +110,48 @@ CONFIGS: dict[str, MDEQConfig] = {
         f_thres=20,
         class_names=SYNTH_CLASSES,
         palette=SYNTH_PALETTE,
+        test_solve=SolveSpec("fixed_point", threshold=20),
     ),
-    "small-seg": MDEQConfig(name="small-seg", channels=(32, 64, 128, 256), expansion=5, dropout=0.05, f_thres=27),
-    "xl-seg": MDEQConfig(name="xl-seg", channels=(88, 176, 352, 704), expansion=6, dropout=0.04, f_thres=26),
+    # Published configs (locuslab/mdeq experiments/*.yaml): F_THRES, test-time Broyden, align_corners=False.
+    "small-seg": MDEQConfig(
+        name="small-seg",
+        channels=(32, 64, 128, 256),
+        expansion=5,
+        dropout=0.05,
+        f_thres=27,
+        upsample_align_corners=False,
+        test_solve=reference_solve(27),
+    ),
+    "xl-seg": MDEQConfig(
+        name="xl-seg",
+        channels=(88, 176, 352, 704),
+        expansion=6,
+        dropout=0.04,
+        f_thres=26,
+        upsample_align_corners=False,
+        test_solve=reference_solve(26),
+    ),
     "small-cls": MDEQConfig(
-        name="small-cls", channels=(32, 64, 128, 256), expansion=5, num_classes=1000, task="cls", f_thres=26
+        name="small-cls",
+        channels=(32, 64, 128, 256),
+        expansion=5,
+        num_classes=1000,
+        task="cls",
+        f_thres=26,
+        test_solve=reference_solve(26),
+        cls_head_channels=(24, 48, 96, 192),
+        cls_final_channels=2048,
+    ),
+    "xl-cls": MDEQConfig(
+        name="xl-cls",
+        channels=(88, 176, 352, 704),
+        expansion=6,
+        num_classes=1000,
+        task="cls",
+        f_thres=27,
+        test_solve=reference_solve(27),
+        cls_head_channels=(32, 64, 128, 256),
+        cls_final_channels=2048,
     ),
 }
 

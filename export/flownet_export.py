@@ -113,8 +113,9 @@ def identity_flownet(channels: Sequence[int]) -> nn.Module:
             flows, scales = [], []
             for i, c in enumerate(self.channels):
                 s = 4 * 2**i
-                flows.append(torch.zeros(b, 2, h // s, w // s) + base)
-                scales.append(torch.ones(b, c, h // s, w // s) + base)
+                # made on the input's device: CPU constants added to a CUDA ``base`` would fail
+                flows.append(base.new_zeros(b, 2, h // s, w // s) + base)
+                scales.append(base.new_ones(b, c, h // s, w // s) + base)
             return (*flows, *scales)
 
     return Identity().eval()

@@ -195,6 +195,7 @@ class SegHead(nn.Module):
     def __init__(self, cfg: MDEQConfig, last_layer: nn.Sequential) -> None:
         super().__init__()
         self.last_layer = last_layer
+        self.upsample_align_corners = cfg.upsample_align_corners  # of the final upsampling (ClassMapHead)
 
     def forward(self, *z: Tensor) -> Tensor:
         size = z[0].shape[-2:]
@@ -204,19 +205,88 @@ class SegHead(nn.Module):
 
 class ClassMapHead(nn.Module):
     """Head engine: z -> uint8 class map at input resolution (argmax inside the graph), so
-    only H*W bytes leave the device. ``with_logits`` also returns the stride-4 logits."""
+    only H*W bytes leave the device. ``with_logits`` also returns the stride-4 logits.
 
-    def __init__(self, seg: SegHead, out_hw: tuple[int, int], with_logits: bool = False) -> None:
+    The final upsampling's ``align_corners`` is the config's ``upsample_align_corners``
+    (False for the published models, as the reference's test-time ``inference``) unless given."""
+
+    def __init__(
+        self, seg: SegHead, out_hw: tuple[int, int], with_logits: bool = False, align_corners: bool | None = None
+    ) -> None:
         super().__init__()
         self.seg = seg
         self.out_hw = out_hw
         self.with_logits = with_logits
+        self.align_corners = seg.upsample_align_corners if align_corners is None else align_corners
 
     def forward(self, *z: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         logits = self.seg(*z)
-        full = F.interpolate(logits, size=self.out_hw, mode="bilinear", align_corners=True)
+        full = F.interpolate(logits, size=self.out_hw, mode="bilinear", align_corners=self.align_corners)
         classes = full.argmax(1).to(torch.uint8)
         return (classes, logits) if self.with_logits else classes
+
+
+class Bottleneck(nn.Module):
+    """The classification head's residual block (published ``incre_modules``): 1x1-3x3-1x1
+    convs with affine-free BatchNorm, expansion 4, a 1x1 conv + BN shortcut when widths differ."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int) -> None:
+        super().__init__()
+        cout = planes * self.expansion
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes, momentum=0.1, affine=False)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes, momentum=0.1, affine=False)
+        self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout, momentum=0.1, affine=False)
+        self.downsample = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout, momentum=0.1))
+            if cin != cout
+            else None
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + (self.downsample(x) if self.downsample is not None else x))
+
+
+def cls_head_modules(cfg: MDEQConfig) -> tuple[nn.ModuleList, nn.ModuleList, nn.Sequential, nn.Linear]:
+    """incre_modules, downsamp_modules, final_layer, classifier, named and shaped as published."""
+    if len(cfg.cls_head_channels) != cfg.num_scales:
+        raise ValueError(f"config {cfg.name!r}: cls_head_channels needs {cfg.num_scales} widths")
+    wide = [c * Bottleneck.expansion for c in cfg.cls_head_channels]
+    incre = nn.ModuleList(nn.Sequential(Bottleneck(c, h)) for c, h in zip(cfg.channels, cfg.cls_head_channels))
+    down = nn.ModuleList(
+        nn.Sequential(conv3x3(a, b, 2, bias=True), nn.BatchNorm2d(b, momentum=0.1), nn.ReLU(inplace=True))
+        for a, b in zip(wide, wide[1:])
+    )
+    final = nn.Sequential(
+        nn.Conv2d(wide[-1], cfg.cls_final_channels, 1),
+        nn.BatchNorm2d(cfg.cls_final_channels, momentum=0.1),
+        nn.ReLU(inplace=True),
+    )
+    return incre, down, final, nn.Linear(cfg.cls_final_channels, cfg.num_classes)
+
+
+class ClsHead(nn.Module):
+    """Multiscale z -> (B, num_classes) logits: widen every scale, stride-2 convs carry the finer
+    scales down and add them, a final 1x1 conv, global mean pooling, a linear classifier."""
+
+    def __init__(self, incre: nn.ModuleList, down: nn.ModuleList, final: nn.Sequential, classifier: nn.Linear) -> None:
+        super().__init__()
+        self.incre_modules, self.downsamp_modules = incre, down
+        self.final_layer, self.classifier = final, classifier
+
+    def forward(self, *z: Tensor) -> Tensor:
+        y = self.incre_modules[0](z[0])
+        for i, down in enumerate(self.downsamp_modules):
+            y = self.incre_modules[i + 1](z[i + 1]) + down(y)
+        y = self.final_layer(y)
+        return self.classifier(y.flatten(2).mean(2))  # global average pooling (export-friendly)
 
 
 class PoseHead(nn.Module):
@@ -247,7 +317,8 @@ class PoseHead(nn.Module):
 
 
 class MDEQSegNet(nn.Module):
-    """The whole segmentation model; its parts are exported separately."""
+    """The whole model (segmentation, or classification for ``task="cls"``); its parts are
+    exported separately. ``head`` maps the state to seg logits (stride 4) or class logits."""
 
     def __init__(self, cfg: MDEQConfig) -> None:
         super().__init__()
@@ -265,16 +336,21 @@ class MDEQSegNet(nn.Module):
             nn.Conv2d(c0, c0, 1, bias=False), nn.BatchNorm2d(c0, momentum=BN_MOMENTUM), nn.ReLU(inplace=True)
         )
         self.fullstage = MDEQCell(cfg)
-        total = sum(cfg.channels)
-        hc = cfg.head_channels or total
-        self.last_layer = nn.Sequential(
-            nn.Conv2d(total, hc, 1),
-            nn.BatchNorm2d(hc, momentum=BN_MOMENTUM),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(hc, cfg.num_classes, 1),
-        )
         self.injection = Injection(cfg, self.downsample, self.stage0)
-        self.head = SegHead(cfg, self.last_layer)
+        self.head: SegHead | ClsHead
+        if cfg.task == "cls":  # the published classification head, under its published names
+            self.incre_modules, self.downsamp_modules, self.final_layer, self.classifier = cls_head_modules(cfg)
+            self.head = ClsHead(self.incre_modules, self.downsamp_modules, self.final_layer, self.classifier)
+        else:
+            total = sum(cfg.channels)
+            hc = cfg.head_channels or total
+            self.last_layer = nn.Sequential(
+                nn.Conv2d(total, hc, 1),
+                nn.BatchNorm2d(hc, momentum=BN_MOMENTUM),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(hc, cfg.num_classes, 1),
+            )
+            self.head = SegHead(cfg, self.last_layer)
 
     @property
     def cell(self) -> MDEQCell:

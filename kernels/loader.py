@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,19 +179,29 @@ class _CoreModule:
             s = self._streams[handle] = core.Stream.from_handle(handle)
         return s
 
-    def launch(self, name: str, grid: tuple, block: tuple, stream: int, args: Sequence[Arg]) -> None:
+    def prepare(self, name: str, grid: tuple, block: tuple, args: Sequence[Arg]) -> Callable[[int], None]:
+        """Kernel, launch configuration and typed arguments resolved once; the result launches on a stream."""
         import numpy as np
 
         core = _core()
-
         self._activate()
         kernel = self._kernels.get(name)
         if kernel is None:
             kernel = self._kernels[name] = self._code.get_kernel(name)
         # cuda.core maps a Python int to a pointer-sized argument; scalars must carry their C type.
         conv = {"ptr": int, "i32": np.int32, "f32": np.float32}
-        values = [conv[a.kind](a.value) for a in args]
-        core.launch(self._stream(stream), core.LaunchConfig(grid=grid, block=block), kernel, *values)
+        values = tuple(conv[a.kind](a.value) for a in args)
+        config = core.LaunchConfig(grid=grid, block=block)
+        launch = core.launch
+
+        def run(stream: int) -> None:
+            self._activate()
+            launch(self._stream(stream), config, kernel, *values)
+
+        return run
+
+    def launch(self, name: str, grid: tuple, block: tuple, stream: int, args: Sequence[Arg]) -> None:
+        self.prepare(name, grid, block, args)(stream)
 
 
 class _DriverModule:
@@ -231,7 +241,9 @@ class _DriverModule:
             raise KernelUnavailable("a non-primary CUDA context is current; PyTorch and the kernels need the primary")
         self._tls.active = True
 
-    def launch(self, name: str, grid: tuple, block: tuple, stream: int, args: Sequence[Arg]) -> None:
+    def prepare(self, name: str, grid: tuple, block: tuple, args: Sequence[Arg]) -> Callable[[int], None]:
+        """Function handle and the packed parameter array built once (the driver copies the values at each
+        launch, so one array serves every launch); the result launches on a stream."""
         import numpy as np
 
         cu = self._cu
@@ -245,10 +257,17 @@ class _DriverModule:
         params = np.array([h.ctypes.data for h in holders], dtype=np.uint64)
         gx, gy, gz = grid
         bx, by, bz = block
-        _check(
-            cu.cuLaunchKernel(fn, gx, gy, gz, bx, by, bz, 0, cu.CUstream(stream), params.ctypes.data, 0),
-            f"cuLaunchKernel({name})",
-        )
+        what = f"cuLaunchKernel({name})"
+
+        def run(stream: int) -> None:
+            _ = holders  # the parameter values must outlive every launch
+            self._activate()
+            _check(cu.cuLaunchKernel(fn, gx, gy, gz, bx, by, bz, 0, cu.CUstream(stream), params.ctypes.data, 0), what)
+
+        return run
+
+    def launch(self, name: str, grid: tuple, block: tuple, stream: int, args: Sequence[Arg]) -> None:
+        self.prepare(name, grid, block, args)(stream)
 
 
 _modules: dict[tuple[str, int], object] = {}
@@ -274,6 +293,25 @@ def load(device_index: int = 0, backend: str | None = None) -> _CoreModule | _Dr
             cls = _CoreModule if backend == "core" else _DriverModule
             mod = _modules[key] = cls(device_index, data)
     return mod
+
+
+def _no_op(stream: int) -> None:
+    """The launch of an empty tensor: nothing to do."""
+
+
+def prepare(
+    name: str,
+    grid: tuple[int, int, int],
+    block: tuple[int, int, int],
+    args: Sequence[Arg],
+    device_index: int,
+    backend: str | None = None,
+) -> Callable[[int], None]:
+    """Resolve kernel ``name`` and pack ``args`` once; the returned callable launches it on a stream (a cudaStream_t
+    as int) asynchronously. kernels.warp keeps these per launch signature, so a frame's launch costs one call."""
+    if any(g <= 0 for g in grid):
+        return _no_op
+    return load(device_index, backend).prepare(name, grid, block, args)
 
 
 def launch(

@@ -46,6 +46,52 @@ struct alignas(sizeof(T) * V) Vec {
   T val[V];
 };
 
+// One vector of V elements to/from V floats. The generic path indexes the struct's elements; for 8 halves it
+// unpacks the four 32-bit words of one 16-byte load by bit operations instead: indexing __half members of a
+// loaded struct made ptxas keep the vector in local memory (16 bytes of stack per thread at sm_90).
+DEQ_HD __half half_from_bits(unsigned int bits) {
+  __half_raw r;
+  r.x = (unsigned short)bits;
+  return __half(r);
+}
+DEQ_HD unsigned int half_bits(__half h) { return (unsigned int)__half_raw(h).x; }
+
+template <typename T, int V>
+struct VecIO {
+  static DEQ_HD void load(const Vec<T, V>* p, float (&f)[V]) {
+    const Vec<T, V> v = *p;
+#pragma unroll
+    for (int e = 0; e < V; ++e) f[e] = to_f32(v.val[e]);
+  }
+  static DEQ_HD void store(Vec<T, V>* p, const float (&f)[V]) {
+    Vec<T, V> v;
+#pragma unroll
+    for (int e = 0; e < V; ++e) v.val[e] = from_f32<T>(f[e]);
+    *p = v;
+  }
+};
+
+template <>
+struct VecIO<__half, 8> {
+  static DEQ_HD void load(const Vec<__half, 8>* p, float (&f)[8]) {
+    const uint4 u = *reinterpret_cast<const uint4*>(p);
+    const unsigned int w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      f[2 * i] = __half2float(half_from_bits(w[i] & 0xffffu));
+      f[2 * i + 1] = __half2float(half_from_bits(w[i] >> 16));
+    }
+  }
+  static DEQ_HD void store(Vec<__half, 8>* p, const float (&f)[8]) {
+    unsigned int w[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      w[i] = half_bits(__float2half_rn(f[2 * i])) | (half_bits(__float2half_rn(f[2 * i + 1])) << 16);
+    }
+    *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+  }
+};
+
 // The four bilinear taps of one output pixel: element offsets of the taps inside one (n, c) plane (NCHW)
 // or pixel indices inside one image (NHWC), and their weights. Invalid taps get weight 0 and offset 0 so
 // that no load ever leaves the tensor; `valid` says which taps exist (grid_sample multiplies valid taps
@@ -83,16 +129,15 @@ DEQ_HD Taps make_taps(int x, int y, float dx, float dy, int H, int W) {
   t.wt[1] = ax * (1.0f - ay);
   t.wt[2] = (1.0f - ax) * ay;
   t.wt[3] = ax * ay;
-  t.off[0] = y0 * W + x0;
-  t.off[1] = y0 * W + x1;
-  t.off[2] = y1 * W + x0;
-  t.off[3] = y1 * W + x1;
+  // Offsets only of taps inside the plane, so they are < H * W < 2^31 (the launcher refuses larger planes);
+  // y0 * W of a tap far outside could overflow int for planes above 2^30 elements.
+  t.off[0] = t.valid[0] ? y0 * W + x0 : 0;
+  t.off[1] = t.valid[1] ? y0 * W + x1 : 0;
+  t.off[2] = t.valid[2] ? y1 * W + x0 : 0;
+  t.off[3] = t.valid[3] ? y1 * W + x1 : 0;
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
-    if (!t.valid[k]) {
-      t.wt[k] = 0.0f;
-      t.off[k] = 0;
-    }
+    if (!t.valid[k]) t.wt[k] = 0.0f;
   }
   return t;
 }
@@ -113,6 +158,8 @@ DEQ_HD Taps pixel_taps(const float* __restrict__ disp, int n, int p, int H, int 
 // mode: 0 = warp only (b, db unused), 1 = weighted sum wa*A + wb*B, 2 = max(A, B). `scale` may be null.
 // ---------------------------------------------------------------------------------------------------------
 // Work of one thread: pixel p of image n, channels [chunk * cpt, chunk * cpt + cpt).
+// In-plane indices (p, hw, tap offsets) are int: the launcher refuses planes of H * W >= 2^31 elements; every
+// offset across planes or images is int64.
 template <typename T>
 DEQ_HD void nchw_item(const T* __restrict__ a, const float* __restrict__ da, const T* __restrict__ b,
                       const float* __restrict__ db, const T* __restrict__ scale, T* __restrict__ out, int C, int H,
@@ -175,37 +222,38 @@ DEQ_HD void nhwc_item(const T* __restrict__ a, const float* __restrict__ da, con
       acc_a[e] = 0.0f;
       acc_b[e] = 0.0f;
     }
+    float v[V];
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       if (ta.valid[k]) {  // uniform across the warp: no divergence
-        const VT v = va_base[(img + ta.off[k]) * cv + j];
+        VecIO<T, V>::load(va_base + (img + ta.off[k]) * cv + j, v);
 #pragma unroll
-        for (int e = 0; e < V; ++e) acc_a[e] += ta.wt[k] * to_f32(v.val[e]);
+        for (int e = 0; e < V; ++e) acc_a[e] += ta.wt[k] * v[e];
       }
     }
     if (mode != 0) {
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
         if (tb.valid[k]) {
-          const VT v = vb_base[(img + tb.off[k]) * cv + j];
+          VecIO<T, V>::load(vb_base + (img + tb.off[k]) * cv + j, v);
 #pragma unroll
-          for (int e = 0; e < V; ++e) acc_b[e] += tb.wt[k] * to_f32(v.val[e]);
+          for (int e = 0; e < V; ++e) acc_b[e] += tb.wt[k] * v[e];
         }
       }
     }
     const int64_t o = (q * cv + j);
-    VT s;
-    if (scale != nullptr) s = reinterpret_cast<const VT*>(scale)[o];
-    VT r;
+    float s[V];
+    if (scale != nullptr) VecIO<T, V>::load(reinterpret_cast<const VT*>(scale) + o, s);
+    float r[V];
 #pragma unroll
     for (int e = 0; e < V; ++e) {
       float x = acc_a[e];
       if (mode == 1) x = wa * acc_a[e] + wb * acc_b[e];
       if (mode == 2) x = fmaxf(acc_a[e], acc_b[e]);
-      if (scale != nullptr) x *= to_f32(s.val[e]);
-      r.val[e] = from_f32<T>(x);
+      if (scale != nullptr) x *= s[e];
+      r[e] = x;
     }
-    reinterpret_cast<VT*>(out)[o] = r;
+    VecIO<T, V>::store(reinterpret_cast<VT*>(out) + o, r);
   }
 }
 
@@ -256,13 +304,18 @@ __device__ __forceinline__ void nhwc_body(const T* __restrict__ a, const float* 
     nchw_body<T>(a, da, b, db, nullptr, out, C, H, W, cpt, wa, wb, mode);                                      \
   }
 
-#define DEQ_NHWC_ENTRIES(T, SUFFIX, V)                                                                           \
+// BOUNDS: the interp kernels' launch bounds. interp_nhwc_f16_v8 holds two sets of 8 accumulators plus two tap
+// sets; with plain __launch_bounds__(256) ptxas spilled 16 bytes of stack at 64 registers on sm_75..sm_90, with a
+// minimum of 4 blocks per SM (the same 64-register budget) it allocates them without any spill.
+#define DEQ_BOUNDS_DEFAULT __launch_bounds__(256)
+#define DEQ_BOUNDS_4_BLOCKS __launch_bounds__(256, 4)
+#define DEQ_NHWC_ENTRIES(T, SUFFIX, V, BOUNDS)                                                                   \
   extern "C" __global__ void __launch_bounds__(256)                                                           \
       warp_nhwc_##SUFFIX##_v##V(const T* __restrict__ in, const float* __restrict__ disp,                       \
                                 const T* __restrict__ scale, T* __restrict__ out, int N, int C, int H, int W) { \
     nhwc_body<T, V>(in, disp, in, disp, scale, out, N, C, H, W, 1.0f, 0.0f, 0);                                \
   }                                                                                                            \
-  extern "C" __global__ void __launch_bounds__(256)                                                           \
+  extern "C" __global__ void BOUNDS                                                                            \
       interp_nhwc_##SUFFIX##_v##V(const T* __restrict__ a, const float* __restrict__ da, const T* __restrict__ b, \
                                   const float* __restrict__ db, T* __restrict__ out, int N, int C, int H, int W, \
                                   float wa, float wb, int mode) {                                              \
@@ -271,7 +324,7 @@ __device__ __forceinline__ void nhwc_body(const T* __restrict__ a, const float* 
 
 DEQ_NCHW_ENTRIES(float, f32)
 DEQ_NCHW_ENTRIES(__half, f16)
-DEQ_NHWC_ENTRIES(float, f32, 1)
-DEQ_NHWC_ENTRIES(float, f32, 4)
-DEQ_NHWC_ENTRIES(__half, f16, 1)
-DEQ_NHWC_ENTRIES(__half, f16, 8)
+DEQ_NHWC_ENTRIES(float, f32, 1, DEQ_BOUNDS_DEFAULT)
+DEQ_NHWC_ENTRIES(float, f32, 4, DEQ_BOUNDS_DEFAULT)
+DEQ_NHWC_ENTRIES(__half, f16, 1, DEQ_BOUNDS_DEFAULT)
+DEQ_NHWC_ENTRIES(__half, f16, 8, DEQ_BOUNDS_4_BLOCKS)

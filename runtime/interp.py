@@ -43,6 +43,7 @@ from runtime.propagation import StateWarper, has_motion, interpolate_segment, is
 from runtime.sources import Frame
 
 SHOT_CHANGE = "shot change (intra-coded frame)"  # the reason mv logs for the same frames
+UNLINKED = "key frame (no vectors to the previous frame)"  # codec I-frame, no vectors, or a shot change by pixels
 
 
 @dataclass
@@ -105,9 +106,19 @@ class InterpPolicy(Policy):
         first = self.since is None
         if first or not is_linked or self.since + 1 >= self.interval:
             self.since = 0
-            return Plan(iters=self.iters, start="zero", reason="" if first or not is_cut(info) else SHOT_CHANGE)
+            return Plan(iters=self.iters, start="zero", reason=self._why(info, first, is_linked))
         self.since += 1
         return Plan(iters=0, start="previous", run_cell=False)
+
+    def _why(self, info: FrameInfo, first: bool, is_linked: bool) -> str:
+        """Every key frame starts from zero: why this one is a key frame (logged in its record)."""
+        if first:
+            return ""
+        if is_cut(info):
+            return SHOT_CHANGE
+        if not is_linked:
+            return UNLINKED
+        return f"key frame (every {self.interval})"
 
     # -- buffers -------------------------------------------------------------------------
     def attach(self, pipeline: Pipeline, b: int) -> None:

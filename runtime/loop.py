@@ -8,6 +8,8 @@ processed so far. ``run`` is what the CLI, the demo and the benchmarks call.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import signal
 import sys
 import threading
@@ -23,9 +25,10 @@ import torch
 from runtime.bundle import Bundle, open_bundle
 from runtime.errors import DeqRuntimeError, EngineError, SourceError
 from runtime.interp import Emission, InterpPolicy
-from runtime.modes import FrameInfo, Outcome, Plan, Policy, ResetMonitor, frame_change, make_policy
+from runtime.modes import FrameInfo, Outcome, Plan, Policy, ResetMonitor, frame_change, make_policy, reset_counts
 from runtime.pipeline import STAGES, Pipeline
-from runtime.sources import Frame, Prefetcher, Source, open_source
+from runtime.solvers import SOLVERS
+from runtime.sources import Frame, Prefetcher, Source
 from runtime.stats import format_summary, summarize
 from runtime.writers import Sink, atomic_write_json, prepare_out_dir
 
@@ -41,12 +44,17 @@ class RunConfig:
     iters: int = 2
     solver: str = "fixed_point"
     tol: float | None = None
+    # The test-time solve of a published model (run.py reads it from the manifest for --mode frame): "abs" makes
+    # ``tol`` an absolute bound on ||f(z) - z||_2 (whole state), ``keep_lowest`` returns the lowest-residual iterate.
+    tol_kind: str = "rel"
+    keep_lowest: bool = False
     check_every: int = 4
     budget_ms: float | None = None
     max_iters: int = 20
     reset_iters: int | None = None
     key_interval: int = 5  # propagation modes (mv, dff, mv-interp): a key frame every this many frames
     key_start: str = "previous"  # propagation key frames: warm start from the warped state, or "zero"
+    reencode_mv: bool = False  # vector modes: re-encode a file whose vectors span several frames (runtime.mv_source)
     reset: bool = True
     fit: str = "resize"
     save_maps: str = "png"
@@ -63,6 +71,16 @@ class RunConfig:
     # class map at the source's resolution; ``out=None`` with this writes nothing to disk.
     on_frame: Callable[[dict[str, Any], np.ndarray], None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Hooks for a runner of many runs in one process (runtime.fleet); unset, run() behaves as before.
+    # make_sink(i, fps): stream i's writer (Sink's put/close/abort/out/write_ms), or None; used instead of --out's.
+    make_sink: Callable[[int, float], Any] | None = None
+    # Per stream: resume at this frame index (earlier frames are decoded and dropped; their records exist).
+    start_frames: list[int] | None = None
+    # Per stream: the reset reason of its first processed frame (e.g. "worker-restart": the state starts from zero).
+    first_reset: list[str] | None = None
+    stop: Callable[[], bool] | None = None  # polled like Ctrl-C: true -> finish the current frame, write, return
+    # A dict kept across runs in one process: the bundle and Pipeline are loaded once and reused (states zeroed).
+    reuse: dict[str, Any] | None = None
 
 
 def pick_device(requested: str, bundle: Bundle) -> torch.device:
@@ -91,9 +109,13 @@ def pick_device(requested: str, bundle: Bundle) -> torch.device:
 class _StopFlag:
     """First Ctrl-C: finish the current frame and write everything; second: abort hard."""
 
-    def __init__(self) -> None:
-        self.stop = False
+    def __init__(self, extra: Callable[[], bool] | None = None) -> None:
+        self.stopped, self.extra = False, extra
         self._old: Any = None
+
+    @property
+    def stop(self) -> bool:
+        return self.stopped or (self.extra is not None and self.extra())
 
     def __enter__(self) -> _StopFlag:
         if threading.current_thread() is threading.main_thread():
@@ -101,9 +123,9 @@ class _StopFlag:
         return self
 
     def _handle(self, *_: object) -> None:
-        if self.stop:
+        if self.stopped:
             raise KeyboardInterrupt
-        self.stop = True
+        self.stopped = True
 
     def __exit__(self, *exc: object) -> None:
         if self._old is not None:
@@ -122,12 +144,41 @@ class StreamState:
         self.resets: list[dict[str, Any]] = []
         self.iters: list[int] = []
         self.residuals: list[float] = []
+        self.first_reset = ""  # reason logged on the first processed frame (a resumed stream)
+
+
+class _Resume:
+    """A stream resumed at frame ``start``: earlier frames are decoded (no seeking is exact) and dropped,
+    each handed to ``skipped`` (a sink re-rendering its overlay from saved maps)."""
+
+    def __init__(self, pre: Prefetcher, start: int, skipped: Callable[[Frame], None] | None) -> None:
+        self.pre, self.start, self.skipped = pre, start, skipped
+
+    def get(self, stop: Callable[[], bool] = lambda: False) -> Frame | None:
+        while True:
+            f = self.pre.get(stop)
+            if f is None or f.index >= self.start:
+                return f
+            if self.skipped is not None:
+                self.skipped(f)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.pre, name)
+
+
+def _cached(cfg: RunConfig, key: str, make: Callable[[], Any]) -> Any:
+    """``make()``, or the object an earlier run with the same ``cfg.reuse`` dict made."""
+    if cfg.reuse is None:
+        return make()
+    if key not in cfg.reuse:
+        cfg.reuse[key] = make()
+    return cfg.reuse[key]
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
     """Process the sources; returns the summary (also written as ``summary.json``)."""
     log = cfg.log or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
-    bundle = open_bundle(cfg.engine, check_hash=cfg.check_hash)
+    bundle = _cached(cfg, "bundle", lambda: open_bundle(cfg.engine, check_hash=cfg.check_hash))
     n = len(cfg.sources)
     if n == 0:
         raise SourceError("no input given")
@@ -145,7 +196,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     if cfg.out is not None:
         root = prepare_out_dir(Path(cfg.out))
         outs = [root] if n == 1 else [prepare_out_dir(root / f"stream{i}") for i in range(n)]
-    sources = [s if isinstance(s, Source) else _open(s, cfg.mode) for s in cfg.sources]
+    sources = [s if isinstance(s, Source) else _open(s, cfg.mode, log, cfg.reencode_mv) for s in cfg.sources]
+    cfg = _fallback(cfg, sources, bundle, log)  # a vector mode on a stream without vectors (HEVC, VP9, AV1)
     if cfg.policy is not None:  # a custom mode (e.g. a propagation mode) plugs in here
         policies = [cfg.policy() for _ in range(n)]
     elif cfg.mode == "mv-interp":  # key frames from zero with cfg.iters; delayed output (runtime.interp)
@@ -157,17 +209,22 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             )
             for _ in range(n)
         ]
-    pipeline = Pipeline(
-        bundle,
-        device,
-        cfg.solver,
-        cfg.tol,
-        cfg.check_every,
-        cfg.graphs,
-        cfg.threads,
-        max_iters=max(p.max_iters for p in policies),
-        log=log,
+    pipeline = _cached(
+        cfg,
+        "pipeline",
+        lambda: Pipeline(
+            bundle,
+            device,
+            cfg.solver,
+            cfg.tol,
+            cfg.check_every,
+            cfg.graphs,
+            cfg.threads,
+            max_iters=max(p.max_iters for p in policies),
+            log=log,
+        ),
     )
+    _solver_options(pipeline, cfg, log)
     for i, p in enumerate(policies):  # policies that need engines (dff: the flownet) get the pipeline
         attach = getattr(getattr(p, "inner", p), "attach", None)
         if attach is not None:
@@ -177,11 +234,16 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     streams = []
     for i, src in enumerate(sources):
         sink = None
-        if outs[i] is not None:
-            fps = float(getattr(getattr(src, "stream", None), "average_rate", None) or getattr(src, "fps", 30) or 30)
+        fps = float(getattr(getattr(src, "stream", None), "average_rate", None) or getattr(src, "fps", 30) or 30)
+        if cfg.make_sink is not None:
+            sink = cfg.make_sink(i, fps)
+        elif outs[i] is not None:
             sink = Sink(outs[i], fps, bundle.palette, cfg.save_maps, cfg.video)
-        pre = Prefetcher(src, hw, cfg.fit, keep_original=cfg.video and sink is not None, max_frames=cfg.max_frames)
+        pre: Any = Prefetcher(src, hw, cfg.fit, keep_original=cfg.video and sink is not None, max_frames=cfg.max_frames)
+        if cfg.start_frames and cfg.start_frames[i] > 0:
+            pre = _Resume(pre, cfg.start_frames[i], getattr(sink, "skipped", None))
         streams.append(StreamState(i, src, policies[i], sink, pre))
+        streams[-1].first_reset = cfg.first_reset[i] if cfg.first_reset else ""
     try:
         summary = _loop(cfg, bundle, pipeline, streams, log)
     except BaseException:
@@ -193,13 +255,50 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     return summary
 
 
-def _open(spec: Any, mode: str) -> Source:
-    """Motion-vector modes read the codec's vectors with the frames."""
-    if mode in ("mv", "stream-mv", "dff", "mv-interp"):  # dff: the vectors' intra coverage flags shot changes
-        from runtime.mv_source import open_mv_source
+def _solver_options(pipe: Pipeline, cfg: RunConfig, log: Any) -> None:
+    """Hand the test-time options (absolute tolerance, lowest-residual iterate) to the solver when it
+    takes them (``tol_kind``/``return_lowest`` of runtime.solvers); else say once what runs instead."""
+    if cfg.tol_kind == "rel" and not cfg.keep_lowest:
+        return
+    solver = SOLVERS[cfg.solver]
+    params = inspect.signature(solver).parameters
+    if "tol_kind" in params and "return_lowest" in params:
+        pipe.solver = functools.partial(solver, tol_kind=cfg.tol_kind, return_lowest=cfg.keep_lowest)
+        return
+    pipe.tol = None  # an absolute bound must not be read as a relative one
+    log(
+        f"the runtime's {cfg.solver} takes no absolute tolerance / lowest-residual return yet: running all "
+        f"{cfg.iters} evaluations and keeping the last iterate"
+    )
 
-        return open_mv_source(spec)
-    return open_source(spec)
+
+def _top_k(out: np.ndarray, k: int = 5) -> dict[str, Any]:
+    """A classification head's logits -> top-1 and top-k class ids with softmax scores (frames.jsonl);
+    nothing for a class map."""
+    if out.ndim != 1:
+        return {}
+    z = out.astype(np.float64)
+    prob = np.exp(z - z.max())
+    prob /= prob.sum()
+    ids = np.argsort(-z, kind="stable")[:k]
+    scores = [round(float(prob[i]), 6) for i in ids]
+    return {
+        "top1": {"class": int(ids[0]), "score": scores[0]},
+        f"top{k}": {"classes": [int(i) for i in ids], "scores": scores},
+    }
+
+
+def _open(spec: Any, mode: str, log: Any = None, reencode: bool = False) -> Source:
+    """Motion-vector modes read the codec's vectors with the frames (dff too: they hint at shot changes)."""
+    from runtime.mv_source import open_for_mode
+
+    return open_for_mode(spec, mode, log, reencode)
+
+
+def _fallback(cfg: RunConfig, sources: list[Source], bundle: Bundle, log: Any) -> RunConfig:
+    from runtime.mv_source import fallback_without_vectors
+
+    return fallback_without_vectors(cfg, sources, bundle, log)
 
 
 def _loop(cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[StreamState], log: Any) -> dict[str, Any]:
@@ -214,7 +313,7 @@ def _loop(cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[StreamSt
     interp = streams[0].policy if isinstance(streams[0].policy, InterpPolicy) else None
     interrupted = False
     t_start = time.perf_counter()
-    with _StopFlag() as flag:
+    with _StopFlag(cfg.stop) as flag:
         while True:
             got = [None if s.done else s.prefetch.get(lambda: flag.stop) for s in streams]
             if flag.stop and any(f is None and not s.done for s, f in zip(streams, got)):
@@ -281,11 +380,15 @@ def _one_frame(
         reason = ""
         if f is not None and cfg.reset and cfg.mode != "frame":
             reason = s.monitor.before(info, frame_change(s.prev, f.rgb))
-            if reason:
-                pipe.reset(s.idx)
+        if f is not None and s.first_reset:  # consumed by the stream's first processed frame
+            reason, s.first_reset = s.first_reset, ""
+        if reason:
+            pipe.reset(s.idx)
         plan = s.policy.plan(info, pipe.has_state[s.idx]) if f is not None else Plan(iters=0, run_cell=False)
         if reason:
             plan.reason = reason
+        if f is not None and (reason or plan.start == "zero"):
+            s.monitor.clear()  # a fresh state's residuals start a new mean (else its next frame "jumps" at k = 1)
         infos.append(info)
         plans.append(plan)
         frames.append(f.rgb if f is not None else blank)
@@ -307,12 +410,15 @@ def _one_frame(
         if f is None:
             continue
         stages["decode"].append(f.decode_ms)
-        _record(cfg, s, f, plan, res, pre_reset[s.idx] or post[s.idx], latency_ms)
+        _record(cfg, s, f, plan, res, pre_reset[s.idx] or post[s.idx] or plan.reason, latency_ms)
     return latency_ms, res.gpu_ms
 
 
 def _shot_change(cfg: RunConfig, s: StreamState, f: Frame) -> str:
     """The reset monitor's verdict before a frame runs (mv-interp: it makes the frame a key frame)."""
+    if s.first_reset:
+        reason, s.first_reset = s.first_reset, ""
+        return reason
     if not cfg.reset:
         return ""
     return s.monitor.before(FrameInfo(f.index, f.time, f.key_frame, f.side), frame_change(s.prev, f.rgb))
@@ -403,7 +509,9 @@ def _record(
         "reset": reset or None,
         "cuda_graph": res.graph,
         "latency_ms": {"decode": round(f.decode_ms, 3), **stage, "total": round(latency_ms, 3)},
+        **_top_k(res.classes[b]),
         **(extra or {}),
+        **cfg.extra.get("record", {}),
     }
     s.policy.observe(
         FrameInfo(f.index, f.time, f.key_frame),
@@ -414,11 +522,12 @@ def _record(
     s.frames += 1
     s.prev = f.rgb
     fitter = s.prefetch.fitters.get(f.source_hw)
+    logits = res.classes[b].ndim == 1  # head_cls: (num_classes,) logits, no class map
     if cfg.on_frame is not None:
-        classes = fitter.unfit(res.classes[b]) if fitter is not None else res.classes[b]
+        classes = fitter.unfit(res.classes[b]) if fitter is not None and not logits else res.classes[b]
         cfg.on_frame(dict(record), np.array(classes, copy=True))
     if s.sink is not None:
-        s.sink.put(record, f, res.classes[b], fitter)
+        s.sink.put(record, f, None if logits else res.classes[b], fitter)
 
 
 def _run_facts(cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[StreamState], interrupted: bool) -> dict:
@@ -432,6 +541,7 @@ def _run_facts(cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[Str
                 "decode_errors": s.source.errors,
                 "last_decode_error": s.source.last_error or None,
                 "resets": s.resets,
+                "reset_causes": reset_counts(s.resets),
                 "mean_iterations": float(np.mean(s.iters)) if s.iters else 0.0,
                 "mean_residual": float(np.nanmean(s.residuals)) if s.residuals else None,
                 "out": str(s.sink.out) if s.sink is not None else None,
@@ -446,11 +556,14 @@ def _run_facts(cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[Str
         "key_interval": cfg.key_interval if cfg.mode in ("mv", "dff", "mv-interp") else None,
         "solver": cfg.solver,
         "tol": cfg.tol,
+        "tol_kind": cfg.tol_kind,
+        "returns": "lowest" if cfg.keep_lowest else "last",
         "budget_ms": cfg.budget_ms,
         "streams": per_stream,
         "cuda_graphs": bool(pipe.graphs),
         "interrupted": interrupted,
         "resolution": [bundle.height, bundle.width],
+        **cfg.extra.get("summary", {}),
     }
 
 

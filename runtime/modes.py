@@ -15,6 +15,7 @@ policy, so this module imports the propagation modes and they import only the in
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -193,6 +194,34 @@ class ResetMonitor:
         self.mean, self.seen, self.grew, self.last = None, 0, 0, None
 
 
+RESET_CAUSES = (  # reason prefix -> cause counted in the summary (the record keeps the full reason)
+    ("shot change (frame difference", "shot change (pixels)"),
+    ("shot change (residual", "shot change (residual)"),
+    ("shot change (intra-coded", "shot change (intra-coded frame)"),
+    ("key frame with large change", "shot change (key frame)"),
+    ("divergence", "divergence"),
+    ("key frame", "key frame"),
+    ("no state", "no state"),
+)
+
+
+def reset_cause(reason: str) -> str:
+    """The cause of a from-zero start, from its logged reason (e.g. "shot change (pixels)", "key frame")."""
+    for prefix, cause in RESET_CAUSES:
+        if reason.startswith(prefix):
+            return cause
+    return reason.split(" (")[0]
+
+
+def reset_counts(resets: list[dict[str, Any]]) -> dict[str, int]:
+    """Resets by cause, for the summary: ``[{"frame": 3, "reason": ...}, ...]`` -> ``{cause: count}``."""
+    out: dict[str, int] = {}
+    for r in resets:
+        cause = reset_cause(str(r.get("reason", "")))
+        out[cause] = out.get(cause, 0) + 1
+    return out
+
+
 def make_policy(
     mode: str,
     iters: int,
@@ -230,4 +259,6 @@ __all__ = [
     "WarpHook",
     "frame_change",
     "make_policy",
+    "reset_cause",
+    "reset_counts",
 ]

@@ -1,34 +1,58 @@
-"""A video source that also delivers the codec's motion vectors (for ``--mode mv`` / ``stream-mv``).
+"""A video source that also delivers the codec's motion vectors (for ``--mode mv`` / ``stream-mv`` / ``mv-interp``).
 
 It is the runtime's :class:`runtime.sources.VideoSource` with FFmpeg's ``+export_mvs`` flag and a
 side hook that turns each decoded frame's vectors into a stride-4
 :class:`runtime.motion_vectors.MotionField` in ``Frame.side["motion"]``. The field is computed in
 the decode thread, so it overlaps the GPU work like decoding does. ``MotionVectorDecoder`` holds
-the semantics (sign, units, multi-frame detection); this module only plugs it into the loop.
+the semantics (sign, units, resolving vectors that span several frames); this module plugs it into
+the loop, says in one line what a stream's vectors can and cannot do, re-encodes a file on request
+(``--reencode-mv``), and picks the policy for streams that carry no vectors at all (HEVC, VP9, AV1).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from runtime.errors import SourceError
-from runtime.motion_vectors import MotionVectorDecoder, MultiFrameMotionWarning
+from runtime.motion_vectors import (
+    MotionVectorDecoder,
+    MultiFrameMotionWarning,
+    StreamInfo,
+    multi_frame_message,
+    probe,
+    reencode_for_motion_vectors,
+)
 from runtime.propagation import MV_STRIDE
 from runtime.sources import LIVE_PREFIXES, Source, VideoSource, open_source
 
+VECTOR_MODES = ("mv", "stream-mv", "mv-interp")  # modes that cannot run without codec vectors
+STREAM_ITERS = 2  # stream mode's default iterations (runtime.run): mv-interp's fallback, whose --iters means key frames
+Log = Callable[[str], None]
+
 
 class _FieldMaker(MotionVectorDecoder):
-    """MotionVectorDecoder's per-frame field logic without opening its own container."""
+    """MotionVectorDecoder's per-frame field logic without opening its own container; warns through ``log``."""
 
-    def __init__(self, name: str, stride: int) -> None:  # noqa: D107 - deliberately skips the parent's open
-        self.path, self.stride, self.warn, self._warned = Path(name), stride, True, False
+    def __init__(self, name: str, stride: int, info: StreamInfo | None, log: Log | None) -> None:  # noqa: D107
+        self.path, self.stride, self.warn, self.log = Path(name), stride, True, log
+        self.setup(info)
+
+    def _warn(self, why: str) -> None:
+        if self.log is None:
+            super()._warn(why)
+        elif not self._warned:
+            self.log(multi_frame_message(self.path, why))
+            self._warned = True
 
 
-def motion_side_hook(name: str, stride: int = MV_STRIDE) -> Any:
+def motion_side_hook(name: str, stride: int = MV_STRIDE, info: StreamInfo | None = None, log: Log | None = None) -> Any:
     """side_hook(av_frame, index) -> {"motion": MotionField} for VideoSource."""
-    maker = _FieldMaker(name, stride)
+    maker = _FieldMaker(name, stride, info, log)
 
     def hook(frame: Any, index: int) -> dict[str, Any]:
         return {"motion": maker.field(frame, index)}
@@ -36,27 +60,99 @@ def motion_side_hook(name: str, stride: int = MV_STRIDE) -> Any:
     return hook
 
 
-def open_mv_source(spec: str | Path, stride: int = MV_STRIDE) -> Source:
-    """Like ``open_source`` but video only, with motion vectors in each frame's side data.
+def open_mv_source(
+    spec: str | Path,
+    stride: int = MV_STRIDE,
+    log: Log | None = None,
+    need_vectors: bool = True,
+    reencode: bool = False,
+) -> Source:
+    """Like ``open_source`` but with motion vectors in each frame's side data.
 
-    Image folders have no motion vectors: a clear SourceError. Streams with B-frames or several
-    reference frames warn once (their vectors may span several frames; frames whose vectors do
-    are treated as key frames by the policies).
+    ``need_vectors=False`` (dff: vectors only help it spot shot changes) accepts image folders and
+    codecs without vectors and returns the plain source. A video whose codec exports no vectors
+    (HEVC, VP9, AV1) comes back as a plain source with ``no_vectors`` set to the codec's name; the
+    caller picks the policy (:func:`fallback_without_vectors`). A stream whose vectors may span
+    several frames says so once through ``log`` (a warning without it); with ``reencode`` a file is
+    first re-encoded with single-reference settings.
     """
     s = str(spec)
     base = open_source(s)  # the usual checks and messages (missing, empty, folder, ...)
     if not isinstance(base, VideoSource):
+        if not need_vectors:
+            return base
         base.close()
         raise SourceError(f"{s}: motion-vector modes need a video input (a folder of images has no motion vectors)")
+    info = probe(base.container, base.stream)
+    if not info.has_vectors:
+        base.no_vectors = info.codec  # type: ignore[attr-defined]
+        return base
     base.close()
     live = s.startswith(LIVE_PREFIXES) or s.startswith("webcam:")
-    src = VideoSource(
+    if reencode and info.multi_frame:
+        if live:
+            raise SourceError(f"{s}: --reencode-mv re-encodes files; a live source cannot be re-encoded here")
+        return _reencoded(s, stride, info, log)
+    return VideoSource(
         s,
         live=base.live if live else False,
         codec_options={"flags2": "+export_mvs"},
-        side_hook=motion_side_hook(s, stride),
+        side_hook=motion_side_hook(s, stride, info, log),
     )
+
+
+def _reencoded(s: str, stride: int, info: StreamInfo, log: Log | None) -> Source:
+    """The file re-encoded (libx264, no B-frames, one reference) into a temporary file, opened with vectors; the
+    temporary file is removed when the source closes."""
+    t0 = time.perf_counter()
+    try:
+        path = reencode_for_motion_vectors(s)
+    except (RuntimeError, ValueError, OSError) as e:
+        raise SourceError(f"{s}: cannot re-encode for motion vectors ({e})") from None
+    took = time.perf_counter() - t0
+    if log is not None:
+        log(f"{s}: re-encoded for single-reference motion vectors ({info.describe()}) in {took:.1f} s")
+    single = StreamInfo("h264", info.width, info.height, False, 1)
+    src = VideoSource(
+        str(path), codec_options={"flags2": "+export_mvs"}, side_hook=motion_side_hook(s, stride, single, log)
+    )
+    src.name = s
+    close = src.close
+
+    def close_and_remove() -> None:
+        close()
+        path.unlink(missing_ok=True)
+
+    src.close = close_and_remove  # type: ignore[method-assign]
     return src
+
+
+def open_for_mode(spec: Any, mode: str, log: Log | None = None, reencode: bool = False) -> Source:
+    """The loop's source for ``mode``: motion vectors for the vector modes and dff (its shot-change hint)."""
+    if mode in (*VECTOR_MODES, "dff"):
+        return open_mv_source(spec, log=log, need_vectors=mode != "dff", reencode=reencode)
+    return open_source(spec)
+
+
+def fallback_without_vectors(cfg: Any, sources: list[Source], bundle: Any, log: Log) -> Any:
+    """A vector mode on a stream without motion vectors: run dff when the bundle has a FlowNet (mv, mv-interp), else
+    stream mode at ``--iters`` (mv-interp, whose --iters counts key-frame iterations: stream's default). Says so in
+    one line and returns the RunConfig to run; the policy goes into every record (``fallback``) and the summary
+    (``cfg.extra["record"]`` / ``["summary"]``, which the loop adds)."""
+    missing = [s for s in sources if getattr(s, "no_vectors", None)]
+    if cfg.mode not in VECTOR_MODES or cfg.policy is not None or not missing:
+        return cfg
+    codec = missing[0].no_vectors
+    iters = STREAM_ITERS if cfg.mode == "mv-interp" else max(cfg.iters, 1)
+    if "flownet" in bundle.engines and cfg.mode != "stream-mv":
+        mode, what = "dff", f"dff (the bundle's FlowNet) with key interval {cfg.key_interval}"
+    else:
+        mode, what = "stream", f"stream mode at {iters} iteration(s)"
+    why = f"{codec} carries no motion vectors"
+    log(f"{missing[0].name}: {why}: --mode {cfg.mode} runs as {what}")
+    fallback = {"requested_mode": cfg.mode, "mode": mode, "iters": iters, "reason": why}
+    extra = {**cfg.extra, "record": {"fallback": f"{mode}: {why}"}, "summary": {"fallback": fallback}}
+    return dataclasses.replace(cfg, mode=mode, iters=iters, extra=extra)
 
 
 def probe_multi_frame(path: str | Path) -> bool:

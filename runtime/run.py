@@ -8,11 +8,13 @@ for what decoded), 130 = interrupted (outputs written for what was processed).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
-from runtime.errors import DeqRuntimeError, EngineError
+from runtime.errors import BundleError, DeqRuntimeError, EngineError
 from runtime.solvers import SOLVERS
 
 MODES = ("frame", "stream", "stream-mv", "mv", "dff", "mv-interp")
@@ -43,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_run_options(p)
+    return p
+
+
+def add_run_options(p: argparse.ArgumentParser, streams: bool = True) -> None:
+    """The inputs, engine, solving and I/O options (runtime.fleet reuses them; ``streams``: add --streams)."""
     p.add_argument(
         "inputs",
         nargs="+",
@@ -83,23 +91,42 @@ def build_parser() -> argparse.ArgumentParser:
         "or from zero with --reset-iters iterations",
     )
     g.add_argument(
+        "--reencode-mv",
+        action="store_true",
+        help="mv/stream-mv/mv-interp on a file whose motion vectors span several frames (B-frames, several "
+        "reference frames): re-encode it first (libx264, no B-frames, one reference) for exact vectors, instead of "
+        "resolving each vector's reference frame by block matching",
+    )
+    g.add_argument(
         "--iters",
         type=int,
         default=None,
-        help="cell iterations per frame (default: 2 in stream mode, the manifest's f_thres in frame mode); "
+        help="cell iterations per frame (default: 2 in stream mode; frame mode: the manifest's test-time solve, "
+        "e.g. F_THRES + 1 Broyden evaluations for a published model, else its f_thres); "
         "mv/dff: iterations of a warm-started key frame; mv-interp: iterations of every key frame "
         "(default: --reset-iters, else the manifest's f_thres); stream-mv: 0 means a pure warp",
     )
     g.add_argument(
-        "--solver", choices=tuple(SOLVERS), default="fixed_point", help="fixed-point solver (default fixed_point)"
+        "--solver",
+        choices=tuple(SOLVERS),
+        default=None,
+        help="fixed-point solver (default: fixed_point; in --mode frame the manifest's test-time solve, "
+        "config.test_solve: for a published model the reference's Broyden with an absolute tolerance "
+        "returning the lowest-residual iterate; passing --solver replaces it)",
     )
     g.add_argument(
         "--tol",
         type=float,
         default=None,
-        help="stop a frame early once the relative residual ||f(z)-z||/||f(z)|| is below this",
+        help="stop a frame early once the relative residual ||f(z)-z||/||f(z)|| is below this "
+        "(in --mode frame it replaces the manifest's test-time tolerance)",
     )
-    g.add_argument("--check-every", type=int, default=4, help="with --tol: check every N iterations (one sync each)")
+    g.add_argument(
+        "--check-every",
+        type=int,
+        default=None,
+        help="with a tolerance: check every N iterations, one sync each (default 4; 1 for the test-time solve)",
+    )
     g.add_argument(
         "--budget-ms",
         type=float,
@@ -120,12 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="never drop the state (by default it is dropped at a shot change: a jump in the pixel difference "
         "from the previous frame or in the solver residual; and when the residual diverges)",
     )
-    g.add_argument(
-        "--streams",
-        type=int,
-        default=None,
-        help="number of streams processed together in one batched call (default: number of inputs)",
-    )
+    if streams:
+        g.add_argument(
+            "--streams",
+            type=int,
+            default=None,
+            help="number of streams processed together in one batched call (default: number of inputs)",
+        )
     d = p.add_argument_group("device and I/O")
     d.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     d.add_argument("--no-graphs", action="store_true", help="disable CUDA graph capture of the iterations")
@@ -152,7 +180,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--max-frames", type=int, default=None, help="stop after this many frames per stream")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.add_argument("--no-hash", action="store_true", help="skip the sha256 check of the engines against the manifest")
-    return p
 
 
 def _validate(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
@@ -167,14 +194,14 @@ def _validate(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     if a.mode in KEY_MODES and a.budget_ms is not None:
         p.error(f"--budget-ms does not apply to --mode {a.mode} (its propagated frames run no iterations)")
     for name in ("check_every", "max_iters", "reset_iters", "streams", "max_frames"):
-        v = getattr(a, name)
+        v = getattr(a, name, None)
         if v is not None and v < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if a.tol is not None and not a.tol > 0:
         p.error("--tol must be > 0")
     if a.budget_ms is not None and not a.budget_ms > 0:
         p.error("--budget-ms must be > 0")
-    if a.streams is not None and a.streams != len(a.inputs):
+    if getattr(a, "streams", None) is not None and a.streams != len(a.inputs):
         p.error(f"--streams {a.streams} but {len(a.inputs)} input(s) given (one input per stream)")
 
 
@@ -185,57 +212,97 @@ def output_names(no_video: bool, save_maps: str, streams: int) -> list[str]:
     return names if streams == 1 else [f"stream<i>/{{{', '.join(names[:-1])}}}", "summary.json"]
 
 
+def frame_solve(bundle: Any, tol: float | None = None) -> dict[str, Any] | None:
+    """The manifest's test-time solve (``config.test_solve``, written by the exporter) as RunConfig
+    fields: what --mode frame runs unless --solver is given. None for a bundle without one.
+
+    Broyden's threshold counts updates after the first evaluation of f, so it runs threshold + 1
+    evaluations (--iters); an "abs" tolerance is scaled by sqrt(number of state elements), as the
+    reference's eps = 1e-5 * sqrt(numel). ``tol`` (the user's --tol) replaces it with a relative one.
+    """
+    spec = bundle.manifest.get("config", {}).get("test_solve")
+    if not isinstance(spec, dict):
+        return None
+    solver = spec.get("solver", "fixed_point")
+    if solver not in SOLVERS:
+        raise BundleError(f"manifest: config.test_solve names unknown solver {solver!r}")
+    threshold = int(spec.get("threshold", bundle.f_thres))
+    kind = "rel" if tol is not None else str(spec.get("tol_kind", "rel"))
+    if tol is None and spec.get("tol") is not None:
+        tol = float(spec["tol"]) * (math.sqrt(sum(s.numel for s in bundle.state)) if kind == "abs" else 1.0)
+    return {
+        "solver": solver,
+        "iters": threshold + 1 if solver == "broyden" else threshold,
+        "tol": tol,
+        "tol_kind": kind,
+        "keep_lowest": spec.get("returns") == "lowest",
+    }
+
+
+def config_from_args(args: argparse.Namespace, sources: list[Any]) -> Any:
+    """The RunConfig of parsed options (defaults that depend on the bundle resolved here; runtime.fleet too)."""
+    from runtime.bundle import open_bundle
+    from runtime.loop import RunConfig
+
+    iters, reset_iters = args.iters, args.reset_iters
+    solve = None
+    if args.mode == "frame" and args.solver is None:
+        solve = frame_solve(open_bundle(args.engine, check_hash=False), args.tol)
+    if iters is None and args.mode == "mv-interp":  # every key frame is solved from zero
+        iters = reset_iters or open_bundle(args.engine, check_hash=False).f_thres
+    if iters is None and solve is not None:
+        iters = solve["iters"]
+    if iters is None:
+        iters = 2 if args.mode != "frame" else open_bundle(args.engine, check_hash=False).f_thres
+    if reset_iters is None and args.mode in KEY_MODES:
+        reset_iters = open_bundle(args.engine, check_hash=False).f_thres
+    if args.mode == "dff" and "flownet" not in open_bundle(args.engine, check_hash=False).engines:
+        raise EngineError(
+            f"--mode dff needs a flownet engine in the bundle next to {args.engine} "
+            "(export it with `python -m export.flownet_export`)"
+        )
+    return RunConfig(
+        engine=args.engine,
+        sources=sources,
+        out=args.out,
+        mode=args.mode,
+        iters=iters,
+        solver=solve["solver"] if solve else args.solver or "fixed_point",
+        tol=solve["tol"] if solve else args.tol,
+        tol_kind=solve["tol_kind"] if solve else "rel",
+        keep_lowest=bool(solve and solve["keep_lowest"]),
+        check_every=args.check_every or (1 if solve and solve["tol"] is not None else 4),
+        budget_ms=args.budget_ms,
+        max_iters=args.max_iters,
+        reset_iters=reset_iters,
+        key_interval=args.key_interval or 5,
+        key_start=args.key_start,
+        reencode_mv=getattr(args, "reencode_mv", False),
+        reset=not args.no_reset,
+        fit=args.fit,
+        save_maps=args.save_maps,
+        video=not args.no_video,
+        device=args.device,
+        graphs=not args.no_graphs,
+        max_frames=args.max_frames,
+        threads=args.threads,
+        progress=not args.no_progress,
+        check_hash=not args.no_hash,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _validate(parser, args)
-    from runtime.loop import RunConfig, format_summary, run
+    from runtime.loop import format_summary, run
 
     if args.threads > 0:  # the CPU path's torch ops (solver residuals, warps) oversubscribe a shared CPU otherwise
         import torch
 
         torch.set_num_threads(args.threads)
     try:
-        from runtime.bundle import open_bundle
-
-        iters, reset_iters = args.iters, args.reset_iters
-        if iters is None and args.mode == "mv-interp":  # every key frame is solved from zero
-            iters = reset_iters or open_bundle(args.engine, check_hash=False).f_thres
-        if iters is None:
-            iters = 2 if args.mode != "frame" else open_bundle(args.engine, check_hash=False).f_thres
-        if reset_iters is None and args.mode in KEY_MODES:
-            reset_iters = open_bundle(args.engine, check_hash=False).f_thres
-        if args.mode == "dff" and "flownet" not in open_bundle(args.engine, check_hash=False).engines:
-            raise EngineError(
-                f"--mode dff needs a flownet engine in the bundle next to {args.engine} "
-                "(export it with `python -m export.flownet_export`)"
-            )
-        cfg = RunConfig(
-            engine=args.engine,
-            sources=list(args.inputs),
-            out=args.out,
-            mode=args.mode,
-            iters=iters,
-            solver=args.solver,
-            tol=args.tol,
-            check_every=args.check_every,
-            budget_ms=args.budget_ms,
-            max_iters=args.max_iters,
-            reset_iters=reset_iters,
-            key_interval=args.key_interval or 5,
-            key_start=args.key_start,
-            reset=not args.no_reset,
-            fit=args.fit,
-            save_maps=args.save_maps,
-            video=not args.no_video,
-            device=args.device,
-            graphs=not args.no_graphs,
-            max_frames=args.max_frames,
-            threads=args.threads,
-            progress=not args.no_progress,
-            check_hash=not args.no_hash,
-        )
-        summary = run(cfg)
+        summary = run(config_from_args(args, list(args.inputs)))
     except DeqRuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -22,13 +22,28 @@ from runtime.buffers import StateLayout
 Step = Callable[[Tensor, Tensor], None]
 
 
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the solvers accumulate in: fp32 for fp16/bf16 state, the state's own otherwise (fp64 stays fp64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _sub_acc(a: Tensor, b: Tensor, out: Tensor) -> None:
+    """out = a - b computed in ``out``'s dtype: ``torch.sub(a16, b16, out=o32)`` would subtract in fp16 first."""
+    if a.dtype == out.dtype and b.dtype == out.dtype:
+        torch.sub(a, b, out=out)
+    else:
+        out.copy_(a)
+        out.sub_(b)
+
+
 class Workspace:
     """Preallocated scratch for one stream group: residual meter, trace, solver histories."""
 
     def __init__(self, layout: StateLayout, device: torch.device, max_iter: int = 64, m: int = 6, lbfgs: int = 30):
         self.layout, self.device, self.B, D = layout, device, layout.batch, layout.total
         S = len(layout.shapes)
-        f32 = dict(dtype=layout.dtype, device=device)
+        self.acc = acc_dtype(layout.dtype)
+        f32 = dict(dtype=self.acc, device=device)
         self.diff = torch.zeros(D, **f32)
         self.sq = torch.zeros(D, **f32)
         self.sq_views = [v.view(self.B, -1) for v in layout.views(self.sq)]
@@ -45,14 +60,18 @@ class Workspace:
             self.trace = torch.zeros(max_iter, self.B, dtype=self.trace.dtype, device=self.device)
 
     def _sqnorm(self, v: Tensor, out: Tensor) -> None:
-        torch.mul(v, v, out=self.sq)
+        if v.dtype == self.sq.dtype:
+            torch.mul(v, v, out=self.sq)
+        else:  # widen first: an fp16 square overflows above 256
+            self.sq.copy_(v)
+            self.sq.square_()
         for i, view in enumerate(self.sq_views):
             torch.sum(view, dim=1, out=self.part[i])
         torch.sum(self.part, dim=0, out=out)
 
     def residual(self, fz: Tensor, z: Tensor, out: Tensor) -> None:
         """Per-stream relative residual ||fz - z|| / ||fz|| into ``out`` (B,), allocation-free."""
-        torch.sub(fz, z, out=self.diff)
+        _sub_acc(fz, z, self.diff)
         self._sqnorm(self.diff, self.num)
         self._sqnorm(fz, self.den)
         self.den.clamp_(min=1e-30)
@@ -62,7 +81,7 @@ class Workspace:
     def anderson(self) -> dict[str, Tensor]:
         if self._anderson is None:
             m, D = self.m, self.layout.total
-            kw = dict(dtype=self.layout.dtype, device=self.device)
+            kw = dict(dtype=self.acc, device=self.device)
             bordered = []
             for n in range(1, m + 1):
                 K = torch.zeros(n + 1, n + 1, **kw)
@@ -72,6 +91,8 @@ class Workspace:
             rhs = torch.zeros(m + 1, 1, **kw)
             rhs[0] = 1
             self._anderson = {"F": torch.zeros(m, D, **kw), "G": torch.zeros(m, D, **kw), "rhs": rhs}
+            # the mix is formed in the accumulation dtype, then rounded once into the state
+            self._anderson["mix"] = torch.zeros(D if self.acc != self.layout.dtype else 0, **kw)
             self._anderson.update({f"K{n}": K for n, K in enumerate(bordered, 1)})
             self._anderson.update({f"H{n}": torch.zeros(n, n, **kw) for n in range(1, m + 1)})
         return self._anderson
@@ -79,7 +100,7 @@ class Workspace:
     def broyden(self) -> dict[str, Tensor]:
         if self._broyden is None:
             L, D = self.lbfgs, self.layout.total
-            kw = dict(dtype=self.layout.dtype, device=self.device)
+            kw = dict(dtype=self.acc, device=self.device)
             self._broyden = {k: torch.zeros(L, D, **kw) for k in ("U", "V")}
             self._broyden.update({k: torch.zeros(D, **kw) for k in ("gx", "gnew", "dx", "dg", "upd", "vt", "u", "t")})
             self._broyden.update({k: torch.zeros(L, **kw) for k in ("c",)})
@@ -169,7 +190,7 @@ def anderson(
         ws.residual(fx, x, ws.trace[k])
         i = k % ws.m
         F[i].copy_(fx)
-        torch.sub(fx, x, out=G[i])
+        _sub_acc(fx, x, G[i])
         if k + 1 == max_iter or _converged(ws, k, tol, check_every, max_iter):
             break
         n = min(k + 1, ws.m)
@@ -182,7 +203,11 @@ def anderson(
         # lam relative to the mean squared residual: an absolute lam swamps G G^T near convergence
         K.diagonal()[1:].add_(H.diagonal().mean() * lam + 1e-30)
         sol, _ = torch.linalg.solve_ex(K, rhs[: n + 1], check_errors=False)
-        torch.mm(sol[1:].T, F[:n], out=x.view(1, -1))
+        if x.dtype == F.dtype:
+            torch.mm(sol[1:].T, F[:n], out=x.view(1, -1))
+        else:
+            torch.mm(sol[1:].T, F[:n], out=h["mix"].view(1, -1))
+            x.copy_(h["mix"])
     return fx, SolverInfo(k + 1, ws.trace, "anderson")
 
 
@@ -207,17 +232,16 @@ def broyden(
     L = ws.lbfgs
     step(x, fx)
     ws.residual(fx, x, ws.trace[0])
-    torch.sub(fx, x, out=gx)
+    _sub_acc(fx, x, gx)
     upd.copy_(gx)
     k, stored = 0, 0
     if _converged(ws, 0, tol, check_every, max_iter):
         return fx, SolverInfo(1, ws.trace, "broyden")
     for k in range(1, max_iter):
-        x.add_(upd)
-        dx.copy_(upd)
+        _advance(x, upd, dx)
         step(x, fx)
         ws.residual(fx, x, ws.trace[k])
-        torch.sub(fx, x, out=gnew)
+        _sub_acc(fx, x, gnew)
         torch.sub(gnew, gx, out=dg)
         gx.copy_(gnew)
         if k + 1 == max_iter or _converged(ws, k, tol, check_every, max_iter):
@@ -238,6 +262,18 @@ def broyden(
         _matvec(U[:n], V[:n], c[:n], gx, upd, t)
         upd.neg_()
     return fx, SolverInfo(k + 1, ws.trace, "broyden")
+
+
+def _advance(x: Tensor, upd: Tensor, dx: Tensor) -> None:
+    """x += upd and dx = the step x actually took: with fp16 state the rounded step, which the
+    secant update must see (the fp32 ``upd`` would differ from it by x's rounding)."""
+    if x.dtype == upd.dtype:
+        x.add_(upd)
+        dx.copy_(upd)
+    else:
+        dx.copy_(x)
+        x.add_(upd)
+        torch.sub(x, dx, out=dx)  # fp16 - fp32 promotes to fp32: exact step
 
 
 def _matvec(U: Tensor, V: Tensor, c: Tensor, y: Tensor, out: Tensor, t: Tensor) -> None:

@@ -8,11 +8,75 @@ of variation exceeds 2.5 % (unstable clocks or a noisy machine make the numbers 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 from typing import Any
 
 CV_WARN = 0.025
 PERCENTILES = (90, 95, 99)
+
+
+class Samples:
+    """Timings of a run that may last weeks, in bounded memory.
+
+    Count, sum, min, max and the variance are exact (Welford); percentiles and the median come
+    from a uniform reservoir of ``capacity`` values (Algorithm R, fixed seed), so they are exact
+    for runs up to ``capacity`` frames and an unbiased sample beyond. ``append`` allocates
+    nothing once the reservoir is full."""
+
+    def __init__(self, capacity: int = 8192, seed: int = 0) -> None:
+        self.capacity = capacity
+        self.count = 0
+        self.total = 0.0
+        self.lo, self.hi = math.inf, -math.inf
+        self._mean = 0.0
+        self._m2 = 0.0
+        self._kept: list[float] = []
+        self._rng = random.Random(seed)
+
+    def append(self, v: float | None) -> None:
+        if v is None or not math.isfinite(v):
+            return
+        v = float(v)
+        self.count += 1
+        self.total += v
+        self.lo, self.hi = min(self.lo, v), max(self.hi, v)
+        d = v - self._mean
+        self._mean += d / self.count
+        self._m2 += d * (v - self._mean)
+        if len(self._kept) < self.capacity:
+            self._kept.append(v)
+        else:
+            j = self._rng.randrange(self.count)
+            if j < self.capacity:
+                self._kept[j] = v
+
+    def extend(self, values) -> None:
+        for v in values:
+            self.append(v)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        return iter(self._kept)
+
+    def mean(self) -> float:
+        return self._mean if self.count else math.nan
+
+    def describe(self, percentiles: Sequence[float] = PERCENTILES) -> dict[str, float]:
+        """What :func:`describe` gives for the full list (percentiles from the reservoir)."""
+        if not self.count:
+            return {"count": 0}
+        std = math.sqrt(max(self._m2, 0.0) / self.count)
+        s = sorted(self._kept)
+        n = len(s)
+        median = s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+        out = {"count": self.count, "min": self.lo, "max": self.hi, "mean": self._mean, "median": median,
+               "std": std, "cv": std / self._mean if self._mean > 0 else 0.0}  # fmt: skip
+        for p in percentiles:
+            out[f"p{p:g}"] = percentile(s, p)
+        return out
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -26,6 +90,8 @@ def percentile(values: Sequence[float], p: float) -> float:
 
 def describe(values: Sequence[float], percentiles: Sequence[float] = PERCENTILES) -> dict[str, float]:
     """min, max, mean, median, p<N>, std and coefficient of variation of ``values``."""
+    if isinstance(values, Samples):
+        return values.describe(percentiles)
     vals = [float(v) for v in values if v is not None and math.isfinite(v)]
     if not vals:
         return {"count": 0}
@@ -65,7 +131,7 @@ def summarize(
     }
     if gpu_ms:
         out["gpu_compute_ms"] = describe(gpu_ms)
-        out["total_gpu_compute_s"] = sum(gpu_ms) / 1e3
+        out["total_gpu_compute_s"] = (gpu_ms.total if isinstance(gpu_ms, Samples) else sum(gpu_ms)) / 1e3
     for name, vals in (extra or {}).items():
         out.setdefault("stages_ms", {})[name] = describe(vals)
     out["warnings"] = warnings_for(out)

@@ -1,4 +1,5 @@
-"""benchmarks.fps: statistics of a timed loop, derived speed-ups and ratios, the writers, and the CLI end to end."""
+"""benchmarks.fps and its parts (fps_measure, fps_tables, fps_criteria): statistics of a timed loop, derived
+speed-ups and ratios, accuracy vs FPS only where both were measured, the acceptance checks, the writers, the CLI."""
 
 from __future__ import annotations
 
@@ -8,18 +9,18 @@ import time
 import pytest
 import torch
 
-from benchmarks import fps, plots
+from benchmarks import fps, fps_criteria, fps_measure, plots, roofline
 from runtime.stats import describe, summarize
 
 
-class SleepLoop(fps.DeviceLoop):
+class SleepLoop(fps_measure.DeviceLoop):
     """A fake device loop whose frame costs k milliseconds of sleep plus a fixed 1 ms 'injection + head'."""
 
     def __init__(self) -> None:
         self.device = torch.device("cpu")
         self.calls = 0
 
-    def step(self, k: int, zero: bool, timer: fps.StageTimer) -> None:
+    def step(self, k: int, zero: bool, timer: fps_measure.StageTimer) -> None:
         timer.mark("start")
         time.sleep(0.0005)
         timer.mark("injection")
@@ -32,7 +33,7 @@ class SleepLoop(fps.DeviceLoop):
 
 def test_measure_device_has_trtexec_fields_and_excludes_warmup():
     loop = SleepLoop()
-    s = fps.measure_device(loop, k=4, zero=False, warmup=2, frames=5)
+    s = fps_measure.measure_device(loop, k=4, zero=False, warmup=2, frames=5)
     assert loop.calls == 7
     assert s["frames"] == 5
     for key in ("mean", "median", "p90", "p95", "p99", "cv", "min", "max"):
@@ -45,7 +46,7 @@ def test_measure_device_has_trtexec_fields_and_excludes_warmup():
 
 
 def test_host_overhead_is_latency_minus_gpu():
-    s = fps.add_host_overhead(summarize([10.0, 12.0], 0.022, [7.0, 8.0]), [10.0, 12.0], [7.0, 8.0])
+    s = fps_measure.add_host_overhead(summarize([10.0, 12.0], 0.022, [7.0, 8.0]), [10.0, 12.0], [7.0, 8.0])
     assert s["host_overhead_ms"]["mean"] == pytest.approx(3.5)
     assert s["cv"] == s["gpu_compute_ms"]["cv"]
 
@@ -54,8 +55,8 @@ def _row(backend: str, measure: str, mode: str, k: int, fps_value: float, cv: fl
     lat = 1e3 / fps_value
     summary = summarize([lat * (1 - cv), lat * (1 + cv)], 2 / fps_value, extra={"cell": [lat / 2, lat / 2]})
     summary["cv"] = summary["latency_ms"]["cv"]
-    case = fps.Case("tiny", 64, 128)
-    return fps._entry(case, backend, measure, mode, k, summary)
+    case = fps_measure.Case("tiny", 64, 128)
+    return fps_measure.entry(case, backend, measure, mode, k, summary)
 
 
 def fake_results(tmp_path) -> dict:
@@ -79,7 +80,7 @@ def fake_results(tmp_path) -> dict:
     results = {"stamp": stamp, "settings": {}, "skipped": [{"backend": "tensorrt", "case": "all", "reason": "none"}],
                "rows": rows, "scaling": scaling}  # fmt: skip
     s = fps.settings_from_args(fps.build_parser().parse_args(["--quick", "--out", str(tmp_path)]))
-    fps.derive(results, s, torch.device("cpu"))
+    fps.derive_for(results, s, torch.device("cpu"))
     return results
 
 
@@ -133,17 +134,78 @@ def test_writers_produce_md_json_png(tmp_path):
     assert not list(tmp_path.glob("*.tmp*"))  # atomic writes leave nothing behind
 
 
-def test_accuracy_vs_fps_joins_accuracy_json(tmp_path):
-    acc = {"stamp": {"height": 256, "width": 512}, "results": {"tiny_sur": {"rows": {
-        "converged": {"miou": 0.7}, "stream k=1": {"miou": 0.6}, "per-frame k=1": {"miou": 0.2},
-        "stream k=2": {"miou": 0.65}}}}}  # fmt: skip
-    (tmp_path / "accuracy_quick.json").write_text(json.dumps(acc))
+def write_accuracy(folder, config: str = "tiny") -> None:
+    """An accuracy result at 256x512 with stream, per-frame and stream+reset rows, some with an FPS measured
+    by fake_results (stream k=1,2 and frame N=20) and some without (stream k=3, per-frame k=1, stream+reset)."""
+    rows = {"converged": {"miou": 0.7}, "stream k=1": {"miou": 0.6}, "stream k=2": {"miou": 0.65},
+            "stream k=3": {"miou": 0.66}, "per-frame k=1": {"miou": 0.2}, "per-frame k=20": {"miou": 0.69},
+            "stream+reset k=1": {"miou": 0.61}}  # fmt: skip
+    meta = {"source": f"deqstream-ckpt/1 checkpoint (config '{config}')"}
+    acc = {"stamp": {"height": 256, "width": 512}, "results": {"tiny_sur": {"checkpoint_meta": meta, "rows": rows}}}
+    (folder / "accuracy_quick.json").write_text(json.dumps(acc))
+
+
+def test_accuracy_points_only_where_both_were_measured(tmp_path):
+    write_accuracy(tmp_path)
     res = fake_results(tmp_path)
-    pts = {(p["mode"], p["k"], p["backend"], p["measure"]): p for p in res["accuracy_vs_fps"]}
-    assert pts[("stream", 1, "onnx", "device")]["fps"] == 100.0
-    assert pts[("per-frame", 1, "eager", "device")]["miou"] == 0.2
-    assert pts[("stream", 2, "onnx", "e2e")]["fps"] == 60.0
-    assert plots.plot_accuracy(res, tmp_path / "acc.png").stat().st_size > 0
+    acc = json.loads((tmp_path / "accuracy_quick.json").read_text())["results"]["tiny_sur"]["rows"]
+    pts = res["accuracy_vs_fps"]
+    assert {(p["mode"], p["k"]) for p in pts} == {("stream", 1), ("stream", 2), ("per-frame", 20)}
+    for p in pts:  # every point: its mIoU is in the accuracy file, its FPS is a measured row of the same loop
+        assert acc[f"{p['mode']} k={p['k']}"]["miou"] == p["miou"]
+        fps_mode = {"stream": "stream", "per-frame": "frame"}[p["mode"]]
+        match = [r for r in res["rows"] if (r["backend"], r["measure"], r["mode"], r["iters"]) ==
+                 (p["backend"], p["measure"], fps_mode, p["k"])]  # fmt: skip
+        assert len(match) == 1 and match[0]["fps"] == p["fps"]
+        assert p["accuracy_resolution"] == [256, 512] and p["fps_resolution"] == [64, 128]
+    frame = {(p["backend"], p["measure"]): p["fps"] for p in pts if p["mode"] == "per-frame"}
+    assert frame == {("eager", "device"): 5.0, ("onnx", "device"): 10.0, ("onnx", "e2e"): 9.0}  # frame N=20 rows
+    assert sorted(res["accuracy_without_fps"]) == [
+        "tiny_sur: per-frame k=1",
+        "tiny_sur: stream k=3",
+        "tiny_sur: stream+reset k=1",
+    ]
+
+
+def test_accuracy_of_another_config_is_not_paired(tmp_path):
+    write_accuracy(tmp_path, config="small-seg")
+    assert fake_results(tmp_path)["accuracy_vs_fps"] == []
+
+
+def test_accuracy_plot_shows_measured_points_and_names_resolutions(tmp_path):
+    write_accuracy(tmp_path)
+    res = fake_results(tmp_path)
+    shown = plots.accuracy_plot_points(res["accuracy_vs_fps"])
+    assert shown and all(p in res["accuracy_vs_fps"] for p in shown)
+    assert {(p["backend"], p["measure"]) for p in shown} == {("onnx", "device")}  # one backend, device loop
+    labels = plots.accuracy_labels(shown)
+    assert "256x512" in labels["ylabel"] and "64x128" in labels["xlabel"]
+    assert "256x512" in labels["title"] and "64x128" in labels["title"] and "different resolutions" in labels["title"]
+    assert plots.plot_accuracy(res, tmp_path / "acc.png").read_bytes()[:4] == b"\x89PNG"
+    md = plots.markdown(res)
+    assert "| tiny_sur | per-frame | 20 | 69.0 | 256x512 | accuracy_quick.json | onnx | device | 10.00 | 64x128 |" in md
+    assert "No FPS measured for (not plotted): " in md and "stream+reset k=1" in md
+
+
+def test_accuracy_plot_prefers_fps_at_the_accuracy_resolution():
+    base = {"checkpoint": "c", "mode": "stream", "k": 1, "miou": 0.5, "source": "a.json", "backend": "onnx",
+            "measure": "device", "precision": "fp32", "accuracy_resolution": [256, 512]}  # fmt: skip
+    pts = [dict(base, fps=100.0, fps_resolution=[128, 256]), dict(base, fps=30.0, fps_resolution=[256, 512])]
+    shown = plots.accuracy_plot_points(pts)
+    assert [p["fps"] for p in shown] == [30.0]
+    assert "different" not in plots.accuracy_labels(shown)["title"]
+
+
+def _roof(ratio: float) -> dict:
+    return {"config": "tiny", "backend": "onnx", "height": 64, "width": 128, "dtype": "fp32",
+            "measured_over_bound": ratio, "peak_check": roofline.peak_check(ratio)}  # fmt: skip
+
+
+@pytest.mark.parametrize("ratio,ok,verdict", [(0.73, False, "wrong peak"), (1.5, True, "pass"), (2.5, False, "FAIL")])
+def test_roofline_ratio_below_one_never_passes(ratio, ok, verdict):
+    (c,) = fps_criteria.acceptance({"roofline": [_roof(ratio), {**_roof(ratio), "backend": "eager"}]})
+    assert c["pass"] is ok and c["verdict"] == verdict and c["value"] == ratio
+    assert f"| {verdict} |" in "\n".join(plots.acceptance_lines([c], "cpu"))
 
 
 def test_describe_is_the_shared_statistics():

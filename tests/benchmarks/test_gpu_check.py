@@ -196,4 +196,62 @@ def test_the_real_steps_name_valid_arguments():
         if "pytest" in step.argv:
             paths = [p for p in step.argv if p.startswith("tests")]
             assert paths and all((ROOT / p).exists() for p in paths)
-    assert [s.name for s in gpu_check.STEPS][:3] == ["wheels", "nvidia-smi", "kernels"]
+    for steps in gpu_check.PLANS.values():
+        for step in steps:
+            if "pytest" in step.argv:
+                paths = [p for p in step.argv if p.startswith("tests")]
+                assert paths and all((ROOT / p).exists() for p in paths), step.name
+
+
+# The order #16 asks for: environment -> fatbin -> kernel parity -> runtime GPU tests -> warp bandwidth, then the
+# small-seg speed case (its own plan). Written out here, independently of the module.
+MAIN_ORDER = ["wheels", "environment", "kernels", "kernel-tests", "runtime-gpu-tests", "warp-bandwidth"]
+
+
+def test_plans_are_in_information_order_and_fit_the_default_budget():
+    assert [s.name for s in gpu_check.PLANS["main"]] == MAIN_ORDER
+    assert [s.name for s in gpu_check.PLANS["speed"]][-2:] == ["fps-small-seg", "bench-gpu-tests"]
+    assert gpu_check.DEFAULT_BUDGET_S == 540
+    for name, steps in gpu_check.PLANS.items():
+        assert sum(s.timeout_s for s in steps) <= 540, name
+        assert all(s.timeout_s >= gpu_check.MIN_STEP_S for s in steps), name
+    runtime = next(s for s in gpu_check.PLANS["main"] if s.name == "runtime-gpu-tests")
+    assert "tests/runtime" in runtime.argv  # CUDA graphs == plain launches, no allocation or copy in the loop
+
+
+def test_plan_prints_steps_and_limits_without_running(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert gpu_check.main(["--plan", "--out", str(out), "--work", str(tmp_path / "w")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "plan main (budget 540 s):"
+    names = [line.split()[1] for line in lines[1:-1]]
+    limits = [int(line.split()[2]) for line in lines[1:-1]]
+    assert names == MAIN_ORDER
+    assert lines[-1].startswith(f"  total {sum(limits)} s of 540 s (fits)") and sum(limits) <= 540
+    assert not out.exists() and not (tmp_path / "w").exists()
+    assert gpu_check.main(["--plan", "--plan-name", "speed"]) == 0
+    speed = capsys.readouterr().out
+    assert "fps-small-seg" in speed and "kernel-tests" not in speed
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--plan", "--steps", "fps-small-seg"])  # not a step of the main plan
+    assert "unknown step(s) fps-small-seg in plan main" in capsys.readouterr().err
+
+
+def test_runs_as_a_module_without_make():
+    proc = subprocess.run(
+        [PY, "-m", "benchmarks.gpu_check", "--plan"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and "total" in proc.stdout
+
+
+def test_environment_step_record_and_summary(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "MIN_STEP_S", 0.5)
+    env = {"gpu": "NVIDIA H200", "driver": "580.1", "torch": "2.11.0", "cuda_core": "0.4", "pyav": "16.0"}
+    write = f"import json, sys; json.dump({env!r}, open(sys.argv[1], 'w'))"
+    step = Step("environment", (PY, "-c", write, "{work}/environment.json"), 30, "env")
+    got = gpu_check.run_all([step], tmp_path / "o", tmp_path / "w", 30, plan="speed")
+    assert got[0].headline.startswith("NVIDIA H200, driver 580.1, torch 2.11.0, cuda-runtime None, cuda-core 0.4")
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["plan"] == "speed" and summary["environment"]["gpu"] == "NVIDIA H200"
+    assert summary["planned"] == [{"name": "environment", "timeout_s": 30, "why": "env"}]
+    assert summary["started"].endswith("Z")

@@ -1,4 +1,5 @@
-"""Roofline: FLOPs and bytes of the cell against independent counts, peaks table, bound arithmetic, warp rows."""
+"""Roofline: FLOPs and bytes against hand counts, bound arithmetic from given peaks, the wrong-peak flag, which peak
+is picked (precision, TF32, threads), warp rows."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from torch import nn
 from benchmarks import roofline
 from export.config import get_config
 from export.mdeq import build_model
+from export.tf32 import tf32_enabled
 
 
 def analytic_conv_flops(model, batch: int, height: int, width: int) -> int:
@@ -93,38 +95,94 @@ def test_bound_and_measured_ratio():
     assert row["achieved_gbps_min"] == pytest.approx(250.0)
 
 
-@pytest.mark.parametrize(
-    "name,precision,tflops,gbps",
-    [
-        ("NVIDIA H100 80GB HBM3", "fp16", 989.4, 3350.0),
-        ("NVIDIA H100 80GB HBM3", "fp32", 494.7, 3350.0),
-        ("NVIDIA H100 PCIe", "fp16", 756.0, 2000.0),
-        ("NVIDIA H200", "fp16", 989.4, 4800.0),
-        ("NVIDIA A100-SXM4-80GB", "fp32", 156.0, 2039.0),
-    ],
-)
-def test_known_peaks_by_name(name, precision, tflops, gbps):
-    p = roofline.known_peaks(name, precision)
-    assert p is not None and p.tflops == tflops and p.gbps == gbps
-    simt = roofline.known_peaks(name, "fp32", tf32=False)
-    assert simt.tflops < p.tflops and simt.gbps == gbps  # FP32 without tensor cores is the slowest path
+def test_single_conv_flops_and_traffic_by_hand():
+    """One 3x3 stride-2 convolution, counted by hand: 2 FLOPs per multiply-add, bytes = input + weight + output."""
+    conv = nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False)
+    x = torch.zeros(2, 3, 32, 32)
+    out_hw = 16 * 16  # (32 + 2 - 3) // 2 + 1 = 16
+    assert roofline.count_flops(conv, [x]) == 2 * 2 * 8 * out_hw * (3 * 3 * 3)
+    read, written = roofline.count_traffic(conv.to("meta"), [x.to("meta")])
+    assert read == 4 * (2 * 3 * 32 * 32 + 8 * 3 * 3 * 3)
+    assert written == 4 * (2 * 8 * out_hw)
+
+
+def test_bound_ms_from_given_peaks():
+    peaks = roofline.Peaks("fake", tflops=2.0, gbps=500.0, source="test", precision="fp32")
+    assert roofline.bound_ms(4e9, 1e6, peaks) == pytest.approx(2.0)  # 4 GFLOP at 2 TFLOP/s; 1 MB takes 0.002 ms
+    assert roofline.bound_ms(1e6, 1e9, peaks) == pytest.approx(2.0)  # 1 GB at 500 GB/s; the FLOPs take 0.0005 ms
+
+
+def _cost(flops: float, nbytes: float) -> roofline.CellCost:
+    return roofline.CellCost(int(flops), 0, int(nbytes), 0, int(nbytes), int(nbytes), 1, 64, 128, "fp32")
+
+
+@pytest.mark.parametrize("measured_ms,verdict", [(0.73, "wrong peak"), (1.0, "ok"), (1.8, "ok")])
+def test_ratio_below_one_is_a_wrong_peak(measured_ms, verdict):
+    peaks = roofline.Peaks("fake", tflops=1.0, gbps=1000.0, source="test", precision="fp32")
+    row = roofline.analyse_cell(_cost(1e9, 1e6), peaks, measured_ms)  # bound: 1 GFLOP at 1 TFLOP/s = 1 ms
+    assert row["bound_ms"] == pytest.approx(1.0)
+    assert row["measured_over_bound"] == pytest.approx(measured_ms)
+    assert row["peak_check"] == verdict
+    md = roofline.markdown([{"config": "tiny", "backend": "onnx", **row}], [])
+    assert ("wrong peak" in md) == (verdict == "wrong peak")
+
+
+def test_precision_picks_the_matching_table_column():
+    """fp16 > TF32 > FP32 SIMT on every tensor-core GPU in the table; NVL/PCIe names match their own rows."""
+    for key, *_ in roofline.KNOWN_PEAKS:
+        fp16 = roofline.known_peaks(f"NVIDIA {key}", "fp16")
+        tf32 = roofline.known_peaks(f"NVIDIA {key}", "fp32", tf32=True)
+        fp32 = roofline.known_peaks(f"NVIDIA {key}", "fp32", tf32=False)
+        assert fp16.tflops > tf32.tflops > fp32.tflops, key
+        assert fp16.gbps == tf32.gbps == fp32.gbps
+        assert f"table: {key} " in fp32.source and "no TF32" in fp32.source
+    assert "H100 PCIe" in roofline.known_peaks("NVIDIA H100 PCIe", "fp16").source
+    assert "H200 NVL" in roofline.known_peaks("NVIDIA H200 NVL", "fp16").source
+
+
+def test_engines_are_held_against_the_fp32_peak_on_gpu():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    for backend in ("aoti", "onnx", "tensorrt"):
+        assert roofline.runs_tf32(backend, "fp32", cuda) is False  # built inside exact_fp32
+    assert roofline.runs_tf32("eager", "fp32", cuda) == tf32_enabled()["conv"]
+    assert roofline.runs_tf32("eager", "fp16", cuda) is False and roofline.runs_tf32("eager", "fp32", cpu) is False
+
+
+def test_cpu_peak_is_the_best_probe_at_the_run_threads(monkeypatch):
+    seen = []
+
+    def fake_torch(threads, quick):
+        seen.append(threads)
+        return {"torch matmul": 5e10, "torch conv": 7e10}
+
+    monkeypatch.setattr(roofline, "torch_probes", fake_torch)
+    monkeypatch.setattr(roofline, "ort_probe", lambda threads, quick: {"ort conv": 6e10})
+    p = roofline.device_peaks(torch.device("cpu"), "fp32", quick=True, threads=1)
+    assert seen == [1] and p.tflops == pytest.approx(0.07)
+    assert "1 thread" in p.source and "= torch conv" in p.source and "ort conv 60" in p.source
 
 
 def test_unknown_device_has_no_table_entry_and_cpu_is_measured():
     assert roofline.known_peaks("NVIDIA GeForce GTX 1080", "fp32") is None
-    p = roofline.device_peaks(torch.device("cpu"), "fp32", quick=True)
-    assert p.source.startswith("measured") and p.tflops > 0 and p.gbps > 0
+    before = torch.get_num_threads()
+    p = roofline.device_peaks(torch.device("cpu"), "fp32", quick=True, threads=1)
+    assert torch.get_num_threads() == before  # the probe's thread count does not leak into the caller
+    assert p.source.startswith("measured at 1 thread") and p.tflops > 0 and p.gbps > 0
+    assert "onnxruntime conv3x3" in p.source and "torch conv3x3" in p.source
 
 
 def test_warp_rows_from_benchmark_json(tmp_path):
     path = tmp_path / "warp_bandwidth.json"
     rows = [{"op": "warp", "dtype": "fp16", "layout": "nhwc", "cpt": 1, "bytes": 335_000_000, "median_ms": 0.2,
-             "gbps": 1675.0, "copy_gbps": 3000.0}]  # fmt: skip
+             "gbps": 1675.0, "copy_gbps": 3000.0},
+            {"op": "warp", "dtype": "fp16", "layout": "nhwc", "cpt": 2, "bytes": 335_000_000, "median_ms": 0.05,
+             "gbps": 6700.0, "copy_gbps": 3000.0}]  # fmt: skip
     path.write_text(json.dumps({"environment": {"gpu": "NVIDIA H100 80GB HBM3"}, "results": rows}))
     out = roofline.warp_rows(path)
-    assert len(out) == 1
+    assert len(out) == 2
     assert out[0]["bound_ms"] == pytest.approx(0.1)  # 335 MB at 3350 GB/s
-    assert out[0]["measured_over_bound"] == pytest.approx(2.0)
+    assert out[0]["measured_over_bound"] == pytest.approx(2.0) and out[0]["peak_check"] == "ok"
+    assert out[1]["measured_over_bound"] == pytest.approx(0.5) and out[1]["peak_check"] == "wrong peak"
     assert roofline.warp_rows(tmp_path / "missing.json") == []
 
 

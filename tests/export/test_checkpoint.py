@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -16,7 +18,7 @@ from export.checkpoint import (
 )
 from export.config import get_config
 from export.mdeq import build_model
-from tests.export.published_layout import CLS_HEAD_KEYS, published_state_dict
+from tests.export.published_layout import CLS_HEAD_KEYS, LAYOUTS, published_state_dict, save_layout
 
 
 def _frame(h: int, w: int, seed: int = 0) -> torch.Tensor:
@@ -69,18 +71,70 @@ def test_deq_func_is_used_when_fullstage_is_absent() -> None:
     _same_outputs(ref, import_published(sd, cfg))
 
 
-def test_small_cls_imports_trunk_and_ignores_head() -> None:
+def test_small_cls_imports_trunk_and_head() -> None:
     cfg = get_config("small-cls")
-    sd, ref = published_state_dict(cfg, cls_head=True, copies=False)
+    sd, ref = published_state_dict(cfg, copies=False)
+    assert set(CLS_HEAD_KEYS) <= set(sd)  # the fixture lays out the published head
+    assert all(tuple(sd[k].shape) == s for k, s in CLS_HEAD_KEYS.items())
     model, report = import_published_with_report(sd, cfg)
-    assert set(CLS_HEAD_KEYS) <= set(report.ignored)
-    assert all(k.startswith("last_layer.") for k in report.kept_at_init)
+    assert report.kept_at_init == [] and model.untrained_heads == []
     frame = _frame(64, 64)
     with torch.no_grad():
         za, _ = ref.solve(frame, 2)
         zb, _ = model.solve(frame, 2)
-    for x, y in zip(za, zb):
-        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+        for x, y in zip(za, zb):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model.head(*zb), ref.head(*za), rtol=1e-5, atol=1e-5)
+
+
+def test_cls_trunk_only_marks_the_head_untrained() -> None:
+    cfg = get_config("small-cls")
+    sd, _ = published_state_dict(cfg, copies=False, head=False)
+    model, report = import_published_with_report(sd, cfg)
+    assert model.untrained_heads == ["head_cls"] and "classifier.weight" in report.kept_at_init
+    assert "kept" in report.summary() and "classifier" in report.summary()
+
+
+def test_seg_checkpoint_refused_for_a_cls_config() -> None:
+    sd, _ = published_state_dict(get_config("small-seg"), copies=False)
+    with pytest.raises(
+        CheckpointError, match=r"does not fit config 'small-cls': unexpected 9: last_layer\.0\.bias \(480,\)"
+    ):
+        import_published(sd, get_config("small-cls"))
+
+
+@pytest.mark.parametrize("kind", LAYOUTS)
+def test_every_reference_seg_layout_imports(tmp_path, kind: str) -> None:
+    """FullModel state dict (with loss.criterion.weight), checkpoint.pth.tar, module.-prefixed."""
+    cfg = get_config("tiny")
+    sd, ref = published_state_dict(cfg)
+    assert "loss.criterion.weight" in sd
+    path = save_layout(sd, tmp_path / "ckpt.pth.tar", kind)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's best_mIoU must not force a full unpickle
+        model, report = import_published_with_report(path, cfg)
+    assert f"loss.criterion.weight ({cfg.num_classes},)" in report.training_only
+    if kind.endswith("tar"):
+        assert {"epoch", "best_mIoU", "optimizer", "lr_scheduler"} <= set(report.training_only)
+    line = report.summary()
+    assert "\n" not in line and "ignored training-only entries: " in line and "loss.criterion.weight" in line
+    _same_outputs(ref, model)
+
+
+@pytest.mark.parametrize("kind", ["final", "checkpoint_tar", "dataparallel"])
+def test_every_reference_cls_layout_imports(tmp_path, kind: str) -> None:
+    cfg = get_config("small-cls")
+    sd, ref = published_state_dict(cfg, copies=False)
+    path = save_layout(sd, tmp_path / "cls.pth.tar", kind, task="cls")
+    model, report = import_published_with_report(path, cfg)
+    assert model.untrained_heads == []
+    if kind == "checkpoint_tar":
+        assert set(report.training_only) == {"epoch", "model", "perf", "optimizer", "lr_scheduler"}
+    else:
+        assert report.training_only == []
+    frame = _frame(32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(frame, iters=2), ref(frame, iters=2), rtol=1e-5, atol=1e-5)
 
 
 def test_xl_seg_published_import() -> None:
@@ -143,8 +197,6 @@ def test_missing_or_unreadable_file(tmp_path) -> None:
 
 
 def test_meta_is_stored_as_plain_python(tmp_path) -> None:
-    import warnings
-
     import numpy as np
 
     model = build_model(get_config("tiny"), seed=2)

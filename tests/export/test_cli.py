@@ -14,7 +14,7 @@ from export.__main__ import main
 from export.checkpoint import save_checkpoint
 from export.config import get_config
 from export.mdeq import build_model
-from tests.export.published_layout import published_state_dict
+from tests.export.published_layout import published_state_dict, save_layout
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--height", "64", "--width", "128"]
@@ -123,5 +123,57 @@ def test_help_mentions_every_option(capsys) -> None:
         main(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    for opt in ("--config", "--checkpoint", "--random-init", "--formats", "--precision", "--heads", "--out"):
+    for opt in (
+        "--config",
+        "--checkpoint",
+        "--random-init",
+        "--formats",
+        "--precision",
+        "--heads",
+        "--out",
+        "--allow-random-head",
+    ):
         assert opt in text
+
+
+@pytest.mark.parametrize("kind", ["checkpoint_tar", "dataparallel"])
+def test_export_from_reference_training_layouts(capsys, tmp_path, kind) -> None:
+    """checkpoint.pth.tar and module.-prefixed FullModel files export; one line says what was ignored."""
+    sd, ref = published_state_dict(get_config("tiny"))
+    ckpt = save_layout(sd, tmp_path / "checkpoint.pth.tar", kind)
+    out = tmp_path / "engines"
+    assert main(["--config", "tiny", "--checkpoint", str(ckpt), *SMALL, "--out", str(out)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "ignored training-only entries" in line]
+    assert len(lines) == 1 and "loss.criterion.weight (7,)" in lines[0]
+    if kind == "checkpoint_tar":
+        assert "epoch, best_mIoU" in lines[0] and "optimizer" in lines[0] and "lr_scheduler" in lines[0]
+    _check_injection_weights(out, ref)
+
+
+def test_small_cls_exports_its_classification_head(capsys, tmp_path) -> None:
+    sd, _ = published_state_dict(get_config("small-cls"), copies=False)
+    ckpt = save_layout(sd, tmp_path / "checkpoint.pth.tar", "checkpoint_tar", task="cls")
+    out = tmp_path / "engines"
+    assert (
+        main(["--config", "small-cls", "--checkpoint", str(ckpt), "--height", "64", "--width", "64", "--out", str(out)])
+        == 0
+    )
+    assert "ignored training-only entries: epoch, model, perf, optimizer, lr_scheduler" in capsys.readouterr().out
+    man = json.loads((out / "manifest.json").read_text())
+    assert set(man["engines"]) == {"injection", "deq_cell", "head_cls"}
+    assert man["engines"]["head_cls"]["outputs"][0] == {"name": "logits", "shape": [1, 1000], "dtype": "float32"}
+    assert man["random_heads"] == [] and man["config"]["test_solve"]["threshold"] == 26
+
+
+def test_trunk_only_checkpoint_needs_allow_random_head(capsys, tmp_path) -> None:
+    sd, _ = published_state_dict(get_config("tiny"), head=False)
+    torch.save(sd, tmp_path / "trunk.pth")
+    args = ["--config", "tiny", "--checkpoint", str(tmp_path / "trunk.pth"), *SMALL, "--out", str(tmp_path / "e")]
+    assert main(args) == 2
+    line = _error_line(capsys)
+    assert "head_seg: weights not in the checkpoint" in line and "--allow-random-head" in line
+    assert not (tmp_path / "e").exists()
+    assert main([*args, "--allow-random-head"]) == 0
+    man = json.loads((tmp_path / "e" / "manifest.json").read_text())
+    assert man["random_heads"] == ["head_seg"] and man["allow_random_head"] is True
+    assert "--allow-random-head" in man["command"]

@@ -81,3 +81,18 @@ def test_cli(bundle, tmp_path, capsys):
     assert "manifest.json" in capsys.readouterr().err
     assert main(["--bundle", str(eng), "--identity"]) == 0
     assert "flownet" in json.loads((eng / "manifest.json").read_text())["engines"]
+
+
+def test_identity_flownet_makes_its_outputs_on_the_input_device():
+    """On CUDA the zeros/ones were made on the CPU and added to a CUDA tensor; the meta device
+    shows the same device mismatch on a CPU-only machine."""
+    from export.flownet_export import identity_flownet
+
+    net = identity_flownet([16, 32, 64, 128])
+    frame = torch.zeros(1, H, W, 3, dtype=torch.uint8, device="meta")
+    outs = net(frame, frame)
+    assert {o.device.type for o in outs} == {"meta"}
+    assert outs[0].shape == (1, 2, H // 4, W // 4) and outs[7].shape == (1, 128, H // 32, W // 32)
+    cpu = net(torch.zeros(1, H, W, 3, dtype=torch.uint8), torch.zeros(1, H, W, 3, dtype=torch.uint8))
+    assert all(float(f.abs().max()) == 0 for f in cpu[:4])
+    assert all(float(s.min()) == 1 == float(s.max()) for s in cpu[4:])

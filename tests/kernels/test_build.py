@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -88,3 +89,17 @@ def test_import_does_not_touch_cuda() -> None:
     code = "import sys, kernels.warp, kernels.loader; assert 'cuda.core' not in sys.modules; print('ok')"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
+
+
+@needs_nvcc
+def test_no_kernel_spills_at_sm_90(tmp_path):
+    """ptxas -v per kernel at sm_90 (H100/H200): no stack frame and no spills. interp_nhwc_f16_v8 and
+    warp_nhwc_f16_v8 spilled 16 and 8 bytes before the vector unpacking and launch bounds were changed."""
+    cmd = [build.find_nvcc(), *build.NVCC_FLAGS, "-arch=sm_90", "-cubin", "-Xptxas", "-v"]
+    proc = subprocess.run([*cmd, str(build.SOURCE), "-o", str(tmp_path / "w.cubin")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    pattern = r"Function properties for (\w+)\n\s*(\d+) bytes stack frame, (\d+) bytes spill stores"
+    report = re.findall(pattern, proc.stderr)
+    names = {name for name, _, _ in report}
+    assert {"warp_nhwc_f16_v8", "interp_nhwc_f16_v8", "warp_nchw_f32"} <= names and len(names) == 12
+    assert [(n, int(s), int(sp)) for n, s, sp in report if int(s) or int(sp)] == []

@@ -131,3 +131,19 @@ def test_bandwidth_at_256x256x512(layout: str) -> None:
     print(f"\nwarp {layout} fp32 256x256x512: {ms:.3f} ms, {gbs:.0f} GB/s; copy {copy_gbs:.0f} GB/s "
           f"({100 * gbs / copy_gbs:.0f}%)")  # fmt: skip
     assert gbs >= 0.6 * copy_gbs
+
+
+def test_bandwidth_benchmark_times_the_kernel_alone(tmp_path) -> None:
+    """Small case through the real benchmark: graph-timed kernel GB/s and host us/call as separate fields."""
+    import json
+
+    from benchmarks import warp_bandwidth
+
+    out = tmp_path / "wb.json"
+    argv = ["--channels", "64", "--height", "64", "--width", "128", "--ops", "warp", "--layouts", "nhwc"]
+    assert warp_bandwidth.main([*argv, "--iters", "5", "--warmup", "2", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert {r["dtype"] for r in rows} == {"fp32", "fp16"}
+    for r in rows:
+        assert r["timing"] == "cuda-graph", r
+        assert r["gbps"] > 0 and r["host_us_per_call"] > 0 and r["host_us_uncached"] >= r["host_us_per_call"] * 0.5

@@ -70,8 +70,10 @@ def test_every_frame_one_record_in_order_with_codec_iframes(bundle64, clip64, tm
     assert [r["delay_frames"] for r in recs] == [0, 2, 1, 0, 0, 2, 1, 0]
     assert [r["propagation"] for r in recs] == [None, BI, BI, None, None, BI, BI, None]
     assert all(r["mode"] == "mv-interp" for r in recs)
-    assert [t for t, r in enumerate(recs) if r["reset"]] == [4]  # the loop's monitor: an I-frame, new content
-    assert recs[4]["reset"].startswith("key frame with large change")
+    assert [t for t, r in enumerate(recs) if r["reset"]] == [3, 4, 7]  # every from-zero start but the first
+    assert recs[3]["reset"] == recs[7]["reset"] == "key frame (every 3)"
+    assert recs[4]["reset"].startswith("key frame with large change")  # the loop's monitor: an I-frame, new content
+    assert summary["streams"][0]["reset_causes"] == {"key frame": 2, "shot change (key frame)": 1}
     assert [r["residual"] is not None for r in recs] == [r["iterations"] > 0 for r in recs]
     assert summary["frames"] == 8 and summary["key_interval"] == 3 and summary["mode"] == "mv-interp"
     assert len(list((out / "maps").glob("*.png"))) == 8

@@ -1,0 +1,379 @@
+"""The fleet's worker side: a durable per-stream sink, the on-disk ledger, and the worker actor's class.
+
+A stream's ``frames.jsonl`` is the ledger: a record line is appended (and flushed) only after that
+frame's class map (and overlay frame) were written, so a worker killed at any moment leaves a
+prefix of complete records whose maps exist. A stream moved to another worker resumes at the first
+frame without a record (``ledger_count``); nothing is lost and nothing is written twice. Maps are
+kept one file per frame while the stream runs (``maps/`` PNGs, or a hidden ``.maps.journal/`` of
+``.npy`` files that becomes ``maps.npz`` at the end), so a resumed stream can re-render the overlay of
+the frames before the move from the decoded pixels and the saved maps. This module never imports
+ray: the driver wraps ``Worker`` with ``ray.remote``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+import zipfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import DeqRuntimeError, OutputError, SourceError
+from runtime.writers import OverlayWriter, atomic_write_bytes, atomic_write_json, palette_lut
+
+JOURNAL = ".maps.journal"
+RESTART = "worker-restart"
+
+
+@dataclass
+class StreamTask:
+    """One stream as the driver hands it out: where it reads, where it writes, where it resumes."""
+
+    index: int
+    source: str
+    out: str
+    start: int = 0
+    first_reset: str = ""
+    attempt: int = 0
+
+
+def ledger_count(folder: Path) -> int:
+    """Complete records in ``folder/frames.jsonl`` (frames 0..n-1); a torn last line is cut off."""
+    path = folder / "frames.jsonl"
+    if not path.is_file():
+        return 0
+    data = path.read_bytes()
+    good, n = 0, 0
+    for line in data.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if rec.get("frame") != n:
+            break
+        good += len(line)
+        n += 1
+    if good != len(data):
+        with open(path, "r+b") as f:
+            f.truncate(good)
+    return n
+
+
+def clean_stale(folder: Path) -> None:
+    """Temp files a killed writer left behind (``.name.XXXX.tmp.ext``)."""
+    for p in folder.glob(".*.tmp*"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+
+
+class FleetSink:
+    """One stream's writer (the loop's Sink interface), durable frame by frame (module docstring).
+
+    ``live``: a live source resumed at ``start`` is read from the present (its frames restart at 0): records
+    are numbered on from ``start`` and ``not_seen`` estimates the frames that went by meanwhile.
+    ``die_after``: test hook, the process kills itself (SIGKILL) after that many records.
+    """
+
+    def __init__(
+        self,
+        out: Path,
+        fps: float,
+        palette: Any,
+        save_maps: str,
+        video: bool,
+        start: int,
+        live: bool = False,
+        die_after: int = 0,
+    ) -> None:
+        self.out, self.save_maps, self.start, self.die_after = out, save_maps, start, die_after
+        self.offset, self.fps, self.not_seen = (start if live else 0), fps, 0
+        ledger = out / "frames.jsonl"
+        self.last_record_t = ledger.stat().st_mtime if live and start and ledger.is_file() else None
+        out.mkdir(parents=True, exist_ok=True)
+        clean_stale(out)
+        self.maps_dir = out / ("maps" if save_maps == "png" else JOURNAL)
+        self.keep_maps = save_maps != "none" or video
+        if self.keep_maps:
+            self.maps_dir.mkdir(exist_ok=True)
+        self.video = OverlayWriter(out / "overlay.mp4", fps, palette_lut(palette)) if video else None
+        if start == 0:
+            (out / "frames.jsonl").unlink(missing_ok=True)
+        self.log = open(out / "frames.jsonl", "a")
+        self.records = start
+        self.write_ms: list[float] = []
+        self.error: BaseException | None = None
+        self.q: queue.Queue[Any] = queue.Queue(maxsize=8)
+        self.thread = threading.Thread(target=self._work, name=f"fleet-write-{out.name}", daemon=True)
+        self.thread.start()
+
+    def _map_path(self, index: int) -> Path:
+        return self.maps_dir / (f"{index:06d}.png" if self.save_maps == "png" else f"{index:06d}.npy")
+
+    def _save_map(self, index: int, full: np.ndarray) -> None:
+        buf = io.BytesIO()
+        if self.save_maps == "png":
+            from PIL import Image
+
+            Image.fromarray(full).save(buf, format="PNG")
+        else:
+            np.save(buf, np.ascontiguousarray(full), allow_pickle=False)
+        atomic_write_bytes(self._map_path(index), buf.getvalue())
+
+    def _load_map(self, index: int) -> np.ndarray | None:
+        path = self._map_path(index)
+        if not path.is_file():
+            return None
+        if self.save_maps == "png":
+            from PIL import Image
+
+            with Image.open(path) as im:
+                return np.asarray(im)
+        return np.load(path, allow_pickle=False)
+
+    def put(self, record: dict[str, Any], frame: Any, classes: np.ndarray, fitter: Any) -> None:
+        if self.error is not None:
+            raise OutputError(f"writing {self.out} failed: {self.error}")
+        self.q.put((record, frame, classes, fitter))
+
+    def skipped(self, frame: Any) -> None:
+        """A frame before the resume point: its overlay frame again, from the saved map."""
+        if self.video is not None:
+            self.q.put((None, frame, None, None))
+
+    def _work(self) -> None:
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            if self.error is None:
+                try:
+                    self._write(*item)
+                except BaseException as e:  # noqa: BLE001 - surfaced to the loop by put/close
+                    self.error = e
+
+    def _write(self, record: dict[str, Any] | None, frame: Any, classes: np.ndarray | None, fitter: Any) -> None:
+        rgb = frame.original if frame.original is not None else frame.rgb
+        if record is None:  # re-render a frame written before the move
+            full = self._load_map(frame.index)
+            if full is not None and self.video is not None:
+                self.video.write(rgb, full)
+            return
+        t0 = time.perf_counter()
+        if self.offset:
+            record["frame"] += self.offset
+        if self.last_record_t is not None:  # first record after a live stream's move
+            self.not_seen = max(0, round((time.time() - self.last_record_t) * self.fps) - 1)
+            self.last_record_t = None
+        full = fitter.unfit(classes) if fitter is not None else classes
+        if self.video is not None:
+            self.video.write(rgb, full)
+        if self.keep_maps:
+            self._save_map(record["frame"], full)
+        ms = (time.perf_counter() - t0) * 1e3
+        record.setdefault("latency_ms", {})["write"] = round(ms, 3)
+        self.write_ms.append(ms)
+        self.log.write(json.dumps(record) + "\n")
+        self.log.flush()  # the record exists once it is in the file: the ledger
+        self.records += 1
+        if self.die_after and self.records - self.start >= self.die_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def close(self) -> None:
+        """Finish queued frames; overlay renamed into place, the journal turned into maps.npz."""
+        self.q.put(None)
+        self.thread.join()
+        self.log.close()
+        if self.error is not None:
+            if self.video is not None:
+                self.video.abort()
+            raise OutputError(f"writing {self.out} failed: {self.error}")
+        if self.video is not None:
+            self.video.close()
+        self._finish_maps()
+
+    def abort(self) -> None:
+        """The run failed: the records written stay (they are complete); the rest is finished if possible."""
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - already failing; keep what is complete
+            pass
+
+    def _finish_maps(self) -> None:
+        if self.save_maps == "png" or not self.maps_dir.is_dir():
+            return
+        if self.save_maps == "npz":
+            path = self.out / "maps.npz"
+            fd, name = tempfile.mkstemp(prefix=".maps.npz.", suffix=".tmp.npz", dir=self.out)
+            os.close(fd)
+            tmp = Path(name)
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+                for f in sorted(self.maps_dir.glob("*.npy")):
+                    z.write(f, f"frame_{f.name}")
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        shutil.rmtree(self.maps_dir, ignore_errors=True)
+
+
+class Worker:
+    """The body of one Ray actor: one device (or a share), the bundle and Pipeline loaded once
+    (``RunConfig.reuse``), runs groups of streams through ``runtime.loop.run``."""
+
+    def __init__(self, cfg: Any, worker_id: int, die_after: int = 0) -> None:
+        self.cfg, self.worker_id, self.die_after = cfg, worker_id, die_after
+        self.reuse: dict[str, Any] = {}
+        self.stopping = threading.Event()
+        self.sinks: dict[int, FleetSink] = {}
+        self.busy_s = 0.0
+        self.born = time.time()
+        if cfg.threads > 0:
+            import torch
+
+            torch.set_num_threads(cfg.threads)
+
+    def ready(self) -> dict[str, Any]:
+        """Load the bundle (once per worker) and say where this worker runs."""
+        import torch
+
+        from runtime.bundle import open_bundle
+
+        if "bundle" not in self.reuse:
+            self.reuse["bundle"] = open_bundle(self.cfg.engine, check_hash=self.cfg.check_hash)
+            self._build_pipeline()
+
+        gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        return {"worker": self.worker_id, "host": socket.gethostname(), "pid": os.getpid(), "gpus": gpus,
+                "cuda": torch.cuda.is_available()}  # fmt: skip
+
+    def _build_pipeline(self) -> None:
+        """One run over empty sources: creates (and caches) the Pipeline, as the first stream would."""
+        from runtime.loop import run
+        from runtime.sources import ArraySource
+
+        empty = [ArraySource([], name="(warm-up)") for _ in range(self.reuse["bundle"].batch)]
+        try:
+            run(replace(self.cfg, sources=empty, out=None, progress=False, reuse=self.reuse, log=lambda m: None))
+        except SourceError:
+            pass  # "zero frames decoded": expected, the Pipeline is built and cached
+
+    def stop(self) -> None:
+        """Finish the current frame, close every output, return (the driver got SIGINT/SIGTERM)."""
+        self.stopping.set()
+
+    def progress(self) -> dict[int, int]:
+        """Records written so far per stream of the current group (ledger counts)."""
+        return {i: s.records for i, s in list(self.sinks.items())}
+
+    def stats(self) -> dict[str, Any]:
+        return {"worker": self.worker_id, "busy_s": self.busy_s, "alive_s": time.time() - self.born}
+
+    def process(self, tasks: list[StreamTask]) -> list[dict[str, Any]]:
+        """Run one group (at most the bundle's batch of streams) to its end; one result per stream."""
+        t0 = time.perf_counter()
+        try:
+            return self._process(tasks)
+        finally:
+            self.busy_s += time.perf_counter() - t0
+            self.sinks = {}
+
+    def _process(self, tasks: list[StreamTask]) -> list[dict[str, Any]]:
+        from runtime.loop import _open, run
+        from runtime.sources import ArraySource
+
+        results: dict[int, dict[str, Any]] = {}
+        live: list[tuple[StreamTask, Any]] = []
+        for t in tasks:
+            Path(t.out).mkdir(parents=True, exist_ok=True)
+            try:
+                live.append((t, _open(t.source, self.cfg.mode)))
+            except DeqRuntimeError as e:
+                results[t.index] = self._failed(t, str(e))
+        if not live:
+            return [results[t.index] for t in tasks]
+        if "bundle" not in self.reuse:
+            self.ready()
+        batch = self.reuse["bundle"].batch
+        pads = [ArraySource([], name="(empty slot)") for _ in range(batch - len(live))]
+        sources = [src for _, src in live] + pads
+        die = self.die_after
+
+        def make_sink(i: int, fps: float) -> FleetSink | None:
+            if i >= len(live):
+                return None
+            t = live[i][0]
+            live_src = bool(getattr(live[i][1], "live", False))
+            sink = FleetSink(
+                Path(t.out), fps, self._palette(), self.cfg.save_maps, self.cfg.video, t.start, live_src, die
+            )
+            self.sinks[t.index] = sink
+            return sink
+
+        cfg = replace(
+            self.cfg,
+            sources=sources,
+            out=None,
+            progress=False,
+            make_sink=make_sink,
+            start_frames=[0 if getattr(src, "live", False) else t.start for t, src in live] + [0] * len(pads),
+            first_reset=[t.first_reset for t, _ in live] + [""] * len(pads),
+            stop=self.stopping.is_set,
+            reuse=self.reuse,
+            log=lambda msg: None,
+        )
+        try:
+            summary = run(cfg)
+        except SourceError as e:  # every stream of the group decoded nothing new
+            for t, _ in live:
+                done = ledger_count(Path(t.out))
+                results[t.index] = self._done(t, None, done) if t.start > 0 and done else self._failed(t, str(e))
+            return [results[t.index] for t in tasks]
+        for slot, (t, _) in enumerate(live):
+            results[t.index] = self._done(t, summary, ledger_count(Path(t.out)), slot)
+        return [results[t.index] for t in tasks]
+
+    def _palette(self) -> Any:
+        return self.reuse["bundle"].palette
+
+    def _failed(self, t: StreamTask, reason: str) -> dict[str, Any]:
+        res = {"index": t.index, "source": t.source, "status": "failed", "reason": reason, "frames": t.start}
+        res.update({"new_frames": 0, "worker": self.worker_id, "out": t.out})
+        atomic_write_json(Path(t.out) / "summary.json", {**res, "streams": []})
+        return res
+
+    def _done(self, t: StreamTask, summary: dict[str, Any] | None, frames: int, slot: int = 0) -> dict[str, Any]:
+        """The stream's result for the driver, and its summary.json (the group's timings, its own counts)."""
+        entry = dict(summary["streams"][slot]) if summary else {"decode_errors": 0, "resets": []}
+        status, reason = "complete", None
+        if summary and summary["interrupted"]:
+            status, reason = "interrupted", "stopped by SIGINT/SIGTERM"
+        elif entry.get("decode_errors"):
+            status, reason = "partial", f"{entry['decode_errors']} decode error(s), last: {entry['last_decode_error']}"
+        new = frames - t.start
+        res = {"index": t.index, "source": t.source, "status": status, "reason": reason, "frames": frames}
+        res.update({"new_frames": new, "worker": self.worker_id, "out": t.out, "start": t.start})
+        res["resets"] = entry.get("resets", [])
+        sink = self.sinks.get(t.index)
+        if sink is not None and sink.offset:
+            res["frames_not_seen"] = sink.not_seen  # a live source resumed from the present
+        res["wall_s"] = summary["wall_s"] if summary else 0.0
+        res["fps"] = new / res["wall_s"] if res["wall_s"] > 0 else None
+        if summary is not None:
+            doc = {k: v for k, v in summary.items() if k != "streams"}
+            entry.update(frames=frames, out=t.out)
+            doc.update(
+                streams=[entry], fleet={k: res[k] for k in ("status", "reason", "worker", "start", "new_frames")}
+            )
+            atomic_write_json(Path(t.out) / "summary.json", doc)
+        return res

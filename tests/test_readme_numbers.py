@@ -1,0 +1,71 @@
+"""Every number in the README's results sections comes from the committed results file it cites.
+
+A results block (paragraph, bullet or table) that quotes a decimal number must name the file it
+comes from (`benchmarks/results/...`); a table may take its citation from the paragraph just above
+it. Each decimal number of the block must occur in one of the files it cites. Integers (clip
+counts, resolutions, k) and text inside `code spans` (commands) are not checked."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CITE = re.compile(r"benchmarks/results/[\w./-]+\.(?:md|json)")
+NUMBER = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.]*\d)")
+CODE = re.compile(r"`[^`]*`")
+
+
+def results_sections(text: str) -> list[str]:
+    """The bodies of the `## ...Results...` sections."""
+    parts = re.split(r"^## ", text, flags=re.M)
+    return [p for p in parts[1:] if "results" in p.splitlines()[0].lower()]
+
+
+def blocks(section: str) -> list[str]:
+    return [b for b in re.split(r"\n\s*\n", section) if b.strip()]
+
+
+def numbers(text: str) -> set[str]:
+    return set(NUMBER.findall(CODE.sub(" ", text)))
+
+
+def file_numbers(path: Path) -> set[str]:
+    return set(re.findall(r"\d+\.\d+", path.read_text()))
+
+
+def untraced(readme: str, root: Path = ROOT) -> list[str]:
+    """One line per number that no cited results file holds (empty when all are traceable)."""
+    problems: list[str] = []
+    for section in results_sections(readme):
+        previous: list[str] = []
+        for block in blocks(section):
+            cited = CITE.findall(block) or (previous if block.lstrip().startswith("|") else [])
+            nums = numbers(block)
+            if nums and not cited:
+                problems.append(f"cites no results file: {block.strip()[:80]!r}")
+            elif nums:
+                missing = [p for p in cited if not (root / p).is_file()]
+                problems += [f"cited file does not exist: {p}" for p in missing]
+                have = set().union(*(file_numbers(root / p) for p in cited if (root / p).is_file()))
+                problems += [f"{n} not in {', '.join(cited)}" for n in sorted(nums - have)]
+            previous = cited or previous
+    return problems
+
+
+def test_every_readme_results_number_is_in_the_file_it_cites() -> None:
+    problems = untraced((ROOT / "README.md").read_text())
+    assert not problems, "\n".join(problems)
+
+
+def test_the_check_catches_an_untraced_number(tmp_path) -> None:
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "a.md").write_text("| stream | 84.0 | 52.28 |\n")
+    good = "## Results\n\nStream k=2 gives 84.0 % at 52.28 FPS (`benchmarks/results/a.md`).\n"
+    assert untraced(good, tmp_path) == []
+    assert untraced(good.replace("84.0", "86.5"), tmp_path) == ["86.5 not in benchmarks/results/a.md"]
+    assert untraced("## Results\n\nIt is 6.5x faster.\n", tmp_path)[0].startswith("cites no results file")
+    table = "## Results\n\nFrom `benchmarks/results/a.md`:\n\n| mode | mIoU |\n|---|---|\n| stream | 84.0 |\n"
+    assert untraced(table, tmp_path) == []
+    assert untraced("## Results\n\nSee `benchmarks/results/b.md`: 1.5.\n", tmp_path)[0].startswith("cited file does")
+    assert untraced("## Usage\n\nNot a results section: 9.9.\n", tmp_path) == []
