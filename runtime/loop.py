@@ -29,7 +29,7 @@ from runtime.modes import FrameInfo, Outcome, Plan, Policy, ResetMonitor, frame_
 from runtime.pipeline import STAGES, Pipeline
 from runtime.solvers import SOLVERS
 from runtime.sources import Frame, Prefetcher, Source
-from runtime.stats import format_summary, summarize
+from runtime.stats import Samples, format_summary, summarize
 from runtime.writers import Sink, atomic_write_json, prepare_out_dir
 
 
@@ -142,8 +142,8 @@ class StreamState:
         self.frames = 0
         self.prev: np.ndarray | None = None
         self.resets: list[dict[str, Any]] = []
-        self.iters: list[int] = []
-        self.residuals: list[float] = []
+        self.iters = Samples()  # bounded: a live camera runs for weeks
+        self.residuals = Samples()
         self.first_reset = ""  # reason logged on the first processed frame (a resumed stream)
 
 
@@ -209,9 +209,10 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             )
             for _ in range(n)
         ]
+    max_iters = max(p.max_iters for p in policies)
     pipeline = _cached(
         cfg,
-        "pipeline",
+        f"pipeline/{max_iters}",
         lambda: Pipeline(
             bundle,
             device,
@@ -220,7 +221,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             cfg.check_every,
             cfg.graphs,
             cfg.threads,
-            max_iters=max(p.max_iters for p in policies),
+            max_iters=max_iters,
             log=log,
         ),
     )
@@ -304,7 +305,7 @@ def _fallback(cfg: RunConfig, sources: list[Source], bundle: Bundle, log: Any) -
 def _loop(cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[StreamState], log: Any) -> dict[str, Any]:
     from tqdm import tqdm
 
-    latency, gpu, stages = [], [], {k: [] for k in ("decode", *STAGES)}
+    latency, gpu, stages = Samples(), Samples(), {k: Samples() for k in ("decode", *STAGES)}
     total = streams[0].source.total if len(streams) == 1 else None
     if cfg.max_frames is not None:
         total = min(total, cfg.max_frames) if total else cfg.max_frames
@@ -356,7 +357,7 @@ def _loop(cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[StreamSt
     for s in streams:
         if s.sink is not None:
             s.sink.close()
-            stages.setdefault("write", []).extend(s.sink.write_ms)
+            stages.setdefault("write", Samples()).extend(s.sink.write_ms)
     summary = summarize(latency, wall, gpu or None, frames=len(latency), extra=stages)
     summary.update(_run_facts(cfg, bundle, pipe, streams, interrupted))
     if cfg.out is not None:
@@ -370,7 +371,7 @@ def _one_frame(
     streams: list[StreamState],
     got: list[Frame | None],
     blank: np.ndarray,
-    stages: dict[str, list[float]],
+    stages: dict[str, Samples],
     log: Any,
 ) -> tuple[float, float | None]:
     """Plan, run and record one batched frame (streams that ended get a blank, unrecorded)."""
@@ -405,7 +406,7 @@ def _one_frame(
             res = _after_reset(pipe, streams, got, plans, infos, post, res)
     latency_ms = (time.perf_counter() - t0) * 1e3
     for name, ms in res.stage_ms.items():
-        stages.setdefault(name, []).append(ms)
+        stages.setdefault(name, Samples()).append(ms)
     for s, f, plan in zip(streams, got, plans):
         if f is None:
             continue
@@ -428,14 +429,14 @@ def _emit(
     cfg: RunConfig,
     s: StreamState,
     emissions: list[Emission],
-    stages: dict[str, list[float]],
-    latency: list[float],
-    gpu: list[float],
+    stages: dict[str, Samples],
+    latency: Samples,
+    gpu: Samples,
 ) -> None:
     """Record the frames mv-interp lets go (in frame order); each counts once in the summary."""
     for e in emissions:
         for name, ms in e.result.stage_ms.items():
-            stages.setdefault(name, []).append(ms)
+            stages.setdefault(name, Samples()).append(ms)
         stages["decode"].append(e.frame.decode_ms)
         latency.append(e.latency_ms)
         if e.result.gpu_ms is not None:
@@ -542,8 +543,8 @@ def _run_facts(cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[Str
                 "last_decode_error": s.source.last_error or None,
                 "resets": s.resets,
                 "reset_causes": reset_counts(s.resets),
-                "mean_iterations": float(np.mean(s.iters)) if s.iters else 0.0,
-                "mean_residual": float(np.nanmean(s.residuals)) if s.residuals else None,
+                "mean_iterations": s.iters.mean() if s.iters else 0.0,
+                "mean_residual": s.residuals.mean() if s.residuals else None,
                 "out": str(s.sink.out) if s.sink is not None else None,
             }
         )

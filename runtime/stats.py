@@ -24,7 +24,7 @@ class Samples:
     for runs up to ``capacity`` frames and an unbiased sample beyond. ``append`` allocates
     nothing once the reservoir is full."""
 
-    def __init__(self, capacity: int = 8192, seed: int = 0) -> None:
+    def __init__(self, capacity: int = 4096, seed: int = 0) -> None:
         self.capacity = capacity
         self.count = 0
         self.total = 0.0

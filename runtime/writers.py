@@ -23,6 +23,7 @@ import numpy as np
 
 from runtime.encode import VideoWriter, publish, temp_sibling
 from runtime.errors import OutputError
+from runtime.stats import Samples
 
 
 def prepare_out_dir(out: Path) -> Path:
@@ -201,7 +202,7 @@ class Sink:
             self.maps = NpzMapWriter(out / "maps.npz")
         self.q: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
         self.error: BaseException | None = None
-        self.write_ms: list[float] = []
+        self.write_ms = Samples()  # bounded: a live camera runs for weeks
         self.thread = threading.Thread(target=self._work, name=f"write-{out.name}", daemon=True)
         self.thread.start()
 
