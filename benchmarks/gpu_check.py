@@ -1,17 +1,23 @@
-"""Every GPU check in one prepared, time-boxed call (``python -m benchmarks.gpu_check --out "$OUT"``).
+"""Every GPU check of one plan in one prepared, time-boxed call (``python3 -m benchmarks.gpu_check --out "$OUT"``).
 
 Why: a lent GPU machine comes with minutes of device time (here 15 a task, its start included, at most 10 a
 call), so the checks must fit one call and a failure must not waste it:
-- steps run in the order the open acceptance criteria need them (the warp kernels' parity and bandwidth, then the
-  small-seg 1024x2048 speed case, then the other gpu-marked tests), each under its own timeout inside one budget;
+- steps run in the order of what they tell us per second: the environment (nvidia-smi, library versions), the
+  fatbin build, kernel parity, the runtime's GPU tests (CUDA graphs == plain launches, no allocation or host copy in
+  the loop, TensorRT where it imports), the warp bandwidth; the small-seg speed case needs minutes of AOTInductor
+  compiles and is a separate plan (``--plan-name speed``), a second call;
+- every step has a realistic limit and each plan's limits sum to at most the default budget (540 s); ``--plan``
+  prints them without running anything;
 - a step that fails or times out does not stop the next, and one that no longer fits the budget is listed as such;
 - after every step the summary and the results archive are rewritten under ``--out``, so a call killed at its
   limit still brings back everything finished so far;
-- ``--out`` gets four files (the device tool returns at most eight): summary.md, summary.json, log.txt (all the
-  steps' output) and results.tar.gz (junit XML, warp_bandwidth.json, the fps/roofline tables, JSON and plots).
+- ``--out`` gets four files (the device tool returns at most eight): summary.md, summary.json (what
+  ``benchmarks.verified_on`` reads), log.txt (all the steps' output) and results.tar.gz (junit XML,
+  environment.json, warp_bandwidth.json, the fps/roofline tables, JSON and plots).
 
-PyAV is the one package those machines lack: ``make gpu-wheels`` puts its wheel into ``.whl/`` here, the device
-call carries ``.whl``, and the ``wheels`` step installs it into a private folder for the other steps.
+It runs with ``python3 -m`` alone (no make, no network). PyAV is the one package those machines lack: ``make
+gpu-wheels`` puts its wheel into ``.whl/`` here, the device call carries ``.whl``, and the ``wheels`` step installs
+every carried wheel into a private folder (no index, no dependencies) that the other steps put first on their path.
 """
 
 from __future__ import annotations

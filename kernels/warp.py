@@ -200,6 +200,22 @@ def _prepare(
     return loader.prepare(_kernel_name(op, layout, feat, vec), grid, block, args, feat.device.index or 0)
 
 
+def _fast(op: str, tensors: list[torch.Tensor | None], cpt: int | None, scalars: tuple) -> bool:
+    """Launch a cached plan when this exact signature was validated before; False: take the checked path (also
+    for anything that is not a tensor, which the checks then report clearly)."""
+    feat = tensors[0]
+    try:
+        if not _on_gpu(feat):
+            return False
+        plan = _cached(signature(op, tensors, cpt, scalars))
+    except (AttributeError, TypeError):
+        return False
+    if plan is None:
+        return False
+    plan(_stream_handle(feat.device))
+    return True
+
+
 def _launch(key: tuple, make: Callable[[], Callable[[int], None]], device: torch.device) -> None:
     plan = _cached(key)
     if plan is None:
@@ -217,12 +233,8 @@ def warp(
     cpt: int | None = None,
 ) -> torch.Tensor:
     """Backward bilinear warp of ``feat`` by ``disp`` (zero padding per tap), optionally times ``scale``."""
-    if out is not None and _on_gpu(feat):  # the runtime's case: persistent buffers, validated on first sight
-        key = signature("warp", [feat, disp, scale, out], cpt, ())
-        plan = _cached(key)
-        if plan is not None:
-            plan(_stream_handle(feat.device))
-            return out
+    if out is not None and _fast("warp", [feat, disp, scale, out], cpt, ()):
+        return out  # the runtime's case: persistent buffers, validated on first sight
     layout = _check_feat(feat, "feat")
     _check_disp(disp, feat, "disp")
     if scale is not None:
@@ -255,12 +267,8 @@ def warp_interp(
 ) -> torch.Tensor:
     """Fuse the previous and next key frames' features warped to the current frame, in one kernel pass."""
     scalars = (float(w_prev), float(w_next), mode)
-    if out is not None and _on_gpu(prev):
-        key = signature("interp", [prev, d_prev, nxt, d_next, out], cpt, scalars)
-        plan = _cached(key)
-        if plan is not None:
-            plan(_stream_handle(prev.device))
-            return out
+    if out is not None and _fast("interp", [prev, d_prev, nxt, d_next, out], cpt, scalars):
+        return out
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     layout = _check_feat(prev, "prev")

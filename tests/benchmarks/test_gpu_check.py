@@ -255,3 +255,16 @@ def test_environment_step_record_and_summary(tmp_path, monkeypatch):
     assert summary["plan"] == "speed" and summary["environment"]["gpu"] == "NVIDIA H200"
     assert summary["planned"] == [{"name": "environment", "timeout_s": 30, "why": "env"}]
     assert summary["started"].endswith("Z")
+
+
+def test_record_environment_here(tmp_path, capfd):
+    """The real environment step on this machine: versions recorded; no GPU -> exit 1 (later steps will skip)."""
+    import torch
+
+    path = tmp_path / "env" / "environment.json"
+    rc = gpu_check.record_environment(path)
+    env = json.loads(path.read_text())
+    assert env["torch"] == torch.__version__ and {"cuda_core", "cuda_bindings", "pyav", "tensorrt"} <= set(env)
+    assert rc == (0 if torch.cuda.is_available() else 1) and (env["gpu"] is None) == (rc == 1)
+    text, details = gpu_check.environment_headline(path)
+    assert text.startswith(("no GPU", str(env["gpu"]))) and details["environment"] == env

@@ -156,3 +156,37 @@ def test_fp16_cli_run_writes_real_residuals(bundle16, frames, tmp_path):
     residuals = [r["residual"] for r in records]
     assert all(r is not None and 0 < r < 1.5 for r in residuals), residuals
     assert not any((r["reset"] or "").startswith("divergence") for r in records), records
+
+
+def test_eager_fp16_cell_residuals_match_fp64(frames):
+    """The same numerics with PyTorch's eager fp16 cell as the step (GroupNorm in fp32, as exported): the solvers'
+    per-iteration trace against fp64 residuals of the very (z, f(z)) pairs, at D = 245,760."""
+    from export.checkpoint import load_any
+    from export.precision import to_half
+    from runtime.buffers import StateLayout
+    from runtime.bundle import TensorSpec
+    from runtime.solvers import Workspace, anderson, fixed_point
+
+    model, _, _ = load_any(CHECKPOINT, None)
+    cell = to_half(model.eval().fullstage)
+    shapes = model.state_shapes(1, H, W)
+    layout = StateLayout.from_specs(tuple(TensorSpec(f"z{i}", s, "float16") for i, s in enumerate(shapes)))
+    with torch.no_grad():
+        x = model.injection(torch.from_numpy(frames[:1])).half()
+    pairs: list[float] = []
+
+    def step(zi: torch.Tensor, zo: torch.Tensor) -> None:
+        with torch.no_grad():
+            for v, f in zip(layout.views(zo), cell(*layout.views(zi), x)):
+                v.copy_(f)
+        pairs.append(rel64(zo, zi))
+
+    for solver in (fixed_point, anderson):
+        pairs.clear()
+        ws = Workspace(layout, torch.device("cpu"), max_iter=3)
+        z0 = torch.zeros(layout.total, dtype=torch.float16)
+        _, info = solver(step, z0, 3, None, work=torch.zeros_like(z0), ws=ws)
+        got = [row[0] for row in info.trace_list()]
+        assert len(got) == len(pairs) == 3, solver.__name__
+        for r, ref in zip(got, pairs):
+            assert math.isfinite(r) and r > 0 and abs(r - ref) <= 0.05 * ref, (solver.__name__, got, pairs)

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from runtime.buffers import StateLayout
 from runtime.bundle import open_bundle
 from runtime.modes import FrameInfo, Plan
 from runtime.pipeline import Pipeline
+from runtime.solvers import SOLVERS, Workspace, fixed_point
 from tests.runtime.conftest import H, W, moving_frames
 
 pytestmark = pytest.mark.gpu
@@ -96,9 +98,9 @@ def test_onnxruntime_cuda_iobinding(tmp_path_factory, tiny_model):
 
 
 def _fp16_linear_step(d: int, seed: int = 0):
-    """z -> a*z + b elementwise on CUDA in fp16 state (|a| < 0.9: a contraction), with its exact fixed point."""
+    """z -> a*z + b elementwise on CUDA in fp16 state (|a| < 0.6: a contraction), with its exact fixed point."""
     g = torch.Generator(device="cuda").manual_seed(seed)
-    a = torch.rand(d, device="cuda", generator=g) * 1.6 - 0.8
+    a = torch.rand(d, device="cuda", generator=g) * 1.2 - 0.6
     b = torch.randn(d, device="cuda", generator=g) * 2
 
     def step(zi: torch.Tensor, zo: torch.Tensor) -> None:
@@ -109,13 +111,11 @@ def _fp16_linear_step(d: int, seed: int = 0):
 
 def test_fp16_state_residual_on_cuda_matches_fp64():
     """D = 245,760 fp16 state on the GPU: the residual meter sums in fp32 (an fp16 sum overflowed to inf)."""
-    from runtime.solvers import SOLVERS
-
     d = 245_760
     step, zstar = _fp16_linear_step(d)
     for name, solver in SOLVERS.items():
         z0 = torch.zeros(d, device="cuda", dtype=torch.float16)
-        z, info = solver(step, z0, 30, 1e-3, work=torch.zeros_like(z0), check_every=1)
+        z, info = solver(step, z0, 60, 1e-3, work=torch.zeros_like(z0), check_every=1)
         assert z.dtype == torch.float16 and info.trace.dtype == torch.float32, name
         r = info.residuals()[0]
         assert 0 < r < 1e-3 and np.isfinite(r), (name, r)
@@ -123,8 +123,6 @@ def test_fp16_state_residual_on_cuda_matches_fp64():
 
 
 def test_fp16_fixed_point_captures_into_a_cuda_graph_without_allocating():
-    from runtime.solvers import fixed_point
-
     d = 245_760
     step, _ = _fp16_linear_step(d, seed=1)
     z0 = torch.zeros(d, device="cuda", dtype=torch.float16)
@@ -133,9 +131,6 @@ def test_fp16_fixed_point_captures_into_a_cuda_graph_without_allocating():
     expect = ref.trace[:4, 0].tolist()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    from runtime.buffers import StateLayout
-    from runtime.solvers import Workspace
-
     ws = Workspace(StateLayout(((1, d),), (0,), d, torch.float16), torch.device("cuda"), max_iter=4)
     with torch.cuda.stream(side):
         fixed_point(step, z0, 4, None, work=work, ws=ws)  # warm up outside capture
