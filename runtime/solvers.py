@@ -54,6 +54,7 @@ class Workspace:
         self.m, self.lbfgs = m, lbfgs
         self._anderson: dict[str, Tensor] | None = None
         self._broyden: dict[str, Tensor] | None = None
+        self._lowest: Tensor | None = None
 
     def ensure_trace(self, max_iter: int) -> None:
         if self.trace.shape[0] < max_iter:  # grows only when a larger --iters appears (setup, not per frame)
@@ -104,7 +105,15 @@ class Workspace:
             self._broyden = {k: torch.zeros(L, D, **kw) for k in ("U", "V")}
             self._broyden.update({k: torch.zeros(D, **kw) for k in ("gx", "gnew", "dx", "dg", "upd", "vt", "u", "t")})
             self._broyden.update({k: torch.zeros(L, **kw) for k in ("c",)})
+            self._broyden["r"] = torch.zeros((), **kw)  # ||f(x) - x|| over the whole state
+            self._broyden["best_r"] = torch.zeros((), **kw)
         return self._broyden
+
+    def lowest(self) -> Tensor:
+        """State-sized buffer (the state's dtype) for the lowest-residual iterate; made on first use."""
+        if self._lowest is None:
+            self._lowest = torch.zeros(self.layout.total, dtype=self.layout.dtype, device=self.device)
+        return self._lowest
 
 
 @dataclass
@@ -220,31 +229,61 @@ def broyden(
     work: Tensor | None = None,
     ws: Workspace | None = None,
     check_every: int = 4,
+    tol_kind: str = "rel",
+    return_lowest: bool = False,
     **_: object,
 ) -> tuple[Tensor, SolverInfo]:
     """Limited-memory ("good") Broyden on g(z) = f(z) - z, inverse Jacobian -I + U^T V kept
-    in L preallocated rows (restarted when full); the first update is +g, so one step equals one plain iteration."""
+    in L preallocated rows (restarted when full); the first update is +g, so one step equals one plain iteration.
+
+    The published MDEQ's test-time solve is this with ``tol_kind="abs"`` (stop once ||f(z) - z||_2
+    over the whole state is below ``tol``; the caller scales it by sqrt(numel)) and
+    ``return_lowest=True`` (return the iterate z_k with the lowest such residual, not f of the
+    last one). The lowest iterate is tracked on the device (no sync); it comes back in ``work``."""
+    if tol_kind not in ("rel", "abs"):
+        raise ValueError(f"tol_kind must be 'rel' or 'abs', got {tol_kind!r}")
     ws = _workspace(z0, ws, max_iter)
     h = ws.broyden()
     U, V, c = h["U"], h["V"], h["c"]
     gx, gnew, dx, dg, upd, vt, u, t = (h[k] for k in ("gx", "gnew", "dx", "dg", "upd", "vt", "u", "t"))
     x, fx = z0, (work if work is not None else torch.empty_like(z0))
     L = ws.lbfgs
+    track = _Lowest(ws, h, x) if return_lowest else None
+
+    def measure(k: int) -> bool:
+        """Residual of step k into the trace (and the lowest-iterate keeper); converged?"""
+        ws.residual(fx, x, ws.trace[k])
+        if track is None and tol_kind == "rel":
+            return _converged(ws, k, tol, check_every, max_iter)
+        torch.sqrt(ws.num.sum(), out=h["r"])
+        if track is not None:
+            track.offer(h["r"])
+        if tol_kind == "rel":
+            return _converged(ws, k, tol, check_every, max_iter)
+        if tol is None or ((k + 1) % check_every and k + 1 != max_iter):
+            return False
+        return bool(h["r"] < tol)
+
+    def result(n: int) -> tuple[Tensor, SolverInfo]:
+        if track is not None:
+            fx.copy_(track.best)
+        return fx, SolverInfo(n, ws.trace, "broyden")
+
     step(x, fx)
-    ws.residual(fx, x, ws.trace[0])
+    done = measure(0)
     _sub_acc(fx, x, gx)
     upd.copy_(gx)
     k, stored = 0, 0
-    if _converged(ws, 0, tol, check_every, max_iter):
-        return fx, SolverInfo(1, ws.trace, "broyden")
+    if done:
+        return result(1)
     for k in range(1, max_iter):
         _advance(x, upd, dx)
         step(x, fx)
-        ws.residual(fx, x, ws.trace[k])
+        done = measure(k)
         _sub_acc(fx, x, gnew)
         torch.sub(gnew, gx, out=dg)
         gx.copy_(gnew)
-        if k + 1 == max_iter or _converged(ws, k, tol, check_every, max_iter):
+        if k + 1 == max_iter or done:
             break
         if stored == L:  # memory full: restart from -I (overwriting the oldest pair diverges)
             stored = 0
@@ -261,7 +300,21 @@ def broyden(
         n = stored
         _matvec(U[:n], V[:n], c[:n], gx, upd, t)
         upd.neg_()
-    return fx, SolverInfo(k + 1, ws.trace, "broyden")
+    return result(k + 1)
+
+
+class _Lowest:
+    """Keeps the iterate with the lowest residual so far, on the device: ``torch.where`` into
+    preallocated buffers, so no sync and no state-sized allocation per step."""
+
+    def __init__(self, ws: Workspace, h: dict[str, Tensor], x: Tensor) -> None:
+        self.x, self.best, self.best_r = x, ws.lowest().view_as(x), h["best_r"]
+        self.best_r.fill_(float("inf"))
+
+    def offer(self, r: Tensor) -> None:
+        better = r < self.best_r
+        torch.where(better, self.x, self.best, out=self.best)
+        torch.where(better, r, self.best_r, out=self.best_r)
 
 
 def _advance(x: Tensor, upd: Tensor, dx: Tensor) -> None:
