@@ -70,12 +70,13 @@ test: install kernels
 WHEELS ?= .whl
 GPU_OUT ?= out/gpu_check
 GPU_BUDGET ?= 540
+GPU_PLAN ?= main
 gpu-wheels:
 	$(PYTHON) -m pip download -q --no-deps -d $(WHEELS) --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 av==18.1.0
 
 gpu:
-	$(PYTHON) -m benchmarks.gpu_check --out $(GPU_OUT) --budget $(GPU_BUDGET)
+	$(PYTHON) -m benchmarks.gpu_check --plan-name $(GPU_PLAN) --out $(GPU_OUT) --budget $(GPU_BUDGET)
 
 lint:
 	$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check .

@@ -286,7 +286,10 @@ def fps_headline(folder: Path) -> tuple[str, dict[str, Any]]:
     checks = []
     for path in sorted(folder.glob("fps_*.json")):
         checks += _load(path).get("acceptance", [])
-    parts = [f"{c['backend']} {c['check']} = {_num(c['value'])} ({c['limit']}: {_verdict(c['pass'])})" for c in checks]
+    parts = [
+        f"{c['backend']} {c['check']} = {_num(c['value'])} ({c['limit']}: {c.get('verdict') or _verdict(c['pass'])})"
+        for c in checks
+    ]
     return "; ".join(parts), {"acceptance": checks}
 
 
