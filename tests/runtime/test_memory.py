@@ -8,19 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from benchmarks.memory import rss_mb
 from runtime.loop import RunConfig, run
 from runtime.sources import ArraySource
 from tests.runtime.conftest import contract, moving_frames
 
 WARM = 5_000
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 @pytest.mark.slow
