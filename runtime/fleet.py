@@ -156,7 +156,6 @@ def run_fleet(args: argparse.Namespace, sources: list[str]) -> dict[str, Any]:
     cfg = config_from_args(args, [])
     if args.threads == 0 and (args.device == "cpu" or (args.device == "auto" and not args.gpus_per_worker)):
         cfg.threads = max(1, int(args.cpus_per_worker))  # workers share the CPU: no oversubscription
-    cfg.extra["batch"] = spw
     out = prepare_out_dir(Path(args.out).resolve())
     tasks = [StreamTask(i, _absolute(src), str(out / f"stream{i}")) for i, src in enumerate(sources)]
     from runtime.fleet_driver import Fleet  # imports ray (after RAY_AUTH_MODE is settled)
@@ -169,6 +168,7 @@ def run_fleet(args: argparse.Namespace, sources: list[str]) -> dict[str, Any]:
         args.cpus_per_worker,
         args.address,
         args.max_restarts,
+        batch=spw,
         progress=not args.no_progress,
         kill_hook=_kill_hook(),
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -116,13 +117,14 @@ class Fleet:
         cpus_per_worker: float,
         address: str | None,
         max_restarts: int,
+        batch: int = 1,
         progress: bool = True,
         kill_hook: tuple[int, int] | None = None,
     ) -> None:
         self.cfg, self.tasks, self.n_workers = cfg, tasks, workers
         self.gpus_per_worker, self.cpus_per_worker = gpus_per_worker, cpus_per_worker
         self.address, self.max_restarts, self.progress = address, max_restarts, progress
-        self.kill_hook = kill_hook
+        self.kill_hook, self.batch = kill_hook, batch
         self.results: dict[int, dict[str, Any]] = {}
         self.slots: list[Slot] = []
         self.stopping = False
@@ -138,7 +140,11 @@ class Fleet:
         """Join ``--address`` or start an embedded cluster sized for the workers."""
         kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
         if self.address:
-            ray.init(address=self.address, **kw)
+            _reachable(self.address)
+            try:
+                ray.init(address=self.address, **kw)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise DeqRuntimeError(f"cannot join the Ray cluster at {self.address}: {_first_line(e)}") from None
         else:
             # Ray starts workers at niceness 15 (its raylet stays responsive); the workers are the work here,
             # and on a shared machine niceness 15 starves them behind everything else
@@ -185,7 +191,7 @@ class Fleet:
         """Hand out the groups until every stream has a result; returns the processing wall time."""
         from tqdm import tqdm
 
-        queue: deque[list[StreamTask]] = deque(plan_groups(self.tasks, self.cfg.extra["batch"]))
+        queue: deque[list[StreamTask]] = deque(plan_groups(self.tasks, self.batch))
         live_groups = sum(1 for g in queue if any(probe(t.source)[2] for t in g))
         if live_groups > len(self.slots):
             self.warn(f"{live_groups} groups of live sources but {len(self.slots)} worker(s): some wait forever")
@@ -294,6 +300,17 @@ class Fleet:
     def shutdown(self) -> None:
         if ray.is_initialized():
             ray.shutdown()
+
+
+def _reachable(address: str) -> None:
+    """A head that does not answer fails now, in one line (ray.init retries for minutes)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" or a form ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as e:
+        raise DeqRuntimeError(f"cannot join the Ray cluster at {address}: {e.strerror or e}") from None
 
 
 class _Signals:

@@ -297,7 +297,7 @@ class Worker:
         for t in tasks:
             Path(t.out).mkdir(parents=True, exist_ok=True)
             try:
-                live.append((t, _open(t.source, self.cfg.mode)))
+                live.append((t, _open(t.source, self.cfg.mode, None, self.cfg.reencode_mv)))
             except DeqRuntimeError as e:
                 results[t.index] = self._failed(t, str(e))
         if not live:

@@ -54,7 +54,7 @@ class RunConfig:
     reset_iters: int | None = None
     key_interval: int = 5  # propagation modes (mv, dff, mv-interp): a key frame every this many frames
     key_start: str = "previous"  # propagation key frames: warm start from the warped state, or "zero"
-    reencode_mv: bool = False  # vector modes: re-encode a file whose vectors span several frames (runtime.mv_source)
+    reencode_mv: bool = False  # vector modes: re-encode on the fly an input whose vectors span several frames
     reset: bool = True
     fit: str = "resize"
     save_maps: str = "png"

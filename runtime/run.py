@@ -93,9 +93,9 @@ def add_run_options(p: argparse.ArgumentParser, streams: bool = True) -> None:
     g.add_argument(
         "--reencode-mv",
         action="store_true",
-        help="mv/stream-mv/mv-interp on a file whose motion vectors span several frames (B-frames, several "
-        "reference frames): re-encode it first (libx264, no B-frames, one reference) for exact vectors, instead of "
-        "resolving each vector's reference frame by block matching",
+        help="mv/stream-mv/mv-interp on an input whose motion vectors span several frames (B-frames, several "
+        "reference frames): re-encode it on the fly (libx264, no B-frames, one reference; files and live sources) "
+        "for exact vectors, instead of resolving each vector's reference frame by block matching",
     )
     g.add_argument(
         "--iters",
@@ -326,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     for s in summary["streams"]:
         if s["resets"]:
-            print(f"{s['source']}: {len(s['resets'])} state reset(s) (shot change or divergence; see frames.jsonl)")
+            causes = ", ".join(f"{k}: {v}" for k, v in sorted((s.get("reset_causes") or {}).items()))
+            print(f"{s['source']}: {len(s['resets'])} from-zero start(s) after frame 0 ({causes}; see frames.jsonl)")
         if s["decode_errors"]:
             print(
                 f"warning: {s['source']}: {s['decode_errors']} decode error(s), last: {s['last_decode_error']}; "

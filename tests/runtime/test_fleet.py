@@ -204,3 +204,27 @@ def test_live_source_resumed_from_the_present_numbers_records_on(tmp_path):
     assert [r["frame"] for r in records(out)] == [0, 1, 2, 3, 4]
     assert sorted(p.name for p in (out / "maps").iterdir()) == ["000003.png", "000004.png"]
     assert 15 <= sink.not_seen <= 25  # about 2 s at 10 fps
+
+
+def test_sigterm_to_the_driver_leaves_complete_outputs(bundle64, tmp_path):
+    import signal
+    import time
+
+    long = write_clip(tmp_path / "long.mp4", moving_frames(400, seed=3))
+    out = tmp_path / "fleet"
+    cmd = [sys.executable, "-m", "runtime.fleet", "--engine", str(bundle64 / "deq_cell.onnx"), str(long), str(long)]
+    cmd += ["--workers", "1", "--out", str(out), "--no-progress", "--threads", "1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ledger = out / "stream0" / "frames.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not ledger.is_file() or len(ledger.read_text().splitlines()) < 5):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["status"] for s in summary["streams"]] == ["interrupted", "interrupted"]
+    recs = records(out / "stream0")
+    assert 5 <= len(recs) < 400 and [r["frame"] for r in recs] == list(range(len(recs)))
+    assert frames_in(out / "stream0" / "overlay.mp4") == len(recs) == len(png_maps(out / "stream0"))
+    assert not (out / "stream1").exists()  # never started: nothing half-written
