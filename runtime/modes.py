@@ -113,7 +113,9 @@ class ResetMonitor:
     """Decides when a stream's state must be dropped, and says why (the reason is logged).
 
     - divergence: a non-finite residual, or a residual that grew over ``grow_frames`` frames
-      in a row to above ``grow_limit``;
+      in a row to above ``grow_limit`` (1.0: the relative residual of a start from zero is exactly 1,
+      so only above it is the warm state worse than none; at k = 1 on fast real footage the residual
+      creeps over 0.5 while the state is fine, and the earlier limit 0.5 reset it to a residual of 1);
     - shot change, after the frame ran: the residual of a warm-started frame jumps above
       ``jump`` times its running mean (the previous state belongs to another scene);
     - shot change, before it runs, from the pixels (``frame_change``: mean absolute difference
@@ -133,7 +135,7 @@ class ResetMonitor:
         self,
         jump: float = 4.0,
         grow_frames: int = 3,
-        grow_limit: float = 0.5,
+        grow_limit: float = 1.0,
         key_change: float = 40.0,
         change_jump: float = 3.0,
         change_floor: float = 20.0,

@@ -5,19 +5,23 @@ side hook that turns each decoded frame's vectors into a stride-4
 :class:`runtime.motion_vectors.MotionField` in ``Frame.side["motion"]``. The field is computed in
 the decode thread, so it overlaps the GPU work like decoding does. ``MotionVectorDecoder`` holds
 the semantics (sign, units, resolving vectors that span several frames); this module plugs it into
-the loop, says in one line what a stream's vectors can and cannot do, re-encodes a file on request
-(``--reencode-mv``), and picks the policy for streams that carry no vectors at all (HEVC, VP9, AV1).
+the loop, says in one line what a stream's vectors can and cannot do, re-encodes on request
+(``--reencode-mv``, on the fly, so live sources too), and picks the policy for streams that carry
+no vectors at all (HEVC, VP9, AV1).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from runtime.encode import EncodeOptions
 from runtime.errors import SourceError
 from runtime.motion_vectors import (
     MotionVectorDecoder,
@@ -25,7 +29,6 @@ from runtime.motion_vectors import (
     StreamInfo,
     multi_frame_message,
     probe,
-    reencode_for_motion_vectors,
 )
 from runtime.propagation import MV_STRIDE
 from runtime.sources import LIVE_PREFIXES, Source, VideoSource, open_source
@@ -73,8 +76,9 @@ def open_mv_source(
     codecs without vectors and returns the plain source. A video whose codec exports no vectors
     (HEVC, VP9, AV1) comes back as a plain source with ``no_vectors`` set to the codec's name; the
     caller picks the policy (:func:`fallback_without_vectors`). A stream whose vectors may span
-    several frames says so once through ``log`` (a warning without it); with ``reencode`` a file is
-    first re-encoded with single-reference settings.
+    several frames says so once through ``log`` (a warning without it); with ``reencode`` such a
+    stream, and one without vectors, is re-encoded on the fly with single-reference settings instead
+    (:class:`ReencodingSource`).
     """
     s = str(spec)
     base = open_source(s)  # the usual checks and messages (missing, empty, folder, ...)
@@ -84,15 +88,16 @@ def open_mv_source(
         base.close()
         raise SourceError(f"{s}: motion-vector modes need a video input (a folder of images has no motion vectors)")
     info = probe(base.container, base.stream)
+    if reencode and (info.multi_frame or not info.has_vectors):
+        if log is not None:
+            why = info.describe() if info.has_vectors else f"{info.codec} carries none"
+            log(f"{s}: re-encoding on the fly for single-reference motion vectors ({why})")
+        return ReencodingSource(base, stride, log)
     if not info.has_vectors:
         base.no_vectors = info.codec  # type: ignore[attr-defined]
         return base
     base.close()
     live = s.startswith(LIVE_PREFIXES) or s.startswith("webcam:")
-    if reencode and info.multi_frame:
-        if live:
-            raise SourceError(f"{s}: --reencode-mv re-encodes files; a live source cannot be re-encoded here")
-        return _reencoded(s, stride, info, log)
     return VideoSource(
         s,
         live=base.live if live else False,
@@ -101,30 +106,57 @@ def open_mv_source(
     )
 
 
-def _reencoded(s: str, stride: int, info: StreamInfo, log: Log | None) -> Source:
-    """The file re-encoded (libx264, no B-frames, one reference) into a temporary file, opened with vectors; the
-    temporary file is removed when the source closes."""
-    t0 = time.perf_counter()
-    try:
-        path = reencode_for_motion_vectors(s)
-    except (RuntimeError, ValueError, OSError) as e:
-        raise SourceError(f"{s}: cannot re-encode for motion vectors ({e})") from None
-    took = time.perf_counter() - t0
-    if log is not None:
-        log(f"{s}: re-encoded for single-reference motion vectors ({info.describe()}) in {took:.1f} s")
-    single = StreamInfo("h264", info.width, info.height, False, 1)
-    src = VideoSource(
-        str(path), codec_options={"flags2": "+export_mvs"}, side_hook=motion_side_hook(s, stride, single, log)
-    )
-    src.name = s
-    close = src.close
+class ReencodingSource(Source):
+    """Frames of another source re-encoded on the fly (libx264, no B-frames, one reference, zero latency) and decoded
+    again with motion vectors: exact single-reference vectors for any input, live ones included. The policies get
+    the vectors of the re-encode and the model the original pixels; each frame costs one fast encode and decode."""
 
-    def close_and_remove() -> None:
-        close()
-        path.unlink(missing_ok=True)
+    def __init__(self, inner: Source, stride: int = MV_STRIDE, log: Log | None = None) -> None:  # noqa: D107
+        self.inner, self.name, self.live, self.total = inner, inner.name, inner.live, inner.total
+        self.stream = getattr(inner, "stream", None)  # the loop reads the frame rate from it
+        self.hook = motion_side_hook(inner.name, stride, StreamInfo("h264", 0, 0, False, 1), log)
+        self.codecs: tuple[Any, Any, tuple[int, int]] | None = None
 
-    src.close = close_and_remove  # type: ignore[method-assign]
-    return src
+    @property
+    def errors(self) -> int:  # type: ignore[override]
+        return self.inner.errors
+
+    @property
+    def last_error(self) -> str:  # type: ignore[override]
+        return self.inner.last_error
+
+    def _pair(self, h: int, w: int) -> tuple[Any, Any]:
+        """The encoder and the decoder for frames of h x w (new ones when the size changes)."""
+        import av
+
+        if self.codecs is None or self.codecs[2] != (h, w):
+            enc = av.CodecContext.create("libx264", "w")
+            enc.width, enc.height, enc.pix_fmt = w, h, "yuv420p"
+            enc.time_base = Fraction(1, 1000)
+            options = EncodeOptions(crf=18, bframes=0, refs=1, gop=100_000, preset="ultrafast").av_options()
+            enc.options = {**options, "tune": "zerolatency"}
+            dec = av.CodecContext.create("h264", "r")
+            dec.options = {"flags2": "+export_mvs", "flags": "low_delay"}
+            self.codecs = (enc, dec, (h, w))
+        return self.codecs[0], self.codecs[1]
+
+    def __iter__(self) -> Iterator[Any]:
+        import av
+
+        for index, (rgb, ts, key, side) in enumerate(self.inner):
+            h, w = rgb.shape[0] - rgb.shape[0] % 2, rgb.shape[1] - rgb.shape[1] % 2
+            enc, dec = self._pair(h, w)
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[:h, :w]), format="rgb24")
+            frame = frame.reformat(format="yuv420p")
+            frame.pts = index
+            decoded = [f for packet in enc.encode(frame) for f in dec.decode(packet)]
+            side = dict(side)
+            if decoded:  # zero latency: the frame just encoded comes back at once
+                side.update(self.hook(decoded[-1], index))
+            yield rgb, ts, key, side
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def open_for_mode(spec: Any, mode: str, log: Log | None = None, reencode: bool = False) -> Source:
@@ -149,7 +181,7 @@ def fallback_without_vectors(cfg: Any, sources: list[Source], bundle: Any, log: 
     else:
         mode, what = "stream", f"stream mode at {iters} iteration(s)"
     why = f"{codec} carries no motion vectors"
-    log(f"{missing[0].name}: {why}: --mode {cfg.mode} runs as {what}")
+    log(f"{missing[0].name}: {why}: --mode {cfg.mode} runs as {what} (--reencode-mv: as asked, re-encoded on the fly)")
     fallback = {"requested_mode": cfg.mode, "mode": mode, "iters": iters, "reason": why}
     extra = {**cfg.extra, "record": {"fallback": f"{mode}: {why}"}, "summary": {"fallback": fallback}}
     return dataclasses.replace(cfg, mode=mode, iters=iters, extra=extra)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from runtime import motion_vectors as mv
 from runtime.encode import VideoWriter
 from runtime.run import main
+from tests.runtime.conftest import decode_clip
 from tests.runtime.test_motion_vectors import VX, VY, encode, render, texture
 from tests.runtime.test_propagation import pan_frames
 
@@ -66,21 +66,24 @@ def test_single_reference_stream_needs_no_matching(pan, tmp_path: Path) -> None:
         assert all(f.mean_span == 1.0 and f.dropped == 0.0 for _, f in list(dec)[1:])
 
 
-def test_composition_uses_the_chain_of_earlier_frames() -> None:
-    """A vector to the frame 2 back = this frame's motion + the previous frame's motion (the chain), not twice either:
-    with an accelerating block the composed displacement is v - G, not v / 2."""
+def test_ties_go_to_the_frames_usual_reference() -> None:
+    """A P picture after two B pictures references the frame 3 back: a textured block shows it; a flat block matches
+    every past frame and must take that span too, not the nearest frame's (which would triple its motion)."""
+    rng = np.random.default_rng(0)
+    h, w = 64, 64
+    world = rng.integers(0, 256, (h, w + 16)).astype(np.uint8)
+    world[:, :24] = 128  # a flat strip
+    past = [world[:, 12 - 2 * k : 12 - 2 * k + w] for k in range(3, 0, -1)]  # cur(p) = frame k back(p + 2k)
+    cur = world[:, 12 : 12 + w]
     res = mv.ReferenceResolver(window=4)
-    h, w = 32, 32
-    g = np.full((2, h // mv.UNIT, w // mv.UNIT), np.nan, np.float32)
-    g[:, :, :] = np.array([1.0, 0.0], np.float32)[:, None, None]  # previous frame from the one before: 1 px right
-    res.fields.append((9, g))
-    dt = np.dtype([("w", "u1"), ("h", "u1"), ("dst_x", "i2"), ("dst_y", "i2")])
-    blocks = np.array([(16, 16, 8, 8)], dtype=dt)
-    d = res._compose(blocks, np.array([[4.0], [0.0]]), np.array([2]), 10)
-    np.testing.assert_allclose(d[:, 0], [3.0, 0.0])
-    res.fields.clear()
-    d = res._compose(blocks, np.array([[4.0], [0.0]]), np.array([2]), 10)
-    np.testing.assert_allclose(d[:, 0], [2.0, 0.0])  # no chain: constant velocity
+    for i, img in enumerate(past, start=7):
+        res.history.append((i, img))
+    dt = np.dtype([("source", "i4"), ("w", "u1"), ("h", "u1"), ("dst_x", "i2"), ("dst_y", "i2"),
+                   ("motion_x", "i4"), ("motion_y", "i4"), ("motion_scale", "u2")])  # fmt: skip
+    rows = [(-1, 16, 16, x, y, 6 * 4, 0, 4) for x in (8, 24, 40, 56) for y in (8, 24, 40, 56)]
+    blocks, motion, spans = res._spans(np.array(rows, dtype=dt), cur, 10)
+    assert (spans == 3).all(), spans
+    np.testing.assert_allclose(motion[0], 2.0)  # per frame: 6 px over 3 frames
 
 
 # ----------------------------------------------------------------------------- end to end through the CLI
@@ -123,12 +126,29 @@ def test_mv_on_a_bframe_file_propagates_and_warns_in_one_line(bundle64, bclip, t
 
 
 def test_reencode_flag(bundle64, bclip, tmp_path, capsys) -> None:
-    before = set(Path(tempfile.gettempdir()).glob("deqstream_mv_*"))
+    """--reencode-mv: one line, no multi-frame note, every frame's vectors single-reference and on the true motion."""
     rc = _cli(bundle64 / "deq_cell.onnx", bclip, tmp_path / "o", "--mode", "stream-mv", "--iters", "1", "--reencode-mv")
     err = capsys.readouterr().err
-    assert rc == 0 and "re-encoded for single-reference motion vectors" in err and "may span" not in err
+    assert rc == 0 and "re-encoding on the fly for single-reference motion vectors" in err and "may span" not in err
     assert len(_records(tmp_path / "o")) == 30
-    assert set(Path(tempfile.gettempdir()).glob("deqstream_mv_*")) == before  # the temporary file is gone
+
+
+def test_reencoding_source_gives_single_reference_vectors(bclip) -> None:
+    """On the fly (as for a live source): P pictures only after the first, every vector one frame back, the pan's
+    4 px per frame (content moves left: cur(p) = prev(p + 4)), and the original pixels."""
+    from runtime.mv_source import ReencodingSource
+    from runtime.sources import open_source
+
+    src = ReencodingSource(open_source(str(bclip)))
+    items = list(src)
+    src.close()
+    assert len(items) == 30 and src.errors == 0
+    fields_ = [side["motion"] for _, _, _, side in items]
+    assert fields_[0].is_key and {f.pict_type for f in fields_[1:]} == {"P"}
+    for f in fields_[2:]:
+        inner = f.disp[0][2:-2, 2:-2][f.valid[2:-2, 2:-2]]
+        assert f.mean_span == 1.0 and np.median(np.abs(inner - 1.0)) < 0.05  # 4 px = one stride-4 cell
+    np.testing.assert_array_equal(items[5][0], decode_clip(bclip)[5])
 
 
 def test_p_only_stream_with_several_references_is_reported(bundle64, tmp_path, capsys) -> None:
@@ -141,25 +161,38 @@ def test_p_only_stream_with_several_references_is_reported(bundle64, tmp_path, c
     assert len(lines) == 1 and lines[0].startswith("warning: ")
 
 
-@pytest.mark.skipif("libx265" not in av.codecs_available, reason="PyAV build without libx265")
-@pytest.mark.parametrize("mode", ["mv", "stream-mv", "mv-interp"])
-def test_hevc_falls_back_to_stream_mode(bundle64, tmp_path, capsys, mode: str) -> None:
-    """HEVC exports no motion vectors: one line, stream mode (2 iterations for mv-interp, whose --iters counts key
-    frames), the policy in every record and in the summary."""
-    path = tmp_path / "hevc.mp4"
-    with VideoWriter(path, 10, {"x265-params": "log-level=error"}, codec="libx265") as out:
+@pytest.mark.parametrize(
+    "mode, codec",
+    [("mv", "libx265"), ("stream-mv", "libx265"), ("mv-interp", "libx265"), ("mv", "libvpx-vp9")],
+)
+def test_hevc_falls_back_to_stream_mode(bundle64, tmp_path, capsys, mode: str, codec: str) -> None:
+    """HEVC (and VP9) export no motion vectors: one line, stream mode (2 iterations for mv-interp, whose --iters
+    counts key frames), the policy in every record and in the summary."""
+    if codec not in av.codecs_available:
+        pytest.skip(f"PyAV build without {codec}")
+    path = tmp_path / "clip.mp4"
+    with VideoWriter(path, 10, {"x265-params": "log-level=error"} if codec == "libx265" else {}, codec=codec) as out:
         for f in pan_frames(8):
             out.write(f)
+    name = "hevc" if codec == "libx265" else "vp9"
     rc = _cli(bundle64 / "deq_cell.onnx", path, tmp_path / "o", "--mode", mode)
     err = capsys.readouterr().err
     assert rc == 0, err
     lines = [ln for ln in err.splitlines() if "no motion vectors" in ln]
     assert len(lines) == 1 and f"--mode {mode} runs as stream mode" in lines[0]
     recs = _records(tmp_path / "o")
-    assert len(recs) == 8 and all(r["mode"] == "stream" and r["fallback"].startswith("stream: hevc") for r in recs)
+    assert len(recs) == 8 and all(r["mode"] == "stream" and r["fallback"].startswith(f"stream: {name}") for r in recs)
     assert [r["iterations"] for r in recs[1:]] == [2] * 7
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["fallback"]["requested_mode"] == mode and summary["fallback"]["mode"] == "stream"
+    if mode == "mv":  # --reencode-mv runs the mode as asked, on vectors of an on-the-fly H.264 re-encode
+        assert _cli(bundle64 / "deq_cell.onnx", path, tmp_path / "r", "--mode", mode, "--reencode-mv") == 0
+        assert f"re-encoding on the fly for single-reference motion vectors ({name} carries none)" in (
+            capsys.readouterr().err
+        )
+        recs = _records(tmp_path / "r")
+        assert all(r["mode"] == "mv" and "fallback" not in r for r in recs)
+        assert [r["iterations"] > 0 for r in recs] == [True, False, False, False, False, True, False, False]
 
 
 def test_dff_runs_on_an_image_folder(bundle64, tmp_path) -> None:
@@ -177,3 +210,63 @@ def test_dff_runs_on_an_image_folder(bundle64, tmp_path) -> None:
         Image.fromarray(f).save(folder / f"{i:03d}.png")
     assert _cli(eng / "deq_cell.onnx", folder, tmp_path / "o", "--mode", "dff", "--key-interval", "3") == 0
     assert [r["iterations"] > 0 for r in _records(tmp_path / "o")] == [True, False, False, True, False, False]
+
+
+@pytest.fixture(scope="module")
+def cut_bclip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[int]]:
+    """A validation clip (seed 900000, never a test seed) with one shot change, x264 B-frames and 3 references."""
+    from export.synthetic import render_clip_with_meta
+    from runtime.encode import EncodeOptions, encode_mp4
+    from tests.runtime.conftest import H, W
+
+    frames, _, _, meta = render_clip_with_meta(900_000, 30, H, W, shot_change=True)
+    path = tmp_path_factory.mktemp("cutb") / "cut.mp4"
+    encode_mp4(path, frames, EncodeOptions(crf=20, bframes=3, refs=3, gop=250))
+    return path, meta["cuts"]
+
+
+@pytest.mark.parametrize(
+    "args", [("--mode", "stream", "--iters", "1"), ("--mode", "mv", "--key-interval", "5"), ("--mode", "stream-mv")]
+)
+def test_each_cut_resets_once_with_its_cause(bundle64, cut_bclip, tmp_path, args) -> None:
+    """One from-zero start per shot change (no second one on the next frame at k = 1, none on B pictures), its cause
+    in the record and counted in the summary."""
+    path, cuts = cut_bclip
+    assert len(cuts) == 1
+    assert _cli(bundle64 / "deq_cell.onnx", path, tmp_path / "o", *args) == 0
+    recs = _records(tmp_path / "o")
+    zero = [r for r in recs if r["start"] == "zero" and r["frame"] > 0]
+    assert [r["frame"] for r in zero] == cuts and zero[0]["reset"].startswith("shot change")
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert sum(summary["streams"][0]["reset_causes"].values()) == 1
+
+
+def test_fallback_policy_without_vectors() -> None:
+    """mv / mv-interp -> dff when the bundle has a FlowNet, else stream; stream-mv -> stream at its --iters (>= 1);
+    a stream with vectors or another mode is left alone."""
+    from types import SimpleNamespace
+
+    from runtime.loop import RunConfig
+    from runtime.mv_source import fallback_without_vectors
+
+    hevc = SimpleNamespace(no_vectors="hevc", name="a.mp4")
+    lines: list[str] = []
+    with_flow, without = SimpleNamespace(engines={"flownet": 1}), SimpleNamespace(engines={})
+    cases = [
+        ("mv", 3, with_flow, "dff", 3),
+        ("mv-interp", 20, with_flow, "dff", 2),
+        ("mv-interp", 20, without, "stream", 2),
+        ("stream-mv", 0, with_flow, "stream", 1),
+        ("mv", 3, without, "stream", 3),
+    ]
+    for mode, iters, bundle, want, want_iters in cases:
+        cfg = fallback_without_vectors(
+            RunConfig(engine="e", sources=[], mode=mode, iters=iters), [hevc], bundle, lines.append
+        )
+        assert (cfg.mode, cfg.iters) == (want, want_iters), (mode, cfg.mode, cfg.iters)
+        assert cfg.extra["summary"]["fallback"]["requested_mode"] == mode and cfg.extra["record"]["fallback"]
+    assert len(lines) == len(cases) and all("hevc carries no motion vectors" in ln for ln in lines)
+    cfg = RunConfig(engine="e", sources=[], mode="mv")
+    assert fallback_without_vectors(cfg, [SimpleNamespace(name="b.mp4")], without, lines.append) is cfg
+    cfg = RunConfig(engine="e", sources=[], mode="stream")
+    assert fallback_without_vectors(cfg, [hevc], without, lines.append) is cfg

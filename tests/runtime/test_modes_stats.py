@@ -61,6 +61,23 @@ def test_reset_monitor():
     assert any("grew" in x for x in reasons)
 
 
+def test_divergence_needs_a_residual_worse_than_a_start_from_zero():
+    """The bikes.mp4 residuals of stream k = 1 before its two false "divergence" resets (0.44 -> 0.54 over fast
+    motion) are no divergence by default; the same growth past 1.0 (worse than starting from zero) is."""
+
+    def reasons(trace: list[float]) -> list[str]:
+        m = ResetMonitor(jump=100.0)
+        out = []
+        for r in trace:
+            out.append(m.after(r, warm=True))
+            m.accept(r, warm=True)
+        return out
+
+    assert not any(reasons([0.44, 0.46, 0.47, 0.49, 0.50, 0.505, 0.515, 0.54]))
+    got = reasons([0.8, 0.9, 1.05, 1.2, 1.4])
+    assert got[-1].startswith("divergence (residual grew 3 frames")
+
+
 def test_reset_monitor_sees_cuts_coded_as_p_frames():
     """Frame differences measured on our benchmark clips: 3-13 within a shot, 48-67 at a cut (a P frame)."""
     m = ResetMonitor()

