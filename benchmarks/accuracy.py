@@ -259,6 +259,8 @@ def evaluate_clip(
                 prev = None if mode == "per-frame" else state[(mode, k)]
                 cold = reset_iters if mode == "stream+reset" and reset_iters else k
                 if prev is None:
+                    if mode == "stream+reset":
+                        monitor[k].clear()  # as the runtime: a cold start begins a new residual mean
                     z, res, step = _solve(stepper, stepper.zeros(h, w), x, cold)
                 else:
                     z, res, step = _solve(stepper, prev, x, k)
