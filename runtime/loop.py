@@ -106,12 +106,16 @@ def pick_device(requested: str, bundle: Bundle) -> torch.device:
     return torch.device("cuda" if cuda else "cpu")
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class _StopFlag:
-    """First Ctrl-C: finish the current frame and write everything; second: abort hard."""
+    """First Ctrl-C or SIGTERM (a service manager, a container stop): finish the current frame and write
+    everything; a second signal: abort hard."""
 
     def __init__(self, extra: Callable[[], bool] | None = None) -> None:
         self.stopped, self.extra = False, extra
-        self._old: Any = None
+        self._old: dict[int, Any] = {}
 
     @property
     def stop(self) -> bool:
@@ -119,7 +123,7 @@ class _StopFlag:
 
     def __enter__(self) -> _StopFlag:
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            self._old = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
         return self
 
     def _handle(self, *_: object) -> None:
@@ -128,8 +132,8 @@ class _StopFlag:
         self.stopped = True
 
     def __exit__(self, *exc: object) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 class StreamState:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -291,17 +293,24 @@ def config_from_args(args: argparse.Namespace, sources: list[Any]) -> Any:
     )
 
 
+def _interrupt(*_: object) -> None:
+    """SIGTERM before the loop has its own handler (imports, opening the engines): as Ctrl-C."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _validate(parser, args)
-    from runtime.loop import format_summary, run
-
-    if args.threads > 0:  # the CPU path's torch ops (solver residuals, warps) oversubscribe a shared CPU otherwise
-        import torch
-
-        torch.set_num_threads(args.threads)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
+        from runtime.loop import format_summary, run
+
+        if args.threads > 0:  # the CPU path's torch ops (solver residuals, warps) oversubscribe a shared CPU
+            import torch
+
+            torch.set_num_threads(args.threads)
         summary = run(config_from_args(args, list(args.inputs)))
     except DeqRuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
