@@ -30,7 +30,7 @@ from runtime.pipeline import STAGES, Pipeline
 from runtime.solvers import SOLVERS
 from runtime.sources import Frame, Prefetcher, Source
 from runtime.stats import Samples, format_summary, summarize
-from runtime.writers import Sink, atomic_write_json, prepare_out_dir
+from runtime.writers import Sink, atomic_write_json, clear_previous_run, prepare_out_dir
 
 
 @dataclass
@@ -199,6 +199,9 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     outs: list[Path | None] = [None] * n
     if cfg.out is not None:
         root = prepare_out_dir(Path(cfg.out))
+        gone = clear_previous_run(root)
+        if gone:
+            log(f"replaced an earlier run's outputs in {root}: {', '.join(gone[:6])}{' ...' if len(gone) > 6 else ''}")
         outs = [root] if n == 1 else [prepare_out_dir(root / f"stream{i}") for i in range(n)]
     sources = [s if isinstance(s, Source) else _open(s, cfg.mode, log, cfg.reencode_mv) for s in cfg.sources]
     cfg = _fallback(cfg, sources, bundle, log)  # a vector mode on a stream without vectors (HEVC, VP9, AV1)

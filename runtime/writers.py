@@ -10,6 +10,7 @@ import io
 import json
 import os
 import queue
+import shutil
 import tempfile
 import threading
 import time
@@ -36,6 +37,31 @@ def prepare_out_dir(out: Path) -> Path:
     except OSError as e:
         raise OutputError(f"output directory {out} is not writable ({e.strerror or e})") from None
     return out
+
+
+RUN_OUTPUTS = ("overlay.mp4", "maps", "maps.npz", "frames.jsonl", "summary.json")
+
+
+def clear_previous_run(out: Path) -> list[str]:
+    """A run owns its output folder: what an earlier run wrote there (our file names only, and the
+    ``stream<i>/`` folders of a batched run) goes before this run starts, so a shorter run or one
+    with other options never leaves files that could be taken for its own. Returns what went."""
+    gone = []
+    for name in RUN_OUTPUTS:
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+        else:
+            continue
+        gone.append(name)
+    for d in sorted(out.glob("stream*")):
+        if d.is_dir() and d.name[len("stream") :].isdigit():
+            gone += [f"{d.name}/{n}" for n in clear_previous_run(d)]
+            if not any(d.iterdir()):
+                d.rmdir()
+    return gone
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -389,3 +389,18 @@ def test_demo_bad_input_is_one_line(bundle64, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         demo.main(["--engines", str(bundle64), "--frames", "0"])
     assert e.value.code == 2 and "--frames" in capsys.readouterr().err
+
+
+def test_a_reused_out_folder_holds_only_the_last_run(bundle64, tmp_path):
+    """A 10-frame png run after a 30-frame one, then an npz run without video: each leaves only its own files
+    (our names only: a user's file in the folder stays)."""
+    long, short = write_clip(tmp_path / "l.mp4", moving_frames(30)), write_clip(tmp_path / "s.mp4", moving_frames(10))
+    out = tmp_path / "o"
+    base = ["--engine", str(bundle64 / "deq_cell.onnx"), "--out", str(out), "--no-progress"]
+    assert main([*base, str(long), "--save-maps", "png"]) == 0
+    (out / "notes.txt").write_text("mine")
+    assert main([*base, str(short), "--save-maps", "png"]) == 0
+    assert len(list((out / "maps").iterdir())) == 10 and len(records(out)) == 10
+    assert main([*base, str(short), "--save-maps", "npz", "--no-video"]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert names == {"maps.npz", "frames.jsonl", "summary.json", "notes.txt"}, names
