@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import DeqRuntimeError, SourceError
-from runtime.run import _validate, add_run_options, config_from_args
+from runtime.errors import SourceError
+from runtime.run import _validate, add_run_options, config_from_args, guarded
 
 INSTALL_HINT = "runtime.fleet needs Ray: pip install 'deqstream[fleet]'"
 KILL_ENV = "DEQSTREAM_FLEET_KILL"  # test hook "W:N": worker W's first actor kills itself after N records
@@ -205,24 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     if importlib.util.find_spec("ray") is None:
         print(f"error: {INSTALL_HINT}", file=sys.stderr)
         return 2
-    try:
-        sources = expand_sources(list(args.inputs))
-        summary = run_fleet(args, sources)
-    except DeqRuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # noqa: BLE001 - a bug, not bad input: still one line, traceback on request
-        if os.environ.get("DEQSTREAM_DEBUG"):
-            raise
-        msg = (str(e).strip().splitlines() or [""])[0][:300]
-        print(
-            f"error: internal error {type(e).__name__}: {msg} (set DEQSTREAM_DEBUG=1 for the traceback)",
-            file=sys.stderr,
-        )
-        return 1
+    failed, summary = guarded(lambda: run_fleet(args, expand_sources(list(args.inputs))))
+    if failed is not None:
+        return failed
     print(summary["text"])
     print(f"outputs: {Path(args.out).resolve()} (stream<i>/ per input, summary.json, summary.txt)")
     for s in summary["streams"]:

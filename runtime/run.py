@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -293,9 +294,44 @@ def config_from_args(args: argparse.Namespace, sources: list[Any]) -> Any:
     )
 
 
+def guarded(work: Callable[[], Any]) -> tuple[int | None, Any]:
+    """Run ``work`` for a CLI: (None, its result), or (exit code, None) after one ``error:`` line. Bad input and
+    interruption are expected; anything else is a bug, still one line unless DEQSTREAM_DEBUG asks for the traceback."""
+    try:
+        return None, work()
+    except DeqRuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code, None
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130, None
+    except MemoryError:
+        print("error: out of memory", file=sys.stderr)
+        return 2, None
+    except Exception as e:  # noqa: BLE001 - a bug, not bad input
+        if os.environ.get("DEQSTREAM_DEBUG"):
+            raise
+        msg = (str(e).strip().splitlines() or [""])[0][:300]
+        print(
+            f"error: internal error {type(e).__name__}: {msg} (set DEQSTREAM_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1, None
+
+
 def _interrupt(*_: object) -> None:
     """SIGTERM before the loop has its own handler (imports, opening the engines): as Ctrl-C."""
     raise KeyboardInterrupt
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    from runtime.loop import run
+
+    if args.threads > 0:  # the CPU path's torch ops (solver residuals, warps) oversubscribe a shared CPU otherwise
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return run(config_from_args(args, list(args.inputs)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,32 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     _validate(parser, args)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        from runtime.loop import format_summary, run
+    failed, summary = guarded(lambda: _run(args))
+    if failed is not None:
+        return failed
+    from runtime.loop import format_summary
 
-        if args.threads > 0:  # the CPU path's torch ops (solver residuals, warps) oversubscribe a shared CPU
-            import torch
-
-            torch.set_num_threads(args.threads)
-        summary = run(config_from_args(args, list(args.inputs)))
-    except DeqRuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except MemoryError:
-        print("error: out of memory", file=sys.stderr)
-        return 2
-    except Exception as e:  # noqa: BLE001 - a bug, not bad input: still one line, traceback on request
-        if os.environ.get("DEQSTREAM_DEBUG"):
-            raise
-        msg = (str(e).strip().splitlines() or [""])[0][:300]
-        print(
-            f"error: internal error {type(e).__name__}: {msg} (set DEQSTREAM_DEBUG=1 for the traceback)",
-            file=sys.stderr,
-        )
-        return 1
     print(format_summary(summary))
     print(f"outputs: {args.out.resolve()} ({', '.join(output_names(args.no_video, args.save_maps, len(args.inputs)))})")
     code = 0
