@@ -4,7 +4,9 @@ Why three modes (notes/mdeq-streamdeq.md §4): UR back-propagates through N unro
 applications from z = 0; SUR draws N uniformly from 1..N_max per batch, which teaches the model
 to give usable outputs after any number of iterations (what streaming with small k needs);
 IL solves for the fixed point without a graph and back-propagates through one phantom step
-from z*, the cheap DEQ-style gradient.
+from z*, the cheap DEQ-style gradient. ``--jac-reg W`` adds, on top of any mode, W times a Hutchinson
+estimate of ||df/dz||_F^2 / numel at the solved state (Bai, Koltun & Kolter 2021), which pushes the
+cell towards a contraction; off by default, so the shipped recipe is unchanged.
 
 Resumable: the checkpoint (exact ``deqstream-ckpt/1`` format) is written every few minutes,
 next to a ``.resume`` sidecar (optimizer, step, elapsed time) and a ``.jsonl`` log.
@@ -58,18 +60,49 @@ def seg_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
 def forward_train(model: MDEQSegNet, frames: Tensor, mode: str, iters: int, rng: np.random.Generator) -> Tensor:
     """Logits for one training batch under the mode's gradient rule."""
+    return forward_train_state(model, frames, mode, iters, rng)[0]
+
+
+def forward_train_state(
+    model: MDEQSegNet, frames: Tensor, mode: str, iters: int, rng: np.random.Generator
+) -> tuple[Tensor, list[Tensor], Tensor]:
+    """Logits, the solved state (detached: where the Jacobian penalty is taken) and the tracked x_0."""
     if mode == "ur":
-        state, _ = model.solve(frames, iters)
-    elif mode == "sur":
-        state, _ = model.solve(frames, int(rng.integers(1, iters + 1)))
-    elif mode == "il":
+        state, x = model.solve(frames, iters)
+        return model.head(*state), [s.detach() for s in state], x
+    if mode == "sur":
+        state, x = model.solve(frames, int(rng.integers(1, iters + 1)))
+        return model.head(*state), [s.detach() for s in state], x
+    if mode == "il":
         with torch.no_grad():
-            state, _ = model.solve(frames, iters)
+            solved, _ = model.solve(frames, iters)
         x = model.injection(frames)  # tracked: the phantom step's gradient reaches the injection
-        state = list(model.fullstage(*[s.detach() for s in state], x))
-    else:
-        raise ValueError(f"unknown mode {mode!r}")
-    return model.head(*state)
+        state = list(model.fullstage(*[s.detach() for s in solved], x))
+        return model.head(*state), [s.detach() for s in solved], x
+    raise ValueError(f"unknown mode {mode!r}")
+
+
+def jacobian_penalty(cell: torch.nn.Module, state: list[Tensor], x: Tensor, noise: list[Tensor]) -> Tensor:
+    """Hutchinson estimate of ||df/dz||_F^2 / numel at ``state`` (Bai, Koltun & Kolter 2021).
+
+    E[||eps^T J||^2] = ||J||_F^2 for eps ~ N(0, I), so one vector-Jacobian product per step gives an unbiased
+    estimate; create_graph=True lets the optimizer push the cell towards a contraction. Dividing by the state
+    size keeps the weight independent of the resolution."""
+    z = [s.detach().requires_grad_(True) for s in state]
+    fz = cell(*z, x)
+    vjp = torch.autograd.grad(fz, z, grad_outputs=noise, create_graph=True)
+    numel = sum(s.numel() for s in state)
+    return sum(v.float().pow(2).sum() for v in vjp) / numel
+
+
+def gaussian_like(state: list[Tensor], rng: np.random.Generator) -> list[Tensor]:
+    """One standard Gaussian probe per state tensor, drawn from the step's rng (reproducible, resumable)."""
+    return [torch.from_numpy(rng.standard_normal(s.shape).astype(np.float32)).to(s.device, s.dtype) for s in state]
+
+
+def applies_on(step: int, freq: float) -> bool:
+    """Whether a penalty applied on a fraction ``freq`` of steps falls on ``step`` (evenly spread, no rng)."""
+    return math.floor((step + 1) * freq) > math.floor(step * freq)
 
 
 # --------------------------------------------------------------------------- validation
@@ -135,6 +168,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="synthetic scene family for training and validation (default: %(default)s, the benchmark's: "
         "building vs vegetation needs long-range context; 'plain': texture gives it away; see export/synthetic.py)",
     )
+    p.add_argument(
+        "--jac-reg",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="add W x a Hutchinson estimate of ||df/dz||_F^2 / numel at the solved state to the loss (Bai, Koltun "
+        "& Kolter 2021: pushes the cell towards a contraction so plain iteration converges); default %(default)s: "
+        "off, the shipped recipe",
+    )
+    p.add_argument(
+        "--jac-reg-freq",
+        type=float,
+        default=1.0,
+        metavar="P",
+        help="apply the Jacobian term on this fraction of steps, evenly spread (0 < P <= 1; default %(default)s)",
+    )
     a = p.parse_args(argv)
     h, w = a.crop or (128, 256)
     a.height, a.width = a.height or h, a.width or w
@@ -158,6 +207,7 @@ class Trainer:
         self.log_path = self.out.with_suffix(".jsonl")
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.step, self.elapsed, self.best = 0, 0.0, float("nan")
+        self.parts: dict[str, float] = {}
         self.val = val_set(a.seed, a.val_frames, 256, 512, a.variant)
 
     def resume(self) -> None:
@@ -197,6 +247,7 @@ class Trainer:
             "torch": torch.__version__,
             "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "variant": self.a.variant,
+            **({"jac_reg": self.a.jac_reg, "jac_reg_freq": self.a.jac_reg_freq} if self.a.jac_reg > 0 else {}),
         }
 
     def val_iters(self) -> int:
@@ -213,17 +264,28 @@ class Trainer:
         with open(self.log_path, "a") as fh:
             fh.write(json.dumps(rec) + "\n")
 
-    def train_step(self) -> float:
+    def batch_loss(self) -> tuple[Tensor, dict[str, float]]:
+        """The loss of this step's batch (segmentation, plus the Jacobian term when it applies) and its parts."""
         a = self.a
         rng = np.random.default_rng([a.seed, self.step])
         frames, labels = random_batch(rng, a.batch, a.height, a.width, variant=a.variant)
         x = torch.from_numpy(frames).to(self.device)
         y = torch.from_numpy(labels.astype(np.int64)).to(self.device)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
+            logits, state, x0 = forward_train_state(self.model, x, a.mode, a.iters, rng)
+            loss = seg_loss(logits.float(), y)
+            parts = {"seg": float(loss.detach())}
+            if a.jac_reg > 0 and applies_on(self.step, a.jac_reg_freq):
+                jac = jacobian_penalty(self.model.fullstage, state, x0, gaussian_like(state, rng))
+                loss = loss + a.jac_reg * jac
+                parts["jac"] = float(jac.detach())
+        return loss, parts
+
+    def train_step(self) -> float:
+        a = self.a
         for g in self.opt.param_groups:
             g["lr"] = lr_at(a.lr, self.progress())
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
-            logits = forward_train(self.model, x, a.mode, a.iters, rng)
-            loss = seg_loss(logits.float(), y)
+        loss, self.parts = self.batch_loss()
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.opt)
@@ -249,6 +311,8 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.opt.param_groups[0]['lr']:.1e}")
             rec = {"step": self.step, "loss": round(loss, 4), "elapsed_s": round(self.elapsed, 1)}
+            if "jac" in self.parts:
+                rec["jac"] = round(self.parts["jac"], 5)
             if self.step % a.val_every == 0:
                 val_miou = evaluate(self.model, *self.val, self.val_iters(), self.device)
                 rec["val_miou"] = round(val_miou, 4)
@@ -275,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.iters < 1 or a.steps < 1 or a.batch < 1:
             raise ValueError("--iters, --steps and --batch must be >= 1")
+        if not (a.jac_reg >= 0 and math.isfinite(a.jac_reg)) or not 0 < a.jac_reg_freq <= 1:
+            raise ValueError("--jac-reg must be a finite number >= 0 and --jac-reg-freq in (0, 1]")
         trainer = Trainer(a, command)
         if a.resume:
             trainer.resume()

