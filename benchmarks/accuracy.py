@@ -150,21 +150,23 @@ def _rel(a: list[Tensor], b: list[Tensor]) -> float:
 
 
 # --------------------------------------------------------------------------- clips
-def clip_dir(root: Path, i: int, frames: int, height: int, width: int, seed: int = HELDOUT_SEED) -> Path:
+def clip_dir(
+    root: Path, i: int, frames: int, height: int, width: int, seed: int = HELDOUT_SEED, variant: str = VARIANTS[0]
+) -> Path:
     """Where held-out clip i is cached; the scene family is in the name, so clips cached
     before the benchmark's family changed are never read as current ones."""
-    return Path(root) / f"{VARIANTS[0]}_seed{seed + i}_{frames}f_{height}x{width}"
+    return Path(root) / f"{variant}_seed{seed + i}_{frames}f_{height}x{width}"
 
 
 def prepare_clips(
-    root: Path, n: int, frames: int, height: int, width: int, seed: int = HELDOUT_SEED
+    root: Path, n: int, frames: int, height: int, width: int, seed: int = HELDOUT_SEED, variant: str = VARIANTS[0]
 ) -> list[tuple[np.ndarray, np.ndarray, dict]]:
-    """Held-out clips written to MP4 and decoded back (cached under root by seed and size)."""
+    """Held-out clips written to MP4 and decoded back (cached under root by scene family, seed and size)."""
     clips = []
     for i in range(n):
-        d = clip_dir(root, i, frames, height, width, seed)
+        d = clip_dir(root, i, frames, height, width, seed, variant)
         if not (d / "labels.npz").exists() or not (d / "clip.mp4").exists():
-            f, lab, flow, meta = render_clip_with_meta(seed + i, frames, height, width)
+            f, lab, flow, meta = render_clip_with_meta(seed + i, frames, height, width, variant=variant)
             write_clip(d, f, lab, flow, meta, EncodeOptions())
         decoded, labels, _, meta = read_clip(d)
         if decoded.shape[0] != labels.shape[0]:

@@ -28,7 +28,7 @@ import numpy as np
 
 from benchmarks.accuracy import SPLIT_SEEDS, TorchStepper, prepare_clips, run_accuracy
 from benchmarks.plots import write_text
-from export.synthetic import VARIANTS, EncodeOptions, read_clip, render_clip_with_meta, write_clip
+from export.synthetic import VARIANTS
 from runtime.modes import FrameInfo, ResetMonitor, frame_change
 
 JUMPS = (2.0, 2.5, 3.0, 3.5, 4.0, 5.0)
@@ -43,11 +43,7 @@ def pixel_clips(root: Path, n: int, frames: int, height: int, width: int) -> lis
     out = []
     for i in range(n):
         variant = VARIANTS[i % len(VARIANTS)]
-        d = Path(root) / f"{variant}_seed{PIXEL_SEED + i}_{frames}f_{height}x{width}"
-        if not (d / "labels.npz").exists() or not (d / "clip.mp4").exists():
-            f, lab, flow, meta = render_clip_with_meta(PIXEL_SEED + i, frames, height, width, variant=variant)
-            write_clip(d, f, lab, flow, meta, EncodeOptions())
-        decoded, _, _, meta = read_clip(d)
+        ((decoded, _, meta),) = prepare_clips(Path(root), 1, frames, height, width, PIXEL_SEED + i, variant)
         out.append((decoded, list(meta["cuts"])))
     return out
 

@@ -19,7 +19,6 @@ import queue
 import shutil
 import signal
 import socket
-import tempfile
 import threading
 import time
 import zipfile
@@ -29,7 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from runtime.encode import publish, temp_sibling
 from runtime.errors import DeqRuntimeError, OutputError, SourceError
+from runtime.stats import Samples
 from runtime.writers import OverlayWriter, atomic_write_bytes, atomic_write_json, palette_lut
 
 JOURNAL = ".maps.journal"
@@ -113,7 +114,7 @@ class FleetSink:
             (out / "frames.jsonl").unlink(missing_ok=True)
         self.log = open(out / "frames.jsonl", "a")
         self.records = start
-        self.write_ms: list[float] = []
+        self.write_ms = Samples()  # bounded, as writers.Sink's: a live camera runs for weeks
         self.error: BaseException | None = None
         self.q: queue.Queue[Any] = queue.Queue(maxsize=8)
         self.thread = threading.Thread(target=self._work, name=f"fleet-write-{out.name}", daemon=True)
@@ -216,14 +217,11 @@ class FleetSink:
             return
         if self.save_maps == "npz":
             path = self.out / "maps.npz"
-            fd, name = tempfile.mkstemp(prefix=".maps.npz.", suffix=".tmp.npz", dir=self.out)
-            os.close(fd)
-            tmp = Path(name)
+            tmp = temp_sibling(path)
             with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
                 for f in sorted(self.maps_dir.glob("*.npy")):
                     z.write(f, f"frame_{f.name}")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
+            publish(tmp, path)
         shutil.rmtree(self.maps_dir, ignore_errors=True)
 
 
