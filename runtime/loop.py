@@ -27,7 +27,7 @@ from runtime.errors import DeqRuntimeError, EngineError, SourceError
 from runtime.interp import Emission, InterpPolicy
 from runtime.modes import FrameInfo, Outcome, Plan, Policy, ResetMonitor, frame_change, make_policy, reset_counts
 from runtime.pipeline import STAGES, Pipeline
-from runtime.solvers import SOLVERS
+from runtime.solvers import AUTO, SOLVERS
 from runtime.sources import Frame, Prefetcher, Source
 from runtime.stats import Samples, format_summary, summarize
 from runtime.writers import Sink, atomic_write_json, clear_previous_run, prepare_out_dir
@@ -148,6 +148,7 @@ class StreamState:
         self.resets: list[dict[str, Any]] = []
         self.iters = Samples()  # bounded: a live camera runs for weeks
         self.residuals = Samples()
+        self.solved_by: dict[str, int] = {}  # --solver auto: frames per solver that ran
         self.first_reset = ""  # reason logged on the first processed frame (a resumed stream)
 
 
@@ -518,6 +519,7 @@ def _record(
         "cuda_graph": res.graph,
         "latency_ms": {"decode": round(f.decode_ms, 3), **stage, "total": round(latency_ms, 3)},
         **_top_k(res.classes[b]),
+        **_solved_by(cfg, s, res if plan.run_cell else None),
         **(extra or {}),
         **cfg.extra.get("record", {}),
     }
@@ -538,6 +540,15 @@ def _record(
         s.sink.put(record, f, None if logits else res.classes[b], fitter)
 
 
+def _solved_by(cfg: RunConfig, s: StreamState, res: Any) -> dict[str, str]:
+    """--solver auto: which solver ran this frame's cell (counted per stream for the summary)."""
+    info = getattr(res, "info", None)
+    if cfg.solver != AUTO or info is None or not info.nstep:
+        return {}
+    s.solved_by[info.solver] = s.solved_by.get(info.solver, 0) + 1
+    return {"solver": info.solver}
+
+
 def _run_facts(cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[StreamState], interrupted: bool) -> dict:
     """What the summary says besides timings: config, device, per-stream counts and problems."""
     per_stream = []
@@ -552,6 +563,7 @@ def _run_facts(cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[Str
                 "reset_causes": reset_counts(s.resets),
                 "mean_iterations": s.iters.mean() if s.iters else 0.0,
                 "mean_residual": s.residuals.mean() if s.residuals else None,
+                **({"solved_by": dict(s.solved_by)} if cfg.solver == AUTO else {}),
                 "out": str(s.sink.out) if s.sink is not None else None,
             }
         )

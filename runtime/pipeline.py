@@ -24,7 +24,7 @@ from runtime.backends import Runner, load_runner
 from runtime.buffers import StreamBuffers
 from runtime.bundle import Bundle
 from runtime.modes import Plan
-from runtime.solvers import SOLVERS, SolverInfo, Workspace, fixed_point
+from runtime.solvers import AUTO, SOLVERS, SolverInfo, Workspace, anderson, fixed_point
 
 STAGES = ("upload", "injection", "cell", "head", "download")
 
@@ -89,7 +89,9 @@ class Pipeline:
         log: Any = None,
     ) -> None:
         self.bundle, self.device = bundle, device
-        self.solver_name, self.solver = solver, SOLVERS[solver]
+        # AUTO: plain iterations until a stream's residual grows within a frame, then Anderson for that stream
+        self.auto = solver == AUTO
+        self.solver_name, self.solver = solver, SOLVERS["fixed_point" if self.auto else solver]
         self.tol, self.check_every = tol, check_every
         self.log = log or (lambda msg: None)
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
@@ -99,7 +101,7 @@ class Pipeline:
         self.head = load_runner(bundle.engines[bundle.head_name], device, **kw)
         self.buf = StreamBuffers(bundle, device)
         self.ws = Workspace(self.buf.layout, device, max_iter=max(max_iters, 1))
-        if solver == "anderson":
+        if solver in ("anderson", AUTO):
             self.ws.anderson()
         elif solver == "broyden":
             self.ws.broyden()
@@ -115,6 +117,8 @@ class Pipeline:
         self.calls = 0
         pinned = device.type == "cuda"
         self.res_host = torch.zeros(self.batch, dtype=self.ws.trace.dtype, pin_memory=pinned)  # final residuals
+        self.tail_host = torch.zeros(2, self.batch, dtype=self.ws.trace.dtype, pin_memory=pinned)  # AUTO's last two
+        self.accelerate = [False] * self.batch  # AUTO: streams whose plain iterations stopped converging
         if self.stream is not None:  # buffers were zero-filled on the default stream
             self.stream.wait_stream(torch.cuda.current_stream(device))
 
@@ -170,14 +174,15 @@ class Pipeline:
         """Run ``iters`` iterations from the current set; the result set becomes current."""
         cur = self.buf.current
         z0, work = self.buf.z[cur], self.buf.z[1 - cur]
-        if self._graphable(iters, cur):
+        solver = anderson if self.auto and any(self.accelerate) else self.solver
+        if solver is fixed_point and self._graphable(iters, cur):
             entry = self.graphs.get((iters, cur)) or self._capture(iters, cur)
             if entry is not None:
                 g, result, info = entry
                 g.replay()
                 self.buf.current = result
                 return info, True
-        z, info = self.solver(self.step, z0, iters, self.tol, work=work, ws=self.ws, check_every=self.check_every)
+        z, info = solver(self.step, z0, iters, self.tol, work=work, ws=self.ws, check_every=self.check_every)
         self.buf.current = self.buf.set_index(z)
         return info, False
 
@@ -185,7 +190,6 @@ class Pipeline:
         return (
             self.use_graphs
             and not self.graph_failed
-            and self.solver is fixed_point
             and self.tol is None
             and ({cur} if iters == 1 else {0, 1}) <= self.warm  # slots ran once outside capture (trtexec)
         )
@@ -282,16 +286,31 @@ class Pipeline:
         if self.buf.out_host is not self.buf.out:
             self.buf.out_host.copy_(self.buf.out, non_blocking=True)
         ran = info is not None and info.nstep > 0
+        watch = ran and self.auto and info.solver == "fixed_point" and info.nstep >= 2
         if ran:
             self.res_host.copy_(info.trace[info.nstep - 1], non_blocking=True)
+        if watch:
+            self.tail_host.copy_(info.trace[info.nstep - 2 : info.nstep], non_blocking=True)
         t.mark("download")
         if self.stream is not None:
             self.stream.synchronize()
+        if watch:
+            self._watch_growth()
         return self.res_host.tolist() if ran else [float("nan")] * self.batch
 
+    def _watch_growth(self) -> None:
+        """AUTO: a stream whose residual grew over its frame's last plain iteration solves with Anderson from
+        its next frame on (until its state is reset): the cell is not a contraction there, and more plain
+        iterations would move away from the fixed point that Anderson still finds."""
+        prev, last = self.tail_host.tolist()
+        for b in range(self.batch):
+            if last[b] > prev[b]:
+                self.accelerate[b] = True
+
     def reset(self, b: int) -> None:
-        """Forget stream ``b``'s state (its next plan starts from zero)."""
+        """Forget stream ``b``'s state (its next plan starts from zero; AUTO tries plain iterations again)."""
         self.has_state[b] = False
+        self.accelerate[b] = False
 
     def resolve(self, plans: list[Plan], infos: list[Any]) -> BatchResult:
         """Re-run the last frame's solve (same x) after a reset: no upload or injection."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import BundleError, DeqRuntimeError, EngineError
-from runtime.solvers import SOLVERS
+from runtime.solvers import AUTO, SOLVERS
 
 MODES = ("frame", "stream", "stream-mv", "mv", "dff", "mv-interp")
 KEY_MODES = ("mv", "dff", "mv-interp")
@@ -111,11 +111,13 @@ def add_run_options(p: argparse.ArgumentParser, streams: bool = True) -> None:
     )
     g.add_argument(
         "--solver",
-        choices=tuple(SOLVERS),
+        choices=(*SOLVERS, AUTO),
         default=None,
         help="fixed-point solver (default: fixed_point; in --mode frame the manifest's test-time solve, "
         "config.test_solve: for a published model the reference's Broyden with an absolute tolerance "
-        "returning the lowest-residual iterate; passing --solver replaces it)",
+        "returning the lowest-residual iterate; passing --solver replaces it). auto: plain iterations until a "
+        "stream's residual grows within a frame (the cell is not a contraction there), then Anderson for that "
+        "stream until its next reset; each record says which ran",
     )
     g.add_argument(
         "--tol",

@@ -347,6 +347,10 @@ def _rmatvec(U: Tensor, V: Tensor, c: Tensor, y: Tensor, out: Tensor, t: Tensor)
         out.add_(t)
 
 
+# Not a solver of its own: the runtime's Pipeline runs fixed_point and switches a stream to anderson once its
+# residual grows within a frame (``--solver auto``).
+AUTO = "auto"
+
 SOLVERS: dict[str, Callable[..., tuple[Tensor, SolverInfo]]] = {
     "fixed_point": fixed_point,
     "anderson": anderson,

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from export.augment import blur, camera_effects
 from export.config import get_config
+from export.contraction import spectral_penalty
 from export.mdeq import build_model
 from export.synthetic import random_batch
 from export.train import (
@@ -186,3 +188,89 @@ def test_bad_jac_options_are_one_line(tmp_path, capsys, bad: list[str]) -> None:
     assert main([*_args(tmp_path / "x.pt", 1), *bad]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --jac-reg") and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ spectral penalty, fine-tune, camera effects
+def test_spectral_growth_matches_the_largest_eigenvalue_of_the_explicit_jacobian() -> None:
+    cell, state, x = _tiny_state()
+    shapes, sizes = [s.shape for s in state], [s.numel() for s in state]
+
+    def flat_f(z: torch.Tensor) -> torch.Tensor:
+        parts = [t.view(sh) for t, sh in zip(torch.split(z, sizes), shapes)]
+        return torch.cat([t.reshape(-1) for t in cell(*parts, x.detach())])
+
+    jac = torch.autograd.functional.jacobian(flat_f, torch.cat([s.reshape(-1) for s in state]), vectorize=True)
+    radius = float(torch.linalg.eigvals(jac).abs().max())  # independent: the eigenvalues of the full matrix
+    start = gaussian_like(state, np.random.default_rng(0))
+    pen, growth = spectral_penalty(cell, state, x.detach(), start, steps=200, margin=0.0)
+    assert float(growth[0]) == pytest.approx(radius, rel=0.03)
+    assert float(pen) == pytest.approx(float(growth[0]) ** 2, rel=1e-6)
+    above, _ = spectral_penalty(cell, state, x.detach(), start, steps=200, margin=radius + 0.1)
+    assert float(above) == 0.0  # below the margin the cell is left alone
+    grads = torch.autograd.grad(pen, [p for p in cell.parameters() if p.requires_grad], allow_unused=True)
+    assert any(g is not None and float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_spectral_penalty_is_per_batch_item() -> None:
+    cell, state, x = _tiny_state()
+    two = [torch.cat([s, 2 * s]) for s in state]
+    x2 = torch.cat([x, x]).detach()
+    start = gaussian_like(two, np.random.default_rng(0))
+    _, both = spectral_penalty(cell, two, x2, start, steps=50, margin=0.0)
+    _, second = spectral_penalty(cell, [s[1:] for s in two], x2[1:], [s[1:] for s in start], steps=50, margin=0.0)
+    assert both.shape == (2,) and float(both[1]) == pytest.approx(float(second[0]), rel=1e-6)
+
+
+def test_spec_reg_and_augment_enter_the_loss_and_the_meta(tmp_path) -> None:
+    on = _trainer(tmp_path, "--spec-reg", "2", "--spec-margin", "0", "--augment")
+    loss, parts = on.batch_loss()
+    assert parts["spec"] > 0 and parts["growth"] > 0
+    assert float(loss) == pytest.approx(parts["seg"] + 2 * parts["spec"], rel=1e-5)
+    out = tmp_path / "s.pt"
+    assert main([*_args(out, 2), "--spec-reg", "0.5", "--augment"]) == 0
+    meta = torch.load(out, weights_only=False)["meta"]
+    assert meta["spec_reg"] == 0.5 and meta["augment"] is True
+
+
+def test_init_starts_from_the_checkpoint_weights(tmp_path) -> None:
+    base = tmp_path / "base.pt"
+    assert main(_args(base, 2)) == 0
+    tuned = _trainer(tmp_path, "--init", str(base))
+    saved, _ = load_model(base)
+    for (name, got), want in zip(tuned.model.state_dict().items(), saved.state_dict().values()):
+        torch.testing.assert_close(got, want, msg=name)
+    assert tuned.meta(0.5)["init"]["path"] == str(base) and tuned.meta(0.5)["init"]["steps"] == 2
+
+
+def test_init_of_another_config_is_one_line(tmp_path, capsys) -> None:
+    base = tmp_path / "base.pt"
+    assert main(_args(base, 1)) == 0
+    assert main([*_args(tmp_path / "x.pt", 1), "--init", str(base), "--variant", "plain"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "scenes" in err and len(err.strip().splitlines()) == 1
+
+
+def test_camera_effects_keep_shape_and_are_reproducible() -> None:
+    frames, _ = random_batch(np.random.default_rng(1), 4, 32, 64, variant="plain")
+    a = camera_effects(frames, np.random.default_rng(7), p=1.0)
+    b = camera_effects(frames, np.random.default_rng(7), p=1.0)
+    assert a.shape == frames.shape and a.dtype == np.uint8 and np.array_equal(a, b)
+    assert all(not np.array_equal(x, y) for x, y in zip(a, frames))
+    assert np.array_equal(camera_effects(frames, np.random.default_rng(7), p=0.0), frames)
+
+
+def test_blur_matches_a_dense_gaussian_filter() -> None:
+    rng = np.random.default_rng(0)
+    img = torch.from_numpy(rng.uniform(0, 255, (3, 20, 24)).astype(np.float32))
+    got = blur(img, 1.3)
+    # independent: the 2-D Gaussian as one dense (2r+1)^2 kernel over a replicate-padded image
+    r = int(np.ceil(3 * 1.3))
+    t = np.arange(-r, r + 1)
+    k2 = np.exp(-0.5 * (t[:, None] ** 2 + t[None, :] ** 2) / 1.3**2)
+    k2 /= k2.sum()
+    pad = np.pad(img.numpy(), ((0, 0), (r, r), (r, r)), mode="edge")
+    want = np.zeros_like(img.numpy())
+    for dy in range(2 * r + 1):
+        for dx in range(2 * r + 1):
+            want += k2[dy, dx] * pad[:, dy : dy + 20, dx : dx + 24]
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-3)

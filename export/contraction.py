@@ -1,0 +1,68 @@
+"""Training terms that make the cell a contraction, so plain iteration (what streaming runs) converges.
+
+Two penalties on the Jacobian J = df/dz of the cell at a (nearly) solved state, both built from vector-Jacobian
+products so no Jacobian is ever formed:
+
+* :func:`jacobian_penalty`: Hutchinson's estimate of ||J||_F^2 / numel (Bai, Koltun & Kolter 2021). It shrinks J on
+  average, but streaming converges only if the *largest* eigenvalue is below 1: a trial that drove this term to
+  0.005 still left a spectral radius of 1.07 on real footage (benchmarks/results/trials/README.md).
+* :func:`spectral_penalty`: the growth ||J^T v|| of the dominant direction v, found by a few steps of power
+  iteration on J^T (same eigenvalues as J), penalised only above a margin. This aims at the quantity that decides
+  convergence, the one ``benchmarks.convergence`` reports.
+
+The state is detached: the penalty moves the weights (and the injection, through x), not the solve.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def gaussian_like(state: list[Tensor], rng: np.random.Generator) -> list[Tensor]:
+    """One standard Gaussian probe per state tensor, drawn from the step's rng (reproducible, resumable)."""
+    return [torch.from_numpy(rng.standard_normal(s.shape).astype(np.float32)).to(s.device, s.dtype) for s in state]
+
+
+def _cell_at(cell: torch.nn.Module, state: list[Tensor], x: Tensor) -> tuple[list[Tensor], tuple[Tensor, ...]]:
+    z = [s.detach().requires_grad_(True) for s in state]
+    return z, cell(*z, x)
+
+
+def jacobian_penalty(cell: torch.nn.Module, state: list[Tensor], x: Tensor, noise: list[Tensor]) -> Tensor:
+    """Hutchinson estimate of ||df/dz||_F^2 / numel at ``state`` (Bai, Koltun & Kolter 2021).
+
+    E[||eps^T J||^2] = ||J||_F^2 for eps ~ N(0, I), so one vector-Jacobian product per step gives an unbiased
+    estimate; create_graph=True lets the optimizer push the cell towards a contraction. Dividing by the state
+    size keeps the weight independent of the resolution."""
+    z, fz = _cell_at(cell, state, x)
+    vjp = torch.autograd.grad(fz, z, grad_outputs=noise, create_graph=True)
+    numel = sum(s.numel() for s in state)
+    return sum(v.float().pow(2).sum() for v in vjp) / numel
+
+
+def per_sample_norm(parts: list[Tensor] | tuple[Tensor, ...]) -> Tensor:
+    """The 2-norm of each batch item across all scales of a multiscale state, shape (N,)."""
+    return torch.sqrt(sum(p.float().pow(2).flatten(1).sum(1) for p in parts))
+
+
+def _unit(parts: list[Tensor] | tuple[Tensor, ...]) -> list[Tensor]:
+    n = per_sample_norm(parts).clamp_min(1e-12)
+    return [p / n.view(-1, *([1] * (p.dim() - 1))).to(p.dtype) for p in parts]
+
+
+def spectral_penalty(
+    cell: torch.nn.Module, state: list[Tensor], x: Tensor, start: list[Tensor], steps: int, margin: float
+) -> tuple[Tensor, Tensor]:
+    """mean over the batch of relu(g - margin)^2, and g, where g estimates each item's spectral radius of df/dz.
+
+    ``steps`` vector-Jacobian products (no graph) turn ``start`` into the dominant direction v of J^T; the last
+    product keeps its graph, so the optimizer lowers ||J^T v|| = g for that direction. One forward of the cell
+    serves every product. Below ``margin`` the term is zero: the cell is left alone where it already contracts."""
+    z, fz = _cell_at(cell, state, x)
+    v = _unit(start)
+    for _ in range(steps):
+        v = _unit([u.detach() for u in torch.autograd.grad(fz, z, grad_outputs=v, retain_graph=True)])
+    growth = per_sample_norm(torch.autograd.grad(fz, z, grad_outputs=v, create_graph=True))
+    return torch.relu(growth - margin).pow(2).mean(), growth.detach()
