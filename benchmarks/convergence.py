@@ -33,6 +33,7 @@ from benchmarks.plots import atomic_write, pyplot, write_json, write_text
 
 ITERS = (10, 20, 30, 60)
 SOLVERS = ("plain", "anderson")
+FLOAT_FLOOR = 1e-6  # relative residuals below this are float32 rounding, not convergence or growth
 GEN_CLIP_LEN = 16  # generated clips are rendered at this length (the accuracy benchmark's cache) and cut
 
 
@@ -155,7 +156,8 @@ def summarise(per: dict[str, Any]) -> dict[str, Any]:
             "median_curve": np.median(t, axis=0).tolist(),
         }
     plain = np.asarray(per["plain"])
-    s["plain"]["share_60_le_30"] = float(np.mean(plain[:, 59] <= plain[:, 29]))
+    # below FLOAT_FLOOR both are float32 rounding noise: a converged frame's 1.1e-7 after 1.0e-7 is no growth
+    s["plain"]["share_60_le_30"] = float(np.mean(plain[:, 59] <= np.maximum(plain[:, 29], FLOAT_FLOOR)))
     r = np.asarray(per["radius"])
     s["radius"] = {
         "median": float(np.median(r)),
@@ -193,7 +195,8 @@ def markdown(res: dict[str, Any]) -> str:
             lines.append(f"| {name} | {s['frames']} | {solver} | {cells} |")
     lines += [
         "",
-        "| source | radius median | p90 | max | share < 1 | plain: share res(60) <= res(30) | Anderson res at z* |",
+        "| source | radius median | p90 | max | share < 1 | plain: share res(60) <= max(res(30), 1e-6) | "
+        "Anderson res at z* |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, s in res["sources"].items():

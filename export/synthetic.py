@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from export.config import SYNTH_CLASSES
-from runtime.encode import EncodeOptions, encode_mp4
+from runtime.encode import EncodeOptions, encode_mp4, publish, temp_sibling
 
 ROAD, SKY, BUILDING, VEGETATION, CAR, PERSON, SIGN = range(7)
 assert len(SYNTH_CLASSES) == 7 and SYNTH_CLASSES[CAR] == "car" and SYNTH_CLASSES[SIGN] == "sign"
@@ -542,10 +541,10 @@ def write_clip(
     encode_mp4(out_dir / "clip.mp4", frames, opts)
     meta = dict(meta or {})
     meta["encode"] = vars(opts)
-    tmp = out_dir / "labels.npz.tmp"
+    tmp = temp_sibling(out_dir / "labels.npz")  # unique: benchmarks run side by side fill the same clip cache
     with open(tmp, "wb") as fh:
         np.savez_compressed(fh, labels=labels, flows=flows, fps=np.int32(opts.fps), meta=np.array(json.dumps(meta)))
-    os.replace(tmp, out_dir / "labels.npz")
+    publish(tmp, out_dir / "labels.npz")
     return out_dir
 
 

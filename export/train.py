@@ -192,6 +192,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="camera effects on training frames (blur, contrast, brightness, colour gain, noise: export/augment.py)",
     )
     p.add_argument(
+        "--penalty-on",
+        choices=("batch", "camera"),
+        default="batch",
+        help="where the Jacobian terms are taken: batch (default): the training states; camera: states solved "
+        "(--iters plain iterations, no graph) from a camera-effects copy of the batch, so the cell learns to "
+        "contract on camera-like frames while the segmentation loss keeps the clean ones",
+    )
+    p.add_argument(
         "--init",
         default=None,
         metavar="CKPT",
@@ -281,6 +289,7 @@ class Trainer:
                 else {}
             ),
             **({"augment": True} if self.a.augment else {}),
+            **({"penalty_on": self.a.penalty_on} if self.a.penalty_on != "batch" else {}),
             **({"init": self.init_meta} if self.init_meta else {}),
         }
 
@@ -311,17 +320,34 @@ class Trainer:
             logits, state, x0 = forward_train_state(self.model, x, a.mode, a.iters, rng)
             loss = seg_loss(logits.float(), y)
             parts = {"seg": float(loss.detach())}
-            if a.jac_reg > 0 and applies_on(self.step, a.jac_reg_freq):
-                jac = jacobian_penalty(self.model.fullstage, state, x0, gaussian_like(state, rng))
-                loss = loss + a.jac_reg * jac
-                parts["jac"] = float(jac.detach())
-            if a.spec_reg > 0 and applies_on(self.step, a.jac_reg_freq):
-                spec, growth = spectral_penalty(
-                    self.model.fullstage, state, x0, gaussian_like(state, rng), a.spec_steps, a.spec_margin
-                )
-                loss = loss + a.spec_reg * spec
-                parts["spec"], parts["growth"] = float(spec.detach()), float(growth.max())
+            if (a.jac_reg > 0 or a.spec_reg > 0) and applies_on(self.step, a.jac_reg_freq):
+                loss = loss + self.penalties(frames, state, x0, rng, parts)
         return loss, parts
+
+    def penalties(
+        self, frames: np.ndarray, state: list[Tensor], x0: Tensor, rng: np.random.Generator, parts: dict[str, float]
+    ) -> Tensor:
+        """The weighted Jacobian terms of this step (their values go into ``parts`` for the log)."""
+        a, total = self.a, torch.zeros((), device=self.device)
+        if a.penalty_on == "camera":
+            state, x0 = self.camera_states(frames, rng)
+        if a.jac_reg > 0:
+            jac = jacobian_penalty(self.model.fullstage, state, x0, gaussian_like(state, rng))
+            total = total + a.jac_reg * jac
+            parts["jac"] = float(jac.detach())
+        if a.spec_reg > 0:
+            start = gaussian_like(state, rng)
+            spec, growth = spectral_penalty(self.model.fullstage, state, x0, start, a.spec_steps, a.spec_margin)
+            total = total + a.spec_reg * spec
+            parts["spec"], parts["growth"] = float(spec.detach()), float(growth.max())
+        return total
+
+    def camera_states(self, frames: np.ndarray, rng: np.random.Generator) -> tuple[list[Tensor], Tensor]:
+        """Solved states (no graph) and tracked x_0 of a camera-effects copy of the batch (--penalty-on camera)."""
+        cam = torch.from_numpy(camera_effects(frames, rng, p=1.0)).to(self.device)
+        with torch.no_grad():
+            state, _ = self.model.solve(cam, self.a.iters)
+        return [s.detach() for s in state], self.model.injection(cam)
 
     def train_step(self) -> float:
         a = self.a

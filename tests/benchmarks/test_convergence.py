@@ -111,3 +111,15 @@ def test_bad_input_is_one_line(tmp_path, capsys, bad: list[str], msg: str) -> No
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and msg in err and len(err.splitlines()) == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_growth_share_ignores_float_rounding_below_the_floor() -> None:
+    flat = [1.0] * 60
+    converged = [1e-3] * 29 + [1.0e-7] * 31
+    converged[59] = 1.1e-7  # float32 noise after convergence: not growth
+    grows = [0.1 + 0.01 * i for i in range(60)]
+    per = {"plain": [flat, converged, grows], "anderson": [flat] * 3, "radius": [0.5, 0.5, 1.2],
+           "fixed_point_residual": [1e-7] * 3}  # fmt: skip
+    s = cv.summarise(per)
+    assert s["plain"]["share_60_le_30"] == pytest.approx(2 / 3)
+    assert s["radius"]["share_below_1"] == pytest.approx(2 / 3)
