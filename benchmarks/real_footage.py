@@ -56,23 +56,34 @@ def clip_path(name: str) -> Path:
     return path
 
 
-def modes(f_thres: int, interval: int, has_flownet: bool) -> dict[str, dict[str, Any]]:
-    """Row name -> RunConfig fields, as ``python -m runtime.run`` sets them for the same options."""
+def modes(
+    f_thres: int, interval: int, has_flownet: bool, key_iters: tuple[int, ...] = (), key_tols: tuple[float, ...] = ()
+) -> dict[str, dict[str, Any]]:
+    """Row name -> RunConfig fields, as ``python -m runtime.run`` sets them for the same options (``key_iters``:
+    extra mv rows whose warm key frames run that many iterations, ``--iters K``; ``key_tols``: extra mv rows whose
+    warm key frames iterate until the relative residual is below T, at most f_thres, ``--iters F --tol T``)."""
+    from runtime.run import MV_KEY_TOL
+
     n = interval
+    mv_default = {"mode": "mv", "iters": f_thres, "key_tol": MV_KEY_TOL}  # warm keys to a tolerance (runtime.run)
     rows: dict[str, dict[str, Any]] = {
         f"frame N={f_thres}": {"mode": "frame", "iters": f_thres},
         "stream k=1": {"mode": "stream", "iters": 1},
         "stream k=2": {"mode": "stream", "iters": 2},
         "stream-mv k=1": {"mode": "stream-mv", "iters": 1},
-        f"mv n={n}": {"mode": "mv", "iters": 2, "reset_iters": f_thres, "key_interval": n},
-        f"mv n={n} --reencode-mv": {
+        f"mv n={n}": {**mv_default, "reset_iters": f_thres, "key_interval": n},
+        f"mv n={n} --reencode-mv": {**mv_default, "reset_iters": f_thres, "key_interval": n, "reencode_mv": True},
+    }
+    for k in key_iters:
+        rows[f"mv n={n} --iters {k}"] = {"mode": "mv", "iters": k, "reset_iters": f_thres, "key_interval": n}
+    for t in key_tols:
+        rows[f"mv n={n} --iters {f_thres} --tol {t:g}"] = {
             "mode": "mv",
-            "iters": 2,
+            "iters": f_thres,
+            "tol": t,
             "reset_iters": f_thres,
             "key_interval": n,
-            "reencode_mv": True,
-        },
-    }
+        }
     rows[f"mv n={n} --key-start zero"] = {
         "mode": "mv",
         "iters": f_thres,
@@ -148,7 +159,13 @@ def evaluate(engine: Path, args: argparse.Namespace) -> dict[str, Any]:
     from runtime.bundle import open_bundle
     from runtime.motion_vectors import MotionVectorDecoder
 
-    table = modes(args.f_thres, args.interval, "flownet" in open_bundle(engine, check_hash=False).engines)
+    table = modes(
+        args.f_thres,
+        args.interval,
+        "flownet" in open_bundle(engine, check_hash=False).engines,
+        tuple(args.key_iters),
+        tuple(args.key_tols),
+    )
     out: dict[str, Any] = {}
     for name in args.clips:
         clip = clip_path(name)
@@ -228,6 +245,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--width", type=int, default=512, help="engine width when exporting")
     p.add_argument("--interval", type=int, default=5, help="key-frame interval of mv, dff and mv-interp")
     p.add_argument("--f-thres", type=int, default=20, help="iterations of frame mode and of key frames from zero")
+    p.add_argument(
+        "--key-iters",
+        type=int,
+        nargs="*",
+        default=[2],
+        metavar="K",
+        help="extra mv rows whose warm-started key frames run K iterations (runtime.run --iters K; default: 2, "
+        "mv's default before its key frames iterated to a tolerance)",
+    )
+    p.add_argument(
+        "--key-tols",
+        type=float,
+        nargs="*",
+        default=[],
+        metavar="T",
+        help="extra mv rows whose warm-started key frames iterate until the relative residual is below T, at most "
+        "--f-thres iterations (runtime.run --iters F --tol T)",
+    )
     p.add_argument("--ref-iters", type=int, default=100, help="most iterations of the converged reference")
     p.add_argument("--ref-tol", type=float, default=1e-2, help="relative residual the reference solves to")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime / torch intra-op threads (default 1)")

@@ -44,6 +44,9 @@ class RunConfig:
     iters: int = 2
     solver: str = "fixed_point"
     tol: float | None = None
+    # mv's default key frames (runtime.run sets it when neither --iters nor --tol is given): iterate until the relative
+    # residual is below this, at most ``iters``; a fallback to stream mode drops it. ``tol`` wins when both are set.
+    key_tol: float | None = None
     # The test-time solve of a published model (run.py reads it from the manifest for --mode frame): "abs" makes
     # ``tol`` an absolute bound on ||f(z) - z||_2 (whole state), ``keep_lowest`` returns the lowest-residual iterate.
     tol_kind: str = "rel"
@@ -225,7 +228,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             bundle,
             device,
             cfg.solver,
-            cfg.tol,
+            cfg.tol if cfg.tol is not None else cfg.key_tol,
             cfg.check_every,
             cfg.graphs,
             cfg.threads,
@@ -575,7 +578,7 @@ def _run_facts(cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[Str
         "iters": cfg.iters,
         "key_interval": cfg.key_interval if cfg.mode in ("mv", "dff", "mv-interp") else None,
         "solver": cfg.solver,
-        "tol": cfg.tol,
+        "tol": cfg.tol if cfg.tol is not None else cfg.key_tol,
         "tol_kind": cfg.tol_kind,
         "returns": "lowest" if cfg.keep_lowest else "last",
         "budget_ms": cfg.budget_ms,

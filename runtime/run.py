@@ -22,6 +22,10 @@ from runtime.solvers import AUTO, SOLVERS
 
 MODES = ("frame", "stream", "stream-mv", "mv", "dff", "mv-interp")
 KEY_MODES = ("mv", "dff", "mv-interp")
+# mv's warm key frames by default iterate until the relative residual is below this (at most the manifest's f_thres):
+# on the validation clip (Big Buck Bunny) the cheapest key-frame setting that agreed with the converged answer at
+# least as well as stream k=1 (benchmarks/results/trials/mv_keys/real_footage.md); 2 fixed iterations did not.
+MV_KEY_TOL = 0.01
 WARM_KEY_MODES = ("mv", "dff")  # mv-interp solves every key frame from zero
 
 EXAMPLES = """examples:
@@ -29,7 +33,7 @@ EXAMPLES = """examples:
   python -m runtime.run --engine engines/deq_cell.onnx clip.mp4 --mode frame --iters 20 --save-maps npz
   python -m runtime.run --engine engines/deq_cell.plan rtsp://camera/stream --budget-ms 33
   python -m runtime.run --engine engines_b2/deq_cell.onnx a.mp4 b.mp4 --streams 2
-  python -m runtime.run --engine engines/deq_cell.onnx clip.mp4 --mode mv --key-interval 5 --iters 2
+  python -m runtime.run --engine engines/deq_cell.onnx clip.mp4 --mode mv --key-interval 5
   python -m runtime.run --engine engines/deq_cell.onnx clip.mp4 --mode stream-mv --iters 1
   python -m runtime.run --engine engines/deq_cell.onnx clip.mp4 --mode dff --key-interval 5   (bundle with flownet)
   python -m runtime.run --engine engines/deq_cell.onnx clip.mp4 --mode mv-interp --key-interval 5   (delayed output)
@@ -106,7 +110,8 @@ def add_run_options(p: argparse.ArgumentParser, streams: bool = True) -> None:
         default=None,
         help="cell iterations per frame (default: 2 in stream mode; frame mode: the manifest's test-time solve, "
         "e.g. F_THRES + 1 Broyden evaluations for a published model, else its f_thres); "
-        "mv/dff: iterations of a warm-started key frame; mv-interp: iterations of every key frame "
+        "mv/dff: iterations of a warm-started key frame (dff default 2; mv default: until the relative residual is "
+        "below 0.01, at most the manifest's f_thres, unless --tol is given); mv-interp: iterations of every key frame "
         "(default: --reset-iters, else the manifest's f_thres); stream-mv: 0 means a pure warp",
     )
     g.add_argument(
@@ -257,6 +262,9 @@ def config_from_args(args: argparse.Namespace, sources: list[Any]) -> Any:
         iters = reset_iters or open_bundle(args.engine, check_hash=False).f_thres
     if iters is None and solve is not None:
         iters = solve["iters"]
+    key_tol = None
+    if args.mode == "mv" and args.key_start == "previous" and iters is None and args.tol is None:
+        iters, key_tol = open_bundle(args.engine, check_hash=False).f_thres, MV_KEY_TOL
     if iters is None:
         iters = 2 if args.mode != "frame" else open_bundle(args.engine, check_hash=False).f_thres
     if reset_iters is None and args.mode in KEY_MODES:
@@ -274,6 +282,7 @@ def config_from_args(args: argparse.Namespace, sources: list[Any]) -> Any:
         iters=iters,
         solver=solve["solver"] if solve else args.solver or "fixed_point",
         tol=solve["tol"] if solve else args.tol,
+        key_tol=key_tol,
         tol_kind=solve["tol_kind"] if solve else "rel",
         keep_lowest=bool(solve and solve["keep_lowest"]),
         check_every=args.check_every or (1 if solve and solve["tol"] is not None else 4),

