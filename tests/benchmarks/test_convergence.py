@@ -63,7 +63,8 @@ def test_cell_radius_matches_explicit_jacobian_on_a_tiny_state() -> None:
     with torch.no_grad():
         jac = torch.autograd.functional.jacobian(cell, z, vectorize=True)  # (1920, 1920): the full matrix
     want = float(np.abs(np.linalg.eigvals(jac.double().numpy())).max())
-    assert cv.cell_radius(cell, z, steps=60) == pytest.approx(want, rel=0.02)
+    # the contractive checkpoint's second eigenvalue pair is 0.964 of the first, so power iteration needs its steps
+    assert cv.cell_radius(cell, z, steps=400) == pytest.approx(want, rel=0.02)
 
 
 def test_plain_trace_is_the_hand_iteration() -> None:
