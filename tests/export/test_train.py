@@ -274,3 +274,10 @@ def test_blur_matches_a_dense_gaussian_filter() -> None:
         for dx in range(2 * r + 1):
             want += k2[dy, dx] * pad[:, dy : dy + 20, dx : dx + 24]
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("bad", [["--spec-reg", "-1"], ["--spec-margin", "-0.1"], ["--spec-steps", "0"]])
+def test_bad_spec_options_are_one_line(tmp_path, capsys, bad: list[str]) -> None:
+    assert main([*_args(tmp_path / "x.pt", 1), *bad]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --spec-reg") and len(err.strip().splitlines()) == 1
