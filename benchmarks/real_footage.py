@@ -65,34 +65,27 @@ def modes(
     from runtime.run import MV_KEY_TOL
 
     n = interval
-    mv_default = {"mode": "mv", "iters": f_thres, "key_tol": MV_KEY_TOL}  # warm keys to a tolerance (runtime.run)
+
+    def keyed(mode: str, iters: int, **kw: Any) -> dict[str, Any]:
+        """A key-frame mode's fields: key frames every n, resets from zero with f_thres iterations."""
+        return {"mode": mode, "iters": iters, "reset_iters": f_thres, "key_interval": n, **kw}
+
     rows: dict[str, dict[str, Any]] = {
         f"frame N={f_thres}": {"mode": "frame", "iters": f_thres},
         "stream k=1": {"mode": "stream", "iters": 1},
         "stream k=2": {"mode": "stream", "iters": 2},
         "stream-mv k=1": {"mode": "stream-mv", "iters": 1},
-        f"mv n={n}": {**mv_default, "reset_iters": f_thres, "key_interval": n},
-        f"mv n={n} --reencode-mv": {**mv_default, "reset_iters": f_thres, "key_interval": n, "reencode_mv": True},
+        # runtime.run's mv default: warm key frames iterate to a tolerance, at most f_thres
+        f"mv n={n}": keyed("mv", f_thres, key_tol=MV_KEY_TOL),
+        f"mv n={n} --reencode-mv": keyed("mv", f_thres, key_tol=MV_KEY_TOL, reencode_mv=True),
     }
     for k in key_iters:
-        rows[f"mv n={n} --iters {k}"] = {"mode": "mv", "iters": k, "reset_iters": f_thres, "key_interval": n}
+        rows[f"mv n={n} --iters {k}"] = keyed("mv", k)
     for t in key_tols:
-        rows[f"mv n={n} --iters {f_thres} --tol {t:g}"] = {
-            "mode": "mv",
-            "iters": f_thres,
-            "tol": t,
-            "reset_iters": f_thres,
-            "key_interval": n,
-        }
-    rows[f"mv n={n} --key-start zero"] = {
-        "mode": "mv",
-        "iters": f_thres,
-        "reset_iters": f_thres,
-        "key_interval": n,
-        "key_start": "zero",
-    }
+        rows[f"mv n={n} --iters {f_thres} --tol {t:g}"] = keyed("mv", f_thres, tol=t)
+    rows[f"mv n={n} --key-start zero"] = keyed("mv", f_thres, key_start="zero")
     if has_flownet:
-        rows[f"dff n={n}"] = {"mode": "dff", "iters": 2, "reset_iters": f_thres, "key_interval": n}
+        rows[f"dff n={n}"] = keyed("dff", 2)
     rows[f"mv-interp n={n}"] = {"mode": "mv-interp", "iters": f_thres, "key_interval": n}
     return rows
 

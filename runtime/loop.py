@@ -85,6 +85,11 @@ class RunConfig:
     # A dict kept across runs in one process: the bundle and Pipeline are loaded once and reused (states zeroed).
     reuse: dict[str, Any] | None = None
 
+    @property
+    def solve_tol(self) -> float | None:
+        """The tolerance the solver stops at: ``tol``, else mv's default ``key_tol``."""
+        return self.tol if self.tol is not None else self.key_tol
+
 
 def pick_device(requested: str, bundle: Bundle) -> torch.device:
     """``auto``: the GPU when torch sees one and the engine kind can use it, else the CPU."""
@@ -228,7 +233,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             bundle,
             device,
             cfg.solver,
-            cfg.tol if cfg.tol is not None else cfg.key_tol,
+            cfg.solve_tol,
             cfg.check_every,
             cfg.graphs,
             cfg.threads,
@@ -578,7 +583,7 @@ def _run_facts(cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[Str
         "iters": cfg.iters,
         "key_interval": cfg.key_interval if cfg.mode in ("mv", "dff", "mv-interp") else None,
         "solver": cfg.solver,
-        "tol": cfg.tol if cfg.tol is not None else cfg.key_tol,
+        "tol": cfg.solve_tol,
         "tol_kind": cfg.tol_kind,
         "returns": "lowest" if cfg.keep_lowest else "last",
         "budget_ms": cfg.budget_ms,
