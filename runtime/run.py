@@ -19,6 +19,7 @@ from typing import Any
 
 from runtime.errors import BundleError, DeqRuntimeError, EngineError
 from runtime.solvers import AUTO, SOLVERS
+from runtime.sources import FIT_MODES
 
 MODES = ("frame", "stream", "stream-mv", "mv", "dff", "mv-interp")
 KEY_MODES = ("mv", "dff", "mv-interp")
@@ -175,9 +176,10 @@ def add_run_options(p: argparse.ArgumentParser, streams: bool = True) -> None:
     )
     d.add_argument(
         "--fit",
-        choices=("resize", "pad"),
+        choices=FIT_MODES,
         default="resize",
-        help="how frames meet the engine resolution: stretch (default) or scale and pad",
+        help="how frames meet the engine resolution: stretch (resize, default), scale to fit and pad "
+        "(pad), or scale to cover and centre-crop (crop, the usual classification evaluation)",
     )
     d.add_argument("--out", type=Path, default=Path("out"), help="output directory (default out/)")
     d.add_argument(

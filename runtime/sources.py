@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,23 +38,34 @@ class Frame:
     side: dict[str, Any] = field(default_factory=dict)
 
 
+FIT_MODES = ("resize", "pad", "crop")
+
+
 class Fitter:
-    """Engine resolution <-> source resolution: ``resize`` (stretch) or ``pad`` (keep aspect,
-    scale to fit, pad bottom/right with black). Class maps go back by nearest neighbour."""
+    """Engine resolution <-> source resolution, one geometry for pixels, class maps and motion fields.
+
+    ``resize`` stretches the frame to the engine size; ``pad`` keeps the aspect, scales to fit and
+    pads bottom/right with black; ``crop`` keeps the aspect, scales to cover and centre-crops (the
+    usual classification evaluation). All three are "scale to ``scaled``, then take the engine
+    window at ``offset``" (pad: offset 0 and a window larger than the picture). Class maps go back
+    by nearest neighbour; under ``crop`` the source's border outside the window repeats the nearest
+    predicted pixel."""
 
     def __init__(self, src_hw: tuple[int, int], dst_hw: tuple[int, int], mode: str = "resize") -> None:
-        if mode not in ("resize", "pad"):
-            raise ValueError(f"fit mode must be resize or pad, got {mode!r}")
+        if mode not in FIT_MODES:
+            raise ValueError(f"fit mode must be one of {', '.join(FIT_MODES)}, got {mode!r}")
         (sh, sw), (dh, dw) = src_hw, dst_hw
         self.src_hw, self.dst_hw, self.mode = src_hw, dst_hw, mode
-        if mode == "pad":
-            s = min(dh / sh, dw / sw)
-            self.inner = (max(1, round(sh * s)), max(1, round(sw * s)))
+        if mode == "resize":
+            self.scaled = (dh, dw)
         else:
-            self.inner = (dh, dw)
-        ih, iw = self.inner
-        self.rows = np.minimum((np.arange(sh) + 0.5) * ih / sh, ih - 1).astype(np.intp)
-        self.cols = np.minimum((np.arange(sw) + 0.5) * iw / sw, iw - 1).astype(np.intp)
+            s = (min if mode == "pad" else max)(dh / sh, dw / sw)
+            self.scaled = (max(1, round(sh * s)), max(1, round(sw * s)))
+        ih, iw = self.scaled
+        self.offset = (max(0, (ih - dh) // 2), max(0, (iw - dw) // 2))
+        oy, ox = self.offset
+        self.rows = np.clip(((np.arange(sh) + 0.5) * ih / sh).astype(np.intp) - oy, 0, dh - 1)
+        self.cols = np.clip(((np.arange(sw) + 0.5) * iw / sw).astype(np.intp) - ox, 0, dw - 1)
 
     @property
     def identity(self) -> bool:
@@ -66,12 +77,15 @@ class Fitter:
             return np.ascontiguousarray(rgb)
         from PIL import Image
 
-        ih, iw = self.inner
+        (ih, iw), (oy, ox), (dh, dw) = self.scaled, self.offset, self.dst_hw
         small = np.asarray(Image.fromarray(rgb).resize((iw, ih), Image.BILINEAR))
-        if self.inner == self.dst_hw:
+        if self.scaled == self.dst_hw:
             return np.ascontiguousarray(small)
-        out = np.zeros((*self.dst_hw, 3), np.uint8)
-        out[:ih, :iw] = small
+        window = small[oy : oy + dh, ox : ox + dw]
+        if window.shape[:2] == self.dst_hw:
+            return np.ascontiguousarray(window)
+        out = np.zeros((dh, dw, 3), np.uint8)
+        out[: window.shape[0], : window.shape[1]] = window
         return out
 
     def unfit(self, classes: np.ndarray) -> np.ndarray:
@@ -79,6 +93,46 @@ class Fitter:
         if self.identity:
             return classes
         return classes[self.rows[:, None], self.cols[None, :]]
+
+    def fit_field(self, disp: np.ndarray, weight: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
+        """A per-cell displacement field on the source's stride-``stride`` grid, ``disp`` (2, h, w) in
+        cells and ``weight`` (h, w) its coverage -> the same on the engine picture's grid.
+
+        Coverage-weighted bilinear sampling at each engine cell's centre (edge cells repeat, as
+        ``F.interpolate`` does; cells in the padding get weight 0), vectors rescaled from source to
+        engine cells per axis. Motion vectors come at the source resolution, the state at the
+        engine's: without this a padded or cropped frame would be warped by misplaced motion."""
+        (ih, iw), (oy, ox), (dh, dw) = self.scaled, self.offset, self.dst_hw
+        h, w = weight.shape
+        gh, gw = -(-dh // stride), -(-dw // stride)
+        ey, ex = (np.arange(gh) + 0.5) * dh / gh + oy, (np.arange(gw) + 0.5) * dw / gw + ox  # scaled-picture px
+        inside = (ey < ih)[:, None] & (ex < iw)[None, :]
+        cy, cx = ey * h / ih - 0.5, ex * w / iw - 0.5  # source cell coordinates (centres at integers)
+        rows, cols = _lerp_taps(cy, h), _lerp_taps(cx, w)
+        stack = np.concatenate([disp * weight, weight[None]], 0).astype(np.float64)
+        r = sum(a[:, None] * b[None, :] * stack[:, i][:, :, j] for a, i in rows for b, j in cols)
+        wt = np.where(inside, r[2], 0.0)
+        out = np.where(wt > 1e-6, r[:2] / np.maximum(wt, 1e-6), 0.0)
+        out[0] *= (iw / w) / (dw / gw)  # source cells -> scaled-picture px -> engine cells
+        out[1] *= (ih / h) / (dh / gh)
+        return out.astype(np.float32), wt.astype(np.float32)
+
+    def fit_motion(self, motion: Any) -> Any:
+        """A :class:`runtime.motion_vectors.MotionField` of the source picture -> that of the engine picture."""
+        if self.identity:
+            return motion
+        disp, cov = self.fit_field(motion.disp, motion.coverage, motion.stride)
+        return replace(motion, disp=disp, coverage=cov, valid=cov > 0)
+
+
+def _lerp_taps(c: np.ndarray, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Linear-interpolation taps at coordinates ``c`` on ``n`` cells, edges clamped: [(weights, index)] x 2
+    as index arrays: the caller sums weight * value[index] (align_corners=False semantics)."""
+    c = np.clip(c, 0.0, n - 1)
+    i0 = np.floor(c).astype(np.intp)
+    i1 = np.minimum(i0 + 1, n - 1)
+    t = c - i0
+    return [(1.0 - t, i0), (t, i1)]
 
 
 Item = tuple[np.ndarray, float | None, bool, dict[str, Any]]
@@ -290,7 +344,10 @@ class Prefetcher:
                 if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
                     raise SourceError(f"{self.source.name}: frame {self.decoded} is not HxWx3 uint8")
                 hw = (int(rgb.shape[0]), int(rgb.shape[1]))
-                fitted = self.fitter(hw).fit(rgb)
+                fitter = self.fitter(hw)
+                fitted = fitter.fit(rgb)
+                if side and "motion" in side:  # codec vectors are on the source picture's grid
+                    side = {**side, "motion": fitter.fit_motion(side["motion"])}
                 ms = (time.perf_counter() - t0) * 1e3
                 frame = Frame(self.decoded, fitted, hw, ts, key, ms, rgb if self.keep_original else None, side)
                 if not self._put(frame):
