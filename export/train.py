@@ -227,6 +227,8 @@ class Trainer:
         self.sidecar = self.out.with_name(self.out.name + ".resume")
         self.log_path = self.out.with_suffix(".jsonl")
         self.out.parent.mkdir(parents=True, exist_ok=True)
+        if not a.resume:  # a fresh run's log is its own; a resumed run appends to it
+            self.log_path.unlink(missing_ok=True)
         self.step, self.elapsed, self.best = 0, 0.0, float("nan")
         self.parts: dict[str, float] = {}
         self.val = val_set(a.seed, a.val_frames, 256, 512, a.variant)

@@ -89,6 +89,10 @@ def test_checkpoint_format_and_resume(tmp_path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(model(frame, iters=2), ref(frame, iters=2))
 
+    assert main(_args(out, 3)) == 0  # a fresh run to the same path starts a fresh log
+    steps = [json.loads(line)["step"] for line in out.with_suffix(".jsonl").read_text().splitlines()]
+    assert steps.count(2) == 1 and max(steps) == 3
+
 
 def test_bad_input_is_one_line(tmp_path, capsys) -> None:
     assert main(_args(tmp_path / "x.pt", 1, ("30", "60"))) == 2
