@@ -80,6 +80,32 @@ def test_plain_trace_is_the_hand_iteration() -> None:
             z = fz
 
 
+class TwoFixedPoints(torch.nn.Module):
+    """A scalar 'cell' z -> tanh(2z) + 0.01: a repelling fixed point near -0.0101 (slope 2.0) and an
+    attracting one near 0.9643 (slope 2 (1 - tanh^2) = 0.140), the shape of a cell with several equilibria."""
+
+    def injection(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def state_shapes(self, batch: int, h: int, w: int) -> list[tuple[int, ...]]:
+        return [(batch, 1)]
+
+    def fullstage(self, z: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.tanh(2 * z) + 0.01]
+
+
+def test_plain_limit_is_measured_where_plain_iteration_went() -> None:
+    """Anderson from zero lands on the repelling point, plain iteration on the attracting one: the radius is
+    reported at both (each against the closed-form slope 2 (1 - tanh(2 z*)^2))."""
+    per = cv.measure_frames(TwoFixedPoints(), np.zeros((1, 4, 4, 3), np.uint8), power_steps=10)
+    za, zp = -0.0101018, 0.9643
+    assert per["radius"][0] == pytest.approx(2 * (1 - np.tanh(2 * za) ** 2), rel=1e-3)
+    assert per["plain_radius"][0] == pytest.approx(2 * (1 - np.tanh(2 * zp) ** 2), rel=2e-2)
+    s = cv.summarise(per)
+    assert s["radius"]["share_below_1"] == 0.0
+    assert s["plain_limit"]["share_other_fixed_point"] == 1.0 and s["plain_limit"]["share_below_1"] == 1.0
+
+
 @pytest.mark.skipif(importlib.util.find_spec("skvideo") is None, reason="scikit-video not installed")
 def test_cli_writes_files(tmp_path, capsys) -> None:
     out = tmp_path / "res"
@@ -135,7 +161,7 @@ def test_growth_share_ignores_float_rounding_below_the_floor() -> None:
     converged[59] = 1.1e-7  # float32 noise after convergence: not growth
     grows = [0.1 + 0.01 * i for i in range(60)]
     per = {"plain": [flat, converged, grows], "anderson": [flat] * 3, "radius": [0.5, 0.5, 1.2],
-           "fixed_point_residual": [1e-7] * 3}  # fmt: skip
+           "fixed_point_residual": [1e-7] * 3, "plain_radius": [0.5, 0.5, float("nan")]}  # fmt: skip
     s = cv.summarise(per)
     assert s["plain"]["share_60_le_30"] == pytest.approx(2 / 3)
     assert s["radius"]["share_below_1"] == pytest.approx(2 / 3)
