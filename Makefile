@@ -13,7 +13,7 @@ MODE ?= sur
 BASE_CHECKPOINT ?= $(CHECKPOINT:.pt=_base.pt)
 TRAIN_ARGS ?= --mode $(MODE) --iters 12 --batch 2 --crop 256 512 --lr 2e-3 --steps 20000 --time-limit 45 --seed 0 --threads 1
 FINETUNE_ARGS ?= --mode $(MODE) --iters 12 --batch 2 --crop 256 512 --lr 5e-4 --steps 20000 --time-limit 14 --seed 1 \
-  --threads 1 --spec-reg 4 --spec-margin 0.7 --spec-steps 8 --jac-reg-freq 0.5 --penalty-on camera
+  --threads 1 --spec-reg 4 --spec-margin 0.65 --spec-steps 8 --jac-reg-freq 0.5 --penalty-on camera
 
 .PHONY: install lock kernels export train finetune accuracy propagation demo bench test gpu gpu-wheels lint clean
 
