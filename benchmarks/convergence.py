@@ -37,7 +37,9 @@ ITERS = (10, 20, 30, 60)
 SOLVERS = ("plain", "anderson")
 FLOAT_FLOOR = 1e-6  # relative residuals below this are float32 rounding, not convergence or growth
 PLAIN_CONVERGED = 1e-3  # plain iteration's last residual below this: its last iterate is a fixed point too
-SAME_POINT = 1e-3  # plain's and Anderson's fixed points closer than this (relative) are the same one
+# plain's and Anderson's limits closer than this (relative) are the same fixed point: plain's last iterate can sit
+# up to ~res / (1 - radius) from it (1e-3 / 0.05 at a radius of 0.95), distinct ones measured ~15 % apart
+SAME_POINT = 1e-2
 GEN_CLIP_LEN = 16  # generated clips are rendered at this length (the accuracy benchmark's cache) and cut
 
 
