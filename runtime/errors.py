@@ -28,3 +28,11 @@ class SourceError(DeqRuntimeError):
 
 class OutputError(DeqRuntimeError):
     """The output directory or a file in it cannot be written."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM before the loop's own handler, or a second stop signal: the CLI exits 130 after one line.
+
+    Not a KeyboardInterrupt on purpose: CPython exits by killing itself with SIGINT (status -2 instead of our 130)
+    when the last code an extension ran through ``PyRun_String`` (pybind11's ``exec``) ended in a KeyboardInterrupt,
+    even one we caught later. A BaseException, so that libraries' ``except Exception`` do not swallow it."""

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from runtime.bundle import Bundle, open_bundle
-from runtime.errors import DeqRuntimeError, EngineError, SourceError
+from runtime.errors import DeqRuntimeError, EngineError, Interrupted, SourceError
 from runtime.interp import Emission, InterpPolicy
 from runtime.modes import FrameInfo, Outcome, Plan, Policy, ResetMonitor, frame_change, make_policy, reset_counts
 from runtime.pipeline import STAGES, Pipeline
@@ -136,7 +136,7 @@ class _StopFlag:
 
     def _handle(self, *_: object) -> None:
         if self.stopped:
-            raise KeyboardInterrupt
+            raise Interrupted
         self.stopped = True
 
     def __exit__(self, *exc: object) -> None:

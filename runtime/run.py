@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import BundleError, DeqRuntimeError, EngineError
+from runtime.errors import BundleError, DeqRuntimeError, EngineError, Interrupted
 from runtime.solvers import AUTO, SOLVERS
 from runtime.sources import FIT_MODES
 
@@ -315,7 +315,7 @@ def guarded(work: Callable[[], Any]) -> tuple[int | None, Any]:
     except DeqRuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code, None
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         print("error: interrupted", file=sys.stderr)
         return 130, None
     except MemoryError:
@@ -334,7 +334,7 @@ def guarded(work: Callable[[], Any]) -> tuple[int | None, Any]:
 
 def _interrupt(*_: object) -> None:
     """SIGTERM before the loop has its own handler (imports, opening the engines): as Ctrl-C."""
-    raise KeyboardInterrupt
+    raise Interrupted
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
