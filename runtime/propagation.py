@@ -36,11 +36,11 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from kernels.warp import warp, warp_interp
 from runtime.policy import FrameInfo, Plan, Policy
+from runtime.sources import Fitter
 
 MV_STRIDE = 4  # the MV field's grid = the stride of z0
 MIN_COVERAGE = 0.5  # a frame with less inter-predicted area than this may be a shot change ...
@@ -61,17 +61,9 @@ def _pool(a: np.ndarray, f: int, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _resample(disp: np.ndarray, weight: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Move a source-grid field onto the engine grid (frames were resized to the engine size):
-    coverage-weighted bilinear resampling, x and y rescaled by the grid ratios."""
-    h, w = disp.shape[1:]
-    sy, sx = shape[0] / h, shape[1] / w
-    t = torch.from_numpy(np.concatenate([disp * weight, weight[None]], 0)).float()[None]
-    r = F.interpolate(t, size=shape, mode="bilinear", align_corners=False)[0].numpy()
-    wt = r[2]
-    out = np.where(wt > 1e-6, r[:2] / np.maximum(wt, 1e-6), 0.0)
-    out[0] *= sx
-    out[1] *= sy
-    return out.astype(np.float32), wt.astype(np.float32)
+    """Move a field onto the state's grid when the two grids differ (the decode thread already put it in the
+    engine picture's geometry): the Fitter's coverage-weighted resampling, one grid cell per pixel."""
+    return Fitter(tuple(weight.shape), shape).fit_field(disp, weight, 1)
 
 
 def mv_pyramid(disp: np.ndarray, coverage: np.ndarray, shapes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
