@@ -8,6 +8,7 @@ for what decoded), 130 = interrupted (outputs written for what was processed).
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import signal
@@ -256,22 +257,23 @@ def config_from_args(args: argparse.Namespace, sources: list[Any]) -> Any:
     from runtime.bundle import open_bundle
     from runtime.loop import RunConfig
 
+    bundle = functools.cache(lambda: open_bundle(args.engine, check_hash=False))  # once, if a default needs it
     iters, reset_iters = args.iters, args.reset_iters
     solve = None
     if args.mode == "frame" and args.solver is None:
-        solve = frame_solve(open_bundle(args.engine, check_hash=False), args.tol)
+        solve = frame_solve(bundle(), args.tol)
     if iters is None and args.mode == "mv-interp":  # every key frame is solved from zero
-        iters = reset_iters or open_bundle(args.engine, check_hash=False).f_thres
+        iters = reset_iters or bundle().f_thres
     if iters is None and solve is not None:
         iters = solve["iters"]
     key_tol = None
     if args.mode == "mv" and args.key_start == "previous" and iters is None and args.tol is None:
-        iters, key_tol = open_bundle(args.engine, check_hash=False).f_thres, MV_KEY_TOL
+        iters, key_tol = bundle().f_thres, MV_KEY_TOL
     if iters is None:
-        iters = 2 if args.mode != "frame" else open_bundle(args.engine, check_hash=False).f_thres
+        iters = 2 if args.mode != "frame" else bundle().f_thres
     if reset_iters is None and args.mode in KEY_MODES:
-        reset_iters = open_bundle(args.engine, check_hash=False).f_thres
-    if args.mode == "dff" and "flownet" not in open_bundle(args.engine, check_hash=False).engines:
+        reset_iters = bundle().f_thres
+    if args.mode == "dff" and "flownet" not in bundle().engines:
         raise EngineError(
             f"--mode dff needs a flownet engine in the bundle next to {args.engine} "
             "(export it with `python -m export.flownet_export`)"
