@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from benchmarks.plots import atomic_write, pyplot, write_json, write_text
+from export.contraction import FlatMap
 
 ITERS = (10, 20, 30, 60)
 SOLVERS = ("plain", "anderson")
@@ -81,29 +82,15 @@ def real_frames(name: str, frames: int, height: int, width: int, start: int = 0)
 
 
 # --------------------------------------------------------------------------- per-frame measures
-class FlatCell:
-    """The cell at one frame as a map of one flat state vector (what the runtime's solvers iterate)."""
-
-    def __init__(self, model: torch.nn.Module, frame: np.ndarray) -> None:
-        self.model = model
-        h, w = frame.shape[:2]
-        with torch.no_grad():
-            self.x = model.injection(torch.from_numpy(np.ascontiguousarray(frame))[None])
-        self.shapes = [torch.Size(s) for s in model.state_shapes(1, h, w)]
-        self.sizes = [s.numel() for s in self.shapes]
-        self.numel = sum(self.sizes)
-
-    def __call__(self, z: Tensor) -> Tensor:
-        parts = [t.view(s) for t, s in zip(torch.split(z, self.sizes), self.shapes)]
-        return torch.cat([t.reshape(-1) for t in self.model.fullstage(*parts, self.x)])
-
-    def step(self, a: Tensor, b: Tensor) -> None:
-        """The solvers' Step: b <- f(a)."""
-        with torch.no_grad():
-            b.copy_(self(a))
+def flat_cell(model: torch.nn.Module, frame: np.ndarray) -> FlatMap:
+    """The model's cell at one frame (H, W, 3 uint8) as a map of one flat state vector."""
+    h, w = frame.shape[:2]
+    with torch.no_grad():
+        x = model.injection(torch.from_numpy(np.ascontiguousarray(frame))[None])
+    return FlatMap(model.fullstage, x, model.state_shapes(1, h, w))
 
 
-def residual_trace(cell: FlatCell, solver: str, iters: int) -> tuple[list[float], Tensor]:
+def residual_trace(cell: FlatMap, solver: str, iters: int) -> tuple[list[float], Tensor]:
     """Relative residual at each of ``iters`` cell evaluations from zero, and the solver's last f-value."""
     from runtime.solvers import anderson, fixed_point
 
@@ -128,7 +115,7 @@ def power_radius(jvp: Callable[[Tensor], Tensor], n: int, steps: int = 20, seed:
     return float(np.exp(np.mean(logs[-min(tail, len(logs)) :])))
 
 
-def cell_radius(cell: FlatCell, z_star: Tensor, steps: int) -> float:
+def cell_radius(cell: FlatMap, z_star: Tensor, steps: int) -> float:
     """Spectral radius of df/dz at ``z_star`` by forward-mode JVPs (no Jacobian is ever formed)."""
 
     def jvp(v: Tensor) -> Tensor:
@@ -142,7 +129,7 @@ def measure_frames(model: torch.nn.Module, frames: np.ndarray, power_steps: int)
     """Per frame: the residual traces of both solvers and the radius estimate."""
     out: dict[str, Any] = {"plain": [], "anderson": [], "radius": [], "fixed_point_residual": [], "plain_radius": []}
     for frame in frames:
-        cell = FlatCell(model, frame)
+        cell = flat_cell(model, frame)
         plain, zp = residual_trace(cell, "plain", max(ITERS))
         out["plain"].append(plain)
         trace, z = residual_trace(cell, "anderson", max(ITERS))
@@ -153,7 +140,7 @@ def measure_frames(model: torch.nn.Module, frames: np.ndarray, power_steps: int)
     return out
 
 
-def plain_limit_radius(cell: FlatCell, zp: Tensor, plain_res: float, za: Tensor, radius: float, steps: int) -> float:
+def plain_limit_radius(cell: FlatMap, zp: Tensor, plain_res: float, za: Tensor, radius: float, steps: int) -> float:
     """The radius at the fixed point plain iteration reached (NaN where it reached none).
 
     A cell can have several fixed points: Anderson may land on a repelling one (radius above 1) that plain

@@ -25,9 +25,10 @@ import torch
 from runtime.bundle import Bundle, open_bundle
 from runtime.errors import DeqRuntimeError, EngineError, Interrupted, SourceError
 from runtime.interp import Emission, InterpPolicy
+from runtime.manifest import AUTO
 from runtime.modes import FrameInfo, Outcome, Plan, Policy, ResetMonitor, frame_change, make_policy, reset_counts
 from runtime.pipeline import STAGES, Pipeline
-from runtime.solvers import AUTO, SOLVERS
+from runtime.solvers import SOLVERS
 from runtime.sources import Frame, Prefetcher, Source
 from runtime.stats import Samples, format_summary, summarize
 from runtime.writers import Sink, atomic_write_json, clear_previous_run, prepare_out_dir

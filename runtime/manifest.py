@@ -23,6 +23,12 @@ MANIFEST_NAME = "manifest.json"
 ENGINE_SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "plan": ".plan"}  # engine kind -> file suffix
 SUFFIX_KIND = {suffix: kind for kind, suffix in ENGINE_SUFFIXES.items()}
 CORE_ENGINES = ("injection", "deq_cell")  # plus at least one head_* engine
+# The fixed-point solvers a manifest's config.test_solve (and --solver) may name; runtime.solvers implements them.
+# Here, torch-free, so the CLI parses its arguments (and installs its SIGTERM handler) before torch is imported.
+SOLVER_NAMES = ("fixed_point", "anderson", "broyden")
+# Not a solver of its own: the runtime's Pipeline runs fixed_point and switches a stream to anderson once its
+# residual grows within a frame (``--solver auto``).
+AUTO = "auto"
 REQUIRED_KEYS = (
     "format",
     "created",

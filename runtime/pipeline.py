@@ -23,8 +23,9 @@ import torch
 from runtime.backends import Runner, load_runner
 from runtime.buffers import StreamBuffers
 from runtime.bundle import Bundle
+from runtime.manifest import AUTO
 from runtime.modes import Plan
-from runtime.solvers import AUTO, SOLVERS, SolverInfo, Workspace, anderson, fixed_point
+from runtime.solvers import SOLVERS, SolverInfo, Workspace, anderson, fixed_point
 
 STAGES = ("upload", "injection", "cell", "head", "download")
 

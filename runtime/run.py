@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import BundleError, DeqRuntimeError, EngineError, Interrupted
-from runtime.solvers import AUTO, SOLVERS
+from runtime.manifest import AUTO, SOLVER_NAMES
 from runtime.sources import FIT_MODES
 
 MODES = ("frame", "stream", "stream-mv", "mv", "dff", "mv-interp")
@@ -118,7 +118,7 @@ def add_run_options(p: argparse.ArgumentParser, streams: bool = True) -> None:
     )
     g.add_argument(
         "--solver",
-        choices=(*SOLVERS, AUTO),
+        choices=(*SOLVER_NAMES, AUTO),
         default=None,
         help="fixed-point solver (default: fixed_point; in --mode frame the manifest's test-time solve, "
         "config.test_solve: for a published model the reference's Broyden with an absolute tolerance "
@@ -237,7 +237,7 @@ def frame_solve(bundle: Any, tol: float | None = None) -> dict[str, Any] | None:
     if not isinstance(spec, dict):
         return None
     solver = spec.get("solver", "fixed_point")
-    if solver not in SOLVERS:
+    if solver not in SOLVER_NAMES:
         raise BundleError(f"manifest: config.test_solve names unknown solver {solver!r}")
     threshold = int(spec.get("threshold", bundle.f_thres))
     kind = "rel" if tol is not None else str(spec.get("tol_kind", "rel"))

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from runtime.buffers import StateLayout
+from runtime.manifest import SOLVER_NAMES
 
 Step = Callable[[Tensor, Tensor], None]
 
@@ -347,12 +348,6 @@ def _rmatvec(U: Tensor, V: Tensor, c: Tensor, y: Tensor, out: Tensor, t: Tensor)
         out.add_(t)
 
 
-# Not a solver of its own: the runtime's Pipeline runs fixed_point and switches a stream to anderson once its
-# residual grows within a frame (``--solver auto``).
-AUTO = "auto"
-
-SOLVERS: dict[str, Callable[..., tuple[Tensor, SolverInfo]]] = {
-    "fixed_point": fixed_point,
-    "anderson": anderson,
-    "broyden": broyden,
-}
+SOLVERS: dict[str, Callable[..., tuple[Tensor, SolverInfo]]] = dict(
+    zip(SOLVER_NAMES, (fixed_point, anderson, broyden), strict=True)
+)

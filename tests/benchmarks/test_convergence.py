@@ -57,7 +57,7 @@ def test_cell_radius_matches_explicit_jacobian_on_a_tiny_state() -> None:
     model, _ = load_model(SHIPPED)  # trained: has a fixed point at a real frame (a random init need not)
     model.eval()
     frame = random_batch(np.random.default_rng(0), 1, 32, 32)[0][0]
-    cell = cv.FlatCell(model, frame)
+    cell = cv.flat_cell(model, frame)
     trace, z = cv.residual_trace(cell, "anderson", 60)
     assert trace[0] == pytest.approx(1.0) and trace[-1] < 0.02  # from zero the first is 1
     with torch.no_grad():
@@ -70,7 +70,7 @@ def test_cell_radius_matches_explicit_jacobian_on_a_tiny_state() -> None:
 def test_plain_trace_is_the_hand_iteration() -> None:
     model = build_model(get_config("tiny")).eval()
     frame = np.random.default_rng(3).integers(0, 255, (32, 64, 3), dtype=np.uint8)
-    cell = cv.FlatCell(model, frame)
+    cell = cv.flat_cell(model, frame)
     trace, _ = cv.residual_trace(cell, "plain", 5)
     z = torch.zeros(cell.numel)
     with torch.no_grad():

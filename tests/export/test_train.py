@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import export.train as export_train
 from export.augment import blur, camera_effects
 from export.config import get_config
-from export.contraction import spectral_penalty
+from export.contraction import anderson_state, spectral_penalty
 from export.mdeq import build_model
 from export.synthetic import random_batch
 from export.train import (
@@ -27,6 +29,7 @@ from export.train import (
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+SHIPPED = Path(__file__).resolve().parents[2] / "checkpoints" / "tiny_sur.pt"
 
 
 @pytest.mark.parametrize("mode", ["sur", "ur", "il"])
@@ -285,3 +288,44 @@ def test_bad_spec_options_are_one_line(tmp_path, capsys, bad: list[str]) -> None
     assert main([*_args(tmp_path / "x.pt", 1), *bad]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --spec-reg") and len(err.strip().splitlines()) == 1
+
+
+def test_anderson_state_is_the_plain_limit() -> None:
+    """Anderson's state (a few dozen evaluations) equals the limit of many plain iterations, per scale (the shipped
+    cell, which contracts on synthetic frames; a freshly initialised one has no attracting fixed point)."""
+    model = load_model(SHIPPED)[0].double().eval()
+    frame = torch.from_numpy(random_batch(np.random.default_rng(3), 1, 32, 64)[0])
+    with torch.no_grad():
+        x = model.injection(frame)
+    shapes = model.state_shapes(1, 32, 64)
+    fast = anderson_state(model.fullstage, x, shapes, 80, tol=1e-10)
+    with torch.no_grad():
+        slow = [torch.zeros(s, dtype=x.dtype) for s in shapes]
+        for _ in range(200):
+            slow = list(model.fullstage(*slow, x))
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_penalty_solver_anderson_takes_the_term_at_the_fixed_point(tmp_path, monkeypatch) -> None:
+    tr = _trainer(tmp_path, "--spec-reg", "1", "--spec-margin", "0", "--penalty-on", "camera",
+                  "--penalty-solver", "anderson", "--iters", "12", "--init", str(SHIPPED))  # fmt: skip
+    seen: list[tuple[list[torch.Tensor], torch.Tensor]] = []
+    real = export_train.spectral_penalty
+    spy = lambda c, st, x, *r: seen.append((st, x)) or real(c, st, x, *r)  # noqa: E731
+    monkeypatch.setattr(export_train, "spectral_penalty", spy)
+    tr.model.eval()  # no dropout: the fixed point below is the same map's
+    _, parts = tr.batch_loss()
+    assert parts["spec"] > 0 and tr.meta(0.5)["penalty_solver"] == "anderson"
+    ((state, x),) = seen
+    with torch.no_grad():
+        moved = tr.model.fullstage(*state, x)
+    num = sum(float((m - s).pow(2).sum()) for m, s in zip(moved, state))
+    den = sum(float(m.pow(2).sum()) for m in moved)
+    assert (num / den) ** 0.5 < 1e-3
+
+
+def test_penalty_solver_needs_camera_states(tmp_path, capsys) -> None:
+    assert main([*_args(tmp_path / "x.pt", 1), "--spec-reg", "1", "--penalty-solver", "anderson"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "--penalty-on camera" in err and len(err.strip().splitlines()) == 1

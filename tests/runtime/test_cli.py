@@ -404,3 +404,11 @@ def test_a_reused_out_folder_holds_only_the_last_run(bundle64, tmp_path):
     assert main([*base, str(short), "--save-maps", "npz", "--no-video"]) == 0
     names = {p.name for p in out.iterdir()}
     assert names == {"maps.npz", "frames.jsonl", "summary.json", "notes.txt"}, names
+
+
+def test_cli_module_imports_without_torch():
+    """`python -m runtime.run` parses its arguments and installs its SIGTERM handler before torch loads (2.5 s of
+    imports here, during which SIGTERM killed the process with -15 and no message)."""
+    code = "import sys, runtime.run; print(sorted(m for m in ('torch', 'av', 'onnxruntime') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

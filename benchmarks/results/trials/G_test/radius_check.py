@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.convergence import FlatCell, real_frames, residual_trace
+from benchmarks.convergence import flat_cell, real_frames, residual_trace
+from export.contraction import FlatMap
 from export.train import load_model
 
 
-def power_log(cell: FlatCell, z: torch.Tensor, steps: int = 200) -> list[float]:
+def power_log(cell: FlatMap, z: torch.Tensor, steps: int = 200) -> list[float]:
     """log ||J v|| per power-iteration step at z (J = df/dz by forward-mode JVPs)."""
     v = torch.randn(cell.numel, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     v /= v.norm()
@@ -31,7 +32,7 @@ def power_log(cell: FlatCell, z: torch.Tensor, steps: int = 200) -> list[float]:
     return logs
 
 
-def perturbation_growth(cell: FlatCell, z: torch.Tensor) -> dict[int, float]:
+def perturbation_growth(cell: FlatMap, z: torch.Tensor) -> dict[int, float]:
     """||z_k - z|| / ||d|| after k plain iterations from z + d, ||d|| = 1e-3 ||z||."""
     d = torch.randn(cell.numel, generator=torch.Generator().manual_seed(1))
     d *= 1e-3 * z.norm() / d.norm()
@@ -52,7 +53,7 @@ def main() -> None:
     frames = real_frames("bikes", max(idx) + 1, 256, 512)
     for i in idx:
         t0 = time.time()
-        cell = FlatCell(model, frames[i])
+        cell = flat_cell(model, frames[i])
         _, z = residual_trace(cell, "anderson", 60)
         logs = power_log(cell, z)
         est: dict[int | str, float] = {n: float(np.exp(np.mean(logs[n - 5 : n]))) for n in (20, 40, 100, 200)}
