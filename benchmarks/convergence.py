@@ -213,7 +213,8 @@ def markdown(res: dict[str, Any]) -> str:
     lines += [
         "",
         "| source | radius median | p90 | max | share < 1 | plain: share res(60) <= max(res(30), 1e-6) | "
-        "Anderson res at z* | plain reached another fixed point | radius at plain's limit: max (share < 1) |",
+        "Anderson res at z* | plain reached another fixed point | "
+        "radius at plain's limit: max (share reached and < 1) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in res["sources"].items():
@@ -228,7 +229,8 @@ def markdown(res: dict[str, Any]) -> str:
         "",
         f"Plain iteration's limit counts where its residual after {max(ITERS)} evaluations is below "
         f"{PLAIN_CONVERGED:g}; it is another fixed point than Anderson's where the two differ by more than "
-        f"{SAME_POINT:g} (relative), and its radius is then measured there.",
+        f"{SAME_POINT:g} (relative), and its radius is then measured there; frames where it is not reached count "
+        "as not below 1 in the last column.",
     ]
     lines += ["", "## Sources", ""]
     lines += [f"- **{name}**: {s['origin']}" for name, s in res["sources"].items()]
