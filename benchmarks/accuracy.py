@@ -183,9 +183,15 @@ class Acc:
     conf: dict[int, np.ndarray] = field(default_factory=dict)
     residual: dict[int, list[float]] = field(default_factory=dict)
     distance: dict[int, list[float]] = field(default_factory=dict)
+    clips: list[np.ndarray] = field(default_factory=list)  # one summed confusion per clip (paired comparisons)
+
+    def new_clip(self) -> None:
+        self.clips.append(0)
 
     def add(self, t: int, c: np.ndarray, res: float | None = None, dist: float | None = None) -> None:
         self.conf[t] = self.conf.get(t, 0) + c
+        if self.clips:
+            self.clips[-1] = self.clips[-1] + c
         if res is not None:
             self.residual.setdefault(t, []).append(res)
         if dist is not None:
@@ -205,6 +211,7 @@ class Acc:
             "per_frame_miou": [miou(self.conf[t]) for t in offsets],
             "per_frame_residual": [mean(self.residual.get(t, [])) for t in offsets],
             "per_frame_distance": [mean(self.distance.get(t, [])) for t in offsets],
+            "per_clip_confusion": [np.asarray(c).astype(int).tolist() for c in self.clips],
         }
 
 
@@ -285,6 +292,8 @@ def run_accuracy(stepper: Stepper, clips, ks=KS, f_thres: int = 30, reset_iters:
         for mode in MODES:
             accs[(mode, k)] = Acc()
     for frames, labels, _meta in clips:
+        for acc in accs.values():
+            acc.new_clip()
         evaluate_clip(stepper, frames, labels, ks, f_thres, accs, reset_iters)
     rows = {}
     for key, acc in accs.items():

@@ -240,3 +240,12 @@ def test_outputs_without_matplotlib(tiny_run, monkeypatch, capsys) -> None:
     paths = write_outputs({"random": {"checkpoint_meta": {}, "rows": rows}}, stamp, root / "noplt", "acc")
     assert [p.suffix for p in paths] == [".md", ".json"] and not (root / "noplt" / "acc.png").exists()
     assert "PNG plots skipped" in capsys.readouterr().err
+
+
+def test_per_clip_confusions_pool_to_the_row(tiny_run) -> None:
+    """Each row keeps one confusion matrix per clip (for paired comparisons); pooled, they give the row's mIoU."""
+    _, clips, rows, _ = tiny_run
+    for s in rows.values():
+        per = np.asarray(s["per_clip_confusion"])
+        assert per.shape[0] == len(clips)
+        assert miou(per.sum(0)) == pytest.approx(s["miou"])
