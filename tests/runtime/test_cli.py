@@ -412,3 +412,24 @@ def test_cli_module_imports_without_torch():
     code = "import sys, runtime.run; print(sorted(m for m in ('torch', 'av', 'onnxruntime') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_sigterm_inside_an_import_is_still_the_interruption(capsys):
+    """A startup SIGTERM raised inside an extension's initialisation comes back as an ImportError (onnxruntime:
+    'initialization failed'), which the runner reports as an EngineError: still exit 130 and 'interrupted'."""
+    from runtime import run as run_cli
+    from runtime.errors import EngineError, Interrupted
+
+    def load() -> None:
+        try:
+            run_cli._interrupt()
+        except Interrupted:
+            raise EngineError("injection.onnx: onnxruntime does not import (initialization failed)") from None
+
+    try:
+        assert run_cli.guarded(load) == (130, None)
+        assert capsys.readouterr().err.strip() == "error: interrupted"
+    finally:
+        run_cli._STOPPING.clear()
+    assert run_cli.guarded(lambda: (_ for _ in ()).throw(EngineError("bad engine"))) == (2, None)
+    assert capsys.readouterr().err.strip() == "error: bad engine"
