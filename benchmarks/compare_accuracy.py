@@ -20,18 +20,14 @@ from typing import Any
 import numpy as np
 
 from benchmarks.plots import write_json, write_text
-from export.metrics import miou
+from export.metrics import iou_per_class, miou
 
 SAME_CLIPS = ("split", "heldout_seed", "clips", "frames", "height", "width", "f_thres", "reset_iters", "scenes")
 
 
 def pooled_miou(conf: np.ndarray) -> np.ndarray:
     """mIoU of each stacked confusion matrix (..., C, C), NaN classes (absent in both) left out, as ``miou``."""
-    tp = np.diagonal(conf, axis1=-2, axis2=-1).astype(np.float64)
-    union = conf.sum(-2) + conf.sum(-1) - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, tp / union, np.nan)
-    return np.nanmean(iou, axis=-1)
+    return np.nanmean(iou_per_class(conf), axis=-1)
 
 
 def bootstrap_difference(new: np.ndarray, base: np.ndarray, resamples: int, seed: int) -> np.ndarray:

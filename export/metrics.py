@@ -17,9 +17,10 @@ def confusion(pred: np.ndarray, label: np.ndarray, num_classes: int, ignore: int
 
 
 def iou_per_class(conf: np.ndarray) -> np.ndarray:
-    """IoU of each class; NaN where the class is absent from both ground truth and prediction."""
-    tp = np.diag(conf).astype(np.float64)
-    union = conf.sum(0) + conf.sum(1) - tp
+    """IoU of each class; NaN where the class is absent from both ground truth and prediction. Also for a stack of
+    confusion matrices (..., C, C): one row of IoUs per matrix (the clip bootstrap in benchmarks.compare_accuracy)."""
+    tp = np.diagonal(conf, axis1=-2, axis2=-1).astype(np.float64)
+    union = conf.sum(-2) + conf.sum(-1) - tp
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(union > 0, tp / union, np.nan)
 
