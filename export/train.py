@@ -360,7 +360,7 @@ class Trainer:
         x0 = self.model.injection(cam)
         if self.a.penalty_solver == "anderson":
             shapes = self.model.state_shapes(*cam.shape[:3])
-            self.model.fullstage.reset_dropout([x0.new_empty(s) for s in shapes])
+            self.model.fullstage.reset_dropout([x0] * len(shapes))  # it reads only each scale's batch and device
             return anderson_state(self.model.fullstage, x0, shapes, 3 * self.a.iters), x0
         with torch.no_grad():
             state, _ = self.model.solve(cam, self.a.iters)

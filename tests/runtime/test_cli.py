@@ -431,5 +431,9 @@ def test_sigterm_inside_an_import_is_still_the_interruption(capsys):
         assert capsys.readouterr().err.strip() == "error: interrupted"
     finally:
         run_cli._STOPPING.clear()
-    assert run_cli.guarded(lambda: (_ for _ in ()).throw(EngineError("bad engine"))) == (2, None)
+
+    def bad_engine() -> None:
+        raise EngineError("bad engine")
+
+    assert run_cli.guarded(bad_engine) == (2, None)
     assert capsys.readouterr().err.strip() == "error: bad engine"
