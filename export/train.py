@@ -36,7 +36,7 @@ from export.augment import camera_effects
 from export.checkpoint import atomic_torch_save, load_checkpoint, save_checkpoint
 from export.config import get_config
 from export.contraction import anderson_state, gaussian_like, jacobian_penalty, spectral_penalty
-from export.mdeq import MDEQSegNet, build_model, check_resolution
+from export.mdeq import MDEQSegNet, VariationalDropout2d, build_model, check_resolution
 from export.metrics import confusion, miou
 from export.synthetic import VARIANTS, random_batch
 
@@ -63,28 +63,36 @@ def seg_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(up, labels)
 
 
+def unroll_length(mode: str, iters: int, rng: np.random.Generator) -> int:
+    """Cell applications of one training batch: SUR draws N ~ U{1..iters}; UR and IL use ``iters``."""
+    return int(rng.integers(1, iters + 1)) if mode == "sur" else iters
+
+
 def forward_train(model: MDEQSegNet, frames: Tensor, mode: str, iters: int, rng: np.random.Generator) -> Tensor:
     """Logits for one training batch under the mode's gradient rule."""
-    return forward_train_state(model, frames, mode, iters, rng)[0]
+    return forward_train_state(model, frames, mode, unroll_length(mode, iters, rng))[0]
 
 
-def forward_train_state(
-    model: MDEQSegNet, frames: Tensor, mode: str, iters: int, rng: np.random.Generator
-) -> tuple[Tensor, list[Tensor], Tensor]:
-    """Logits, the solved state (detached: where the Jacobian penalty is taken) and the tracked x_0."""
-    if mode == "ur":
-        state, x = model.solve(frames, iters)
-        return model.head(*state), [s.detach() for s in state], x
-    if mode == "sur":
-        state, x = model.solve(frames, int(rng.integers(1, iters + 1)))
+def forward_train_state(model: MDEQSegNet, frames: Tensor, mode: str, n: int) -> tuple[Tensor, list[Tensor], Tensor]:
+    """Logits after ``n`` cell applications (``unroll_length``), the solved state (detached: where the Jacobian
+    penalty is taken) and the tracked x_0."""
+    if mode in ("ur", "sur"):
+        state, x = model.solve(frames, n)
         return model.head(*state), [s.detach() for s in state], x
     if mode == "il":
         with torch.no_grad():
-            solved, _ = model.solve(frames, iters)
+            solved, _ = model.solve(frames, n)
         x = model.injection(frames)  # tracked: the phantom step's gradient reaches the injection
         state = list(model.fullstage(*[s.detach() for s in solved], x))
         return model.head(*state), [s.detach() for s in solved], x
     raise ValueError(f"unknown mode {mode!r}")
+
+
+def distill_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    """Mean over pixels of KL(teacher || student) between per-pixel class distributions (logits, N x C x H x W):
+    keeps a fine-tuned model's answers on clean frames near its starting model's while other terms reshape it."""
+    kl = F.kl_div(F.log_softmax(student, 1), F.log_softmax(teacher, 1), reduction="none", log_target=True)
+    return kl.sum(1).mean()
 
 
 def applies_on(step: int, freq: float) -> bool:
@@ -214,6 +222,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="CKPT",
         help="start from this checkpoint's weights (a fine-tune: fresh optimizer and schedule)",
     )
+    p.add_argument(
+        "--distill",
+        default=None,
+        metavar="CKPT",
+        help="also match this frozen checkpoint's logits on the clean training frames, after the same number of "
+        "iterations (KL per pixel, weight --distill-weight): a fine-tune that reshapes the cell (--spec-reg) keeps "
+        "its starting model's answers; default: off",
+    )
+    p.add_argument(
+        "--distill-weight",
+        type=float,
+        default=1.0,
+        metavar="W",
+        help="weight of the --distill term (default %(default)s)",
+    )
     a = p.parse_args(argv)
     h, w = a.crop or (128, 256)
     a.height, a.width = a.height or h, a.width or w
@@ -244,6 +267,26 @@ class Trainer:
         self.init_meta: dict = {}
         if a.init:
             self.start_from(Path(a.init))
+        self.teacher = self.load_teacher(Path(a.distill)) if a.distill else None
+
+    def load_teacher(self, path: Path) -> MDEQSegNet:
+        """The frozen model --distill matches. BatchNorm in training mode like the student's (batch statistics:
+        matching the student's training-mode logits to eval-mode ones would teach it the train/eval gap), but
+        without dropout, whose masks are noise the target need not carry."""
+        teacher, meta = load_checkpoint(path)
+        if teacher.cfg.to_dict() != self.cfg.to_dict():
+            raise ValueError(
+                f"--distill {path} is a {teacher.cfg.name!r} model of another shape, not --config {self.cfg.name}"
+            )
+        if meta.get("variant", "plain") != self.a.variant:
+            raise ValueError(
+                f"--distill {path} was trained on {meta.get('variant', 'plain')!r} scenes, not {self.a.variant}"
+            )
+        teacher.to(self.device).train().requires_grad_(False)
+        for m in teacher.modules():
+            if isinstance(m, VariationalDropout2d):
+                m.eval()
+        return teacher
 
     def start_from(self, path: Path) -> None:
         """Weights of another checkpoint of the same config and scene family (what a fine-tune starts from)."""
@@ -303,6 +346,7 @@ class Trainer:
             **({"penalty_on": self.a.penalty_on} if self.a.penalty_on != "batch" else {}),
             **({"penalty_solver": self.a.penalty_solver} if self.a.penalty_solver != "plain" else {}),
             **({"init": self.init_meta} if self.init_meta else {}),
+            **({"distill": self.a.distill, "distill_weight": self.a.distill_weight} if self.a.distill else {}),
         }
 
     def val_iters(self) -> int:
@@ -329,9 +373,16 @@ class Trainer:
         x = torch.from_numpy(frames).to(self.device)
         y = torch.from_numpy(labels.astype(np.int64)).to(self.device)
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
-            logits, state, x0 = forward_train_state(self.model, x, a.mode, a.iters, rng)
+            n = unroll_length(a.mode, a.iters, rng)
+            logits, state, x0 = forward_train_state(self.model, x, a.mode, n)
             loss = seg_loss(logits.float(), y)
             parts = {"seg": float(loss.detach())}
+            if self.teacher is not None:
+                with torch.no_grad():
+                    target = self.teacher(x, iters=n)
+                distill = distill_loss(logits.float(), target.float())
+                loss = loss + a.distill_weight * distill
+                parts["distill"] = float(distill.detach())
             if (a.jac_reg > 0 or a.spec_reg > 0) and applies_on(self.step, a.jac_reg_freq):
                 loss = loss + self.penalties(frames, state, x0, rng, parts)
         return loss, parts
@@ -427,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--jac-reg must be a finite number >= 0 and --jac-reg-freq in (0, 1]")
         if not (a.spec_reg >= 0 and math.isfinite(a.spec_reg)) or not a.spec_margin >= 0 or a.spec_steps < 1:
             raise ValueError("--spec-reg and --spec-margin must be finite numbers >= 0 and --spec-steps >= 1")
+        if not (a.distill_weight >= 0 and math.isfinite(a.distill_weight)):
+            raise ValueError("--distill-weight must be a finite number >= 0")
         if a.penalty_solver != "plain" and a.penalty_on != "camera":
             raise ValueError("--penalty-solver anderson needs --penalty-on camera (the batch's state is the SUR solve)")
         trainer = Trainer(a, command)

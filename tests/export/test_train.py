@@ -13,11 +13,12 @@ import export.train as export_train
 from export.augment import blur, camera_effects
 from export.config import get_config
 from export.contraction import anderson_state, spectral_penalty
-from export.mdeq import build_model
+from export.mdeq import VariationalDropout2d, build_model
 from export.synthetic import random_batch
 from export.train import (
     Trainer,
     applies_on,
+    distill_loss,
     forward_train,
     gaussian_like,
     jacobian_penalty,
@@ -329,3 +330,46 @@ def test_penalty_solver_needs_camera_states(tmp_path, capsys) -> None:
     assert main([*_args(tmp_path / "x.pt", 1), "--spec-reg", "1", "--penalty-solver", "anderson"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "--penalty-on camera" in err and len(err.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- distillation from a frozen model
+def test_distill_loss_is_the_mean_per_pixel_kl() -> None:
+    gen = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 5, 3, 4, generator=gen), torch.randn(2, 5, 3, 4, generator=gen)
+    p, q = torch.softmax(t.double(), 1), torch.softmax(s.double(), 1)  # independent: the definition, in float64
+    want = (p * (p.log() - q.log())).sum(1).mean()
+    torch.testing.assert_close(distill_loss(s, t).double(), want, rtol=1e-5, atol=0)
+    assert float(distill_loss(t, t)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distill_matches_the_frozen_teacher_after_the_same_iterations(tmp_path, monkeypatch) -> None:
+    tr = _trainer(tmp_path, "--iters", "6", "--init", str(SHIPPED), "--distill", str(SHIPPED), "--distill-weight", "3")
+    teacher = tr.teacher
+    assert all(not p.requires_grad for p in teacher.parameters())
+    drops = [m for m in teacher.modules() if isinstance(m, VariationalDropout2d)]
+    norms = [m for m in teacher.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert drops and norms and not any(m.training for m in drops) and all(m.training for m in norms)
+    drawn: list[int] = []
+    real = export_train.unroll_length
+    monkeypatch.setattr(export_train, "unroll_length", lambda *a: drawn.append(real(*a)) or drawn[-1])
+    seen: list[int] = []
+    forward = teacher.forward
+    monkeypatch.setattr(teacher, "forward", lambda x, iters=None: seen.append(iters) or forward(x, iters=iters))
+    before = {k: v.clone() for k, v in teacher.named_parameters()}
+    tr.model.train()
+    loss, parts = tr.batch_loss()
+    assert seen == drawn and len(drawn) == 1 and parts["distill"] > 0
+    assert float(loss) == pytest.approx(parts["seg"] + 3 * parts["distill"], rel=1e-5)
+    tr.train_step()
+    for k, v in teacher.named_parameters():
+        torch.testing.assert_close(v, before[k], msg=k)
+    assert tr.meta(0.5)["distill"] == str(SHIPPED) and tr.meta(0.5)["distill_weight"] == 3.0
+
+
+def test_bad_distill_is_one_line(tmp_path, capsys) -> None:
+    base = tmp_path / "base.pt"
+    assert main([*_args(base, 1), "--variant", "plain"]) == 0
+    assert main([*_args(tmp_path / "x.pt", 1), "--distill", str(base)]) == 2
+    assert main([*_args(tmp_path / "x.pt", 1), "--distill", str(SHIPPED), "--distill-weight", "-1"]) == 2
+    errs = capsys.readouterr().err.strip().splitlines()
+    assert len(errs) == 2 and "scenes" in errs[0] and errs[1].startswith("error: --distill-weight")
