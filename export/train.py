@@ -237,6 +237,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="W",
         help="weight of the --distill term (default %(default)s)",
     )
+    p.add_argument(
+        "--distill-iters",
+        type=int,
+        default=0,
+        metavar="M",
+        help="the --distill target is the teacher's logits after M iterations from zero (0, the default: after the "
+        "student's own number of this batch, so the trajectory is matched; a large M matches its fixed point only)",
+    )
     a = p.parse_args(argv)
     h, w = a.crop or (128, 256)
     a.height, a.width = a.height or h, a.width or w
@@ -346,7 +354,15 @@ class Trainer:
             **({"penalty_on": self.a.penalty_on} if self.a.penalty_on != "batch" else {}),
             **({"penalty_solver": self.a.penalty_solver} if self.a.penalty_solver != "plain" else {}),
             **({"init": self.init_meta} if self.init_meta else {}),
-            **({"distill": self.a.distill, "distill_weight": self.a.distill_weight} if self.a.distill else {}),
+            **(
+                {
+                    "distill": self.a.distill,
+                    "distill_weight": self.a.distill_weight,
+                    "distill_iters": self.a.distill_iters,
+                }
+                if self.a.distill
+                else {}
+            ),
         }
 
     def val_iters(self) -> int:
@@ -379,7 +395,7 @@ class Trainer:
             parts = {"seg": float(loss.detach())}
             if self.teacher is not None:
                 with torch.no_grad():
-                    target = self.teacher(x, iters=n)
+                    target = self.teacher(x, iters=a.distill_iters or n)
                 distill = distill_loss(logits.float(), target.float())
                 loss = loss + a.distill_weight * distill
                 parts["distill"] = float(distill.detach())
@@ -478,8 +494,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--jac-reg must be a finite number >= 0 and --jac-reg-freq in (0, 1]")
         if not (a.spec_reg >= 0 and math.isfinite(a.spec_reg)) or not a.spec_margin >= 0 or a.spec_steps < 1:
             raise ValueError("--spec-reg and --spec-margin must be finite numbers >= 0 and --spec-steps >= 1")
-        if not (a.distill_weight >= 0 and math.isfinite(a.distill_weight)):
-            raise ValueError("--distill-weight must be a finite number >= 0")
+        if not (a.distill_weight >= 0 and math.isfinite(a.distill_weight)) or a.distill_iters < 0:
+            raise ValueError("--distill-weight must be a finite number >= 0 and --distill-iters >= 0")
         if a.penalty_solver != "plain" and a.penalty_on != "camera":
             raise ValueError("--penalty-solver anderson needs --penalty-on camera (the batch's state is the SUR solve)")
         trainer = Trainer(a, command)

@@ -366,10 +366,26 @@ def test_distill_matches_the_frozen_teacher_after_the_same_iterations(tmp_path, 
     assert tr.meta(0.5)["distill"] == str(SHIPPED) and tr.meta(0.5)["distill_weight"] == 3.0
 
 
+def test_distill_iters_fixes_the_teachers_iterations(tmp_path, monkeypatch) -> None:
+    tr = _trainer(tmp_path, "--iters", "3", "--distill", str(SHIPPED), "--distill-iters", "7")
+    seen: list[int] = []
+    forward = tr.teacher.forward
+    monkeypatch.setattr(tr.teacher, "forward", lambda x, iters=None: seen.append(iters) or forward(x, iters=iters))
+    for _ in range(2):
+        tr.batch_loss()
+    assert seen == [7, 7] and tr.meta(0.5)["distill_iters"] == 7
+
+
 def test_bad_distill_is_one_line(tmp_path, capsys) -> None:
     base = tmp_path / "base.pt"
     assert main([*_args(base, 1), "--variant", "plain"]) == 0
     assert main([*_args(tmp_path / "x.pt", 1), "--distill", str(base)]) == 2
     assert main([*_args(tmp_path / "x.pt", 1), "--distill", str(SHIPPED), "--distill-weight", "-1"]) == 2
+    assert main([*_args(tmp_path / "x.pt", 1), "--distill", str(SHIPPED), "--distill-iters", "-1"]) == 2
     errs = capsys.readouterr().err.strip().splitlines()
-    assert len(errs) == 2 and "scenes" in errs[0] and errs[1].startswith("error: --distill-weight")
+    assert (
+        len(errs) == 3
+        and errs[2].startswith("error: --distill-weight")
+        and "scenes" in errs[0]
+        and errs[1].startswith("error: --distill-weight")
+    )
