@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import queue
 import shutil
 import signal
 import socket
@@ -30,8 +29,7 @@ import numpy as np
 
 from runtime.encode import publish, temp_sibling
 from runtime.errors import DeqRuntimeError, OutputError, SourceError
-from runtime.stats import Samples
-from runtime.writers import OverlayWriter, atomic_write_bytes, atomic_write_json, palette_lut
+from runtime.writers import OverlayWriter, QueuedWriter, atomic_write_bytes, atomic_write_json, palette_lut
 
 JOURNAL = ".maps.journal"
 RESTART = "worker-restart"
@@ -80,7 +78,7 @@ def clean_stale(folder: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-class FleetSink:
+class FleetSink(QueuedWriter):
     """One stream's writer (the loop's Sink interface), durable frame by frame (module docstring).
 
     ``live``: a live source resumed at ``start`` is read from the present (its frames restart at 0): records
@@ -114,11 +112,7 @@ class FleetSink:
             (out / "frames.jsonl").unlink(missing_ok=True)
         self.log = open(out / "frames.jsonl", "a")
         self.records = start
-        self.write_ms = Samples()  # bounded, as writers.Sink's: a live camera runs for weeks
-        self.error: BaseException | None = None
-        self.q: queue.Queue[Any] = queue.Queue(maxsize=8)
-        self.thread = threading.Thread(target=self._work, name=f"fleet-write-{out.name}", daemon=True)
-        self.thread.start()
+        self._start_thread(f"fleet-write-{out.name}")
 
     def _map_path(self, index: int) -> Path:
         return self.maps_dir / (f"{index:06d}.png" if self.save_maps == "png" else f"{index:06d}.npy")
@@ -144,26 +138,10 @@ class FleetSink:
                 return np.asarray(im)
         return np.load(path, allow_pickle=False)
 
-    def put(self, record: dict[str, Any], frame: Any, classes: np.ndarray, fitter: Any) -> None:
-        if self.error is not None:
-            raise OutputError(f"writing {self.out} failed: {self.error}")
-        self.q.put((record, frame, classes, fitter))
-
     def skipped(self, frame: Any) -> None:
         """A frame before the resume point: its overlay frame again, from the saved map."""
         if self.video is not None:
             self.q.put((None, frame, None, None))
-
-    def _work(self) -> None:
-        while True:
-            item = self.q.get()
-            if item is None:
-                return
-            if self.error is None:
-                try:
-                    self._write(*item)
-                except BaseException as e:  # noqa: BLE001 - surfaced to the loop by put/close
-                    self.error = e
 
     def _write(self, record: dict[str, Any] | None, frame: Any, classes: np.ndarray | None, fitter: Any) -> None:
         rgb = frame.original if frame.original is not None else frame.rgb
@@ -194,8 +172,7 @@ class FleetSink:
 
     def close(self) -> None:
         """Finish queued frames; overlay renamed into place, the journal turned into maps.npz."""
-        self.q.put(None)
-        self.thread.join()
+        self._join()
         self.log.close()
         if self.error is not None:
             if self.video is not None:

@@ -203,11 +203,50 @@ class JsonlWriter(_RenamedAtClose):
         self.count += 1
 
 
-class Sink:
-    """Writer thread for one stream: maps back to the source size, writes overlay, maps and log.
+class QueuedWriter:
+    """The writer thread both sinks share (``Sink`` here, the fleet's durable ``FleetSink``): ``put`` hands one
+    frame's outputs to the subclass's ``_write`` on a daemon thread through a bounded queue, so encoding overlaps
+    the engines and a slow disk blocks the loop (back-pressure) instead of filling memory. The first error stops
+    the writing (later items are drained unwritten) and is raised by the next ``put`` and by the sink's close."""
 
-    ``put`` blocks when the queue is full (back-pressure instead of unbounded memory).
-    """
+    out: Path
+
+    def _start_thread(self, name: str, maxsize: int = 8) -> None:
+        """Call last in ``__init__``: ``_write`` may run as soon as the thread does."""
+        self.error: BaseException | None = None
+        self.write_ms = Samples()  # bounded: a live camera runs for weeks
+        self.q: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
+        self.thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self.thread.start()
+
+    def put(self, record: dict[str, Any], frame: Any, classes: np.ndarray | None, fitter: Any) -> None:
+        if self.error is not None:
+            raise OutputError(f"writing {self.out} failed: {self.error}")
+        self.q.put((record, frame, classes, fitter))
+
+    def _join(self, timeout: float | None = None) -> None:
+        """Let the thread write what is queued, then stop it."""
+        self.q.put(None)
+        self.thread.join(timeout)
+
+    def _work(self) -> None:
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue  # drain; the main thread reports the error
+            try:
+                self._write(*item)
+            except BaseException as e:  # noqa: BLE001 - surfaced to the main thread by put/close
+                self.error = e
+
+    def _write(self, record: dict[str, Any] | None, frame: Any, classes: np.ndarray | None, fitter: Any) -> None:
+        raise NotImplementedError
+
+
+class Sink(QueuedWriter):
+    """Writer thread for one stream: maps back to the source size, writes overlay, maps and log."""
 
     def __init__(
         self,
@@ -226,44 +265,24 @@ class Sink:
             self.maps = PngMapWriter(out / "maps")
         elif save_maps == "npz":
             self.maps = NpzMapWriter(out / "maps.npz")
-        self.q: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
-        self.error: BaseException | None = None
-        self.write_ms = Samples()  # bounded: a live camera runs for weeks
-        self.thread = threading.Thread(target=self._work, name=f"write-{out.name}", daemon=True)
-        self.thread.start()
+        self._start_thread(f"write-{out.name}", maxsize)
 
-    def put(self, record: dict[str, Any], frame: Any, classes: np.ndarray, fitter: Any) -> None:
-        if self.error is not None:
-            raise OutputError(f"writing {self.out} failed: {self.error}")
-        self.q.put((record, frame, classes, fitter))
-
-    def _work(self) -> None:
-        while True:
-            item = self.q.get()
-            if item is None:
-                return
-            if self.error is not None:
-                continue  # drain; the main thread reports the error
-            record, frame, classes, fitter = item
-            try:
-                t0 = time.perf_counter()
-                full = fitter.unfit(classes) if fitter is not None and classes is not None else classes
-                if self.video is not None:
-                    rgb = frame.original if frame.original is not None else frame.rgb
-                    self.video.write(rgb, full, top1_label(record))
-                if self.maps is not None and full is not None:  # None: a classification head, no map
-                    self.maps.write(record["frame"], full)
-                ms = (time.perf_counter() - t0) * 1e3
-                record.setdefault("latency_ms", {})["write"] = round(ms, 3)
-                self.write_ms.append(ms)
-                self.log.write(record)
-            except BaseException as e:  # noqa: BLE001 - surfaced to the main thread
-                self.error = e
+    def _write(self, record: dict[str, Any], frame: Any, classes: np.ndarray | None, fitter: Any) -> None:
+        t0 = time.perf_counter()
+        full = fitter.unfit(classes) if fitter is not None and classes is not None else classes
+        if self.video is not None:
+            rgb = frame.original if frame.original is not None else frame.rgb
+            self.video.write(rgb, full, top1_label(record))
+        if self.maps is not None and full is not None:  # None: a classification head, no map
+            self.maps.write(record["frame"], full)
+        ms = (time.perf_counter() - t0) * 1e3
+        record.setdefault("latency_ms", {})["write"] = round(ms, 3)
+        self.write_ms.append(ms)
+        self.log.write(record)
 
     def close(self) -> None:
         """Finish queued frames and rename every file into place (or remove them on failure)."""
-        self.q.put(None)
-        self.thread.join()
+        self._join()
         parts = [p for p in (self.log, self.video, self.maps) if p is not None]
         if self.error is not None:
             for p in parts:
@@ -274,8 +293,7 @@ class Sink:
 
     def abort(self) -> None:
         """Drop everything not yet renamed (used when the run itself failed)."""
-        self.q.put(None)
-        self.thread.join(timeout=10)
+        self._join(timeout=10)
         for p in (self.log, self.video, self.maps):
             if p is not None:
                 p.abort()
