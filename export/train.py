@@ -277,19 +277,25 @@ class Trainer:
             self.start_from(Path(a.init))
         self.teacher = self.load_teacher(Path(a.distill)) if a.distill else None
 
+    def compatible(self, path: Path, flag: str) -> tuple[MDEQSegNet, dict]:
+        """Model and meta of a checkpoint that ``flag`` (--init, --distill) names, if it has this run's config and
+        scene family; otherwise a one-line ValueError."""
+        saved, meta = load_checkpoint(path)
+        if saved.cfg.to_dict() != self.cfg.to_dict():
+            raise ValueError(
+                f"{flag} {path} is a {saved.cfg.name!r} model of another shape, not --config {self.cfg.name}"
+            )
+        if meta.get("variant", "plain") != self.a.variant:
+            raise ValueError(
+                f"{flag} {path} was trained on {meta.get('variant', 'plain')!r} scenes, not {self.a.variant}"
+            )
+        return saved, meta
+
     def load_teacher(self, path: Path) -> MDEQSegNet:
         """The frozen model --distill matches. BatchNorm in training mode like the student's (batch statistics:
         matching the student's training-mode logits to eval-mode ones would teach it the train/eval gap), but
         without dropout, whose masks are noise the target need not carry."""
-        teacher, meta = load_checkpoint(path)
-        if teacher.cfg.to_dict() != self.cfg.to_dict():
-            raise ValueError(
-                f"--distill {path} is a {teacher.cfg.name!r} model of another shape, not --config {self.cfg.name}"
-            )
-        if meta.get("variant", "plain") != self.a.variant:
-            raise ValueError(
-                f"--distill {path} was trained on {meta.get('variant', 'plain')!r} scenes, not {self.a.variant}"
-            )
+        teacher, _ = self.compatible(path, "--distill")
         teacher.to(self.device).train().requires_grad_(False)
         for m in teacher.modules():
             if isinstance(m, VariationalDropout2d):
@@ -298,11 +304,7 @@ class Trainer:
 
     def start_from(self, path: Path) -> None:
         """Weights of another checkpoint of the same config and scene family (what a fine-tune starts from)."""
-        saved, meta = load_checkpoint(path)
-        if saved.cfg.name != self.cfg.name:
-            raise ValueError(f"{path} is a {saved.cfg.name!r} model, not --config {self.cfg.name}")
-        if meta.get("variant", "plain") != self.a.variant:
-            raise ValueError(f"{path} was trained on {meta.get('variant', 'plain')!r} scenes, not {self.a.variant}")
+        saved, meta = self.compatible(path, "--init")
         self.model.load_state_dict(saved.state_dict())
         keep = ("mode", "iters", "steps", "wall_time_s", "command", "val_miou", "init")
         self.init_meta = {"path": str(path), **{k: meta[k] for k in keep if k in meta}}
