@@ -19,8 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from benchmarks.plots import write_text
 
 
@@ -32,26 +30,16 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def pattern(n: int, h: int, w: int) -> np.ndarray:
-    """A short looping clip: a bright bar moving over a gradient."""
-    yy, xx = np.mgrid[0:h, 0:w]
-    frames = np.empty((n, h, w, 3), np.uint8)
-    for i in range(n):
-        img = np.stack([(xx * 255 // w), (yy * 255 // h), np.full_like(xx, 90)], -1).astype(np.uint8)
-        img[:, (i * 3) % w : (i * 3) % w + 4] = 255
-        frames[i] = img
-    return frames
-
-
 def measure(frames: int, every: int, height: int, width: int, work: Path) -> dict:
     from export.bundle import export_bundle
     from export.config import get_config
     from export.mdeq import build_model
+    from runtime.demo import pattern_clip
     from runtime.loop import RunConfig, run
     from runtime.sources import ArraySource
 
     export_bundle(build_model(get_config("tiny")), work / "engines", height, width)
-    clip = pattern(16, height, width)
+    clip = pattern_clip(16, height, width)
     samples: list[tuple[int, float]] = []
 
     def source():
