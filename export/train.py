@@ -18,6 +18,7 @@ next to a ``.resume`` sidecar (optimizer, step, elapsed time) and a ``.jsonl`` l
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -245,6 +246,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the --distill target is the teacher's logits after M iterations from zero (0, the default: after the "
         "student's own number of this batch, so the trajectory is matched; a large M matches its fixed point only)",
     )
+    p.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        metavar="D",
+        help="keep an exponential moving average of the weights (decay D per step, e.g. 0.99; BatchNorm statistics "
+        "follow the live model) and save and validate it instead of the last step's weights: a short fine-tune at "
+        "batch 2 ends on noisy weights; default %(default)s: off",
+    )
     a = p.parse_args(argv)
     h, w = a.crop or (128, 256)
     a.height, a.width = a.height or h, a.width or w
@@ -276,6 +286,7 @@ class Trainer:
         if a.init:
             self.start_from(Path(a.init))
         self.teacher = self.load_teacher(Path(a.distill)) if a.distill else None
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False) if a.ema > 0 else None
 
     def compatible(self, path: Path, flag: str) -> tuple[MDEQSegNet, dict]:
         """Model and meta of a checkpoint that ``flag`` (--init, --distill) names, if it has this run's config and
@@ -309,6 +320,22 @@ class Trainer:
         keep = ("mode", "iters", "steps", "wall_time_s", "command", "val_miou", "init")
         self.init_meta = {"path": str(path), **{k: meta[k] for k in keep if k in meta}}
 
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """ema <- d * ema + (1 - d) * weights, d ramped up over the first steps ((1 + t) / (10 + t)) so the start
+        does not weigh in for long; buffers (BatchNorm statistics) are the live model's."""
+        if self.ema is None:
+            return
+        d = min(self.a.ema, (1 + self.step) / (10 + self.step))
+        for e, p in zip(self.ema.parameters(), self.model.parameters()):
+            e.lerp_(p, 1 - d)
+        for e, b in zip(self.ema.buffers(), self.model.buffers()):
+            e.copy_(b)
+
+    def shipped(self) -> MDEQSegNet:
+        """The weights this run saves and validates: the moving average with --ema, else the live ones."""
+        return self.ema if self.ema is not None else self.model
+
     def resume(self) -> None:
         if not self.out.exists():
             return
@@ -317,8 +344,12 @@ class Trainer:
         if trained_on != self.a.variant:
             raise ValueError(f"{self.out} was trained on {trained_on!r} scenes, not --variant {self.a.variant}")
         self.model.load_state_dict(saved.state_dict())
+        if self.ema is not None:
+            self.ema.load_state_dict(saved.state_dict())
         if self.sidecar.exists():
             side = torch.load(self.sidecar, map_location=self.device, weights_only=False)
+            if "live" in side:  # with --ema the checkpoint holds the average; the sidecar the weights trained on
+                self.model.load_state_dict(side["live"])
             self.opt.load_state_dict(side["optimizer"])
             self.step, self.elapsed = side["step"], side["elapsed"]
         print(f"resumed from {self.out} at step {self.step} ({self.elapsed / 60:.1f} min)", flush=True)
@@ -356,6 +387,7 @@ class Trainer:
             **({"penalty_on": self.a.penalty_on} if self.a.penalty_on != "batch" else {}),
             **({"penalty_solver": self.a.penalty_solver} if self.a.penalty_solver != "plain" else {}),
             **({"init": self.init_meta} if self.init_meta else {}),
+            **({"ema": self.a.ema} if self.a.ema > 0 else {}),
             **(
                 {
                     "distill": self.a.distill,
@@ -372,9 +404,11 @@ class Trainer:
 
     def save(self, val_miou: float) -> None:
         self.model.eval()  # state_dict is mode-independent; keep the saved model in eval
-        save_checkpoint(self.model, self.out, self.meta(val_miou))
+        save_checkpoint(self.shipped(), self.out, self.meta(val_miou))
         self.model.train()
         resume = {"optimizer": self.opt.state_dict(), "step": self.step, "elapsed": self.elapsed}
+        if self.ema is not None:
+            resume["live"] = self.model.state_dict()
         atomic_torch_save(resume, self.sidecar)
 
     def log(self, rec: dict) -> None:
@@ -446,6 +480,7 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 2.0)
         self.scaler.step(self.opt)
         self.scaler.update()
+        self.update_ema()
         return float(loss.detach())
 
     def run(self) -> float:
@@ -467,7 +502,7 @@ class Trainer:
             rec = {"step": self.step, "loss": round(loss, 4), "elapsed_s": round(self.elapsed, 1)}
             rec.update({k: round(v, 5) for k, v in self.parts.items() if k != "seg"})
             if self.step % a.val_every == 0:
-                val_miou = evaluate(self.model, *self.val, self.val_iters(), self.device)
+                val_miou = evaluate(self.shipped(), *self.val, self.val_iters(), self.device)
                 rec["val_miou"] = round(val_miou, 4)
                 print(f"\nstep {self.step} loss {loss:.3f} val mIoU {100 * val_miou:.1f}", flush=True)
                 t_prev = time.time()  # validation time does not count against the training budget
@@ -477,7 +512,7 @@ class Trainer:
                 self.save(val_miou)
                 last_save = t_prev = time.time()
         bar.close()
-        val_miou = evaluate(self.model, *self.val, self.val_iters(), self.device)
+        val_miou = evaluate(self.shipped(), *self.val, self.val_iters(), self.device)
         self.log({"step": self.step, "final_val_miou": round(val_miou, 4), "elapsed_s": round(self.elapsed, 1)})
         self.save(val_miou)
         print(f"done: {self.step} steps, {self.elapsed / 60:.1f} min, val mIoU {100 * val_miou:.1f} -> {self.out}")
@@ -496,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--jac-reg must be a finite number >= 0 and --jac-reg-freq in (0, 1]")
         if not (a.spec_reg >= 0 and math.isfinite(a.spec_reg)) or not a.spec_margin >= 0 or a.spec_steps < 1:
             raise ValueError("--spec-reg and --spec-margin must be finite numbers >= 0 and --spec-steps >= 1")
+        if not 0 <= a.ema < 1:
+            raise ValueError("--ema must be in [0, 1)")
         if not (a.distill_weight >= 0 and math.isfinite(a.distill_weight)) or a.distill_iters < 0:
             raise ValueError("--distill-weight must be a finite number >= 0 and --distill-iters >= 0")
         if a.penalty_solver != "plain" and a.penalty_on != "camera":

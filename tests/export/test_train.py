@@ -389,3 +389,38 @@ def test_bad_distill_is_one_line(tmp_path, capsys) -> None:
         and "scenes" in errs[0]
         and errs[1].startswith("error: --distill-weight")
     )
+
+
+# --------------------------------------------------------------------------- moving average of the weights
+def test_ema_averages_the_weights_and_is_what_is_saved(tmp_path) -> None:
+    tr = _trainer(tmp_path, "--ema", "0.5")
+    before = {k: v.clone() for k, v in tr.model.named_parameters()}
+    tr.model.train()
+    tr.train_step()  # step 0: the ramp gives d = min(0.5, 1 / 10) = 0.1
+    for name, e in tr.ema.named_parameters():
+        live = dict(tr.model.named_parameters())[name]
+        torch.testing.assert_close(e, 0.1 * before[name] + 0.9 * live.detach(), msg=name)
+    for e, b in zip(tr.ema.buffers(), tr.model.buffers()):
+        torch.testing.assert_close(e, b)
+    assert any(not torch.equal(e, p) for e, p in zip(tr.ema.parameters(), tr.model.parameters()))
+    tr.save(0.5)
+    saved = torch.load(tr.out, weights_only=False)
+    side = torch.load(tr.sidecar, weights_only=False)
+    for k, v in tr.ema.state_dict().items():
+        torch.testing.assert_close(saved["state_dict"][k], v, msg=k)
+    for k, v in tr.model.state_dict().items():
+        torch.testing.assert_close(side["live"][k], v, msg=k)
+    assert saved["meta"]["ema"] == 0.5
+
+    again = _trainer(tmp_path, "--ema", "0.5", "--resume")
+    again.resume()
+    for k, v in tr.model.state_dict().items():
+        torch.testing.assert_close(again.model.state_dict()[k], v, msg=k)
+    for k, v in tr.ema.state_dict().items():
+        torch.testing.assert_close(again.ema.state_dict()[k], v, msg=k)
+
+
+def test_bad_ema_is_one_line(tmp_path, capsys) -> None:
+    assert main([*_args(tmp_path / "x.pt", 1), "--ema", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --ema") and len(err.strip().splitlines()) == 1
