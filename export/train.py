@@ -289,17 +289,16 @@ class Trainer:
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False) if a.ema > 0 else None
 
     def compatible(self, path: Path, flag: str) -> tuple[MDEQSegNet, dict]:
-        """Model and meta of a checkpoint that ``flag`` (--init, --distill) names, if it has this run's config and
-        scene family; otherwise a one-line ValueError."""
+        """Model and meta of a checkpoint that ``flag`` (--init, --distill, --resume) names, if it has this run's
+        config and scene family; otherwise a one-line ValueError."""
         saved, meta = load_checkpoint(path)
         if saved.cfg.to_dict() != self.cfg.to_dict():
             raise ValueError(
                 f"{flag} {path} is a {saved.cfg.name!r} model of another shape, not --config {self.cfg.name}"
             )
-        if meta.get("variant", "plain") != self.a.variant:
-            raise ValueError(
-                f"{flag} {path} was trained on {meta.get('variant', 'plain')!r} scenes, not {self.a.variant}"
-            )
+        trained_on = meta.get("variant", "plain")  # checkpoints from before variants: plain scenes
+        if trained_on != self.a.variant:
+            raise ValueError(f"{flag} {path} was trained on {trained_on!r} scenes, not --variant {self.a.variant}")
         return saved, meta
 
     def load_teacher(self, path: Path) -> MDEQSegNet:
@@ -339,10 +338,7 @@ class Trainer:
     def resume(self) -> None:
         if not self.out.exists():
             return
-        saved, meta = load_checkpoint(self.out)
-        trained_on = meta.get("variant", "plain")  # checkpoints from before variants: plain scenes
-        if trained_on != self.a.variant:
-            raise ValueError(f"{self.out} was trained on {trained_on!r} scenes, not --variant {self.a.variant}")
+        saved, _ = self.compatible(self.out, "--resume")
         self.model.load_state_dict(saved.state_dict())
         if self.ema is not None:
             self.ema.load_state_dict(saved.state_dict())
