@@ -9,6 +9,8 @@ frame at a time, model in eval mode), from z = 0:
 * the spectral radius of df/dz at the fixed point (Anderson's last iterate), estimated by power iteration with
   Jacobian-vector products (``torch.func.jvp``): the geometric mean of ||J v|| / ||v|| over the last 5 of
   ``--power-steps`` steps. Below 1 means plain iteration converges near the fixed point;
+* for a relaxed cell (``MDEQConfig.relax`` < 1, the map g = (1 - relax) z + relax f is what streaming iterates): the
+  residuals as f's own step, g's radius (what decides convergence) and, beside it, the unrelaxed df/dz's;
 * whether plain iteration converged to another fixed point than Anderson's (a cell can have several: Anderson
   may find a repelling one that plain iteration, which streaming runs, cannot reach), and the radius there.
 
@@ -90,13 +92,17 @@ def flat_cell(model: torch.nn.Module, frame: np.ndarray) -> FlatMap:
     return FlatMap(model.fullstage, x, model.state_shapes(1, h, w))
 
 
-def residual_trace(cell: FlatMap, solver: str, iters: int) -> tuple[list[float], Tensor]:
-    """Relative residual at each of ``iters`` cell evaluations from zero, and the solver's last f-value."""
+def residual_trace(cell: FlatMap, solver: str, iters: int, relax: float = 1.0) -> tuple[list[float], Tensor]:
+    """Relative residual at each of ``iters`` cell evaluations from zero, and the solver's last f-value.
+
+    For a relaxed cell g = (1 - relax) z + relax f (``MDEQConfig.relax``) the solvers see g's step, which is relax
+    times f's: dividing by relax reports f's own step ||f(z) - z|| (over ||g(z)||), so a relaxed cell's residuals
+    are not made smaller by the relaxation itself and compare with an unrelaxed cell's."""
     from runtime.solvers import anderson, fixed_point
 
     solve = fixed_point if solver == "plain" else anderson
     z, info = solve(cell.step, torch.zeros(cell.numel), iters)
-    return [float(r) for r in info.trace[:iters, 0]], z.clone()
+    return [float(r) / relax for r in info.trace[:iters, 0]], z.clone()
 
 
 def power_radius(jvp: Callable[[Tensor], Tensor], n: int, steps: int = 20, seed: int = 0, tail: int = 5) -> float:
@@ -115,27 +121,37 @@ def power_radius(jvp: Callable[[Tensor], Tensor], n: int, steps: int = 20, seed:
     return float(np.exp(np.mean(logs[-min(tail, len(logs)) :])))
 
 
-def cell_radius(cell: FlatMap, z_star: Tensor, steps: int) -> float:
-    """Spectral radius of df/dz at ``z_star`` by forward-mode JVPs (no Jacobian is ever formed)."""
+def cell_radius(cell: FlatMap, z_star: Tensor, steps: int, relax: float = 1.0) -> float:
+    """Spectral radius of df/dz at ``z_star`` by forward-mode JVPs (no Jacobian is ever formed).
+
+    ``relax`` < 1: ``cell`` is the relaxed g = (1 - relax) z + relax f and this is the radius of the *unrelaxed*
+    df/dz = (dg/dz - (1 - relax) I) / relax, from g's products (reported beside g's own, which decides
+    convergence, so the relaxation's part in it shows)."""
 
     def jvp(v: Tensor) -> Tensor:
         with torch.no_grad():
-            return torch.func.jvp(cell, (z_star,), (v,))[1]
+            u = torch.func.jvp(cell, (z_star,), (v,))[1]
+        return u if relax == 1.0 else (u - (1.0 - relax) * v) / relax
 
     return power_radius(jvp, cell.numel, steps)
 
 
-def measure_frames(model: torch.nn.Module, frames: np.ndarray, power_steps: int) -> dict[str, Any]:
-    """Per frame: the residual traces of both solvers and the radius estimate."""
+def measure_frames(model: torch.nn.Module, frames: np.ndarray, power_steps: int, relax: float = 1.0) -> dict[str, Any]:
+    """Per frame: the residual traces of both solvers (f's own step for a cell relaxed by ``relax``) and the
+    radius estimate."""
     out: dict[str, Any] = {"plain": [], "anderson": [], "radius": [], "fixed_point_residual": [], "plain_radius": []}
+    if relax != 1.0:
+        out["unrelaxed_radius"] = []
     for frame in frames:
         cell = flat_cell(model, frame)
-        plain, zp = residual_trace(cell, "plain", max(ITERS))
+        plain, zp = residual_trace(cell, "plain", max(ITERS), relax)
         out["plain"].append(plain)
-        trace, z = residual_trace(cell, "anderson", max(ITERS))
+        trace, z = residual_trace(cell, "anderson", max(ITERS), relax)
         out["anderson"].append(trace)
         out["fixed_point_residual"].append(trace[-1])
         out["radius"].append(cell_radius(cell, z, power_steps))
+        if relax != 1.0:
+            out["unrelaxed_radius"].append(cell_radius(cell, z, power_steps, relax))
         out["plain_radius"].append(plain_limit_radius(cell, zp, plain[-1], z, out["radius"][-1], power_steps))
     return out
 
@@ -174,6 +190,9 @@ def summarise(per: dict[str, Any]) -> dict[str, Any]:
         "share_below_1": float(np.mean(r < 1.0)),
         "per_frame": r.tolist(),
     }
+    if "unrelaxed_radius" in per:
+        u = np.asarray(per["unrelaxed_radius"])
+        s["unrelaxed_radius"] = {"median": float(np.median(u)), "max": float(u.max()), "per_frame": u.tolist()}
     s["anderson_residual_at_radius"] = {"median": float(np.median(per["fixed_point_residual"]))}
     pr = np.asarray(per["plain_radius"], dtype=np.float64)
     reached = np.isfinite(pr)
@@ -193,6 +212,19 @@ def _r(v: float) -> str:
     return f"{v:.4f}" if v >= 1e-3 else f"{v:.1e}"
 
 
+def relax_lines(relax: float) -> list[str]:
+    """What the table means for a relaxed cell (``MDEQConfig.relax``): which map is iterated and measured."""
+    if relax == 1.0:
+        return []
+    return [
+        "",
+        f"The cell is relaxed: it outputs g(z) = (1 - {relax:g}) z + {relax:g} f(z), the map the runtime iterates; "
+        "g's fixed points are f's. Residuals are f's own step ||f(z) - z|| = ||g(z) - z|| / "
+        f"{relax:g} over ||g(z)||; the radius is dg/dz's, whose eigenvalues are 1 - {relax:g} (1 - lambda) for the "
+        "eigenvalues lambda of df/dz.",
+    ]
+
+
 def markdown(res: dict[str, Any]) -> str:
     from benchmarks.plots import stamp_lines
 
@@ -202,6 +234,7 @@ def markdown(res: dict[str, Any]) -> str:
         "Relative residual ||f(z)-z||/||f(z)|| reported by `runtime.solvers` at the n-th cell evaluation from z = 0,",
         "median / 90th percentile over frames; spectral radius of df/dz at Anderson's last iterate by power iteration",
         f"with Jacobian-vector products ({res['power_steps']} steps). Produced by `python -m benchmarks.convergence`.",
+        *relax_lines(res.get("relax", 1.0)),
         "",
         "| source | frames | solver | " + " | ".join(f"n={n} med / p90" for n in ITERS) + " |",
         "|---|---|---|" + "---|" * len(ITERS),
@@ -225,6 +258,11 @@ def markdown(res: dict[str, Any]) -> str:
             f"{100 * pl['share_other_fixed_point']:.0f} % | "
             f"{pl['radius_max']:.3f} ({100 * pl['share_below_1']:.0f} %) |"
         )
+    if res.get("relax", 1.0) != 1.0:
+        lines += ["", "| source | radius of the unrelaxed df/dz at the same point: median | max |", "|---|---|---|"]
+        for name, s in res["sources"].items():
+            u = s["unrelaxed_radius"]
+            lines.append(f"| {name} | {u['median']:.3f} | {u['max']:.3f} |")
     lines += [
         "",
         f"Plain iteration's limit counts where its residual after {max(ITERS)} evaluations is below "
@@ -356,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         "height": a.height,
         "width": a.width,
         "power_steps": a.power_steps,
+        "relax": model.cfg.relax,
         "split": a.split,
         "iters": list(ITERS),
         "stamp": {**stamp("benchmarks.convergence", argv), "device": "cpu", "threads": a.threads},
@@ -363,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name, (frames, origin) in sources.items():
         print(f"{name}: {len(frames)} frames", flush=True)
-        res["sources"][name] = {"origin": origin, **summarise(measure_frames(model, frames, a.power_steps))}
+        per = measure_frames(model, frames, a.power_steps, model.cfg.relax)
+        res["sources"][name] = {"origin": origin, **summarise(per)}
     res["wall_s"] = time.time() - t0
     out = Path(a.out)
     stem = "convergence" + ("_validation" if a.split == "validation" else "") + ("_quick" if a.quick else "")

@@ -67,6 +67,11 @@ class MDEQConfig:
     # Classification head (published HRNet-style head): Bottleneck widths per scale, final width.
     cls_head_channels: tuple[int, ...] = ()
     cls_final_channels: int = 2048
+    # Relaxation of the cell: it outputs (1 - relax) z + relax f(z). The fixed points are f's; what changes is the
+    # map plain iteration (streaming) runs, whose Jacobian is (1 - relax) I + relax df/dz: an eigenvalue lambda of
+    # df/dz becomes 1 - relax (1 - lambda), so an oscillating mode (lambda < -1) contracts while the slow positive
+    # ones slow a little. 1.0: the published cell.
+    relax: float = 1.0
 
     @property
     def num_scales(self) -> int:

@@ -152,6 +152,9 @@ class MDEQCell(nn.Module):
                     row.append(nn.Identity())
             self.fuse_layers.append(row)
         self.post_fuse_layers = nn.ModuleList([PostFuse(c, max(g // 2, 1)) for c in ch])
+        if not 0.0 < cfg.relax <= 1.0:
+            raise ValueError(f"relax must be in (0, 1], got {cfg.relax}")
+        self.relax = cfg.relax
 
     def reset_dropout(self, z: Sequence[Tensor]) -> None:
         """Draw new variational-dropout masks (training); call once per forward solve."""
@@ -169,6 +172,8 @@ class MDEQCell(nn.Module):
                 if j != i:
                     y = y + layer(blocks[j])
             out.append(self.post_fuse_layers[i](y))
+        if self.relax != 1.0:  # same fixed points, a contracting iteration where df/dz oscillates (MDEQConfig.relax)
+            out = [zi + self.relax * (fi - zi) for zi, fi in zip(z, out)]
         return tuple(out)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -35,7 +36,7 @@ from torch import Tensor
 
 from export.augment import camera_effects
 from export.checkpoint import atomic_torch_save, load_checkpoint, save_checkpoint
-from export.config import get_config
+from export.config import MDEQConfig, get_config
 from export.contraction import anderson_state, gaussian_like, jacobian_penalty, spectral_penalty
 from export.mdeq import MDEQSegNet, VariationalDropout2d, build_model, check_resolution
 from export.metrics import confusion, miou
@@ -255,10 +256,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "follow the live model) and save and validate it instead of the last step's weights: a short fine-tune at "
         "batch 2 ends on noisy weights; default %(default)s: off",
     )
+    p.add_argument(
+        "--relax",
+        type=float,
+        default=None,
+        metavar="A",
+        help="train (and ship) the relaxed cell (1 - A) z + A f(z), 0 < A <= 1: the same fixed points, but an "
+        "eigenvalue lambda of df/dz becomes 1 - A (1 - lambda), so modes that oscillate under plain iteration "
+        "(lambda < -1) contract (MDEQConfig.relax); default: the --init checkpoint's, else the config's (1.0)",
+    )
     a = p.parse_args(argv)
+    if a.relax is not None and not 0.0 < a.relax <= 1.0:
+        p.error(f"--relax must be in (0, 1], got {a.relax}")
     h, w = a.crop or (128, 256)
     a.height, a.width = a.height or h, a.width or w
     return a
+
+
+def shape_of(cfg: MDEQConfig) -> dict:
+    """The config without its relaxation: what weights must share to be loaded into another run's model."""
+    return {k: v for k, v in cfg.to_dict().items() if k != "relax"}
+
+
+def run_config(a: argparse.Namespace) -> MDEQConfig:
+    """The run's config: ``--config`` with ``--relax``, or the ``--init`` checkpoint's relaxation when --relax is
+    not given (a fine-tune of a relaxed model stays relaxed)."""
+    cfg = get_config(a.config)
+    relax = a.relax
+    if relax is None and a.init:
+        relax = load_checkpoint(a.init)[0].cfg.relax
+    return cfg if relax is None else dataclasses.replace(cfg, relax=relax)
 
 
 class Trainer:
@@ -267,7 +294,7 @@ class Trainer:
     def __init__(self, a: argparse.Namespace, command: str) -> None:
         self.a, self.command = a, command
         self.device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.cfg = get_config(a.config)
+        self.cfg = run_config(a)
         check_resolution(self.cfg, a.height, a.width)
         self.model = build_model(self.cfg, seed=a.seed).to(self.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
@@ -292,10 +319,12 @@ class Trainer:
         """Model and meta of a checkpoint that ``flag`` (--init, --distill, --resume) names, if it has this run's
         config and scene family; otherwise a one-line ValueError."""
         saved, meta = load_checkpoint(path)
-        if saved.cfg.to_dict() != self.cfg.to_dict():
+        if shape_of(saved.cfg) != shape_of(self.cfg):
             raise ValueError(
                 f"{flag} {path} is a {saved.cfg.name!r} model of another shape, not --config {self.cfg.name}"
             )
+        if flag == "--resume" and saved.cfg.relax != self.cfg.relax:
+            raise ValueError(f"{flag} {path} has relax {saved.cfg.relax}, not --relax {self.cfg.relax}")
         trained_on = meta.get("variant", "plain")  # checkpoints from before variants: plain scenes
         if trained_on != self.a.variant:
             raise ValueError(f"{flag} {path} was trained on {trained_on!r} scenes, not --variant {self.a.variant}")

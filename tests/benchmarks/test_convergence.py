@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -78,6 +79,38 @@ def test_plain_trace_is_the_hand_iteration() -> None:
             fz = cell(z)
             assert trace[k] == pytest.approx(float((fz - z).norm() / fz.norm()), rel=1e-4)
             z = fz
+
+
+def test_relaxed_trace_reports_the_unrelaxed_cells_step() -> None:
+    """A cell relaxed by 0.6 is iterated as g = 0.4 z + 0.6 f; the trace is ||f(z) - z|| / ||g(z)|| along g's
+    iterates, computed here by hand from the unrelaxed cell."""
+    model = build_model(get_config("tiny")).eval()
+    relaxed = build_model(dataclasses.replace(model.cfg, relax=0.6)).eval()
+    relaxed.load_state_dict(model.state_dict())
+    frame = np.random.default_rng(4).integers(0, 255, (32, 64, 3), dtype=np.uint8)
+    per = cv.measure_frames(relaxed, frame[None], power_steps=2, relax=0.6)
+    cell = cv.flat_cell(model, frame)
+    z = torch.zeros(cell.numel)
+    with torch.no_grad():
+        for k in range(5):
+            fz = cell(z)
+            gz = 0.4 * z + 0.6 * fz
+            assert per["plain"][0][k] == pytest.approx(float((fz - z).norm() / gz.norm()), rel=1e-4)
+            z = gz
+
+
+def test_unrelaxed_radius_is_read_back_from_the_relaxed_map() -> None:
+    """g = 0.4 z + 0.6 f for a linear f with eigenvalues -1.5 and 0.5: dg/dz has 1 - 0.6 * 2.5 = -0.5 and 0.7."""
+    a = torch.from_numpy(_matrix_with_spectrum(np.array([-1.5, 0.5, 0.2, -0.1]), 2)).float()
+
+    class Linear(torch.nn.Module):
+        def forward(self, z: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor]:
+            return (0.4 * z + 0.6 * (a @ z.reshape(-1)).reshape(z.shape),)
+
+    cell = cv.FlatMap(Linear(), torch.zeros(1), [(4,)])
+    z = torch.zeros(4)
+    assert cv.cell_radius(cell, z, steps=200) == pytest.approx(0.7, rel=1e-3)
+    assert cv.cell_radius(cell, z, steps=200, relax=0.6) == pytest.approx(1.5, rel=1e-3)
 
 
 class TwoFixedPoints(torch.nn.Module):

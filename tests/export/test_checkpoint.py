@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import pytest
@@ -208,3 +209,15 @@ def test_meta_is_stored_as_plain_python(tmp_path) -> None:
         warnings.simplefilter("error")  # no fallback to a full unpickle
         loaded, _ = load_checkpoint(tmp_path / "a.pt")
     _same_outputs(model.eval(), loaded)
+
+
+def test_relaxation_round_trips_and_old_checkpoints_are_unrelaxed(tmp_path) -> None:
+    model = build_model(dataclasses.replace(get_config("tiny"), relax=0.8), seed=3).eval()
+    path = save_checkpoint(model, tmp_path / "r.pt", {})
+    loaded, _ = load_checkpoint(path)
+    assert loaded.cfg.relax == 0.8 and loaded.fullstage.relax == 0.8
+    _same_outputs(model, loaded)
+    raw = torch.load(path, weights_only=True)
+    del raw["config"]["relax"]  # written before the field existed
+    torch.save(raw, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt")[0].fullstage.relax == 1.0

@@ -3,6 +3,7 @@ fp16 graphs, atomic bundles, and the TensorRT builder against a fake ``tensorrt`
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import types
 from pathlib import Path
@@ -467,3 +468,17 @@ def test_exact_fp32_restores_each_backend_to_its_own_value(tf32_restored) -> Non
         assert tf32_enabled() == {"conv": False, "matmul": False}
         assert not torch.backends.cudnn.allow_tf32
     assert tf32_enabled() == {"conv": True, "matmul": False}
+
+
+def test_relaxed_cell_exports_with_its_relaxation(model, tmp_path) -> None:
+    relaxed = build_model(dataclasses.replace(model.cfg, relax=0.8)).eval()
+    relaxed.load_state_dict(model.state_dict())
+    man = export_bundle(relaxed, tmp_path / "r", H, W)
+    assert man["config"]["relax"] == 0.8
+    frame = _frame(13)
+    with torch.no_grad():
+        z, x = model.solve(frame, iters=2)
+        f = model.fullstage(*z, x)
+    got = _run(tmp_path / "r" / "deq_cell.onnx", {**{f"z{i}": t for i, t in enumerate(z)}, "x": x})
+    for zi, fi, gi in zip(z, f, got):  # the unrelaxed PyTorch cell, mixed by hand: the engine carries the relaxation
+        assert _rel(0.2 * zi + 0.8 * fi, gi) < 1e-5

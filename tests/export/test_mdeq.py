@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -49,3 +51,30 @@ def test_dropout_mask_is_shared_across_iterations() -> None:
     a = model.fullstage(*z, x)
     b = model.fullstage(*z, x)
     assert all(torch.equal(p, q) for p, q in zip(a, b))
+
+
+def _relaxed(model, relax: float):
+    out = build_model(dataclasses.replace(model.cfg, relax=relax)).eval()
+    out.load_state_dict(model.state_dict())
+    return out
+
+
+def test_relaxed_cell_is_the_convex_mix_of_state_and_cell() -> None:
+    model = build_model(get_config("tiny"), seed=3).eval()
+    relaxed = _relaxed(model, 0.7)
+    frame = torch.randint(0, 256, (1, 64, 128, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        z, x = model.solve(frame, iters=3)
+        f = model.fullstage(*z, x)
+        g = relaxed.fullstage(*z, x)
+        for zi, fi, gi in zip(z, f, g):
+            torch.testing.assert_close(gi, 0.3 * zi + 0.7 * fi, rtol=1e-5, atol=1e-6)
+    # So g(z) - z = 0.7 (f(z) - z): the residuals scale by relax and the fixed points are f's.
+    for zi, fi, gi in zip(z, f, g):
+        torch.testing.assert_close((gi - zi).norm(), 0.7 * (fi - zi).norm(), rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("relax", [0.0, -0.5, 1.5])
+def test_relax_outside_the_unit_interval_is_refused(relax: float) -> None:
+    with pytest.raises(ValueError, match="relax"):
+        build_model(dataclasses.replace(get_config("tiny"), relax=relax))

@@ -424,3 +424,25 @@ def test_bad_ema_is_one_line(tmp_path, capsys) -> None:
     assert main([*_args(tmp_path / "x.pt", 1), "--ema", "1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --ema") and len(err.strip().splitlines()) == 1
+
+
+def test_relax_trains_the_relaxed_cell_and_a_fine_tune_keeps_it(tmp_path) -> None:
+    base = tmp_path / "base.pt"
+    assert main(_args(base, 1)) == 0
+    relaxed = tmp_path / "r.pt"
+    assert main([*_args(relaxed, 1), "--init", str(base), "--relax", "0.8"]) == 0
+    assert load_model(relaxed)[0].fullstage.relax == 0.8
+    again = _trainer(tmp_path, "--init", str(relaxed))  # no --relax: the init checkpoint's
+    assert again.model.fullstage.relax == 0.8 and again.cfg.relax == 0.8
+    assert _trainer(tmp_path, "--init", str(relaxed), "--relax", "1").model.fullstage.relax == 1.0
+
+
+def test_bad_relax_is_one_line(tmp_path, capsys) -> None:
+    out = tmp_path / "r.pt"
+    assert main([*_args(out, 1), "--relax", "0.8"]) == 0
+    assert main([*_args(out, 1), "--resume"]) == 2  # resumed without the run's --relax
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "relax" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit):
+        parse_args(["--out", str(out), "--relax", "0"])
+    assert "--relax must be in (0, 1]" in capsys.readouterr().err
