@@ -96,13 +96,14 @@ def residual_trace(cell: FlatMap, solver: str, iters: int, relax: float = 1.0) -
     """Relative residual at each of ``iters`` cell evaluations from zero, and the solver's last f-value.
 
     For a relaxed cell g = (1 - relax) z + relax f (``MDEQConfig.relax``) the solvers see g's step, which is relax
-    times f's: dividing by relax reports f's own step ||f(z) - z|| (over ||g(z)||), so a relaxed cell's residuals
-    are not made smaller by the relaxation itself and compare with an unrelaxed cell's."""
-    from runtime.solvers import anderson, fixed_point
+    times f's: scaled by 1 / relax like the runtime's (``Bundle.relax``), the trace is f's own step ||f(z) - z||
+    (over ||g(z)||), so a relaxed cell's residuals are not made smaller by the relaxation itself."""
+    from runtime.solvers import anderson, fixed_point, flat_workspace
 
     solve = fixed_point if solver == "plain" else anderson
-    z, info = solve(cell.step, torch.zeros(cell.numel), iters)
-    return [float(r) / relax for r in info.trace[:iters, 0]], z.clone()
+    z0 = torch.zeros(cell.numel)
+    z, info = solve(cell.step, z0, iters, ws=flat_workspace(z0, iters, 1.0 / relax))
+    return [float(r) for r in info.trace[:iters, 0]], z.clone()
 
 
 def power_radius(jvp: Callable[[Tensor], Tensor], n: int, steps: int = 20, seed: int = 0, tail: int = 5) -> float:

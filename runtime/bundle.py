@@ -71,6 +71,9 @@ class Bundle:
     classes: list[str] = field(default_factory=list)
     palette: list[tuple[int, int, int]] = field(default_factory=list)
     f_thres: int = 20
+    # The cell's relaxation (export MDEQConfig.relax): it outputs (1 - relax) z + relax f(z), so its step is relax
+    # times f's; the runtime divides residuals by it to report (and compare --tol with) f's own step.
+    relax: float = 1.0
 
     @property
     def head_name(self) -> str:
@@ -171,7 +174,10 @@ def open_bundle(engine: str | Path, check_hash: bool = True) -> Bundle:
             classes=[str(c) for c in manifest.get("classes", [])],
             palette=[tuple(int(v) for v in p) for p in manifest.get("palette", [])],
             f_thres=int(manifest.get("f_thres", 20)),
+            relax=float(manifest.get("config", {}).get("relax", 1.0)),
         )
+        if not 0.0 < b.relax <= 1.0:
+            raise ValueError(f"config.relax must be in (0, 1], got {b.relax}")
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BundleError(f"{root / MANIFEST_NAME}: malformed manifest ({type(e).__name__}: {e})") from None
     if not engine.is_dir() and engine.resolve() not in {e.path.resolve() for e in b.engines.values()}:

@@ -101,7 +101,7 @@ class Pipeline:
         self.cell = load_runner(bundle.engines["deq_cell"], device, **kw)
         self.head = load_runner(bundle.engines[bundle.head_name], device, **kw)
         self.buf = StreamBuffers(bundle, device)
-        self.ws = Workspace(self.buf.layout, device, max_iter=max(max_iters, 1))
+        self.ws = Workspace(self.buf.layout, device, max_iter=max(max_iters, 1), step_scale=1.0 / bundle.relax)
         if solver in ("anderson", AUTO):
             self.ws.anderson()
         elif solver == "broyden":

@@ -40,8 +40,19 @@ def _sub_acc(a: Tensor, b: Tensor, out: Tensor) -> None:
 class Workspace:
     """Preallocated scratch for one stream group: residual meter, trace, solver histories."""
 
-    def __init__(self, layout: StateLayout, device: torch.device, max_iter: int = 64, m: int = 6, lbfgs: int = 30):
+    def __init__(
+        self,
+        layout: StateLayout,
+        device: torch.device,
+        max_iter: int = 64,
+        m: int = 6,
+        lbfgs: int = 30,
+        step_scale: float = 1.0,
+    ):
+        """``step_scale`` multiplies every residual: 1 / relax for a relaxed cell (``Bundle.relax``), whose step
+        ||g(z) - z|| is relax times the model's own ||f(z) - z||."""
         self.layout, self.device, self.B, D = layout, device, layout.batch, layout.total
+        self.step_scale = step_scale
         S = len(layout.shapes)
         self.acc = acc_dtype(layout.dtype)
         f32 = dict(dtype=self.acc, device=device)
@@ -79,6 +90,8 @@ class Workspace:
         self.den.clamp_(min=1e-30)
         torch.div(self.num, self.den, out=out)
         out.sqrt_()
+        if self.step_scale != 1.0:
+            out.mul_(self.step_scale)
 
     def anderson(self) -> dict[str, Tensor]:
         if self._anderson is None:
@@ -137,9 +150,15 @@ class SolverInfo:
         return int(self.trace[: self.nstep].amax(dim=1).argmin()) + 1 if self.nstep else 0
 
 
+def flat_workspace(z0: Tensor, max_iter: int, step_scale: float = 1.0) -> Workspace:
+    """The workspace of standalone use (tests, scripts): one flat batch-of-one vector like ``z0``."""
+    layout = StateLayout(((1, z0.numel()),), (0,), z0.numel(), z0.dtype)
+    return Workspace(layout, z0.device, max_iter, step_scale=step_scale)
+
+
 def _workspace(z0: Tensor, ws: Workspace | None, max_iter: int) -> Workspace:
-    if ws is None:  # standalone use (tests, scripts): one flat batch-of-one vector
-        ws = Workspace(StateLayout(((1, z0.numel()),), (0,), z0.numel(), z0.dtype), z0.device, max_iter)
+    if ws is None:
+        ws = flat_workspace(z0, max_iter)
     ws.ensure_trace(max_iter)
     return ws
 

@@ -186,3 +186,22 @@ def test_bind_and_onnx_load_check_dtypes(bundle64):
     wrong = tuple(TensorSpec(t.name, t.shape, "float16") if t.name == "x" else t for t in spec.inputs)
     with pytest.raises(EngineError, match="x is float32 in the engine, float16 in the manifest"):
         load_runner(EngineSpec(spec.name, spec.path, wrong, spec.outputs), torch.device("cpu"))
+
+
+def test_bundle_reads_the_cells_relaxation_and_refuses_a_bad_one(bundle64, tmp_path):
+    import json
+    import shutil
+
+    from runtime.errors import BundleError
+
+    assert open_bundle(bundle64 / "deq_cell.onnx").relax == 1.0
+    copy = shutil.copytree(bundle64, tmp_path / "b")
+    man = json.loads((copy / "manifest.json").read_text())
+    for relax, ok in ((0.8, True), (0.0, False), (1.5, False)):
+        man["config"]["relax"] = relax
+        (copy / "manifest.json").write_text(json.dumps(man))
+        if ok:
+            assert open_bundle(copy / "deq_cell.onnx").relax == relax
+        else:
+            with pytest.raises(BundleError, match="relax"):
+                open_bundle(copy / "deq_cell.onnx")

@@ -73,3 +73,29 @@ def test_solvers_in_runtime_reach_same_maps(tiny_model, bundle64, clip64, tmp_pa
         )
         assert (got != want).mean() < 1e-3, solver
         assert summary["streams"][0]["mean_iterations"] < 30, solver
+
+
+def test_relaxed_bundle_matches_pytorch_and_reports_the_models_own_step(tiny_model, clip64, tmp_path):
+    """A bundle of a relaxed cell (export MDEQConfig.relax = 0.7): the maps are the relaxed PyTorch model's, and the
+    mean residual is f's step ||f(z) - z|| / ||g(z)||, computed here from the unrelaxed cell at the relaxed iterates."""
+    import dataclasses
+
+    from export.bundle import export_bundle
+    from export.mdeq import build_model
+
+    relaxed = build_model(dataclasses.replace(tiny_model.cfg, relax=0.7)).eval()
+    relaxed.load_state_dict(tiny_model.state_dict())
+    bundle = tmp_path / "engines"
+    export_bundle(relaxed, bundle, H, W, batch=1, formats=("onnx",))
+    frames = decode_clip(clip64)[:3]
+    got, summary = runtime_maps(bundle, clip64, tmp_path / "run", "frame", 3, max_frames=3)
+    assert (got != reference_maps(relaxed, frames, 3, stream=False)).mean() < 1e-3
+    want = []
+    with torch.no_grad():
+        for f in frames:
+            z, x = relaxed.solve(torch.from_numpy(f)[None], 2)
+            fz, gz = tiny_model.fullstage(*z, x), relaxed.fullstage(*z, x)
+            num = sum(float((a - b).pow(2).sum()) for a, b in zip(fz, z))
+            den = sum(float(g.pow(2).sum()) for g in gz)
+            want.append((num / den) ** 0.5)
+    assert summary["streams"][0]["mean_residual"] == pytest.approx(np.mean(want), rel=1e-3)
