@@ -86,7 +86,8 @@ def compare(
 
 def markdown(res: dict[str, Any]) -> str:
     rows, tol = res["rows"], res["tolerance"]
-    within = sum(r["difference"] >= -tol - 1e-9 for r in rows.values())
+    below = [name for name, r in rows.items() if r["difference"] < -tol - 1e-9]
+    within = len(rows) - len(below)
     lines = [
         f"# `{res['new']['name']}` against `{res['base']['name']}` (paired over the same clips)",
         "",
@@ -94,7 +95,8 @@ def markdown(res: dict[str, Any]) -> str:
         f"- clips: {res['clips']} x {res['frames']} frames, {res['split']} split; bootstrap: {res['resamples']} "
         f"resamples of the clips (seed {res['seed']}), the same clips for both results",
         f"- command: `{res['command']}`",
-        f"- rows within {tol:g} points of the base: {within} of {len(rows)}",
+        f"- rows within {tol:g} points of the base: {within} of {len(rows)}"
+        + (f" (further below: {', '.join(below)})" if below else ""),
         "",
         f"| row | new mIoU % | base mIoU % | difference | 95 % interval (clips) | resamples within {tol:g} | "
         "per clip |",
@@ -104,7 +106,7 @@ def markdown(res: dict[str, Any]) -> str:
         lo, hi = r["interval_95"]
         per = " ".join(f"{d:+.1f}" for d in r["per_clip_difference"])
         lines.append(
-            f"| {name} | {r['new']:.1f} | {r['base']:.1f} | {r['difference']:+.1f} | [{lo:+.1f}, {hi:+.1f}] | "
+            f"| {name} | {r['new']:.1f} | {r['base']:.1f} | {r['difference']:+.2f} | [{lo:+.1f}, {hi:+.1f}] | "
             f"{100 * r['share_within_tolerance']:.0f} % | {per} |"
         )
     return "\n".join(lines) + "\n"
