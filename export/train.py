@@ -8,7 +8,8 @@ from z*, the cheap DEQ-style gradient. ``--jac-reg W`` adds, on top of any mode,
 estimate of ||df/dz||_F^2 / numel at the solved state (Bai, Koltun & Kolter 2021); ``--spec-reg W``
 penalises the growth of the dominant direction of df/dz above ``--spec-margin`` (export/contraction.py), the
 quantity that decides whether streaming's plain iterations converge; ``--augment`` adds camera effects
-(export/augment.py) so those terms also see frames like real footage; ``--init`` fine-tunes a checkpoint.
+(export/augment.py) so those terms also see frames like real footage; ``--relax A`` trains the relaxed cell
+(1 - A) z + A f(z) (same fixed points, oscillating modes damped); ``--init`` fine-tunes a checkpoint.
 The shipped recipe (Makefile ``train``) is a SUR run followed by such a fine-tune.
 
 Resumable: the checkpoint (exact ``deqstream-ckpt/1`` format) is written every few minutes,
