@@ -279,13 +279,11 @@ def shape_of(cfg: MDEQConfig) -> dict:
     return {k: v for k, v in cfg.to_dict().items() if k != "relax"}
 
 
-def run_config(a: argparse.Namespace) -> MDEQConfig:
-    """The run's config: ``--config`` with ``--relax``, or the ``--init`` checkpoint's relaxation when --relax is
-    not given (a fine-tune of a relaxed model stays relaxed)."""
+def run_config(a: argparse.Namespace, init: MDEQSegNet | None) -> MDEQConfig:
+    """The run's config: ``--config`` with ``--relax``, or the ``--init`` model's relaxation when --relax is not
+    given (a fine-tune of a relaxed model stays relaxed)."""
     cfg = get_config(a.config)
-    relax = a.relax
-    if relax is None and a.init:
-        relax = load_checkpoint(a.init)[0].cfg.relax
+    relax = a.relax if a.relax is not None or init is None else init.cfg.relax
     return cfg if relax is None else dataclasses.replace(cfg, relax=relax)
 
 
@@ -295,7 +293,8 @@ class Trainer:
     def __init__(self, a: argparse.Namespace, command: str) -> None:
         self.a, self.command = a, command
         self.device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.cfg = run_config(a)
+        init = load_checkpoint(a.init) if a.init else None  # read once: its relaxation, then its weights
+        self.cfg = run_config(a, init[0] if init else None)
         check_resolution(self.cfg, a.height, a.width)
         self.model = build_model(self.cfg, seed=a.seed).to(self.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
@@ -311,15 +310,17 @@ class Trainer:
         self.parts: dict[str, float] = {}
         self.val = val_set(a.seed, a.val_frames, 256, 512, a.variant)
         self.init_meta: dict = {}
-        if a.init:
-            self.start_from(Path(a.init))
+        if init:
+            self.start_from(Path(a.init), init)
         self.teacher = self.load_teacher(Path(a.distill)) if a.distill else None
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False) if a.ema > 0 else None
 
-    def compatible(self, path: Path, flag: str) -> tuple[MDEQSegNet, dict]:
-        """Model and meta of a checkpoint that ``flag`` (--init, --distill, --resume) names, if it has this run's
-        config and scene family; otherwise a one-line ValueError."""
-        saved, meta = load_checkpoint(path)
+    def compatible(
+        self, path: Path, flag: str, loaded: tuple[MDEQSegNet, dict] | None = None
+    ) -> tuple[MDEQSegNet, dict]:
+        """Model and meta of a checkpoint that ``flag`` (--init, --distill, --resume) names (``loaded``: already
+        read from ``path``), if it has this run's config and scene family; otherwise a one-line ValueError."""
+        saved, meta = loaded if loaded is not None else load_checkpoint(path)
         if shape_of(saved.cfg) != shape_of(self.cfg):
             raise ValueError(
                 f"{flag} {path} is a {saved.cfg.name!r} model of another shape, not --config {self.cfg.name}"
@@ -342,9 +343,9 @@ class Trainer:
                 m.eval()
         return teacher
 
-    def start_from(self, path: Path) -> None:
+    def start_from(self, path: Path, loaded: tuple[MDEQSegNet, dict]) -> None:
         """Weights of another checkpoint of the same config and scene family (what a fine-tune starts from)."""
-        saved, meta = self.compatible(path, "--init")
+        saved, meta = self.compatible(path, "--init", loaded)
         self.model.load_state_dict(saved.state_dict())
         keep = ("mode", "iters", "steps", "wall_time_s", "command", "val_miou", "init")
         self.init_meta = {"path": str(path), **{k: meta[k] for k in keep if k in meta}}
