@@ -10,12 +10,13 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 import time
 from pathlib import Path
 
-from export.config import CONFIGS, get_config
+from export.config import CONFIGS, FAMILY_SOLVES, get_config
 
 EXIT_USAGE = 2  # bad input: missing file, bad resolution, TensorRT absent
 EXIT_FAILED = 1  # the export ran and failed (e.g. parity)
@@ -68,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="also add this trained FlowNet (export.train_flow) as the 'flownet' engine, for the runtime's --mode dff",
+    )
+    p.add_argument(
+        "--family",
+        choices=("il", "ur", "sur"),
+        default=None,
+        help="how the model was trained, which sets its streaming solve (manifest config.stream_solve): il "
+        "(implicit, DEQ-trained: StreamDEQ's Broyden rule) or ur / sur (unrolled: K plain iterations). Default: "
+        "the checkpoint's training mode (make train records it); il for a published MDEQ / StreamDEQ checkpoint",
     )
     p.add_argument(
         "--skip-parity",
@@ -141,6 +150,19 @@ def _load_model(args: argparse.Namespace):
     return model, what, {"source": what, "checkpoint": str(args.checkpoint), **{k: meta[k] for k in keep if k in meta}}
 
 
+def _family(args: argparse.Namespace, weights: dict) -> tuple[str | None, str]:
+    """(training family or None, why): --family, else the checkpoint's training mode, else IL for a published
+    checkpoint (the reference trains MDEQ as an implicit layer; StreamDEQ streams it with Broyden); None keeps the
+    config's own streaming solve."""
+    if args.family is not None:
+        return args.family, "--family"
+    if weights.get("mode") in FAMILY_SOLVES:
+        return weights["mode"], f"the checkpoint's training mode {weights['mode']!r}"
+    if weights.get("source", "").startswith("published"):
+        return "il", "assumed: a published MDEQ / StreamDEQ checkpoint is DEQ-trained (IL)"
+    return None, "the config's default"
+
+
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     from export.bundle import export_bundle
 
@@ -149,6 +171,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     t0 = time.perf_counter()
     model, what, weights = _load_model(args)
     print(f"model {model.cfg.name}: {what}")
+    family, why = _family(args, weights)
+    if family is not None:
+        model.cfg = dataclasses.replace(model.cfg, stream_solve=FAMILY_SOLVES[family]())
+        weights.update(family=family, family_source=why)
+    s = model.cfg.stream_solve
+    print(f"streaming solve: {s.solver}, {s.threshold} iteration(s), returns {s.returns} ({why}; --family to change)")
     print(f"exporting {','.join(args.formats)} {args.precision} {args.batch}x{args.height}x{args.width} on {device}")
     export_bundle(
         model,

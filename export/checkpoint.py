@@ -92,7 +92,7 @@ def config_from_dict(d: Mapping[str, Any]) -> MDEQConfig:
             continue
         if k == "palette":
             v = tuple(tuple(c) for c in v)
-        elif k == "test_solve":
+        elif k in ("test_solve", "stream_solve"):
             v = SolveSpec(**{f.name: v[f.name] for f in dataclasses.fields(SolveSpec) if f.name in v})
         elif isinstance(v, list):
             v = tuple(v)

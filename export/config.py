@@ -15,31 +15,61 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class SolveSpec:
-    """How a frame's fixed point is found "from scratch" (the runtime's per-frame default).
+    """How a model's fixed point is sought at inference: one entry of the manifest's config.
 
-    Published models are evaluated by the reference with Broyden's method: at most
-    ``threshold`` updates after the first evaluation of f (so ``threshold + 1`` cell
-    evaluations), stopping once ||f(z) - z||_2 < tol * sqrt(number of state elements)
-    (``tol_kind="abs"``), and returning the iterate z (not f(z)) with the lowest such
-    residual (``returns="lowest"``). Our own models keep the plain iteration they were trained
-    and measured with. Goes into ``manifest["config"]["test_solve"]`` with the config.
+    Two entries per model: ``test_solve`` (a frame solved from scratch: the runtime's --mode frame and key frames
+    from zero) and ``stream_solve`` (a frame warm-started from the previous one's state: --mode stream, stream-mv
+    and warm key frames). The runtime reads them as ``runtime.solve.Solve`` (its docstring has the vocabulary).
+
+    Published models are evaluated by the reference with Broyden's method: at most ``threshold`` updates after
+    the first evaluation of f (so ``threshold + 1`` cell evaluations), stopping once ||f(z) - z||_2 <
+    tol * sqrt(number of state elements) (``tol_kind="abs"``, ``tol_scale="sqrt_numel"``), and returning the
+    iterate z (not f(z)) with the lowest such residual (``returns="lowest"``). StreamDEQ streams them with the
+    same Broyden capped at K updates, an unscaled absolute tolerance of 1e-3 checked every update, returning and
+    carrying the lowest-residual new iterate (``returns="lowest_new"``). Models trained by unrolling (UR/SUR)
+    keep the plain iteration they were trained and measured with (``returns="f_last"``).
     """
 
     solver: str = "fixed_point"  # runtime solver name: fixed_point, anderson, broyden
-    threshold: int = 20  # iterations (fixed_point) or Broyden updates after the first evaluation
+    threshold: int = 20  # iterations per frame (Broyden: updates after the first evaluation)
     tol: float | None = None
-    tol_kind: str = "rel"  # "abs": ||f(z)-z|| < tol*sqrt(numel); "rel": ||f(z)-z|| / ||f(z)|| < tol
-    returns: str = "last"  # "last": the last f(z); "lowest": the lowest-residual iterate z
+    tol_kind: str = "rel"  # "abs": ||f(z)-z|| < tol (times sqrt(numel) with tol_scale "sqrt_numel"); "rel": relative
+    returns: str = "f_last"  # f_last, last_iterate, lowest, lowest_new (runtime.solve.RETURNS)
+    tol_scale: str = "sqrt_numel"  # abs tolerances: "sqrt_numel" (MDEQ's eps * sqrt(numel)) or "none"
+    check_every: int | None = None  # iterations between tolerance checks (None: 1 with a tol, else 4)
 
     @property
     def max_iter(self) -> int:
-        """Cell evaluations (what the runtime's --iters counts): Broyden evaluates f once more."""
+        """Cell evaluations per frame: Broyden evaluates f once more (the start's residual)."""
         return self.threshold + 1 if self.solver == "broyden" else self.threshold
+
+    def to_entry(self) -> dict:
+        """The manifest entry (no None check interval: the runtime picks it from the tolerance)."""
+        return {k: v for k, v in asdict(self).items() if not (k == "check_every" and v is None)}
 
 
 def reference_solve(f_thres: int) -> SolveSpec:
     """The reference's test-time solve (locuslab/mdeq DEQFunc2d: eps = 1e-5 * sqrt(numel))."""
     return SolveSpec(solver="broyden", threshold=f_thres, tol=1e-5, tol_kind="abs", returns="lowest")
+
+
+def streamdeq_solve(k: int = 2) -> SolveSpec:
+    """StreamDEQ's streaming solve (its ``MODE: stream`` configs, ``broyden(..., threshold=K, stop_mode='abs')``
+    with eps 1e-3 on the whole-batch norm): K Broyden updates from the previous frame's iterate, the
+    lowest-residual new iterate returned and carried. For DEQ-trained (IL) models."""
+    return SolveSpec(
+        solver="broyden", threshold=k, tol=1e-3, tol_kind="abs", tol_scale="none", returns="lowest_new", check_every=1
+    )
+
+
+def unrolled_solve(k: int = 2) -> SolveSpec:
+    """The UR / SUR streaming rule: K plain applications of f from the previous frame's state, f of the last
+    carried (what those models were trained to do)."""
+    return SolveSpec(solver="fixed_point", threshold=k, returns="f_last")
+
+
+# Training family -> streaming solve (export --family, a checkpoint's meta "mode").
+FAMILY_SOLVES = {"il": streamdeq_solve, "ur": unrolled_solve, "sur": unrolled_solve}
 
 
 @dataclass(frozen=True)
@@ -64,6 +94,8 @@ class MDEQConfig:
     # (``inference``) uses bilinear align_corners=False; our tiny model was measured with True.
     upsample_align_corners: bool = True
     test_solve: SolveSpec = field(default_factory=SolveSpec)
+    # Warm-started frames (StreamDEQ): plain unrolling unless the model was trained as an implicit layer.
+    stream_solve: SolveSpec = field(default_factory=unrolled_solve)
     # Classification head (published HRNet-style head): Bottleneck widths per scale, final width.
     cls_head_channels: tuple[int, ...] = ()
     cls_final_channels: int = 2048
@@ -126,6 +158,7 @@ CONFIGS: dict[str, MDEQConfig] = {
         f_thres=27,
         upsample_align_corners=False,
         test_solve=reference_solve(27),
+        stream_solve=streamdeq_solve(),
     ),
     "xl-seg": MDEQConfig(
         name="xl-seg",
@@ -135,6 +168,7 @@ CONFIGS: dict[str, MDEQConfig] = {
         f_thres=26,
         upsample_align_corners=False,
         test_solve=reference_solve(26),
+        stream_solve=streamdeq_solve(),
     ),
     "small-cls": MDEQConfig(
         name="small-cls",
@@ -144,6 +178,7 @@ CONFIGS: dict[str, MDEQConfig] = {
         task="cls",
         f_thres=26,
         test_solve=reference_solve(26),
+        stream_solve=streamdeq_solve(),
         cls_head_channels=(24, 48, 96, 192),
         cls_final_channels=2048,
     ),
@@ -155,6 +190,7 @@ CONFIGS: dict[str, MDEQConfig] = {
         task="cls",
         f_thres=27,
         test_solve=reference_solve(27),
+        stream_solve=streamdeq_solve(),
         cls_head_channels=(32, 64, 128, 256),
         cls_final_channels=2048,
     ),

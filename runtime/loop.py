@@ -8,8 +8,6 @@ processed so far. ``run`` is what the CLI, the demo and the benchmarks call.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import signal
 import sys
 import threading
@@ -28,7 +26,7 @@ from runtime.interp import Emission, InterpPolicy
 from runtime.manifest import AUTO
 from runtime.modes import FrameInfo, Outcome, Plan, Policy, ResetMonitor, frame_change, make_policy, reset_counts
 from runtime.pipeline import STAGES, Pipeline
-from runtime.solvers import SOLVERS
+from runtime.solve import Solve
 from runtime.sources import Frame, Prefetcher, Source
 from runtime.stats import Samples, format_summary, summarize
 from runtime.writers import Sink, atomic_write_json, clear_previous_run, prepare_out_dir
@@ -42,17 +40,15 @@ class RunConfig:
     sources: list[Any]  # paths/URLs or Source objects, one per stream
     out: Path | None = Path("out")
     mode: str = "stream"
-    iters: int = 2
-    solver: str = "fixed_point"
-    tol: float | None = None
-    # mv's default key frames (runtime.run sets it when neither --iters nor --tol is given): iterate until the relative
-    # residual is below this, at most ``iters``; a fallback to stream mode drops it. ``tol`` wins when both are set.
-    key_tol: float | None = None
-    # The test-time solve of a published model (run.py reads it from the manifest for --mode frame): "abs" makes
-    # ``tol`` an absolute bound on ||f(z) - z||_2 (whole state), ``keep_lowest`` returns the lowest-residual iterate.
-    tol_kind: str = "rel"
-    keep_lowest: bool = False
-    check_every: int = 4
+    iters: int = 2  # iterations per frame in the solve's unit (Solve.evaluations gives the cell runs)
+    # How every frame is solved: solver, stop rule and tolerance, returned (= carried) iterate, check interval.
+    # runtime.run fills it from the manifest (config.test_solve for --mode frame, config.stream_solve for the
+    # warm-started modes) and the flags.
+    solve: Solve = field(default_factory=Solve)
+    # mv's default key frames (runtime.run sets it when neither --iters nor --tol is given): iterate until the
+    # relative residual is below a tolerance, at most ``iters``; replaces ``solve`` in that mode, and a fallback to
+    # stream mode drops it.
+    key_solve: Solve | None = None
     budget_ms: float | None = None
     max_iters: int = 20
     reset_iters: int | None = None
@@ -87,9 +83,9 @@ class RunConfig:
     reuse: dict[str, Any] | None = None
 
     @property
-    def solve_tol(self) -> float | None:
-        """The tolerance the solver stops at: ``tol``, else mv's default ``key_tol``."""
-        return self.tol if self.tol is not None else self.key_tol
+    def spec(self) -> Solve:
+        """The solve the pipeline runs: mv's key-frame solve where set, else ``solve``."""
+        return self.key_solve or self.solve
 
 
 def pick_device(requested: str, bundle: Bundle) -> torch.device:
@@ -156,6 +152,7 @@ class StreamState:
         self.prev: np.ndarray | None = None
         self.resets: list[dict[str, Any]] = []
         self.iters = Samples()  # bounded: a live camera runs for weeks
+        self.evals = Samples()  # cell evaluations (Broyden: iterations + 1 per frame that runs the cell)
         self.residuals = Samples()
         self.solved_by: dict[str, int] = {}  # --solver auto: frames per solver that ran
         self.first_reset = ""  # reason logged on the first processed frame (a resumed stream)
@@ -230,19 +227,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     pipeline = _cached(
         cfg,
         f"pipeline/{max_iters}",
-        lambda: Pipeline(
-            bundle,
-            device,
-            cfg.solver,
-            cfg.solve_tol,
-            cfg.check_every,
-            cfg.graphs,
-            cfg.threads,
-            max_iters=max_iters,
-            log=log,
-        ),
+        lambda: Pipeline(bundle, device, cfg.spec, cfg.graphs, cfg.threads, max_iters=max_iters, log=log),
     )
-    _solver_options(pipeline, cfg, log)
     for i, p in enumerate(policies):  # policies that need engines (dff: the flownet) get the pipeline
         attach = getattr(getattr(p, "inner", p), "attach", None)
         if attach is not None:
@@ -271,23 +257,6 @@ def run(cfg: RunConfig) -> dict[str, Any]:
                 s.sink.abort()
         raise
     return summary
-
-
-def _solver_options(pipe: Pipeline, cfg: RunConfig, log: Any) -> None:
-    """Hand the test-time options (absolute tolerance, lowest-residual iterate) to the solver when it
-    takes them (``tol_kind``/``return_lowest`` of runtime.solvers); else say once what runs instead."""
-    if cfg.tol_kind == "rel" and not cfg.keep_lowest:
-        return
-    solver = SOLVERS[cfg.solver]
-    params = inspect.signature(solver).parameters
-    if "tol_kind" in params and "return_lowest" in params:
-        pipe.solver = functools.partial(solver, tol_kind=cfg.tol_kind, return_lowest=cfg.keep_lowest)
-        return
-    pipe.tol = None  # an absolute bound must not be read as a relative one
-    log(
-        f"the runtime's {cfg.solver} takes no absolute tolerance / lowest-residual return yet: running all "
-        f"{cfg.iters} evaluations and keeping the last iterate"
-    )
 
 
 def _top_k(out: np.ndarray, k: int = 5) -> dict[str, Any]:
@@ -508,8 +477,10 @@ def _record(
     warm = plan.start == "previous" and not reset
     if residual is not None:
         s.monitor.accept(residual, warm)
-    iters = res.nstep if plan.run_cell else 0
+    evals = res.nstep if plan.run_cell else 0
+    iters = cfg.spec.iterations(evals)
     s.iters.append(iters)
+    s.evals.append(evals)
     if residual is not None:
         s.residuals.append(residual)
     if reset:  # logged in the frame record and the summary (stderr stays for problems)
@@ -522,6 +493,7 @@ def _record(
         "key_frame": f.key_frame,
         "mode": s.policy.name,
         "iterations": iters,
+        "evaluations": evals,
         "residual": None if residual is None or residual != residual else round(residual, 6),
         "start": "zero" if (plan.start == "zero" or reset) else "previous",
         "reset": reset or None,
@@ -552,7 +524,7 @@ def _record(
 def _solved_by(cfg: RunConfig, s: StreamState, res: Any) -> dict[str, str]:
     """--solver auto: which solver ran this frame's cell (counted per stream for the summary)."""
     info = getattr(res, "info", None)
-    if cfg.solver != AUTO or info is None or not info.nstep:
+    if cfg.spec.solver != AUTO or info is None or not info.nstep:
         return {}
     s.solved_by[info.solver] = s.solved_by.get(info.solver, 0) + 1
     return {"solver": info.solver}
@@ -571,8 +543,9 @@ def _run_facts(cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[Str
                 "resets": s.resets,
                 "reset_causes": reset_counts(s.resets),
                 "mean_iterations": s.iters.mean() if s.iters else 0.0,
+                "mean_evaluations": s.evals.mean() if s.evals else 0.0,
                 "mean_residual": s.residuals.mean() if s.residuals else None,
-                **({"solved_by": dict(s.solved_by)} if cfg.solver == AUTO else {}),
+                **({"solved_by": dict(s.solved_by)} if cfg.spec.solver == AUTO else {}),
                 "out": str(s.sink.out) if s.sink is not None else None,
             }
         )
@@ -583,10 +556,8 @@ def _run_facts(cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[Str
         "mode": cfg.mode,
         "iters": cfg.iters,
         "key_interval": cfg.key_interval if cfg.mode in ("mv", "dff", "mv-interp") else None,
-        "solver": cfg.solver,
-        "tol": cfg.solve_tol,
-        "tol_kind": cfg.tol_kind,
-        "returns": "lowest" if cfg.keep_lowest else "last",
+        "solver": cfg.spec.solver,
+        "solve": cfg.spec.describe(),
         "budget_ms": cfg.budget_ms,
         "streams": per_stream,
         "cuda_graphs": bool(pipe.graphs),

@@ -177,7 +177,7 @@ def fallback_without_vectors(cfg: Any, sources: list[Source], bundle: Any, log: 
     codec = missing[0].no_vectors
     # mv-interp's --iters counts key-frame iterations, and mv's default key frames iterate to a tolerance: both
     # fall back to stream's default
-    iters = STREAM_ITERS if cfg.mode == "mv-interp" or cfg.key_tol is not None else max(cfg.iters, 1)
+    iters = STREAM_ITERS if cfg.mode == "mv-interp" or cfg.key_solve is not None else max(cfg.iters, 1)
     if "flownet" in bundle.engines and cfg.mode != "stream-mv":
         mode, what = "dff", f"dff (the bundle's FlowNet) with key interval {cfg.key_interval}"
     else:
@@ -186,7 +186,7 @@ def fallback_without_vectors(cfg: Any, sources: list[Source], bundle: Any, log: 
     log(f"{missing[0].name}: {why}: --mode {cfg.mode} runs as {what} (--reencode-mv: as asked, re-encoded on the fly)")
     fallback = {"requested_mode": cfg.mode, "mode": mode, "iters": iters, "reason": why}
     extra = {**cfg.extra, "record": {"fallback": f"{mode}: {why}"}, "summary": {"fallback": fallback}}
-    return dataclasses.replace(cfg, mode=mode, iters=iters, key_tol=None, extra=extra)
+    return dataclasses.replace(cfg, mode=mode, iters=iters, key_solve=None, extra=extra)
 
 
 def probe_multi_frame(path: str | Path) -> bool:

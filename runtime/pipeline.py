@@ -25,6 +25,7 @@ from runtime.buffers import StreamBuffers
 from runtime.bundle import Bundle
 from runtime.manifest import AUTO
 from runtime.modes import Plan
+from runtime.solve import Solve
 from runtime.solvers import SOLVERS, SolverInfo, Workspace, anderson, fixed_point
 
 STAGES = ("upload", "injection", "cell", "head", "download")
@@ -81,19 +82,19 @@ class Pipeline:
         self,
         bundle: Bundle,
         device: torch.device,
-        solver: str = "fixed_point",
-        tol: float | None = None,
-        check_every: int = 4,
+        spec: Solve | None = None,
         graphs: bool = True,
         threads: int = 0,
         max_iters: int = 64,
         log: Any = None,
     ) -> None:
+        """``spec``: how every frame is solved (``runtime.solve``); ``max_iters``: the most iterations a frame
+        plan asks for (the workspace's traces hold that many evaluations, grown before any capture)."""
         self.bundle, self.device = bundle, device
+        self.spec = spec = spec or Solve()
         # AUTO: plain iterations until a stream's residual grows within a frame, then Anderson for that stream
-        self.auto = solver == AUTO
-        self.solver_name, self.solver = solver, SOLVERS["fixed_point" if self.auto else solver]
-        self.tol, self.check_every = tol, check_every
+        self.auto = spec.solver == AUTO
+        self.solver = SOLVERS["fixed_point" if self.auto else spec.solver]
         self.log = log or (lambda msg: None)
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         kw: dict[str, Any] = {"threads": threads, "stream": self.stream}
@@ -101,11 +102,14 @@ class Pipeline:
         self.cell = load_runner(bundle.engines["deq_cell"], device, **kw)
         self.head = load_runner(bundle.engines[bundle.head_name], device, **kw)
         self.buf = StreamBuffers(bundle, device)
-        self.ws = Workspace(self.buf.layout, device, max_iter=max(max_iters, 1), step_scale=1.0 / bundle.relax)
-        if solver in ("anderson", AUTO):
+        evals = max(spec.evaluations(max(max_iters, 1)), 1)
+        self.ws = Workspace(self.buf.layout, device, max_iter=evals, step_scale=1.0 / bundle.relax)
+        if spec.solver in ("anderson", AUTO):
             self.ws.anderson()
-        elif solver == "broyden":
+        elif spec.solver == "broyden":
             self.ws.broyden()
+        if spec.returns in ("lowest", "lowest_new"):
+            self.ws.keep_buffers()
         self._bind()
         self.use_graphs = graphs and device.type == "cuda" and self.cell.capturable
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, int, SolverInfo]] = {}
@@ -172,18 +176,23 @@ class Pipeline:
                 plan.warp(views, infos[b])
 
     def solve(self, iters: int) -> tuple[SolverInfo, bool]:
-        """Run ``iters`` iterations from the current set; the result set becomes current."""
+        """Run ``iters`` iterations (the spec's unit: ``Solve.evaluations`` cell runs) from the current set; the
+        result set becomes current."""
         cur = self.buf.current
         z0, work = self.buf.z[cur], self.buf.z[1 - cur]
+        evals = self.spec.evaluations(iters)
         solver = anderson if self.auto and any(self.accelerate) else self.solver
-        if solver is fixed_point and self._graphable(iters, cur):
-            entry = self.graphs.get((iters, cur)) or self._capture(iters, cur)
+        if solver is fixed_point and self._graphable(evals, cur):
+            entry = self.graphs.get((evals, cur)) or self._capture(evals, cur)
             if entry is not None:
                 g, result, info = entry
                 g.replay()
                 self.buf.current = result
                 return info, True
-        z, info = solver(self.step, z0, iters, self.tol, work=work, ws=self.ws, check_every=self.check_every)
+        kw = self.spec.kwargs()
+        if solver is not self.solver:  # AUTO's Anderson: f of the last iterate, like the plain steps it replaces
+            kw["returns"] = "f_last"
+        z, info = solver(self.step, z0, evals, work=work, ws=self.ws, **kw)
         self.buf.current = self.buf.set_index(z)
         return info, False
 
@@ -191,13 +200,14 @@ class Pipeline:
         return (
             self.use_graphs
             and not self.graph_failed
-            and self.tol is None
+            and self.spec.tol is None
             and ({cur} if iters == 1 else {0, 1}) <= self.warm  # slots ran once outside capture (trtexec)
         )
 
-    def _capture(self, iters: int, cur: int) -> tuple[torch.cuda.CUDAGraph, int, SolverInfo] | None:
-        """Record ``iters`` plain iterations (+ residuals) from set ``cur`` into one graph."""
+    def _capture(self, evals: int, cur: int) -> tuple[torch.cuda.CUDAGraph, int, SolverInfo] | None:
+        """Record ``evals`` plain iterations (+ residuals, + the return rule) from set ``cur`` into one graph."""
         assert self.stream is not None
+        self.ws.ensure_trace(evals)  # grown outside the capture: never allocated from the graph pool
         try:
             self.stream.synchronize()
             g = torch.cuda.CUDAGraph()
@@ -205,10 +215,11 @@ class Pipeline:
             if self.pool is None:  # one pool for all (k, set) graphs: each frees its temporaries
                 self.pool = torch.cuda.graph_pool_handle()
             with torch.cuda.graph(g, pool=self.pool, stream=self.stream):
-                z, info = fixed_point(self.step, self.buf.z[cur], iters, None, work=self.buf.z[1 - cur], ws=self.ws)
+                kw = {**self.spec.kwargs(), "tol": None}
+                z, info = fixed_point(self.step, self.buf.z[cur], evals, work=self.buf.z[1 - cur], ws=self.ws, **kw)
             self._capturing = False
             entry = (g, self.buf.set_index(z), info)
-            self.graphs[(iters, cur)] = entry
+            self.graphs[(evals, cur)] = entry
             return entry
         except Exception as e:  # noqa: BLE001 - any capture failure means "run plain launches"
             self._capturing = False
@@ -289,7 +300,8 @@ class Pipeline:
         ran = info is not None and info.nstep > 0
         watch = ran and self.auto and info.solver == "fixed_point" and info.nstep >= 2
         if ran:
-            self.res_host.copy_(info.trace[info.nstep - 1], non_blocking=True)
+            final = info.final if info.final is not None else info.trace[info.nstep - 1]
+            self.res_host.copy_(final, non_blocking=True)
         if watch:
             self.tail_host.copy_(info.trace[info.nstep - 2 : info.nstep], non_blocking=True)
         t.mark("download")

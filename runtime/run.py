@@ -8,8 +8,7 @@ for what decoded), 130 = interrupted (outputs written for what was processed).
 from __future__ import annotations
 
 import argparse
-import functools
-import math
+import dataclasses
 import os
 import signal
 import sys
@@ -18,8 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import BundleError, DeqRuntimeError, EngineError, Interrupted
+from runtime.errors import DeqRuntimeError, EngineError, Interrupted
 from runtime.manifest import AUTO, SOLVER_NAMES
+from runtime.solve import RETURNS, STOPS
 from runtime.sources import FIT_MODES
 
 MODES = ("frame", "stream", "stream-mv", "mv", "dff", "mv-interp")
@@ -110,8 +110,10 @@ def add_run_options(p: argparse.ArgumentParser, streams: bool = True) -> None:
         "--iters",
         type=int,
         default=None,
-        help="cell iterations per frame (default: 2 in stream mode; frame mode: the manifest's test-time solve, "
-        "e.g. F_THRES + 1 Broyden evaluations for a published model, else its f_thres); "
+        help="iterations per frame in the solver's unit (a Broyden iteration is an update after one evaluation of "
+        "the start: K iterations cost K + 1 cell evaluations; plain and Anderson iterations are one evaluation each). "
+        "Default: the manifest's solve (config.stream_solve for the warm-started modes, config.test_solve for "
+        "--mode frame, e.g. F_THRES Broyden updates for a published model), else 2 (stream) / its f_thres (frame); "
         "mv/dff: iterations of a warm-started key frame (dff default 2; mv default: until the relative residual is "
         "below 0.01, at most the manifest's f_thres, unless --tol is given); mv-interp: iterations of every key frame "
         "(default: --reset-iters, else the manifest's f_thres); stream-mv: 0 means a pure warp",
@@ -120,18 +122,35 @@ def add_run_options(p: argparse.ArgumentParser, streams: bool = True) -> None:
         "--solver",
         choices=(*SOLVER_NAMES, AUTO),
         default=None,
-        help="fixed-point solver (default: fixed_point; in --mode frame the manifest's test-time solve, "
-        "config.test_solve: for a published model the reference's Broyden with an absolute tolerance "
-        "returning the lowest-residual iterate; passing --solver replaces it). auto: plain iterations until a "
-        "stream's residual grows within a frame (the cell is not a contraction there), then Anderson for that "
-        "stream until its next reset; each record says which ran",
+        help="fixed-point solver (default: the manifest's solve for the mode: config.stream_solve for stream, "
+        "stream-mv and warm key frames, config.test_solve for --mode frame and key frames from zero; e.g. "
+        "StreamDEQ's Broyden for an IL-trained model, plain iteration for UR/SUR; fixed_point for bundles without "
+        "one). Naming another solver applies that solver's own rule (README 'Streaming solves'): fixed_point "
+        "returns f of the last iterate, anderson and broyden the lowest-residual new iterate. auto: plain "
+        "iterations until a stream's residual grows within a frame (the cell is not a contraction there), then "
+        "Anderson for that stream until its next reset; each record says which ran",
+    )
+    g.add_argument(
+        "--returns",
+        choices=RETURNS,
+        default=None,
+        help="which iterate a frame returns and the next frame starts from: f_last (f of the last iterate), "
+        "last_iterate, lowest (lowest residual, the start included) or lowest_new (lowest among the new iterates, "
+        "StreamDEQ's rule); default: the solve's own",
+    )
+    g.add_argument(
+        "--stop",
+        choices=STOPS,
+        default=None,
+        help="what --tol bounds: rel (per stream ||f(z)-z||/||f(z)||, the default with --tol) or abs "
+        "(||f(z)-z||_2 over the whole state, unscaled)",
     )
     g.add_argument(
         "--tol",
         type=float,
         default=None,
-        help="stop a frame early once the relative residual ||f(z)-z||/||f(z)|| is below this "
-        "(in --mode frame it replaces the manifest's test-time tolerance)",
+        help="stop a frame early once its residual is below this (relative unless --stop abs; it replaces the "
+        "manifest solve's tolerance)",
     )
     g.add_argument(
         "--check-every",
@@ -225,31 +244,34 @@ def output_names(no_video: bool, save_maps: str, streams: int) -> list[str]:
     return names if streams == 1 else [f"stream<i>/{{{', '.join(names[:-1])}}}", "summary.json"]
 
 
-def frame_solve(bundle: Any, tol: float | None = None) -> dict[str, Any] | None:
-    """The manifest's test-time solve (``config.test_solve``, written by the exporter) as RunConfig
-    fields: what --mode frame runs unless --solver is given. None for a bundle without one.
+def solve_use(mode: str, key_start: str) -> str:
+    """Which manifest solve a mode runs: ``frame`` (config.test_solve) where every solved frame starts from zero,
+    ``stream`` (config.stream_solve) where frames start from the previous (or propagated) state."""
+    return "frame" if mode in ("frame", "mv-interp") or key_start == "zero" else "stream"
 
-    Broyden's threshold counts updates after the first evaluation of f, so it runs threshold + 1
-    evaluations (--iters); an "abs" tolerance is scaled by sqrt(number of state elements), as the
-    reference's eps = 1e-5 * sqrt(numel). ``tol`` (the user's --tol) replaces it with a relative one.
+
+def resolve_solve(args: argparse.Namespace, bundle: Any) -> tuple[Any, int | None]:
+    """The run's ``Solve`` and the manifest's iterations for it (None: no manifest entry, or another solver).
+
+    The manifest's entry for the mode (``runtime.solve.manifest_solve``), then the flags field by field: --solver
+    (another solver brings its own rule), --returns, --stop, --tol (relative unless --stop abs), --check-every.
     """
-    spec = bundle.manifest.get("config", {}).get("test_solve")
-    if not isinstance(spec, dict):
-        return None
-    solver = spec.get("solver", "fixed_point")
-    if solver not in SOLVER_NAMES:
-        raise BundleError(f"manifest: config.test_solve names unknown solver {solver!r}")
-    threshold = int(spec.get("threshold", bundle.f_thres))
-    kind = "rel" if tol is not None else str(spec.get("tol_kind", "rel"))
-    if tol is None and spec.get("tol") is not None:
-        tol = float(spec["tol"]) * (math.sqrt(sum(s.numel for s in bundle.state)) if kind == "abs" else 1.0)
-    return {
-        "solver": solver,
-        "iters": threshold + 1 if solver == "broyden" else threshold,
-        "tol": tol,
-        "tol_kind": kind,
-        "keep_lowest": spec.get("returns") == "lowest",
-    }
+    from runtime.solve import Solve, manifest_solve
+
+    found = manifest_solve(bundle.manifest, solve_use(args.mode, args.key_start), sum(s.numel for s in bundle.state))
+    spec, iters = found if found is not None else (Solve(), None)
+    if args.solver is not None and args.solver != spec.solver:
+        spec, iters = spec.with_solver(args.solver), None
+    changes: dict[str, Any] = {}
+    if args.returns is not None:
+        changes["returns"] = args.returns
+    if args.tol is not None:
+        changes.update(tol=args.tol, stop=args.stop or "rel")
+    elif args.stop is not None:
+        changes["stop"] = args.stop
+    if args.check_every is not None:
+        changes["check_every"] = args.check_every
+    return dataclasses.replace(spec, **changes), iters
 
 
 def config_from_args(args: argparse.Namespace, sources: list[Any]) -> Any:
@@ -257,23 +279,25 @@ def config_from_args(args: argparse.Namespace, sources: list[Any]) -> Any:
     from runtime.bundle import open_bundle
     from runtime.loop import RunConfig
 
-    bundle = functools.cache(lambda: open_bundle(args.engine, check_hash=False))  # once, if a default needs it
+    bundle = open_bundle(args.engine, check_hash=False)
+    spec, entry_iters = resolve_solve(args, bundle)
     iters, reset_iters = args.iters, args.reset_iters
-    solve = None
-    if args.mode == "frame" and args.solver is None:
-        solve = frame_solve(bundle(), args.tol)
     if iters is None and args.mode == "mv-interp":  # every key frame is solved from zero
-        iters = reset_iters or bundle().f_thres
-    if iters is None and solve is not None:
-        iters = solve["iters"]
-    key_tol = None
+        iters = reset_iters or entry_iters or bundle.f_thres
+    key_solve = None
     if args.mode == "mv" and args.key_start == "previous" and iters is None and args.tol is None:
-        iters, key_tol = bundle().f_thres, MV_KEY_TOL
+        iters, key_solve = bundle.f_thres, dataclasses.replace(spec, tol=MV_KEY_TOL, stop="rel")
+    if (
+        iters is None
+        and entry_iters is not None
+        and (args.mode == "frame" or solve_use(args.mode, args.key_start) == "stream")
+    ):
+        iters = entry_iters  # key frames from zero (--key-start zero) run --reset-iters: their --iters keeps 2
     if iters is None:
-        iters = 2 if args.mode != "frame" else bundle().f_thres
+        iters = bundle.f_thres if args.mode == "frame" else 2
     if reset_iters is None and args.mode in KEY_MODES:
-        reset_iters = bundle().f_thres
-    if args.mode == "dff" and "flownet" not in bundle().engines:
+        reset_iters = bundle.f_thres
+    if args.mode == "dff" and "flownet" not in bundle.engines:
         raise EngineError(
             f"--mode dff needs a flownet engine in the bundle next to {args.engine} "
             "(export it with `python -m export.flownet_export`)"
@@ -284,12 +308,8 @@ def config_from_args(args: argparse.Namespace, sources: list[Any]) -> Any:
         out=args.out,
         mode=args.mode,
         iters=iters,
-        solver=solve["solver"] if solve else args.solver or "fixed_point",
-        tol=solve["tol"] if solve else args.tol,
-        key_tol=key_tol,
-        tol_kind=solve["tol_kind"] if solve else "rel",
-        keep_lowest=bool(solve and solve["keep_lowest"]),
-        check_every=args.check_every or (1 if solve and solve["tol"] is not None else 4),
+        solve=spec,
+        key_solve=key_solve,
         budget_ms=args.budget_ms,
         max_iters=args.max_iters,
         reset_iters=reset_iters,

@@ -1,12 +1,17 @@
-"""Fixed-point solvers over flat state vectors, torchdeq-style: ``solver(step, z0, max_iter, tol)``.
+"""Fixed-point solvers over flat state vectors, torchdeq-style: one signature for all of them,
+``solver(step, z0, max_iter, tol, *, stop, returns, check_every, work, ws)`` -> (state, SolverInfo).
 
 ``step(z_in, z_out)`` writes f(z_in) into z_out. The runtime's step only accepts the two
 bound state buffers (z0 and ``work``), so every solver keeps its iterate in those two and its
 history in preallocated buffers (``Workspace``): no allocation of state-sized memory and no
-host sync inside the loop. The relative residual ||f(z) - z|| / ||f(z)|| is written per
-stream into a device trace; ``tol`` is checked every ``check_every`` iterations (one sync per
-check). Anderson and Broyden treat the batch as one joint system (identical to per-stream for
-the usual batch of one).
+host sync inside the loop. ``max_iter`` counts cell evaluations. After each evaluation
+``Workspace.measure`` writes the relative residual ||f(z) - z|| / ||f(z)|| and the absolute one
+||f(z) - z|| per stream into device traces, and a ``Keeper`` applies the return rule
+(``runtime.solve``: f of the last iterate, the last iterate, or the lowest-residual one, kept on
+the device); ``tol`` is checked every ``check_every`` evaluations (one sync per check), against the
+per-stream relative residual (``stop="rel"``) or the absolute one over the whole state
+(``stop="abs"``). Anderson and Broyden treat the batch as one joint system (identical to
+per-stream for the usual batch of one).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from torch import Tensor
 
 from runtime.buffers import StateLayout
 from runtime.manifest import SOLVER_NAMES
+from runtime.solve import RETURNS, STOPS
 
 Step = Callable[[Tensor, Tensor], None]
 
@@ -62,15 +68,66 @@ class Workspace:
         self.part = torch.zeros(S, self.B, **f32)
         self.num = torch.zeros(self.B, **f32)
         self.den = torch.zeros(self.B, **f32)
-        self.trace = torch.zeros(max_iter, self.B, **f32)
+        self.trace = torch.zeros(max_iter, self.B, **f32)  # relative residual per evaluation and stream
+        self.abs_trace = torch.zeros(max_iter, self.B, **f32)  # ||f(z) - z|| per evaluation and stream
+        self.total = torch.zeros((), **f32)  # ||f(z) - z|| over the whole state (stop="abs"), latest evaluation
         self.m, self.lbfgs = m, lbfgs
         self._anderson: dict[str, Tensor] | None = None
         self._broyden: dict[str, Tensor] | None = None
         self._lowest: Tensor | None = None
+        self._keep: dict[str, Tensor] | None = None
+        self._views: dict[int, list[Tensor]] = {}
 
     def ensure_trace(self, max_iter: int) -> None:
-        if self.trace.shape[0] < max_iter:  # grows only when a larger --iters appears (setup, not per frame)
-            self.trace = torch.zeros(max_iter, self.B, dtype=self.trace.dtype, device=self.device)
+        """Room for ``max_iter`` evaluations. Grows only when a larger --iters appears: at setup, never inside a
+        CUDA-graph capture (the pipeline calls this before it captures)."""
+        if self.trace.shape[0] < max_iter:
+            kw = dict(dtype=self.trace.dtype, device=self.device)
+            self.trace = torch.zeros(max_iter, self.B, **kw)
+            self.abs_trace = torch.zeros(max_iter, self.B, **kw)
+
+    def measure(self, k: int, fz: Tensor, z: Tensor, stop: str = "rel") -> None:
+        """Evaluation ``k`` (0-based) of iterate ``z`` gave ``fz``: its relative and absolute residual per stream
+        into the traces (and, for ``stop="abs"``, the whole-state norm into ``total``). Allocation-free."""
+        self.residual(fz, z, self.trace[k])
+        torch.sqrt(self.num, out=self.abs_trace[k])
+        if self.step_scale != 1.0:
+            self.abs_trace[k].mul_(self.step_scale)
+        if stop == "abs":
+            torch.sum(self.num, dim=0, out=self.total)
+            self.total.sqrt_()
+            if self.step_scale != 1.0:
+                self.total.mul_(self.step_scale)
+
+    def converged(self, k: int, tol: float | None, stop: str, check_every: int, max_iter: int) -> bool:
+        """Whether evaluation ``k`` met ``tol``: one sync every ``check_every`` evaluations, never without a tol."""
+        if tol is None or ((k + 1) % check_every and k + 1 != max_iter):
+            return False
+        return bool((self.total if stop == "abs" else self.trace[k].max()) < tol)
+
+    def keeper(self, returns: str, stop: str) -> Keeper:
+        """The return rule of one solve (``runtime.solve.RETURNS``), on preallocated buffers."""
+        if returns not in RETURNS:
+            raise ValueError(f"returns must be one of {', '.join(RETURNS)}, got {returns!r}")
+        if stop not in STOPS:
+            raise ValueError(f"stop must be one of {', '.join(STOPS)}, got {stop!r}")
+        return Keeper(self, returns, stop)
+
+    def keep_buffers(self) -> dict[str, Tensor]:
+        """Per-stream bests of the lowest-residual rules (made once; the pipeline makes them before capturing)."""
+        if self._keep is None:
+            kw = dict(dtype=self.acc, device=self.device)
+            self._keep = {"m": torch.zeros(self.B, **kw), "rel": torch.zeros(self.B, **kw)}
+            self._keep["better"] = torch.zeros(self.B, dtype=torch.bool, device=self.device)
+            self.lowest()
+        return self._keep
+
+    def stream_views(self, flat: Tensor) -> list[Tensor]:
+        """Per-scale (B, n) views of a state buffer, made once per buffer (the loop reuses them)."""
+        ptr = flat.data_ptr()
+        if ptr not in self._views:
+            self._views[ptr] = [v.view(self.B, -1) for v in self.layout.views(flat)]
+        return self._views[ptr]
 
     def _sqnorm(self, v: Tensor, out: Tensor) -> None:
         if v.dtype == self.sq.dtype:
@@ -119,8 +176,6 @@ class Workspace:
             self._broyden = {k: torch.zeros(L, D, **kw) for k in ("U", "V")}
             self._broyden.update({k: torch.zeros(D, **kw) for k in ("gx", "gnew", "dx", "dg", "upd", "vt", "u", "t")})
             self._broyden.update({k: torch.zeros(L, **kw) for k in ("c",)})
-            self._broyden["r"] = torch.zeros((), **kw)  # ||f(x) - x|| over the whole state
-            self._broyden["best_r"] = torch.zeros((), **kw)
         return self._broyden
 
     def lowest(self) -> Tensor:
@@ -132,15 +187,24 @@ class Workspace:
 
 @dataclass
 class SolverInfo:
-    """nstep, the relative-residual trace (device, (nstep, B)) and helpers that read it once."""
+    """One solve's facts: evaluations, the device traces, which rule picked the answer and that answer's residual.
+
+    ``nstep`` counts cell evaluations (rows of ``trace``). ``final`` (device, (B,)) is the relative residual of the
+    iterate the rule returned where it was evaluated (the lowest rules), else of the last evaluated iterate.
+    """
 
     nstep: int
     trace: Tensor
     solver: str
+    final: Tensor | None = None
+    returns: str = "f_last"
+    abs_trace: Tensor | None = None
 
     def residuals(self) -> list[float]:
         """Final relative residual per stream (syncs)."""
-        return self.trace[self.nstep - 1].tolist() if self.nstep else []
+        if not self.nstep:
+            return []
+        return (self.final if self.final is not None else self.trace[self.nstep - 1]).tolist()
 
     def trace_list(self) -> list[list[float]]:
         return self.trace[: self.nstep].tolist()
@@ -148,6 +212,55 @@ class SolverInfo:
     def lowest_step(self) -> int:
         """1-based step with the lowest worst-stream residual (torchdeq's ``lowest_step``)."""
         return int(self.trace[: self.nstep].amax(dim=1).argmin()) + 1 if self.nstep else 0
+
+
+class Keeper:
+    """A solve's return rule: which buffer comes back. The lowest rules keep, per stream, the iterate with the
+    lowest residual in the stop rule's measure (relative, or absolute per stream), on the device: the first
+    candidate is copied, later ones merged with ``torch.where`` into preallocated buffers (no sync, no
+    allocation). The answer always lands in one of the two state buffers, as the pipeline needs."""
+
+    def __init__(self, ws: Workspace, returns: str, stop: str) -> None:
+        self.ws, self.returns, self.stop = ws, returns, stop
+        self.lowest = returns in ("lowest", "lowest_new")
+        self.first = 0 if returns == "lowest" else 1  # the first evaluation whose iterate may be kept
+        if self.lowest:
+            b = ws.keep_buffers()
+            self.best_m, self.best_rel, self.better = b["m"], b["rel"], b["better"]
+            self.best = ws.lowest()
+
+    def offer(self, k: int, z: Tensor) -> None:
+        """Evaluation ``k`` of iterate ``z`` was just measured (``Workspace.measure``)."""
+        if not self.lowest or k < self.first:
+            return
+        ws = self.ws
+        m = ws.abs_trace[k] if self.stop == "abs" else ws.trace[k]
+        if k == self.first:
+            self.best.copy_(z)
+            self.best_m.copy_(m)
+            self.best_rel.copy_(ws.trace[k])
+            return
+        torch.lt(m, self.best_m, out=self.better)
+        if ws.B == 1:
+            torch.where(self.better, z, self.best, out=self.best)
+        else:
+            mask = self.better.view(ws.B, 1)
+            for src, dst in zip(ws.stream_views(z), ws.stream_views(self.best)):
+                torch.where(mask, src, dst, out=dst)
+        torch.where(self.better, m, self.best_m, out=self.best_m)
+        torch.where(self.better, ws.trace[k], self.best_rel, out=self.best_rel)
+
+    def finish(self, z_last: Tensor, f_last: Tensor, n: int, solver: str) -> tuple[Tensor, SolverInfo]:
+        """The answer after ``n`` evaluations, the last at ``z_last`` giving ``f_last``."""
+        ws = self.ws
+        final = ws.trace[n - 1] if n else None
+        out = f_last
+        if self.returns == "last_iterate":
+            out = z_last
+        elif self.lowest and n > self.first:
+            f_last.copy_(self.best)
+            final = self.best_rel
+        return out, SolverInfo(n, ws.trace, solver, final, self.returns, ws.abs_trace)
 
 
 def flat_workspace(z0: Tensor, max_iter: int, step_scale: float = 1.0) -> Workspace:
@@ -163,35 +276,31 @@ def _workspace(z0: Tensor, ws: Workspace | None, max_iter: int) -> Workspace:
     return ws
 
 
-def _converged(ws: Workspace, k: int, tol: float | None, check_every: int, max_iter: int) -> bool:
-    """One sync every ``check_every`` iterations, never when no tol is set."""
-    if tol is None or ((k + 1) % check_every and k + 1 != max_iter):
-        return False
-    return bool(ws.trace[k].max() < tol)
-
-
 def fixed_point(
     step: Step,
     z0: Tensor,
     max_iter: int,
     tol: float | None = None,
     *,
+    stop: str = "rel",
+    returns: str = "f_last",
+    check_every: int = 4,
     work: Tensor | None = None,
     ws: Workspace | None = None,
-    check_every: int = 4,
-    **_: object,
 ) -> tuple[Tensor, SolverInfo]:
-    """z <- f(z), ping-ponging between z0 and work; returns the buffer holding the last f."""
+    """z <- f(z), ping-ponging between z0 and work; by default returns the buffer holding the last f."""
     ws = _workspace(z0, ws, max_iter)
+    keep = ws.keeper(returns, stop)
     a, b = z0, (work if work is not None else torch.empty_like(z0))
     k = -1
     for k in range(max_iter):
         step(a, b)
-        ws.residual(b, a, ws.trace[k])
+        ws.measure(k, b, a, stop)
+        keep.offer(k, a)
         a, b = b, a
-        if _converged(ws, k, tol, check_every, max_iter):
+        if ws.converged(k, tol, stop, check_every, max_iter):
             break
-    return a, SolverInfo(k + 1, ws.trace, "fixed_point")
+    return keep.finish(b, a, k + 1, "fixed_point")
 
 
 def anderson(
@@ -200,27 +309,30 @@ def anderson(
     max_iter: int,
     tol: float | None = None,
     *,
+    stop: str = "rel",
+    returns: str = "lowest_new",
+    check_every: int = 4,
     work: Tensor | None = None,
     ws: Workspace | None = None,
-    check_every: int = 4,
     lam: float = 1e-4,
-    **_: object,
 ) -> tuple[Tensor, SolverInfo]:
     """Anderson acceleration (type II, history m): the next iterate is the mix of the last m
     f-values whose residual mix has the least norm (a bordered least squares, regularised by
     ``lam`` times the mean squared residual so it stays scale-free)."""
     ws = _workspace(z0, ws, max_iter)
+    keep = ws.keeper(returns, stop)
     h = ws.anderson()
     F, G, rhs = h["F"], h["G"], h["rhs"]
     x, fx = z0, (work if work is not None else torch.empty_like(z0))
     k = -1
     for k in range(max_iter):
         step(x, fx)
-        ws.residual(fx, x, ws.trace[k])
+        ws.measure(k, fx, x, stop)
+        keep.offer(k, x)
         i = k % ws.m
         F[i].copy_(fx)
         _sub_acc(fx, x, G[i])
-        if k + 1 == max_iter or _converged(ws, k, tol, check_every, max_iter):
+        if k + 1 == max_iter or ws.converged(k, tol, stop, check_every, max_iter):
             break
         n = min(k + 1, ws.m)
         if n == 1:
@@ -237,7 +349,7 @@ def anderson(
         else:
             torch.mm(sol[1:].T, F[:n], out=h["mix"].view(1, -1))
             x.copy_(h["mix"])
-    return fx, SolverInfo(k + 1, ws.trace, "anderson")
+    return keep.finish(x, fx, k + 1, "anderson")
 
 
 def broyden(
@@ -246,56 +358,42 @@ def broyden(
     max_iter: int,
     tol: float | None = None,
     *,
+    stop: str = "rel",
+    returns: str = "lowest_new",
+    check_every: int = 4,
     work: Tensor | None = None,
     ws: Workspace | None = None,
-    check_every: int = 4,
-    tol_kind: str = "rel",
-    return_lowest: bool = False,
-    **_: object,
 ) -> tuple[Tensor, SolverInfo]:
     """Limited-memory ("good") Broyden on g(z) = f(z) - z, inverse Jacobian -I + U^T V kept
-    in L preallocated rows (restarted when full); the first update is +g, so one step equals one plain iteration.
+    in L preallocated rows (restarted when full); the first update is +g, so one update equals one plain
+    iteration. ``max_iter`` evaluations are the start's plus ``max_iter - 1`` updates.
 
-    The published MDEQ's test-time solve is this with ``tol_kind="abs"`` (stop once ||f(z) - z||_2
-    over the whole state is below ``tol``; the caller scales it by sqrt(numel)) and
-    ``return_lowest=True`` (return the iterate z_k with the lowest such residual, not f of the
-    last one). The lowest iterate is tracked on the device (no sync); it comes back in ``work``."""
-    if tol_kind not in ("rel", "abs"):
-        raise ValueError(f"tol_kind must be 'rel' or 'abs', got {tol_kind!r}")
+    StreamDEQ's streaming solve is this with ``max_iter = K + 1``, ``stop="abs"``, tol 1e-3 checked every
+    step, ``returns="lowest_new"`` (the lowest-residual iterate among the K new ones, never the warm start);
+    the published MDEQ's test-time solve is ``max_iter = F_THRES + 1``, ``stop="abs"`` with tol
+    1e-5 * sqrt(numel) and ``returns="lowest"`` (the start included). The lowest iterate is tracked on the
+    device (no sync); it comes back in ``work``."""
     ws = _workspace(z0, ws, max_iter)
+    keep = ws.keeper(returns, stop)
     h = ws.broyden()
     U, V, c = h["U"], h["V"], h["c"]
     gx, gnew, dx, dg, upd, vt, u, t = (h[k] for k in ("gx", "gnew", "dx", "dg", "upd", "vt", "u", "t"))
     x, fx = z0, (work if work is not None else torch.empty_like(z0))
     L = ws.lbfgs
-    track = _Lowest(ws, h, x) if return_lowest else None
 
     def measure(k: int) -> bool:
-        """Residual of step k into the trace (and the lowest-iterate keeper); converged?"""
-        ws.residual(fx, x, ws.trace[k])
-        if track is None and tol_kind == "rel":
-            return _converged(ws, k, tol, check_every, max_iter)
-        torch.sqrt(ws.num.sum(), out=h["r"])
-        if track is not None:
-            track.offer(h["r"])
-        if tol_kind == "rel":
-            return _converged(ws, k, tol, check_every, max_iter)
-        if tol is None or ((k + 1) % check_every and k + 1 != max_iter):
-            return False
-        return bool(h["r"] < tol)
-
-    def result(n: int) -> tuple[Tensor, SolverInfo]:
-        if track is not None:
-            fx.copy_(track.best)
-        return fx, SolverInfo(n, ws.trace, "broyden")
+        """Residuals of evaluation k into the traces (and the return rule); converged?"""
+        ws.measure(k, fx, x, stop)
+        keep.offer(k, x)
+        return ws.converged(k, tol, stop, check_every, max_iter)
 
     step(x, fx)
     done = measure(0)
     _sub_acc(fx, x, gx)
     upd.copy_(gx)
     k, stored = 0, 0
-    if done:
-        return result(1)
+    if done or max_iter == 1:
+        return keep.finish(x, fx, 1, "broyden")
     for k in range(1, max_iter):
         _advance(x, upd, dx)
         step(x, fx)
@@ -320,21 +418,7 @@ def broyden(
         n = stored
         _matvec(U[:n], V[:n], c[:n], gx, upd, t)
         upd.neg_()
-    return result(k + 1)
-
-
-class _Lowest:
-    """Keeps the iterate with the lowest residual so far, on the device: ``torch.where`` into
-    preallocated buffers, so no sync and no state-sized allocation per step."""
-
-    def __init__(self, ws: Workspace, h: dict[str, Tensor], x: Tensor) -> None:
-        self.x, self.best, self.best_r = x, ws.lowest().view_as(x), h["best_r"]
-        self.best_r.fill_(float("inf"))
-
-    def offer(self, r: Tensor) -> None:
-        better = r < self.best_r
-        torch.where(better, self.x, self.best, out=self.best)
-        torch.where(better, r, self.best_r, out=self.best_r)
+    return keep.finish(x, fx, k + 1, "broyden")
 
 
 def _advance(x: Tensor, upd: Tensor, dx: Tensor) -> None:

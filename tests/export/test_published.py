@@ -66,7 +66,15 @@ def test_small_cls_parameter_count() -> None:
 
 def test_config_round_trips_with_the_solve(tmp_path) -> None:
     d = MINI_SEG.to_dict()
-    assert d["test_solve"] == {"solver": "broyden", "threshold": 5, "tol": 1e-5, "tol_kind": "abs", "returns": "lowest"}
+    assert d["test_solve"] == {
+        "solver": "broyden",
+        "threshold": 5,
+        "tol": 1e-5,
+        "tol_kind": "abs",
+        "returns": "lowest",
+        "tol_scale": "sqrt_numel",
+        "check_every": None,
+    }
     assert config_from_dict(d) == MINI_SEG
     model = build_model(MINI_SEG)
     loaded, _ = load_checkpoint(save_checkpoint(model, tmp_path / "m.pt", {}))

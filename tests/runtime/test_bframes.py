@@ -15,6 +15,7 @@ import pytest
 from runtime import motion_vectors as mv
 from runtime.encode import VideoWriter
 from runtime.run import main
+from runtime.solve import Solve
 from tests.runtime.conftest import decode_clip
 from tests.runtime.test_motion_vectors import VX, VY, encode, render, texture
 from tests.runtime.test_propagation import pan_frames
@@ -267,9 +268,9 @@ def test_fallback_policy_without_vectors() -> None:
         assert cfg.extra["summary"]["fallback"]["requested_mode"] == mode and cfg.extra["record"]["fallback"]
     assert len(lines) == len(cases) and all("hevc carries no motion vectors" in ln for ln in lines)
     for bundle, want in ((without, "stream"), (with_flow, "dff")):  # mv's default key frames iterate to a tolerance
-        cfg = RunConfig(engine="e", sources=[], mode="mv", iters=20, key_tol=0.01)
+        cfg = RunConfig(engine="e", sources=[], mode="mv", iters=20, key_solve=Solve(tol=0.01))
         cfg = fallback_without_vectors(cfg, [hevc], bundle, lines.append)
-        assert (cfg.mode, cfg.iters, cfg.key_tol) == (want, 2, None)
+        assert (cfg.mode, cfg.iters, cfg.key_solve) == (want, 2, None)
     cfg = RunConfig(engine="e", sources=[], mode="mv")
     assert fallback_without_vectors(cfg, [SimpleNamespace(name="b.mp4")], without, lines.append) is cfg
     cfg = RunConfig(engine="e", sources=[], mode="stream")
@@ -292,8 +293,9 @@ def test_mv_key_frames_default_to_a_tolerance(bundle64, extra: tuple[str, ...], 
     _validate(p, args)
     cfg = config_from_args(args, ["clip.mp4"])
     f_thres = open_bundle(bundle64 / "deq_cell.onnx", check_hash=False).f_thres
-    assert (cfg.iters, cfg.key_tol) == tuple(f_thres if w == "f_thres" else w for w in want)
-    assert MV_KEY_TOL == 0.01 and cfg.tol == (0.1 if "--tol" in extra else None)
+    key_tol = cfg.key_solve.tol if cfg.key_solve is not None else None
+    assert (cfg.iters, key_tol) == tuple(f_thres if w == "f_thres" else w for w in want)
+    assert MV_KEY_TOL == 0.01 and cfg.solve.tol == (0.1 if "--tol" in extra else None)
 
 
 def test_mv_default_key_frames_stop_at_the_tolerance(bundle64, bclip, tmp_path) -> None:
@@ -307,4 +309,4 @@ def test_mv_default_key_frames_stop_at_the_tolerance(bundle64, bclip, tmp_path) 
     assert all(r["iterations"] % 4 == 0 or r["iterations"] == f_thres for r in keys)
     assert any(r["iterations"] < f_thres for r in keys)  # warm keys of a contraction stop early
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
-    assert summary["tol"] == 0.01
+    assert summary["solve"]["tol"] == 0.01

@@ -19,6 +19,7 @@ import torch
 
 from runtime.loop import RunConfig, run
 from runtime.pipeline import Pipeline
+from runtime.solve import Solve
 from runtime.sources import ArraySource
 from tests.runtime.conftest import moving_frames
 
@@ -96,7 +97,7 @@ def run_frames(bundle: Path, frames: np.ndarray, rec: StepRecorder, **kw) -> lis
 @pytest.mark.parametrize("solver", ["fixed_point", "anderson", "broyden"])
 def test_fp16_residuals_match_fp64_of_the_same_tensors(bundle16, frames, monkeypatch, solver):
     rec = StepRecorder(monkeypatch)
-    got = run_frames(bundle16, frames, rec, mode="stream", iters=3, solver=solver, reset_iters=6)
+    got = run_frames(bundle16, frames, rec, mode="stream", iters=3, solve=Solve(solver), reset_iters=6)
     assert len(got) == FRAMES and rec.dtypes == {torch.float16}
     for record, trace in got:
         r = record["residual"]
@@ -130,7 +131,7 @@ def test_fp16_tol_stops_where_fp64_says(bundle16, frames, monkeypatch):
     # a tol between two well-separated consecutive residuals, past the first iterations
     k = next(i for i in range(3, n - 1) if trace[i + 1] < 0.9 * trace[i])
     tol = math.sqrt(trace[k] * trace[k + 1])
-    got = run_frames(bundle16, frames, rec, mode="frame", iters=n, tol=tol, check_every=1)
+    got = run_frames(bundle16, frames, rec, mode="frame", iters=n, solve=Solve(tol=tol, check_every=1))
     stops = []
     for record, tr in got:
         want = _expected_stop(tr, tol, n)

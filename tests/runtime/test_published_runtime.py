@@ -43,7 +43,7 @@ MINI = MDEQConfig(
     test_solve=reference_solve(19),
 )
 # Whether runtime.solvers.broyden takes the reference's absolute tolerance and lowest-residual return.
-SUPPORTED = {"tol_kind", "return_lowest"} <= set(inspect.signature(SOLVERS["broyden"]).parameters)
+SUPPORTED = {"stop", "returns"} <= set(inspect.signature(SOLVERS["broyden"]).parameters)
 
 
 def reference_broyden(f: Callable[[torch.Tensor], torch.Tensor], threshold: int, eps: float, n: int):
@@ -133,6 +133,8 @@ def published_bundle(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
         "tol": 1e-5,
         "tol_kind": "abs",
         "returns": "lowest",
+        "tol_scale": "sqrt_numel",
+        "check_every": None,
     }
     return root / "engines", model
 
@@ -161,7 +163,7 @@ def _run_frame_mode(bundle: Path, folder: Path, out: Path, *extra: str) -> tuple
 @pytest.mark.xfail(
     not SUPPORTED,
     strict=True,
-    reason="runtime.solvers.broyden lacks tol_kind='abs' / return_lowest (issue 12): it returns f of the last "
+    reason="runtime.solvers.broyden lacks stop='abs' / returns='lowest' (issue 12): it returns f of the last "
     "iterate after all evaluations, not the reference's lowest-residual iterate",
 )
 def test_frame_mode_defaults_match_reference_inference(published_bundle, frames, tmp_path) -> None:
@@ -178,19 +180,20 @@ def test_frame_mode_defaults_match_reference_inference(published_bundle, frames,
 
 
 def test_frame_mode_runs_the_manifest_solve(published_bundle, frames, tmp_path) -> None:
-    """The defaults come from the manifest: Broyden, F_THRES + 1 evaluations, abs tolerance,
+    """The defaults come from the manifest: Broyden, F_THRES updates (+1 evaluation), abs tolerance,
     lowest iterate (summary); --solver replaces them."""
     bundle, _ = published_bundle
     folder, _ = frames
     _, records = _run_frame_mode(bundle, folder, tmp_path / "a")
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
-    assert summary["solver"] == "broyden" and summary["iters"] == 20
-    assert summary["tol_kind"] == "abs" and summary["returns"] == "lowest"
+    assert summary["solver"] == "broyden" and summary["iters"] == 19
+    assert summary["solve"]["stop"] == "abs" and summary["solve"]["returns"] == "lowest"
+    assert summary["solve"]["extra_evaluations"] == 1 and summary["solve"]["check_every"] == 1
     n = sum(math.prod(s["shape"]) for s in json.loads((bundle / "manifest.json").read_text())["state"])
-    assert summary["tol"] == pytest.approx(1e-5 * math.sqrt(n))
+    assert summary["solve"]["tol"] == pytest.approx(1e-5 * math.sqrt(n))
     _run_frame_mode(bundle, folder, tmp_path / "b", "--solver", "fixed_point", "--iters", "5")
     summary = json.loads((tmp_path / "b" / "summary.json").read_text())
-    assert summary["solver"] == "fixed_point" and summary["iters"] == 5 and summary["tol_kind"] == "rel"
+    assert summary["solver"] == "fixed_point" and summary["iters"] == 5 and summary["solve"]["stop"] == "rel"
 
 
 def test_the_comparison_can_fail(published_bundle, frames) -> None:
@@ -211,22 +214,22 @@ def test_the_comparison_can_fail(published_bundle, frames) -> None:
 
 
 def test_runtime_hands_the_test_time_options_to_the_solver(published_bundle, frames, tmp_path, monkeypatch) -> None:
-    """With a solver that takes them, the manifest's tol_kind / lowest reach it unchanged."""
-    import runtime.loop as loop
+    """The manifest's stop rule, tolerance and return rule reach the solver unchanged."""
+    import runtime.pipeline as pipeline
 
     bundle, _ = published_bundle
     folder, _ = frames
     seen: list[tuple] = []
     real = SOLVERS["broyden"]
 
-    def spy(step, z0, max_iter, tol=None, *, tol_kind="rel", return_lowest=False, **kw):
-        seen.append((max_iter, tol, tol_kind, return_lowest))
-        return real(step, z0, max_iter, None, **kw)
+    def spy(step, z0, max_iter, *, tol=None, stop="rel", returns="f_last", **kw):
+        seen.append((max_iter, tol, stop, returns))
+        return real(step, z0, max_iter, tol=None, stop=stop, returns=returns, **kw)
 
-    monkeypatch.setitem(loop.SOLVERS, "broyden", spy)
+    monkeypatch.setitem(pipeline.SOLVERS, "broyden", spy)
     _run_frame_mode(bundle, folder, tmp_path / "out")
     n = sum(math.prod(s["shape"]) for s in json.loads((bundle / "manifest.json").read_text())["state"])
-    assert seen and {s[2:] for s in seen} == {("abs", True)}
+    assert seen and {s[2:] for s in seen} == {("abs", "lowest")}
     assert all(s[0] == 20 and s[1] == pytest.approx(1e-5 * math.sqrt(n)) for s in seen)
 
 
@@ -252,10 +255,10 @@ def _problem(case: str, published_bundle, frames) -> tuple[Callable[[torch.Tenso
     return (lambda z: torch.tanh(a @ z + b)), n, 20
 
 
-@pytest.mark.skipif(not SUPPORTED, reason="runtime.solvers.broyden has no tol_kind / return_lowest yet")
+@pytest.mark.skipif(not SUPPORTED, reason="runtime.solvers.broyden has no stop / returns yet")
 @pytest.mark.parametrize("case", ["linear-cap", "tanh-early", "mdeq-lowest"])
 def test_runtime_broyden_follows_the_reference_rules(case, published_bundle, frames) -> None:
-    """The runtime's Broyden with tol_kind="abs", return_lowest=True stops at the reference's step
+    """The runtime's Broyden with stop="abs", returns="lowest" stops at the reference's step
     and returns its iterate (a cap hit, an early stop at the absolute tolerance, lowest != last)."""
     from runtime.solvers import broyden
 
@@ -270,7 +273,7 @@ def test_runtime_broyden_follows_the_reference_rules(case, published_bundle, fra
 
     z0 = torch.zeros(n, dtype=torch.float64)
     got, info = broyden(
-        step, z0, threshold + 1, eps, work=torch.zeros_like(z0), check_every=1, tol_kind="abs", return_lowest=True
+        step, z0, threshold + 1, eps, work=torch.zeros_like(z0), check_every=1, stop="abs", returns="lowest"
     )
     assert info.nstep == steps + 1
     torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-7 * float(want.abs().max()))
@@ -302,7 +305,8 @@ def test_cls_bundle_writes_top1_top5_per_frame(frames, tmp_path) -> None:
     default = tmp_path / "default"
     assert main_run([*args[:-1], str(default), "--no-video", "--threads", "1", "--no-progress"]) == 0
     summary = json.loads((default / "summary.json").read_text())
-    assert summary["solver"] == "broyden" and summary["iters"] == 7  # F_THRES 6 + 1 from the manifest
+    assert summary["solver"] == "broyden" and summary["iters"] == 6  # F_THRES 6 updates from the manifest
+    assert summary["streams"][0]["mean_evaluations"] == 7  # + the start's evaluation, every frame
     assert all("top5" in json.loads(line) for line in (default / "frames.jsonl").read_text().splitlines())
 
 

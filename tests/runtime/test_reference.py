@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from runtime.loop import RunConfig, run
+from runtime.solve import Solve
 from tests.runtime.conftest import H, W, decode_clip
 
 
@@ -69,7 +70,7 @@ def test_solvers_in_runtime_reach_same_maps(tiny_model, bundle64, clip64, tmp_pa
     want = reference_maps(tiny_model, frames, 30, stream=False)
     for solver in ("anderson", "broyden"):
         got, summary = runtime_maps(
-            bundle64, clip64, tmp_path / solver, "frame", 30, solver=solver, tol=1e-5, check_every=1, max_frames=2
+            bundle64, clip64, tmp_path / solver, "frame", 30, solve=Solve(solver, tol=1e-5, check_every=1), max_frames=2
         )
         assert (got != want).mean() < 1e-3, solver
         assert summary["streams"][0]["mean_iterations"] < 30, solver
