@@ -47,8 +47,13 @@ lock:
 kernels:
 	$(PYTHON) -m kernels.build
 
+# Every engine the shipped models need: injection, cell, head and the FlowNet (for --mode dff). FORMATS=auto
+# builds ONNX, plus TensorRT .plan where TensorRT and a GPU are present (one line says which). FLOWNET= skips it.
+FLOWNET ?= checkpoints/flownet_tiny.pt
+FORMATS ?= auto
 export: install
-	$(PYTHON) -m export --config $(CONFIG) --checkpoint $(CHECKPOINT) --height $(HEIGHT) --width $(WIDTH) --out $(ENGINES)
+	$(PYTHON) -m export --config $(CONFIG) --checkpoint $(CHECKPOINT) --height $(HEIGHT) --width $(WIDTH) \
+	  --formats $(FORMATS) $(if $(FLOWNET),--flownet $(FLOWNET),) --out $(ENGINES)
 
 train: install
 	$(PYTHON) -m export.train --config $(CONFIG) $(TRAIN_ARGS) --out $(BASE_CHECKPOINT)
