@@ -36,3 +36,12 @@ def test_make_demo_writes_overlay_and_one_record_per_frame(tmp_path) -> None:
     assert str(out / "overlay.mp4") in done.stdout
     with Image.open(out / "overlay.png") as still:  # the README's picture: the overlay's middle frame
         assert still.format == "PNG" and still.size == (128, 64)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_test_builds_the_docs_strictly_and_install_takes_the_docs_extra() -> None:
+    """`make test` (CI) runs the strict docs build; `make install` installs what that build needs."""
+    done = subprocess.run(["make", "-n", "test", f"PYTHON={sys.executable}"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"{sys.executable} -m sphinx -W --keep-going -q -b html docs docs/_build/html" in done.stdout
+    assert '-e ".[cpu,dev,fleet,docs]"' in done.stdout  # make install, the first prerequisite of make test
