@@ -1,7 +1,11 @@
 """``python -m export``: checkpoint -> engine bundle (injection, deq_cell, heads, manifest).
 
+The default ``--formats auto`` builds ONNX, plus a TensorRT ``.plan`` where TensorRT and a CUDA GPU are present (one
+line says which and why); ``make export`` also adds the shipped FlowNet (``--flownet``) for ``--mode dff``.
+
 Examples::
 
+    python -m export --config tiny --checkpoint checkpoints/tiny_sur.pt --flownet checkpoints/flownet_tiny.pt
     python -m export --config tiny --random-init --height 256 --width 512 --out engines
     python -m export --config tiny --checkpoint checkpoints/tiny_sur.pt --formats onnx,pt2
     python -m export --config xl-seg --checkpoint MDEQ_XL_Seg.pkl --height 1024 --width 2048 --formats onnx,plan
