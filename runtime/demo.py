@@ -38,6 +38,18 @@ def make_clip(path: Path, n: int, h: int, w: int) -> Path:
     return encode_mp4(path, pattern_clip(n, h - h % 2, w - w % 2), EncodeOptions(preset="veryfast"))
 
 
+def save_still(video: Path, png: Path) -> Path:
+    """The overlay video's middle frame as a PNG: a picture of the result that a README or a report can show,
+    made by the demo itself rather than by hand (the stream has warmed up by then)."""
+    import av
+    from PIL import Image
+
+    with av.open(str(video)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    Image.fromarray(frames[len(frames) // 2]).save(png, optimize=True)
+    return png
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m runtime.demo", description=__doc__.splitlines()[0])
     p.add_argument("--engines", type=Path, default=Path("engines"), help="bundle directory (default engines/)")
@@ -69,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     except DeqRuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    still = save_still(a.out / "overlay.mp4", a.out / "overlay.png")
     print(format_summary(summary))
     print(f"overlay video: {a.out / 'overlay.mp4'}")
+    print(f"overlay still: {still}")
     print(f"per-frame log: {a.out / 'frames.jsonl'}")
     print(f"summary:       {a.out / 'summary.json'}")
     return 0

@@ -1,4 +1,5 @@
-"""The README's first command, `make demo`, end to end (export, sample clip, streaming run) at a small size.
+"""The README's first command, `make demo`, end to end (export, sample clip, streaming run, overlay still) at a small
+size.
 
 `-o install` skips the pip step (the test's interpreter already has the locked set), so the
 test runs offline; everything else is the Makefile's own recipe."""
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,8 +27,21 @@ def test_make_demo_writes_overlay_and_one_record_per_frame(tmp_path) -> None:
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert (engines / "manifest.json").is_file() and (engines / "deq_cell.onnx").is_file()
+    # make export builds every engine the shipped models need: the FlowNet too (for --mode dff)
+    assert set(json.loads((engines / "manifest.json").read_text())["engines"]) >= {"injection", "deq_cell", "flownet"}
     records = [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
     assert len(records) == 60 and [r["frame"] for r in records] == list(range(60))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == 60 and (out / "overlay.mp4").stat().st_size > 0
     assert str(out / "overlay.mp4") in done.stdout
+    with Image.open(out / "overlay.png") as still:  # the README's picture: the overlay's middle frame
+        assert still.format == "PNG" and still.size == (128, 64)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_test_builds_the_docs_strictly_and_install_takes_the_docs_extra() -> None:
+    """`make test` (CI) runs the strict docs build; `make install` installs what that build needs."""
+    done = subprocess.run(["make", "-n", "test", f"PYTHON={sys.executable}"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"{sys.executable} -m sphinx -W --keep-going -q -b html docs docs/_build/html" in done.stdout
+    assert '-e ".[cpu,dev,fleet,docs]"' in done.stdout  # make install, the first prerequisite of make test

@@ -177,3 +177,34 @@ def test_trunk_only_checkpoint_needs_allow_random_head(capsys, tmp_path) -> None
     man = json.loads((tmp_path / "e" / "manifest.json").read_text())
     assert man["random_heads"] == ["head_seg"] and man["allow_random_head"] is True
     assert "--allow-random-head" in man["command"]
+
+
+def test_auto_formats_says_why_in_one_line(monkeypatch) -> None:
+    """`--formats auto` (the default): ONNX everywhere, a .plan too only where TensorRT imports and a GPU is seen."""
+    import types
+
+    from export.__main__ import auto_formats
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    assert auto_formats() == (
+        ["onnx"],
+        "formats: onnx (no .plan: TensorRT is not installed; pip install '.[tensorrt]' on a GPU machine)",
+    )
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.9.0"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert auto_formats() == (["onnx"], "formats: onnx (no .plan: TensorRT is installed but no CUDA GPU is visible)")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda _i=0: "NVIDIA H100")
+    assert auto_formats() == (["onnx", "plan"], "formats: onnx,plan (TensorRT 10.9.0 on NVIDIA H100)")
+
+
+def test_default_export_is_onnx_here_and_adds_the_flownet(capsys, tmp_path, monkeypatch) -> None:
+    """What `make export` runs on a machine without TensorRT: every engine, the FlowNet included, as ONNX."""
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    out = tmp_path / "engines"
+    args = ["--checkpoint", str(ROOT / "checkpoints/tiny_sur.pt"), *SMALL, "--out", str(out)]
+    assert main([*args, "--flownet", str(ROOT / "checkpoints/flownet_tiny.pt")]) == 0
+    assert "formats: onnx (no .plan: TensorRT is not installed" in capsys.readouterr().out
+    man = json.loads((out / "manifest.json").read_text())
+    assert set(man["engines"]) == {"injection", "deq_cell", "head_seg", "flownet"}
+    assert all(set(e["files"]) == {"onnx"} for e in man["engines"].values())

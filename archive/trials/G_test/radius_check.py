@@ -1,7 +1,7 @@
 """Trial artifact: at Anderson's fixed point on some bikes frames, power iteration for 20-200 steps and a 1e-3
 perturbation iterated by plain iteration (does the point repel?).
 
-    python benchmarks/results/trials/G_test/radius_check.py CHECKPOINT 4,0,1,2   (from the repository root)
+    python archive/trials/G_test/radius_check.py CHECKPOINT 4,0,1,2   (from the repository root)
 """
 
 from __future__ import annotations

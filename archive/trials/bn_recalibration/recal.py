@@ -1,6 +1,6 @@
 """Trial (2026-12-01): re-estimate the injection BatchNorm running statistics of a checkpoint on clean frames.
 
-usage: python benchmarks/results/trials/bn_recalibration/recal.py SRC.pt DST.pt BATCHES (100 batches of 2 used)
+usage: python archive/trials/bn_recalibration/recal.py SRC.pt DST.pt BATCHES (100 batches of 2 used)
 """
 
 import sys

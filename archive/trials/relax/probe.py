@@ -1,6 +1,6 @@
 """Probe: would a relaxed cell (1 - a) z + a f(z) contract where the base model's cell does not?
 
-``python benchmarks/results/trials/relax/probe.py <ckpt> <clip> <start> <frames>`` prints per frame, at Anderson's
+``python archive/trials/relax/probe.py <ckpt> <clip> <start> <frames>`` prints per frame, at Anderson's
 fixed point at 256x512: the radius of df/dz after 40 power steps, the Rayleigh quotient of the power direction (rq,
 and rq2 one step later: negative where the dominant eigenvalue is negative real), and the radius of the relaxed
 map's Jacobian (1 - a) I + a df/dz for a = 0.8, 0.65, 0.5 (``benchmarks.convergence.power_radius``, 40 steps).
