@@ -26,7 +26,7 @@ MODES = ("frame", "stream", "stream-mv", "mv", "dff", "mv-interp")
 KEY_MODES = ("mv", "dff", "mv-interp")
 # mv's warm key frames by default iterate until the relative residual is below this (at most the manifest's f_thres):
 # on the validation clip (Big Buck Bunny) the cheapest key-frame setting that agreed with the converged answer at
-# least as well as stream k=1 (benchmarks/results/trials/mv_keys/real_footage.md); 2 fixed iterations did not.
+# least as well as stream k=1 (benchmarks/results/validation/mv_keys/real_footage.md); 2 fixed iterations did not.
 MV_KEY_TOL = 0.01
 WARM_KEY_MODES = ("mv", "dff")  # mv-interp solves every key frame from zero
 
