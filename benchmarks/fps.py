@@ -67,6 +67,7 @@ class Settings:
     backends: list[str]
     iters: list[int]
     e2e_iters: list[int]
+    il_iters: list[int]
     precisions: list[str]
     frame_n: int
     warmup: int
@@ -146,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--iters", type=_csv(_pos_int), default=[1, 2, 4, 8, 16, 20], help="stream k values")
     p.add_argument("--e2e-iters", type=_csv(_pos_int), default=None, help="stream k end to end (default --iters)")
+    p.add_argument(
+        "--il-iters",
+        type=_csv(_pos_int),
+        default=[1, 2, 4],
+        help="K of StreamDEQ's streaming rule (Broyden, K updates = K + 1 cell evaluations, the lowest new iterate "
+        "kept) on the engine backends' device loop, beside plain unrolling: the evaluations table compares the two "
+        "at equal cost (default 1,2,4; '' skips)",
+    )
     p.add_argument("--frame-n", type=_pos_int, default=20, help="per-frame baseline iterations N (default 20)")
     p.add_argument("--precision", type=_csv(str), default=None, help="fp32,fp16 (fp16 only on GPU; default both)")
     p.add_argument(
@@ -215,6 +224,7 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
         backends=backends,
         iters=sorted(set(a.iters)),
         e2e_iters=sorted(set(a.e2e_iters or ([1, 2] if q else a.iters))),
+        il_iters=sorted(set(a.il_iters or [])),
         precisions=precisions,
         frame_n=a.frame_n,
         warmup=warmup,
@@ -265,6 +275,8 @@ def measure_backend(
         summ = measure_device(loop, k, mode == "frame", s.warmup, s.frames)
         rows.append(entry(case, backend, "device", mode, k, summ))
         prog.line(f"{backend:<8} {case.label} device {_mk(mode, k)}: {summ['throughput_fps']:.2f} fps{_cvnote(summ)}")
+    if isinstance(loop, EngineLoop) and s.il_iters:
+        rows += measure_il(s, backend, case, loop, prog)
     if clip is not None:
         for mode, k in [("stream", k) for k in s.e2e_iters] + [("frame", s.frame_n)]:
             summ = measure_e2e(loop, clip, k, mode == "frame", max(1, s.warmup), s.e2e_frames)
@@ -279,8 +291,25 @@ def measure_backend(
     return rows
 
 
+def measure_il(s: Settings, backend: str, case: Case, loop: EngineLoop, prog: Progress) -> list[dict[str, Any]]:
+    """StreamDEQ's streaming rule on the same engines (a second pipeline over the same bundle): device rows
+    ``stream-il`` with K + 1 evaluations per frame."""
+    from export.config import streamdeq_solve
+    from runtime.solve import from_entry
+
+    spec, _ = from_entry(streamdeq_solve().to_entry(), 1, "streamdeq_solve")
+    il = EngineLoop(loop.bundle.engines["deq_cell"].path, loop.device, s.threads, spec)
+    rows = []
+    for k in s.il_iters:
+        summ = measure_device(il, k, False, s.warmup, s.frames)
+        rows.append(entry(case, backend, "device", "stream-il", k, summ, spec.evaluations(k)))
+        prog.line(f"{backend:<8} {case.label} device {_mk('stream-il', k)}: {summ['throughput_fps']:.2f} fps")
+    release(il)
+    return rows
+
+
 def _mk(mode: str, k: int) -> str:
-    return f"stream k={k}" if mode == "stream" else f"frame N={k}"
+    return {"stream": f"stream k={k}", "stream-il": f"stream-il K={k}"}.get(mode, f"frame N={k}")
 
 
 def _cvnote(summary: dict[str, Any]) -> str:
@@ -318,7 +347,8 @@ def run_benchmark(
                 skipped.append({"backend": b, "case": case.label, "reason": why})
             else:
                 work.append((case, b))
-    prog = Progress(len(work) * (len(s.iters) + len(s.e2e_iters) + 2) + len(s.scale_resolutions) + len(s.scale_batches))
+    per_case = len(s.iters) + len(s.e2e_iters) + 2 + len(s.il_iters)
+    prog = Progress(len(work) * per_case + len(s.scale_resolutions) + len(s.scale_batches))
     for sk in skipped:
         prog.line(f"skip {sk['backend']} {sk['case']}: {sk['reason']}", count=False)
     results: dict[str, Any] = {"stamp": stamp, "settings": _settings_dict(s), "skipped": skipped, "rows": []}

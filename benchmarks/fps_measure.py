@@ -208,7 +208,8 @@ def _mark(timer: StageTimer | None, name: str) -> None:
 class EngineLoop(DeviceLoop):
     """An exported bundle through the runtime's Pipeline (persistent buffers, CUDA graphs where capturable)."""
 
-    def __init__(self, engine: Path, device: torch.device, threads: int = 0) -> None:
+    def __init__(self, engine: Path, device: torch.device, threads: int = 0, spec: Any = None) -> None:
+        """``spec``: the ``runtime.solve.Solve`` every frame runs (default plain iteration, f of the last)."""
         from runtime.bundle import open_bundle
         from runtime.modes import FrameInfo, Plan
         from runtime.pipeline import Pipeline
@@ -216,7 +217,7 @@ class EngineLoop(DeviceLoop):
         self.bundle = open_bundle(engine)
         self.device = device
         log = lambda m: print(f"note: {m}", file=sys.stderr)  # noqa: E731
-        self.pipe = Pipeline(self.bundle, device, graphs=True, threads=threads, max_iters=64, log=log)
+        self.pipe = Pipeline(self.bundle, device, spec, graphs=True, threads=threads, max_iters=64, log=log)
         self.stream = self.pipe.stream
         self.batch = self.pipe.batch
         self.Plan, self.FrameInfo = Plan, FrameInfo
@@ -385,16 +386,21 @@ def measure_e2e(loop: DeviceLoop, clip: Path, k: int, zero: bool, warmup: int, f
     return add_host_overhead(summary, latency, gpu)
 
 
-def entry(case: Case, backend: str, measure: str, mode: str, k: int, summary: dict[str, Any]) -> dict[str, Any]:
-    """One result row: the case, what was measured, FPS and the cell stage per iteration (for the roofline)."""
+def entry(
+    case: Case, backend: str, measure: str, mode: str, k: int, summary: dict[str, Any], evals: int | None = None
+) -> dict[str, Any]:
+    """One result row: the case, what was measured, FPS and the cell stage per evaluation (for the roofline).
+    ``evals``: cell evaluations per frame (default k: plain iteration; StreamDEQ's Broyden rule costs k + 1)."""
+    evals = k if evals is None else evals
     cell = summary.get("stages_ms", {}).get("cell", {})
-    per_iter = cell.get("median", math.nan) / k if cell.get("count") else math.nan
+    per_iter = cell.get("median", math.nan) / evals if cell.get("count") else math.nan
     return {
         **asdict(case),
         "backend": backend,
         "measure": measure,
         "mode": mode,
         "iters": k,
+        "evaluations": evals,
         "fps": summary["throughput_fps"],
         "cell_ms_per_iter": per_iter,
         "summary": summary,

@@ -32,6 +32,7 @@ def derive(
     """Add speed-ups over per-frame N, backend ratios vs eager, roofline rows, accuracy vs FPS and the checks."""
     rows = results["rows"]
     results["speedups"] = speedups(rows)
+    results["evaluations"] = by_evaluations(rows)
     results["backend_ratios"] = backend_ratios(rows)
     results["roofline"] = roofline_rows(rows, device, quick, threads)
     results["warp_roofline"] = roofline.warp_rows()
@@ -47,6 +48,26 @@ def _find(rows: list[dict[str, Any]], **kw: Any) -> dict[str, Any] | None:
 
 def _case(r: dict[str, Any]) -> dict[str, Any]:
     return {k: r[k] for k in CASE_KEYS}
+
+
+def by_evaluations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The device-loop rows of every warm-started rule (plain unrolling ``stream``, StreamDEQ's Broyden
+    ``stream-il``) per case and backend, ordered by cell evaluations per frame: the fair comparison of rules whose
+    iterations cost differently (IL at K = 2 is 3 evaluations, like unrolling at k = 3)."""
+    sel = [r for r in rows if r["measure"] == "device" and r["mode"] in ("stream", "stream-il")]
+    key = lambda r: (tuple(_case(r).values()), r["backend"], r.get("evaluations", r["iters"]), r["mode"])  # noqa: E731
+    return [
+        {
+            **_case(r),
+            "backend": r["backend"],
+            "mode": r["mode"],
+            "k": r["iters"],
+            "evaluations": r.get("evaluations", r["iters"]),
+            "fps": r["fps"],
+            "ms_per_evaluation": r.get("cell_ms_per_iter"),
+        }
+        for r in sorted(sel, key=key)
+    ]
 
 
 def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -80,8 +80,9 @@ def fps_table(rows: list[dict[str, Any]], measure: str) -> list[str]:
     groups = _groups(rows, measure)
     if not groups:
         return ["(no measurements)"]
-    cols = sorted({key for g in groups.values() for key in g}, key=lambda t: (t[0] != "stream", t[1]))
-    head = [f"{'k' if m == 'stream' else 'frame N'}={k}" for m, k in cols]
+    order = {"stream": 0, "stream-il": 1}
+    cols = sorted({key for g in groups.values() for key in g}, key=lambda t: (order.get(t[0], 2), t[1]))
+    head = [f"{ {'stream': 'k', 'stream-il': 'IL K'}.get(m, 'frame N') }={k}" for m, k in cols]
     lines = ["| case | backend | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(cols)]
     for (case, backend), g in groups.items():
         cells = [_f(g[c]["fps"]) if c in g else "-" for c in cols]
@@ -108,6 +109,23 @@ def latency_table(rows: list[dict[str, Any]]) -> list[str]:
             f"| {_f(lat.get('mean'))} | {_f(lat.get('median'))} | {_f(lat.get('p90'))} | {_f(lat.get('p95'))} "
             f"| {_f(lat.get('p99'))} | {_f(gpu.get('median'), '.3f')} | {_f(host.get('median'), '.3f')} "
             f"| {_f(r.get('cell_ms_per_iter'), '.3f')} | {_f(100 * cv if cv is not None else None, '.1f')}{warn} |"
+        )
+    return lines
+
+
+def evaluations_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Warm-started rules by cell evaluations per frame (benchmarks.fps_tables.by_evaluations)."""
+    if not rows:
+        return ["(no measurements)"]
+    lines = [
+        "| case | backend | rule | K | cell evaluations / frame | fps | cell ms / evaluation |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    names = {"stream": "unrolled (UR/SUR)", "stream-il": "StreamDEQ Broyden (IL)"}
+    for r in rows:
+        lines.append(
+            f"| {_case(r)} | {r['backend']} | {names.get(r['mode'], r['mode'])} | {r['k']} | {r['evaluations']} "
+            f"| {_f(r['fps'])} | {_f(r.get('ms_per_evaluation'), '.3f')} |"
         )
     return lines
 
@@ -242,6 +260,13 @@ def markdown(results: dict[str, Any]) -> str:
     lines += fps_table(results["rows"], "device") + [""]
     lines += ["## End to end (decode -> class map on the host, through the runtime Pipeline), frames/s", ""]
     lines += fps_table(results["rows"], "e2e") + [""]
+    lines += ["## Cost in cell evaluations: plain unrolling vs StreamDEQ's Broyden rule (device loop)", ""]
+    lines += [
+        "A Broyden iteration evaluates the cell once, plus once per frame for the start's residual: IL K costs "
+        "K + 1 evaluations. Rows ordered by evaluations per frame.",
+        "",
+    ]
+    lines += evaluations_table(results.get("evaluations", [])) + [""]
     lines += ["## Streaming speed-up over per-frame N vs the ideal N/k", ""]
     lines += speedup_table(results.get("speedups", [])) + [""]
     lines += ["## Backends vs PyTorch eager (same k, same measure)", ""]

@@ -241,6 +241,14 @@ def test_cli_minimal_case_writes_files(tmp_path):
     assert all(r["fps"] > 0 for r in data["rows"])
     assert any(s["reason"].startswith("fp16") for s in data["skipped"])
     assert (tmp_path / "fps_cpu.md").is_file() and (tmp_path / "fps_cpu.png").is_file()
+    # StreamDEQ's rule on the engines (default K = 1, 2, 4): K + 1 evaluations; the table orders rules by evaluations
+    il = {r["iters"]: r["evaluations"] for r in data["rows"] if r["mode"] == "stream-il"}
+    assert il == {1: 2, 2: 3, 4: 5} and all(r["backend"] == "onnx" for r in data["rows"] if r["mode"] == "stream-il")
+    assert all(r["evaluations"] == r["iters"] for r in data["rows"] if r["mode"] != "stream-il")
+    table = [(r["backend"], r["mode"], r["evaluations"]) for r in data["evaluations"] if r["backend"] == "onnx"]
+    assert table == [("onnx", "stream", 1), ("onnx", "stream", 2), ("onnx", "stream-il", 2), ("onnx", "stream-il", 3),
+                     ("onnx", "stream-il", 5)]  # fmt: skip
+    assert "Cost in cell evaluations" in (tmp_path / "fps_cpu.md").read_text()
     assert json.loads((tmp_path / "roofline_cpu.json").read_text())["cell"]
 
 
