@@ -53,6 +53,10 @@ HEAD_ENGINE = {"seg": "head_seg", "cls": "head_cls"}  # the engine each task's h
 DUPLICATES = ("fullstage_copy.", "deq.func_copy.", "deq.")
 WRAPPER_PREFIXES = ("module.", "model.")  # DataParallel outside, FullModel inside: strip in this order
 TRAINING_ONLY = ("loss.",)  # FullModel's loss (class weights of the cross entropy)
+# An MMDetection detector (StreamDEQ's ImageNet-VID checkpoints: meta, state_dict, optimizer): the MDEQ trunk is its
+# backbone; the neck and heads are another task's, set aside and named in one line.
+DETECTOR_BACKBONE = "backbone."
+DETECTOR_PARTS = ("neck.", "rpn_head.", "roi_head.", "bbox_head.", "mask_head.")
 
 
 class CheckpointError(ValueError):
@@ -67,6 +71,7 @@ class ImportReport:
     folded: list[str] = field(default_factory=list)  # weight-norm pairs folded into .weight
     ignored: list[str] = field(default_factory=list)  # duplicate copies of the cell dropped
     training_only: list[str] = field(default_factory=list)  # loss tensors, optimizer, scheduler, epoch...
+    detector_parts: list[str] = field(default_factory=list)  # an MMDetection checkpoint's neck / head prefixes
     kept_at_init: list[str] = field(default_factory=list)  # head keys the checkpoint lacks
     untrained_heads: list[str] = field(default_factory=list)  # head engines left (partly) at init
 
@@ -74,6 +79,8 @@ class ImportReport:
         parts = [f"folded weight norm in {len(self.folded)} convs", f"ignored {len(self.ignored)} duplicate keys"]
         if self.training_only:
             parts.append(f"ignored training-only entries: {', '.join(self.training_only)}")
+        if self.detector_parts:
+            parts.append(f"took the detector's backbone; left {', '.join(self.detector_parts)} (not imported)")
         if self.kept_at_init:
             prefixes = sorted({k.split(".")[0] for k in self.kept_at_init})
             parts.append(f"kept {len(self.kept_at_init)} head keys at init ({', '.join(prefixes)})")
@@ -224,10 +231,30 @@ def _strip_wrappers(sd: dict[str, Tensor], report: ImportReport | None = None) -
     for prefix in WRAPPER_PREFIXES:
         if any(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in sd.items()}
+    if any(k.startswith(DETECTOR_BACKBONE) for k in sd):
+        sd = _detector_backbone(sd, report)
     dropped = [k for k in sd if k.startswith(TRAINING_ONLY)]
     if report is not None:
         report.training_only.extend(f"{k} {tuple(sd[k].shape)}" for k in dropped)
     return {k: v for k, v in sd.items() if k not in dropped}
+
+
+def _detector_backbone(sd: dict[str, Tensor], report: ImportReport | None) -> dict[str, Tensor]:
+    """An MMDetection detector's MDEQ trunk: ``backbone.*`` renamed; its neck and heads listed (with their key
+    counts) in ``report.detector_parts``; any other key stays and fails the fit check by name."""
+    out: dict[str, Tensor] = {}
+    left: dict[str, int] = {}
+    for k, v in sd.items():
+        if k.startswith(DETECTOR_BACKBONE):
+            out[k[len(DETECTOR_BACKBONE) :]] = v
+        elif k.startswith(DETECTOR_PARTS):
+            part = k.split(".")[0]
+            left[part] = left.get(part, 0) + 1
+        else:
+            out[k] = v
+    if report is not None:
+        report.detector_parts.extend(f"{p}.* ({n} keys)" for p, n in left.items())
+    return out
 
 
 def fold_weight_norm(g: Tensor, v: Tensor) -> Tensor:

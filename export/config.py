@@ -38,6 +38,10 @@ class SolveSpec:
     tol_scale: str = "sqrt_numel"  # abs tolerances: "sqrt_numel" (MDEQ's eps * sqrt(numel)) or "none"
     check_every: int | None = None  # iterations between tolerance checks (None: 1 with a tol, else 4)
 
+    def __post_init__(self) -> None:
+        if self.returns == "last":  # the name checkpoints written before "f_last" existed use for the same rule
+            object.__setattr__(self, "returns", "f_last")
+
     @property
     def max_iter(self) -> int:
         """Cell evaluations per frame: Broyden evaluates f once more (the start's residual)."""
@@ -104,6 +108,9 @@ class MDEQConfig:
     # df/dz becomes 1 - relax (1 - lambda), so an oscillating mode (lambda < -1) contracts while the slow positive
     # ones slow a little. 1.0: the published cell.
     relax: float = 1.0
+    # The post-fusion GroupNorms' affine parameters (MDEQ's POST_GN_AFFINE): StreamDEQ's detection and pose
+    # backbones turn them off, so their checkpoints have no post_fuse_layers.*.gnorm weights.
+    post_gn_affine: bool = True
 
     @property
     def num_scales(self) -> int:
@@ -195,6 +202,23 @@ CONFIGS: dict[str, MDEQConfig] = {
         cls_final_channels=2048,
     ),
 }
+
+
+# StreamDEQ's ImageNet-VID detector backbone (ImageNetVID/configs/mdeq/mdeq_det_cfg.yaml: the XL trunk with
+# EXPANSION_FACTOR 6, POST_GN_AFFINE false, F_THRES 26), importable from its MMDetection checkpoints' backbone.*
+# keys. Only the MDEQ trunk: the FPN and the detection heads belong to a detection task, which is not built yet, so
+# its seg head stays at init and an export needs --allow-random-head (for the streaming states alone).
+CONFIGS["xl-det"] = MDEQConfig(
+    name="xl-det",
+    channels=(88, 176, 352, 704),
+    expansion=6,
+    dropout=0.0,
+    f_thres=26,
+    upsample_align_corners=False,
+    test_solve=reference_solve(26),
+    stream_solve=streamdeq_solve(),
+    post_gn_affine=False,
+)
 
 
 def get_config(name: str) -> MDEQConfig:

@@ -120,10 +120,10 @@ class Downsample(nn.Module):
 
 
 class PostFuse(nn.Module):
-    def __init__(self, channels: int, groups: int) -> None:
+    def __init__(self, channels: int, groups: int, affine: bool = True) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 1, bias=False)
-        self.gnorm = nn.GroupNorm(groups, channels)
+        self.gnorm = nn.GroupNorm(groups, channels, affine=affine)  # StreamDEQ's det/pose configs: affine off
 
     def forward(self, x: Tensor) -> Tensor:
         return self.gnorm(self.conv(F.relu(x)))
@@ -151,7 +151,7 @@ class MDEQCell(nn.Module):
                 else:
                     row.append(nn.Identity())
             self.fuse_layers.append(row)
-        self.post_fuse_layers = nn.ModuleList([PostFuse(c, max(g // 2, 1)) for c in ch])
+        self.post_fuse_layers = nn.ModuleList([PostFuse(c, max(g // 2, 1), cfg.post_gn_affine) for c in ch])
         if not 0.0 < cfg.relax <= 1.0:
             raise ValueError(f"relax must be in (0, 1], got {cfg.relax}")
         self.relax = cfg.relax
