@@ -296,3 +296,46 @@ def test_plan_runner_sets_no_address_inside_a_cuda_graph_capture(bundle64, tmp_p
     memory = {id(ctx): ctx.memory for ctx in fake.state.contexts}
     assert set(memory.values()) == {(arena.data_ptr(), 3 * 1024)}, "every context shares one activation block"
     assert {ctx.strategy for ctx in fake.state.contexts} == {fake.ExecutionContextAllocationStrategy.USER_MANAGED}
+
+
+def _ort_with_cuda_that_falls_back(monkeypatch, raises: bool) -> list:
+    """ONNX Runtime that lists the CUDA provider (a GPU wheel) but cannot load it: the session either falls back to
+    the CPU provider (``get_providers()`` says so) or, with CPU fallback disabled, fails to be created."""
+    import onnxruntime as ort
+
+    real = ort.InferenceSession
+    asked: list = []
+
+    class Session:
+        def __init__(self, path, sess_options=None, providers=None):
+            asked.append(providers)
+            on_cuda = any("CUDA" in (p[0] if isinstance(p, tuple) else p) for p in providers or [])
+            if on_cuda and raises:
+                raise RuntimeError("Failed to load libonnxruntime_providers_cuda.so: libcudnn.so.9: cannot open")
+            self._s = real(path, providers=["CPUExecutionProvider"])  # what loaded (the caller's options aside)
+
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+        def __getattr__(self, name):
+            return getattr(self._s, name)
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", Session)
+    return asked
+
+
+@pytest.mark.parametrize("raises", [False, True], ids=["falls-back", "fails"])
+def test_ort_on_cuda_is_what_the_session_loaded(bundle64, monkeypatch, raises):
+    """The provider list of the wheel (``get_available_providers``) is not what a session loaded: an onnxruntime-gpu
+    built for another CUDA major falls back to the CPU provider, or fails with CPU fallback disabled. Either way the
+    runner says that the CUDA provider did not load and which CUDA and cuDNN it needs; never 'not a loadable ONNX
+    model' for a model that loads on the CPU, and never ``on_cuda`` for a session that runs on the CPU."""
+    spec = open_bundle(bundle64 / "deq_cell.onnx").engines["deq_cell"]
+    asked = _ort_with_cuda_that_falls_back(monkeypatch, raises)
+    with pytest.raises(EngineError) as err:
+        load_runner(spec, torch.device("cuda"))
+    msg = str(err.value)
+    assert "CUDA execution provider" in msg and "needs CUDA" in msg and "cuDNN" in msg, msg
+    assert "not a loadable ONNX model" not in msg and "\n" not in msg
+    assert asked[0][0][0] == "CUDAExecutionProvider"
