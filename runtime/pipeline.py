@@ -199,6 +199,9 @@ class Pipeline:
         """Record ``iters`` plain iterations (+ residuals) from set ``cur`` into one graph."""
         assert self.stream is not None
         try:
+            # A trace grown inside the capture would come from the shared graph pool (which later graphs reuse
+            # for their temporaries) while plain solves keep writing into it: grow it here, outside.
+            self.ws.ensure_trace(iters)
             self.stream.synchronize()
             g = torch.cuda.CUDAGraph()
             self._capturing = True
