@@ -192,6 +192,8 @@ def test_the_real_steps_name_valid_arguments():
     assert s.pairs == [("eager", "fp32"), ("aoti", "fp16")] and not s.scale_batches
     a = warp_bandwidth.parse_args([])
     assert (a.channels, a.height, a.width) == (256, 256, 512)  # the #6 bandwidth case
+    a = fps.settings_from_args(fps.build_parser().parse_args(gpu_check.SPEED_POINT_ARGS))
+    assert a.configs == ["tiny"] and a.pairs == [("eager", "fp32"), ("aoti", "fp16")]
     for step in gpu_check.STEPS:
         if "pytest" in step.argv:
             paths = [p for p in step.argv if p.startswith("tests")]
@@ -203,38 +205,79 @@ def test_the_real_steps_name_valid_arguments():
                 assert paths and all((ROOT / p).exists() for p in paths), step.name
 
 
-# The order #16 asks for: environment -> fatbin -> kernel parity -> runtime GPU tests -> warp bandwidth, then the
-# small-seg speed case (its own plan). Written out here, independently of the module.
-MAIN_ORDER = ["wheels", "environment", "kernels", "kernel-tests", "runtime-gpu-tests", "warp-bandwidth"]
+# The order #29 asks for: environment -> kernels vs grid_sample -> the runtime's GPU tests -> warp bandwidth -> one
+# AOTInductor speed point, after the carried wheels; the fatbin is carried and only checked. Written out here,
+# independently of the module.
+MAIN_ORDER = ["wheels", "environment", "kernels", "kernel-tests", "runtime-gpu-tests", "warp-bandwidth",
+              "aoti-speed-point"]  # fmt: skip
 
 
-def test_plans_are_in_information_order_and_fit_the_default_budget():
+def test_plans_are_in_information_order_and_fit_their_budgets():
     assert [s.name for s in gpu_check.PLANS["main"]] == MAIN_ORDER
     assert [s.name for s in gpu_check.PLANS["speed"]][-2:] == ["fps-small-seg", "bench-gpu-tests"]
-    assert gpu_check.DEFAULT_BUDGET_S == 540
+    assert gpu_check.BUDGETS == {"main": 420, "speed": 540} and gpu_check.DEFAULT_BUDGET_S == 420
     for name, steps in gpu_check.PLANS.items():
-        assert sum(s.timeout_s for s in steps) <= 540, name
+        assert sum(s.timeout_s for s in steps) <= gpu_check.BUDGETS[name], name
+        assert gpu_check.BUDGETS[name] + gpu_check.CALL_MARGIN_S <= 600, name  # one device call (10 min at most)
         assert all(s.timeout_s >= gpu_check.MIN_STEP_S for s in steps), name
-    runtime = next(s for s in gpu_check.PLANS["main"] if s.name == "runtime-gpu-tests")
-    assert "tests/runtime" in runtime.argv  # CUDA graphs == plain launches, no allocation or copy in the loop
+    main = {s.name: s for s in gpu_check.PLANS["main"]}
+    assert "tests/runtime" in main["runtime-gpu-tests"].argv  # CUDA graphs == plain launches, no copy in the loop
+    assert main["kernels"].argv[-3:] == ("--check", "--arch", "90")  # the carried fatbin, never rebuilt there
+    assert "small-seg" not in " ".join(main["aoti-speed-point"].argv)  # the cold 1024x2048 compiles are plan speed
 
 
-def test_plan_prints_steps_and_limits_without_running(tmp_path, capsys):
+def test_plan_prints_steps_limits_and_the_device_call_without_running(tmp_path, capsys, monkeypatch):
     out = tmp_path / "never"
     assert gpu_check.main(["--plan", "--out", str(out), "--work", str(tmp_path / "w")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == "plan main (budget 540 s):"
-    names = [line.split()[1] for line in lines[1:-1]]
-    limits = [int(line.split()[2]) for line in lines[1:-1]]
+    assert lines[0] == "plan main (budget 420 s):"
+    end = next(i for i, line in enumerate(lines) if line.startswith("  total"))
+    names = [line.split()[1] for line in lines[1:end]]
+    limits = [int(line.split()[2]) for line in lines[1:end]]
     assert names == MAIN_ORDER
-    assert lines[-1].startswith(f"  total {sum(limits)} s of 540 s (fits)") and sum(limits) <= 540
+    assert lines[end].startswith(f"  total {sum(limits)} s of 420 s (fits)") and sum(limits) <= 420
+    call = "\n".join(lines[end + 1 :])
+    assert 'command:   python3 -m benchmarks.gpu_check --out "$OUT"\n' in call
+    assert 'carry:     [".whl", "kernels/build"]' in call and "timeout_s: 480" in call
+    assert "travels: working tree " in call and "of 67.1 MB" in call
     assert not out.exists() and not (tmp_path / "w").exists()
     assert gpu_check.main(["--plan", "--plan-name", "speed"]) == 0
     speed = capsys.readouterr().out
-    assert "fps-small-seg" in speed and "kernel-tests" not in speed
+    assert "fps-small-seg" in speed and "kernel-tests" not in speed and "--plan-name speed" in speed
+    assert "timeout_s: 600" in speed
     with pytest.raises(SystemExit):
         gpu_check.main(["--plan", "--steps", "fps-small-seg"])  # not a step of the main plan
     assert "unknown step(s) fps-small-seg in plan main" in capsys.readouterr().err
+
+
+def test_travel_counts_the_tree_and_each_carried_path(tmp_path, monkeypatch):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("/.whl/\n")
+    (tmp_path / "a.txt").write_bytes(b"x" * 1000)
+    (tmp_path / ".whl").mkdir()
+    (tmp_path / ".whl" / "w.whl").write_bytes(b"y" * 3000)
+    assert gpu_check.tree_bytes(tmp_path) == 1000 + len("/.whl/\n")
+    text, fits, missing = gpu_check.travel_text(tmp_path, (".whl", "kernels/build"))
+    assert fits and missing == ["kernels/build"] and ".whl 0.0 MB" in text and "kernels/build MISSING" in text
+    monkeypatch.setattr(gpu_check, "TRAVEL_LIMIT_BYTES", 2000)
+    text, fits, missing = gpu_check.travel_text(tmp_path, (".whl",))
+    assert not fits and not missing and "OVER the limit" in text
+    assert "NOT READY: missing kernels/build; what travels is over the limit" in gpu_check.call_text(
+        "main", 420, tmp_path
+    )
+
+
+def test_speed_point_headline(tmp_path):
+    (tmp_path / "fps_point").mkdir()
+    rows = [
+        {"backend": "eager", "precision": "fp32", "measure": "device", "mode": "stream", "iters": 1, "fps": 410.0},
+        {"backend": "aoti", "precision": "fp16", "measure": "device", "mode": "stream", "iters": 1, "fps": 1234.5},
+        {"backend": "aoti", "precision": "fp16", "measure": "e2e", "mode": "stream", "iters": 1, "fps": 900.0},
+    ]
+    (tmp_path / "fps_point" / "fps_h100.json").write_text(json.dumps({"rows": rows}))
+    res = Outcome("aoti-speed-point", "passed", rc=0)
+    gpu_check.headline(res, tmp_path)
+    assert res.status == "passed" and res.headline == "eager fp32 k=1 410 fps, aoti fp16 k=1 1.23e+03 fps"
 
 
 def test_runs_as_a_module_without_make():
