@@ -6,6 +6,7 @@ pytest run."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -311,3 +312,89 @@ def test_record_environment_here(tmp_path, capfd):
     assert rc == (0 if torch.cuda.is_available() else 1) and (env["gpu"] is None) == (rc == 1)
     text, details = gpu_check.environment_headline(path)
     assert text.startswith(("no GPU", str(env["gpu"]))) and details["environment"] == env
+
+
+# --------------------------------------------------------------------------- the rehearsal (benchmarks.gpu_rehearse)
+def test_device_view_links_only_the_devices_distributions(tmp_path):
+    from benchmarks import gpu_rehearse
+
+    linked = gpu_rehearse.device_view(tmp_path / "view", keep=frozenset({"numpy"}))
+    assert linked == ["numpy"]
+    names = {p.name for p in (tmp_path / "view").iterdir()}
+    assert "numpy" in names and any(n.startswith("numpy-") and n.endswith(".dist-info") for n in names)
+    assert not names & {"torch", "av", "ray"}
+    assert all((tmp_path / "view" / n).is_symlink() for n in names)
+    # the device image's list: PyAV and Ray are what it lacks, torch and ONNX Runtime (CPU) are there
+    assert {"torch", "onnxruntime", "pytest", "cuda-core", "pip"} <= gpu_rehearse.DEVICE_PACKAGES
+    assert not {"av", "ray", "tensorrt", "onnxruntime-gpu", "deqstream"} & gpu_rehearse.DEVICE_PACKAGES
+
+
+@pytest.mark.parametrize(
+    "name, fits",
+    [
+        ("av-18.1.0-cp311-abi3-manylinux_2_28_x86_64.whl", True),  # abi3 from 3.11 on: fine on 3.12
+        ("av-18.1.0-cp312-cp312-manylinux_2_17_x86_64.manylinux2014_x86_64.whl", True),
+        ("x-1.0-py3-none-any.whl", True),
+        ("x-1.0-cp311-cp311-manylinux_2_28_x86_64.whl", False),  # this machine's Python, not the device's
+        ("x-1.0-cp312-cp312-macosx_11_0_arm64.whl", False),
+        ("x-1.0-cp313-abi3-manylinux_2_28_x86_64.whl", False),
+        ("not-a-wheel.whl", False),
+    ],
+)
+def test_carried_wheels_must_fit_the_devices_python(name, fits):
+    from benchmarks.gpu_rehearse import wheel_fits_device
+
+    assert wheel_fits_device(name) is fits
+
+
+def test_check_wheels_names_what_would_stop_the_install(tmp_path):
+    from benchmarks.gpu_rehearse import check_wheels
+
+    assert not check_wheels(tmp_path).ok and "make gpu-wheels" in check_wheels(tmp_path).result
+    (tmp_path / "av-18.1.0-cp311-abi3-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    assert check_wheels(tmp_path).ok
+    (tmp_path / "av-17.0.0-cp311-abi3-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    got = check_wheels(tmp_path)
+    assert not got.ok and "two versions of av" in got.result
+    (tmp_path / "av-17.0.0-cp311-abi3-manylinux_2_28_x86_64.whl").unlink()
+    (tmp_path / "x-1.0-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    got = check_wheels(tmp_path)
+    assert not got.ok and "x-1.0-cp311-cp311" in got.result
+
+
+def test_collect_counts_tests_and_catches_a_module_level_import(tmp_path):
+    """The rehearsal's collection check against real pytest runs: a module importing a missing package at module
+    level is a collection error (what stopped the device's runtime step), an importorskip is not."""
+    from benchmarks.gpu_rehearse import collect
+
+    good = tmp_path / "test_good.py"
+    good.write_text(
+        "import pytest\nav = pytest.importorskip('no_such_pkg_xyz')\n@pytest.mark.gpu\ndef test_a(): pass\n"
+    )
+    (tmp_path / "test_gpu.py").write_text("import pytest\n@pytest.mark.gpu\ndef test_b(): pass\ndef test_c(): pass\n")
+    env = dict(os.environ)
+    n, problem = collect(Path(PY), env, "gpu", [str(tmp_path)])
+    assert (n, problem) == (1, "")
+    (tmp_path / "test_bad.py").write_text("import no_such_pkg_xyz\n")
+    n, problem = collect(Path(PY), env, "gpu", [str(tmp_path)])
+    assert problem.startswith("collection failed") and "1 error" in problem
+
+
+def test_judge_reads_each_steps_rehearsal(tmp_path):
+    from benchmarks.gpu_rehearse import judge
+
+    step = Step("kernel-tests", (PY, "-m", "pytest"), 60, "")
+    suite = '<testsuite tests="35" failures="0" errors="0" skipped="35"/>'
+    (tmp_path / "kernel-tests.xml").write_text(f"<testsuites>{suite}</testsuites>")
+    got = judge(step, Outcome("kernel-tests", "passed", rc=0), tmp_path, tmp_path / "site")
+    assert got.ok and got.device == "would run 35 tests" and got.result == "0 passed, 35 skipped, 0 failed"
+    suite = '<testsuite tests="35" failures="1" errors="0" skipped="34"/>'
+    (tmp_path / "kernel-tests.xml").write_text(f"<testsuites>{suite}</testsuites>")
+    assert not judge(step, Outcome("kernel-tests", "failed", rc=1), tmp_path, tmp_path / "site").ok
+    env_step = Step("environment", (PY,), 15, "")
+    assert not judge(env_step, Outcome("environment", "failed", rc=1), tmp_path, tmp_path / "site").ok
+    (tmp_path / "environment.json").write_text(json.dumps({"gpu": None, "torch": "2.13.0+cpu", "pyav": "18.1.0"}))
+    got = judge(env_step, Outcome("environment", "failed", rc=1), tmp_path, tmp_path / "site")
+    assert got.ok and "PyAV 18.1.0" in got.result  # no GPU here: exit 1 is what the step says then
+    help_step = Step("warp-bandwidth", (PY,), 45, "")
+    assert judge(help_step, Outcome("warp-bandwidth", "passed", rc=0), tmp_path, tmp_path).device == "would run"
