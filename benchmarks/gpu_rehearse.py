@@ -173,14 +173,17 @@ def collect(py: Path, env: dict[str, str], marker: str, paths: list[str]) -> tup
     return int(m.group(1)), ""
 
 
-def collect_check(py: Path, env: dict[str, str], name: str, plan: str, marker: str, paths: list[str]) -> Check:
-    """Collection of one pytest step with PyAV absent; TensorRT's tests counted apart (the device has none)."""
+def collect_check(
+    py: Path, env: dict[str, str], name: str, plan: str, marker: str, paths: list[str]
+) -> tuple[Check, int]:
+    """Collection of one pytest step with PyAV absent, and how many of its tests need TensorRT (which the device
+    lacks: they skip there too)."""
     n, problem = collect(py, env, marker, paths)
-    text = problem or f"{n} tests, 0 errors (PyAV absent)"
+    text, trt = problem or f"{n} tests, 0 errors (PyAV absent)", 0
     if not problem and "tensorrt" in marker:
         trt, _ = collect(py, env, f"({marker}) and tensorrt", paths)
         text += f"; {trt} of them need TensorRT (skipped there: not installed)"
-    return Check(f"collect {name}", not problem, text, f"plan {plan}")
+    return Check(f"collect {name}", not problem, text, f"plan {plan}"), trt
 
 
 def _pytest_parts(step: Step) -> tuple[str, list[str]] | None:
@@ -191,8 +194,9 @@ def _pytest_parts(step: Step) -> tuple[str, list[str]] | None:
     return marker, [a for a in argv if a.startswith("tests")]
 
 
-def judge(step: Step, res: Outcome, work: Path, site: Path) -> Check:
-    """What the step's rehearsal run shows, and what it would do on the device."""
+def judge(step: Step, res: Outcome, work: Path, site: Path, need_trt: int = 0) -> Check:
+    """What the step's rehearsal run shows, and what it would do on the device (``need_trt``: tests of the step
+    that skip there for want of TensorRT)."""
     dev = f"runs ({step.timeout_s} s limit)"
     if step.name == "wheels":
         ok = res.status == "passed" and site.is_dir()
@@ -213,7 +217,8 @@ def judge(step: Step, res: Outcome, work: Path, site: Path) -> Check:
         n = sum(counts.values())
         ok = counts["failed"] == 0 and res.rc in (0, None) and n > 0
         here = f"{counts['passed']} passed, {counts['skipped']} skipped, {counts['failed']} failed"
-        return Check(step.name, ok, here if ok else f"{here}; {_fail(res)}", f"would run {n} tests")
+        there = f"would run {n - need_trt} tests" + (f" ({need_trt} skip: no TensorRT)" if need_trt else "")
+        return Check(step.name, ok, here if ok else f"{here}; {_fail(res)}", there)
     ok = res.status == "passed"
     return Check(step.name, ok, "imports and parses its arguments" if ok else _fail(res), "would run" if ok else "")
 
@@ -241,9 +246,13 @@ def rehearse(
     steps: list[Step] | tuple[Step, ...], out: Path, budget_s: float, say: Callable[[str], None] = print
 ) -> int:
     """Run ``steps`` here as the device would; write ``out``/rehearsal.md and .json; 0 when every check holds."""
+    marker = out / ".gpu_rehearse"
+    if out.exists() and any(out.iterdir()) and not marker.exists():
+        raise SystemExit(f"error: {out} is not empty and was not made by the rehearsal; choose another --out")
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    marker.write_text("made by benchmarks.gpu_rehearse; emptied at the start of each rehearsal\n")
     site, work, log = out / "site", out / "work", out / "log.txt"
     log.write_text("")
     gpu_check.SITE = site
@@ -255,16 +264,18 @@ def rehearse(
     checks.append(Check("environment made", "torch" in linked, f"{len(linked)} distributions; torch {torch_cuda}"))
     no_av = _probe(py, env, "import av") is None
     checks.append(Check("PyAV absent", no_av, "import av fails, as on the device" if no_av else "PyAV imports!"))
+    need_trt: dict[str, int] = {}
     for plan, plan_steps in gpu_check.PLANS.items():
         for s in plan_steps:
             parts = _pytest_parts(s)
             if parts:
-                checks.append(collect_check(py, env, s.name, plan, *parts))
+                check, need_trt[s.name] = collect_check(py, env, s.name, plan, *parts)
+                checks.append(check)
     checks.append(check_wheels(gpu_check.WHEELS))
     gpu_check.prepare_work(work)
     for step in steps:
         res = gpu_check.run_step(rehearsal_step(step, py), work, log, step.timeout_s, env=device_env(site))
-        checks.append(judge(step, res, work, site))
+        checks.append(judge(step, res, work, site, need_trt.get(step.name, 0)))
         say(f"gpu_rehearse: {step.name}: {checks[-1].result}")
     total = sum(s.timeout_s for s in steps)
     checks.append(Check("budget", total <= budget_s, f"limits sum to {total} s of {budget_s:.0f} s"))
