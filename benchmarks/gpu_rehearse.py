@@ -29,13 +29,14 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from benchmarks import gpu_check
-from benchmarks.gpu_check import ROOT, Outcome, Step, junit_counts
+from benchmarks.gpu_steps import PY, ROOT, Outcome, Step, junit_counts, load_json, prepare_work, run_step
+from benchmarks.plots import write_json, write_text
 
 DEVICE_PYTHON = (3, 12)
 DEVICE_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "linux_x86_64")
@@ -175,7 +176,7 @@ def collect(py: Path, env: dict[str, str], marker: str, paths: list[str]) -> tup
 
 def collect_check(
     py: Path, env: dict[str, str], name: str, plan: str, marker: str, paths: list[str]
-) -> tuple[Check, int]:
+) -> tuple[Check, tuple[int, int]]:
     """Collection of one pytest step with PyAV absent, and how many of its tests need TensorRT (which the device
     lacks: they skip there too)."""
     n, problem = collect(py, env, marker, paths)
@@ -183,7 +184,7 @@ def collect_check(
     if not problem and "tensorrt" in marker:
         trt, _ = collect(py, env, f"({marker}) and tensorrt", paths)
         text += f"; {trt} of them need TensorRT (skipped there: not installed)"
-    return Check(f"collect {name}", not problem, text, f"plan {plan}"), trt
+    return Check(f"collect {name}", not problem, text, f"plan {plan}"), (n, trt)
 
 
 def _pytest_parts(step: Step) -> tuple[str, list[str]] | None:
@@ -194,15 +195,16 @@ def _pytest_parts(step: Step) -> tuple[str, list[str]] | None:
     return marker, [a for a in argv if a.startswith("tests")]
 
 
-def judge(step: Step, res: Outcome, work: Path, site: Path, need_trt: int = 0) -> Check:
-    """What the step's rehearsal run shows, and what it would do on the device (``need_trt``: tests of the step
-    that skip there for want of TensorRT)."""
+def judge(step: Step, res: Outcome, work: Path, site: Path, collected: tuple[int, int] | None = None) -> Check:
+    """What the step's rehearsal run shows, and what it would do on the device. ``collected``: the step's tests as
+    collected with PyAV absent, and how many of them skip there for want of TensorRT (junit also counts modules
+    skipped whole, e.g. for want of Ray)."""
     dev = f"runs ({step.timeout_s} s limit)"
     if step.name == "wheels":
         ok = res.status == "passed" and site.is_dir()
         return Check(step.name, ok, "installed from .whl/ alone; PyAV imports" if ok else _fail(res), dev)
     if step.name == "environment":
-        env = gpu_check._load(work / "environment.json")
+        env = load_json(work / "environment.json")
         ok = bool(env) and (res.rc == 0 or not env.get("gpu"))
         text = f"recorded (torch {env.get('torch')}, PyAV {env.get('pyav')}, GPU {env.get('gpu')})" if env else ""
         return Check(step.name, ok, text or _fail(res), "records the GPU and versions")
@@ -217,7 +219,8 @@ def judge(step: Step, res: Outcome, work: Path, site: Path, need_trt: int = 0) -
         n = sum(counts.values())
         ok = counts["failed"] == 0 and res.rc in (0, None) and n > 0
         here = f"{counts['passed']} passed, {counts['skipped']} skipped, {counts['failed']} failed"
-        there = f"would run {n - need_trt} tests" + (f" ({need_trt} skip: no TensorRT)" if need_trt else "")
+        total, trt = collected or (n, 0)
+        there = f"would run {total - trt} tests" + (f" ({trt} more skip: no TensorRT)" if trt else "")
         return Check(step.name, ok, here if ok else f"{here}; {_fail(res)}", there)
     ok = res.status == "passed"
     return Check(step.name, ok, "imports and parses its arguments" if ok else _fail(res), "would run" if ok else "")
@@ -235,7 +238,7 @@ def _has_nvcc() -> bool:
 
 def rehearsal_step(step: Step, py: Path) -> Step:
     """The step as the device runs it, with the rehearsal's python; measuring modules only parse (``--help``)."""
-    argv = [str(py) if a == gpu_check.PY else a for a in step.argv]
+    argv = [str(py) if a == PY else a for a in step.argv]
     if step.name in ("warp-bandwidth", "aoti-speed-point", "fps-small-seg"):
         argv.append("--help")
     return Step(step.name, tuple(argv), step.timeout_s, step.why)
@@ -243,9 +246,18 @@ def rehearsal_step(step: Step, py: Path) -> Step:
 
 # --------------------------------------------------------------------------- the rehearsal
 def rehearse(
-    steps: list[Step] | tuple[Step, ...], out: Path, budget_s: float, say: Callable[[str], None] = print
+    steps: Sequence[Step],
+    out: Path,
+    budget_s: float,
+    plans: dict[str, Sequence[Step]],
+    wheels: Path,
+    travel: Callable[[], tuple[str, bool, list[str]]],
+    say: Callable[[str], None] = print,
 ) -> int:
-    """Run ``steps`` here as the device would; write ``out``/rehearsal.md and .json; 0 when every check holds."""
+    """Run ``steps`` here as the device would; write ``out``/rehearsal.md and .json; 0 when every check holds.
+    ``plans`` (every pytest step of each is collected), ``wheels`` (the carried folder) and ``travel`` (what the call
+    sends) come from ``benchmarks.gpu_check``."""
+    t0 = time.monotonic()
     marker = out / ".gpu_rehearse"
     if out.exists() and any(out.iterdir()) and not marker.exists():
         raise SystemExit(f"error: {out} is not empty and was not made by the rehearsal; choose another --out")
@@ -255,7 +267,6 @@ def rehearse(
     marker.write_text("made by benchmarks.gpu_rehearse; emptied at the start of each rehearsal\n")
     site, work, log = out / "site", out / "work", out / "log.txt"
     log.write_text("")
-    gpu_check.SITE = site
     checks: list[Check] = []
     py, linked = make_device_env(out / "env")
     env = device_env(site)
@@ -264,25 +275,25 @@ def rehearse(
     checks.append(Check("environment made", "torch" in linked, f"{len(linked)} distributions; torch {torch_cuda}"))
     no_av = _probe(py, env, "import av") is None
     checks.append(Check("PyAV absent", no_av, "import av fails, as on the device" if no_av else "PyAV imports!"))
-    need_trt: dict[str, int] = {}
-    for plan, plan_steps in gpu_check.PLANS.items():
+    collected: dict[str, tuple[int, int]] = {}  # step -> (tests collected, of which need TensorRT)
+    for plan, plan_steps in plans.items():
         for s in plan_steps:
             parts = _pytest_parts(s)
             if parts:
-                check, need_trt[s.name] = collect_check(py, env, s.name, plan, *parts)
+                check, collected[s.name] = collect_check(py, env, s.name, plan, *parts)
                 checks.append(check)
-    checks.append(check_wheels(gpu_check.WHEELS))
-    gpu_check.prepare_work(work)
+    checks.append(check_wheels(wheels))
+    prepare_work(work)
     for step in steps:
-        res = gpu_check.run_step(rehearsal_step(step, py), work, log, step.timeout_s, env=device_env(site))
-        checks.append(judge(step, res, work, site, need_trt.get(step.name, 0)))
+        res = run_step(rehearsal_step(step, py), work, log, step.timeout_s, env=device_env(site))
+        checks.append(judge(step, res, work, site, collected.get(step.name)))
         say(f"gpu_rehearse: {step.name}: {checks[-1].result}")
     total = sum(s.timeout_s for s in steps)
     checks.append(Check("budget", total <= budget_s, f"limits sum to {total} s of {budget_s:.0f} s"))
-    travel, fits, missing = gpu_check.travel_text()
+    travel, fits, missing = travel()
     unprepared = [m for m in missing if not (m == "kernels/build" and not _has_nvcc())]  # see judge: kernels
     checks.append(Check("travel", fits and not unprepared, travel.removeprefix("travels: ")))
-    return report(checks, out, say)
+    return report(checks, out, say, time.monotonic() - t0)
 
 
 def _probe(py: Path, env: dict[str, str], code: str) -> str | None:
@@ -290,20 +301,20 @@ def _probe(py: Path, env: dict[str, str], code: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def report(checks: list[Check], out: Path, say: Callable[[str], None]) -> int:
+def report(checks: list[Check], out: Path, say: Callable[[str], None], seconds: float) -> int:
     lines = [
         "# GPU plan rehearsal",
         "",
         f"`python -m benchmarks.gpu_check --rehearse` on Python {sysconfig.get_python_version()} (device: 3.12), "
-        "no GPU, no network, PyAV only from the carried wheels. Step output: log.txt.",
+        f"no GPU, no network, PyAV only from the carried wheels; {seconds:.0f} s. Step output: log.txt.",
         "",
         "| check | ok | here | on the device |",
         "|---|---|---|---|",
     ]
     lines += [f"| {c.name} | {'yes' if c.ok else 'NO'} | {c.result} | {c.device} |" for c in checks]
     text = "\n".join(lines) + "\n"
-    gpu_check.write_text(out / "rehearsal.md", text)
-    gpu_check.write_json(out / "rehearsal.json", {"checks": [c.__dict__ for c in checks]})
+    write_text(out / "rehearsal.md", text)
+    write_json(out / "rehearsal.json", {"checks": [c.__dict__ for c in checks]})
     say(text)
     failed = [c.name for c in checks if not c.ok]
     say(f"gpu_rehearse: {'FAILED: ' + ', '.join(failed) if failed else 'every check holds'} ({out})")

@@ -182,13 +182,24 @@ def build(force: bool = False, out: Path = FATBIN, source: Path = SOURCE, quiet:
     return out
 
 
+def arch_problem(data: bytes, major: int, minor: int) -> str | None:
+    """None when the fatbin runs on an sm_<major><minor> GPU (SASS of the same major at or below it, or PTX at or
+    below it to JIT), else one line with what it has."""
+    cc = major * 10 + minor
+    entries = parse_fatbin(data)
+    if any(e.kind == "sass" and e.arch // 10 == major and e.arch <= cc for e in entries):
+        return None
+    if any(e.kind == "ptx" and e.arch <= cc for e in entries):
+        return None
+    have = ", ".join(f"{e.kind}:{e.arch}" for e in entries)
+    return f"warp.fatbin has no code for sm_{cc} (it has {have}); rebuild with kernels/build.py"
+
+
 def check(arch: int = PTX_ARCH, out: Path = FATBIN, source: Path | None = None) -> str:
     """Check a prebuilt (carried) fatbin without nvcc: it exists, was built from this ``warp.cu`` and has code for
     sm_<arch>. Returns a one-line summary; raises BuildError with one line otherwise. Why: the GPU machines get the
     fatbin built here; rebuilding there would cost their minutes (and their nvcc's version string differs from ours,
     which ``build`` would read as stale)."""
-    from kernels import loader  # lazily: the loader imports this module
-
     source = source or SOURCE
 
     if not out.is_file():
@@ -197,10 +208,9 @@ def check(arch: int = PTX_ARCH, out: Path = FATBIN, source: Path | None = None) 
     if stamp.get("source_sha256") != source_hash(source):
         raise BuildError(f"{out} was not built from this {source.name} (stamp missing or stale): rebuild it")
     data = out.read_bytes()
-    try:
-        loader.check_arch(data, arch // 10, arch % 10)
-    except loader.KernelUnavailable as e:
-        raise BuildError(str(e)) from None
+    problem = arch_problem(data, arch // 10, arch % 10)
+    if problem:
+        raise BuildError(problem)
     images = ", ".join(f"{e.kind}:{e.arch}" for e in parse_fatbin(data))
     return f"kernels.build: {out} is current and runs on sm_{arch} ({images}; nvcc {stamp.get('nvcc', '?')})"
 

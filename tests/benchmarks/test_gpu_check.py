@@ -398,9 +398,8 @@ def test_judge_reads_each_steps_rehearsal(tmp_path):
     assert got.ok and "PyAV 18.1.0" in got.result  # no GPU here: exit 1 is what the step says then
     help_step = Step("warp-bandwidth", (PY,), 45, "")
     assert judge(help_step, Outcome("warp-bandwidth", "passed", rc=0), tmp_path, tmp_path).device == "would run"
-    assert judge(step, Outcome("kernel-tests", "passed", rc=0), tmp_path, tmp_path, need_trt=2).device == (
-        "would run 33 tests (2 skip: no TensorRT)"
-    )
+    got = judge(step, Outcome("kernel-tests", "passed", rc=0), tmp_path, tmp_path, collected=(9, 2))
+    assert got.device == "would run 7 tests (2 more skip: no TensorRT)"  # the collection's count, not junit's
 
 
 def test_rehearsal_never_empties_a_folder_it_did_not_make(tmp_path):
@@ -408,5 +407,5 @@ def test_rehearsal_never_empties_a_folder_it_did_not_make(tmp_path):
 
     (tmp_path / "keep.txt").write_text("x")
     with pytest.raises(SystemExit, match="not made by the rehearsal"):
-        rehearse([], tmp_path, 420)
+        rehearse([], tmp_path, 420, {}, tmp_path, gpu_check.travel_text)
     assert (tmp_path / "keep.txt").exists()
