@@ -219,11 +219,33 @@ def judge(step: Step, res: Outcome, work: Path, site: Path, collected: tuple[int
         n = sum(counts.values())
         ok = counts["failed"] == 0 and res.rc in (0, None) and n > 0
         here = f"{counts['passed']} passed, {counts['skipped']} skipped, {counts['failed']} failed"
+        other = sorted(set(skip_reasons(work / f"{step.name}.xml")) - {GPU_SKIP})
+        here += f" (other skips: {'; '.join(other)})" if other else ""
         total, trt = collected or (n, 0)
         there = f"would run {total - trt} tests" + (f" ({trt} more skip: no TensorRT)" if trt else "")
         return Check(step.name, ok, here if ok else f"{here}; {_fail(res)}", there)
     ok = res.status == "passed"
     return Check(step.name, ok, "imports and parses its arguments" if ok else _fail(res), "would run" if ok else "")
+
+
+def skip_reasons(path: Path) -> list[str]:
+    """Each skipped test's reason in a junit file, the GPU skip shortened to ``GPU_SKIP`` (a module skipped whole
+    gives its module's reason)."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return []
+    out = []
+    for case in root.iter("testcase"):
+        for skip in case.iter("skipped"):
+            text = skip.get("message", "")
+            if text == "collection skipped":
+                text = (skip.text or "").rsplit("Skipped: ", 1)[-1].removesuffix(")")  # the repr of (path, line, why)
+                text = text[:-1] if text[-1:] in ("'", '"') else text
+            out.append(GPU_SKIP if GPU_SKIP in text else text[:120])
+    return out
 
 
 def _fail(res: Outcome) -> str:

@@ -398,6 +398,16 @@ def test_judge_reads_each_steps_rehearsal(tmp_path):
     assert got.ok and "PyAV 18.1.0" in got.result  # no GPU here: exit 1 is what the step says then
     help_step = Step("warp-bandwidth", (PY,), 45, "")
     assert judge(help_step, Outcome("warp-bandwidth", "passed", rc=0), tmp_path, tmp_path).device == "would run"
+    cases = (
+        '<testcase classname="" name="tests.runtime.test_fleet"><skipped message="collection skipped">'
+        "('t.py', 21, \"Skipped: could not import 'ray'\")</skipped></testcase>"
+        '<testcase classname="t" name="a"><skipped message="needs an NVIDIA GPU (no CUDA)"/></testcase>'
+    )
+    (tmp_path / "kernel-tests.xml").write_text(
+        f'<testsuites><testsuite tests="2" failures="0" errors="0" skipped="2">{cases}</testsuite></testsuites>'
+    )
+    got = judge(step, Outcome("kernel-tests", "passed", rc=0), tmp_path, tmp_path)
+    assert got.ok and got.result == "0 passed, 2 skipped, 0 failed (other skips: could not import 'ray')"
     got = judge(step, Outcome("kernel-tests", "passed", rc=0), tmp_path, tmp_path, collected=(9, 2))
     assert got.device == "would run 7 tests (2 more skip: no TensorRT)"  # the collection's count, not junit's
 
