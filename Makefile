@@ -91,20 +91,22 @@ test: install kernels
 	$(MAKE) docs PYTHON=$(PYTHON)
 	$(PYTHON) -m pytest -rs
 
-# The GPU machines here have torch but no network and lack only PyAV: `make gpu-wheels` fetches its
-# wheel (Python 3.12) into .whl/ where pip works; carry .whl along and run `make gpu GPU_OUT=$OUT` there.
-# benchmarks.gpu_check runs every GPU check in order within GPU_BUDGET seconds, each step time-boxed,
-# and leaves summary.md, summary.json, log.txt and results.tar.gz in GPU_OUT (commit what they hold).
+# The GPU machines here have torch but no network and lack PyAV: `make gpu-wheels` fetches its wheel (CPython
+# 3.12, manylinux x86_64, the version in $(LOCK)) into .whl/ where pip works; `make kernels` builds the fatbin they
+# run. `python -m benchmarks.gpu_check --plan` prints the device call (command, carry [.whl, kernels/build],
+# timeout_s); there, `make gpu GPU_OUT=$OUT` runs the same. Each plan has its own budget (main 420 s, speed 540 s).
 WHEELS ?= .whl
 GPU_OUT ?= out/gpu_check
-GPU_BUDGET ?= 540
 GPU_PLAN ?= main
+GPU_BUDGET ?=
 gpu-wheels:
-	$(PYTHON) -m pip download -q --no-deps -d $(WHEELS) --only-binary=:all: --python-version 3.12 --implementation cp \
-	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 av==18.1.0
+	@av=$$(grep '^av==' $(LOCK)) && rm -f $(WHEELS)/av-*.whl && \
+	  $(PYTHON) -m pip download -q --no-deps -d $(WHEELS) --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 $$av && \
+	  ls -l $(WHEELS)
 
 gpu:
-	$(PYTHON) -m benchmarks.gpu_check --plan-name $(GPU_PLAN) --out $(GPU_OUT) --budget $(GPU_BUDGET)
+	$(PYTHON) -m benchmarks.gpu_check --plan-name $(GPU_PLAN) --out $(GPU_OUT) $(if $(GPU_BUDGET),--budget $(GPU_BUDGET),)
 
 lint:
 	$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check .

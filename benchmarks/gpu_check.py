@@ -2,116 +2,127 @@
 
 Why: a lent GPU machine comes with minutes of device time (here 15 a task, its start included, at most 10 a
 call), so the checks must fit one call and a failure must not waste it:
-- steps run in the order of what they tell us per second: the environment (nvidia-smi, library versions), the
-  fatbin build, kernel parity, the runtime's GPU tests (CUDA graphs == plain launches, no allocation or host copy in
-  the loop, TensorRT where it imports), the warp bandwidth; the small-seg speed case needs minutes of AOTInductor
-  compiles and is a separate plan (``--plan-name speed``), a second call;
-- every step has a realistic limit and each plan's limits sum to at most the default budget (540 s); ``--plan``
-  prints them without running anything;
+- the machine is taken as it is (Python 3.12, torch 2.11 CUDA 13, nvcc 13, cuda-core, CuPy, ONNX Runtime CPU
+  build; no PyAV, no TensorRT, no network): what it lacks travels with the working tree, prepared here --
+  PyAV's wheel in ``.whl/`` (``make gpu-wheels``) and the warp fatbin in ``kernels/build/`` (``make kernels``);
+  the device call names both in its ``carry`` (``--plan`` prints the call);
+- steps run in the order of what they tell us per second: the carried wheels, the environment, the carried
+  fatbin (checked, not rebuilt), kernel parity, the runtime's GPU tests (CUDA graphs == plain launches, no
+  allocation or host copy in the loop, fp16), the warp bandwidth, one AOTInductor speed point small enough to
+  compile within its slot; the cold small-seg 1024x2048 compiles and the benchmarks' six-compile GPU test are a
+  second plan (``--plan-name speed``) for a second device session;
+- every step has a limit and the main plan's limits sum to at most 420 s; ``--plan`` prints them, the device
+  command, its carry list and what travels, without running anything;
 - a step that fails or times out does not stop the next, and one that no longer fits the budget is listed as such;
 - after every step the summary and the results archive are rewritten under ``--out``, so a call killed at its
   limit still brings back everything finished so far;
 - ``--out`` gets four files (the device tool returns at most eight): summary.md, summary.json (what
   ``benchmarks.verified_on`` reads), log.txt (all the steps' output) and results.tar.gz (junit XML,
-  environment.json, warp_bandwidth.json, the fps/roofline tables, JSON and plots).
+  environment.json, warp_bandwidth.json, the fps tables, JSON and plots).
 
-It runs with ``python3 -m`` alone (no make, no network). PyAV is the one package those machines lack: ``make
-gpu-wheels`` puts its wheel into ``.whl/`` here, the device call carries ``.whl``, and the ``wheels`` step installs
-every carried wheel into a private folder (no index, no dependencies) that the other steps put first on their path.
+``--rehearse`` runs the main plan here in a fresh virtual environment made to look like the device
+(``benchmarks.gpu_rehearse``): no PyAV until the carried wheels are installed, no network, torch without CUDA;
+GPU-only steps report that they would run, with their test counts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
 import tarfile
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from benchmarks.gpu_rehearse import rehearse
+from benchmarks.gpu_steps import (
+    PY,
+    ROOT,
+    SITE,
+    Outcome,
+    Step,
+    child_env,
+    junit_counts,
+    on_sigterm,
+    prepare_work,
+    pytest_step,
+    run_step,
+)
+from benchmarks.gpu_steps import load_json as _load
 from benchmarks.plots import atomic_write, write_json, write_text
 
-PY = sys.executable
-ROOT = Path(__file__).resolve().parents[1]  # the steps run here, whatever the caller's folder
 WHEELS = ROOT / ".whl"
-SITE = Path("/tmp/deqstream-site")
+# Ignored paths the device call carries (prepared here: `make gpu-wheels`, `make kernels`), and the tool's limits.
+CARRY = (".whl", "kernels/build")
+TRAVEL_LIMIT_BYTES = 64 * 2**20  # the working tree and the carried paths together
+CALL_MARGIN_S = 60  # the device call's timeout_s = budget + this (the last kill and the archive come after it)
+DEVICE_ARCH = 90  # H100 / H200
 DEFAULT_OUT = Path("out/gpu_check")
 DEFAULT_WORK = Path("out/gpu_check_files")
-MARKER = ".gpu_check"  # marks a work folder as ours, so a new run may empty it
+DEFAULT_REHEARSAL = Path("out/gpu_rehearsal")
 MIN_STEP_S = 15  # a step that would get less than this is not started
-GRACE_S = 5  # SIGTERM to SIGKILL
 FPS_ARGS = (
     "--configs small-seg --resolutions 1024x2048 --pairs eager:fp32,aoti:fp16 --iters 1,2,4 --e2e-iters 1 "
     "--warmup 5 --frames 30 --e2e-frames 20 --no-scaling"
 ).split()
+# One AOTInductor speed point that compiles within its slot: the tiny config (three small engines) at 256x512, fp16
+# AOTI against eager fp32 (no compile), stream k = 1 and 2.
+SPEED_POINT_ARGS = (
+    "--configs tiny --resolutions 256x512 --pairs eager:fp32,aoti:fp16 --iters 1,2 --e2e-iters 1 "
+    "--warmup 5 --frames 30 --e2e-frames 20 --no-scaling"
+).split()
 
 
-@dataclass(frozen=True)
-class Step:
-    """One command of the check; ``{work}`` in an argument is replaced by the work folder."""
-
-    name: str
-    argv: tuple[str, ...]
-    timeout_s: int
-    why: str
-
-
-@dataclass
-class Outcome:
-    name: str
-    status: str  # passed, failed, timed out, not run, skipped (all tests skipped), no results, criteria failed
-    seconds: float = 0.0
-    rc: int | None = None
-    headline: str = ""
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-def pytest_step(name: str, marker: str, paths: list[str], timeout_s: int, why: str, extra: list[str]) -> Step:
-    argv = [PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", marker, *paths, *extra]
-    return Step(name, (*argv, f"--junitxml={{work}}/{name}.xml"), timeout_s, why)
-
-
-WHEELS_STEP = Step("wheels", (PY, "-m", "benchmarks.gpu_check", "--install-wheels"), 40, "PyAV from the carried .whl/")
+WHEELS_STEP = Step("wheels", (PY, "-m", "benchmarks.gpu_check", "--install-wheels"), 20, "PyAV from the carried .whl/")
 ENV_STEP = Step(
     "environment",
     (PY, "-m", "benchmarks.gpu_check", "--environment", "{work}/environment.json"),
-    25,
+    15,
     "nvidia-smi; torch, CUDA, cuda-core, cuda-bindings, PyAV, ONNX Runtime, TensorRT versions",
 )
-# Ordered by information per second: what every later step depends on first (environment, fatbin), then the
-# checks that are fast and decide correctness (kernel parity, the runtime's CUDA graph / no-copy tests), then the
-# bandwidth measurement. Limits are a few times the expected time on an H100/H200 with 16 cores (fatbin: ~6 s of
-# nvcc CPU time here; each pytest process pays ~10 s of torch + CUDA start-up).
+# Ordered by information per second: what every later step depends on first (wheels, environment, fatbin), then
+# the checks that are fast and decide correctness (kernel parity, the runtime's CUDA graph / no-copy tests), then
+# the measurements. Limits are estimates for a 16-core H100/H200 (each pytest process pays ~10 s of torch + CUDA
+# start-up; the runtime tests compile three tiny AOTInductor engines); nothing here has been timed on one yet.
 MAIN_STEPS: tuple[Step, ...] = (
     WHEELS_STEP,
     ENV_STEP,
-    Step("kernels", (PY, "-m", "kernels.build"), 60, "nvcc fatbin of the warp kernels (#6)"),
-    pytest_step("kernel-tests", "gpu", ["tests/kernels"], 100, "kernel vs grid_sample parity (#6)", []),
+    Step(
+        "kernels",
+        (PY, "-m", "kernels.build", "--check", "--arch", str(DEVICE_ARCH)),
+        15,
+        f"the carried warp fatbin is current and has sm_{DEVICE_ARCH} code (built here, not rebuilt there)",
+    ),
+    pytest_step("kernel-tests", "gpu", ["tests/kernels"], 60, "kernel vs grid_sample parity (#6)", []),
     pytest_step(
         "runtime-gpu-tests",
         "gpu or tensorrt",
         ["tests/runtime", "tests/export"],
-        200,
-        "CUDA graphs == plain launches, no allocation or copy in the loop, TensorRT plans vs ONNX Runtime",
+        150,
+        "CUDA graphs == plain launches, no allocation or copy in the loop, fp16, pinned motion fields, TensorRT "
+        "plans vs ONNX Runtime where TensorRT imports",
         [],
     ),
     Step(
         "warp-bandwidth",
         (PY, "-m", "benchmarks.warp_bandwidth", "--out", "{work}/warp_bandwidth.json"),
-        90,
+        45,
         "warp kernel GB/s (CUDA events) vs device copy at 256 ch x 256x512, host us per call (#6)",
     ),
+    Step(
+        "aoti-speed-point",
+        (PY, "-m", "benchmarks.fps", *SPEED_POINT_ARGS, "--out", "{work}/fps_point"),
+        115,
+        "tiny 256x512: AOTI fp16 vs eager fp32, stream k=1,2 (three small compiles)",
+    ),
 )
-# The small-seg speed case needs AOTInductor compiles of a large model (minutes): it cannot fit beside the rest,
-# so it is a second, separate call with its own plan (``--plan-name speed``).
+# Cold AOTInductor compiles of small-seg at 1024x2048 take minutes, and the benchmarks' GPU test compiles six
+# engines: neither fits beside the rest, so they are a second plan, for a second device session.
 SPEED_STEPS: tuple[Step, ...] = (
     WHEELS_STEP,
     ENV_STEP,
@@ -124,7 +135,8 @@ SPEED_STEPS: tuple[Step, ...] = (
     pytest_step("bench-gpu-tests", "gpu", ["tests/benchmarks"], 55, "the benchmarks' GPU paths (events, graphs)", []),
 )
 PLANS: dict[str, tuple[Step, ...]] = {"main": MAIN_STEPS, "speed": SPEED_STEPS}
-DEFAULT_BUDGET_S = 540.0
+BUDGETS: dict[str, float] = {"main": 420.0, "speed": 540.0}
+DEFAULT_BUDGET_S = BUDGETS["main"]
 STEPS = MAIN_STEPS  # the default plan
 
 
@@ -138,78 +150,68 @@ def plan_text(name: str, steps: list[Step] | tuple[Step, ...], budget_s: float) 
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- running
-def child_env() -> dict[str, str]:
-    """The steps' environment: unbuffered output, and the carried wheels (if installed) ahead on the path."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if SITE.is_dir():
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SITE), env.get("PYTHONPATH", "")) if p)
-    return env
+def device_command(name: str, budget_s: float) -> str:
+    """The command the device call runs (no make, no network there)."""
+    extra = "" if name == "main" else f" --plan-name {name}"
+    extra += "" if budget_s == BUDGETS.get(name) else f" --budget {budget_s:g}"
+    return f'python3 -m benchmarks.gpu_check --out "$OUT"{extra}'
 
 
-def run_step(step: Step, work: Path, log: Path, timeout_s: float) -> Outcome:
-    """Run one step in ROOT with its output appended to ``log``; a timeout kills its whole process group."""
-    argv = [a.replace("{work}", str(work)) for a in step.argv]
-    t0 = time.monotonic()
-    with open(log, "a") as f:
-        f.write(f"\n===== {step.name}: {' '.join(argv)} (limit {timeout_s:.0f} s)\n")
-        f.flush()
-        try:
-            # Its own process group (not session): killpg reaches its compile workers, and whoever kills
-            # gpu_check's session (the device tool at its limit) still reaches the step.
-            proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=child_env(), cwd=ROOT, **_GROUP)
-        except OSError as e:
-            f.write(f"cannot start: {e}\n")
-            return Outcome(step.name, "failed", headline=f"cannot start: {e.strerror or e}")
-        _running.append(proc)
-        try:
-            rc = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            kill_group(proc)
-            f.write(f"===== {step.name}: timed out after {timeout_s:.0f} s\n")
-            return Outcome(step.name, "timed out", round(time.monotonic() - t0, 1))
-        finally:
-            _running.remove(proc)
-        f.write(f"===== {step.name}: exit {rc}\n")
-    status = "passed" if rc == 0 else "failed"
-    return Outcome(step.name, status, round(time.monotonic() - t0, 1), rc)
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
 
 
-_GROUP: dict[str, Any] = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
-_running: list[subprocess.Popen] = []
+def tree_bytes(root: Path = ROOT) -> int | None:
+    """What travels without being carried: tracked and untracked-not-ignored files (None outside a git checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=root, capture_output=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    files = (root / f for f in out.decode().split("\0") if f)
+    return sum(f.stat().st_size for f in files if f.is_file() and not f.is_symlink())
 
 
-def kill_group(proc: subprocess.Popen) -> None:
-    """SIGTERM to the step's group, then SIGKILL after a grace period (also when the leader exited on SIGTERM:
-    its children may not have)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=GRACE_S)
-        except subprocess.TimeoutExpired:
-            pass
-        if sig == signal.SIGTERM:
-            time.sleep(0.2)
+def travel_text(root: Path = ROOT, carry: tuple[str, ...] = CARRY) -> tuple[str, bool, list[str]]:
+    """What the call sends (working tree + each carried path) against the tool's 64 MiB: the line, whether it fits
+    (and the tree could be measured), the carried paths that are missing."""
+    tree = tree_bytes(root)
+    parts, total, missing = [], tree or 0, []
+    parts.append(f"working tree {tree / 1e6:.1f} MB" if tree is not None else "working tree ? (not a git checkout)")
+    for c in carry:
+        path = root / c
+        if not path.exists():
+            parts.append(f"{c} MISSING")
+            missing.append(c)
+            continue
+        size = _size(path)
+        total += size
+        parts.append(f"{c} {size / 1e6:.1f} MB")
+    fits = total <= TRAVEL_LIMIT_BYTES
+    verdict = "fits" if fits else "OVER the limit"
+    text = f"travels: {' + '.join(parts)} = {total / 1e6:.1f} MB of {TRAVEL_LIMIT_BYTES / 1e6:.1f} MB ({verdict})"
+    return text, fits and tree is not None, missing
 
 
-def _on_sigterm(*_: object) -> None:
-    """Killed from outside: take the running step's group down too, then stop (the finally writes the outputs)."""
-    for proc in list(_running):
-        kill_group(proc)
-    raise KeyboardInterrupt
-
-
-def prepare_work(work: Path) -> None:
-    """An empty work folder: a previous run's files must not pass for this run's (a warm machine keeps them)."""
-    if work.exists():
-        if any(work.iterdir()) and not (work / MARKER).exists():
-            raise SystemExit(f"error: {work} is not empty and was not made by gpu_check; choose another --work")
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    (work / MARKER).write_text("made by benchmarks.gpu_check; emptied at the start of each run\n")
+def call_text(name: str, budget_s: float, root: Path = ROOT) -> str:
+    """The exact device call of a plan: command, carry list, timeout; what travels; what to prepare first."""
+    carry = ", ".join(f'"{c}"' for c in CARRY)
+    travel, fits, missing = travel_text(root)
+    lines = [
+        f"device call (one, on a session of its own{'' if name == 'main' else ': the second'}):",
+        f"  command:   {device_command(name, budget_s)}",
+        f"  carry:     [{carry}]",
+        f"  timeout_s: {min(600, int(budget_s) + CALL_MARGIN_S)}  (budget {budget_s:.0f} s + {CALL_MARGIN_S} s)",
+        f"  {travel}",
+        "  prepare here first: make gpu-wheels && make kernels && python -m benchmarks.gpu_check --rehearse",
+    ]
+    why = ([f"missing {', '.join(missing)}"] if missing else []) + ([] if fits else ["what travels is over the limit"])
+    if why:
+        lines.append(f"  NOT READY: {'; '.join(why)}")
+    return "\n".join(lines)
 
 
 def run_all(
@@ -248,18 +250,6 @@ def run_all(
 
 
 # --------------------------------------------------------------------------- reading the results
-def junit_counts(path: Path) -> dict[str, int] | None:
-    """passed/failed/skipped from pytest's junit XML (None when the file is missing or unreadable)."""
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError):
-        return None
-    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
-    n = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
-    failed = n["failures"] + n["errors"]
-    return {"passed": n["tests"] - failed - n["skipped"], "failed": failed, "skipped": n["skipped"]}
-
-
 WARP_FRACTION = 0.6  # #6: the warp moves at least 60% of the measured (copy) bandwidth
 
 
@@ -304,9 +294,24 @@ def environment_headline(path: Path) -> tuple[str, dict[str, Any]]:
     return ", ".join(parts), {"environment": env}
 
 
+def speed_point_headline(folder: Path) -> tuple[str, dict[str, Any]]:
+    """FPS of each device-loop stream row (backend, precision, k) of the speed point's run."""
+    rows = []
+    for path in sorted(folder.glob("fps_*.json")):
+        rows += [r for r in _load(path).get("rows", []) if r.get("measure") == "device" and r.get("mode") == "stream"]
+    points = [
+        {"backend": r["backend"], "precision": r.get("precision"), "k": r["iters"], "fps": r["fps"]}
+        for r in rows
+        if {"backend", "iters", "fps"} <= set(r)
+    ]
+    text = ", ".join(f"{q['backend']} {q['precision']} k={q['k']} {_num(q['fps'])} fps" for q in points)
+    return text, {"points": points}
+
+
 RESULT_READERS: dict[str, Callable[[Path], tuple[str, dict[str, Any]]]] = {
     "environment": lambda work: environment_headline(work / "environment.json"),
     "warp-bandwidth": lambda work: warp_headline(work / "warp_bandwidth.json"),
+    "aoti-speed-point": lambda work: speed_point_headline(work / "fps_point"),
     "fps-small-seg": lambda work: fps_headline(work / "fps"),
 }
 
@@ -329,13 +334,6 @@ def headline(res: Outcome, work: Path) -> None:
             res.status = "criteria failed"
     if res.status == "timed out":
         res.headline = ("timed out; " + res.headline).strip("; ")
-
-
-def _load(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _num(v: Any) -> str:
@@ -456,32 +454,38 @@ def record_environment(path: Path) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.gpu_check",
-        description="Every GPU check of one plan in one time-boxed call. Plan main: environment, fatbin, warp "
-        "kernel parity, the runtime GPU tests, warp bandwidth. Plan speed (a separate call): the small-seg "
-        "1024x2048 speed case. Each step has its own timeout; after each one summary.md, summary.json, log.txt "
-        "and results.tar.gz in --out are brought up to date.",
-        epilog="\n\n".join(plan_text(n, st, DEFAULT_BUDGET_S) for n, st in PLANS.items())
-        + '\n\non a lent GPU machine: python3 -m benchmarks.gpu_check --out "$OUT" [--plan-name speed]\n'
-        "(give that call a limit of at least the budget + 60 s: the last step's kill and the archive come after it)",
+        description="Every GPU check of one plan in one time-boxed call. Plan main (one device call, 420 s): "
+        "carried wheels, environment, carried fatbin, warp kernel parity, the runtime GPU tests, warp bandwidth, "
+        "one AOTInductor speed point. Plan speed (a second device session): the small-seg 1024x2048 speed case. "
+        "Each step has its own timeout; after each one summary.md, summary.json, log.txt and results.tar.gz in "
+        "--out are brought up to date.",
+        epilog="\n\n".join(plan_text(n, st, BUDGETS[n]) for n, st in PLANS.items())
+        + "\n\n--plan also prints the device call (command, carry, timeout_s) and what travels; --rehearse runs "
+        "the main plan here in a device-like virtual environment",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--plan-name", choices=sorted(PLANS), default="main", help="which plan to run (default main)")
-    p.add_argument("--plan", action="store_true", help="print the plan's steps and limits, run nothing")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"the four result files (default {DEFAULT_OUT})")
+    p.add_argument("--plan", action="store_true", help="print the plan, the device call and what travels; run nothing")
+    p.add_argument(
+        "--rehearse", action="store_true", help="run the main plan here in a device-like virtual environment"
+    )
+    p.add_argument("--out", type=Path, default=None, help=f"the four result files (default {DEFAULT_OUT})")
     p.add_argument("--work", type=Path, default=DEFAULT_WORK, help=f"the steps' files (default {DEFAULT_WORK})")
     p.add_argument(
-        "--budget", type=float, default=DEFAULT_BUDGET_S, help=f"seconds for all steps (default {DEFAULT_BUDGET_S:g})"
+        "--budget", type=float, default=None, help="seconds for all steps (default: the plan's, main 420, speed 540)"
     )
     p.add_argument("--steps", default=None, help="comma list, a subset of the plan's steps (run in plan order)")
     p.add_argument("--install-wheels", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--environment", type=Path, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    a.budget = BUDGETS[a.plan_name] if a.budget is None else a.budget
     names = [s.name for s in PLANS[a.plan_name]]
     a.steps = a.steps or ",".join(names)
     unknown = [n for n in a.steps.split(",") if n not in names]
     if unknown:
         p.error(f"unknown step(s) {', '.join(unknown)} in plan {a.plan_name}; choose from {', '.join(names)}")
-    out, work = a.out.resolve(), a.work.resolve()
+    default_out = DEFAULT_REHEARSAL if a.rehearse else DEFAULT_OUT
+    out, work = (a.out or default_out).resolve(), a.work.resolve()
     if out.is_relative_to(work) or work.is_relative_to(out):
         p.error("--out and --work must not lie inside each other (--out gets four files; --work is archived)")
     a.out, a.work = out, work
@@ -500,8 +504,11 @@ def main(argv: list[str] | None = None) -> int:
     steps = [s for s in PLANS[a.plan_name] if s.name in chosen]
     if a.plan:
         print(plan_text(a.plan_name, steps, a.budget))
+        print(call_text(a.plan_name, a.budget))
         return 0
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    if a.rehearse:
+        return rehearse(steps, a.out, a.budget, PLANS, WHEELS, travel_text)
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         outcomes = run_all(steps, a.out, a.work, a.budget, plan=a.plan_name)
     except KeyboardInterrupt:

@@ -37,10 +37,14 @@ class Check:
 
 
 CHECKS = (
-    Check("warp kernels build (nvcc fatbin, sm_75..sm_90 + PTX)", "kernels"),
+    Check("warp kernels: the carried fatbin (sm_75..sm_90 + PTX) is current and has sm_90 code", "kernels"),
     Check("warp kernels vs grid_sample (fp32 <= 1e-5, fp16 <= 1e-2)", "kernel-tests"),
-    Check("runtime on CUDA: graphs == plain launches, no allocation or host copy in the loop", "runtime-gpu-tests"),
+    Check(
+        "runtime on CUDA: graphs == plain launches, no allocation or host copy in the loop, fp16, pinned motion fields",
+        "runtime-gpu-tests",
+    ),
     Check("warp kernel >= 60 % of device copy bandwidth (256 ch x 256x512)", "warp-bandwidth"),
+    Check("AOTInductor speed point (tiny 256x512, AOTI fp16 vs eager fp32, stream k=1,2)", "aoti-speed-point"),
     Check("small-seg 1024x2048 speed criteria (AOTI fp16 vs roofline and eager fp32, stream k=1)", "fps-small-seg"),
 )
 

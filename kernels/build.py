@@ -182,6 +182,39 @@ def build(force: bool = False, out: Path = FATBIN, source: Path = SOURCE, quiet:
     return out
 
 
+def arch_problem(data: bytes, major: int, minor: int) -> str | None:
+    """None when the fatbin runs on an sm_<major><minor> GPU (SASS of the same major at or below it, or PTX at or
+    below it to JIT), else one line with what it has."""
+    cc = major * 10 + minor
+    entries = parse_fatbin(data)
+    if any(e.kind == "sass" and e.arch // 10 == major and e.arch <= cc for e in entries):
+        return None
+    if any(e.kind == "ptx" and e.arch <= cc for e in entries):
+        return None
+    have = ", ".join(f"{e.kind}:{e.arch}" for e in entries)
+    return f"warp.fatbin has no code for sm_{cc} (it has {have}); rebuild with kernels/build.py"
+
+
+def check(arch: int = PTX_ARCH, out: Path = FATBIN, source: Path | None = None) -> str:
+    """Check a prebuilt (carried) fatbin without nvcc: it exists, was built from this ``warp.cu`` and has code for
+    sm_<arch>. Returns a one-line summary; raises BuildError with one line otherwise. Why: the GPU machines get the
+    fatbin built here; rebuilding there would cost their minutes (and their nvcc's version string differs from ours,
+    which ``build`` would read as stale)."""
+    source = source or SOURCE
+
+    if not out.is_file():
+        raise BuildError(f"{out} is missing: run `python -m kernels.build` where nvcc is, then carry kernels/build")
+    stamp = read_stamp(out.with_name(out.name + ".json"))
+    if stamp.get("source_sha256") != source_hash(source):
+        raise BuildError(f"{out} was not built from this {source.name} (stamp missing or stale): rebuild it")
+    data = out.read_bytes()
+    problem = arch_problem(data, arch // 10, arch % 10)
+    if problem:
+        raise BuildError(problem)
+    images = ", ".join(f"{e.kind}:{e.arch}" for e in parse_fatbin(data))
+    return f"kernels.build: {out} is current and runs on sm_{arch} ({images}; nvcc {stamp.get('nvcc', '?')})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m kernels.build",
@@ -191,7 +224,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rebuild even if the stamp says it is up to date")
     parser.add_argument("--out", type=Path, default=FATBIN, help=f"output fatbin (default {FATBIN})")
     parser.add_argument("--quiet", action="store_true", help="print nothing on success")
+    parser.add_argument(
+        "--check", action="store_true", help="build nothing: check that the fatbin is current and runs on --arch"
+    )
+    parser.add_argument(
+        "--arch", type=int, default=PTX_ARCH, help=f"with --check: the SM, e.g. 90 (default {PTX_ARCH})"
+    )
     args = parser.parse_args(argv)
+    if args.check:
+        try:
+            print(check(args.arch, args.out))
+        except (BuildError, OSError) as exc:
+            print(f"kernels.build: error: {exc}", file=sys.stderr)
+            return 1
+        return 0
     try:
         path = build(force=args.force, out=args.out, quiet=args.quiet)
     except (BuildError, OSError) as exc:

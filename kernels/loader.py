@@ -120,14 +120,9 @@ def fatbin_bytes() -> bytes:
 
 def check_arch(data: bytes, major: int, minor: int) -> None:
     """Fail early, with the list of what the fatbin has, when it cannot run on an sm_<major><minor> GPU."""
-    cc = major * 10 + minor
-    entries = _build.parse_fatbin(data)
-    if any(e.kind == "sass" and e.arch // 10 == major and e.arch <= cc for e in entries):
-        return
-    if any(e.kind == "ptx" and e.arch <= cc for e in entries):
-        return
-    have = ", ".join(f"{e.kind}:{e.arch}" for e in entries)
-    raise KernelUnavailable(f"warp.fatbin has no code for sm_{cc} (it has {have}); rebuild with kernels/build.py")
+    problem = _build.arch_problem(data, major, minor)
+    if problem:
+        raise KernelUnavailable(problem)
 
 
 def _core() -> Any:

@@ -105,20 +105,35 @@ class StateWarper:
     def __init__(self) -> None:
         self.disp: list[Tensor] = []
         self.scratch: list[Tensor] = []
+        self.host: list[Tensor] = []  # pinned staging of numpy fields on CUDA (a pageable copy is synchronous)
+        self.copied: Any = None  # event after the last staged copies: the staging is free again once it passed
 
     def ensure(self, views: Sequence[Tensor]) -> None:
         if self.disp and [tuple(d.shape[2:]) for d in self.disp] == [tuple(v.shape[1:]) for v in views]:
             return
         self.disp = [torch.zeros((1, 2, *v.shape[1:]), dtype=torch.float32, device=v.device) for v in views]
         self.scratch = [torch.empty((1, *v.shape), dtype=v.dtype, device=v.device) for v in views]
+        cuda = bool(views) and views[0].device.type == "cuda"
+        self.host = (
+            [torch.empty((2, *v.shape[1:]), dtype=torch.float32, pin_memory=True) for v in views] if cuda else []
+        )
+        self.copied = torch.cuda.Event() if cuda else None
 
     def load(self, fields: Sequence[np.ndarray | Tensor], sign: float = 1.0) -> list[Tensor]:
-        """Copy per-scale fields (2, h, w) into the device displacement buffers."""
-        for buf, f in zip(self.disp, fields):
-            src = torch.from_numpy(np.ascontiguousarray(f)) if isinstance(f, np.ndarray) else f
-            buf[0].copy_(src.reshape(buf.shape[1:]))
+        """Copy per-scale fields (2, h, w) into the device displacement buffers (numpy through pinned staging)."""
+        if self.copied is not None:
+            self.copied.synchronize()  # the previous load's copies have left the staging buffers
+        for i, (buf, f) in enumerate(zip(self.disp, fields)):
+            if self.host and isinstance(f, np.ndarray):
+                np.copyto(self.host[i].numpy(), f.reshape(self.host[i].shape), casting="unsafe")
+                buf[0].copy_(self.host[i], non_blocking=True)
+            else:
+                src = torch.from_numpy(np.ascontiguousarray(f)) if isinstance(f, np.ndarray) else f
+                buf[0].copy_(src.reshape(buf.shape[1:]))
             if sign != 1.0:
                 buf.mul_(sign)
+        if self.copied is not None:
+            self.copied.record()
         return self.disp
 
     def warp_(self, views: Sequence[Tensor], disp: Sequence[Tensor] | None = None) -> None:

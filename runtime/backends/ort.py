@@ -72,8 +72,13 @@ class OrtRunner(Runner):
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
         except Exception as e:  # noqa: BLE001 - ORT raises several types for a bad file
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise EngineError(f"{self.path.name}: not a loadable ONNX model ({first[:200]})") from None
+            first = _first_line(e)
+            if self.on_cuda and self._loads_on_cpu(ort):  # the model is fine: the CUDA provider is not
+                raise EngineError(self._cuda_missing(ort, f"session creation failed: {first}")) from None
+            raise EngineError(f"{self.path.name}: not a loadable ONNX model ({first})") from None
+        loaded = self.session.get_providers()
+        if self.on_cuda and "CUDAExecutionProvider" not in loaded:
+            raise EngineError(self._cuda_missing(ort, f"the session runs on {', '.join(loaded)}"))
         # By default every CUDA-EP run ends with a stream sync; the pipeline syncs once per frame
         # on its own stream instead (ORT runs on it through user_compute_stream).
         self.run_options = ort.RunOptions()
@@ -85,6 +90,27 @@ class OrtRunner(Runner):
             {i.name: _static(i.shape) for i in self.session.get_inputs()},
             {o.name: _static(o.shape) for o in self.session.get_outputs()},
             {t.name: ORT_TYPES.get(t.type) for t in (*self.session.get_inputs(), *self.session.get_outputs())},
+        )
+
+    def _loads_on_cpu(self, ort: Any) -> bool:
+        """Whether the model itself loads (CPU provider alone): tells a bad file from a CUDA provider that failed."""
+        try:
+            ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        except Exception:  # noqa: BLE001 - any failure: the file is the problem
+            return False
+        return True
+
+    def _cuda_missing(self, ort: Any, what: str) -> str:
+        """One line: the CUDA provider did not load, and the CUDA / cuDNN this onnxruntime build needs. Why: the
+        wheel lists the provider (``get_available_providers``) whether or not its CUDA libraries load; an
+        onnxruntime-gpu built for another CUDA major than torch's falls back to the CPU with only a warning."""
+        info = _build_info()
+        cuda = info.get("cuda_version") or getattr(ort, "cuda_version", "") or "unknown"
+        cudnn = info.get("cudnn_version") or "unknown"
+        return (
+            f"{self.path.name}: the CUDA execution provider of onnxruntime {ort.__version__} did not load ({what}); "
+            f"this build needs CUDA {cuda} and cuDNN {cudnn}, torch here has CUDA {torch.version.cuda} "
+            "(install the onnxruntime-gpu built for that CUDA, or run with --device cpu)"
         )
 
     def bind(self, name: str, tensor: torch.Tensor, slot: int = 0) -> None:
@@ -105,6 +131,20 @@ class OrtRunner(Runner):
     def run(self, stream: Any = None, slot: int = 0) -> None:
         self._bound(slot)
         self.session.run_with_iobinding(self.bindings[slot], self.run_options)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]
+
+
+def _build_info() -> dict[str, str]:
+    """cuda_version / cudnn_version that a GPU build of onnxruntime records in its build_and_package_info."""
+    try:
+        from onnxruntime.capi import build_and_package_info as b
+    except Exception:  # noqa: BLE001 - older or stripped builds
+        return {}
+    return {k: str(getattr(b, k)) for k in ("cuda_version", "cudnn_version") if getattr(b, k, None)}
 
 
 def _static(shape: list[Any]) -> tuple[int, ...] | None:

@@ -1,8 +1,13 @@
 """TensorRT 10/11 runner for ``.plan`` engines (tensor-name API only).
 
-Each I/O tensor is bound with ``set_tensor_address`` once per slot; switching slots re-sets the
-addresses (a host-side call, so it is also what a CUDA graph records per enqueue). Runs with
-``execute_async_v3`` on the runtime's stream, never the default stream.
+One execution context per binding slot, each with its tensor addresses set once, at ``bind``. Why: TensorRT
+reads a context's addresses when ``execute_async_v3`` is enqueued, and a CUDA graph fixes what was enqueued at
+capture; the ping-pong solve captures slot 0 and slot 1 alternately in one graph, so one context whose
+addresses were switched between the enqueues (``set_tensor_address`` inside the capture) is not a documented
+pattern and may capture nothing or replay stale addresses. The contexts are created ``USER_MANAGED`` and share
+one activation block (``set_device_memory``): they run one after the other on the runtime's stream, so one block
+the size of one context's activations serves all slots. Runs with ``execute_async_v3`` on the runtime's
+stream, never the default stream.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ class TrtRunner(Runner):
     def __init__(self, path: Path, spec: EngineSpec, device: torch.device, **_: Any) -> None:
         super().__init__(path, spec, device)
         self.engine: Any = None
-        self.context: Any = None
-        self._active: int | None = None
+        self.contexts: dict[int, Any] = {}
+        self.memory: torch.Tensor | None = None  # the activation block every context shares
+        self._trt: Any = None
 
     def load(self) -> None:
         try:
@@ -53,23 +59,52 @@ class TrtRunner(Runner):
             dt = self.engine.get_tensor_dtype(name)
             dtypes[name] = TRT_TYPES.get(getattr(dt, "name", str(dt).rsplit(".", 1)[-1]))
         check_io(self.path, self.spec, ins, outs, dtypes)
-        self.context = self.engine.create_execution_context()
-        if self.context is None:
+        self._trt = trt
+        self._slot_context(0)  # fails here, at load, when TensorRT cannot make one
+
+    @property
+    def context(self) -> Any:
+        """Slot 0's execution context."""
+        return self.contexts.get(0)
+
+    def _activation_memory(self, size: int) -> torch.Tensor:
+        """One device block for the contexts' activations (torch's allocator aligns blocks to 512 bytes)."""
+        return torch.empty(max(size, 256), dtype=torch.uint8, device=self.device)
+
+    def _slot_context(self, slot: int) -> Any:
+        """The execution context of ``slot``, created on first use; all share one activation block."""
+        if slot in self.contexts:
+            return self.contexts[slot]
+        strategy = getattr(self._trt, "ExecutionContextAllocationStrategy", None)
+        if strategy is None:  # no user-managed memory in this TensorRT: each context allocates its own
+            ctx = self.engine.create_execution_context()
+        else:
+            ctx = self.engine.create_execution_context(strategy.USER_MANAGED)
+        if ctx is None:
             raise EngineError(f"{self.path.name}: TensorRT could not create an execution context (out of memory?)")
+        if strategy is not None:
+            size = int(getattr(self.engine, "device_memory_size_v2", None) or self.engine.device_memory_size)
+            if self.memory is None:
+                self.memory = self._activation_memory(size)
+            if hasattr(ctx, "set_device_memory"):  # TensorRT >= 10.1 (pointer and size)
+                ctx.set_device_memory(self.memory.data_ptr(), size)
+            else:
+                ctx.device_memory = self.memory.data_ptr()
+        self.contexts[slot] = ctx
+        return ctx
 
     def bind(self, name: str, tensor: torch.Tensor, slot: int = 0) -> None:
+        """Bind and set the address in the slot's own context, once: ``run`` never changes an address."""
         if tensor.device.type != "cuda":
             raise EngineError(f"{self.path.name}: TensorRT buffers must live on the GPU ({name} is on {tensor.device})")
         if tensor.data_ptr() % 256:
             raise EngineError(f"{self.path.name}: buffer for {name} is not 256-byte aligned")
         super().bind(name, tensor, slot)
-        self._active = None
+        if not self._slot_context(slot).set_tensor_address(name, tensor.data_ptr()):
+            raise EngineError(f"{self.path.name}: TensorRT refused the address of {name}")
 
     def run(self, stream: Any = None, slot: int = 0) -> None:
-        if self._active != slot:
-            for name, t in self._bound(slot).items():
-                self.context.set_tensor_address(name, t.data_ptr())
-            self._active = slot
+        self._bound(slot)  # every tensor of the slot has its address
         handle = (stream or torch.cuda.current_stream(self.device)).cuda_stream
-        if not self.context.execute_async_v3(handle):
+        if not self.contexts[slot].execute_async_v3(handle):
             raise EngineError(f"{self.path.name}: execute_async_v3 failed")

@@ -6,6 +6,7 @@ pytest run."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -192,6 +193,8 @@ def test_the_real_steps_name_valid_arguments():
     assert s.pairs == [("eager", "fp32"), ("aoti", "fp16")] and not s.scale_batches
     a = warp_bandwidth.parse_args([])
     assert (a.channels, a.height, a.width) == (256, 256, 512)  # the #6 bandwidth case
+    a = fps.settings_from_args(fps.build_parser().parse_args(gpu_check.SPEED_POINT_ARGS))
+    assert a.configs == ["tiny"] and a.pairs == [("eager", "fp32"), ("aoti", "fp16")]
     for step in gpu_check.STEPS:
         if "pytest" in step.argv:
             paths = [p for p in step.argv if p.startswith("tests")]
@@ -203,38 +206,79 @@ def test_the_real_steps_name_valid_arguments():
                 assert paths and all((ROOT / p).exists() for p in paths), step.name
 
 
-# The order #16 asks for: environment -> fatbin -> kernel parity -> runtime GPU tests -> warp bandwidth, then the
-# small-seg speed case (its own plan). Written out here, independently of the module.
-MAIN_ORDER = ["wheels", "environment", "kernels", "kernel-tests", "runtime-gpu-tests", "warp-bandwidth"]
+# The order #29 asks for: environment -> kernels vs grid_sample -> the runtime's GPU tests -> warp bandwidth -> one
+# AOTInductor speed point, after the carried wheels; the fatbin is carried and only checked. Written out here,
+# independently of the module.
+MAIN_ORDER = ["wheels", "environment", "kernels", "kernel-tests", "runtime-gpu-tests", "warp-bandwidth",
+              "aoti-speed-point"]  # fmt: skip
 
 
-def test_plans_are_in_information_order_and_fit_the_default_budget():
+def test_plans_are_in_information_order_and_fit_their_budgets():
     assert [s.name for s in gpu_check.PLANS["main"]] == MAIN_ORDER
     assert [s.name for s in gpu_check.PLANS["speed"]][-2:] == ["fps-small-seg", "bench-gpu-tests"]
-    assert gpu_check.DEFAULT_BUDGET_S == 540
+    assert gpu_check.BUDGETS == {"main": 420, "speed": 540} and gpu_check.DEFAULT_BUDGET_S == 420
     for name, steps in gpu_check.PLANS.items():
-        assert sum(s.timeout_s for s in steps) <= 540, name
+        assert sum(s.timeout_s for s in steps) <= gpu_check.BUDGETS[name], name
+        assert gpu_check.BUDGETS[name] + gpu_check.CALL_MARGIN_S <= 600, name  # one device call (10 min at most)
         assert all(s.timeout_s >= gpu_check.MIN_STEP_S for s in steps), name
-    runtime = next(s for s in gpu_check.PLANS["main"] if s.name == "runtime-gpu-tests")
-    assert "tests/runtime" in runtime.argv  # CUDA graphs == plain launches, no allocation or copy in the loop
+    main = {s.name: s for s in gpu_check.PLANS["main"]}
+    assert "tests/runtime" in main["runtime-gpu-tests"].argv  # CUDA graphs == plain launches, no copy in the loop
+    assert main["kernels"].argv[-3:] == ("--check", "--arch", "90")  # the carried fatbin, never rebuilt there
+    assert "small-seg" not in " ".join(main["aoti-speed-point"].argv)  # the cold 1024x2048 compiles are plan speed
 
 
-def test_plan_prints_steps_and_limits_without_running(tmp_path, capsys):
+def test_plan_prints_steps_limits_and_the_device_call_without_running(tmp_path, capsys, monkeypatch):
     out = tmp_path / "never"
     assert gpu_check.main(["--plan", "--out", str(out), "--work", str(tmp_path / "w")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == "plan main (budget 540 s):"
-    names = [line.split()[1] for line in lines[1:-1]]
-    limits = [int(line.split()[2]) for line in lines[1:-1]]
+    assert lines[0] == "plan main (budget 420 s):"
+    end = next(i for i, line in enumerate(lines) if line.startswith("  total"))
+    names = [line.split()[1] for line in lines[1:end]]
+    limits = [int(line.split()[2]) for line in lines[1:end]]
     assert names == MAIN_ORDER
-    assert lines[-1].startswith(f"  total {sum(limits)} s of 540 s (fits)") and sum(limits) <= 540
+    assert lines[end].startswith(f"  total {sum(limits)} s of 420 s (fits)") and sum(limits) <= 420
+    call = "\n".join(lines[end + 1 :])
+    assert 'command:   python3 -m benchmarks.gpu_check --out "$OUT"\n' in call
+    assert 'carry:     [".whl", "kernels/build"]' in call and "timeout_s: 480" in call
+    assert "travels: working tree " in call and "of 67.1 MB" in call
     assert not out.exists() and not (tmp_path / "w").exists()
     assert gpu_check.main(["--plan", "--plan-name", "speed"]) == 0
     speed = capsys.readouterr().out
-    assert "fps-small-seg" in speed and "kernel-tests" not in speed
+    assert "fps-small-seg" in speed and "kernel-tests" not in speed and "--plan-name speed" in speed
+    assert "timeout_s: 600" in speed
     with pytest.raises(SystemExit):
         gpu_check.main(["--plan", "--steps", "fps-small-seg"])  # not a step of the main plan
     assert "unknown step(s) fps-small-seg in plan main" in capsys.readouterr().err
+
+
+def test_travel_counts_the_tree_and_each_carried_path(tmp_path, monkeypatch):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("/.whl/\n")
+    (tmp_path / "a.txt").write_bytes(b"x" * 1000)
+    (tmp_path / ".whl").mkdir()
+    (tmp_path / ".whl" / "w.whl").write_bytes(b"y" * 3000)
+    assert gpu_check.tree_bytes(tmp_path) == 1000 + len("/.whl/\n")
+    text, fits, missing = gpu_check.travel_text(tmp_path, (".whl", "kernels/build"))
+    assert fits and missing == ["kernels/build"] and ".whl 0.0 MB" in text and "kernels/build MISSING" in text
+    monkeypatch.setattr(gpu_check, "TRAVEL_LIMIT_BYTES", 2000)
+    text, fits, missing = gpu_check.travel_text(tmp_path, (".whl",))
+    assert not fits and not missing and "OVER the limit" in text
+    assert "NOT READY: missing kernels/build; what travels is over the limit" in gpu_check.call_text(
+        "main", 420, tmp_path
+    )
+
+
+def test_speed_point_headline(tmp_path):
+    (tmp_path / "fps_point").mkdir()
+    rows = [
+        {"backend": "eager", "precision": "fp32", "measure": "device", "mode": "stream", "iters": 1, "fps": 410.0},
+        {"backend": "aoti", "precision": "fp16", "measure": "device", "mode": "stream", "iters": 1, "fps": 1234.5},
+        {"backend": "aoti", "precision": "fp16", "measure": "e2e", "mode": "stream", "iters": 1, "fps": 900.0},
+    ]
+    (tmp_path / "fps_point" / "fps_h100.json").write_text(json.dumps({"rows": rows}))
+    res = Outcome("aoti-speed-point", "passed", rc=0)
+    gpu_check.headline(res, tmp_path)
+    assert res.status == "passed" and res.headline == "eager fp32 k=1 410 fps, aoti fp16 k=1 1.23e+03 fps"
 
 
 def test_runs_as_a_module_without_make():
@@ -268,3 +312,110 @@ def test_record_environment_here(tmp_path, capfd):
     assert rc == (0 if torch.cuda.is_available() else 1) and (env["gpu"] is None) == (rc == 1)
     text, details = gpu_check.environment_headline(path)
     assert text.startswith(("no GPU", str(env["gpu"]))) and details["environment"] == env
+
+
+# --------------------------------------------------------------------------- the rehearsal (benchmarks.gpu_rehearse)
+def test_device_view_links_only_the_devices_distributions(tmp_path):
+    from benchmarks import gpu_rehearse
+
+    linked = gpu_rehearse.device_view(tmp_path / "view", keep=frozenset({"numpy"}))
+    assert linked == ["numpy"]
+    names = {p.name for p in (tmp_path / "view").iterdir()}
+    assert "numpy" in names and any(n.startswith("numpy-") and n.endswith(".dist-info") for n in names)
+    assert not names & {"torch", "av", "ray"}
+    assert all((tmp_path / "view" / n).is_symlink() for n in names)
+    # the device image's list: PyAV and Ray are what it lacks, torch and ONNX Runtime (CPU) are there
+    assert {"torch", "onnxruntime", "pytest", "cuda-core", "pip"} <= gpu_rehearse.DEVICE_PACKAGES
+    assert not {"av", "ray", "tensorrt", "onnxruntime-gpu", "deqstream"} & gpu_rehearse.DEVICE_PACKAGES
+
+
+@pytest.mark.parametrize(
+    "name, fits",
+    [
+        ("av-18.1.0-cp311-abi3-manylinux_2_28_x86_64.whl", True),  # abi3 from 3.11 on: fine on 3.12
+        ("av-18.1.0-cp312-cp312-manylinux_2_17_x86_64.manylinux2014_x86_64.whl", True),
+        ("x-1.0-py3-none-any.whl", True),
+        ("x-1.0-cp311-cp311-manylinux_2_28_x86_64.whl", False),  # this machine's Python, not the device's
+        ("x-1.0-cp312-cp312-macosx_11_0_arm64.whl", False),
+        ("x-1.0-cp313-abi3-manylinux_2_28_x86_64.whl", False),
+        ("not-a-wheel.whl", False),
+    ],
+)
+def test_carried_wheels_must_fit_the_devices_python(name, fits):
+    from benchmarks.gpu_rehearse import wheel_fits_device
+
+    assert wheel_fits_device(name) is fits
+
+
+def test_check_wheels_names_what_would_stop_the_install(tmp_path):
+    from benchmarks.gpu_rehearse import check_wheels
+
+    assert not check_wheels(tmp_path).ok and "make gpu-wheels" in check_wheels(tmp_path).result
+    (tmp_path / "av-18.1.0-cp311-abi3-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    assert check_wheels(tmp_path).ok
+    (tmp_path / "av-17.0.0-cp311-abi3-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    got = check_wheels(tmp_path)
+    assert not got.ok and "two versions of av" in got.result
+    (tmp_path / "av-17.0.0-cp311-abi3-manylinux_2_28_x86_64.whl").unlink()
+    (tmp_path / "x-1.0-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    got = check_wheels(tmp_path)
+    assert not got.ok and "x-1.0-cp311-cp311" in got.result
+
+
+def test_collect_counts_tests_and_catches_a_module_level_import(tmp_path):
+    """The rehearsal's collection check against real pytest runs: a module importing a missing package at module
+    level is a collection error (what stopped the device's runtime step), an importorskip is not."""
+    from benchmarks.gpu_rehearse import collect
+
+    good = tmp_path / "test_good.py"
+    good.write_text(
+        "import pytest\nav = pytest.importorskip('no_such_pkg_xyz')\n@pytest.mark.gpu\ndef test_a(): pass\n"
+    )
+    (tmp_path / "test_gpu.py").write_text("import pytest\n@pytest.mark.gpu\ndef test_b(): pass\ndef test_c(): pass\n")
+    env = dict(os.environ)
+    n, problem = collect(Path(PY), env, "gpu", [str(tmp_path)])
+    assert (n, problem) == (1, "")
+    (tmp_path / "test_bad.py").write_text("import no_such_pkg_xyz\n")
+    n, problem = collect(Path(PY), env, "gpu", [str(tmp_path)])
+    assert problem.startswith("collection failed") and "1 error" in problem
+
+
+def test_judge_reads_each_steps_rehearsal(tmp_path):
+    from benchmarks.gpu_rehearse import judge
+
+    step = Step("kernel-tests", (PY, "-m", "pytest"), 60, "")
+    suite = '<testsuite tests="35" failures="0" errors="0" skipped="35"/>'
+    (tmp_path / "kernel-tests.xml").write_text(f"<testsuites>{suite}</testsuites>")
+    got = judge(step, Outcome("kernel-tests", "passed", rc=0), tmp_path, tmp_path / "site")
+    assert got.ok and got.device == "would run 35 tests" and got.result == "0 passed, 35 skipped, 0 failed"
+    suite = '<testsuite tests="35" failures="1" errors="0" skipped="34"/>'
+    (tmp_path / "kernel-tests.xml").write_text(f"<testsuites>{suite}</testsuites>")
+    assert not judge(step, Outcome("kernel-tests", "failed", rc=1), tmp_path, tmp_path / "site").ok
+    env_step = Step("environment", (PY,), 15, "")
+    assert not judge(env_step, Outcome("environment", "failed", rc=1), tmp_path, tmp_path / "site").ok
+    (tmp_path / "environment.json").write_text(json.dumps({"gpu": None, "torch": "2.13.0+cpu", "pyav": "18.1.0"}))
+    got = judge(env_step, Outcome("environment", "failed", rc=1), tmp_path, tmp_path / "site")
+    assert got.ok and "PyAV 18.1.0" in got.result  # no GPU here: exit 1 is what the step says then
+    help_step = Step("warp-bandwidth", (PY,), 45, "")
+    assert judge(help_step, Outcome("warp-bandwidth", "passed", rc=0), tmp_path, tmp_path).device == "would run"
+    cases = (
+        '<testcase classname="" name="tests.runtime.test_fleet"><skipped message="collection skipped">'
+        "('t.py', 21, \"Skipped: could not import 'ray'\")</skipped></testcase>"
+        '<testcase classname="t" name="a"><skipped message="needs an NVIDIA GPU (no CUDA)"/></testcase>'
+    )
+    (tmp_path / "kernel-tests.xml").write_text(
+        f'<testsuites><testsuite tests="2" failures="0" errors="0" skipped="2">{cases}</testsuite></testsuites>'
+    )
+    got = judge(step, Outcome("kernel-tests", "passed", rc=0), tmp_path, tmp_path)
+    assert got.ok and got.result == "0 passed, 2 skipped, 0 failed (other skips: could not import 'ray')"
+    got = judge(step, Outcome("kernel-tests", "passed", rc=0), tmp_path, tmp_path, collected=(9, 2))
+    assert got.device == "would run 7 tests (2 more skip: no TensorRT)"  # the collection's count, not junit's
+
+
+def test_rehearsal_never_empties_a_folder_it_did_not_make(tmp_path):
+    from benchmarks.gpu_rehearse import rehearse
+
+    (tmp_path / "keep.txt").write_text("x")
+    with pytest.raises(SystemExit, match="not made by the rehearsal"):
+        rehearse([], tmp_path, 420, {}, tmp_path, gpu_check.travel_text)
+    assert (tmp_path / "keep.txt").exists()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -103,3 +105,28 @@ def test_no_kernel_spills_at_sm_90(tmp_path):
     names = {name for name, _, _ in report}
     assert {"warp_nhwc_f16_v8", "interp_nhwc_f16_v8", "warp_nchw_f32"} <= names and len(names) == 12
     assert [(n, int(s), int(sp)) for n, s, sp in report if int(s) or int(sp)] == []
+
+
+def test_check_reads_a_carried_fatbin_without_nvcc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """``--check`` (what the GPU plan runs instead of a rebuild) needs no nvcc: it accepts a fatbin built from this
+    warp.cu with code for the asked SM and names what is wrong otherwise (missing, stale, no code for the SM)."""
+    src = tmp_path / "warp.cu"
+    src.write_text("// stand-in source\n")
+    out = tmp_path / "warp.fatbin"
+    monkeypatch.setattr(build, "find_nvcc", lambda: None)
+    with pytest.raises(build.BuildError, match="is missing"):
+        build.check(90, out, src)
+    header = struct.pack("<IHHQ", build.FATBIN_MAGIC, 1, 16, 64)
+    entry = lambda kind, arch: struct.pack("<HHIQ", kind, 0, 32, 0) + bytes(12) + struct.pack("<I", arch)  # noqa: E731
+    out.write_bytes(header + entry(build.KIND_ELF, 80) + entry(build.KIND_PTX, 90))
+    stamp = out.with_name(out.name + ".json")
+    stamp.write_text(json.dumps({"source_sha256": "0" * 64}))
+    with pytest.raises(build.BuildError, match="not built from this warp.cu"):
+        build.check(90, out, src)
+    stamp.write_text(json.dumps({"source_sha256": build.source_hash(src), "nvcc": "V13.0.88"}))
+    assert "runs on sm_90 (sass:80, ptx:90; nvcc V13.0.88)" in build.check(90, out, src)
+    with pytest.raises(build.BuildError, match="no code for sm_75"):
+        build.check(75, out, src)
+    monkeypatch.setattr(build, "SOURCE", src)
+    assert build.main(["--check", "--arch", "75", "--out", str(out)]) == 1
+    assert "no code for sm_75" in capsys.readouterr().err

@@ -3,6 +3,8 @@ session.run); bad engines and missing backends fail with one clear line."""
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -112,12 +114,32 @@ def test_aoti_pt2_matches_onnx(tiny_model, tmp_path):
 
 def _fake_trt(spec: EngineSpec, dtypes: dict[str, str]):
     """A stand-in ``tensorrt`` module with the TensorRT 10/11 calls the runner makes (tensor-name API)."""
-    import types
     from enum import Enum
 
     mode = Enum("TensorIOMode", "INPUT OUTPUT")
     dtype = Enum("DataType", "FLOAT HALF UINT8 INT32 INT64")
+    strategy = Enum("ExecutionContextAllocationStrategy", "STATIC ON_PROFILE_CHANGE USER_MANAGED")
     io = [(t, mode.INPUT) for t in spec.inputs] + [(t, mode.OUTPUT) for t in spec.outputs]
+    state = types.SimpleNamespace(capturing=False, contexts=[], calls=[])
+
+    class FakeContext:
+        """Records what a CUDA graph would bake in: the addresses each enqueue ran with, and any address change
+        made while a (fake) capture is open."""
+
+        def __init__(self, strategy):
+            self.strategy, self.addresses, self.memory = strategy, {}, None
+
+        def set_tensor_address(self, name, ptr):
+            state.calls.append(("set_tensor_address", self, name, state.capturing))
+            self.addresses[name] = ptr
+            return True
+
+        def set_device_memory(self, ptr, size):
+            self.memory = (ptr, size)
+
+        def execute_async_v3(self, handle):
+            state.calls.append(("execute", self, dict(self.addresses), state.capturing))
+            return True
 
     class Engine:
         num_io_tensors = len(io)
@@ -137,8 +159,10 @@ def _fake_trt(spec: EngineSpec, dtypes: dict[str, str]):
         def get_tensor_dtype(self, name):
             return dtype[dtypes[name]]
 
-        def create_execution_context(self):
-            return object()
+        def create_execution_context(self, strategy=None):
+            ctx = FakeContext(strategy)
+            state.contexts.append(ctx)
+            return ctx
 
     class Runtime:
         def __init__(self, logger):
@@ -147,9 +171,12 @@ def _fake_trt(spec: EngineSpec, dtypes: dict[str, str]):
         def deserialize_cuda_engine(self, data):
             return Engine() if data == b"plan" else None
 
+    Engine.device_memory_size_v2 = 3 * 1024
     trt = types.ModuleType("tensorrt")
     trt.Logger = type("Logger", (), {"ERROR": 1, "__init__": lambda self, level: None})
     trt.Runtime, trt.TensorIOMode, trt.DataType = Runtime, mode, dtype
+    trt.ExecutionContextAllocationStrategy = strategy
+    trt.state = state  # the test's handle on the recordings
     return trt
 
 
@@ -163,6 +190,9 @@ def test_plan_runner_checks_names_shapes_and_dtypes(bundle64, tmp_path, monkeypa
     plan.write_bytes(b"plan")
     spec = EngineSpec(spec.name, plan, spec.inputs, spec.outputs)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    from runtime.backends.trt import TrtRunner
+
+    monkeypatch.setattr(TrtRunner, "_activation_memory", lambda self, size: _FakeCudaTensor((size,), 1 << 30))
     same = {t.name: "FLOAT" for t in (*spec.inputs, *spec.outputs)}
     monkeypatch.setitem(sys.modules, "tensorrt", _fake_trt(spec, same))
     runner = load_runner(spec, torch.device("cuda"))
@@ -205,3 +235,107 @@ def test_bundle_reads_the_cells_relaxation_and_refuses_a_bad_one(bundle64, tmp_p
         else:
             with pytest.raises(BundleError, match="relax"):
                 open_bundle(copy / "deq_cell.onnx")
+
+
+class _FakeCudaTensor:
+    """What ``bind`` reads of a torch CUDA tensor (no GPU here): shape, dtype, contiguity, device, address."""
+
+    def __init__(self, shape: tuple[int, ...], ptr: int) -> None:
+        self.shape, self.dtype, self.device, self._ptr = shape, torch.float32, torch.device("cuda"), ptr
+
+    def is_contiguous(self) -> bool:
+        return True
+
+    def data_ptr(self) -> int:
+        return self._ptr
+
+
+def test_plan_runner_sets_no_address_inside_a_cuda_graph_capture(bundle64, tmp_path, monkeypatch):
+    """TensorRT fixes a context's tensor addresses when a CUDA graph captures its enqueue, so the ping-pong solve
+    (slot 0: A -> B, slot 1: B -> A, alternating k times inside one capture) must not switch addresses between
+    enqueues: one execution context per slot, its addresses set once at bind, and all contexts drawing their
+    activation memory from one shared block (USER_MANAGED + set_device_memory)."""
+    import sys
+
+    from runtime.backends import trt as trt_backend
+
+    spec = open_bundle(bundle64 / "deq_cell.onnx").engines["deq_cell"]
+    plan = tmp_path / "deq_cell.plan"
+    plan.write_bytes(b"plan")
+    spec = EngineSpec(spec.name, plan, spec.inputs, spec.outputs)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    fake = _fake_trt(spec, {t.name: "FLOAT" for t in (*spec.inputs, *spec.outputs)})
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    arena = _FakeCudaTensor((3 * 1024,), 1 << 30)
+    monkeypatch.setattr(trt_backend.TrtRunner, "_activation_memory", lambda self, size: arena, raising=False)
+    runner = load_runner(spec, torch.device("cuda"))
+    n = len(spec.outputs)
+    base = {slot: 1 << (20 + slot) for slot in (0, 1)}  # state set A at slot 0's base, B at slot 1's
+    for slot in (0, 1):
+        src, dst = base[slot], base[1 - slot]
+        for i, t in enumerate(spec.inputs[:n]):
+            runner.bind(t.name, _FakeCudaTensor(t.shape, src + 256 * i), slot)
+        runner.bind(spec.inputs[n].name, _FakeCudaTensor(spec.inputs[n].shape, 1 << 25), slot)
+        for i, t in enumerate(spec.outputs):
+            runner.bind(t.name, _FakeCudaTensor(t.shape, dst + 256 * i), slot)
+    want = {slot: {k: v.data_ptr() for k, v in runner.slots[slot].items()} for slot in (0, 1)}
+    stream = types.SimpleNamespace(cuda_stream=7)
+    for slot in (0, 1):  # warm-up enqueues outside capture, as the pipeline does
+        runner.run(stream, slot)
+    fake.state.calls.clear()
+    fake.state.capturing = True
+    for k in range(4):  # k = 4 iterations in one capture: 0, 1, 0, 1
+        runner.run(stream, k % 2)
+    fake.state.capturing = False
+    inside = [c for c in fake.state.calls if c[3]]
+    assert [c[2] for c in inside if c[0] == "set_tensor_address"] == [], "addresses changed during capture"
+    enqueued = [c[2] for c in inside if c[0] == "execute"]
+    assert enqueued == [want[0], want[1], want[0], want[1]]
+    ran = [c[1] for c in inside if c[0] == "execute"]
+    assert ran[0] is ran[2] and ran[1] is ran[3] and ran[0] is not ran[1], "one context per slot"
+    memory = {id(ctx): ctx.memory for ctx in fake.state.contexts}
+    assert set(memory.values()) == {(arena.data_ptr(), 3 * 1024)}, "every context shares one activation block"
+    assert {ctx.strategy for ctx in fake.state.contexts} == {fake.ExecutionContextAllocationStrategy.USER_MANAGED}
+
+
+def _ort_with_cuda_that_falls_back(monkeypatch, raises: bool) -> list:
+    """ONNX Runtime that lists the CUDA provider (a GPU wheel) but cannot load it: the session either falls back to
+    the CPU provider (``get_providers()`` says so) or, with CPU fallback disabled, fails to be created."""
+    import onnxruntime as ort
+
+    real = ort.InferenceSession
+    asked: list = []
+
+    class Session:
+        def __init__(self, path, sess_options=None, providers=None):
+            asked.append(providers)
+            on_cuda = any("CUDA" in (p[0] if isinstance(p, tuple) else p) for p in providers or [])
+            if on_cuda and raises:
+                raise RuntimeError("Failed to load libonnxruntime_providers_cuda.so: libcudnn.so.9: cannot open")
+            self._s = real(path, providers=["CPUExecutionProvider"])  # what loaded (the caller's options aside)
+
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+        def __getattr__(self, name):
+            return getattr(self._s, name)
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", Session)
+    return asked
+
+
+@pytest.mark.parametrize("raises", [False, True], ids=["falls-back", "fails"])
+def test_ort_on_cuda_is_what_the_session_loaded(bundle64, monkeypatch, raises):
+    """The provider list of the wheel (``get_available_providers``) is not what a session loaded: an onnxruntime-gpu
+    built for another CUDA major falls back to the CPU provider, or fails with CPU fallback disabled. Either way the
+    runner says that the CUDA provider did not load and which CUDA and cuDNN it needs; never 'not a loadable ONNX
+    model' for a model that loads on the CPU, and never ``on_cuda`` for a session that runs on the CPU."""
+    spec = open_bundle(bundle64 / "deq_cell.onnx").engines["deq_cell"]
+    asked = _ort_with_cuda_that_falls_back(monkeypatch, raises)
+    with pytest.raises(EngineError) as err:
+        load_runner(spec, torch.device("cuda"))
+    msg = str(err.value)
+    assert "CUDA execution provider" in msg and "needs CUDA" in msg and "cuDNN" in msg, msg
+    assert "not a loadable ONNX model" not in msg and "\n" not in msg
+    assert asked[0][0][0] == "CUDAExecutionProvider"
