@@ -209,9 +209,6 @@ class Pipeline:
         assert self.stream is not None
         self.ws.ensure_trace(evals)  # grown outside the capture: never allocated from the graph pool
         try:
-            # A trace grown inside the capture would come from the shared graph pool (which later graphs reuse
-            # for their temporaries) while plain solves keep writing into it: grow it here, outside.
-            self.ws.ensure_trace(iters)
             self.stream.synchronize()
             g = torch.cuda.CUDAGraph()
             self._capturing = True
