@@ -293,3 +293,28 @@ def test_runtime_flags_override_the_manifest_rule(il_bundle, clip_frames) -> Non
         "extra_evaluations": 1,
     }
     assert summary["solve"]["tol"] == 1e-4
+
+
+def test_bad_solve_combinations_are_one_line(il_bundle, clip_frames, tmp_path, capsys) -> None:
+    """A rule that cannot run (auto switches solvers mid-stream, so it can only return f of the last iterate) and a
+    manifest whose stream_solve is malformed: one line, exit 2, nothing half-written."""
+    import shutil
+
+    from runtime.run import main
+
+    folder, _ = clip_frames
+    io = ["--no-video", "--threads", "1", "--no-progress", "--max-frames", "2"]
+    argv = [str(folder), "--engine", str(il_bundle / "deq_cell.onnx"), "--out", str(tmp_path / "a"), *io]
+    assert main([*argv, "--solver", "auto", "--returns", "lowest"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "auto" in err[0] and "f of the last iterate" in err[0]
+    assert not (tmp_path / "a").exists()
+    bad = tmp_path / "bad"
+    shutil.copytree(il_bundle, bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["config"]["stream_solve"]["returns"] = "best"
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    argv = [str(folder), "--engine", str(bad / "deq_cell.onnx"), "--out", str(tmp_path / "b"), *io]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "config.stream_solve" in err[0] and "'best'" in err[0]
