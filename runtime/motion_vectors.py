@@ -44,6 +44,11 @@ MV_CODECS = (
     "wmv2",
     "flv",
 )
+# Codecs whose pictures have one reference per direction, the nearest anchor (I or P picture) in display order:
+# a forward vector's span is the distance to the previous anchor, no block matching needed (H.264 may reference
+# any of several earlier pictures, and says which only through reference indices FFmpeg does not export).
+ANCHOR_CODECS = ("mpeg4", "mpeg2video", "mpeg1video", "h263", "h263p", "msmpeg4v2", "msmpeg4v3", "wmv1", "wmv2", "flv")
+ANCHORS = ("I", "P", "S", "SI", "SP")  # picture types that later pictures predict from (S: MPEG-4 sprite / GMC)
 UNIT = 4  # rasterisation granularity in pixels: exported blocks are 8 or 16 px and 8-px aligned
 
 
@@ -172,9 +177,7 @@ def _units_of(cells: np.ndarray, m: int, uh: int, uw: int, ph: int, pw: int) -> 
     return cells
 
 
-def _rasterise(
-    blocks: np.ndarray, motion: np.ndarray, uh: int, uw: int, ph: int, pw: int
-) -> tuple[np.ndarray, int]:
+def _rasterise(blocks: np.ndarray, motion: np.ndarray, uh: int, uw: int, ph: int, pw: int) -> tuple[np.ndarray, int]:
     """(sum dx * area, sum dy * area, area) on the m-unit grid (3, ceil(uh / m), ceil(uw / m)), and m.
 
     Blocks whose corners and sizes are multiples of m units are rasterised on the m-unit grid: every unit of an
@@ -277,8 +280,9 @@ class ReferenceResolver:
     against every candidate frame is one gather; a stream known to have one reference (``single``) never matches.
     """
 
-    def __init__(self, single: bool = False, window: int = HISTORY) -> None:
-        self.single, self.window = single, window
+    def __init__(self, single: bool = False, window: int = HISTORY, anchored: bool = False) -> None:
+        self.single, self.window, self.anchored = single, window, anchored
+        self.anchor: int | None = None  # anchored codecs: display index of the last I / P picture
         self.ring: np.ndarray | None = None  # (window, H, W) past lumas; display index i in slot i % window
         self.held = 0  # consecutive past frames in the ring, the newest being display index self.last
         self.last = -1
@@ -299,11 +303,15 @@ class ReferenceResolver:
         """How many past frames (newest first, spans 1..n) can be matched against a picture of ``shape``."""
         return self.held if self.ring is not None and self.ring.shape[1:] == shape else 0
 
-    def resolve(self, vectors: np.ndarray | None, y: np.ndarray, index: int) -> tuple[Any, Any, dict[str, float]]:
-        """(blocks, motion (2, n) px from the previous frame, facts) for one frame; ``y`` its luma."""
+    def resolve(
+        self, vectors: np.ndarray | None, y: np.ndarray, index: int, pict: str | None = None
+    ) -> tuple[Any, Any, dict[str, float]]:
+        """(blocks, motion (2, n) px from the previous frame, facts) for one frame; ``y`` its luma, ``pict`` its
+        picture type (``anchored`` streams: the previous I / P picture is every forward vector's reference)."""
         if self.held and self.last != index - 1:  # a gap (seek, dropped frame): start over
             self.held = 0
             self.prev_field = None
+            self.anchor = None
         facts = {"inter": 0.0, "dropped": 0.0, "change": None}
         if self._candidates(y.shape):
             prev = self.ring[self.last % self.window]
@@ -312,15 +320,19 @@ class ReferenceResolver:
         if vectors is not None and len(vectors):
             facts["inter"] = _inter_fraction(vectors, *y.shape)
             fwd = vectors[vectors["source"] < 0]
-            blocks, motion, spans = self._spans(fwd, y, index)
+            blocks, motion, spans = self._spans(fwd, y, index, pict)
             if len(spans):
                 facts["mean_span"] = float(spans.mean())
             blocks, motion = self._backward(vectors[vectors["source"] > 0], blocks, motion, index)
             facts["dropped"] = 1.0 - len(blocks) / len(vectors)
         self._advance(blocks, motion, y, index)
+        if pict in ANCHORS:
+            self.anchor = index
         return blocks, motion, facts
 
-    def _spans(self, fwd: np.ndarray, y: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _spans(
+        self, fwd: np.ndarray, y: np.ndarray, index: int, pict: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The forward vectors a past frame explains, their motion (2, n) px and span in frames.
 
         A block whose pixels tell the candidate frames apart takes its best match; a block that matches its frame's
@@ -330,6 +342,9 @@ class ReferenceResolver:
         scale = np.maximum(fwd["motion_scale"].astype(np.float64), 1.0)
         motion = np.stack([fwd["motion_x"] / scale, fwd["motion_y"] / scale])
         spans = np.ones(len(fwd), np.int64)
+        if self.anchored and self.anchor is not None and pict is not None and len(fwd):
+            spans[:] = max(1, index - self.anchor)  # the codec's one forward reference: the previous anchor
+            return fwd, motion / spans, spans
         n_cand = self._candidates(y.shape)
         if self.single or not n_cand or not len(fwd):
             return fwd, motion, spans
@@ -562,7 +577,10 @@ class MotionVectorDecoder:
         """Per-stream state: the reference resolver (block matching only where vectors may span several frames)."""
         self.info = info
         self._warned = False
-        self.resolver = ReferenceResolver(single=info is not None and not info.multi_frame)
+        self.resolver = ReferenceResolver(
+            single=info is not None and not info.multi_frame,
+            anchored=info is not None and info.codec in ANCHOR_CODECS,
+        )
         if info is not None and info.multi_frame:
             self._warn(info.describe())
 
@@ -592,7 +610,7 @@ class MotionVectorDecoder:
         if pict == "B" or (vectors is not None and bool((vectors["source"] > 0).any())):
             self.resolver.single = False  # the stream said otherwise; trust the pictures
             self._warn(f"frame {index} is a {pict} picture")
-        blocks, motion, facts = self.resolver.resolve(vectors, luma(frame), index)
+        blocks, motion, facts = self.resolver.resolve(vectors, luma(frame), index, pict)
         if self.stride == UNIT and self.resolver.unit is not None:
             disp, coverage = self.resolver.unit
         else:

@@ -25,6 +25,7 @@ from runtime.motion_vectors import (
     grid_size,
     luma,
 )
+from runtime.sources import _lerp_taps
 
 
 def grid_blocks(
@@ -237,7 +238,6 @@ def _ahead(w: np.ndarray, d: np.ndarray) -> int | None:
     return int(np.rint(np.median(ratio)))
 
 
-
 def reference_fields(path: str, stride: int, single: bool, limit: int | None = None) -> list[dict[str, Any]]:
     """Decode ``path`` and return, per frame, what ``MotionVectorDecoder.field`` computed before #30: ``disp``,
     ``coverage``, ``inter``, ``change``, ``dropped``, ``mean_span``, ``pict``, ``vectors`` (``single``: the stream's
@@ -264,3 +264,27 @@ def reference_fields(path: str, stride: int, single: bool, limit: int | None = N
                 disp, coverage = grid_blocks(blocks, motion, frame.height, frame.width, stride)
             out.append({"disp": disp, "coverage": coverage, "pict": pict, "vectors": vectors, **facts})
     return out
+
+
+def reference_fit_field(self: Any, disp: np.ndarray, weight: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """A per-cell displacement field on the source's stride-``stride`` grid, ``disp`` (2, h, w) in
+    cells and ``weight`` (h, w) its coverage -> the same on the engine picture's grid.
+
+    Coverage-weighted bilinear sampling at each engine cell's centre (edge cells repeat, as
+    ``F.interpolate`` does; cells in the padding get weight 0), vectors rescaled from source to
+    engine cells per axis. Motion vectors come at the source resolution, the state at the
+    engine's: without this a padded or cropped frame would be warped by misplaced motion."""
+    (ih, iw), (oy, ox), (dh, dw) = self.scaled, self.offset, self.dst_hw
+    h, w = weight.shape
+    gh, gw = -(-dh // stride), -(-dw // stride)
+    ey, ex = (np.arange(gh) + 0.5) * dh / gh + oy, (np.arange(gw) + 0.5) * dw / gw + ox  # scaled-picture px
+    inside = (ey < ih)[:, None] & (ex < iw)[None, :]
+    cy, cx = ey * h / ih - 0.5, ex * w / iw - 0.5  # source cell coordinates (centres at integers)
+    rows, cols = _lerp_taps(cy, h), _lerp_taps(cx, w)
+    stack = np.concatenate([disp * weight, weight[None]], 0).astype(np.float64)
+    r = sum(a[:, None] * b[None, :] * stack[:, i][:, :, j] for a, i in rows for b, j in cols)
+    wt = np.where(inside, r[2], 0.0)
+    out = np.where(wt > 1e-6, r[:2] / np.maximum(wt, 1e-6), 0.0)
+    out[0] *= (iw / w) / (dw / gw)  # source cells -> scaled-picture px -> engine cells
+    out[1] *= (ih / h) / (dh / gh)
+    return out.astype(np.float32), wt.astype(np.float32)
