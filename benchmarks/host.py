@@ -162,9 +162,8 @@ def each(items: list[Any], fn: Callable[[int, Any], Any]) -> dict[str, float]:
 
 
 def class_maps(rgbs: list[np.ndarray], fitter: Any) -> list[np.ndarray]:
-    """Plausible predictions at the engine size (7 classes of luma bands: regions, not noise) and at the source's."""
-    small = [(fitter.fit(r).mean(axis=2) // 37).astype(np.uint8) for r in rgbs]
-    return small
+    """Plausible predictions at the engine size: 7 classes of luma bands (regions, as a model's maps have)."""
+    return [(fitter.fit(r).mean(axis=2) // 37).astype(np.uint8) for r in rgbs]
 
 
 def stages(clip: Clip, a: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -222,15 +221,22 @@ def device_prep(frames: list[Any], hw: tuple[int, int]) -> dict[str, Any]:
 
 def writers(rgbs: list[np.ndarray], maps: list[np.ndarray], work: Path) -> dict[str, Any]:
     """Each writer alone at the source size (the writer thread's work per frame)."""
-    from runtime.writers import JsonlWriter, NpzMapWriter, OverlayWriter, PngMapWriter, palette_lut
+    from runtime.writers import JsonlWriter, NpzMapWriter, OverlayWriter, PngMapWriter, overlay, palette_lut
 
     lut = palette_lut([(128, 64, 128), (70, 130, 180), (70, 70, 70), (107, 142, 35), (0, 0, 142), (220, 20, 60)])
     d = Path(tempfile.mkdtemp(dir=work))
-    video = OverlayWriter(d / "overlay.mp4", 25.0, lut)
-    out = {"overlay": each(rgbs, lambda i, r: video.write(r, maps[i]))}
-    t = time.process_time()
-    video.close()
-    out["overlay"]["close_cpu_ms"] = 1e3 * (time.process_time() - t)
+    out: dict[str, Any] = {}
+    for name, preset in (("overlay", "veryfast"), ("overlay ultrafast", "ultrafast")):
+        video = OverlayWriter(d / f"{name}.mp4", 25.0, lut, {"preset": preset, "crf": "23"})
+        clock = Clock()
+        for i, r in enumerate(rgbs):
+            with clock():
+                video.write(r, maps[i])
+        with clock():  # the encoder's look-ahead frames come out at close: their cost counts
+            video.close()
+        clock.n -= 1
+        out[name] = clock.ms()
+    out["blend"] = each(rgbs, lambda i, r: overlay(r, maps[i], lut))
     png = PngMapWriter(d / "maps")
     out["png"] = each(maps, lambda i, m: png.write(i, m))
     npz = NpzMapWriter(d / "maps.npz")
@@ -244,6 +250,7 @@ def writers(rgbs: list[np.ndarray], maps: list[np.ndarray], work: Path) -> dict[
         "png": sum(p.stat().st_size for p in (d / "maps").iterdir()) / len(maps),
         "npz": (d / "maps.npz").stat().st_size / len(maps),
         "overlay": (d / "overlay.mp4").stat().st_size / len(maps),
+        "overlay ultrafast": (d / "overlay ultrafast.mp4").stat().st_size / len(maps),
     }
     return out
 
@@ -277,47 +284,81 @@ def null_backend() -> Iterator[None]:
         pipeline.load_runner = real
 
 
-E2E = {"stream k=1": {"mode": "stream", "iters": 1}, "mv n=5": {"mode": "mv", "iters": 1, "key_interval": 5}}
+def e2e_modes() -> dict[str, dict[str, Any]]:
+    """stream k=1 and mv n=5 exactly as ``benchmarks.real_footage`` (and ``runtime.run``) set them."""
+    from benchmarks.real_footage import modes
+
+    rows = modes(20, 5, has_flownet=False)
+    return {k: rows[k] for k in ("stream k=1", "mv n=5")}
 
 
-def end_to_end(engine: Path, clip: Clip, a: argparse.Namespace, work: Path, null: bool) -> dict[str, Any]:
-    """Frames per second through ``runtime.loop.run`` per mode, outputs off and default (overlay + maps + log)."""
+OUTPUTS = {
+    "outputs off": None,
+    "default outputs (overlay + PNG maps + log)": "png",
+    "overlay + NPZ maps + log": "npz",
+}
+
+
+def one_run(engine: Path, clip: Path, frames: int | None, maps: str | None, work: Path, **kw: Any) -> dict[str, Any]:
+    """One ``runtime.loop.run``: FPS, stage means (the overlay's own thread included) and the bounding thread."""
+    from runtime.bounds import bounding_stage
     from runtime.loop import RunConfig, run
+    from runtime.stats import describe
+    from runtime.writers import Sink
 
+    sinks: list[Any] = []
+
+    def make_sink(i: int, fps: float) -> Any:
+        from runtime.bundle import open_bundle
+
+        out = Path(tempfile.mkdtemp(dir=work))
+        sinks.append(Sink(out, fps, open_bundle(engine, check_hash=False).palette, maps or "none", True))
+        return sinks[-1]
+
+    cfg = RunConfig(
+        engine=engine,
+        sources=[str(clip)],
+        out=None,
+        progress=False,
+        threads=1,
+        max_frames=frames,
+        log=lambda _m: None,
+        check_hash=False,
+        make_sink=make_sink if maps else None,
+        **kw,
+    )
+    s = run(cfg)
+    if sinks and len(sinks[0].overlay_ms):
+        s.setdefault("stages_ms", {})["overlay"] = describe(sinks[0].overlay_ms)
+    bound = bounding_stage(s) or {}
+    return {
+        "fps": s["frames"] / s["wall_s"],
+        "frames": s["frames"],
+        "stages_ms": {k: v["mean"] for k, v in s.get("stages_ms", {}).items() if v.get("count")},
+        "threads_ms": bound.get("threads_ms"),
+        "largest_stage": bound.get("stage"),
+        "bound_fps": bound.get("bound_fps"),
+    }
+
+
+def end_to_end(engine: Path, clip: Path, frames: int | None, work: Path, null: bool) -> dict[str, Any]:
+    """Frames per second through ``runtime.loop.run`` per mode and outputs (null backend: host only)."""
     rows: dict[str, Any] = {}
-    outputs = {"outputs off": {"out": None}, "default outputs": {"out": "out"}}
-    for mode, kw in E2E.items():
-        for what, o in outputs.items():
-            if not null and what != "outputs off":
+    for mode, kw in e2e_modes().items():
+        for what, maps in OUTPUTS.items():
+            if not null and maps is not None:
                 continue
-            out = Path(tempfile.mkdtemp(dir=work)) if o["out"] else None
-            cfg = RunConfig(
-                engine=engine,
-                sources=[str(clip.path)],
-                out=out,
-                progress=False,
-                threads=1,
-                max_frames=a.frames,
-                log=lambda _m: None,
-                check_hash=False,
-                **kw,
-            )
             with null_backend() if null else contextlib.nullcontext():
-                s = run(cfg)
-            means = {k: v["mean"] for k, v in s.get("stages_ms", {}).items() if v.get("count")}
-            main = s["latency_ms"]["mean"] - means.get("decode", 0.0)  # the loop thread's own share per frame
-            largest = max(
-                [("main loop", main)] + [(k, means[k]) for k in ("decode", "write") if k in means], key=lambda t: t[1]
-            )
-            rows[f"{mode}, {what}"] = {
-                "fps": s["frames"] / s["wall_s"],
-                "frames": s["frames"],
-                "stages_ms": means,
-                "main_loop_ms": main,
-                "largest_stage": largest[0],
-                "bound_fps": 1e3 / largest[1] if largest[1] > 0 else None,
-            }
+                rows[f"{mode}, {what}"] = one_run(engine, clip, frames, maps, work, **kw)
     return rows
+
+
+def real_footage_fps(engine: Path, work: Path) -> dict[str, Any]:
+    """stream k=1 against mv n=5 with the real ONNX engines (1 thread) on the whole clips of
+    ``benchmarks.real_footage`` (outputs off, as it runs them)."""
+    from benchmarks.real_footage import DEFAULT_CLIPS, clip_path
+
+    return {name: end_to_end(engine, clip_path(name), None, work, null=False) for name in DEFAULT_CLIPS}
 
 
 def export_engine(a: argparse.Namespace, work: Path) -> Path:
@@ -336,7 +377,7 @@ def export_engine(a: argparse.Namespace, work: Path) -> Path:
 
 # --------------------------------------------------------------------------- report
 STAGE_COLS = ("codec", "codec+mv", "fit", "mv field", "planes", "device prep", "upload", "download")
-WRITER_COLS = ("overlay", "png", "npz", "jsonl")
+WRITER_COLS = ("blend", "overlay", "overlay ultrafast", "png", "npz", "jsonl")
 
 
 def ratios(st: dict[str, Any]) -> dict[str, float | None]:
@@ -369,7 +410,7 @@ def markdown(res: dict[str, Any], stamp: dict[str, Any]) -> str:
         "CPU ms per frame, each stage alone on one core over the same frames; engine size "
         f"{ENGINE_HW[1]}x{ENGINE_HW[0]}. `codec` = PyAV decode + RGB (the floor), `codec+mv` with `+export_mvs`.",
         "",
-        "| clip | size | codec | " + " | ".join(STAGE_COLS) + " | " + " | ".join(WRITER_COLS) + " |",
+        "| clip | size | format | " + " | ".join(STAGE_COLS) + " | " + " | ".join(WRITER_COLS) + " |",
         "|" + " --- |" * (3 + len(STAGE_COLS) + len(WRITER_COLS)),
     ]
     for name, c in res["clips"].items():
@@ -392,29 +433,42 @@ def markdown(res: dict[str, Any], stamp: dict[str, Any]) -> str:
             f"| {name} | {fmt(r['mv_field_over_codec'])} | {fmt(r['decode_stage_host_over_codec'])} | "
             f"{fmt(r['decode_stage_device_over_codec'])} | {fmt(r['default_writers_over_codec'])} |"
         )
-    for title, key in (("null backend (host only)", "e2e_null"), ("ONNX Runtime engines, 1 thread", "e2e_real")):
-        rows = [(n, c[key]) for n, c in res["clips"].items() if c.get(key)]
-        if not rows:
-            continue
+    rows = [(n, c["e2e_null"]) for n, c in res["clips"].items() if c.get("e2e_null")]
+    if rows:
         lines += [
             "",
-            f"End to end through `runtime.loop.run`, {title}: FPS, 1 / (largest stage) from the run's stage means, "
-            "and which stage it is (`main loop`: the loop thread's latency less decode).",
+            "End to end through `runtime.loop.run` with a null backend (engines that do nothing: the host alone): "
+            "FPS, and 1 / (largest thread) from the run's own stage means (`runtime.bounds`: decode thread, loop "
+            "thread = `Pipeline.run` latency, writer thread, overlay thread).",
             "",
-            "| clip | run | FPS | bound FPS | FPS / bound | largest stage | decode ms | write ms | main loop ms |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| clip | run | FPS | bound FPS | FPS / bound | largest | decode ms | loop ms | write ms | overlay ms |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for name, e in rows:
-            for run_name, r in e.items():
-                b = r["bound_fps"]
-                lines.append(
-                    f"| {name} | {run_name} | {r['fps']:.1f} | {fmt(b, 1)} | {fmt(r['fps'] / b if b else None)} | "
-                    f"{r['largest_stage']} | {fmt(r['stages_ms'].get('decode'))} | "
-                    f"{fmt(r['stages_ms'].get('write'))} | {fmt(r['main_loop_ms'])} |"
-                )
+            lines += [e2e_line(name, run_name, r) for run_name, r in e.items()]
+    if res.get("real"):
+        lines += [
+            "",
+            "stream k=1 against mv n=5 (as `benchmarks.real_footage` runs them) with the real ONNX Runtime engines, "
+            "1 thread, whole clips, outputs off:",
+            "",
+            "| clip | run | FPS | bound FPS | FPS / bound | largest | decode ms | loop ms | write ms | overlay ms |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, e in res["real"].items():
+            lines += [e2e_line(name, run_name, r) for run_name, r in e.items()]
     lines += ["", "| clip | origin |", "| --- | --- |"]
     lines += [f"| {n} | {c['origin']} |" for n, c in res["clips"].items()]
     return "\n".join(lines) + "\n"
+
+
+def e2e_line(name: str, run_name: str, r: dict[str, Any]) -> str:
+    b, t = r["bound_fps"], r["threads_ms"] or {}
+    return (
+        f"| {name} | {run_name} | {r['fps']:.1f} | {fmt(b, 1)} | {fmt(r['fps'] / b if b else None)} | "
+        f"{r['largest_stage']} | {fmt(t.get('decode'))} | {fmt(t.get('loop'))} | {fmt(t.get('write'))} | "
+        f"{fmt(t.get('overlay'))} |"
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -464,10 +518,10 @@ def main(argv: list[str] | None = None) -> int:
                 st = stages(clip, a, work)
                 row: dict[str, Any] = {"origin": clip.origin, "stages": st, "ratios": ratios(st)}
                 if engine is not None:
-                    row["e2e_null"] = end_to_end(engine, clip, a, work, null=True)
-                    if a.real:
-                        row["e2e_real"] = end_to_end(engine, clip, a, work, null=False)
+                    row["e2e_null"] = end_to_end(engine, clip.path, a.frames, work, null=True)
                 results["clips"][clip.name] = row
+            if engine is not None and a.real:
+                results["real"] = real_footage_fps(engine, work)
     except (FileNotFoundError, ValueError, OSError, RuntimeError, DeqRuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
