@@ -241,11 +241,11 @@ def _flat(ys: np.ndarray, xs: np.ndarray, height: int, width: int, dy: Any = 0, 
 
 
 def _sample_field(g: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """A unit-grid field (2, uh, uw) at pixel positions (nearest cell): (2, n), NaN where unknown."""
-    _, uh, uw = g.shape
+    """A unit-grid field (c, uh, uw) at pixel positions (nearest cell): (c, n)."""
+    c, uh, uw = g.shape
     cx = np.clip((x // UNIT).astype(np.int64), 0, uw - 1)
     cy = np.clip((y // UNIT).astype(np.int64), 0, uh - 1)
-    return np.take(g.reshape(2, -1), cy * uw + cx, axis=1)
+    return np.take(g.reshape(c, -1), cy * uw + cx, axis=1)
 
 
 def _pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -286,7 +286,7 @@ class ReferenceResolver:
         self.ring: np.ndarray | None = None  # (window, H, W) past lumas; display index i in slot i % window
         self.held = 0  # consecutive past frames in the ring, the newest being display index self.last
         self.last = -1
-        self.prev_field: tuple[int, np.ndarray] | None = None  # (index, (2, uh, uw) px from index - 1, NaN uncovered)
+        self.prev_field: tuple[int, Any] | None = None  # (index, its unit field (disp, coverage)) for _backward
         self.unit: tuple[np.ndarray, np.ndarray] | None = None  # the last frame's field on the stride-UNIT grid
 
     def remember(self, index: int, y: np.ndarray) -> None:
@@ -390,10 +390,12 @@ class ReferenceResolver:
         both = pair >= 0
         mate = np.take(motion, pair[both], axis=1)  # the forward displacement of each bi-predicted block
         m = _ahead(w[:, both], mate)
-        last = self.prev_field[1] if self.prev_field is not None and self.prev_field[0] == index - 1 else None
-        dp = None
-        if last is not None:
-            dp = _sample_field(last, bwd["dst_x"].astype(np.float64), bwd["dst_y"].astype(np.float64))
+        dp = None  # the previous frame's motion (px) under each backward block, NaN where it had none
+        if self.prev_field is not None and self.prev_field[0] == index - 1:
+            disp, cov = self.prev_field[1]
+            x, y = bwd["dst_x"].astype(np.float64), bwd["dst_y"].astype(np.float64)
+            dp = _sample_field(disp, x, y) * np.float32(UNIT)
+            dp[:, _sample_field(cov[None], x, y)[0] <= 0] = np.nan
         if (m is None or not 1 <= m <= self.window) and dp is not None:
             m = _ahead(w, dp)
         if m is None or not 1 <= m <= self.window:
@@ -419,8 +421,7 @@ class ReferenceResolver:
         """Keep this frame's field (px from the previous frame, NaN uncovered) and its luma."""
         h, w = y.shape
         self.unit = grid_blocks(blocks, motion, h, w, UNIT)
-        disp, cov = self.unit
-        self.prev_field = (index, np.where(cov > 0, disp * UNIT, np.float32(np.nan)))
+        self.prev_field = (index, self.unit)  # sampled only where a B picture's backward blocks need it
         self.remember(index, y)
 
 
