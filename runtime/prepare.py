@@ -96,3 +96,18 @@ class DevicePreparer:
             out.zero_()
         out[: window.shape[1], : window.shape[2]].copy_(window.permute(1, 2, 0))
         return out
+
+
+class Preparers:
+    """One :class:`DevicePreparer` per source size (a stream may change size, a batch mixes sources): what the
+    pipeline's upload calls with each stream's source-size frame and its row of the frame buffer."""
+
+    def __init__(self, dst_hw: tuple[int, int], fit: str, device: torch.device) -> None:
+        self.dst_hw, self.fit, self.device = dst_hw, fit, device
+        self.by_size: dict[tuple[int, int], DevicePreparer] = {}
+
+    def __call__(self, frame: np.ndarray | Planes, out: torch.Tensor) -> torch.Tensor:
+        hw = tuple(frame.shape[:2] if isinstance(frame, np.ndarray) else frame[0].shape)
+        if hw not in self.by_size:
+            self.by_size[hw] = DevicePreparer(hw, self.dst_hw, self.fit, self.device)  # type: ignore[arg-type]
+        return self.by_size[hw](frame, out)

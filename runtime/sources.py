@@ -314,7 +314,9 @@ _END = object()
 class Prefetcher:
     """Decode thread: fits frames to the engine resolution and fills a bounded queue.
 
-    ``keep_original`` keeps the source-resolution pixels for the overlay writer.
+    ``keep_original`` keeps the source-resolution pixels for the overlay writer. ``fit_on_device``: frames stay at
+    the source size (``Frame.rgb`` is the decoded frame) for the pipeline to fit on the device
+    (:class:`runtime.prepare.Preparers`); motion fields are still fitted here (they are small).
     """
 
     def __init__(
@@ -325,8 +327,9 @@ class Prefetcher:
         maxsize: int = 8,
         keep_original: bool = True,
         max_frames: int | None = None,
+        fit_on_device: bool = False,
     ) -> None:
-        self.source, self.dst_hw, self.fit_mode = source, dst_hw, fit
+        self.source, self.dst_hw, self.fit_mode, self.fit_on_device = source, dst_hw, fit, fit_on_device
         self.keep_original, self.max_frames = keep_original, max_frames
         self.q: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
         self.stop_event = threading.Event()
@@ -360,7 +363,7 @@ class Prefetcher:
                     raise SourceError(f"{self.source.name}: frame {self.decoded} is not HxWx3 uint8")
                 hw = (int(rgb.shape[0]), int(rgb.shape[1]))
                 fitter = self.fitter(hw)
-                fitted = fitter.fit(rgb)
+                fitted = rgb if self.fit_on_device else fitter.fit(rgb)  # on the device: runtime.prepare
                 if side and "motion" in side:  # codec vectors are on the source picture's grid
                     side = {**side, "motion": fitter.fit_motion(side["motion"])}
                 ms = (time.perf_counter() - t0) * 1e3

@@ -68,3 +68,22 @@ def test_yuv_planes_on_the_device_are_close_to_ffmpegs_rgb(frames, dst, fit) -> 
 def test_planes_refuses_other_pixel_formats() -> None:
     frame = av.VideoFrame.from_ndarray(np.zeros((8, 8, 3), np.uint8), format="rgb24")
     assert planes(frame) is None
+
+
+def test_prefetcher_leaves_frames_at_the_source_size_for_the_device() -> None:
+    from runtime.prepare import Preparers
+    from runtime.sources import ArraySource, Prefetcher
+
+    sizes = [(70, 134), (70, 134), (48, 64)]  # a size change mid-stream gets its own preparer
+    frames = [moving_frames(1, h=h, w=w, seed=i)[0] for i, (h, w) in enumerate(sizes)]
+    pre = Prefetcher(ArraySource(frames), (32, 64), "pad", fit_on_device=True)
+    buf = torch.zeros((1, 32, 64, 3), dtype=torch.uint8)  # the pipeline's frame buffer (batch 1)
+    prep = Preparers((32, 64), "pad", torch.device("cpu"))
+    got = []
+    while (f := pre.get()) is not None:
+        assert f.rgb.shape == f.source_hw + (3,)  # not fitted on the host
+        host = Fitter(f.source_hw, (32, 64), "pad").fit(f.rgb).astype(int)
+        assert np.abs(prep(f.rgb, buf[0]).numpy().astype(int) - host).max() <= 1
+        got.append(f.source_hw)
+    pre.close()
+    assert got == sizes and len(prep.by_size) == 2
