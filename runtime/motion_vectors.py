@@ -13,7 +13,13 @@ was predicted from ``src = dst + motion / motion_scale`` in the previous frame, 
 Vectors are only "one frame back" when the stream has no B-frames and one reference frame (x264 ``bframes=0,
 ref=1``); otherwise a vector may span several frames and ``source`` cannot say how many. Such streams are detected
 (B pictures, ``source = +1`` vectors, ``has_b_frames``, or an H.264 SPS with ``max_num_ref_frames > 1``) and warned
-about; :func:`reencode_for_motion_vectors` rewrites them with safe settings.
+about; :func:`reencode_for_motion_vectors` rewrites them with safe settings. How far a forward vector reaches is
+taken from the picture types where the codec has one reference per direction (MPEG-1/2/4 family: the previous I or P
+picture) and found by block matching only where it may be any of several (H.264); see :class:`ReferenceResolver`.
+
+Everything per frame is vectorised over blocks (issue #30): no Python loop over blocks, block sizes or candidate
+frames. ``python -m benchmarks.host`` times it against the codec's own decode; ``tests/runtime/test_mv_vectorised.py``
+holds it to the per-block implementation it replaced (bit-identical on the real H.264 clips).
 """
 
 from __future__ import annotations
@@ -277,7 +283,9 @@ class ReferenceResolver:
     frame explains and bi-predicted blocks whose two vectors disagree are dropped.
 
     Everything is vectorised over blocks (issue #30): the past lumas sit in one ring array, so matching every block
-    against every candidate frame is one gather; a stream known to have one reference (``single``) never matches.
+    against every candidate frame is one gather; a stream known to have one reference (``single``) never matches, and
+    an ``anchored`` one (MPEG-1/2/4 family, one reference per direction) takes every forward vector's span from the
+    picture types: the distance to the previous I or P picture.
     """
 
     def __init__(self, single: bool = False, window: int = HISTORY, anchored: bool = False) -> None:
@@ -587,7 +595,8 @@ class MotionVectorDecoder:
 
     def _warn(self, why: str) -> None:
         if self.warn and not self._warned:
-            warnings.warn(multi_frame_message(self.path, why), MultiFrameMotionWarning, stacklevel=3)
+            message = multi_frame_message(self.path, why, self.resolver.anchored)
+            warnings.warn(message, MultiFrameMotionWarning, stacklevel=3)
             self._warned = True
 
     def __enter__(self) -> MotionVectorDecoder:
@@ -632,11 +641,13 @@ class MotionVectorDecoder:
         )
 
 
-def multi_frame_message(path: str | os.PathLike, why: str) -> str:
-    """The one line a multi-frame stream gets (the CLI prints it like its other warnings)."""
+def multi_frame_message(path: str | os.PathLike, why: str, anchored: bool = False) -> str:
+    """The one line a multi-frame stream gets (the CLI prints it like its other warnings); ``anchored``: an
+    MPEG-1/2/4-family stream, whose forward vectors reference the previous I / P picture (no matching)."""
+    how = "the previous I or P picture (the codec's only forward reference)" if anchored else "by block matching"
     return (
         f"{path}: motion vectors may span several frames ({why}); each forward vector is resolved to the frame it "
-        "references by block matching, backward-only ones at constant velocity; for exact single-reference vectors "
+        f"references {how}, backward-only ones at constant velocity; for exact single-reference vectors "
         "re-encode (--reencode-mv, or runtime.motion_vectors.reencode_for_motion_vectors())"
     )
 
