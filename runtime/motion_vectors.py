@@ -288,8 +288,13 @@ class ReferenceResolver:
     picture types: the distance to the previous I or P picture.
     """
 
-    def __init__(self, single: bool = False, window: int = HISTORY, anchored: bool = False) -> None:
+    def __init__(
+        self, single: bool = False, window: int = HISTORY, anchored: bool = False, refs: int | None = None
+    ) -> None:
         self.single, self.window, self.anchored = single, window, anchored
+        # P-only streams: every picture is a reference and the decoder keeps the last ``refs`` (the SPS's
+        # max_num_ref_frames), so no vector reaches further back; None where B pictures reorder them
+        self.refs = refs
         self.anchor: int | None = None  # anchored codecs: display index of the last I / P picture
         self.ring: np.ndarray | None = None  # (window, H, W) past lumas; display index i in slot i % window
         self.held = 0  # consecutive past frames in the ring, the newest being display index self.last
@@ -353,7 +358,7 @@ class ReferenceResolver:
         if self.anchored and self.anchor is not None and pict is not None and len(fwd):
             spans[:] = max(1, index - self.anchor)  # the codec's one forward reference: the previous anchor
             return fwd, motion / spans, spans
-        n_cand = self._candidates(y.shape)
+        n_cand = min(self._candidates(y.shape), self.refs or self.window)
         if self.single or not n_cand or not len(fwd):
             return fwd, motion, spans
         assert self.ring is not None
@@ -589,6 +594,7 @@ class MotionVectorDecoder:
         self.resolver = ReferenceResolver(
             single=info is not None and not info.multi_frame,
             anchored=info is not None and info.codec in ANCHOR_CODECS,
+            refs=info.max_ref_frames if info is not None and info.codec == "h264" and not info.has_b_frames else None,
         )
         if info is not None and info.multi_frame:
             self._warn(info.describe())
@@ -618,7 +624,7 @@ class MotionVectorDecoder:
         vectors = sd.to_ndarray() if sd is not None else None
         pict = _pict_name(frame)
         if pict == "B" or (vectors is not None and bool((vectors["source"] > 0).any())):
-            self.resolver.single = False  # the stream said otherwise; trust the pictures
+            self.resolver.single, self.resolver.refs = False, None  # the stream said otherwise; trust the pictures
             self._warn(f"frame {index} is a {pict} picture")
         blocks, motion, facts = self.resolver.resolve(vectors, luma(frame), index, pict)
         if self.stride == UNIT and self.resolver.unit is not None:

@@ -115,3 +115,22 @@ def test_mpeg_family_spans_come_from_the_picture_types(tmp_path: Path, codec: st
         assert valid.mean() > 0.5, f"frame {f.index}"
         err = np.abs(f.disp[:, 1:-1, 1:-1] - want[:, None, None]).max(axis=0)[valid]
         assert float((err <= 0.25).mean()) == 1.0, f"frame {f.index} ({f.pict_type})"
+
+
+def test_p_only_streams_match_only_the_frames_the_decoder_keeps(tmp_path: Path) -> None:
+    """A P-only H.264 stream keeps its last max_num_ref_frames pictures: no span beyond them is considered, and the
+    displacement is still the true motion (x264 picks among 4 references on this pan)."""
+    from tests.runtime.test_motion_vectors import encode
+
+    tex = texture(seed=5)
+    path = encode(tmp_path / "p4.mp4", [render(tex, t) for t in range(14)], {"bf": "0", "refs": "4"})
+    with pytest.warns(mv.MultiFrameMotionWarning, match="max_ref_frames=4"):
+        with mv.MotionVectorDecoder(path, stride=16) as dec:
+            assert dec.resolver.refs == 4 and not dec.resolver.single
+            fields = [f for _, f in dec]
+    assert max(f.mean_span for f in fields) <= 4.0
+    want = np.array([-VX, -VY]) / 16
+    for f in fields[1:]:
+        valid = f.valid[1:-1, 1:-1]
+        err = np.abs(f.disp[:, 1:-1, 1:-1] - want[:, None, None]).max(axis=0)[valid]
+        assert float((err <= 0.25).mean()) == 1.0, f"frame {f.index}"
