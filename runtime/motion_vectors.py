@@ -13,7 +13,13 @@ was predicted from ``src = dst + motion / motion_scale`` in the previous frame, 
 Vectors are only "one frame back" when the stream has no B-frames and one reference frame (x264 ``bframes=0,
 ref=1``); otherwise a vector may span several frames and ``source`` cannot say how many. Such streams are detected
 (B pictures, ``source = +1`` vectors, ``has_b_frames``, or an H.264 SPS with ``max_num_ref_frames > 1``) and warned
-about; :func:`reencode_for_motion_vectors` rewrites them with safe settings.
+about; :func:`reencode_for_motion_vectors` rewrites them with safe settings. How far a forward vector reaches is
+taken from the picture types where the codec has one reference per direction (MPEG-1/2/4 family: the previous I or P
+picture) and found by block matching only where it may be any of several (H.264); see :class:`ReferenceResolver`.
+
+Everything per frame is vectorised over blocks (issue #30): no Python loop over blocks, block sizes or candidate
+frames. ``python -m benchmarks.host`` times it against the codec's own decode; ``tests/runtime/test_mv_vectorised.py``
+holds it to the per-block implementation it replaced (bit-identical on the real H.264 clips).
 """
 
 from __future__ import annotations
@@ -22,7 +28,6 @@ import math
 import os
 import tempfile
 import warnings
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +50,11 @@ MV_CODECS = (
     "wmv2",
     "flv",
 )
+# Codecs whose pictures have one reference per direction, the nearest anchor (I or P picture) in display order:
+# a forward vector's span is the distance to the previous anchor, no block matching needed (H.264 may reference
+# any of several earlier pictures, and says which only through reference indices FFmpeg does not export).
+ANCHOR_CODECS = ("mpeg4", "mpeg2video", "mpeg1video", "h263", "h263p", "msmpeg4v2", "msmpeg4v3", "wmv1", "wmv2", "flv")
+ANCHORS = ("I", "P", "S", "SI", "SP")  # picture types that later pictures predict from (S: MPEG-4 sprite / GMC)
 UNIT = 4  # rasterisation granularity in pixels: exported blocks are 8 or 16 px and 8-px aligned
 
 
@@ -133,46 +143,71 @@ def grid_blocks(
     blocks: np.ndarray | None, motion: np.ndarray | None, height: int, width: int, stride: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rasterise blocks (``w, h, dst_x, dst_y`` of AVMotionVector records) carrying ``motion`` (2, n) in pixels onto the
-    stride-``stride`` grid: the area-weighted mean per cell in feature px, and the covered fraction of each cell."""
+    stride-``stride`` grid: the area-weighted mean per cell in feature px, and the covered fraction of each cell.
+
+    Vectorised (issue #30): one ``bincount`` per channel over every (block, cell) pair, on the coarsest grid the
+    blocks are aligned to (8 px for most codecs' blocks, so a quarter of the stride-4 cells), then repeated onto the
+    stride-4 units. Sums run in the order of the earlier per-block-size loop (sizes ascending, blocks in stream order,
+    cells row-major), so overlapping blocks give bit-identical results."""
     if stride % UNIT:
         raise ValueError(f"stride must be a multiple of {UNIT}, got {stride}")
     gh, gw = grid_size(height, width, stride)
     k = stride // UNIT
     uh, uw = gh * k, gw * k  # unit grid, padded to whole cells
-    acc = np.zeros((3, uh, uw), np.float64)  # sum dx*area, sum dy*area, area
-    if blocks is not None and len(blocks):
-        dx, dy = motion[0], motion[1]
-        bw, bh = blocks["w"].astype(np.int64), blocks["h"].astype(np.int64)
-        x0 = (blocks["dst_x"].astype(np.int64) - bw // 2) // UNIT
-        y0 = (blocks["dst_y"].astype(np.int64) - bh // 2) // UNIT
-        for code in np.unique(bw * 4096 + bh).tolist():
-            sw, sh = divmod(code, 4096)
-            sel = (bw == sw) & (bh == sh)
-            _splat(acc, x0[sel], y0[sel], dx[sel], dy[sel], max(1, sw // UNIT), max(1, sh // UNIT))
-    inside = np.zeros((uh, uw), np.float64)
-    inside[: math.ceil(height / UNIT), : math.ceil(width / UNIT)] = 1.0
-    acc[:, inside == 0] = 0.0  # blocks of the coded (padded) area beyond the picture do not count
-    cells = acc.reshape(3, gh, k, gw, k).sum(axis=(2, 4))
-    area = inside.reshape(gh, k, gw, k).sum(axis=(1, 3))
-    covered = cells[2] > 0
-    disp = np.zeros((2, gh, gw), np.float32)
-    disp[:, covered] = (cells[:2, covered] / cells[2, covered]) / stride
-    coverage = (cells[2] / np.maximum(area, 1.0)).astype(np.float32)
-    return disp, coverage
+    ph, pw = math.ceil(height / UNIT), math.ceil(width / UNIT)  # units inside the picture
+    if blocks is None or not len(blocks):
+        z = np.zeros((gh, gw), np.float32)
+        return np.stack([z, z]), z
+    acc, m = _rasterise(blocks, motion, uh, uw, ph, pw)
+    if k == 1:  # the runtime's grid: cells are units (an inside unit has area 1); each m x m block of them is equal
+        disp = np.zeros((2, *acc.shape[1:]), np.float64)
+        np.divide(acc[:2], acc[2], out=disp, where=acc[2] > 0)
+        out = _units_of(np.concatenate([disp / stride, acc[2:]]).astype(np.float32), m, uh, uw, ph, pw)
+        return out[:2], out[2]
+    disp = np.zeros((2, gh, gw), np.float64)
+    cells = _units_of(acc, m, uh, uw, ph, pw).reshape(3, gh, k, gw, k).sum(axis=(2, 4))
+    rows = np.clip(ph - np.arange(gh) * k, 0, k).astype(np.float64)  # picture units per cell row / column
+    cols = np.clip(pw - np.arange(gw) * k, 0, k).astype(np.float64)
+    np.divide(cells[:2], cells[2], out=disp, where=cells[2] > 0)
+    coverage = cells[2] / np.maximum(rows[:, None] * cols[None, :], 1.0)
+    return (disp / stride).astype(np.float32), coverage.astype(np.float32)
 
 
-def _splat(acc: np.ndarray, x0, y0, dx, dy, nx: int, ny: int) -> None:
-    """Add each block's vector to the nx x ny units it covers (clipped to the grid)."""
-    _, uh, uw = acc.shape
-    xs = (x0[:, None, None] + np.arange(nx)[None, None, :]).repeat(ny, 1)
-    ys = (y0[:, None, None] + np.arange(ny)[None, :, None]).repeat(nx, 2)
-    ok = (xs >= 0) & (xs < uw) & (ys >= 0) & (ys < uh)
-    idx = (ys * uw + xs)[ok]
-    n = uh * uw
-    for i, wgt in enumerate((dx, dy, np.ones_like(dx))):
-        acc[i] += np.bincount(idx, weights=np.broadcast_to(wgt[:, None, None], ok.shape)[ok], minlength=n).reshape(
-            uh, uw
-        )
+def _units_of(cells: np.ndarray, m: int, uh: int, uw: int, ph: int, pw: int) -> np.ndarray:
+    """Channels (c, ceil(uh / m), ceil(uw / m)) on the m-unit grid -> (c, uh, uw) on the stride-UNIT units, 0 outside
+    the ph x pw picture (blocks of the coded, padded area beyond the picture do not count)."""
+    if m > 1:
+        cells = cells.repeat(m, axis=1).repeat(m, axis=2)[:, :uh, :uw]
+    cells[:, ph:, :] = 0.0
+    cells[:, :, pw:] = 0.0
+    return cells
+
+
+def _rasterise(blocks: np.ndarray, motion: np.ndarray, uh: int, uw: int, ph: int, pw: int) -> tuple[np.ndarray, int]:
+    """(sum dx * area, sum dy * area, area) on the m-unit grid (3, ceil(uh / m), ceil(uw / m)), and m.
+
+    Blocks whose corners and sizes are multiples of m units are rasterised on the m-unit grid: every unit of an
+    m x m cell is covered by the same blocks, so its sums are the cell's numbers (:func:`_units_of` repeats them)."""
+    bw, bh = blocks["w"].astype(np.int64), blocks["h"].astype(np.int64)
+    x0, y0 = blocks["dst_x"].astype(np.int64) - bw // 2, blocks["dst_y"].astype(np.int64) - bh // 2
+    g = int(np.gcd.reduce(np.concatenate([x0, y0, bw, bh])))
+    m = g // UNIT if g and g % UNIT == 0 else 1
+    cell = UNIT * m
+    mh, mw = -(-uh // m), -(-uw // m)
+    order = np.argsort(bw * 4096 + bh, kind="stable")
+    nx, ny = np.maximum(bw[order] // cell, 1), np.maximum(bh[order] // cell, 1)
+    count = nx * ny
+    which = np.repeat(order, count)
+    off = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+    span = np.repeat(nx, count)
+    xs, ys = x0[which] // cell + off % span, y0[which] // cell + off // span
+    ok = (xs >= 0) & (xs < -(-pw // m)) & (ys >= 0) & (ys < -(-ph // m))
+    idx, which = (ys * mw + xs)[ok], which[ok]
+    acc = np.empty((3, mh * mw), np.float64)
+    acc[0] = np.bincount(idx, weights=motion[0][which], minlength=mh * mw)
+    acc[1] = np.bincount(idx, weights=motion[1][which], minlength=mh * mw)
+    acc[2] = np.bincount(idx, minlength=mh * mw)
+    return acc.reshape(3, mh, mw), m
 
 
 # ----------------------------------------------------------------- which frame a vector references
@@ -182,6 +217,7 @@ TIE = 1.0  # mean absolute luma error (of 255) within which a block matches two 
 MIN_PAIRS = 8  # bi-predicted moving blocks needed to tell how far ahead a B picture's backward vectors reach
 MAX_DISAGREE = 1.0  # px per frame between the two vectors of a bi-predicted block above which it is dropped
 MAX_COST = 40.0  # mean absolute luma error above which no past frame explains the block: the vector is dropped
+POINTS = 4  # block matching compares POINTS x POINTS pixels per block
 
 
 def luma(frame: Any) -> np.ndarray:
@@ -194,28 +230,42 @@ def luma(frame: Any) -> np.ndarray:
     return frame.to_ndarray(format="gray")
 
 
-def _sample_points(blocks: np.ndarray, n: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """n x n sample positions (rows, cols) inside each block: the pixels block matching compares."""
+def _points(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (POINTS, n) and columns (POINTS, n) of the POINTS x POINTS pixels block matching compares in each block."""
     bw, bh = blocks["w"].astype(np.int64), blocks["h"].astype(np.int64)
-    x0 = blocks["dst_x"].astype(np.int64) - bw // 2
-    y0 = blocks["dst_y"].astype(np.int64) - bh // 2
-    f = (np.arange(n) + 0.5) / n
-    xs = x0[:, None] + (f[None, :] * bw[:, None]).astype(np.int64)
-    ys = y0[:, None] + (f[None, :] * bh[:, None]).astype(np.int64)
-    return ys[:, :, None], xs[:, None, :]
+    f = ((np.arange(POINTS) + 0.5) / POINTS)[:, None]
+    xs = (blocks["dst_x"].astype(np.int64) - bw // 2)[None, :] + (f * bw[None, :]).astype(np.int64)
+    ys = (blocks["dst_y"].astype(np.int64) - bh // 2)[None, :] + (f * bh[None, :]).astype(np.int64)
+    return ys, xs
 
 
-def _at(img: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    h, w = img.shape
-    return img[np.clip(ys, 0, h - 1), np.clip(xs, 0, w - 1)].astype(np.int16)
+def _flat(ys: np.ndarray, xs: np.ndarray, height: int, width: int, dy: Any = 0, dx: Any = 0) -> np.ndarray:
+    """Flat pixel indices (POINTS * POINTS, n) of the points ``_points`` gave, moved by (dx, dy) whole pixels per block
+    and clamped to the picture (points first, so the per-block sums run over contiguous rows)."""
+    xs, ys = np.clip(xs + dx, 0, width - 1), np.clip(ys + dy, 0, height - 1)
+    return (ys[:, None, :] * width + xs[None, :, :]).reshape(POINTS * POINTS, -1)
 
 
 def _sample_field(g: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """A unit-grid field (2, uh, uw) at pixel positions (nearest cell): (2, n), NaN where unknown."""
-    _, uh, uw = g.shape
+    """A unit-grid field (c, uh, uw) at pixel positions (nearest cell): (c, n)."""
+    c, uh, uw = g.shape
     cx = np.clip((x // UNIT).astype(np.int64), 0, uw - 1)
     cy = np.clip((y // UNIT).astype(np.int64), 0, uh - 1)
-    return g[:, cy, cx]
+    return np.take(g.reshape(c, -1), cy * uw + cx, axis=1)
+
+
+def _pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """For each block of ``b``, the index of the last block of ``a`` with the same position and size, else -1."""
+
+    def key(v: np.ndarray) -> np.ndarray:
+        x, y = v["dst_x"].astype(np.int64) + 32768, v["dst_y"].astype(np.int64) + 32768
+        return (x << 32) | (y << 16) | (v["w"].astype(np.int64) << 8) | v["h"].astype(np.int64)
+
+    ka, kb = key(a), key(b)
+    order = np.argsort(ka, kind="stable")
+    pos = np.searchsorted(ka[order], kb, side="right") - 1
+    hit = (pos >= 0) & (ka[order][np.maximum(pos, 0)] == kb)
+    return np.where(hit, order[np.maximum(pos, 0)], -1)
 
 
 class ReferenceResolver:
@@ -231,37 +281,71 @@ class ReferenceResolver:
     B pictures' own errors. Backward (``source = +1``) vectors reference frames not decoded yet in display order: a
     B picture's blocks predicted only backward are taken at constant velocity (:meth:`_backward`); vectors no past
     frame explains and bi-predicted blocks whose two vectors disagree are dropped.
+
+    Everything is vectorised over blocks (issue #30): the past lumas sit in one ring array, so matching every block
+    against every candidate frame is one gather; a stream known to have one reference (``single``) never matches, and
+    an ``anchored`` one (MPEG-1/2/4 family, one reference per direction) takes every forward vector's span from the
+    picture types: the distance to the previous I or P picture.
     """
 
-    def __init__(self, single: bool = False, window: int = HISTORY) -> None:
-        self.single, self.window = single, window
-        self.history: deque[tuple[int, np.ndarray]] = deque(maxlen=window)  # (display index, luma), newest last
-        self.fields: deque[tuple[int, np.ndarray]] = deque(maxlen=window)  # (index, (2, uh, uw) px from index - 1)
+    def __init__(
+        self, single: bool = False, window: int = HISTORY, anchored: bool = False, refs: int | None = None
+    ) -> None:
+        self.single, self.window, self.anchored = single, window, anchored
+        # P-only streams: every picture is a reference and the decoder keeps the last ``refs`` (the SPS's
+        # max_num_ref_frames), so no vector reaches further back; None where B pictures reorder them
+        self.refs = refs
+        self.anchor: int | None = None  # anchored codecs: display index of the last I / P picture
+        self.ring: np.ndarray | None = None  # (window, H, W) past lumas; display index i in slot i % window
+        self.held = 0  # consecutive past frames in the ring, the newest being display index self.last
+        self.last = -1
+        self.prev_field: tuple[int, Any] | None = None  # (index, its unit field (disp, coverage)) for _backward
         self.unit: tuple[np.ndarray, np.ndarray] | None = None  # the last frame's field on the stride-UNIT grid
 
-    def resolve(self, vectors: np.ndarray | None, y: np.ndarray, index: int) -> tuple[Any, Any, dict[str, float]]:
-        """(blocks, motion (2, n) px from the previous frame, facts) for one frame; ``y`` its luma."""
-        if self.history and self.history[-1][0] != index - 1:  # a gap (seek, dropped frame): start over
-            self.history.clear()
-            self.fields.clear()
+    def remember(self, index: int, y: np.ndarray) -> None:
+        """Keep display frame ``index``'s luma as a candidate reference for the next frames."""
+        if self.ring is None or self.ring.shape[1:] != y.shape:
+            self.ring = np.zeros((self.window, *y.shape), np.uint8)
+            self.held = 0
+        elif self.held and self.last != index - 1:
+            self.held = 0
+        self.ring[index % self.window] = y
+        self.held, self.last = min(self.held + 1, self.window), index
+
+    def _candidates(self, shape: tuple[int, ...]) -> int:
+        """How many past frames (newest first, spans 1..n) can be matched against a picture of ``shape``."""
+        return self.held if self.ring is not None and self.ring.shape[1:] == shape else 0
+
+    def resolve(
+        self, vectors: np.ndarray | None, y: np.ndarray, index: int, pict: str | None = None
+    ) -> tuple[Any, Any, dict[str, float]]:
+        """(blocks, motion (2, n) px from the previous frame, facts) for one frame; ``y`` its luma, ``pict`` its
+        picture type (``anchored`` streams: the previous I / P picture is every forward vector's reference)."""
+        if self.held and self.last != index - 1:  # a gap (seek, dropped frame): start over
+            self.held = 0
+            self.prev_field = None
+            self.anchor = None
         facts = {"inter": 0.0, "dropped": 0.0, "change": None}
-        if self.history:
-            prev = self.history[-1][1]
-            if prev.shape == y.shape:
-                facts["change"] = float(np.abs(prev[::8, ::8].astype(np.int16) - y[::8, ::8]).mean())
+        if self._candidates(y.shape):
+            prev = self.ring[self.last % self.window]
+            facts["change"] = float(np.abs(prev[::8, ::8].astype(np.int16) - y[::8, ::8]).mean())
         blocks = motion = None
         if vectors is not None and len(vectors):
             facts["inter"] = _inter_fraction(vectors, *y.shape)
             fwd = vectors[vectors["source"] < 0]
-            blocks, motion, spans = self._spans(fwd, y, index)
+            blocks, motion, spans = self._spans(fwd, y, index, pict)
             if len(spans):
                 facts["mean_span"] = float(spans.mean())
             blocks, motion = self._backward(vectors[vectors["source"] > 0], blocks, motion, index)
             facts["dropped"] = 1.0 - len(blocks) / len(vectors)
         self._advance(blocks, motion, y, index)
+        if pict in ANCHORS:
+            self.anchor = index
         return blocks, motion, facts
 
-    def _spans(self, fwd: np.ndarray, y: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _spans(
+        self, fwd: np.ndarray, y: np.ndarray, index: int, pict: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The forward vectors a past frame explains, their motion (2, n) px and span in frames.
 
         A block whose pixels tell the candidate frames apart takes its best match; a block that matches its frame's
@@ -271,29 +355,36 @@ class ReferenceResolver:
         scale = np.maximum(fwd["motion_scale"].astype(np.float64), 1.0)
         motion = np.stack([fwd["motion_x"] / scale, fwd["motion_y"] / scale])
         spans = np.ones(len(fwd), np.int64)
-        if self.single or not self.history or not len(fwd):
+        if self.anchored and self.anchor is not None and pict is not None and len(fwd):
+            spans[:] = max(1, index - self.anchor)  # the codec's one forward reference: the previous anchor
+            return fwd, motion / spans, spans
+        n_cand = min(self._candidates(y.shape), self.refs or self.window)
+        if self.single or not n_cand or not len(fwd):
             return fwd, motion, spans
-        ys, xs = _sample_points(fwd)
-        cur = _at(y, ys, xs)
-        ry, rx = np.rint(motion[1]).astype(np.int64), np.rint(motion[0]).astype(np.int64)
-        cands = [(index - i, img) for i, img in reversed(self.history) if img.shape == y.shape]
-        if not cands:
-            return fwd, motion, spans
-        cost = np.stack(
-            [
-                np.abs(_at(img, ys + ry[:, None, None], xs + rx[:, None, None]) - cur).mean(axis=(1, 2))
-                for _, img in cands
-            ],
-            axis=1,
-        )
-        rows = np.arange(len(fwd))
+        assert self.ring is not None
+        h, w = y.shape
+        ys, xs = _points(fwd)
+        cur = np.take(y, _flat(ys, xs, h, w))  # (16, n)
+        at = _flat(ys, xs, h, w, np.rint(motion[1]).astype(np.int64), np.rint(motion[0]).astype(np.int64))
+        slots = (self.last - np.arange(n_cand)) % self.window  # newest first: span j + 1
+        lo = int(slots[-1])
+        rows = self.ring.reshape(self.window, -1)
+        if lo <= self.last % self.window:  # the held frames are one run of slots: read only those
+            rows, slots = rows[lo : self.last % self.window + 1], slots - lo
+        past = np.take(rows, at, axis=1)  # (frames, 16, n)
+        diff = np.maximum(past, cur)
+        diff -= np.minimum(past, cur)  # |past - cur| without leaving uint8
+        cost = diff.sum(axis=1, dtype=np.uint16)[slots].T / float(POINTS * POINTS)  # (n, cands), mean abs error
         best = cost.argmin(axis=1)
-        ordered = np.sort(cost, axis=1)
-        clear = ordered[:, 1] - ordered[:, 0] > TIE if cost.shape[1] > 1 else np.ones(len(fwd), bool)
+        if n_cand > 1:
+            two = np.partition(cost, 1, axis=1)
+            clear = two[:, 1] - two[:, 0] > TIE
+        else:
+            clear = np.ones(len(fwd), bool)
         usual = int(np.bincount(best[clear] if clear.any() else best).argmax())
-        best = np.where(cost[rows, usual] <= cost[rows, best] + TIE, usual, best)
-        keep = cost[rows, best] <= MAX_COST
-        spans = np.array([cands[j][0] for j in best], np.int64)
+        best = np.where(cost[:, usual] <= np.take_along_axis(cost, best[:, None], 1)[:, 0] + TIE, usual, best)
+        keep = np.take_along_axis(cost, best[:, None], 1)[:, 0] <= MAX_COST
+        spans = best + 1
         return fwd[keep], motion[:, keep] / spans[keep], spans[keep]
 
     def _backward(
@@ -306,21 +397,25 @@ class ReferenceResolver:
         with d the previous frame's displacement there; failing both, the backward-only blocks are dropped."""
         if not len(bwd) or not len(blocks):
             return blocks, motion
-        fkey = {k: i for i, k in enumerate(zip(blocks["dst_x"], blocks["dst_y"], blocks["w"], blocks["h"]))}
-        pair = np.array([fkey.get(k, -1) for k in zip(bwd["dst_x"], bwd["dst_y"], bwd["w"], bwd["h"])])
+        pair = _pairs(blocks, bwd)
         scale = np.maximum(bwd["motion_scale"].astype(np.float64), 1.0)
         w = np.stack([bwd["motion_x"] / scale, bwd["motion_y"] / scale])
         both = pair >= 0
-        m = _ahead(w[:, both], motion[:, pair[both]])
-        last = self.fields[-1][1] if self.fields and self.fields[-1][0] == index - 1 else None  # previous frame's
-        if (m is None or not 1 <= m <= self.window) and last is not None:
-            m = _ahead(w, _sample_field(last, bwd["dst_x"].astype(np.float64), bwd["dst_y"].astype(np.float64)))
+        mate = np.take(motion, pair[both], axis=1)  # the forward displacement of each bi-predicted block
+        m = _ahead(w[:, both], mate)
+        dp = None  # the previous frame's motion (px) under each backward block, NaN where it had none
+        if self.prev_field is not None and self.prev_field[0] == index - 1:
+            disp, cov = self.prev_field[1]
+            x, y = bwd["dst_x"].astype(np.float64), bwd["dst_y"].astype(np.float64)
+            dp = _sample_field(disp, x, y) * np.float32(UNIT)
+            dp[:, _sample_field(cov[None], x, y)[0] <= 0] = np.nan
+        if (m is None or not 1 <= m <= self.window) and dp is not None:
+            m = _ahead(w, dp)
         if m is None or not 1 <= m <= self.window:
             return blocks, motion
         only = ~both
         ahead = np.full(len(bwd), float(m))
-        if last is not None:  # per block where the previous frame moved: the reference may differ between blocks
-            dp = _sample_field(last, bwd["dst_x"].astype(np.float64), bwd["dst_y"].astype(np.float64))
+        if dp is not None:  # per block where the previous frame moved: the reference may differ between blocks
             speed = np.nan_to_num((dp**2).sum(0))
             own = np.rint(-(w * np.nan_to_num(dp)).sum(0) / np.maximum(speed, 1e-9))
             use = (speed >= 0.5**2) & (own >= 1) & (own <= self.window)
@@ -328,7 +423,7 @@ class ReferenceResolver:
         # A block predicted from both sides whose two vectors disagree (an average of two poor matches, common on
         # smooth texture) says nothing reliable about motion: dropped.
         agree = np.ones(len(blocks), bool)
-        gap = np.abs(motion[:, pair[both]] + w[:, both] / m).max(axis=0)
+        gap = np.abs(mate + w[:, both] / m).max(axis=0)
         agree[pair[both][gap > MAX_DISAGREE]] = False
         return (
             np.concatenate([blocks[agree], bwd[only]]),
@@ -338,12 +433,9 @@ class ReferenceResolver:
     def _advance(self, blocks: Any, motion: Any, y: np.ndarray, index: int) -> None:
         """Keep this frame's field (px from the previous frame, NaN uncovered) and its luma."""
         h, w = y.shape
-        field = np.full((2, *grid_size(h, w, UNIT)), np.nan, np.float32)
         self.unit = grid_blocks(blocks, motion, h, w, UNIT)
-        disp, cov = self.unit
-        field[:, cov > 0] = disp[:, cov > 0] * UNIT
-        self.fields.append((index, field))
-        self.history.append((index, np.array(y, copy=True)))
+        self.prev_field = (index, self.unit)  # sampled only where a B picture's backward blocks need it
+        self.remember(index, y)
 
 
 def _ahead(w: np.ndarray, d: np.ndarray) -> int | None:
@@ -499,13 +591,18 @@ class MotionVectorDecoder:
         """Per-stream state: the reference resolver (block matching only where vectors may span several frames)."""
         self.info = info
         self._warned = False
-        self.resolver = ReferenceResolver(single=info is not None and not info.multi_frame)
+        self.resolver = ReferenceResolver(
+            single=info is not None and not info.multi_frame,
+            anchored=info is not None and info.codec in ANCHOR_CODECS,
+            refs=info.max_ref_frames if info is not None and info.codec == "h264" and not info.has_b_frames else None,
+        )
         if info is not None and info.multi_frame:
             self._warn(info.describe())
 
     def _warn(self, why: str) -> None:
         if self.warn and not self._warned:
-            warnings.warn(multi_frame_message(self.path, why), MultiFrameMotionWarning, stacklevel=3)
+            message = multi_frame_message(self.path, why, self.resolver.anchored)
+            warnings.warn(message, MultiFrameMotionWarning, stacklevel=3)
             self._warned = True
 
     def __enter__(self) -> MotionVectorDecoder:
@@ -527,9 +624,9 @@ class MotionVectorDecoder:
         vectors = sd.to_ndarray() if sd is not None else None
         pict = _pict_name(frame)
         if pict == "B" or (vectors is not None and bool((vectors["source"] > 0).any())):
-            self.resolver.single = False  # the stream said otherwise; trust the pictures
+            self.resolver.single, self.resolver.refs = False, None  # the stream said otherwise; trust the pictures
             self._warn(f"frame {index} is a {pict} picture")
-        blocks, motion, facts = self.resolver.resolve(vectors, luma(frame), index)
+        blocks, motion, facts = self.resolver.resolve(vectors, luma(frame), index, pict)
         if self.stride == UNIT and self.resolver.unit is not None:
             disp, coverage = self.resolver.unit
         else:
@@ -550,11 +647,13 @@ class MotionVectorDecoder:
         )
 
 
-def multi_frame_message(path: str | os.PathLike, why: str) -> str:
-    """The one line a multi-frame stream gets (the CLI prints it like its other warnings)."""
+def multi_frame_message(path: str | os.PathLike, why: str, anchored: bool = False) -> str:
+    """The one line a multi-frame stream gets (the CLI prints it like its other warnings); ``anchored``: an
+    MPEG-1/2/4-family stream, whose forward vectors reference the previous I / P picture (no matching)."""
+    how = "the previous I or P picture (the codec's only forward reference)" if anchored else "by block matching"
     return (
         f"{path}: motion vectors may span several frames ({why}); each forward vector is resolved to the frame it "
-        "references by block matching, backward-only ones at constant velocity; for exact single-reference vectors "
+        f"references {how}, backward-only ones at constant velocity; for exact single-reference vectors "
         "re-encode (--reencode-mv, or runtime.motion_vectors.reencode_for_motion_vectors())"
     )
 

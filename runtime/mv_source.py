@@ -49,7 +49,7 @@ class _FieldMaker(MotionVectorDecoder):
         if self.log is None:
             super()._warn(why)
         elif not self._warned:
-            self.log(multi_frame_message(self.path, why))
+            self.log(multi_frame_message(self.path, why, self.resolver.anchored))
             self._warned = True
 
 

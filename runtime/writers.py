@@ -6,6 +6,7 @@ bounded queue does the encoding so it overlaps the GPU work.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -93,10 +94,22 @@ def palette_lut(palette: Sequence[Sequence[int]], n: int = 256) -> np.ndarray:
 
 
 def overlay(rgb: np.ndarray, classes: np.ndarray, lut: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend the colour-coded class map over the frame (both at the same resolution)."""
-    color = lut[classes]
+    """Blend the colour-coded class map over the frame (both at the same resolution):
+    ``(rgb * (256 - a) + colour * a) >> 8`` with ``a = round(256 * alpha)``.
+
+    At the default alpha (a = 128) that is ``(rgb + colour) >> 1``, computed without leaving uint8
+    (``(x >> 1) + (y >> 1) + (x & y & 1)``, the same numbers): a quarter of the 16-bit blend's cost,
+    which was most of the overlay's (issue #30)."""
+    color = np.take(lut, classes, axis=0)
     a = int(round(alpha * 256))
-    return ((rgb.astype(np.uint16) * (256 - a) + color.astype(np.uint16) * a) >> 8).astype(np.uint8)
+    if a != 128:
+        return ((rgb.astype(np.uint16) * (256 - a) + color.astype(np.uint16) * a) >> 8).astype(np.uint8)
+    out = np.right_shift(rgb, 1)
+    out += np.right_shift(color, 1)
+    color &= rgb
+    color &= 1
+    out += color
+    return out
 
 
 def caption(rgb: np.ndarray, text: str) -> np.ndarray:
@@ -119,13 +132,18 @@ def top1_label(record: dict[str, Any]) -> str:
 
 
 class OverlayWriter:
-    """H.264 MP4 of frame + colour-coded prediction (odd sizes cropped to even for yuv420p)."""
+    """H.264 MP4 of frame + colour-coded prediction (odd sizes cropped to even for yuv420p).
 
-    OPTIONS = {"preset": "veryfast", "crf": "23"}  # a preview to look at, not a clip to measure on
+    ``preset`` / ``crf``: libx264's (a preview to look at, not a clip to measure on); x264 picks its own thread
+    count. ``ultrafast``: ``python -m benchmarks.host`` measured it at half of ``veryfast``'s CPU time per frame
+    (blend included) at 1280x720, for larger files (``benchmarks/results/host.md``)."""
 
-    def __init__(self, path: Path, fps: float, lut: np.ndarray) -> None:
+    OPTIONS = {"preset": "ultrafast", "crf": "23"}
+
+    def __init__(self, path: Path, fps: float, lut: np.ndarray, options: dict[str, str] | None = None) -> None:
         self.lut = lut
-        self.video = VideoWriter(path, Fraction(fps).limit_denominator(1001), self.OPTIONS)
+        opts = dict(self.OPTIONS if options is None else options)
+        self.video = VideoWriter(path, Fraction(fps).limit_denominator(1001), opts)
 
     def write(self, rgb: np.ndarray, classes: np.ndarray | None, label: str = "") -> None:
         """``classes`` None (a classification head): the frame with ``label`` (its top-1) written on it."""
@@ -136,6 +154,44 @@ class OverlayWriter:
 
     def abort(self) -> None:
         self.video.abort()
+
+
+class Lane:
+    """One output on its own thread behind a bounded queue: ``put(*args)`` hands ``write(*args)`` to the thread
+    (blocking when ``maxsize`` items wait: back-pressure, not memory), ``close`` finishes what is queued. Why: the
+    overlay's blend and encode cost more than the class maps and the log together, and on their own thread they run
+    beside them (and beside the decode thread) instead of after them. The first error stops the writing and is
+    raised by the next ``put`` and by ``close``; ``ms`` holds the time per item."""
+
+    def __init__(self, name: str, write: Any, maxsize: int = 8) -> None:
+        self.write, self.error = write, None
+        self.ms = Samples()
+        self.q: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
+        self.thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self.thread.start()
+
+    def put(self, *args: Any) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put(args)
+
+    def _work(self) -> None:
+        while (item := self.q.get()) is not None:
+            if self.error is not None:
+                continue  # drain; the caller reports the error
+            try:
+                t0 = time.perf_counter()
+                self.write(*item)
+                self.ms.append((time.perf_counter() - t0) * 1e3)
+            except BaseException as e:  # noqa: BLE001 - surfaced to the caller by put/close
+                self.error = e
+
+    def close(self, timeout: float | None = None) -> None:
+        """Write what is queued and stop the thread; raises the lane's error, if any."""
+        self.q.put(None)
+        self.thread.join(timeout)
+        if self.error is not None:
+            raise self.error
 
 
 class PngMapWriter:
@@ -245,8 +301,16 @@ class QueuedWriter:
         raise NotImplementedError
 
 
+OVERLAY_SIZES = ("source", "engine")
+
+
 class Sink(QueuedWriter):
-    """Writer thread for one stream: maps back to the source size, writes overlay, maps and log."""
+    """Writer thread for one stream: maps back to the source size, writes maps and log, and hands the overlay to
+    its own thread (:class:`Lane`). ``write_ms``: this thread's time per frame; ``overlay_ms``: the overlay's.
+
+    ``overlay_size``: ``source`` blends the prediction over the decoded frame at its own size; ``engine`` over the
+    frame the engines saw (fitted to their size, so its cost does not grow with the source: at 1920x1080 a
+    source-size overlay encodes 16 times the pixels of a 512x256 engine's)."""
 
     def __init__(
         self,
@@ -256,10 +320,15 @@ class Sink(QueuedWriter):
         save_maps: str = "png",
         video: bool = True,
         maxsize: int = 8,
+        overlay_options: dict[str, str] | None = None,
+        overlay_size: str = "source",
     ) -> None:
-        self.out = out
+        if overlay_size not in OVERLAY_SIZES:
+            raise ValueError(f"overlay size must be one of {', '.join(OVERLAY_SIZES)}, got {overlay_size!r}")
+        self.out, self.overlay_size = out, overlay_size
         self.log = JsonlWriter(out / "frames.jsonl")
-        self.video = OverlayWriter(out / "overlay.mp4", fps, palette_lut(palette)) if video else None
+        self.video = OverlayWriter(out / "overlay.mp4", fps, palette_lut(palette), overlay_options) if video else None
+        self.video_lane = Lane(f"overlay-{out.name}", self.video.write, maxsize) if self.video is not None else None
         self.maps: PngMapWriter | NpzMapWriter | None = None
         if save_maps == "png":
             self.maps = PngMapWriter(out / "maps")
@@ -270,9 +339,11 @@ class Sink(QueuedWriter):
     def _write(self, record: dict[str, Any], frame: Any, classes: np.ndarray | None, fitter: Any) -> None:
         t0 = time.perf_counter()
         full = fitter.unfit(classes) if fitter is not None and classes is not None else classes
-        if self.video is not None:
+        if self.video_lane is not None and self.overlay_size == "engine":  # the picture the engines saw
+            self.video_lane.put(frame.rgb, classes, top1_label(record))
+        elif self.video_lane is not None:  # blended and encoded on the overlay's own thread
             rgb = frame.original if frame.original is not None else frame.rgb
-            self.video.write(rgb, full, top1_label(record))
+            self.video_lane.put(rgb, full, top1_label(record))
         if self.maps is not None and full is not None:  # None: a classification head, no map
             self.maps.write(record["frame"], full)
         ms = (time.perf_counter() - t0) * 1e3
@@ -280,9 +351,18 @@ class Sink(QueuedWriter):
         self.write_ms.append(ms)
         self.log.write(record)
 
+    @property
+    def overlay_ms(self) -> Samples:
+        return self.video_lane.ms if self.video_lane is not None else Samples()
+
     def close(self) -> None:
         """Finish queued frames and rename every file into place (or remove them on failure)."""
         self._join()
+        if self.video_lane is not None:
+            try:
+                self.video_lane.close()
+            except BaseException as e:  # noqa: BLE001 - reported below like the sink thread's own errors
+                self.error = self.error or e
         parts = [p for p in (self.log, self.video, self.maps) if p is not None]
         if self.error is not None:
             for p in parts:
@@ -294,6 +374,9 @@ class Sink(QueuedWriter):
     def abort(self) -> None:
         """Drop everything not yet renamed (used when the run itself failed)."""
         self._join(timeout=10)
+        if self.video_lane is not None:
+            with contextlib.suppress(BaseException):
+                self.video_lane.close(timeout=10)
         for p in (self.log, self.video, self.maps):
             if p is not None:
                 p.abort()

@@ -79,7 +79,7 @@ def test_ties_go_to_the_frames_usual_reference() -> None:
     cur = world[:, 12 : 12 + w]
     res = mv.ReferenceResolver(window=4)
     for i, img in enumerate(past, start=7):
-        res.history.append((i, img))
+        res.remember(i, img)
     dt = np.dtype([("source", "i4"), ("w", "u1"), ("h", "u1"), ("dst_x", "i2"), ("dst_y", "i2"),
                    ("motion_x", "i4"), ("motion_y", "i4"), ("motion_scale", "u2")])  # fmt: skip
     rows = [(-1, 16, 16, x, y, 6 * 4, 0, 4) for x in (8, 24, 40, 56) for y in (8, 24, 40, 56)]

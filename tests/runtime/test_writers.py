@@ -77,3 +77,79 @@ def test_fleet_ledger_keeps_the_complete_prefix(tmp_path, monkeypatch) -> None:
     with pytest.raises(OutputError, match="Input/output error"):
         sink.close()
     assert [r["frame"] for r in _records(tmp_path / "frames.jsonl")] == [0, 1, 2]  # a record only after its map
+
+
+def test_overlay_runs_on_its_own_thread_and_lands_complete(tmp_path) -> None:
+    import av
+
+    sink = Sink(tmp_path, 25.0, PALETTE, save_maps="npz", video=True)
+    assert sink.video_lane is not None and sink.video_lane.thread is not sink.thread
+    frames = [SimpleNamespace(index=i, original=None, rgb=np.full((16, 24, 3), 10 * i, np.uint8)) for i in range(6)]
+    for i, f in enumerate(frames):
+        sink.put({"frame": i}, f, np.full((16, 24), i % 2, np.uint8), None)
+    sink.close()
+    with av.open(str(tmp_path / "overlay.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 6
+    assert len(sink.overlay_ms) == 6 and len(sink.write_ms) == 6
+    maps = np.load(tmp_path / "maps.npz")
+    assert [int(maps[f"frame_{i:06d}"][0, 0]) for i in range(6)] == [i % 2 for i in range(6)]
+
+
+def test_a_failed_overlay_is_one_output_error_and_no_files(tmp_path, monkeypatch) -> None:
+    from runtime.writers import OverlayWriter
+
+    def broken(self, rgb, classes, label="") -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(OverlayWriter, "write", broken)
+    sink = Sink(tmp_path, 25.0, PALETTE, save_maps="png", video=True)
+    with pytest.raises(OutputError, match="No space left"):  # reaches the loop at a later put
+        for i in range(50):
+            sink.put({"frame": i}, _frame(i), _classes(i), None)
+            sink.thread.join(0.01)
+    with pytest.raises(OutputError, match="No space left"):
+        sink.close()
+    assert not (tmp_path / "frames.jsonl").exists() and not (tmp_path / "overlay.mp4").exists()
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.3, 0.75])
+def test_overlay_blend_equals_the_16_bit_formula(alpha: float) -> None:
+    from runtime.writers import overlay, palette_lut
+
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (33, 47, 3), dtype=np.uint8)
+    classes = rng.integers(0, 20, (33, 47), dtype=np.uint8)
+    lut = palette_lut([(255, 255, 255), (1, 3, 255), (0, 0, 0)])
+    a = int(round(alpha * 256))
+    want = ((rgb.astype(np.uint16) * (256 - a) + lut[classes].astype(np.uint16) * a) >> 8).astype(np.uint8)
+    np.testing.assert_array_equal(overlay(rgb, classes, lut, alpha), want)
+    # the input frame is not modified
+    np.testing.assert_array_equal(rgb, np.random.default_rng(1).integers(0, 256, (33, 47, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize(("src", "fit"), [((270, 481), "resize"), ((720, 1280), "pad"), ((144, 176), "crop")])
+def test_unfit_equals_the_fancy_index(src, fit) -> None:
+    from runtime.sources import Fitter
+
+    f = Fitter(src, (64, 128), fit)
+    classes = np.random.default_rng(2).integers(0, 7, (64, 128), dtype=np.uint8)
+    np.testing.assert_array_equal(f.unfit(classes), classes[f.rows[:, None], f.cols[None, :]])
+
+
+def test_overlay_at_the_engine_size_shows_the_engine_frame(tmp_path) -> None:
+    import av
+
+    from runtime.sources import Fitter
+
+    sink = Sink(tmp_path, 25.0, PALETTE, save_maps="none", video=True, overlay_size="engine")
+    fitter = Fitter((40, 60), (16, 24))
+    for i in range(3):
+        frame = SimpleNamespace(index=i, original=np.zeros((40, 60, 3), np.uint8), rgb=np.zeros((16, 24, 3), np.uint8))
+        sink.put({"frame": i}, frame, np.ones((16, 24), np.uint8), fitter)
+    sink.close()
+    with av.open(str(tmp_path / "overlay.mp4")) as c:
+        got = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(got) == 3 and got[0].shape == (16, 24, 3)
+    assert abs(int(got[0][8, 12, 0]) - 128) <= 6  # class 1 (255, 0, 0) at alpha 0.5 over black
+    with pytest.raises(ValueError, match="overlay size"):
+        Sink(tmp_path / "x", 25.0, PALETTE, overlay_size="half")

