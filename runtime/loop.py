@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from runtime.bounds import bounding_stage
 from runtime.bundle import Bundle, open_bundle
 from runtime.errors import DeqRuntimeError, EngineError, Interrupted, SourceError
 from runtime.interp import Emission, InterpPolicy
@@ -57,7 +58,8 @@ class RunConfig:
     reencode_mv: bool = False  # vector modes: re-encode on the fly an input whose vectors span several frames
     reset: bool = True
     fit: str = "resize"
-    save_maps: str = "png"
+    save_maps: str = "npz"
+    overlay_size: str = "engine"  # the overlay drawn on the engine-size frame, or "source"
     video: bool = True
     device: str = "auto"
     graphs: bool = True
@@ -242,7 +244,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         if cfg.make_sink is not None:
             sink = cfg.make_sink(i, fps)
         elif outs[i] is not None:
-            sink = Sink(outs[i], fps, bundle.palette, cfg.save_maps, cfg.video)
+            sink = Sink(outs[i], fps, bundle.palette, cfg.save_maps, cfg.video, overlay_size=cfg.overlay_size)
         pre: Any = Prefetcher(src, hw, cfg.fit, keep_original=cfg.video and sink is not None, max_frames=cfg.max_frames)
         if cfg.start_frames and cfg.start_frames[i] > 0:
             pre = _Resume(pre, cfg.start_frames[i], getattr(sink, "skipped", None))
@@ -344,7 +346,10 @@ def _loop(cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[StreamSt
         if s.sink is not None:
             s.sink.close()
             stages.setdefault("write", Samples()).extend(s.sink.write_ms)
+            if len(getattr(s.sink, "overlay_ms", ())):
+                stages.setdefault("overlay", Samples()).extend(s.sink.overlay_ms)
     summary = summarize(latency, wall, gpu or None, frames=len(latency), extra=stages)
+    summary["bound_by"] = bounding_stage(summary)
     summary.update(_run_facts(cfg, bundle, pipe, streams, interrupted))
     if cfg.out is not None:
         atomic_write_json(Path(cfg.out) / "summary.json", summary)

@@ -205,8 +205,16 @@ def add_run_options(p: argparse.ArgumentParser, streams: bool = True) -> None:
     d.add_argument(
         "--save-maps",
         choices=("png", "npz", "none"),
-        default="png",
-        help="per-frame class maps: PNG folder (default), one NPZ, or none",
+        default="npz",
+        help="per-frame class maps: one NPZ (default; about a quarter of the PNGs' cost per frame, "
+        "benchmarks/results/host.md), a PNG folder, or none",
+    )
+    d.add_argument(
+        "--overlay-size",
+        choices=("engine", "source"),
+        default="engine",
+        help="draw the overlay video on the frame the engines saw (default: its cost does not grow with the "
+        "source size) or on the decoded frame at the source's size",
     )
     d.add_argument("--no-video", action="store_true", help="do not write the overlay MP4")
     d.add_argument("--max-frames", type=int, default=None, help="stop after this many frames per stream")
@@ -319,6 +327,7 @@ def config_from_args(args: argparse.Namespace, sources: list[Any]) -> Any:
         reset=not args.no_reset,
         fit=args.fit,
         save_maps=args.save_maps,
+        overlay_size=args.overlay_size,
         video=not args.no_video,
         device=args.device,
         graphs=not args.no_graphs,

@@ -172,6 +172,10 @@ def format_summary(summary: dict[str, Any]) -> str:
                 f"  {name:<10} mean = {d['mean']:.3f} ms, median = {d['median']:.3f} ms, p99 = {d['p99']:.3f} ms"
             )
     lines.append(f"Total Host Walltime: {summary['wall_s']:.3f} s ({summary['frames']} frames)")
+    bound = summary.get("bound_by")
+    if bound:  # runtime.bounds: the slowest of the overlapping threads sets the frame rate
+        fps = f", at most {bound['bound_fps']:.1f} fps" if bound.get("bound_fps") else ""
+        lines.append(f"Bound by: the {bound['stage']} thread ({bound['mean_ms']:.3f} ms per frame{fps})")
     if "total_gpu_compute_s" in summary:
         lines.append(f"Total GPU Compute Time: {summary['total_gpu_compute_s']:.3f} s")
     lines += [f"[W] {w}" for w in summary.get("warnings", [])]

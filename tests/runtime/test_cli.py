@@ -154,7 +154,9 @@ def test_one_record_per_decoded_frame_and_outputs(bundle64, clip64, tmp_path, ca
     assert [r["frame"] for r in recs] == list(range(8))
     assert {"iterations", "residual", "timestamp", "latency_ms"} <= set(recs[0])
     assert {"decode", "upload", "injection", "cell", "head", "download", "write"} <= set(recs[0]["latency_ms"])
-    assert sorted(p.name for p in (out / "maps").iterdir()) == [f"{i:06d}.png" for i in range(8)]
+    with np.load(out / "maps.npz") as maps:  # the default: one NPZ (PNGs on request)
+        assert sorted(maps.files) == [f"frame_{i:06d}" for i in range(8)]
+    assert not (out / "maps").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == 8 and summary["latency_ms"]["count"] == 8
     import av

@@ -98,7 +98,9 @@ def test_killed_worker_streams_resume_without_lost_or_repeated_records(bundle64,
     eng = bundle64 / "deq_cell.onnx"
     out = tmp_path / "fleet"
     env = {"DEQSTREAM_FLEET_KILL": "0:3"}  # worker 0's first actor SIGKILLs itself after 3 records
-    r = fleet("--engine", str(eng), *map(str, clips), "--workers", "2", "--out", str(out), env=env)
+    r = fleet(
+        "--engine", str(eng), *map(str, clips), "--workers", "2", "--save-maps", "png", "--out", str(out), env=env
+    )
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("warning: worker 0 "), r.stderr
@@ -213,7 +215,7 @@ def test_sigterm_to_the_driver_leaves_complete_outputs(bundle64, tmp_path):
     long = write_clip(tmp_path / "long.mp4", moving_frames(400, seed=3))
     out = tmp_path / "fleet"
     cmd = [sys.executable, "-m", "runtime.fleet", "--engine", str(bundle64 / "deq_cell.onnx"), str(long), str(long)]
-    cmd += ["--workers", "1", "--out", str(out), "--no-progress", "--threads", "1"]
+    cmd += ["--workers", "1", "--save-maps", "png", "--out", str(out), "--no-progress", "--threads", "1"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ledger = out / "stream0" / "frames.jsonl"
     deadline = time.monotonic() + 120
