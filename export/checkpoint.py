@@ -33,7 +33,7 @@ from export.config import MDEQConfig, SolveSpec
 from export.manifest import default_mode
 from export.mdeq import MDEQSegNet
 from export.pose_head import PREFIX as POSE_PREFIX
-from export.pose_head import PoseLayoutError, head_from_state, split_head
+from export.pose_head import KeypointHead, KeypointLayout, PoseLayoutError, head_from_state, split_head
 
 FORMAT = "deqstream-ckpt/1"
 log = logging.getLogger(__name__)
@@ -127,6 +127,9 @@ def _plain(value: Any) -> Any:
 def save_checkpoint(model: MDEQSegNet, path: str | os.PathLike[str], meta: dict[str, Any]) -> Path:
     """Write our checkpoint format atomically (temp file in the same directory, then rename)."""
     payload = {"format": FORMAT, "config": model.cfg.to_dict(), "state_dict": model.state_dict(), "meta": _plain(meta)}
+    head = getattr(model, "pose_head", None)
+    if isinstance(head, KeypointHead):  # its weights are pose_head.* in state_dict; the layout is not in them all
+        payload["pose_head"] = dataclasses.asdict(head.layout)
     return atomic_torch_save(payload, path)
 
 
@@ -185,6 +188,10 @@ def is_own_format(obj: Any) -> bool:
 def model_from_own(obj: Mapping[str, Any]) -> tuple[MDEQSegNet, dict[str, Any]]:
     cfg = config_from_dict(obj["config"])
     model = MDEQSegNet(cfg)
+    layout = obj.get("pose_head")
+    if isinstance(layout, Mapping):  # a keypoint head trained with the trunk (export.pose_head)
+        fields = {**layout, "conv_kernels": tuple(layout.get("conv_kernels", ()))}
+        model.pose_head = KeypointHead(cfg.channels, KeypointLayout(**fields))
     try:
         model.load_state_dict(obj["state_dict"])
     except RuntimeError as e:

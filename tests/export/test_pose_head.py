@@ -147,3 +147,19 @@ def test_the_imported_head_exports_as_head_pose(tmp_path: Path) -> None:
     session = ort_session(tmp_path / "engines" / "head_pose.onnx")
     (heat,) = session.run(None, {f"z{i}": t.numpy() for i, t in enumerate(z)})
     torch.testing.assert_close(torch.from_numpy(heat), _reference(head, "concat", z), rtol=1e-4, atol=1e-4)
+
+
+def test_own_format_round_trips_a_keypoint_head(tmp_path: Path) -> None:
+    """A model trained with a keypoint head saves and loads it (layout beside the weights), strictly."""
+    from export.checkpoint import load_checkpoint, save_checkpoint
+    from export.mdeq import build_model
+    from export.pose_head import KeypointHead, KeypointLayout
+
+    model = build_model(MINI_DET).eval()
+    model.pose_head = KeypointHead(CH, KeypointLayout(J, True, (3,), 1, True)).eval()
+    save_checkpoint(model, tmp_path / "own.pt", {"steps": 1})
+    loaded, meta = load_checkpoint(tmp_path / "own.pt")
+    assert loaded.pose_head.layout == model.pose_head.layout and meta == {"steps": 1}
+    z = _states()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.pose_head(*z), model.pose_head(*z))
