@@ -163,3 +163,37 @@ def test_own_format_round_trips_a_keypoint_head(tmp_path: Path) -> None:
     z = _states()
     with torch.no_grad():
         torch.testing.assert_close(loaded.pose_head(*z), model.pose_head(*z))
+
+
+def _cli_checkpoint(path: Path, head: dict[str, torch.Tensor]) -> Path:
+    """An MMPose checkpoint of the named config ``tiny`` (the CLI needs a config name)."""
+    from export.config import get_config
+
+    cfg = get_config("tiny")
+    sd, _ = published_state_dict(cfg, copies=False, head=False, loss=False)
+    trunk = {"backbone." + k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")}
+    trunk = {k: v for k, v in trunk.items() if not k.startswith("backbone.deq.")}
+    torch.save({"meta": {}, "state_dict": {**trunk, **head}}, path)
+    return path
+
+
+def test_cli_exports_a_pose_checkpoint_and_refuses_a_bad_one_in_one_line(tmp_path: Path, capsys) -> None:
+    from export.__main__ import main
+    from export.config import get_config
+
+    c0 = get_config("tiny").channels[0]
+    g = torch.Generator().manual_seed(1)
+    head = {
+        "keypoint_head.final_layer.weight": torch.randn(J, c0, 1, 1, generator=g),
+        "keypoint_head.final_layer.bias": torch.randn(J, generator=g),
+    }
+    good = _cli_checkpoint(tmp_path / "pose.pth", head)
+    out = tmp_path / "engines-pose"
+    args = ["--config", "tiny", "--checkpoint", str(good), "--height", "64", "--width", "128", "--heads", "pose"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert "pose checkpoint (16 joints)" in capsys.readouterr().out
+    assert (out / "head_pose.onnx").is_file() and not (out / "head_seg.onnx").exists()
+    bad = _cli_checkpoint(tmp_path / "bad.pth", {**head, "keypoint_head.deconv_layers.0.weight": torch.zeros(1)})
+    assert main(["--config", "tiny", "--checkpoint", str(bad), "--heads", "pose", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "keypoint_head.deconv_layers.0.weight" in err and "Traceback" not in err
