@@ -22,33 +22,11 @@ from typing import Any
 import numpy as np
 
 from export.synthetic import REF_HEIGHT, _finish, _render, _shot
+from runtime.pose_draw import MPII_JOINTS, MPII_LIMBS
 
-JOINTS = (
-    "r_ankle",
-    "r_knee",
-    "r_hip",
-    "l_hip",
-    "l_knee",
-    "l_ankle",
-    "pelvis",
-    "thorax",
-    "upper_neck",
-    "head_top",
-    "r_wrist",
-    "r_elbow",
-    "r_shoulder",
-    "l_shoulder",
-    "l_elbow",
-    "l_wrist",
-)  # MPII's order
+JOINTS = MPII_JOINTS
 J = len(JOINTS)
-# (joint a, joint b) of every drawn bone, MPII's skeleton; index = the part id in PoseClip.parts.
-LIMBS = (
-    (0, 1), (1, 2), (3, 4), (4, 5),  # legs: right shin, right thigh, left thigh, left shin
-    (6, 7), (7, 8), (8, 9),  # pelvis-thorax (torso axis), neck, head
-    (10, 11), (11, 12), (13, 14), (14, 15),  # arms: right forearm, right upper arm, left upper arm, left forearm
-    (2, 6), (3, 6), (12, 7), (13, 7),  # hips and shoulders to the body's axis
-)  # fmt: skip
+LIMBS = MPII_LIMBS  # the part ids in PoseClip.parts are indices into this tuple (its order is the styles' order)
 VISIBLE, OCCLUDED, OUTSIDE = 2, 1, 0
 BACKGROUND, POST = -1, -2  # PoseClip.parts values that are not limbs
 HEAD = (8, 9)  # upper_neck, head_top: the reference length of pck
