@@ -85,7 +85,7 @@ def _sample_inputs(
 def _pose_module(model: MDEQSegNet, device: str) -> tuple[nn.Module, list[str]]:
     """The model's own pose head when it has one, else a seeded random one (and say so)."""
     head = getattr(model, "pose_head", None)
-    if isinstance(head, PoseHead):
+    if isinstance(head, nn.Module):  # PoseHead, or a checkpoint's KeypointHead (export.pose_head)
         return head, []
     rng = torch.random.get_rng_state()
     torch.manual_seed(0)
@@ -134,7 +134,7 @@ def _random_heads(model: MDEQSegNet, heads: Sequence[str], allowed: bool) -> lis
     if untrained is None:
         return []
     names = [f"head_{h}" for h in heads if f"head_{h}" in untrained]
-    if "pose" in heads and not isinstance(getattr(model, "pose_head", None), PoseHead):
+    if "pose" in heads and not isinstance(getattr(model, "pose_head", None), nn.Module):
         names.append("head_pose")
     if names and not allowed:
         raise ValueError(

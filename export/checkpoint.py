@@ -10,7 +10,8 @@ loss's ``loss.criterion.weight``), the periodic ``checkpoint.pth.tar`` dict (``s
 to ``epoch``, ``best_mIoU``/``perf``, ``optimizer``, ``lr_scheduler``), a bare state dict
 (classification), any of them with DataParallel's ``module.`` prefix. Training-only entries are
 dropped and listed in one line; a head whose keys are absent is left at init and named in
-``model.untrained_heads``, so the exporter can refuse it.
+``model.untrained_heads``, so the exporter can refuse it. An MMPose top-down pose checkpoint (``backbone.*`` next to
+``keypoint_head.*``, StreamDEQ's MPII models) brings its keypoint head as ``model.pose_head`` (export.pose_head).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from torch import Tensor
 from export.config import MDEQConfig, SolveSpec
 from export.manifest import default_mode
 from export.mdeq import MDEQSegNet
+from export.pose_head import PREFIX as POSE_PREFIX
+from export.pose_head import KeypointHead, KeypointLayout, PoseLayoutError, head_from_state, split_head
 
 FORMAT = "deqstream-ckpt/1"
 log = logging.getLogger(__name__)
@@ -124,6 +127,9 @@ def _plain(value: Any) -> Any:
 def save_checkpoint(model: MDEQSegNet, path: str | os.PathLike[str], meta: dict[str, Any]) -> Path:
     """Write our checkpoint format atomically (temp file in the same directory, then rename)."""
     payload = {"format": FORMAT, "config": model.cfg.to_dict(), "state_dict": model.state_dict(), "meta": _plain(meta)}
+    head = getattr(model, "pose_head", None)
+    if isinstance(head, KeypointHead):  # its weights are pose_head.* in state_dict; the layout is not in them all
+        payload["pose_head"] = dataclasses.asdict(head.layout)
     return atomic_torch_save(payload, path)
 
 
@@ -182,6 +188,10 @@ def is_own_format(obj: Any) -> bool:
 def model_from_own(obj: Mapping[str, Any]) -> tuple[MDEQSegNet, dict[str, Any]]:
     cfg = config_from_dict(obj["config"])
     model = MDEQSegNet(cfg)
+    layout = obj.get("pose_head")
+    if isinstance(layout, Mapping):  # a keypoint head trained with the trunk (export.pose_head)
+        fields = {**layout, "conv_kernels": tuple(layout.get("conv_kernels", ()))}
+        model.pose_head = KeypointHead(cfg.channels, KeypointLayout(**fields))
     try:
         model.load_state_dict(obj["state_dict"])
     except RuntimeError as e:
@@ -368,6 +378,44 @@ def import_published(state_dict_or_path: Mapping[str, Any] | str | os.PathLike[s
     return model
 
 
+def _pose_keys(sd: Mapping[str, Any]) -> bool:
+    return any(str(k).startswith(POSE_PREFIX) or str(k).startswith("module." + POSE_PREFIX) for k in sd)
+
+
+def is_pose_checkpoint(obj: Any) -> bool:
+    """An MMPose top-down checkpoint (``keypoint_head.*`` next to the trunk), bare or in a training dict."""
+    if not isinstance(obj, Mapping):
+        return False
+    inner = obj.get("state_dict") if isinstance(obj.get("state_dict"), Mapping) else obj
+    return _pose_keys(inner)
+
+
+def import_pose_with_report(
+    state_dict_or_path: Mapping[str, Any] | str | os.PathLike[str], cfg: MDEQConfig, align_corners: bool = False
+) -> tuple[MDEQSegNet, ImportReport]:
+    """An MMPose top-down pose checkpoint (StreamDEQ's MPII models): the ``backbone.*`` trunk imported as any
+    published MDEQ checkpoint, the ``keypoint_head.*`` weights as ``model.pose_head`` (export.pose_head's layout).
+    CheckpointError names the first keys that do not fit, trunk or head."""
+    report = ImportReport()
+    if isinstance(state_dict_or_path, (str, os.PathLike)):
+        report.source = str(state_dict_or_path)
+        obj: Any = _torch_load(state_dict_or_path)
+    else:
+        obj = state_dict_or_path
+    sd = _unwrap(obj, report)
+    sd = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in sd.items()}  # DataParallel
+    trunk, head = split_head(sd)
+    if not head:
+        raise CheckpointError(f"no {POSE_PREFIX}* keys: not an MMPose top-down pose checkpoint")
+    model, trunk_report = import_published_with_report(trunk, cfg)
+    trunk_report.source, trunk_report.training_only[:0] = report.source, report.training_only
+    try:
+        model.pose_head = head_from_state(head, cfg.channels, align_corners=align_corners)
+    except PoseLayoutError as e:
+        raise CheckpointError(f"{report.source or 'checkpoint'}: {e}") from None
+    return model.eval(), trunk_report
+
+
 def load_any(path: str | os.PathLike[str], cfg: MDEQConfig | None) -> tuple[MDEQSegNet, dict[str, Any], str]:
     """Our format or a published one, detected from the content: (model, meta, description).
 
@@ -380,5 +428,10 @@ def load_any(path: str | os.PathLike[str], cfg: MDEQConfig | None) -> tuple[MDEQ
         return model, meta, f"{FORMAT} checkpoint (config {model.cfg.name!r})"
     if cfg is None:
         raise CheckpointError(f"{path} is a published MDEQ checkpoint; name its architecture with --config")
+    if is_pose_checkpoint(obj):
+        model, report = import_pose_with_report(obj, cfg)
+        layout = model.pose_head.layout
+        what = f"MMPose top-down pose checkpoint ({layout.joints} joints): {report.summary()}"
+        return model, {"source": str(path), "published": True}, what
     model, report = import_published_with_report(obj, cfg)
     return model, {"source": str(path), "published": True}, f"published MDEQ checkpoint: {report.summary()}"

@@ -94,6 +94,19 @@ class Fitter:
             return classes
         return np.take(np.take(classes, self.rows, axis=0), self.cols, axis=1)  # 5x a 2-D fancy index's speed
 
+    def unfit_points(self, xy: np.ndarray) -> np.ndarray:
+        """Engine-pixel points (..., 2) as (x, y) -> the same points in source pixels (float64).
+
+        Pixel-index coordinates (pixel i spans [i - 0.5, i + 0.5]) on both sides, with the geometry of :meth:`fit`:
+        engine pixel e is pixel e + offset of the picture scaled to ``scaled``, whose pixel centres (e + 0.5) sit at
+        (e + 0.5) * source / scaled in the source (PIL's resampling grid). Keypoints go back this way."""
+        pts = np.asarray(xy, dtype=np.float64)
+        if self.identity:
+            return pts.copy()
+        (ih, iw), (oy, ox), (sh, sw) = self.scaled, self.offset, self.src_hw
+        scale = np.array([sw / iw, sh / ih])
+        return (pts + np.array([ox, oy]) + 0.5) * scale - 0.5
+
     def fit_field(self, disp: np.ndarray, weight: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
         """A per-cell displacement field on the source's stride-``stride`` grid, ``disp`` (2, h, w) in
         cells and ``weight`` (h, w) its coverage -> the same on the engine picture's grid.
