@@ -333,16 +333,20 @@ def _mismatch_error(cfg: MDEQConfig, missing, unexpected, wrong, expected, given
     return CheckpointError(f"checkpoint does not fit config {cfg.name!r}: " + "; ".join(parts))
 
 
+def _read(state_dict_or_path: Mapping[str, Any] | str | os.PathLike[str], report: ImportReport) -> Any:
+    """The checkpoint's content: loaded from a path (named in ``report.source``) or given as it is."""
+    if isinstance(state_dict_or_path, (str, os.PathLike)):
+        report.source = str(state_dict_or_path)
+        return _torch_load(state_dict_or_path)
+    return state_dict_or_path
+
+
 def import_published_with_report(
     state_dict_or_path: Mapping[str, Any] | str | os.PathLike[str], cfg: MDEQConfig
 ) -> tuple[MDEQSegNet, ImportReport]:
     """Map a published MDEQ checkpoint onto ``MDEQSegNet(cfg)``; see ``import_published``."""
     report = ImportReport()
-    if isinstance(state_dict_or_path, (str, os.PathLike)):
-        report.source = str(state_dict_or_path)
-        obj: Any = _torch_load(state_dict_or_path)
-    else:
-        obj = state_dict_or_path
+    obj = _read(state_dict_or_path, report)
     sd = _strip_wrappers(_unwrap(obj, report), report)
     given = _fold_all(_select_cell(sd, report), report)
     model = MDEQSegNet(cfg)
@@ -397,11 +401,7 @@ def import_pose_with_report(
     published MDEQ checkpoint, the ``keypoint_head.*`` weights as ``model.pose_head`` (export.pose_head's layout).
     CheckpointError names the first keys that do not fit, trunk or head."""
     report = ImportReport()
-    if isinstance(state_dict_or_path, (str, os.PathLike)):
-        report.source = str(state_dict_or_path)
-        obj: Any = _torch_load(state_dict_or_path)
-    else:
-        obj = state_dict_or_path
+    obj = _read(state_dict_or_path, report)
     sd = _unwrap(obj, report)
     sd = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in sd.items()}  # DataParallel
     trunk, head = split_head(sd)

@@ -19,20 +19,11 @@ import pytest
 import torch
 
 from export.checkpoint import CheckpointError, canonical_state, import_published_with_report
-from export.config import CONFIGS, MDEQConfig, reference_solve, streamdeq_solve
+from export.config import CONFIGS, MDEQConfig, streamdeq_solve
 from tests.export.published_layout import published_state_dict, save_layout
+from tests.export.test_published import MINI_SEG as PUBLISHED_MINI_SEG
 
-MINI_SEG = MDEQConfig(
-    name="mini-seg",
-    channels=(8, 16, 32, 64),
-    expansion=2,
-    groups=4,
-    num_classes=5,
-    f_thres=5,
-    upsample_align_corners=False,
-    test_solve=reference_solve(5),
-    stream_solve=streamdeq_solve(),
-)
+MINI_SEG = dataclasses.replace(PUBLISHED_MINI_SEG, stream_solve=streamdeq_solve())
 MINI_DET = dataclasses.replace(MINI_SEG, name="mini-det", post_gn_affine=False)
 
 
