@@ -181,3 +181,30 @@ def test_spec_from_a_manifest_entry() -> None:
     assert spec.strides == (4, 8, 16, 32, 64) and spec.anchor_ratios == (0.5, 1.0, 2.0)
     with pytest.raises(ValueError, match="strides"):
         DetectSpec.from_dict({"num_classes": 3})
+
+
+@pytest.mark.gpu
+def test_decoding_on_the_gpu_equals_the_cpu() -> None:
+    """The same decode on CUDA tensors (where the runtime runs it): same proposals, RoI features and detections."""
+    spec = DetectSpec(strides=(4, 8, 16, 32, 64), num_classes=4, rpn_proposals=300, max_per_img=50)
+    g = torch.Generator().manual_seed(3)
+    h, w = 128, 192
+    cpu = DetectionDecoder(spec, h, w)
+    logits = torch.randn(1, cpu.num_anchors, generator=g) * 2
+    deltas = torch.randn(1, cpu.num_anchors, 4, generator=g) * 0.3
+    feats = [torch.randn(1, 8, h // s, w // s, generator=g) for s in (4, 8, 16, 32)]
+    results = []
+    for device in ("cpu", "cuda"):
+        dec = DetectionDecoder(spec, h, w, device)
+        props = dec.proposals(logits.to(device), deltas.to(device), (120, 180))
+        rf = dec.roi_features([f.to(device) for f in feats], props)
+        n = rf.shape[0]
+        scores = torch.softmax(rf.flatten(1)[:, :5] * 4, dim=1)
+        det = dec.detections(props, scores, rf.flatten(1)[:, 5:21] * 0.5, (120, 180))
+        results.append([t.cpu() for t in (*props, rf, *det)])
+    for a, b in zip(*results):
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
+        else:
+            assert torch.equal(a, b)
+    assert n == 300
