@@ -167,6 +167,29 @@ class BoxGraph(nn.Module):
         return logits.softmax(dim=1), deltas
 
 
+# Output spread of random heads (``random_init``): objectness logits ~ N(0, 2), RPN deltas a few tenths, class
+# logits around 1, box deltas around 1 (before the coder's 0.1 / 0.2 stds).
+RANDOM_GAIN = {"rpn_cls": 0.7, "rpn_reg": 0.1, "fc_cls": 0.4, "fc_reg": 0.5}
+
+
+@torch.no_grad()
+def random_init(heads: DetectorHeads, seed: int = 0) -> DetectorHeads:
+    """Seeded random weights whose outputs spread like a detector's (for measuring the decoding without trained
+    weights): N(0, gain^2 / fan_in) weights, N(0, 0.01) biases; the output layers read ReLU features (all >= 0),
+    so their weight rows are made zero-mean, else one class and one box direction would win everywhere."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in heads.named_parameters():
+        if name.endswith(".bias"):
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+            continue
+        w = torch.randn(p.shape, generator=gen)
+        layer = next((k for k in RANDOM_GAIN if f".{k}." in f".{name}"), None)
+        if layer:
+            w = w - w.flatten(1).mean(1).view(-1, *([1] * (w.dim() - 1)))
+        p.copy_(w * (RANDOM_GAIN.get(layer or "", 1.4) / w[0].numel() ** 0.5))
+    return heads
+
+
 def rpn_output_names(det: DetectorConfig) -> list[str]:
     return [f"p{i}" for i in range(det.roi_levels)] + ["rpn_logits", "rpn_deltas"]
 
@@ -256,5 +279,6 @@ __all__ = [
     "Shared2FCBBoxHead",
     "import_detector",
     "load_heads",
+    "random_init",
     "rpn_output_names",
 ]

@@ -188,16 +188,19 @@ def greedy_keep(suppress: Tensor, valid: Tensor, max_rounds: int | None = None) 
     return keep, rounds
 
 
-def batched_nms(boxes: Tensor, scores: Tensor, valid: Tensor, iou: float) -> Tensor:
+def batched_nms(boxes: Tensor, scores: Tensor, valid: Tensor, iou: float, rounds: list[int] | None = None) -> Tensor:
     """(G, K) bool kept mask in the input order: greedy NMS within each group g of ``boxes`` (G, K, 4) by
-    ``scores`` (G, K); invalid candidates are neither kept nor suppress anything."""
+    ``scores`` (G, K); invalid candidates are neither kept nor suppress anything. ``rounds`` (optional) gets
+    the fixed point's round count appended."""
     order = scores.masked_fill(~valid, float("-inf")).argsort(dim=1, descending=True, stable=True)
     b = boxes.gather(1, order.unsqueeze(-1).expand(-1, -1, 4))
     v = valid.gather(1, order)
     k = b.shape[1]
     later = torch.ones(k, k, dtype=torch.bool, device=b.device).triu(diagonal=1)
     sup = overlaps(b, iou) & later & v.unsqueeze(2)
-    keep_sorted, _ = greedy_keep(sup, v)
+    keep_sorted, n = greedy_keep(sup, v)
+    if rounds is not None:
+        rounds.append(n)
     return torch.zeros_like(valid).scatter(1, order, keep_sorted)
 
 
@@ -296,6 +299,26 @@ def roi_align(
     return (acc / count[:, None, None, None]).permute(0, 3, 1, 2).contiguous()
 
 
+# ------------------------------------------------------------------------------------------- frame geometry
+
+
+def content_hw(scaled: tuple[int, int], offset: tuple[int, int], dst_hw: tuple[int, int]) -> tuple[int, int]:
+    """Rows and columns of the engine picture that hold the frame, from runtime.sources.Fitter's ``scaled``,
+    ``offset`` and ``dst_hw`` (--fit pad leaves black below and right of them): the limit boxes are clipped to,
+    as MMDetection clips to the resized image, not the padded one."""
+    return min(scaled[0] - offset[0], dst_hw[0]), min(scaled[1] - offset[1], dst_hw[1])
+
+
+def unfit_boxes(boxes: Tensor, scaled: tuple[int, int], offset: tuple[int, int], src_hw: tuple[int, int]) -> Tensor:
+    """Engine-picture boxes (..., 4) -> the source frame's pixels (runtime.sources.Fitter's geometry: the picture
+    is the frame scaled to ``scaled`` and windowed at ``offset``), clipped to the frame."""
+    (ih, iw), (oy, ox), (sh, sw) = scaled, offset, src_hw
+    shift = boxes.new_tensor([ox, oy, ox, oy])
+    factor = boxes.new_tensor([sw / iw, sh / ih, sw / iw, sh / ih])
+    out = (boxes + shift) * factor
+    return torch.minimum(out.clamp(min=0), boxes.new_tensor([sw, sh, sw, sh]))
+
+
 # ---------------------------------------------------------------------------------------------- the stages
 
 
@@ -309,6 +332,7 @@ class DetectionDecoder:
         self.anchors = grid_anchors(spec, height, width, self.device)
         counts = [h * w * len(spec.anchor_scales) * len(spec.anchor_ratios) for h, w in self.shapes]
         self.level_slices = [slice(s - n, s) for s, n in zip(torch.tensor(counts).cumsum(0).tolist(), counts)]
+        self.nms_rounds: dict[str, list[int]] = {}  # the last frame's NMS fixed-point rounds, "rpn" and "final"
 
     @property
     def shapes(self) -> list[tuple[int, int]]:
@@ -347,9 +371,15 @@ class DetectionDecoder:
         if spec.rpn_min_size > 0:
             v = v & (bx[..., 2] - bx[..., 0] >= spec.rpn_min_size) & (bx[..., 3] - bx[..., 1] >= spec.rpn_min_size)
         levels = s.shape[1]
+        rounds: list[int] = []
         keep = batched_nms(
-            bx.reshape(b * levels, k, 4), s.reshape(b * levels, k), v.reshape(b * levels, k), spec.rpn_nms_iou
+            bx.reshape(b * levels, k, 4),
+            s.reshape(b * levels, k),
+            v.reshape(b * levels, k),
+            spec.rpn_nms_iou,
+            rounds,
         )
+        self.nms_rounds["rpn"] = rounds
         return _top(bx.reshape(b, -1, 4), s.reshape(b, -1), keep.reshape(b, -1), spec.rpn_proposals)[0]
 
     def roi_features(self, feats: list[Tensor], proposals: Proposals) -> Tensor:
@@ -386,7 +416,9 @@ class DetectionDecoder:
         boxes = clip_boxes(boxes, hw)
         cand = proposals.valid[:, :, None] & (scores > spec.score_thr)
         per_class = (boxes.permute(0, 2, 1, 3).reshape(b * c, p, 4), scores.transpose(1, 2).reshape(b * c, p))
-        keep = batched_nms(*per_class, cand.transpose(1, 2).reshape(b * c, p), spec.nms_iou)
+        rounds: list[int] = []
+        keep = batched_nms(*per_class, cand.transpose(1, 2).reshape(b * c, p), spec.nms_iou, rounds)
+        self.nms_rounds["final"] = rounds
         top, idx = _top(
             per_class[0].reshape(b, c * p, 4), per_class[1].reshape(b, c * p), keep.reshape(b, c * p), spec.max_per_img
         )

@@ -208,3 +208,24 @@ def test_decoding_on_the_gpu_equals_the_cpu() -> None:
         else:
             assert torch.equal(a, b)
     assert n == 300
+
+
+@pytest.mark.parametrize("mode", ["resize", "pad", "crop"])
+def test_boxes_go_back_to_the_source_frame(mode: str) -> None:
+    """Through runtime.sources.Fitter's geometry: a box of the source frame, mapped into the engine picture as the
+    fitted pixels are, comes back; the clip limit is the picture's content."""
+    from runtime.det_decode import content_hw, unfit_boxes
+    from runtime.sources import Fitter
+
+    src, dst = (144, 176), (128, 192)
+    fit = Fitter(src, dst, mode)
+    (ih, iw), (oy, ox) = fit.scaled, fit.offset
+    box = torch.tensor([[30.0, 20.0, 150.0, 100.0]])
+    engine = box * torch.tensor([iw / 176, ih / 144, iw / 176, ih / 144]) - torch.tensor([ox, oy, ox, oy])
+    torch.testing.assert_close(unfit_boxes(engine, fit.scaled, fit.offset, src), box)
+    hw = content_hw(fit.scaled, fit.offset, dst)
+    assert hw == {"resize": (128, 192), "pad": (128, 156), "crop": (128, 192)}[mode]
+    frame = fit.fit(np.full((*src, 3), 255, np.uint8))
+    assert frame[: hw[0], : hw[1]].min() == 255 and frame[hw[0] :, :].sum() + frame[:, hw[1] :].sum() == 0
+    outside = unfit_boxes(torch.tensor([[-500.0, -500.0, 5000.0, 5000.0]]), fit.scaled, fit.offset, src)
+    assert outside.tolist() == [[0.0, 0.0, 176.0, 144.0]]
