@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks.env import environment
 
     return {
-        "command": "python -m benchmarks.det_decode " + " ".join(args.argv),
+        "command": " ".join(["python -m benchmarks.det_decode", *args.argv]),
         "size": [height, width],
         "iters": args.iters,
         "fpn_channels": args.fpn_channels,

@@ -382,9 +382,10 @@ class DetectionDecoder:
         self.nms_rounds["rpn"] = rounds
         return _top(bx.reshape(b, -1, 4), s.reshape(b, -1), keep.reshape(b, -1), spec.rpn_proposals)[0]
 
-    def roi_features(self, feats: list[Tensor], proposals: Proposals) -> Tensor:
-        """The box engine's input (B * P, C, size, size) from the RoI levels' features p0.. (invalid rows read
-        whatever their zero boxes give; ``detections`` drops them)."""
+    def roi_features(self, feats: list[Tensor], proposals: Proposals, dtype: torch.dtype | None = None) -> Tensor:
+        """The box engine's input (B * P, C, size, size) from the RoI levels' features p0.., computed in fp32 and
+        returned in ``dtype`` (the box engine's input type; default fp32). Invalid rows read whatever their zero
+        boxes give; ``detections`` drops them."""
         spec = self.spec
         levels = roi_level(proposals.boxes, spec.roi_finest_scale, spec.roi_levels)
         return roi_align(
@@ -395,7 +396,7 @@ class DetectionDecoder:
             spec.roi_size,
             spec.roi_sampling_ratio,
             spec.roi_max_grid,
-        )
+        ).to(dtype or torch.float32)
 
     def detections(
         self,
