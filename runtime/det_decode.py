@@ -17,8 +17,10 @@ NMS, IoU 0.7 within each level, 1000 proposals; score > 0.05, per-class NMS 0.5,
   its grid depends on its size; a sample outside [-1, size] contributes zero, one at or below 0 is clamped).
 
 Shapes are fixed: proposals, RoI features and detections are padded to their maxima with a validity mask or a
-count, so a download is one copy. The one data-dependent host read is NMS's convergence check (below) and, with
-``roi_max_grid`` None, the largest RoIAlign grid of the frame (see :func:`roi_align`).
+count, so a download is one copy. The data-dependent host reads are NMS's convergence checks (one per
+``NMS_CHECK_EVERY`` rounds; :func:`greedy_keep`) and, with ``roi_max_grid`` None, the frame's largest RoIAlign grid
+(:func:`roi_align`); ``roi_max_grid`` set removes the latter at the price of an approximation
+(benchmarks/det_decode.py measures it).
 """
 
 from __future__ import annotations
@@ -259,7 +261,7 @@ def roi_align(
     largest grid and those past a RoI's own grid weigh zero, which is exact. With ``max_grid`` None that largest
     grid is read from the device (one host read per frame); an integer fixes the loop instead (no read, graph
     capturable), and a RoI whose grid exceeds it is sampled on ``max_grid`` points per bin and axis (spread over
-    the bin), an approximation whose effect must be measured (tests/runtime/test_det_decode.py does).
+    the bin), an approximation: benchmarks/det_decode.py measures it (results/det_decode.md).
     """
     b, r = boxes.shape[:2]
     c = feats[0].shape[1]
