@@ -244,6 +244,30 @@ def roi_grid(lengths: Tensor, size: int, sampling_ratio: int) -> Tensor:
     return torch.ceil(lengths / size).long()
 
 
+def _sample_sum(table: Tensor, rois: tuple[Tensor, ...], needing: list[int], size: int) -> Tensor:
+    """Sum over each RoI's samples of the bilinear reads of ``table`` rows: (R, size, size, C). ``needing[m]`` is
+    how many leading RoIs have a grid above m (they are sorted so), so sample pair (iy, ix) runs on that many."""
+    x0, y0, roi_w, roi_h, grid_h, grid_w, base, h, w = rois
+    n_all, c = x0.shape[0], table.shape[1]
+    acc = table.new_zeros(n_all, size, size, c)
+    steps = len(needing) - 1
+    xs = [_axis_samples(x0, roi_w, grid_w, i, size, w) for i in range(steps)]
+    for iy in range(steps):
+        ys = _axis_samples(y0, roi_h, grid_h, iy, size, h)
+        for ix in range(steps):
+            n = needing[max(iy, ix)]
+            if n == 0:
+                continue
+            y_lo, y_hi, wy_lo, wy_hi = (t[:n] for t in ys)
+            x_lo, x_hi, wx_lo, wx_hi = (t[:n] for t in xs[ix])
+            for yi, wy in ((y_lo, wy_lo), (y_hi, wy_hi)):
+                for xi, wx in ((x_lo, wx_lo), (x_hi, wx_hi)):
+                    idx = base[:n, None, None] + yi[:, :, None] * w[:n, None, None] + xi[:, None, :]
+                    weight = (wy[:, :, None] * wx[:, None, :]).to(table.dtype).unsqueeze(-1)
+                    acc[:n].addcmul_(table.index_select(0, idx.reshape(-1)).view(n, size, size, c), weight)
+    return acc
+
+
 def roi_align(
     feats: list[Tensor],
     boxes: Tensor,
@@ -257,11 +281,13 @@ def roi_align(
     pixels, each read from level ``levels`` (B, R) of ``feats`` (per level (B, C, H_l, W_l)).
 
     The features are laid out once as rows of C channels (every level and image), so each sample is four row
-    gathers for all RoIs at once whatever their levels. The adaptive grid varies per RoI: samples run up to the
-    largest grid and those past a RoI's own grid weigh zero, which is exact. With ``max_grid`` None that largest
-    grid is read from the device (one host read per frame); an integer fixes the loop instead (no read, graph
-    capturable), and a RoI whose grid exceeds it is sampled on ``max_grid`` points per bin and axis (spread over
-    the bin), an approximation: benchmarks/det_decode.py measures it (results/det_decode.md).
+    gathers for all RoIs at once whatever their levels. The adaptive grid varies per RoI, so the fixed shapes
+    come from masking: a sample past a RoI's own grid weighs zero, which is exact. With ``max_grid`` None the
+    RoIs are sorted by grid and the frame's grid histogram read from the device (one host read per frame); sample
+    pair (iy, ix) then runs only on the leading RoIs whose grid exceeds both, so the work is about the sum of the
+    squared grids, not the number of RoIs times the largest one squared. An integer ``max_grid`` fixes the loop
+    instead (no read, graph capturable) and samples a RoI whose grid exceeds it on ``max_grid`` points per bin
+    and axis (spread over the bin): an approximation, which benchmarks/det_decode.py measures.
     """
     b, r = boxes.shape[:2]
     c = feats[0].shape[1]
@@ -280,25 +306,22 @@ def roi_align(
     x0, y0 = flat[:, 0], flat[:, 1]
     roi_w, roi_h = flat[:, 2] - x0, flat[:, 3] - y0
     grid_h, grid_w = roi_grid(roi_h, size, sampling_ratio), roi_grid(roi_w, size, sampling_ratio)
-    if max_grid is None:  # the frame's largest grid per axis: one host read
-        steps_y, steps_x = torch.stack([grid_h.max(), grid_w.max()]).tolist() if lv.numel() else (0, 0)
-    else:
-        steps_y = steps_x = max_grid
-        grid_h, grid_w = grid_h.clamp(max=max_grid), grid_w.clamp(max=max_grid)
-    count = (grid_h * grid_w).clamp(min=1).to(table.dtype)
-    acc = table.new_zeros(b * r, size, size, c)
-    xs = [_axis_samples(x0, roi_w, grid_w, i, size, w) for i in range(steps_x)]
-    for iy in range(steps_y):
-        y_lo, y_hi, wy_lo, wy_hi = _axis_samples(y0, roi_h, grid_h, iy, size, h)
-        for x_lo, x_hi, wx_lo, wx_hi in xs:
-            for yi, wy in ((y_lo, wy_lo), (y_hi, wy_hi)):
-                for xi, wx in ((x_lo, wx_lo), (x_hi, wx_hi)):
-                    idx = base[:, None, None] + yi[:, :, None] * w[:, None, None] + xi[:, None, :]
-                    weight = (wy[:, :, None] * wx[:, None, :]).to(table.dtype)
-                    acc.addcmul_(
-                        table.index_select(0, idx.reshape(-1)).view(b * r, size, size, c), weight.unsqueeze(-1)
-                    )
-    return (acc / count[:, None, None, None]).permute(0, 3, 1, 2).contiguous()
+    rois = (x0, y0, roi_w, roi_h, grid_h, grid_w, base, h, w)
+    if max_grid is None:  # exact: RoIs sorted by grid, each sample pair run on the prefix that needs it
+        grid = torch.maximum(grid_h, grid_w)
+        order = torch.argsort(grid, descending=True)
+        rois = tuple(t[order] for t in rois)
+        hist = torch.bincount(grid, minlength=1).tolist() if grid.numel() else [0]  # the one host read
+        needing = [sum(hist[m + 1 :]) for m in range(len(hist))]  # RoIs whose grid exceeds m
+    else:  # fixed loop, no host read; larger grids capped
+        rois = (*rois[:4], grid_h.clamp(max=max_grid), grid_w.clamp(max=max_grid), *rois[6:])
+        needing = [b * r] * max_grid + [0]
+    acc = _sample_sum(table, rois, needing, size)
+    count = (rois[4] * rois[5]).clamp(min=1).to(table.dtype)
+    acc = acc / count[:, None, None, None]
+    if max_grid is None:
+        acc = torch.empty_like(acc).index_copy_(0, order, acc)
+    return acc.permute(0, 3, 1, 2).contiguous()
 
 
 # ------------------------------------------------------------------------------------------- frame geometry
