@@ -63,6 +63,7 @@ def modes(
     extra mv rows whose warm key frames run that many iterations, ``--iters K``; ``key_tols``: extra mv rows whose
     warm key frames iterate until the relative residual is below T, at most f_thres, ``--iters F --tol T``)."""
     from runtime.run import MV_KEY_TOL
+    from runtime.solve import Solve
 
     n = interval
 
@@ -76,13 +77,13 @@ def modes(
         "stream k=2": {"mode": "stream", "iters": 2},
         "stream-mv k=1": {"mode": "stream-mv", "iters": 1},
         # runtime.run's mv default: warm key frames iterate to a tolerance, at most f_thres
-        f"mv n={n}": keyed("mv", f_thres, key_tol=MV_KEY_TOL),
-        f"mv n={n} --reencode-mv": keyed("mv", f_thres, key_tol=MV_KEY_TOL, reencode_mv=True),
+        f"mv n={n}": keyed("mv", f_thres, key_solve=Solve(tol=MV_KEY_TOL)),
+        f"mv n={n} --reencode-mv": keyed("mv", f_thres, key_solve=Solve(tol=MV_KEY_TOL), reencode_mv=True),
     }
     for k in key_iters:
         rows[f"mv n={n} --iters {k}"] = keyed("mv", k)
     for t in key_tols:
-        rows[f"mv n={n} --iters {f_thres} --tol {t:g}"] = keyed("mv", f_thres, tol=t)
+        rows[f"mv n={n} --iters {f_thres} --tol {t:g}"] = keyed("mv", f_thres, solve=Solve(tol=t))
     rows[f"mv n={n} --key-start zero"] = keyed("mv", f_thres, key_start="zero")
     if has_flownet:
         rows[f"dff n={n}"] = keyed("dff", 2)
@@ -135,8 +136,16 @@ def score(maps: list[np.ndarray], ref: list[np.ndarray], recs: list[dict], summa
 
 def reference(engine: Path, clip: Path, args: argparse.Namespace) -> tuple[list[np.ndarray], dict[str, Any]]:
     """The converged per-frame answer: every frame from zero, to ``--ref-tol`` within ``--ref-iters``."""
+    from runtime.solve import Solve
+
     maps, recs, summary = run_mode(
-        engine, clip, args, mode="frame", iters=args.ref_iters, tol=args.ref_tol, check_every=1, reset=False
+        engine,
+        clip,
+        args,
+        mode="frame",
+        iters=args.ref_iters,
+        solve=Solve(tol=args.ref_tol, check_every=1),
+        reset=False,
     )
     res = np.array([r["residual"] if r["residual"] is not None else np.nan for r in recs], float)
     return maps, {

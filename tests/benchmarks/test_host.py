@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
 import benchmarks.host as host
 from tests.runtime.conftest import moving_frames, write_clip
+
+av = pytest.importorskip("av", reason="PyAV is not installed (the GPU machines lack it unless carried)")
 
 
 @pytest.fixture(scope="module")

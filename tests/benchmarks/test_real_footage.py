@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import benchmarks.real_footage as rf
+from runtime.solve import Solve
 
 
 def test_score_counts_agreement_from_frame_10_and_cold_starts() -> None:
@@ -36,5 +37,11 @@ def test_key_iters_add_mv_rows() -> None:
     rows = rf.modes(20, 5, False, (3, 4))
     assert rows["mv n=5 --iters 4"] == {"mode": "mv", "iters": 4, "reset_iters": 20, "key_interval": 5}
     assert "mv n=5 --iters 3" in rows and "dff n=5" not in rows
-    assert rows["mv n=5"] == {"mode": "mv", "iters": 20, "key_tol": 0.01, "reset_iters": 20, "key_interval": 5}
+    assert rows["mv n=5"] == {
+        "mode": "mv",
+        "iters": 20,
+        "key_solve": Solve(tol=0.01),
+        "reset_iters": 20,
+        "key_interval": 5,
+    }
     assert list(rf.modes(20, 5, False)) == [k for k in rows if "--iters" not in k]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -13,6 +12,8 @@ import torch
 from runtime.prepare import DevicePreparer, planes
 from runtime.sources import Fitter
 from tests.runtime.conftest import moving_frames, write_clip
+
+av = pytest.importorskip("av", reason="PyAV is not installed (the GPU machines lack it unless carried)")
 
 GEOMETRY = [((256, 512), "resize"), ((256, 512), "pad"), ((224, 224), "crop"), ((64, 128), "crop"), ((96, 64), "pad")]
 
