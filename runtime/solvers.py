@@ -24,8 +24,8 @@ Step = Callable[[Tensor, Tensor], None]
 # Anderson's safeguard: an iterate whose residual is above this many times the best so far restarts the history
 ANDERSON_GROWTH = 2.0
 # Anderson's ridge relative to the current squared residual (chosen on the real validation frames:
-# benchmarks/results/anderson_tuning.md)
-ANDERSON_REG = 0.1
+# benchmarks/results/tuning_anderson.md, python -m benchmarks.tune --anderson 6)
+ANDERSON_REG = 0.03
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:

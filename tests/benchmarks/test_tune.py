@@ -6,8 +6,11 @@ import inspect
 import json
 from pathlib import Path
 
-from benchmarks.tune import choose_pixel_rule, choose_reset_iters, markdown, pixel_errors
+import pytest
+
+from benchmarks.tune import choose_anderson, choose_pixel_rule, choose_reset_iters, markdown, pixel_errors
 from runtime.modes import ResetMonitor
+from runtime.solvers import ANDERSON_REG, anderson
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,3 +46,29 @@ def test_runtime_defaults_are_the_committed_tuning_choice() -> None:
     assert "Chosen: --reset-iters" in markdown(res)
     readme = (ROOT / "README.md").read_text()
     assert f"--reset-iters {res['reset_iters']['chosen']}" in readme
+
+
+def test_anderson_rule() -> None:
+    """Admissible: never more evaluations than plain (nor a failure) where plain reached the tolerance; then the
+    lowest median ratio, the lowest worst ratio, the smallest ridge."""
+    per_clip = {
+        "a": [
+            {"plain": 40, "0": 30, "0.1": 32, "0.3": 36},
+            {"plain": 100, "0": 160, "0.1": 80, "0.3": 70},  # the unridged solver loses to plain here
+        ],
+        "b": [{"plain": None, "0": None, "0.1": 250, "0.3": None}],  # plain failed: not counted
+    }
+    got = choose_anderson(per_clip, regs=(0.0, 0.1, 0.3))
+    assert got["frames"] == 2 and got["table"]["0"]["frames_worse_than_plain"] == 1
+    assert got["table"]["0.1"]["median_ratio"] == pytest.approx((0.8 + 0.8) / 2)
+    assert got["chosen"] == 0.1 and got["admissible"]  # 0.3: median ratio (0.9 + 0.7) / 2 = 0.8 too, worst 0.9
+    lose = {"a": [{"plain": 10, "0": 12, "0.1": None}]}
+    got = choose_anderson(lose, regs=(0.0, 0.1))
+    assert got["chosen"] == 0.0 and not got["admissible"]  # none admissible: the fewest frames worse than plain
+
+
+def test_runtime_anderson_ridge_is_the_committed_choice() -> None:
+    res = json.loads((ROOT / "benchmarks" / "results" / "tuning_anderson.json").read_text())
+    assert res["stamp"]["split"] == "validation" and "--anderson" in res["stamp"]["command"]
+    assert ANDERSON_REG == res["anderson"]["choice"]["chosen"]
+    assert inspect.signature(anderson).parameters["reg"].default == ANDERSON_REG
