@@ -39,6 +39,8 @@ def test_key_iters_add_mv_rows() -> None:
     assert "mv n=5 --iters 3" in rows and "dff n=5" not in rows
     assert rows["mv n=5"] == {"mode": "mv", "iters": 20, "key_tol": 0.01, "reset_iters": 20, "key_interval": 5}
     assert list(rf.modes(20, 5, False)) == [k for k in rows if "--iters" not in k]
+    former = {"mode": "frame", "iters": 100, "tol": 0.01, "check_every": 1}
+    assert rows["frame --tol 0.01 (former reference)"] == former  # the reference before it was certified
 
 
 def test_uncertified_reference_frames_are_left_out_of_the_agreement() -> None:
