@@ -93,7 +93,7 @@ def test_a_clip_given_by_its_path_end_to_end(tmp_path) -> None:
     assert rf.main([*args, "--flownet", str(tmp_path / "none.pt"), "--ref-iters", "80", "--key-iters"]) == 0
     res = json.loads((out / "real_footage.json").read_text())
     ((name, got),) = res["clips"].items()
-    assert name == "pan" and res["stamp"]["ref_tol"] == 1e-5 and res["stamp"]["ref_solver"] == "anderson"
+    assert name == "pan" and res["stamp"]["ref_tol"] == 1e-5 and res["stamp"]["ref_solver"] == "fixed_point"
     ref = got["reference"]
     assert ref["frames"] == 12 and ref["converged"] == 1.0 and ref["uncertified_frames"] == []
     assert all(f["certified"] and f["residual"] <= 1e-5 and f["evaluations"] < 80 for f in ref["per_frame"])
