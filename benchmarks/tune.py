@@ -12,11 +12,12 @@ that every reported number comes from (``benchmarks.accuracy.SPLIT_SEEDS``):
   Rule: the smallest value within 0.5 points of the best (each iteration costs time on every cut).
 
 ``--anderson N`` instead makes a third choice, on the real validation frames (N per clip, from where
-``benchmarks.convergence.REAL_SPLITS['validation']`` starts each clip): the ridge ``reg`` of the runtime's
-safeguarded Anderson (``runtime.solvers.ANDERSON_REG``), by the evaluations from zero to a relative residual of
-1e-4 against plain iteration's on the same frame. Rule: admissible are the values that on no frame where plain
-iteration reaches 1e-4 within the budget need more evaluations than it or fail; among them the lowest median ratio
-to plain, then the lowest worst ratio, then the smallest value. Results: ``tuning_anderson.{json,md}``.
+``benchmarks.convergence.REAL_SPLITS['validation']`` starts each clip): the ridge ``reg`` and the stall guard
+``stall`` of the runtime's safeguarded Anderson (``runtime.solvers.ANDERSON_REG``, ``ANDERSON_STALL``), by the
+evaluations from zero to a relative residual of 1e-4 against plain iteration's on the same frame. Rule: admissible
+are the settings that on no frame where plain iteration reaches 1e-4 within the budget need more evaluations than
+it or fail; among them the lowest median ratio to plain, then the lowest worst ratio, then the smallest ridge, then
+the guard on (the safer). Results: ``tuning_anderson.{json,md}``.
 
 The results files say what was chosen; tests hold the runtime's defaults to them.
 """
@@ -43,7 +44,8 @@ FLOORS = (10.0, 15.0, 20.0, 30.0)
 RESET_ITERS = (1, 2, 4, 8)
 PIXEL_SEED = SPLIT_SEEDS["validation"] + 10_000  # 910000+: the clips the pixel rule was first tuned on
 TOLERANCE = 0.005  # reset-iters: within 0.5 mIoU points of the best
-ANDERSON_REGS = (0.0, 0.03, 0.1, 0.3)  # candidate ridges (relative to ||g||^2) of the safeguarded Anderson
+# candidate (ridge relative to ||g||^2, stall guard) settings of the safeguarded Anderson
+ANDERSON_CANDIDATES = tuple((reg, stall) for reg in (0.0, 0.03, 0.1) for stall in (0, 20))
 ANDERSON_BUDGET = 300  # evaluations from zero; a frame not at 1e-4 by then failed
 
 
@@ -101,7 +103,11 @@ def anderson_frames(n: int, height: int, width: int) -> dict[str, np.ndarray]:
     return {name: real_frames(name, n, height, width, start) for name, start in REAL_SPLITS["validation"].items()}
 
 
-def anderson_study(checkpoint: Path, frames: dict[str, np.ndarray], regs=ANDERSON_REGS) -> dict[str, Any]:
+def candidate_key(reg: float, stall: int) -> str:
+    return f"reg {reg:g}, stall {stall}"
+
+
+def anderson_study(checkpoint: Path, frames: dict[str, np.ndarray], cands=ANDERSON_CANDIDATES) -> dict[str, Any]:
     """Per clip and frame: plain iteration's and each candidate's evaluations from zero to 1e-4 (None: failed)."""
     import torch
 
@@ -123,50 +129,54 @@ def anderson_study(checkpoint: Path, frames: dict[str, np.ndarray], regs=ANDERSO
         rows = []
         for frame in clip:
             cell = flat_cell(model, frame)
-            rows.append({"plain": evals(cell, fixed_point), **{f"{r:g}": evals(cell, anderson, reg=r) for r in regs}})
+            row = {"plain": evals(cell, fixed_point)}
+            row.update({candidate_key(r, st): evals(cell, anderson, reg=r, stall=st) for r, st in cands})
+            rows.append(row)
         out[name] = rows
         print(f"{name}: {rows}", flush=True)
     return out
 
 
-def choose_anderson(per_clip: dict[str, list[dict]], regs=ANDERSON_REGS) -> dict[str, Any]:
+def choose_anderson(per_clip: dict[str, list[dict]], cands=ANDERSON_CANDIDATES) -> dict[str, Any]:
     """The rule of the module docstring over every frame of every clip."""
     frames = [f for rows in per_clip.values() for f in rows if f["plain"] is not None]
     table = {}
-    for r in regs:
-        key = f"{r:g}"
+    for r, st in cands:
+        key = candidate_key(r, st)
         worse = sum(1 for f in frames if f[key] is None or f[key] > f["plain"])
         ratios = [(f[key] if f[key] is not None else float("inf")) / f["plain"] for f in frames]
-        table[key] = {"reg": r, "frames_worse_than_plain": worse, "median_ratio": float(np.median(ratios)),
-                      "worst_ratio": float(max(ratios))}  # fmt: skip
+        table[key] = {"reg": r, "stall": st, "frames_worse_than_plain": worse,
+                      "median_ratio": float(np.median(ratios)), "worst_ratio": float(max(ratios))}  # fmt: skip
     admissible = [t for t in table.values() if t["frames_worse_than_plain"] == 0]
     pool = admissible or sorted(table.values(), key=lambda t: t["frames_worse_than_plain"])[:1]
-    best = min(pool, key=lambda t: (t["median_ratio"], t["worst_ratio"], t["reg"]))
-    return {"table": table, "frames": len(frames), "chosen": best["reg"], "admissible": bool(admissible)}
+    best = min(pool, key=lambda t: (t["median_ratio"], t["worst_ratio"], t["reg"], -t["stall"]))
+    chosen = {"reg": best["reg"], "stall": best["stall"]}
+    return {"table": table, "frames": len(frames), "chosen": chosen, "admissible": bool(admissible)}
 
 
 def anderson_markdown(res: dict) -> str:
     a = res["anderson"]
     lines = [
-        "# Safeguarded Anderson's ridge, chosen on real validation frames",
+        "# Safeguarded Anderson's ridge and stall guard, chosen on real validation frames",
         "",
         f"`{res['stamp']['command']}` ({res['stamp']['date']}, {res['stamp']['wall_s']} s), checkpoint "
         f"`{a['checkpoint']}` at {a['height']}x{a['width']}, {a['frames_per_clip']} frames of each clip from where the "
         f"validation split starts it ({', '.join(f'{k} {v}' for k, v in a['starts'].items())}). Evaluations from zero "
         f"until the relative residual is below 1e-4 (at most {ANDERSON_BUDGET}); rule in `benchmarks/tune.py`.",
         "",
-        "| reg | frames needing more than plain (or failing) | median ratio to plain | worst ratio |",
+        "| setting | frames needing more than plain (or failing) | median ratio to plain | worst ratio |",
         "|---|---|---|---|",
     ]
     for key, t in a["choice"]["table"].items():
         lines.append(f"| {key} | {t['frames_worse_than_plain']} | {t['median_ratio']:.3f} | {t['worst_ratio']:.3f} |")
-    lines += ["", "| clip | frame | plain | " + " | ".join(f"reg {k}" for k in a["choice"]["table"]) + " |"]
+    lines += ["", "| clip | frame | plain | " + " | ".join(a["choice"]["table"]) + " |"]
     lines.append("|---|---|---|" + "---|" * len(a["choice"]["table"]))
     for name, rows in a["per_clip"].items():
         for i, f in enumerate(rows):
             cells = " | ".join("fail" if f[k] is None else str(f[k]) for k in ["plain", *a["choice"]["table"]])
             lines.append(f"| {name} | {a['starts'][name] + i} | {cells} |")
-    lines += ["", f"Chosen: reg {a['choice']['chosen']:g} (`runtime.solvers.ANDERSON_REG`)."]
+    c = a["choice"]["chosen"]
+    lines += ["", f"Chosen: reg {c['reg']:g}, stall {c['stall']} (`runtime.solvers.ANDERSON_REG`, `ANDERSON_STALL`)."]
     return "\n".join(lines) + "\n"
 
 
@@ -234,7 +244,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=0,
         metavar="N",
-        help="instead: choose safeguarded Anderson's ridge on N real validation frames per clip (tuning_anderson.*)",
+        help="instead: choose safeguarded Anderson's ridge and stall guard on N real validation frames per clip "
+        "(tuning_anderson.*)",
     )
     return p.parse_args(argv)
 

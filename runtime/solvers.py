@@ -26,6 +26,9 @@ ANDERSON_GROWTH = 2.0
 # Anderson's ridge relative to the current squared residual (chosen on the real validation frames:
 # benchmarks/results/tuning_anderson.md, python -m benchmarks.tune --anderson 6)
 ANDERSON_REG = 0.03
+# Anderson's stall guard: evaluations without the residual halving before the solve turns to plain iteration
+# (0: off; the validation frames chose off, see tuning_anderson.md; 20 rescues bikes frame 224, a test frame)
+ANDERSON_STALL = 0
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -199,6 +202,7 @@ def anderson(
     lam: float = 1e-4,
     reg: float = ANDERSON_REG,
     growth: float = ANDERSON_GROWTH,
+    stall: int = ANDERSON_STALL,
     **_: object,
 ) -> tuple[Tensor, SolverInfo]:
     """Safeguarded Anderson acceleration (type II in Walker & Ni's difference form, no damping).
@@ -212,8 +216,13 @@ def anderson(
     unregularised problem asks for huge extrapolations and Anderson stalls for hundreds of evaluations on real
     frames that plain iteration solves in 100. Safeguard: an iterate whose residual exceeds ``growth`` times the
     best so far (or is NaN) is rejected, the history is dropped and the next iterate is f of the best point (a plain
-    step from it). Every decision is ``torch.where`` on the device: no host sync beyond the ``check_every`` test
-    and no state-sized allocation (``Workspace.anderson`` holds every buffer)."""
+    step from it). Stall guard (``stall`` > 0; off by default, as the validation frames chose): once the residual
+    has not halved in ``stall`` evaluations, the rest of the solve is plain iteration from the current point. Some
+    real frames have a long plateau (a residual near 1e-3 for 50 evaluations) that plain iteration crosses while
+    Anderson's least squares holds the iterate on it (bikes frame 224: plain reaches 1e-5 in 91 evaluations, the
+    ridged solver not in 300; with ``stall=20`` in 95). Every decision is ``torch.where`` on
+    the device: no host sync beyond the ``check_every`` test and no state-sized allocation (``Workspace.anderson``
+    holds every buffer)."""
     ws = _workspace(z0, ws, max_iter)
     h = ws.anderson()
     x, fx = z0, (work if work is not None else torch.empty_like(z0))
@@ -226,7 +235,7 @@ def anderson(
         if k == 0:
             _anderson_start(h, x, fx)
         else:
-            _anderson_update(h, x, fx, (k - 1) % ws.m, growth)
+            _anderson_update(h, x, fx, (k - 1) % ws.m, growth, stall)
         _anderson_next(h, x, lam, reg)
     return fx, SolverInfo(k + 1, ws.trace, "anderson")
 
@@ -371,11 +380,12 @@ def _anderson_buffers(m: int, d: int, acc: torch.dtype, device: torch.device) ->
     h.update({k: torch.zeros(d, **kw) for k in ("g", "f_prev", "g_prev", "f_best", "g_best", "mix")})
     h.update({k: torch.zeros(m, m, **kw) for k in ("gram", "A")})
     h.update({k: torch.zeros(m, **kw) for k in ("row", "b", "mask", "diag", "ridge")})
-    h.update({k: torch.zeros((), **kw) for k in ("r2", "best_r2", "scale", "zero", "one")})
+    h.update({k: torch.zeros((), **kw) for k in ("r2", "best_r2", "scale", "zero", "one", "since", "anchor")})
     h["one"].fill_(1.0)
     h["eye"] = torch.eye(m, **kw)
     h["accept"] = torch.zeros((), dtype=torch.bool, device=device)
     h["better"] = torch.zeros((), dtype=torch.bool, device=device)
+    h["plain"] = torch.zeros((), dtype=torch.bool, device=device)
     return h
 
 
@@ -386,21 +396,28 @@ def _anderson_start(h: dict[str, Tensor], x: Tensor, fx: Tensor) -> None:
     for name, src in (("f_prev", fx), ("g_prev", h["g"]), ("f_best", fx), ("g_best", h["g"])):
         h[name].copy_(src)
     h["mask"].zero_()
+    h["anchor"].copy_(h["best_r2"])
+    h["since"].zero_()
+    h["plain"].zero_()
 
 
-def _anderson_update(h: dict[str, Tensor], x: Tensor, fx: Tensor, i: int, growth: float) -> None:
-    """Store the difference pair of step k in slot ``i`` and apply the safeguard, all on the device.
+def _anderson_update(h: dict[str, Tensor], x: Tensor, fx: Tensor, i: int, growth: float, stall: int) -> None:
+    """Store the difference pair of step k in slot ``i`` and apply the safeguards, all on the device.
 
     Accepted (residual at most ``growth`` times the best, never NaN): the pair joins the history and the new
     point becomes the previous one. Rejected: the history is dropped and the best point becomes the previous
-    one, so the next iterate is f(best)."""
+    one, so the next iterate is f(best). Stalled (see ``anderson``): every later point is accepted with no history,
+    so each next iterate is f of the current one."""
     g, dF, dG = h["g"], h["dF"], h["dG"]
     _sub_acc(fx, x, g)
     torch.dot(g, g, out=h["r2"])
     torch.sub(fx, h["f_prev"], out=dF[i])
     torch.sub(g, h["g_prev"], out=dG[i])
+    if stall:
+        _anderson_stall(h, stall)
     accept, better = h["accept"], h["better"]
     torch.le(h["r2"], h["best_r2"] * (growth * growth), out=accept)  # NaN compares False: rejected
+    accept |= h["plain"]
     torch.lt(h["r2"], h["best_r2"], out=better)
     torch.where(better, fx, h["f_best"], out=h["f_best"])
     torch.where(better, g, h["g_best"], out=h["g_best"])
@@ -409,11 +426,22 @@ def _anderson_update(h: dict[str, Tensor], x: Tensor, fx: Tensor, i: int, growth
     torch.where(accept, g, h["g_best"], out=h["g_prev"])
     torch.where(accept, dF[i], h["zero"], out=dF[i])  # a NaN pair must not reach the mix (0 * NaN = NaN)
     h["mask"][i] = 1.0
-    h["mask"].mul_(accept)
+    h["mask"].mul_(accept & ~h["plain"])
     row = h["row"]
     torch.mv(dG, dG[i], out=row)
     h["gram"][i].copy_(row)
     h["gram"][:, i].copy_(row)
+
+
+def _anderson_stall(h: dict[str, Tensor], stall: int) -> None:
+    """Progress is the residual halving (from the last point that made progress); ``stall`` evaluations without it
+    switch the solve to plain iteration for good."""
+    since, anchor = h["since"], h["anchor"]
+    since.add_(1.0)
+    progress = h["r2"] < anchor * 0.25
+    torch.where(progress, h["zero"], since, out=since)
+    torch.where(progress, h["r2"], anchor, out=anchor)
+    h["plain"] |= since >= stall
 
 
 def _anderson_next(h: dict[str, Tensor], x: Tensor, lam: float, reg: float) -> None:

@@ -8,9 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.tune import choose_anderson, choose_pixel_rule, choose_reset_iters, markdown, pixel_errors
+from benchmarks.tune import (
+    candidate_key,
+    choose_anderson,
+    choose_pixel_rule,
+    choose_reset_iters,
+    markdown,
+    pixel_errors,
+)
 from runtime.modes import ResetMonitor
-from runtime.solvers import ANDERSON_REG, anderson
+from runtime.solvers import ANDERSON_REG, ANDERSON_STALL, anderson
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,25 +57,30 @@ def test_runtime_defaults_are_the_committed_tuning_choice() -> None:
 
 def test_anderson_rule() -> None:
     """Admissible: never more evaluations than plain (nor a failure) where plain reached the tolerance; then the
-    lowest median ratio, the lowest worst ratio, the smallest ridge."""
+    lowest median ratio, the lowest worst ratio, the smallest ridge, the stall guard on."""
+    k0, k1, k3, k1s = (candidate_key(*c) for c in ((0.0, 0), (0.1, 0), (0.3, 0), (0.1, 20)))
     per_clip = {
         "a": [
-            {"plain": 40, "0": 30, "0.1": 32, "0.3": 36},
-            {"plain": 100, "0": 160, "0.1": 80, "0.3": 70},  # the unridged solver loses to plain here
+            {"plain": 40, k0: 30, k1: 32, k3: 36, k1s: 32},
+            {"plain": 100, k0: 160, k1: 80, k3: 70, k1s: 80},  # the unridged solver loses to plain here
         ],
-        "b": [{"plain": None, "0": None, "0.1": 250, "0.3": None}],  # plain failed: not counted
+        "b": [{"plain": None, k0: None, k1: 250, k3: None, k1s: 250}],  # plain failed: not counted
     }
-    got = choose_anderson(per_clip, regs=(0.0, 0.1, 0.3))
-    assert got["frames"] == 2 and got["table"]["0"]["frames_worse_than_plain"] == 1
-    assert got["table"]["0.1"]["median_ratio"] == pytest.approx((0.8 + 0.8) / 2)
-    assert got["chosen"] == 0.1 and got["admissible"]  # 0.3: median ratio (0.9 + 0.7) / 2 = 0.8 too, worst 0.9
-    lose = {"a": [{"plain": 10, "0": 12, "0.1": None}]}
-    got = choose_anderson(lose, regs=(0.0, 0.1))
-    assert got["chosen"] == 0.0 and not got["admissible"]  # none admissible: the fewest frames worse than plain
+    cands = ((0.0, 0), (0.1, 0), (0.3, 0), (0.1, 20))
+    got = choose_anderson(per_clip, cands)
+    assert got["frames"] == 2 and got["table"][k0]["frames_worse_than_plain"] == 1
+    assert got["table"][k1]["median_ratio"] == pytest.approx((0.8 + 0.8) / 2)
+    # 0.3: median ratio (0.9 + 0.7) / 2 = 0.8 too but worst 0.9; (0.1, 20) ties (0.1, 0): the guard on wins
+    assert got["chosen"] == {"reg": 0.1, "stall": 20} and got["admissible"]
+    lose = {"a": [{"plain": 10, k0: 12, k1: None}]}
+    got = choose_anderson(lose, ((0.0, 0), (0.1, 0)))
+    assert got["chosen"] == {"reg": 0.0, "stall": 0} and not got["admissible"]  # the fewest frames worse than plain
 
 
-def test_runtime_anderson_ridge_is_the_committed_choice() -> None:
+def test_runtime_anderson_settings_are_the_committed_choice() -> None:
     res = json.loads((ROOT / "benchmarks" / "results" / "tuning_anderson.json").read_text())
     assert res["stamp"]["split"] == "validation" and "--anderson" in res["stamp"]["command"]
-    assert ANDERSON_REG == res["anderson"]["choice"]["chosen"]
-    assert inspect.signature(anderson).parameters["reg"].default == ANDERSON_REG
+    chosen = res["anderson"]["choice"]["chosen"]
+    assert (ANDERSON_REG, ANDERSON_STALL) == (chosen["reg"], chosen["stall"])
+    params = inspect.signature(anderson).parameters
+    assert (params["reg"].default, params["stall"].default) == (ANDERSON_REG, ANDERSON_STALL)
