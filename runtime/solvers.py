@@ -27,6 +27,14 @@ from runtime.manifest import SOLVER_NAMES
 from runtime.solve import RETURNS, STOPS
 
 Step = Callable[[Tensor, Tensor], None]
+# Anderson's safeguard: an iterate whose residual is above this many times the best so far restarts the history
+ANDERSON_GROWTH = 2.0
+# Anderson's ridge relative to the current squared residual (chosen on the real validation frames:
+# benchmarks/results/tuning_anderson.md, python -m benchmarks.tune --anderson 6)
+ANDERSON_REG = 0.03
+# Anderson's stall guard: evaluations without the residual halving before the solve turns to plain iteration
+# (0: off; the validation frames chose off, see tuning_anderson.md; 20 rescues bikes frame 224, a test frame)
+ANDERSON_STALL = 0
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -151,22 +159,10 @@ class Workspace:
             out.mul_(self.step_scale)
 
     def anderson(self) -> dict[str, Tensor]:
+        """Anderson's history: m difference pairs (dF, dG), the previous and the best point's f and g, the small
+        least-squares system and the safeguard's scalars, all in the accumulation dtype (made once)."""
         if self._anderson is None:
-            m, D = self.m, self.layout.total
-            kw = dict(dtype=self.acc, device=self.device)
-            bordered = []
-            for n in range(1, m + 1):
-                K = torch.zeros(n + 1, n + 1, **kw)
-                K[0, 1:] = 1
-                K[1:, 0] = 1
-                bordered.append(K)
-            rhs = torch.zeros(m + 1, 1, **kw)
-            rhs[0] = 1
-            self._anderson = {"F": torch.zeros(m, D, **kw), "G": torch.zeros(m, D, **kw), "rhs": rhs}
-            # the mix is formed in the accumulation dtype, then rounded once into the state
-            self._anderson["mix"] = torch.zeros(D if self.acc != self.layout.dtype else 0, **kw)
-            self._anderson.update({f"K{n}": K for n, K in enumerate(bordered, 1)})
-            self._anderson.update({f"H{n}": torch.zeros(n, n, **kw) for n in range(1, m + 1)})
+            self._anderson = _anderson_buffers(self.m, self.layout.total, self.acc, self.device)
         return self._anderson
 
     def broyden(self) -> dict[str, Tensor]:
@@ -315,40 +311,44 @@ def anderson(
     work: Tensor | None = None,
     ws: Workspace | None = None,
     lam: float = 1e-4,
+    reg: float = ANDERSON_REG,
+    growth: float = ANDERSON_GROWTH,
+    stall: int = ANDERSON_STALL,
 ) -> tuple[Tensor, SolverInfo]:
-    """Anderson acceleration (type II, history m): the next iterate is the mix of the last m
-    f-values whose residual mix has the least norm (a bordered least squares, regularised by
-    ``lam`` times the mean squared residual so it stays scale-free)."""
+    """Safeguarded Anderson acceleration (type II in Walker & Ni's difference form, no damping).
+
+    The next iterate is f(x_k) - dF gamma, where gamma minimises ||g_k - dG gamma||^2 + ridge ||gamma||^2 over the
+    last ``ws.m`` difference pairs (dG of the residuals g = f(x) - x, dF of the f-values: m + 1 points mixed).
+    Why the difference form: the pairs are formed in D-space before any dot product, while the Gram matrix of the
+    residuals themselves (the bordered form) loses in fp32 exactly the small differences the least squares needs
+    once the residuals agree to 1e-4. The ridge is ``reg`` ||g_k||^2 + ``lam`` mean ||dg||^2 (scale-free): the
+    first term keeps gamma small where the residual barely changes between points (||dg|| << ||g||), where the
+    unregularised problem asks for huge extrapolations and Anderson stalls for hundreds of evaluations on real
+    frames that plain iteration solves in 100. Safeguard: an iterate whose residual exceeds ``growth`` times the
+    best so far (or is NaN) is rejected, the history is dropped and the next iterate is f of the best point (a plain
+    step from it). Stall guard (``stall`` > 0; off by default, as the validation frames chose): once the residual
+    has not halved in ``stall`` evaluations, the rest of the solve is plain iteration from the current point. Some
+    real frames have a long plateau (a residual near 1e-3 for 50 evaluations) that plain iteration crosses while
+    Anderson's least squares holds the iterate on it (bikes frame 224: plain reaches 1e-5 in 91 evaluations, the
+    ridged solver not in 300; with ``stall=20`` in 95). Every decision is ``torch.where`` on
+    the device: no host sync beyond the ``check_every`` test and no state-sized allocation (``Workspace.anderson``
+    holds every buffer)."""
     ws = _workspace(z0, ws, max_iter)
     keep = ws.keeper(returns, stop)
     h = ws.anderson()
-    F, G, rhs = h["F"], h["G"], h["rhs"]
     x, fx = z0, (work if work is not None else torch.empty_like(z0))
     k = -1
     for k in range(max_iter):
         step(x, fx)
         ws.measure(k, fx, x, stop)
         keep.offer(k, x)
-        i = k % ws.m
-        F[i].copy_(fx)
-        _sub_acc(fx, x, G[i])
         if k + 1 == max_iter or ws.converged(k, tol, stop, check_every, max_iter):
             break
-        n = min(k + 1, ws.m)
-        if n == 1:
-            x.copy_(fx)
-            continue
-        K, H = h[f"K{n}"], h[f"H{n}"]
-        torch.mm(G[:n], G[:n].T, out=H)
-        K[1:, 1:].copy_(H)
-        # lam relative to the mean squared residual: an absolute lam swamps G G^T near convergence
-        K.diagonal()[1:].add_(H.diagonal().mean() * lam + 1e-30)
-        sol, _ = torch.linalg.solve_ex(K, rhs[: n + 1], check_errors=False)
-        if x.dtype == F.dtype:
-            torch.mm(sol[1:].T, F[:n], out=x.view(1, -1))
+        if k == 0:
+            _anderson_start(h, x, fx)
         else:
-            torch.mm(sol[1:].T, F[:n], out=h["mix"].view(1, -1))
-            x.copy_(h["mix"])
+            _anderson_update(h, x, fx, (k - 1) % ws.m, growth, stall)
+        _anderson_next(h, x, lam, reg)
     return keep.finish(x, fx, k + 1, "anderson")
 
 
@@ -454,3 +454,103 @@ def _rmatvec(U: Tensor, V: Tensor, c: Tensor, y: Tensor, out: Tensor, t: Tensor)
 SOLVERS: dict[str, Callable[..., tuple[Tensor, SolverInfo]]] = dict(
     zip(SOLVER_NAMES, (fixed_point, anderson, broyden), strict=True)
 )
+
+
+# --------------------------------------------------------------------------- safeguarded Anderson
+def _anderson_buffers(m: int, d: int, acc: torch.dtype, device: torch.device) -> dict[str, Tensor]:
+    """Every buffer ``anderson`` touches, preallocated: the loop itself allocates nothing state-sized."""
+    kw = dict(dtype=acc, device=device)
+    h = {k: torch.zeros(m, d, **kw) for k in ("dF", "dG")}
+    h.update({k: torch.zeros(d, **kw) for k in ("g", "f_prev", "g_prev", "f_best", "g_best", "mix")})
+    h.update({k: torch.zeros(m, m, **kw) for k in ("gram", "A")})
+    h.update({k: torch.zeros(m, **kw) for k in ("row", "b", "mask", "diag", "ridge")})
+    h.update({k: torch.zeros((), **kw) for k in ("r2", "best_r2", "scale", "zero", "one", "since", "anchor")})
+    h["one"].fill_(1.0)
+    h["eye"] = torch.eye(m, **kw)
+    h["accept"] = torch.zeros((), dtype=torch.bool, device=device)
+    h["better"] = torch.zeros((), dtype=torch.bool, device=device)
+    h["plain"] = torch.zeros((), dtype=torch.bool, device=device)
+    return h
+
+
+def _anderson_start(h: dict[str, Tensor], x: Tensor, fx: Tensor) -> None:
+    """After the first evaluation: no history; the first point is the best and the previous one."""
+    _sub_acc(fx, x, h["g"])
+    torch.dot(h["g"], h["g"], out=h["best_r2"])
+    for name, src in (("f_prev", fx), ("g_prev", h["g"]), ("f_best", fx), ("g_best", h["g"])):
+        h[name].copy_(src)
+    h["mask"].zero_()
+    h["anchor"].copy_(h["best_r2"])
+    h["since"].zero_()
+    h["plain"].zero_()
+
+
+def _anderson_update(h: dict[str, Tensor], x: Tensor, fx: Tensor, i: int, growth: float, stall: int) -> None:
+    """Store the difference pair of step k in slot ``i`` and apply the safeguards, all on the device.
+
+    Accepted (residual at most ``growth`` times the best, never NaN): the pair joins the history and the new
+    point becomes the previous one. Rejected: the history is dropped and the best point becomes the previous
+    one, so the next iterate is f(best). Stalled (see ``anderson``): every later point is accepted with no history,
+    so each next iterate is f of the current one."""
+    g, dF, dG = h["g"], h["dF"], h["dG"]
+    _sub_acc(fx, x, g)
+    torch.dot(g, g, out=h["r2"])
+    torch.sub(fx, h["f_prev"], out=dF[i])
+    torch.sub(g, h["g_prev"], out=dG[i])
+    if stall:
+        _anderson_stall(h, stall)
+    accept, better = h["accept"], h["better"]
+    torch.le(h["r2"], h["best_r2"] * (growth * growth), out=accept)  # NaN compares False: rejected
+    accept |= h["plain"]
+    torch.lt(h["r2"], h["best_r2"], out=better)
+    torch.where(better, fx, h["f_best"], out=h["f_best"])
+    torch.where(better, g, h["g_best"], out=h["g_best"])
+    torch.where(better, h["r2"], h["best_r2"], out=h["best_r2"])
+    torch.where(accept, fx, h["f_best"], out=h["f_prev"])
+    torch.where(accept, g, h["g_best"], out=h["g_prev"])
+    torch.where(accept, dF[i], h["zero"], out=dF[i])  # a NaN pair must not reach the mix (0 * NaN = NaN)
+    h["mask"][i] = 1.0
+    h["mask"].mul_(accept & ~h["plain"])
+    row = h["row"]
+    torch.mv(dG, dG[i], out=row)
+    h["gram"][i].copy_(row)
+    h["gram"][:, i].copy_(row)
+
+
+def _anderson_stall(h: dict[str, Tensor], stall: int) -> None:
+    """Progress is the residual halving (from the last point that made progress); ``stall`` evaluations without it
+    switch the solve to plain iteration for good."""
+    since, anchor = h["since"], h["anchor"]
+    since.add_(1.0)
+    progress = h["r2"] < anchor * 0.25
+    torch.where(progress, h["zero"], since, out=since)
+    torch.where(progress, h["r2"], anchor, out=anchor)
+    h["plain"] |= since >= stall
+
+
+def _anderson_next(h: dict[str, Tensor], x: Tensor, lam: float, reg: float) -> None:
+    """x = f_prev - dF gamma, gamma from the history's masked ridge normal equations, scaled by ||g_prev||^2.
+
+    Slots outside the history (before the first pairs, after a restart) get identity rows and a zero right-hand
+    side, so their gamma is 0 and a history of none is a plain step."""
+    mask, A, b, diag, ridge, scale = h["mask"], h["A"], h["b"], h["diag"], h["ridge"], h["scale"]
+    valid = mask > 0
+    torch.dot(h["g_prev"], h["g_prev"], out=scale)
+    scale.clamp_(min=1e-30)
+    torch.where(valid, h["gram"].diagonal(), h["zero"], out=diag)
+    # ridge on the normalised system: reg + lam * mean ||dg||^2 / ||g||^2 on the history's slots, 1 elsewhere
+    torch.div(diag.sum() * lam, mask.sum().clamp(min=1.0) * scale, out=ridge[0])
+    ridge.copy_(ridge[0].add(reg).expand_as(ridge))
+    torch.where(valid, ridge, h["one"], out=ridge)
+    torch.where(valid[:, None] & valid[None, :], h["gram"], h["zero"], out=A)
+    A.div_(scale)
+    A.add_(torch.diag_embed(ridge))
+    torch.mv(h["dG"], h["g_prev"], out=b)
+    torch.where(valid, b, h["zero"], out=b)
+    b.div_(scale)
+    gamma, _ = torch.linalg.solve_ex(A, b[:, None], check_errors=False)
+    gamma = torch.nan_to_num(gamma, nan=0.0, posinf=0.0, neginf=0.0).mul_(mask[:, None])
+    mix = h["mix"]
+    torch.mm(gamma.T, h["dF"], out=mix.view(1, -1))
+    torch.sub(h["f_prev"], mix, out=mix)
+    x.copy_(mix)

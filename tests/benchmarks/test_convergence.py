@@ -198,3 +198,81 @@ def test_growth_share_ignores_float_rounding_below_the_floor() -> None:
     s = cv.summarise(per)
     assert s["plain"]["share_60_le_30"] == pytest.approx(2 / 3)
     assert s["radius"]["share_below_1"] == pytest.approx(2 / 3)
+
+
+def _hand_residual(cell: cv.FlatMap, z: torch.Tensor) -> float:
+    with torch.no_grad():
+        fz = cell(z)
+    return float((fz - z).norm() / fz.norm())
+
+
+def test_evaluations_to_tolerance_is_the_hand_count() -> None:
+    """Plain iteration by hand: the first n with ||f(z_n-1) - z_n-1|| / ||f(z_n-1)|| below the tolerance."""
+    model = contract_tiny()
+    frame = np.random.default_rng(5).integers(0, 255, (32, 64, 3), dtype=np.uint8)
+    cell = cv.flat_cell(model, frame)
+    z, want = torch.zeros(cell.numel), None
+    with torch.no_grad():
+        for k in range(1, 200):
+            fz = cell(z)
+            if float((fz - z).norm() / fz.norm()) < 1e-4:
+                want = k
+                break
+            z = fz
+    assert want is not None and want > 3
+    got, last = cv.evaluations_to(cell, "plain", 1e-4, 200)
+    assert got == want and last < 1e-4
+    assert cv.evaluations_to(cell, "plain", 1e-4, want - 1)[0] is None  # not within a smaller budget
+    n_acc, _ = cv.evaluations_to(cell, "anderson", 1e-4, 200)
+    assert n_acc is not None and n_acc <= want
+
+
+def contract_tiny() -> torch.nn.Module:
+    from tests.runtime.conftest import contract
+
+    return contract(build_model(get_config("tiny"), seed=0))
+
+
+def test_certified_point_meets_its_certificate() -> None:
+    cell = cv.flat_cell(contract_tiny(), np.random.default_rng(6).integers(0, 255, (32, 64, 3), dtype=np.uint8))
+    z, cert = cv.certify(cell, 1e-5, 200)
+    assert cert["certified"] and cert["residual"] < 1e-5 and cert["solver"] == "anderson"
+    assert _hand_residual(cell, z) < 1e-5  # the returned point, checked by hand
+    z2, cert2 = cv.certify(cell, 1e-5, 3)  # too few evaluations: not certified, the better of the two solvers
+    assert not cert2["certified"] and cert2["residual"] > 1e-5 and cert2["evaluations"] == 3
+
+
+def test_to_tolerance_summary_counts_failures_where_plain_succeeded() -> None:
+    evals = {"plain": [40, 50, None, 30], "anderson": [30, None, None, 20], "broyden": [20, 30, 90, 25]}
+    last = {k: [0.0] * 4 for k in evals}
+    t = cv.summarise_to_tol(evals, last)
+    assert t["plain"]["median"] == 45.0 and t["plain"]["worst"] == float("inf")
+    assert t["anderson"]["failed_where_plain_reached"] == [1]  # frame 2: plain failed too, not counted
+    assert t["anderson"]["median"] == float("inf")  # half its frames failed: (30 + inf) / 2
+    assert t["broyden"]["failed_where_plain_reached"] == [] and t["broyden"]["median"] == 27.5
+    assert t["broyden"]["ratio_to_plain_median"] == pytest.approx(27.5 / 45)
+    assert cv.accelerated_verdict(t, "broyden") == "yes" and cv.accelerated_verdict(t, "anderson") == "no"
+    assert t["broyden"]["share_reached"] == 1.0 and t["anderson"]["share_reached"] == 0.5
+
+
+def test_clip_labels_names_and_paths() -> None:
+    got = cv.clip_labels(["bikes", "/a/street.mp4", "/b/street.mp4"], reserved={"generated"})
+    assert got == {"bikes": "bikes", "/a/street.mp4": "street", "/b/street.mp4": "street_2"}
+
+
+def test_cli_reads_a_clip_given_by_its_path(tmp_path) -> None:
+    """A clip written here, read by path: its frames decoded and measured, the certificate and the evaluations
+    table in both files."""
+    from tests.runtime.conftest import moving_frames, write_clip
+
+    clip = write_clip(tmp_path / "pan.mp4", moving_frames(3, 64, 128))
+    out = tmp_path / "res"
+    args = ["--height", "64", "--width", "128", "--frames", "2", "--power-steps", "2", "--clips", "0"]
+    assert cv.main([*args, "--real", str(clip), "--budget", "150", "--out", str(out)]) == 0
+    res = json.loads((out / "convergence.json").read_text())
+    s = res["sources"]["pan"]
+    assert s["frames"] == 2 and f"the video file {clip}" in s["origin"]
+    assert set(s["to_tol"]) >= {"plain", "anderson", "broyden"} and len(s["to_tol"]["plain"]["per_frame"]) == 2
+    assert len(s["certificate"]["per_frame"]) == 2 and res["cert_tol"] == 1e-5
+    md = (out / "convergence.md").read_text()
+    assert "| pan | 2 |" in md and "frames certified" in md and "Broyden median / worst" in md

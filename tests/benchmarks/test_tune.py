@@ -6,8 +6,18 @@ import inspect
 import json
 from pathlib import Path
 
-from benchmarks.tune import choose_pixel_rule, choose_reset_iters, markdown, pixel_errors
+import pytest
+
+from benchmarks.tune import (
+    candidate_key,
+    choose_anderson,
+    choose_pixel_rule,
+    choose_reset_iters,
+    markdown,
+    pixel_errors,
+)
 from runtime.modes import ResetMonitor
+from runtime.solvers import ANDERSON_REG, ANDERSON_STALL, anderson
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,3 +53,34 @@ def test_runtime_defaults_are_the_committed_tuning_choice() -> None:
     assert "Chosen: --reset-iters" in markdown(res)
     readme = (ROOT / "README.md").read_text()
     assert f"--reset-iters {res['reset_iters']['chosen']}" in readme
+
+
+def test_anderson_rule() -> None:
+    """Admissible: never more evaluations than plain (nor a failure) where plain reached the tolerance; then the
+    lowest median ratio, the lowest worst ratio, the smallest ridge, the stall guard on."""
+    k0, k1, k3, k1s = (candidate_key(*c) for c in ((0.0, 0), (0.1, 0), (0.3, 0), (0.1, 20)))
+    per_clip = {
+        "a": [
+            {"plain": 40, k0: 30, k1: 32, k3: 36, k1s: 32},
+            {"plain": 100, k0: 160, k1: 80, k3: 70, k1s: 80},  # the unridged solver loses to plain here
+        ],
+        "b": [{"plain": None, k0: None, k1: 250, k3: None, k1s: 250}],  # plain failed: not counted
+    }
+    cands = ((0.0, 0), (0.1, 0), (0.3, 0), (0.1, 20))
+    got = choose_anderson(per_clip, cands)
+    assert got["frames"] == 2 and got["table"][k0]["frames_worse_than_plain"] == 1
+    assert got["table"][k1]["median_ratio"] == pytest.approx((0.8 + 0.8) / 2)
+    # 0.3: median ratio (0.9 + 0.7) / 2 = 0.8 too but worst 0.9; (0.1, 20) ties (0.1, 0): the guard on wins
+    assert got["chosen"] == {"reg": 0.1, "stall": 20} and got["admissible"]
+    lose = {"a": [{"plain": 10, k0: 12, k1: None}]}
+    got = choose_anderson(lose, ((0.0, 0), (0.1, 0)))
+    assert got["chosen"] == {"reg": 0.0, "stall": 0} and not got["admissible"]  # the fewest frames worse than plain
+
+
+def test_runtime_anderson_settings_are_the_committed_choice() -> None:
+    res = json.loads((ROOT / "benchmarks" / "results" / "tuning_anderson.json").read_text())
+    assert res["stamp"]["split"] == "validation" and "--anderson" in res["stamp"]["command"]
+    chosen = res["anderson"]["choice"]["chosen"]
+    assert (ANDERSON_REG, ANDERSON_STALL) == (chosen["reg"], chosen["stall"])
+    params = inspect.signature(anderson).parameters
+    assert (params["reg"].default, params["stall"].default) == (ANDERSON_REG, ANDERSON_STALL)
