@@ -239,10 +239,19 @@ class NpzMapWriter(_RenamedAtClose):
         self.path = path
         self.tmp = temp_sibling(path)
         self.file = zipfile.ZipFile(self.tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1)
+        self.count = 0
 
     def write(self, index: int, classes: np.ndarray) -> None:
         with self.file.open(f"frame_{index:06d}.npy", "w", force_zip64=True) as f:
             np.lib.format.write_array(f, np.ascontiguousarray(classes), allow_pickle=False)
+        self.count += 1
+
+    def close(self) -> None:
+        """No maps (a classification bundle has no class map): no empty archive either."""
+        if self.count:
+            super().close()
+        else:
+            self.abort()
 
 
 class JsonlWriter(_RenamedAtClose):

@@ -222,7 +222,8 @@ def test_no_partial_files_after_a_writer_failure(bundle64, clip64, tmp_path, cap
 
     monkeypatch.setattr(writers.PngMapWriter, "write", failing)
     out = tmp_path / "o"
-    rc, err = run_main(capsys, "--engine", str(bundle64 / "deq_cell.onnx"), str(clip64), "--out", str(out))
+    argv = ["--engine", str(bundle64 / "deq_cell.onnx"), str(clip64), "--out", str(out), "--save-maps", "png"]
+    rc, err = run_main(capsys, *argv)
     check_one_line_error(rc, err, "No space left")
     names = {p.name for p in out.iterdir()}
     assert not names & {"frames.jsonl", "overlay.mp4", "summary.json"}
