@@ -27,6 +27,7 @@ what is measured is how faithfully each cheap mode reproduces what the model its
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import shlex
@@ -83,7 +84,12 @@ def clip_path(name: str) -> Path:
 
 
 def modes(
-    f_thres: int, interval: int, has_flownet: bool, key_iters: tuple[int, ...] = (), key_tols: tuple[float, ...] = ()
+    f_thres: int,
+    interval: int,
+    has_flownet: bool,
+    key_iters: tuple[int, ...] = (),
+    key_tols: tuple[float, ...] = (),
+    stream_solvers: tuple[str, ...] = (),
 ) -> dict[str, dict[str, Any]]:
     """Row name -> RunConfig fields, as ``python -m runtime.run`` sets them for the same options (``key_iters``:
     extra mv rows whose warm key frames run that many iterations, ``--iters K``; ``key_tols``: extra mv rows whose
@@ -116,6 +122,17 @@ def modes(
         rows[f"mv n={n} --iters {k}"] = keyed("mv", k)
     for t in key_tols:
         rows[f"mv n={n} --iters {f_thres} --tol {t:g}"] = keyed("mv", f_thres, solve=Solve(tol=t))
+    if stream_solvers:  # accelerated streaming beside plain iteration at equal cell evaluations per frame
+        rows["stream k=3"] = {"mode": "stream", "iters": 3}
+    for name in stream_solvers:
+        own = Solve().with_solver(name)
+        for spec in (own, dataclasses.replace(own, returns="f_last")):
+            flag = "" if spec is own else " --returns f_last"
+            for k in (1, 2, 3):
+                evals = spec.evaluations(k)
+                if evals <= 3:
+                    row = f"stream k={k} --solver {name}{flag} ({evals} evaluations)"
+                    rows[row] = {"mode": "stream", "iters": k, "solve": spec}
     rows[f"mv n={n} --key-start zero"] = keyed("mv", f_thres, key_start="zero")
     if has_flownet:
         rows[f"dff n={n}"] = keyed("dff", 2)
@@ -215,6 +232,7 @@ def evaluate(engine: Path, args: argparse.Namespace) -> dict[str, Any]:
         "flownet" in open_bundle(engine, check_hash=False).engines,
         tuple(args.key_iters),
         tuple(args.key_tols),
+        tuple(args.stream_solvers),
     )
     out: dict[str, Any] = {}
     for spec in args.clips:
@@ -328,6 +346,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="T",
         help="extra mv rows whose warm-started key frames iterate until the relative residual is below T, at most "
         "--f-thres iterations (runtime.run --iters F --tol T)",
+    )
+    p.add_argument(
+        "--stream-solvers",
+        nargs="*",
+        choices=("anderson", "broyden"),
+        default=[],
+        help="extra stream rows warm-started with these solvers under their own rule (runtime.run --solver X), at 1 "
+        "to 3 cell evaluations per frame, beside plain iteration at k = 1, 2, 3 (accelerated streaming)",
     )
     p.add_argument("--ref-iters", type=int, default=300, help="most evaluations of the certified reference (300)")
     p.add_argument(

@@ -118,3 +118,16 @@ def test_a_clip_given_by_its_path_end_to_end(tmp_path) -> None:
     assert len(maps) == len(want) == 12
     assert np.mean([np.mean(m == w) for m, w in zip(maps, want)]) > 0.99
     assert "certified" in (out / "real_footage.md").read_text()
+
+
+def test_stream_solver_rows_compare_at_equal_evaluations() -> None:
+    """--stream-solvers: accelerated stream rows under each solver's own rule and with --returns f_last, at 1 to 3
+    cell evaluations per frame (a Broyden iteration costs one more), beside plain k = 3."""
+    rows = rf.modes(20, 5, False, stream_solvers=("anderson", "broyden"))
+    assert rows["stream k=3"] == {"mode": "stream", "iters": 3}
+    broyden = rows["stream k=2 --solver broyden (3 evaluations)"]
+    assert broyden["iters"] == 2 and broyden["solve"].returns == "lowest_new"
+    assert broyden["solve"].evaluations(broyden["iters"]) == 3
+    assert rows["stream k=3 --solver anderson --returns f_last (3 evaluations)"]["solve"].returns == "f_last"
+    assert not any("broyden" in name and "k=3" in name for name in rows)  # 4 evaluations: beyond the comparison
+    assert "stream k=3" not in rf.modes(20, 5, False)
