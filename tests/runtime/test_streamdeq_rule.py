@@ -318,3 +318,29 @@ def test_bad_solve_combinations_are_one_line(il_bundle, clip_frames, tmp_path, c
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "config.stream_solve" in err[0] and "'best'" in err[0]
+
+
+@pytest.mark.parametrize("mode", ["frame", "stream", "stream-mv", "mv", "mv-interp"])
+def test_every_mode_runs_the_il_bundle_on_a_real_video(il_bundle, mode, tmp_path) -> None:
+    """The IL bundle through every mode on the real clip as a video file (motion vectors, B-frames): the warm
+    frames run the manifest's stream_solve (Broyden: evaluations = iterations + 1), frames from zero its test_solve,
+    propagated frames no cell; the summary names the solve that ran."""
+    from benchmarks.real_footage import clip_path
+    from runtime.run import main
+
+    try:
+        clip = clip_path("carphone")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    out = tmp_path / mode
+    argv = [str(clip), "--engine", str(il_bundle / "deq_cell.onnx"), "--mode", mode, "--out", str(out)]
+    assert main([*argv, "--max-frames", "12", "--no-video", "--threads", "1", "--no-progress"]) == 0
+    records = [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(records) == 12 and summary["solve"]["solver"] == "broyden"
+    ran = [r for r in records if r["evaluations"]]
+    assert ran and all(r["evaluations"] == r["iterations"] + 1 for r in ran)
+    returns = "lowest" if mode in ("frame", "mv-interp") else "lowest_new"
+    assert summary["solve"]["returns"] == returns
+    if mode in ("mv", "mv-interp"):
+        assert any(r["evaluations"] == 0 for r in records)  # propagated frames run no cell
