@@ -173,3 +173,30 @@ def test_an_old_manifest_without_the_pose_task_still_runs_its_only_head(pose_bun
     (old / "manifest.json").write_text(json.dumps(man))
     records = run_cli(old, pose_clip, tmp_path / "o", "--mode", "frame", "--iters", "2", "--no-video")
     assert len(records) == 6 and len(records[0]["keypoints"]) == J
+
+
+@pytest.mark.gpu
+def test_cuda_pipeline_downloads_keypoints_equal_to_the_cpu_ones(pose_model, pose_bundle, tmp_path):
+    """On CUDA the heatmaps are decoded on the pipeline's stream (CUDA graphs on) into a pinned (B, J, 3) buffer,
+    the only output downloaded; the keypoints agree with the CPU run of the ONNX bundle."""
+    from export.bundle import export_bundle
+    from runtime.bundle import open_bundle
+    from runtime.modes import FrameInfo, Plan
+    from runtime.pipeline import Pipeline
+
+    export_bundle(pose_model, tmp_path / "cuda", H, W, formats=("pt2",), heads=["pose"], device="cuda")
+    frames = moving_frames(5)
+    got = {}
+    for name, engine, device in (
+        ("cuda", tmp_path / "cuda" / "deq_cell.pt2", "cuda"),
+        ("cpu", pose_bundle / "deq_cell.onnx", "cpu"),
+    ):
+        pipe = Pipeline(open_bundle(engine), torch.device(device), graphs=True)
+        pipe.warmup()
+        kps = [
+            pipe.run([f], [Plan(iters=2, start="previous")], [FrameInfo(i)]).classes[0] for i, f in enumerate(frames)
+        ]
+        got[name] = np.stack(kps)
+        if device == "cuda":
+            assert pipe.graphs and pipe.result_host.is_pinned() and tuple(pipe.result_host.shape) == (1, J, 3)
+    np.testing.assert_allclose(got["cuda"][..., :2], got["cpu"][..., :2], atol=0.5)
