@@ -143,16 +143,19 @@ class OverlayWriter:
     def __init__(
         self, path: Path, fps: float, lut: np.ndarray, options: dict[str, str] | None = None, task: Any = None
     ) -> None:
-        from runtime.tasks import TASKS
-
-        self.lut, self.task = lut, task or TASKS["seg"]  # the task draws its output (runtime.tasks)
+        self.lut, self.task = lut, task  # runtime.tasks' task draws its output; None: a class map, blended
         opts = dict(self.OPTIONS if options is None else options)
         self.video = VideoWriter(path, Fraction(fps).limit_denominator(1001), opts)
 
     def write(self, rgb: np.ndarray, classes: np.ndarray | None, label: str = "") -> None:
         """``classes``: the task's output in ``rgb``'s pixels (a class map, keypoints), drawn by the task; None (a
         classification head): the frame with ``label`` (its top-1) written on it."""
-        self.video.write(self.task.draw(rgb, classes, self.lut) if classes is not None else caption(rgb, label))
+        if classes is None:
+            self.video.write(caption(rgb, label))
+        else:
+            self.video.write(
+                overlay(rgb, classes, self.lut) if self.task is None else self.task.draw(rgb, classes, self.lut)
+            )
 
     def close(self) -> None:
         self.video.close()
@@ -338,11 +341,11 @@ class Sink(QueuedWriter):
         overlay_size: str = "source",
         task: Any = None,
     ) -> None:
-        from runtime.tasks import TASKS
-
         if overlay_size not in OVERLAY_SIZES:
             raise ValueError(f"overlay size must be one of {', '.join(OVERLAY_SIZES)}, got {overlay_size!r}")
-        self.out, self.overlay_size, self.task = out, overlay_size, task or TASKS["seg"]
+        # task: runtime.tasks' (what the output is at the source, whether it is a map, how it is drawn); None: class
+        # maps, as a seg task (runtime.writers does not import runtime.tasks, which draws with its functions)
+        self.out, self.overlay_size, self.task = out, overlay_size, task
         self.log = JsonlWriter(out / "frames.jsonl")
         lut = palette_lut(palette)
         self.video = OverlayWriter(out / "overlay.mp4", fps, lut, overlay_options, self.task) if video else None
@@ -356,18 +359,26 @@ class Sink(QueuedWriter):
 
     def _write(self, record: dict[str, Any], frame: Any, classes: np.ndarray | None, fitter: Any) -> None:
         t0 = time.perf_counter()
-        full = self.task.source(classes, fitter) if classes is not None else None  # at the source's size
+        full = self._at_source(classes, fitter)
         if self.video_lane is not None and self.overlay_size == "engine":  # the picture the engines saw
             self.video_lane.put(frame.rgb, classes, top1_label(record))
         elif self.video_lane is not None:  # blended and encoded on the overlay's own thread
             rgb = frame.original if frame.original is not None else frame.rgb
             self.video_lane.put(rgb, full, top1_label(record))
-        if self.maps is not None and full is not None and self.task.has_map:  # cls and pose write no map
+        if self.maps is not None and full is not None and (self.task is None or self.task.has_map):  # not cls, pose
             self.maps.write(record["frame"], full)
         ms = (time.perf_counter() - t0) * 1e3
         record.setdefault("latency_ms", {})["write"] = round(ms, 3)
         self.write_ms.append(ms)
         self.log.write(record)
+
+    def _at_source(self, classes: np.ndarray | None, fitter: Any) -> np.ndarray | None:
+        """The output at the source's size: the task's mapping, else a class map unfitted (nearest)."""
+        if classes is None:
+            return None
+        if self.task is not None:
+            return self.task.source(classes, fitter)
+        return fitter.unfit(classes) if fitter is not None else classes
 
     @property
     def overlay_ms(self) -> Samples:
