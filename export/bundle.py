@@ -396,6 +396,8 @@ def export_bundle(
     out = Path(out_dir).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     manifest = base_manifest(work, height, width, batch, precision, command)
+    if set(heads) == {"pose"}:  # the runtime runs the manifest task's head: head_pose, keypoints per frame
+        manifest["task"] = "pose"
     if weights:
         manifest["weights"] = weights
     manifest["random_heads"], manifest["allow_random_head"] = random_heads, allow_random_head

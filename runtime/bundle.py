@@ -23,6 +23,7 @@ from runtime.manifest import (
     ENGINE_SUFFIXES,
     MANIFEST_NAME,
     SUFFIX_KIND,
+    TASK_HEADS,
     check_engine_file,
     read_manifest,
     sha256_file,
@@ -86,8 +87,21 @@ class Bundle:
     relax: float = 1.0
 
     @property
+    def task(self) -> str:
+        """The manifest's ``task`` when its head engine is in the bundle; else (a bundle exported before pose
+        bundles said ``"task": "pose"``) the task of the head the runtime always picked: head_seg, else the
+        first head engine."""
+        task = self.manifest.get("task")
+        if isinstance(task, str) and TASK_HEADS.get(task) in self.engines:
+            return str(task)
+        first = "head_seg" if "head_seg" in self.engines else next(n for n in self.engines if n.startswith("head"))
+        return next((t for t, h in TASK_HEADS.items() if h == first), "seg")
+
+    @property
     def head_name(self) -> str:
-        return "head_seg" if "head_seg" in self.engines else next(n for n in self.engines if n.startswith("head"))
+        """The head engine the runtime runs: the task's (a bundle may hold several heads)."""
+        head = TASK_HEADS.get(self.task)
+        return head if head in self.engines else next(n for n in self.engines if n.startswith("head"))
 
 
 def kind_of(path: str | Path) -> str:

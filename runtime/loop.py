@@ -30,6 +30,7 @@ from runtime.pipeline import STAGES, Pipeline
 from runtime.solve import Solve
 from runtime.sources import Frame, Prefetcher, Source
 from runtime.stats import Samples, format_summary, summarize
+from runtime.tasks import TASKS, Task
 from runtime.writers import Sink, atomic_write_json, clear_previous_run, prepare_out_dir
 
 
@@ -70,7 +71,8 @@ class RunConfig:
     log: Any = None  # callable(str) for warnings; default stderr
     policy: Callable[[], Policy] | None = None  # one fresh policy per stream; overrides mode/iters
     # Embedding: called once per decoded frame, in frame order, with its record (as in frames.jsonl) and its
-    # class map at the source's resolution; ``out=None`` with this writes nothing to disk.
+    # output at the source's resolution (runtime.tasks: a class map, the logits, or (J, 3) keypoints [x, y, score]);
+    # ``out=None`` with this writes nothing to disk.
     on_frame: Callable[[dict[str, Any], np.ndarray], None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     # Hooks for a runner of many runs in one process (runtime.fleet); unset, run() behaves as before.
@@ -146,8 +148,17 @@ class _StopFlag:
 class StreamState:
     """Per-stream bookkeeping of the loop: its source, policy, monitor, writer, counters."""
 
-    def __init__(self, idx: int, source: Source, policy: Policy, sink: Sink | None, prefetch: Prefetcher) -> None:
+    def __init__(
+        self,
+        idx: int,
+        source: Source,
+        policy: Policy,
+        sink: Sink | None,
+        prefetch: Prefetcher,
+        task: Task = TASKS["seg"],
+    ) -> None:
         self.idx, self.source, self.policy, self.sink, self.prefetch = idx, source, policy, sink, prefetch
+        self.task = task  # what the downloaded head output means (record fields, map, overlay)
         self.monitor = ResetMonitor()
         self.done = False
         self.frames = 0
@@ -204,6 +215,9 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             f"the engines take batch {bundle.batch} but {n} input stream(s) were given "
             f"(export with --batch {n}, or pass {bundle.batch} input(s))"
         )
+    task = TASKS[bundle.task]
+    if cfg.make_sink is not None and task.name not in ("seg", "cls"):
+        raise EngineError(f"a {task.name} bundle runs with python -m runtime.run; the fleet writes seg and cls only")
     device = pick_device(cfg.device, bundle)
     outs: list[Path | None] = [None] * n
     if cfg.out is not None:
@@ -244,11 +258,13 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         if cfg.make_sink is not None:
             sink = cfg.make_sink(i, fps)
         elif outs[i] is not None:
-            sink = Sink(outs[i], fps, bundle.palette, cfg.save_maps, cfg.video, overlay_size=cfg.overlay_size)
+            sink = Sink(
+                outs[i], fps, bundle.palette, cfg.save_maps, cfg.video, overlay_size=cfg.overlay_size, task=task
+            )
         pre: Any = Prefetcher(src, hw, cfg.fit, keep_original=cfg.video and sink is not None, max_frames=cfg.max_frames)
         if cfg.start_frames and cfg.start_frames[i] > 0:
             pre = _Resume(pre, cfg.start_frames[i], getattr(sink, "skipped", None))
-        streams.append(StreamState(i, src, policies[i], sink, pre))
+        streams.append(StreamState(i, src, policies[i], sink, pre, task))
         streams[-1].first_reset = cfg.first_reset[i] if cfg.first_reset else ""
     try:
         summary = _loop(cfg, bundle, pipeline, streams, log)
@@ -259,22 +275,6 @@ def run(cfg: RunConfig) -> dict[str, Any]:
                 s.sink.abort()
         raise
     return summary
-
-
-def _top_k(out: np.ndarray, k: int = 5) -> dict[str, Any]:
-    """A classification head's logits -> top-1 and top-k class ids with softmax scores (frames.jsonl);
-    nothing for a class map."""
-    if out.ndim != 1:
-        return {}
-    z = out.astype(np.float64)
-    prob = np.exp(z - z.max())
-    prob /= prob.sum()
-    ids = np.argsort(-z, kind="stable")[:k]
-    scores = [round(float(prob[i]), 6) for i in ids]
-    return {
-        "top1": {"class": int(ids[0]), "score": scores[0]},
-        f"top{k}": {"classes": [int(i) for i in ids], "scores": scores},
-    }
 
 
 def _open(spec: Any, mode: str, log: Any = None, reencode: bool = False) -> Source:
@@ -491,6 +491,8 @@ def _record(
     if reset:  # logged in the frame record and the summary (stderr stays for problems)
         s.resets.append({"frame": f.index, "reason": reset})
     stage = {k: round(v, 3) for k, v in res.stage_ms.items()}
+    out, task = res.classes[b], s.task
+    fitter = s.prefetch.fitters.get(f.source_hw)
     record = {
         "frame": f.index,
         "stream": b,
@@ -504,7 +506,7 @@ def _record(
         "reset": reset or None,
         "cuda_graph": res.graph,
         "latency_ms": {"decode": round(f.decode_ms, 3), **stage, "total": round(latency_ms, 3)},
-        **_top_k(res.classes[b]),
+        **task.fields(out, fitter),
         **_solved_by(cfg, s, res if plan.run_cell else None),
         **(extra or {}),
         **cfg.extra.get("record", {}),
@@ -517,13 +519,10 @@ def _record(
     )
     s.frames += 1
     s.prev = f.rgb
-    fitter = s.prefetch.fitters.get(f.source_hw)
-    logits = res.classes[b].ndim == 1  # head_cls: (num_classes,) logits, no class map
     if cfg.on_frame is not None:
-        classes = fitter.unfit(res.classes[b]) if fitter is not None and not logits else res.classes[b]
-        cfg.on_frame(dict(record), np.array(classes, copy=True))
-    if s.sink is not None:
-        s.sink.put(record, f, None if logits else res.classes[b], fitter)
+        cfg.on_frame(dict(record), np.array(task.source(out, fitter), copy=True))
+    if s.sink is not None:  # cls: the record only (its top-1 is the overlay's caption)
+        s.sink.put(record, f, out if task.sink_output else None, fitter)
 
 
 def _solved_by(cfg: RunConfig, s: StreamState, res: Any) -> dict[str, str]:

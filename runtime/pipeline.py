@@ -4,7 +4,8 @@ One ``Pipeline`` owns the engines and the persistent buffers of one stream group
 B streams sharing one batched engine call). Per frame it uploads the decoded bytes, runs the
 injection, prepares each stream's start state as its policy asks (zero / previous / warped),
 runs the solver between the two state sets, runs the head on the set holding the result and
-downloads the class map: one host sync per frame. On CUDA the k plain iterations of a frame
+downloads its output (the task's: a class map, logits, or keypoints decoded from heatmaps on the
+device, ``runtime.tasks``): one host sync per frame. On CUDA the k plain iterations of a frame
 are captured once per (k, start set) into a CUDA graph and replayed; if capture fails the
 pipeline falls back to plain launches and says so once.
 """
@@ -27,15 +28,16 @@ from runtime.manifest import AUTO
 from runtime.modes import Plan
 from runtime.solve import Solve
 from runtime.solvers import SOLVERS, SolverInfo, Workspace, anderson, fixed_point
+from runtime.tasks import TASKS
 
 STAGES = ("upload", "injection", "cell", "head", "download")
 
 
 @dataclass
 class BatchResult:
-    """Outputs of one batched frame: class maps (host copies), residual and steps per stream."""
+    """Outputs of one batched frame: the task's outputs (host copies), residual and steps per stream."""
 
-    classes: np.ndarray  # (B, H, W) uint8, owned by the caller
+    classes: np.ndarray  # (B, ...) owned by the caller: class maps (B, H, W), logits (B, N) or keypoints (B, J, 3)
     residuals: list[float]
     nstep: int
     stage_ms: dict[str, float]
@@ -102,6 +104,8 @@ class Pipeline:
         self.cell = load_runner(bundle.engines["deq_cell"], device, **kw)
         self.head = load_runner(bundle.engines[bundle.head_name], device, **kw)
         self.buf = StreamBuffers(bundle, device)
+        self.task = TASKS[bundle.task]
+        self._result_buffers()
         evals = max(spec.evaluations(max(max_iters, 1)), 1)
         self.ws = Workspace(self.buf.layout, device, max_iter=evals, step_scale=1.0 / bundle.relax)
         if spec.solver in ("anderson", AUTO):
@@ -126,6 +130,17 @@ class Pipeline:
         self.accelerate = [False] * self.batch  # AUTO: streams whose plain iterations stopped converging
         if self.stream is not None:  # buffers were zero-filled on the default stream
             self.stream.wait_stream(torch.cuda.current_stream(device))
+
+    def _result_buffers(self) -> None:
+        """What the frame's download copies: the head's output, or (pose) the persistent (B, J, 3) keypoints the
+        task decodes the heatmaps into on the device, with a pinned host copy on CUDA."""
+        shape = self.task.result_shape(self.bundle)
+        if shape is None:
+            self.result, self.result_host = self.buf.out, self.buf.out_host
+            return
+        self.result = torch.zeros(shape, dtype=torch.float32, device=self.device)
+        cuda = self.device.type == "cuda"
+        self.result_host = torch.zeros(shape, dtype=torch.float32).pin_memory() if cuda else self.result
 
     @property
     def batch(self) -> int:
@@ -248,7 +263,7 @@ class Pipeline:
         self.has_state = [True] * self.batch
         self.calls += 1
         return BatchResult(
-            self.buf.out_host.numpy().copy(), residuals, info.nstep if info else 0, stage, gpu, graph, info
+            self.result_host.numpy().copy(), residuals, info.nstep if info else 0, stage, gpu, graph, info
         )
 
     def warmup(self) -> None:
@@ -288,15 +303,17 @@ class Pipeline:
         stage = t.stage_ms()
         gpu = None if self.stream is None else stage["interp"] + stage["head"]
         nan = [float("nan")] * self.batch
-        return BatchResult(self.buf.out_host.numpy().copy(), nan, 0, stage, gpu)
+        return BatchResult(self.result_host.numpy().copy(), nan, 0, stage, gpu)
 
     def _head_and_download(self, t: _Timer, info: SolverInfo | None = None) -> list[float]:
-        """Head on the current state set; class map and final residuals to the host (pinned,
+        """Head (and the task's decode) on the current state set; its result and final residuals to the host (pinned,
         asynchronous) before the frame's one sync. Returns the residual per stream (NaN: no cell)."""
         self.head.run(self.stream, self.buf.current)
+        if self.result is not self.buf.out:  # pose: heatmaps -> keypoints, on the pipeline's stream
+            self.task.decode(self.bundle, self.buf.out, self.result)
         t.mark("head")
-        if self.buf.out_host is not self.buf.out:
-            self.buf.out_host.copy_(self.buf.out, non_blocking=True)
+        if self.result_host is not self.result:
+            self.result_host.copy_(self.result, non_blocking=True)
         ran = info is not None and info.nstep > 0
         watch = ran and self.auto and info.solver == "fixed_point" and info.nstep >= 2
         if ran:
@@ -336,7 +353,7 @@ class Pipeline:
             residuals = self._head_and_download(t, info)
         self.has_state = [True] * self.batch
         stage = t.stage_ms()
-        return BatchResult(self.buf.out_host.numpy().copy(), residuals, info.nstep, stage, None, graph, info)
+        return BatchResult(self.result_host.numpy().copy(), residuals, info.nstep, stage, None, graph, info)
 
 
 __all__ = ["STAGES", "BatchResult", "Pipeline", "Runner"]

@@ -140,14 +140,22 @@ class OverlayWriter:
 
     OPTIONS = {"preset": "ultrafast", "crf": "23"}
 
-    def __init__(self, path: Path, fps: float, lut: np.ndarray, options: dict[str, str] | None = None) -> None:
-        self.lut = lut
+    def __init__(
+        self, path: Path, fps: float, lut: np.ndarray, options: dict[str, str] | None = None, task: Any = None
+    ) -> None:
+        self.lut, self.task = lut, task  # runtime.tasks' task draws its output; None: a class map, blended
         opts = dict(self.OPTIONS if options is None else options)
         self.video = VideoWriter(path, Fraction(fps).limit_denominator(1001), opts)
 
     def write(self, rgb: np.ndarray, classes: np.ndarray | None, label: str = "") -> None:
-        """``classes`` None (a classification head): the frame with ``label`` (its top-1) written on it."""
-        self.video.write(overlay(rgb, classes, self.lut) if classes is not None else caption(rgb, label))
+        """``classes``: the task's output in ``rgb``'s pixels (a class map, keypoints), drawn by the task; None (a
+        classification head): the frame with ``label`` (its top-1) written on it."""
+        if classes is None:
+            self.video.write(caption(rgb, label))
+        else:
+            self.video.write(
+                overlay(rgb, classes, self.lut) if self.task is None else self.task.draw(rgb, classes, self.lut)
+            )
 
     def close(self) -> None:
         self.video.close()
@@ -331,12 +339,16 @@ class Sink(QueuedWriter):
         maxsize: int = 8,
         overlay_options: dict[str, str] | None = None,
         overlay_size: str = "source",
+        task: Any = None,
     ) -> None:
         if overlay_size not in OVERLAY_SIZES:
             raise ValueError(f"overlay size must be one of {', '.join(OVERLAY_SIZES)}, got {overlay_size!r}")
-        self.out, self.overlay_size = out, overlay_size
+        # task: runtime.tasks' (what the output is at the source, whether it is a map, how it is drawn); None: class
+        # maps, as a seg task (runtime.writers does not import runtime.tasks, which draws with its functions)
+        self.out, self.overlay_size, self.task = out, overlay_size, task
         self.log = JsonlWriter(out / "frames.jsonl")
-        self.video = OverlayWriter(out / "overlay.mp4", fps, palette_lut(palette), overlay_options) if video else None
+        lut = palette_lut(palette)
+        self.video = OverlayWriter(out / "overlay.mp4", fps, lut, overlay_options, self.task) if video else None
         self.video_lane = Lane(f"overlay-{out.name}", self.video.write, maxsize) if self.video is not None else None
         self.maps: PngMapWriter | NpzMapWriter | None = None
         if save_maps == "png":
@@ -347,18 +359,26 @@ class Sink(QueuedWriter):
 
     def _write(self, record: dict[str, Any], frame: Any, classes: np.ndarray | None, fitter: Any) -> None:
         t0 = time.perf_counter()
-        full = fitter.unfit(classes) if fitter is not None and classes is not None else classes
+        full = self._at_source(classes, fitter)
         if self.video_lane is not None and self.overlay_size == "engine":  # the picture the engines saw
             self.video_lane.put(frame.rgb, classes, top1_label(record))
         elif self.video_lane is not None:  # blended and encoded on the overlay's own thread
             rgb = frame.original if frame.original is not None else frame.rgb
             self.video_lane.put(rgb, full, top1_label(record))
-        if self.maps is not None and full is not None:  # None: a classification head, no map
+        if self.maps is not None and full is not None and (self.task is None or self.task.has_map):  # not cls, pose
             self.maps.write(record["frame"], full)
         ms = (time.perf_counter() - t0) * 1e3
         record.setdefault("latency_ms", {})["write"] = round(ms, 3)
         self.write_ms.append(ms)
         self.log.write(record)
+
+    def _at_source(self, classes: np.ndarray | None, fitter: Any) -> np.ndarray | None:
+        """The output at the source's size: the task's mapping, else a class map unfitted (nearest)."""
+        if classes is None:
+            return None
+        if self.task is not None:
+            return self.task.source(classes, fitter)
+        return fitter.unfit(classes) if fitter is not None else classes
 
     @property
     def overlay_ms(self) -> Samples:
