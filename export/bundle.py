@@ -329,6 +329,23 @@ def _check_args(model: MDEQSegNet, height: int, width: int, batch: int, formats,
             raise ValueError("plan engines are built and checked on a GPU: pass device='cuda' (--device cuda)")
 
 
+def _detector_manifest(manifest: dict[str, Any], model: MDEQSegNet, detector: Any, heads: Sequence[str]) -> Any:
+    """The manifest's ``detector`` entry (and, as the only head, task ``det`` and the detector's classes); returns
+    a copy of the heads to export (the caller's are never moved to another device)."""
+    from export.det_export import detector_entry
+
+    det = detector.det_cfg
+    if tuple(detector.trunk_cfg.channels) != tuple(model.cfg.channels):
+        raise ValueError(
+            f"detector heads take trunk channels {detector.trunk_cfg.channels}, the model has {model.cfg.channels}"
+        )
+    manifest["detector"] = detector_entry(model.cfg, det)
+    if not heads:  # the runtime runs head_det_rpn, then head_det_box, boxes per frame
+        manifest["task"] = "det"
+        manifest["classes"] = list(det.class_names) or [f"class{i}" for i in range(det.num_classes)]
+    return copy.deepcopy(detector)
+
+
 def _record_skips(manifest: dict[str, Any]) -> None:
     """Top-level ``parity_skipped``: every engine file written without a parity check (only
     ever non-empty when the user passed --skip-parity)."""
@@ -371,6 +388,7 @@ def export_bundle(
     weights: dict[str, Any] | None = None,
     skip_parity: bool = False,
     allow_random_head: bool = False,
+    detector: Any = None,
 ) -> dict[str, Any]:
     """Export ``model`` as a bundle in ``out_dir`` and return the manifest written there.
 
@@ -385,11 +403,16 @@ def export_bundle(
     is refused unless ``allow_random_head``; the manifest records both (``random_heads``,
     ``allow_random_head``).
 
+    ``detector`` (export.detection's DetectorHeads on this trunk) adds ``head_det_rpn`` and ``head_det_box``
+    (export.det_export's graphs, through the same parity gate) and the manifest's ``detector`` entry (its config
+    and the FPN levels' strides); without other ``heads`` the bundle's task is ``det`` and its classes the
+    detector's.
+
     Raises ValueError on bad arguments and ParityError when an engine disagrees with
     PyTorch; in both cases ``out_dir`` is left as it was.
     """
     log = log or (lambda _msg: None)
-    formats, heads = list(formats), list(heads or [model.cfg.task])
+    formats, heads = list(formats), list(heads or ([] if detector is not None else [model.cfg.task]))
     _check_args(model, height, width, batch, formats, precision, heads, device)
     random_heads = _random_heads(model, heads, allow_random_head)
     work = copy.deepcopy(model).to(device).eval()  # never flip the caller's model out of train mode
@@ -398,6 +421,8 @@ def export_bundle(
     manifest = base_manifest(work, height, width, batch, precision, command)
     if set(heads) == {"pose"}:  # the runtime runs the manifest task's head: head_pose, keypoints per frame
         manifest["task"] = "pose"
+    if detector is not None:
+        detector = _detector_manifest(manifest, work, detector, heads)
     if weights:
         manifest["weights"] = weights
     manifest["random_heads"], manifest["allow_random_head"] = random_heads, allow_random_head
@@ -410,6 +435,13 @@ def export_bundle(
             for graph in build_graphs(work, height, width, batch, precision, device, heads):
                 entry = export_engine(graph, tmp, formats, precision, device, log, skip_parity)
                 manifest["engines"][graph.name] = entry
+            if detector is not None:
+                from export.det_export import build_det_graphs
+
+                for graph in build_det_graphs(work, detector, height, width, batch, precision, device):
+                    manifest["engines"][graph.name] = export_engine(
+                        graph, tmp, formats, precision, device, log, skip_parity
+                    )
         _record_skips(manifest)
         write_manifest(manifest, tmp)
         _install_bundle(tmp, out)

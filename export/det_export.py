@@ -10,8 +10,9 @@ same formats, parity gate and tolerances as the bundle's other engines), fed wit
 a couple of cell iterations on random frames, and for the box head the RoI features that the decoder extracts
 from the RPN engine's reference outputs.
 
-Not yet part of ``export_bundle``: ``export_detector`` writes the two engines into a folder with ``detector.json``
-(the decode settings and each engine's manifest entry), for the wiring to merge into a bundle's manifest.
+``export_bundle(..., detector=heads)`` puts the two engines and the manifest's ``detector`` entry into a bundle
+(task ``det``, run by ``python -m runtime.run``); ``export_detector`` writes only the two engines into a folder with
+``detector.json`` (the decode settings and each engine's manifest entry).
 """
 
 from __future__ import annotations

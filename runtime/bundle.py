@@ -153,6 +153,11 @@ def _check_consistency(b: Bundle) -> None:
     head = b.engines[b.head_name]
     if tuple(t.shape for t in head.inputs) != tuple(s.shape for s in b.state):
         raise BundleError(f"manifest: {b.head_name} inputs do not match the state shapes")
+    if b.task == "det":  # the RPN engine's outputs are decoded into the box engine's input (runtime.det_stage)
+        if "head_det_box" not in b.engines:
+            raise BundleError("manifest: a det bundle lists head_det_rpn but no 'head_det_box' engine")
+        if not isinstance(b.manifest.get("detector"), dict):
+            raise BundleError("manifest: a det bundle lacks its 'detector' entry (the decode settings)")
 
 
 def _export_command(root: Path, kind: str) -> str:

@@ -312,6 +312,8 @@ def _loop(cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[StreamSt
             for s, f in zip(streams, got):
                 if f is None:
                     s.done = True
+                else:  # det clips boxes to the fitted frame's content
+                    pipe.set_fitter(s.idx, s.prefetch.fitters.get(f.source_hw))
             if all(s.done for s in streams):
                 break
             if interp is not None:

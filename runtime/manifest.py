@@ -24,7 +24,8 @@ ENGINE_SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "plan": ".plan"}  # engine ki
 SUFFIX_KIND = {suffix: kind for kind, suffix in ENGINE_SUFFIXES.items()}
 CORE_ENGINES = ("injection", "deq_cell")  # plus at least one head_* engine
 # The manifest's ``task`` -> the head engine the runtime runs for it (runtime.tasks says what its output means).
-TASK_HEADS = {"seg": "head_seg", "cls": "head_cls", "pose": "head_pose"}
+# det: head_det_rpn, whose outputs the decoding turns into head_det_box's input (runtime.det_stage).
+TASK_HEADS = {"seg": "head_seg", "cls": "head_cls", "pose": "head_pose", "det": "head_det_rpn"}
 # The fixed-point solvers a manifest's config.test_solve (and --solver) may name; runtime.solvers implements them.
 # Here, torch-free, so the CLI parses its arguments (and installs its SIGTERM handler) before torch is imported.
 SOLVER_NAMES = ("fixed_point", "anderson", "broyden")

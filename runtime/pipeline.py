@@ -4,10 +4,11 @@ One ``Pipeline`` owns the engines and the persistent buffers of one stream group
 B streams sharing one batched engine call). Per frame it uploads the decoded bytes, runs the
 injection, prepares each stream's start state as its policy asks (zero / previous / warped),
 runs the solver between the two state sets, runs the head on the set holding the result and
-downloads its output (the task's: a class map, logits, or keypoints decoded from heatmaps on the
-device, ``runtime.tasks``): one host sync per frame. On CUDA the k plain iterations of a frame
-are captured once per (k, start set) into a CUDA graph and replayed; if capture fails the
-pipeline falls back to plain launches and says so once.
+downloads its output (the task's: a class map, logits, keypoints decoded from heatmaps on the
+device, or boxes with the box engine and NMS in between, ``runtime.tasks``, ``runtime.det_stage``):
+one host sync per frame. On CUDA the k plain iterations of a frame are captured once per (k, start
+set) into a CUDA graph and replayed; if capture fails the pipeline falls back to plain launches and
+says so once.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ STAGES = ("upload", "injection", "cell", "head", "download")
 class BatchResult:
     """Outputs of one batched frame: the task's outputs (host copies), residual and steps per stream."""
 
-    classes: np.ndarray  # (B, ...) owned by the caller: class maps (B, H, W), logits (B, N) or keypoints (B, J, 3)
+    classes: (
+        np.ndarray
+    )  # (B, ...) owned by the caller: class maps (B, H, W), logits (B, N), keypoints (B, J, 3), boxes (B, M, 6)
     residuals: list[float]
     nstep: int
     stage_ms: dict[str, float]
@@ -105,7 +108,7 @@ class Pipeline:
         self.head = load_runner(bundle.engines[bundle.head_name], device, **kw)
         self.buf = StreamBuffers(bundle, device)
         self.task = TASKS[bundle.task]
-        self._result_buffers()
+        self._result_buffers(kw)
         evals = max(spec.evaluations(max(max_iters, 1)), 1)
         self.ws = Workspace(self.buf.layout, device, max_iter=evals, step_scale=1.0 / bundle.relax)
         if spec.solver in ("anderson", AUTO):
@@ -131,9 +134,11 @@ class Pipeline:
         if self.stream is not None:  # buffers were zero-filled on the default stream
             self.stream.wait_stream(torch.cuda.current_stream(device))
 
-    def _result_buffers(self) -> None:
-        """What the frame's download copies: the head's output, or (pose) the persistent (B, J, 3) keypoints the
-        task decodes the heatmaps into on the device, with a pinned host copy on CUDA."""
+    def _result_buffers(self, kw: dict[str, Any]) -> None:
+        """What the frame's download copies: the head's output, or the persistent buffer the task decodes into on
+        the device (pose: (B, J, 3) keypoints; det: (B, M, 6) boxes, through its stage's box engine), with a
+        pinned host copy on CUDA."""
+        self.stage = self.task.stage(self.bundle, self.device, self.head, self.buf.out, **kw)
         shape = self.task.result_shape(self.bundle)
         if shape is None:
             self.result, self.result_host = self.buf.out, self.buf.out_host
@@ -279,6 +284,8 @@ class Pipeline:
             for slot in (0, 1):
                 self.cell.run(self.stream, slot)
                 self.head.run(self.stream, slot)
+            if self.stage is not None:
+                self.stage.warmup(self.stream)
             if self.stream is not None:
                 self.stream.synchronize()
         self.has_state = [False] * self.batch
@@ -309,7 +316,9 @@ class Pipeline:
         """Head (and the task's decode) on the current state set; its result and final residuals to the host (pinned,
         asynchronous) before the frame's one sync. Returns the residual per stream (NaN: no cell)."""
         self.head.run(self.stream, self.buf.current)
-        if self.result is not self.buf.out:  # pose: heatmaps -> keypoints, on the pipeline's stream
+        if self.stage is not None:  # det: proposals, RoIAlign, the box engine, NMS -> boxes, on the pipeline's stream
+            self.stage.run(self.stream, self.result)
+        elif self.result is not self.buf.out:  # pose: heatmaps -> keypoints, on the pipeline's stream
             self.task.decode(self.bundle, self.buf.out, self.result)
         t.mark("head")
         if self.result_host is not self.result:
@@ -336,6 +345,11 @@ class Pipeline:
         for b in range(self.batch):
             if last[b] > prev[b]:
                 self.accelerate[b] = True
+
+    def set_fitter(self, b: int, fitter: Any) -> None:
+        """Stream ``b``'s frames are fitted by ``fitter`` (det clips its boxes to the fitted frame's content)."""
+        if self.stage is not None and fitter is not None:
+            self.stage.set_fitter(b, fitter)
 
     def reset(self, b: int) -> None:
         """Forget stream ``b``'s state (its next plan starts from zero; AUTO tries plain iterations again)."""

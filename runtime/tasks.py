@@ -1,8 +1,8 @@
 """What a bundle's task means to the loop: which head engine runs, what is downloaded, what a frame's record,
 map and overlay get.
 
-One small object per task (``seg``, ``cls``, ``pose``) instead of checks spread over the pipeline, the loop and the
-writers. The task comes from the manifest (``Bundle.task``); each object answers four questions:
+One small object per task (``seg``, ``cls``, ``pose``, ``det``) instead of checks spread over the pipeline, the loop
+and the writers. The task comes from the manifest (``Bundle.task``); each object answers four questions:
 
 * ``result_shape`` / ``decode``: the device step between the head and the frame's one download (pose: heatmaps ->
   (B, J, 3) keypoints, so the heatmaps never leave the device); ``None``: the head's output is downloaded as is.
@@ -52,6 +52,16 @@ class Task:
 
     def draw(self, rgb: np.ndarray, out: np.ndarray, lut: np.ndarray) -> np.ndarray:
         return rgb
+
+    def stage(self, bundle: Any, device: torch.device, head: Any, first_out: torch.Tensor, **kw: Any) -> Any:
+        """A device stage with engines of its own between the head and the download (det), or None."""
+        return None
+
+    def results(self, record: dict[str, Any]) -> list[dict[str, Any]]:
+        """Entries of the run's results file (``results_name``) from one frame's record."""
+        return []
+
+    results_name: str | None = None  # a file the sink writes in --out at the end (det: detections.json)
 
 
 class SegTask(Task):
@@ -124,7 +134,67 @@ class PoseTask(Task):
         return draw_skeleton(rgb, out, MPII_LIMBS if mpii else (), MPII_JOINTS if mpii else ())
 
 
-TASKS: dict[str, Task] = {t.name: t for t in (SegTask(), ClsTask(), PoseTask())}
+class DetTask(Task):
+    """Two engines (``head_det_rpn``, ``head_det_box``) with the decoding between and after them on the device
+    (runtime.det_stage) into a (B, M, 6) ``[x1, y1, x2, y2, score, class]`` buffer, class -1 past the frame's count;
+    the record and ``on_frame`` get the boxes in the input video's pixels (``--fit`` undone), the overlay draws them
+    with their class and score, and the sink writes them COCO-style as ``detections.json``."""
+
+    name, sink_output, results_name = "det", True, "detections.json"
+
+    def result_shape(self, bundle: Any) -> tuple[int, ...]:
+        from runtime.det_stage import result_shape
+
+        return result_shape(bundle)
+
+    def stage(self, bundle: Any, device: torch.device, head: Any, first_out: torch.Tensor, **kw: Any) -> Any:
+        from runtime.det_stage import DetStage
+
+        return DetStage(bundle, device, head, first_out, **kw)
+
+    def fields(self, out: np.ndarray, fitter: Fitter) -> dict[str, Any]:
+        keys = ("x1", "y1", "x2", "y2")
+        return {
+            "boxes": [
+                {
+                    **{k: round(float(v), 2) for k, v in zip(keys, row[:4])},
+                    "class": int(row[5]),
+                    "score": round(float(row[4]), 4),
+                }
+                for row in self.source(out, fitter)
+            ]
+        }
+
+    def source(self, out: np.ndarray, fitter: Fitter) -> np.ndarray:
+        """The frame's valid rows (class >= 0) with their boxes in source pixels: (n, 6)."""
+        rows = np.array(out[out[:, 5] >= 0], np.float32, copy=True)
+        if fitter is not None and not fitter.identity:
+            from runtime.det_decode import unfit_boxes
+
+            boxes = unfit_boxes(torch.from_numpy(rows[:, :4]), fitter.scaled, fitter.offset, fitter.src_hw)
+            rows[:, :4] = boxes.numpy()
+        return rows
+
+    def draw(self, rgb: np.ndarray, out: np.ndarray, lut: np.ndarray) -> np.ndarray:
+        from runtime.writers import draw_boxes
+
+        return draw_boxes(rgb, out, lut)
+
+    def results(self, record: dict[str, Any]) -> list[dict[str, Any]]:
+        """COCO's detection results format: image_id the frame index, category_id the class index (the manifest's
+        ``classes`` names it), bbox [x, y, w, h] in source pixels."""
+        return [
+            {
+                "image_id": record["frame"],
+                "category_id": b["class"],
+                "bbox": [b["x1"], b["y1"], round(b["x2"] - b["x1"], 2), round(b["y2"] - b["y1"], 2)],
+                "score": b["score"],
+            }
+            for b in record.get("boxes", [])
+        ]
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (SegTask(), ClsTask(), PoseTask(), DetTask())}
 
 
 def top_k(out: np.ndarray, k: int = 5) -> dict[str, Any]:
@@ -140,4 +210,4 @@ def top_k(out: np.ndarray, k: int = 5) -> dict[str, Any]:
     }
 
 
-__all__ = ["TASKS", "ClsTask", "PoseTask", "SegTask", "Task", "top_k"]
+__all__ = ["TASKS", "ClsTask", "DetTask", "PoseTask", "SegTask", "Task", "top_k"]

@@ -40,7 +40,7 @@ def prepare_out_dir(out: Path) -> Path:
     return out
 
 
-RUN_OUTPUTS = ("overlay.mp4", "maps", "maps.npz", "frames.jsonl", "summary.json")
+RUN_OUTPUTS = ("overlay.mp4", "maps", "maps.npz", "frames.jsonl", "summary.json", "detections.json")
 
 
 def clear_previous_run(out: Path) -> list[str]:
@@ -123,6 +123,23 @@ def caption(rgb: np.ndarray, text: str) -> np.ndarray:
     box = draw.textbbox((4, 4), text)
     draw.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill=(0, 0, 0))
     draw.text((4, 4), text, fill=(255, 255, 255))
+    return np.asarray(img)
+
+
+def draw_boxes(rgb: np.ndarray, boxes: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """Detections ``[x1, y1, x2, y2, score, class]`` (rows with class < 0 skipped) as rectangles in their class's
+    palette colour, each labelled ``class score`` above its top-left corner (PIL's default font)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray(np.ascontiguousarray(rgb))
+    draw = ImageDraw.Draw(img)
+    for x1, y1, x2, y2, score, cls in boxes[boxes[:, 5] >= 0]:
+        color = tuple(int(v) for v in lut[int(cls) % len(lut)])
+        draw.rectangle((x1, y1, max(x1, x2), max(y1, y2)), outline=color, width=2)
+        text = f"{int(cls)} {score:.2f}"
+        box = draw.textbbox((x1, max(0.0, y1 - 12)), text)
+        draw.rectangle(box, fill=color)
+        draw.text((x1, max(0.0, y1 - 12)), text, fill=(0, 0, 0) if sum(color) > 380 else (255, 255, 255))
     return np.asarray(img)
 
 
@@ -346,6 +363,8 @@ class Sink(QueuedWriter):
         # task: runtime.tasks' (what the output is at the source, whether it is a map, how it is drawn); None: class
         # maps, as a seg task (runtime.writers does not import runtime.tasks, which draws with its functions)
         self.out, self.overlay_size, self.task = out, overlay_size, task
+        # det: the run's boxes, COCO-style, written atomically as the task's results file on close
+        self.results: list[dict[str, Any]] | None = [] if getattr(task, "results_name", None) else None
         self.log = JsonlWriter(out / "frames.jsonl")
         lut = palette_lut(palette)
         self.video = OverlayWriter(out / "overlay.mp4", fps, lut, overlay_options, self.task) if video else None
@@ -367,6 +386,8 @@ class Sink(QueuedWriter):
             self.video_lane.put(rgb, full, top1_label(record))
         if self.maps is not None and full is not None and (self.task is None or self.task.has_map):  # not cls, pose
             self.maps.write(record["frame"], full)
+        if self.results is not None:
+            self.results.extend(self.task.results(record))
         ms = (time.perf_counter() - t0) * 1e3
         record.setdefault("latency_ms", {})["write"] = round(ms, 3)
         self.write_ms.append(ms)
@@ -399,6 +420,8 @@ class Sink(QueuedWriter):
             raise OutputError(f"writing {self.out} failed: {self.error}")
         for p in parts:
             p.close()
+        if self.results is not None:
+            atomic_write_json(self.out / self.task.results_name, self.results)
 
     def abort(self) -> None:
         """Drop everything not yet renamed (used when the run itself failed)."""

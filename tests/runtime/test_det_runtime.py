@@ -1,0 +1,182 @@
+"""A detection bundle through ``python -m runtime.run`` (issue #27): boxes per frame against an independent reference,
+``detections.json``, the stream and motion-vector modes, and a bundle without its box engine refused in one line.
+
+The detector is a small random one in StreamDEQ's checkpoint layout (tests/export/det_layout.py, imported as
+tests/export/test_detection.py does); the reference is tests/runtime/det_reference.py (heads from the checkpoint's
+tensors in float64, loop NMS, matrix-form RoIAlign) on the eager model's states after the same solve iterations,
+with the ``--fit resize`` geometry undone by hand (engine x -> x * source width / engine width)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from export.config import DetectorConfig
+from runtime.run import main
+from tests.export.det_layout import detector_checkpoint
+from tests.export.test_streamdeq_layouts import MINI_DET
+from tests.runtime.conftest import decode_clip, moving_frames, write_clip
+from tests.runtime.det_reference import RefDetections, RefSettings, match, ref_detect
+
+# fewer proposals than StreamDEQ's 1000 (the float64 reference's RoIAlign is a loop): the decode is the same code
+DET = DetectorConfig(
+    name="mini-det", num_classes=5, fpn_channels=32, rpn_channels=32, fc_channels=64, rpn_pre_nms=300, rpn_proposals=150
+)
+H, W = 128, 192
+SRC_H, SRC_W = 144, 240  # not the engine's size: the records must undo --fit resize
+FRAMES = 4
+SETTINGS = RefSettings(strides=(4, 8, 16, 32, 64), num_classes=5, nms_pre=300, max_proposals=150)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_torch_thread) -> None:
+    """One torch thread (the shared CPU)."""
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory: pytest.TempPathFactory):
+    from export.detection import import_detector
+
+    path, head_sd, _ = detector_checkpoint(MINI_DET, DET, tmp_path_factory.mktemp("det") / "epoch_7.pth")
+    model, heads, _ = import_detector(path, MINI_DET, DET)
+    return model, heads, head_sd
+
+
+@pytest.fixture(scope="module")
+def det_bundle(detector, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from export.bundle import export_bundle
+
+    model, heads, _ = detector
+    out = tmp_path_factory.mktemp("detb") / "engines"
+    man = export_bundle(model, out, H, W, detector=heads)
+    assert man["task"] == "det" and set(man["engines"]) == {"injection", "deq_cell", "head_det_rpn", "head_det_box"}
+    assert man["detector"]["strides"] == [4, 8, 16, 32, 64] and man["detector"]["rpn_proposals"] == 150
+    assert man["classes"] == [f"class{i}" for i in range(5)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def det_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_clip(tmp_path_factory.mktemp("dclip") / "clip.mp4", moving_frames(FRAMES, SRC_H, SRC_W))
+
+
+def reference(model: torch.nn.Module, head_sd: dict, frames: np.ndarray, iters: int, stream: bool) -> list:
+    """Per frame the reference detections in source pixels: eager solve (z = 0, or carried) + det_reference."""
+    out, z = [], None
+    with torch.no_grad():
+        for f in frames:
+            small = np.array(Image.fromarray(f).resize((W, H), Image.BILINEAR))
+            state, _ = model.solve(torch.from_numpy(small)[None], iters, z if stream else None)
+            z = state
+            ref = ref_detect(head_sd, [t.contiguous() for t in state], SETTINGS, (float(H), float(W)))
+            scale = np.array([SRC_W / W, SRC_H / H, SRC_W / W, SRC_H / H])
+            out.append(RefDetections(ref.boxes * scale, ref.scores, ref.labels))
+    return out
+
+
+def run_cli(bundle: Path, clip: Path, out: Path, *args: str) -> list[dict]:
+    argv = [str(clip), "--engine", str(bundle / "deq_cell.onnx"), "--out", str(out), "--no-progress", *args]
+    assert main(argv) == 0
+    return [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
+
+
+def as_arrays(record: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    boxes = record["boxes"]
+    xyxy = np.array([[b["x1"], b["y1"], b["x2"], b["y2"]] for b in boxes], np.float64).reshape(-1, 4)
+    return xyxy, np.array([b["score"] for b in boxes]), np.array([b["class"] for b in boxes], np.int64)
+
+
+@pytest.mark.parametrize("mode,iters", [("frame", 4), ("stream", 2)])
+def test_boxes_match_the_reference_in_source_pixels(detector, det_bundle, det_clip, tmp_path, mode, iters):
+    model, _, head_sd = detector
+    frames = decode_clip(det_clip)
+    args = [
+        "--mode",
+        mode,
+        "--iters",
+        str(iters),
+        "--solver",
+        "fixed_point",
+        "--no-reset",
+        "--fit",
+        "resize",
+        "--no-video",
+    ]
+    records = run_cli(det_bundle, det_clip, tmp_path, *args)
+    assert [r["frame"] for r in records] == list(range(len(frames)))
+    want = reference(model, head_sd, frames, iters, stream=mode == "stream")
+    coco = json.loads((tmp_path / "detections.json").read_text())
+    for rec, ref in zip(records, want):
+        boxes, scores, labels = as_arrays(rec)
+        assert len(boxes) == len(ref.scores) and len(boxes) >= 5, f"frame {rec['frame']}: {len(boxes)} boxes"
+        f1, worst = match(ref, boxes, scores, labels)
+        assert f1 >= 0.99 and worst <= 0.5, f"frame {rec['frame']}: F1 {f1:.3f}, worst {worst:.3f} px"
+        assert boxes[:, [0, 2]].max() <= SRC_W and boxes[:, [1, 3]].max() <= SRC_H
+        mine = [c for c in coco if c["image_id"] == rec["frame"]]
+        assert [c["category_id"] for c in mine] == labels.tolist()
+        xywh = np.array([c["bbox"] for c in mine]).reshape(-1, 4)
+        np.testing.assert_allclose(xywh[:, :2], boxes[:, :2])
+        np.testing.assert_allclose(xywh[:, 2:], boxes[:, 2:] - boxes[:, :2], atol=0.011)
+        np.testing.assert_allclose([c["score"] for c in mine], scores)
+    assert len(coco) == sum(len(r["boxes"]) for r in records)
+    assert not (tmp_path / "maps.npz").exists() and not (tmp_path / "maps").exists()  # no class maps for det
+
+
+@pytest.mark.parametrize("mode", ["stream", "mv"])
+def test_stream_and_mv_modes_write_boxes_and_an_overlay(det_bundle, det_clip, tmp_path, mode):
+    seen: list[tuple[dict, np.ndarray]] = []
+    from runtime.loop import RunConfig, run
+
+    run(
+        RunConfig(
+            det_bundle / "deq_cell.onnx",
+            [str(det_clip)],
+            out=tmp_path,
+            mode=mode,
+            overlay_size="source",
+            progress=False,
+            on_frame=lambda rec, boxes: seen.append((rec, boxes)),
+        )
+    )
+    records = [json.loads(line) for line in (tmp_path / "frames.jsonl").read_text().splitlines()]
+    assert [r["frame"] for r in records] == list(range(FRAMES)) and len(seen) == FRAMES
+    for rec, rows in seen:
+        assert rows.shape == (len(rec["boxes"]), 6) and len(rows) > 0
+        np.testing.assert_allclose(as_arrays(rec)[0], rows[:, :4], atol=0.01)
+        assert (rows[:, 5] >= 0).all() and (rows[:, 2] <= SRC_W).all() and (rows[:, 3] <= SRC_H).all()
+    assert decode_clip(tmp_path / "overlay.mp4").shape == (FRAMES, SRC_H, SRC_W, 3)
+    assert json.loads((tmp_path / "detections.json").read_text())
+
+
+def test_the_overlay_draws_the_boxes(det_bundle, tmp_path):
+    """Engine-size overlay of a still grey clip: pixels on a recorded box's edge changed, far inside it not."""
+    still = np.full((2, H, W, 3), 40, np.uint8)
+    clip = write_clip(tmp_path / "still.mp4", still)
+    records = run_cli(det_bundle, clip, tmp_path / "o", "--mode", "frame", "--overlay-size", "engine")
+    frame = decode_clip(tmp_path / "o" / "overlay.mp4")[0].astype(int)
+    boxes = as_arrays(records[0])[0]
+    assert len(boxes)
+    x1, y1, x2, y2 = boxes[0]
+    edge = frame[int((y1 + y2) / 2), min(int(round(x1)), W - 1)]
+    assert np.abs(edge - 40).max() > 40  # the box's left edge is drawn in its class colour
+
+
+def test_a_bundle_without_its_box_engine_is_one_line_and_exit_2(det_bundle, det_clip, tmp_path, capsys):
+    broken = tmp_path / "engines"
+    shutil.copytree(det_bundle, broken)
+    (broken / "head_det_box.onnx").unlink()
+    assert main([str(det_clip), "--engine", str(broken / "deq_cell.onnx"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "head_det_box.onnx" in err and "Traceback" not in err
+    man = json.loads((broken / "manifest.json").read_text())
+    del man["engines"]["head_det_box"]
+    (broken / "manifest.json").write_text(json.dumps(man))
+    assert main([str(det_clip), "--engine", str(broken / "deq_cell.onnx"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "head_det_box" in err and "Traceback" not in err
