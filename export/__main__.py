@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--heads",
         type=_csv,
         default=None,
-        help="comma list of seg, cls, pose (default: the config's task head, seg or cls)",
+        help="comma list of seg, cls, pose, det (default: the config's task head, seg or cls); det: StreamDEQ's "
+        "detector heads (a --config with a detector, e.g. xl-det; its MMDetection checkpoint, or --random-init)",
     )
     p.add_argument(
         "--allow-random-head",
@@ -139,9 +140,14 @@ def _check_static(args: argparse.Namespace) -> None:
     bad = [f for f in args.formats if f not in FORMATS] or ([] if args.formats else ["(empty)"])
     if bad:
         raise UsageError(f"unknown --formats {','.join(bad)}; choose from {','.join(FORMATS)}")
-    bad = [h for h in args.heads or [] if h not in HEADS]
+    bad = [h for h in args.heads or [] if h not in (*HEADS, "det")]
     if bad:
-        raise UsageError(f"unknown --heads {','.join(bad)}; choose from {','.join(HEADS)}")
+        raise UsageError(f"unknown --heads {','.join(bad)}; choose from {','.join(HEADS)},det")
+    if "det" in (args.heads or []):
+        from export.config import DETECTOR_CONFIGS
+
+        if args.config not in DETECTOR_CONFIGS:
+            raise UsageError(f"--heads det needs --config with detector heads: {', '.join(DETECTOR_CONFIGS)}")
     if "plan" in args.formats:
         from export.tensorrt_build import require_tensorrt
 
@@ -183,6 +189,22 @@ def _load_model(args: argparse.Namespace):
     return model, what, {"source": what, "checkpoint": str(args.checkpoint), **{k: meta[k] for k in keep if k in meta}}
 
 
+def _load_detector(args: argparse.Namespace):
+    """``--heads det``: the trunk and detector heads from StreamDEQ's MMDetection checkpoint (or seeded random ones)."""
+    from export.config import DETECTOR_CONFIGS
+    from export.detection import DetectorHeads, import_detector, random_init
+    from export.mdeq import build_model
+
+    trunk, det = get_config(args.config), DETECTOR_CONFIGS[args.config]
+    if args.random_init:
+        what = f"random init (seed {args.seed}), detector heads too"
+        heads = random_init(DetectorHeads(trunk, det), seed=args.seed).eval()
+        return build_model(trunk, seed=args.seed), heads, what, {"source": what}
+    model, heads, report = import_detector(args.checkpoint, trunk, det)
+    what = f"published detector {args.checkpoint}: {report.summary()}"
+    return model, heads, what, {"source": f"published detector {args.checkpoint}", "checkpoint": str(args.checkpoint)}
+
+
 def _family(args: argparse.Namespace, weights: dict) -> tuple[str | None, str]:
     """(training family or None, why): --family, else the checkpoint's training mode, else IL for a published
     checkpoint (the reference trains MDEQ as an implicit layer; StreamDEQ streams it with Broyden); None keeps the
@@ -202,7 +224,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     _check_static(args)
     device = _device(args.device)
     t0 = time.perf_counter()
-    model, what, weights = _load_model(args)
+    detector = None
+    if "det" in (args.heads or []):
+        model, detector, what, weights = _load_detector(args)
+        args.heads = [h for h in args.heads if h != "det"] or None
+    else:
+        model, what, weights = _load_model(args)
     print(f"model {model.cfg.name}: {what}")
     family, why = _family(args, weights)
     if family is not None:
@@ -226,6 +253,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         log=lambda msg: print(msg, flush=True),
         weights=weights,
         skip_parity=args.skip_parity,
+        detector=detector,
     )
     if args.flownet is not None:
         from export.flownet_export import add_flownet

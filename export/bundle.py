@@ -332,7 +332,7 @@ def _check_args(model: MDEQSegNet, height: int, width: int, batch: int, formats,
 def _detector_manifest(manifest: dict[str, Any], model: MDEQSegNet, detector: Any, heads: Sequence[str]) -> Any:
     """The manifest's ``detector`` entry (and, as the only head, task ``det`` and the detector's classes); returns
     a copy of the heads to export (the caller's are never moved to another device)."""
-    from export.det_export import detector_entry
+    from export.det_graphs import detector_entry
 
     det = detector.det_cfg
     if tuple(detector.trunk_cfg.channels) != tuple(model.cfg.channels):
@@ -404,7 +404,7 @@ def export_bundle(
     ``allow_random_head``).
 
     ``detector`` (export.detection's DetectorHeads on this trunk) adds ``head_det_rpn`` and ``head_det_box``
-    (export.det_export's graphs, through the same parity gate) and the manifest's ``detector`` entry (its config
+    (export.det_graphs' graphs, through the same parity gate) and the manifest's ``detector`` entry (its config
     and the FPN levels' strides); without other ``heads`` the bundle's task is ``det`` and its classes the
     detector's.
 
@@ -436,9 +436,10 @@ def export_bundle(
                 entry = export_engine(graph, tmp, formats, precision, device, log, skip_parity)
                 manifest["engines"][graph.name] = entry
             if detector is not None:
-                from export.det_export import build_det_graphs
+                from export.det_graphs import det_graph_parts
 
-                for graph in build_det_graphs(work, detector, height, width, batch, precision, device):
+                for parts in det_graph_parts(work, detector, height, width, batch, precision, device):
+                    graph = EngineGraph(*parts)
                     manifest["engines"][graph.name] = export_engine(
                         graph, tmp, formats, precision, device, log, skip_parity
                     )

@@ -23,71 +23,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor
-
 from export.bundle import EngineGraph, export_engine
-from export.config import DetectorConfig, MDEQConfig
-from export.detection import BoxGraph, DetectorHeads, RPNGraph, rpn_output_names
-from export.mdeq import MDEQSegNet, check_resolution
-from export.precision import TORCH_DTYPES, check_precision, to_half
+from export.det_graphs import SAMPLE_ITERS, det_graph_parts, detector_entry, roi_inputs, sample_states
+from export.detection import DetectorHeads
+from export.mdeq import MDEQSegNet
 from export.tf32 import exact_fp32
-from runtime.det_decode import DetectionDecoder, DetectSpec
 
 DETECTOR_JSON = "detector.json"
-SAMPLE_ITERS = 2  # cell iterations from z = 0 that make the parity inputs look like real states
-
-
-def detector_entry(trunk: MDEQConfig, det: DetectorConfig) -> dict[str, Any]:
-    """The manifest's ``detector`` entry: the head config plus the FPN levels' strides (what the runtime's
-    DetectSpec reads)."""
-    return {**det.to_dict(), "strides": list(det.strides(trunk))}
-
-
-def sample_states(model: MDEQSegNet, batch: int, height: int, width: int, seed: int, device: str) -> list[Tensor]:
-    """Trunk states for a random frame after ``SAMPLE_ITERS`` cell iterations, dense NCHW as the runtime's."""
-    gen = torch.Generator().manual_seed(seed)
-    frame = torch.randint(0, 256, (batch, height, width, 3), dtype=torch.uint8, generator=gen).to(device)
-    with torch.no_grad():
-        z, _ = model.solve(frame, iters=SAMPLE_ITERS)
-    return [t.contiguous() for t in z]
-
-
-def roi_inputs(heads: DetectorHeads, z: Sequence[Tensor], height: int, width: int) -> Tensor:
-    """The box head's input for states ``z``: PyTorch's RPN outputs decoded into proposals and RoI features."""
-    spec = DetectSpec.from_dict(detector_entry(heads.trunk_cfg, heads.det_cfg))
-    decoder = DetectionDecoder(spec, height, width, z[0].device)
-    with torch.no_grad():
-        *feats, logits, deltas = RPNGraph(heads)(*z)
-        return decoder.roi_features(feats, decoder.proposals(logits, deltas)).contiguous()
 
 
 def build_det_graphs(
     model: MDEQSegNet, heads: DetectorHeads, height: int, width: int, batch: int, precision: str, device: str
 ) -> list[EngineGraph]:
     """The two detection engine graphs, traced on one sample and checked on another."""
-    check_resolution(model.cfg, height, width)
-    dtype = TORCH_DTYPES[check_precision(precision)]
-    heads = heads.to(device).eval()
-    z_t, z_c = (sample_states(model, batch, height, width, seed, device) for seed in (1, 2))
-    r_t, r_c = roi_inputs(heads, z_t, height, width), roi_inputs(heads, z_c, height, width)
-    rpn, box = RPNGraph(heads).eval(), BoxGraph(heads).eval()
-    if precision == "fp16":
-        rpn, box = to_half(rpn), to_half(box)
-    z_names = [f"z{i}" for i in range(model.cfg.num_scales)]
-    return [
-        EngineGraph(
-            "head_det_rpn",
-            rpn,
-            [t.to(dtype) for t in z_t],
-            [t.to(dtype) for t in z_c],
-            z_names,
-            rpn_output_names(heads.det_cfg),
-        ),
-        EngineGraph(
-            "head_det_box", box, [r_t.to(dtype)], [r_c.to(dtype)], ["roi_feats"], ["class_scores", "box_deltas"]
-        ),
-    ]
+    return [EngineGraph(*parts) for parts in det_graph_parts(model, heads, height, width, batch, precision, device)]
 
 
 def export_detector(
@@ -128,4 +77,12 @@ def export_detector(
     return result
 
 
-__all__ = ["DETECTOR_JSON", "build_det_graphs", "detector_entry", "export_detector", "roi_inputs", "sample_states"]
+__all__ = [
+    "DETECTOR_JSON",
+    "SAMPLE_ITERS",
+    "build_det_graphs",
+    "detector_entry",
+    "export_detector",
+    "roi_inputs",
+    "sample_states",
+]

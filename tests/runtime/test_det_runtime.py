@@ -155,16 +155,34 @@ def test_stream_and_mv_modes_write_boxes_and_an_overlay(det_bundle, det_clip, tm
 
 
 def test_the_overlay_draws_the_boxes(det_bundle, tmp_path):
-    """Engine-size overlay of a still grey clip: pixels on a recorded box's edge changed, far inside it not."""
+    """Engine-size overlay of a still grey clip: the left edge of a recorded box is drawn (in its class colour) along
+    its height."""
     still = np.full((2, H, W, 3), 40, np.uint8)
     clip = write_clip(tmp_path / "still.mp4", still)
     records = run_cli(det_bundle, clip, tmp_path / "o", "--mode", "frame", "--overlay-size", "engine")
     frame = decode_clip(tmp_path / "o" / "overlay.mp4")[0].astype(int)
     boxes = as_arrays(records[0])[0]
     assert len(boxes)
-    x1, y1, x2, y2 = boxes[0]
-    edge = frame[int((y1 + y2) / 2), min(int(round(x1)), W - 1)]
-    assert np.abs(edge - 40).max() > 40  # the box's left edge is drawn in its class colour
+    x1, y1, x2, y2 = boxes[np.argmax((boxes[:, 3] - boxes[:, 1]) * (boxes[:, 2] - boxes[:, 0]) > 200)]
+    column = frame[int(y1) + 3 : int(y2) - 2, min(int(x1) + 1, W - 1)]
+    assert len(column) > 4 and np.median(np.abs(column - 40).max(axis=1)) > 20
+
+
+def test_draw_boxes_outlines_each_valid_box_in_its_class_colour() -> None:
+    from runtime.writers import draw_boxes, palette_lut
+
+    lut = palette_lut([(255, 0, 0), (0, 255, 0)])
+    rgb = np.full((60, 80, 3), 40, np.uint8)
+    rows = np.array([[20, 25, 60, 55, 0.9, 1], [0, 0, 0, 0, 0, -1]], np.float32)  # the second: padding
+    out = draw_boxes(rgb, rows, lut).astype(int)
+    assert tuple(out[40, 20]) == (0, 255, 0) and tuple(out[40, 60]) == (0, 255, 0)  # left and right edges
+    assert tuple(out[54, 40]) == (0, 255, 0)  # bottom edge
+    assert tuple(out[40, 40]) == (40, 40, 40) and tuple(out[2, 2]) == (
+        40,
+        40,
+        40,
+    )  # outline only; padding drawn nowhere
+    assert (out[10:25, 20:40] != 40).any()  # the label above the box's top-left corner
 
 
 def test_a_bundle_without_its_box_engine_is_one_line_and_exit_2(det_bundle, det_clip, tmp_path, capsys):
