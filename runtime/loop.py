@@ -71,7 +71,8 @@ class RunConfig:
     log: Any = None  # callable(str) for warnings; default stderr
     policy: Callable[[], Policy] | None = None  # one fresh policy per stream; overrides mode/iters
     # Embedding: called once per decoded frame, in frame order, with its record (as in frames.jsonl) and its
-    # output at the source's resolution (runtime.tasks: a class map, the logits, or (J, 3) keypoints [x, y, score]);
+    # output at the source's resolution (runtime.tasks: a class map, the logits, (J, 3) keypoints [x, y, score], or
+    # (n, 6) boxes [x1, y1, x2, y2, score, class]);
     # ``out=None`` with this writes nothing to disk.
     on_frame: Callable[[dict[str, Any], np.ndarray], None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)

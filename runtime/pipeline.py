@@ -349,7 +349,8 @@ class Pipeline:
     def set_fitter(self, b: int, fitter: Any) -> None:
         """Stream ``b``'s frames are fitted by ``fitter`` (det clips its boxes to the fitted frame's content)."""
         if self.stage is not None and fitter is not None:
-            self.stage.set_fitter(b, fitter)
+            with self.stream_context():  # ordered before the frame's decode on the pipeline's stream
+                self.stage.set_fitter(b, fitter)
 
     def reset(self, b: int) -> None:
         """Forget stream ``b``'s state (its next plan starts from zero; AUTO tries plain iterations again)."""

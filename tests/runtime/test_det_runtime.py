@@ -128,7 +128,7 @@ def test_boxes_match_the_reference_in_source_pixels(detector, det_bundle, det_cl
     assert not (tmp_path / "maps.npz").exists() and not (tmp_path / "maps").exists()  # no class maps for det
 
 
-@pytest.mark.parametrize("mode", ["stream", "mv"])
+@pytest.mark.parametrize("mode", ["stream", "mv", "stream-mv", "mv-interp"])
 def test_stream_and_mv_modes_write_boxes_and_an_overlay(det_bundle, det_clip, tmp_path, mode):
     seen: list[tuple[dict, np.ndarray]] = []
     from runtime.loop import RunConfig, run
@@ -198,3 +198,33 @@ def test_a_bundle_without_its_box_engine_is_one_line_and_exit_2(det_bundle, det_
     assert main([str(det_clip), "--engine", str(broken / "deq_cell.onnx"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "head_det_box" in err and "Traceback" not in err
+
+
+@pytest.mark.gpu
+def test_cuda_pipeline_downloads_boxes_equal_to_the_cpu_ones(detector, det_bundle, tmp_path):
+    """On CUDA the decoding runs on the pipeline's stream (CUDA graphs on for the cell) into a pinned (B, 100, 6)
+    buffer, the only output downloaded; the boxes agree with the CPU run of the ONNX bundle (F1 at IoU 0.5)."""
+    from export.bundle import export_bundle
+    from runtime.bundle import open_bundle
+    from runtime.modes import FrameInfo, Plan
+    from runtime.pipeline import Pipeline
+
+    model, heads, _ = detector
+    export_bundle(model, tmp_path / "cuda", H, W, formats=("pt2",), device="cuda", detector=heads)
+    frames = moving_frames(3, H, W)
+    got = {}
+    for name, engine, device in (
+        ("cuda", tmp_path / "cuda" / "deq_cell.pt2", "cuda"),
+        ("cpu", det_bundle / "deq_cell.onnx", "cpu"),
+    ):
+        pipe = Pipeline(open_bundle(engine), torch.device(device), graphs=True)
+        pipe.warmup()
+        plan = [Plan(iters=2, start="previous")]
+        got[name] = [pipe.run([f], plan, [FrameInfo(i)]).classes[0] for i, f in enumerate(frames)]
+        if device == "cuda":
+            assert pipe.result_host.is_pinned() and tuple(pipe.result_host.shape) == (1, 100, 6)
+    for gpu, cpu in zip(got["cuda"], got["cpu"]):
+        gpu, cpu = gpu[gpu[:, 5] >= 0], cpu[cpu[:, 5] >= 0]
+        ref = RefDetections(cpu[:, :4].astype(np.float64), cpu[:, 4], cpu[:, 5].astype(np.int64))
+        f1, _ = match(ref, gpu[:, :4].astype(np.float64), gpu[:, 4], gpu[:, 5].astype(np.int64))
+        assert len(cpu) > 0 and f1 >= 0.97
