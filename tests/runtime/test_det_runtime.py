@@ -128,6 +128,52 @@ def test_boxes_match_the_reference_in_source_pixels(detector, det_bundle, det_cl
     assert not (tmp_path / "maps.npz").exists() and not (tmp_path / "maps").exists()  # no class maps for det
 
 
+def test_fit_pad_clips_to_the_content_and_maps_back(detector, det_bundle, det_clip, tmp_path):
+    """--fit pad: the frame scaled by 0.8 to 115 x 192 rows and columns, black below. Boxes are clipped to those 115
+    rows (MMDetection clips to the resized image, not the padded one) and scaled back by 240 / 192 and 144 / 115."""
+    model, _, head_sd = detector
+    frames = decode_clip(det_clip)[:2]
+    args = [
+        "--mode",
+        "frame",
+        "--iters",
+        "3",
+        "--solver",
+        "fixed_point",
+        "--fit",
+        "pad",
+        "--no-video",
+        "--max-frames",
+        "2",
+    ]
+    records = run_cli(det_bundle, det_clip, tmp_path, *args)
+    ih, iw = 115, 192
+    for rec, f in zip(records, frames):
+        canvas = np.zeros((H, W, 3), np.uint8)
+        canvas[:ih] = np.array(Image.fromarray(f).resize((iw, ih), Image.BILINEAR))
+        with torch.no_grad():
+            state, _ = model.solve(torch.from_numpy(canvas)[None], 3)
+        ref = ref_detect(head_sd, [t.contiguous() for t in state], SETTINGS, (float(ih), float(iw)))
+        scale = np.array([SRC_W / iw, SRC_H / ih, SRC_W / iw, SRC_H / ih])
+        ref = RefDetections(ref.boxes * scale, ref.scores, ref.labels)
+        boxes, scores, labels = as_arrays(rec)
+        assert len(boxes) == len(ref.scores) > 0
+        f1, worst = match(ref, boxes, scores, labels)
+        assert f1 >= 0.99 and worst <= 0.5, f"frame {rec['frame']}: F1 {f1:.3f}, worst {worst:.3f} px"
+        assert boxes[:, 3].max() <= SRC_H
+
+
+def test_a_runner_with_its_own_sinks_refuses_a_det_bundle_in_one_line(det_bundle, det_clip):
+    from runtime.errors import EngineError
+    from runtime.loop import RunConfig, run
+
+    cfg = RunConfig(det_bundle / "deq_cell.onnx", [str(det_clip)], out=None, progress=False)
+    cfg.make_sink = lambda i, fps: pytest.fail("no sink may be made for a det bundle")
+    with pytest.raises(EngineError, match="det bundle runs with python -m runtime.run") as e:
+        run(cfg)
+    assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("mode", ["stream", "mv", "stream-mv", "mv-interp"])
 def test_stream_and_mv_modes_write_boxes_and_an_overlay(det_bundle, det_clip, tmp_path, mode):
     seen: list[tuple[dict, np.ndarray]] = []
