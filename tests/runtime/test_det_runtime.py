@@ -163,6 +163,36 @@ def test_fit_pad_clips_to_the_content_and_maps_back(detector, det_bundle, det_cl
         assert boxes[:, 3].max() <= SRC_H
 
 
+def test_two_streams_in_one_batch_detect_as_one_does(detector, det_bundle, det_clip, tmp_path):
+    """A batch-2 det bundle on the same clip twice: each stream's boxes are the batch-1 run's (the decode's
+    per-image proposals, RoIs and NMS keep the two images apart)."""
+    from export.bundle import export_bundle
+
+    model, heads, _ = detector
+    export_bundle(model, tmp_path / "b2", H, W, batch=2, detector=heads)
+    args = ["--mode", "stream", "--iters", "2", "--solver", "fixed_point", "--no-reset", "--no-video"]
+    one = run_cli(det_bundle, det_clip, tmp_path / "one", *args)
+    argv = [str(det_clip), str(det_clip), "--engine", str(tmp_path / "b2" / "deq_cell.onnx"), "--out"]
+    assert main([*argv, str(tmp_path / "two"), "--no-progress", *args]) == 0
+    for i in (0, 1):
+        lines = (tmp_path / "two" / f"stream{i}" / "frames.jsonl").read_text().splitlines()
+        two = [json.loads(line) for line in lines]
+        assert len(two) == len(one) == FRAMES
+        for a, b in zip(one, two):
+            ref = RefDetections(*as_arrays(a))
+            f1, worst = match(ref, *as_arrays(b))
+            assert len(b["boxes"]) == len(a["boxes"]) and f1 >= 0.99 and worst <= 0.05
+        assert json.loads((tmp_path / "two" / f"stream{i}" / "detections.json").read_text())
+
+
+def test_export_heads_det_needs_a_detector_config(capsys) -> None:
+    from export.__main__ import main as export_main
+
+    assert export_main(["--config", "tiny", "--random-init", "--heads", "det", "--formats", "onnx"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--heads det needs --config with detector heads: xl-det" in err
+
+
 def test_a_runner_with_its_own_sinks_refuses_a_det_bundle_in_one_line(det_bundle, det_clip):
     from runtime.errors import EngineError
     from runtime.loop import RunConfig, run
