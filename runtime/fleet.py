@@ -36,8 +36,8 @@ EXAMPLES = """examples:
   python -m runtime.fleet --engine engines_b4/deq_cell.plan @cams.txt --streams-per-worker 4 --gpus-per-worker 0.5
   ray start --head --port 6379            (then on the other machines: ray start --address <head>:6379)
   python -m runtime.fleet --address <head>:6379 --engine /shared/engines/deq_cell.plan @/shared/cams.txt
-outputs (in --out): stream<i>/ per input (overlay.mp4, maps/ or maps.npz, frames.jsonl, summary.json),
-  summary.json and summary.txt for the fleet
+outputs (in --out): stream<i>/ per input (overlay.mp4, maps/ or maps.npz, frames.jsonl, summary.json;
+  det bundles: detections.json, no maps), summary.json and summary.txt for the fleet
 exit status: 0 all complete, 2 bad options/engine/output or no Ray, 3 some streams failed (see summary),
   130 interrupted
 """

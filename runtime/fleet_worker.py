@@ -6,8 +6,13 @@ prefix of complete records whose maps exist. A stream moved to another worker re
 frame without a record (``ledger_count``); nothing is lost and nothing is written twice. Maps are
 kept one file per frame while the stream runs (``maps/`` PNGs, or a hidden ``.maps.journal/`` of
 ``.npy`` files that becomes ``maps.npz`` at the end), so a resumed stream can re-render the overlay of
-the frames before the move from the decoded pixels and the saved maps. This module never imports
-ray: the driver wraps ``Worker`` with ``ray.remote``.
+the frames before the move from the decoded pixels and the saved maps.
+
+Every task of ``runtime.tasks`` is written the way ``runtime.run`` writes it: a task without class maps (pose
+keypoints, det boxes) keeps its per-frame output in the hidden journal only while the overlay may need it again,
+and a task with a results file (det: ``detections.json``) writes it at the end from the ledger's records, so it
+holds every frame exactly once however often the stream moved. This module never imports ray: the driver wraps
+``Worker`` with ``ray.remote``.
 """
 
 from __future__ import annotations
@@ -29,7 +34,15 @@ import numpy as np
 
 from runtime.encode import publish, temp_sibling
 from runtime.errors import DeqRuntimeError, OutputError, SourceError
-from runtime.writers import OverlayWriter, QueuedWriter, atomic_write_bytes, atomic_write_json, palette_lut
+from runtime.tasks import TASKS, Task
+from runtime.writers import (
+    OverlayWriter,
+    QueuedWriter,
+    atomic_write_bytes,
+    atomic_write_json,
+    palette_lut,
+    top1_label,
+)
 
 JOURNAL = ".maps.journal"
 RESTART = "worker-restart"
@@ -78,12 +91,26 @@ def clean_stale(folder: Path) -> None:
             p.unlink(missing_ok=True)
 
 
+def _ledger_records(path: Path) -> list[dict[str, Any]]:
+    """The complete records of a ledger (``ledger_count`` has cut a torn last line before a stream resumes)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _ledger_labels(path: Path) -> dict[int, str]:
+    """Frame -> overlay caption (its top-1) of the records written before a move (a classification head)."""
+    return {rec["frame"]: top1_label(rec) for rec in _ledger_records(path)}
+
+
 class FleetSink(QueuedWriter):
     """One stream's writer (the loop's Sink interface), durable frame by frame (module docstring).
 
     ``live``: a live source resumed at ``start`` is read from the present (its frames restart at 0): records
     are numbered on from ``start`` and ``not_seen`` estimates the frames that went by meanwhile.
     ``die_after``: test hook, the process kills itself (SIGKILL) after that many records.
+    ``task``: what the stream's output is (``runtime.tasks``): class maps are saved as ``--save-maps`` says, other
+    outputs (keypoints, boxes) only in the journal for the overlay; the overlay is drawn by the task.
     """
 
     def __init__(
@@ -96,18 +123,22 @@ class FleetSink(QueuedWriter):
         start: int,
         live: bool = False,
         die_after: int = 0,
+        task: Task = TASKS["seg"],
     ) -> None:
-        self.out, self.save_maps, self.start, self.die_after = out, save_maps, start, die_after
+        self.out, self.start, self.die_after, self.task = out, start, die_after, task
+        self.save_maps = save_maps if task.has_map else "none"  # keypoints and boxes are not maps
         self.offset, self.fps, self.not_seen = (start if live else 0), fps, 0
         ledger = out / "frames.jsonl"
         self.last_record_t = ledger.stat().st_mtime if live and start and ledger.is_file() else None
         out.mkdir(parents=True, exist_ok=True)
         clean_stale(out)
-        self.maps_dir = out / ("maps" if save_maps == "png" else JOURNAL)
-        self.keep_maps = save_maps != "none" or video
+        self.maps_dir = out / ("maps" if self.save_maps == "png" else JOURNAL)
+        # the outputs are kept per frame when they are wanted, or when a resumed overlay may need them again
+        self.keep_maps = self.save_maps != "none" or (video and task.sink_output)
         if self.keep_maps:
             self.maps_dir.mkdir(exist_ok=True)
-        self.video = OverlayWriter(out / "overlay.mp4", fps, palette_lut(palette)) if video else None
+        self.video = OverlayWriter(out / "overlay.mp4", fps, palette_lut(palette), task=task) if video else None
+        self.labels = _ledger_labels(ledger) if video and start and not task.sink_output else {}
         if start == 0:
             (out / "frames.jsonl").unlink(missing_ok=True)
         self.log = open(out / "frames.jsonl", "a")
@@ -138,6 +169,18 @@ class FleetSink(QueuedWriter):
                 return np.asarray(im)
         return np.load(path, allow_pickle=False)
 
+    def _rerender(self, rgb: np.ndarray, index: int) -> None:
+        """The overlay frame of a record written before the move: from its saved output, or (a classification
+        head, no output kept) captioned with the ledger record's top-1."""
+        if self.video is None:
+            return
+        if not self.task.sink_output:
+            self.video.write(rgb, None, self.labels.get(index, ""))
+            return
+        full = self._load_map(index)
+        if full is not None:
+            self.video.write(rgb, full)
+
     def skipped(self, frame: Any) -> None:
         """A frame before the resume point: its overlay frame again, from the saved map."""
         if self.video is not None:
@@ -146,9 +189,7 @@ class FleetSink(QueuedWriter):
     def _write(self, record: dict[str, Any] | None, frame: Any, classes: np.ndarray | None, fitter: Any) -> None:
         rgb = frame.original if frame.original is not None else frame.rgb
         if record is None:  # re-render a frame written before the move
-            full = self._load_map(frame.index)
-            if full is not None and self.video is not None:
-                self.video.write(rgb, full)
+            self._rerender(rgb, frame.index)
             return
         t0 = time.perf_counter()
         if self.offset:
@@ -156,10 +197,10 @@ class FleetSink(QueuedWriter):
         if self.last_record_t is not None:  # first record after a live stream's move
             self.not_seen = max(0, round((time.time() - self.last_record_t) * self.fps) - 1)
             self.last_record_t = None
-        full = fitter.unfit(classes) if fitter is not None else classes
+        full = self.task.source(classes, fitter) if classes is not None else None  # at the source's resolution
         if self.video is not None:
-            self.video.write(rgb, full)
-        if self.keep_maps:
+            self.video.write(rgb, full, top1_label(record))
+        if self.keep_maps and full is not None:
             self._save_map(record["frame"], full)
         ms = (time.perf_counter() - t0) * 1e3
         record.setdefault("latency_ms", {})["write"] = round(ms, 3)
@@ -181,6 +222,9 @@ class FleetSink(QueuedWriter):
         if self.video is not None:
             self.video.close()
         self._finish_maps()
+        if self.task.results_name:  # from the ledger: every frame once, across moves
+            entries = [e for rec in _ledger_records(self.out / "frames.jsonl") for e in self.task.results(rec)]
+            atomic_write_json(self.out / self.task.results_name, entries)
 
     def abort(self) -> None:
         """The run failed: the records written stay (they are complete); the rest is finished if possible."""
@@ -289,8 +333,17 @@ class Worker:
                 return None
             t = live[i][0]
             live_src = bool(getattr(live[i][1], "live", False))
+            bundle = self.reuse["bundle"]
             sink = FleetSink(
-                Path(t.out), fps, self._palette(), self.cfg.save_maps, self.cfg.video, t.start, live_src, die
+                Path(t.out),
+                fps,
+                bundle.palette,
+                self.cfg.save_maps,
+                self.cfg.video,
+                t.start,
+                live_src,
+                die,
+                TASKS[bundle.task],
             )
             self.sinks[t.index] = sink
             return sink
@@ -317,9 +370,6 @@ class Worker:
         for slot, (t, _) in enumerate(live):
             results[t.index] = self._done(t, summary, ledger_count(Path(t.out)), slot)
         return [results[t.index] for t in tasks]
-
-    def _palette(self) -> Any:
-        return self.reuse["bundle"].palette
 
     def _failed(self, t: StreamTask, reason: str) -> dict[str, Any]:
         res = {"index": t.index, "source": t.source, "status": "failed", "reason": reason, "frames": t.start}

@@ -217,8 +217,6 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             f"(export with --batch {n}, or pass {bundle.batch} input(s))"
         )
     task = TASKS[bundle.task]
-    if cfg.make_sink is not None and task.name not in ("seg", "cls"):
-        raise EngineError(f"a {task.name} bundle runs with python -m runtime.run; the fleet writes seg and cls only")
     device = pick_device(cfg.device, bundle)
     outs: list[Path | None] = [None] * n
     if cfg.out is not None:

@@ -193,17 +193,6 @@ def test_export_heads_det_needs_a_detector_config(capsys) -> None:
     assert len(err.splitlines()) == 1 and "--heads det needs --config with detector heads: xl-det" in err
 
 
-def test_a_runner_with_its_own_sinks_refuses_a_det_bundle_in_one_line(det_bundle, det_clip):
-    from runtime.errors import EngineError
-    from runtime.loop import RunConfig, run
-
-    cfg = RunConfig(det_bundle / "deq_cell.onnx", [str(det_clip)], out=None, progress=False)
-    cfg.make_sink = lambda i, fps: pytest.fail("no sink may be made for a det bundle")
-    with pytest.raises(EngineError, match="det bundle runs with python -m runtime.run") as e:
-        run(cfg)
-    assert "\n" not in str(e.value)
-
-
 @pytest.mark.parametrize("mode", ["stream", "mv", "stream-mv", "mv-interp"])
 def test_stream_and_mv_modes_write_boxes_and_an_overlay(det_bundle, det_clip, tmp_path, mode):
     seen: list[tuple[dict, np.ndarray]] = []

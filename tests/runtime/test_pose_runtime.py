@@ -200,16 +200,3 @@ def test_cuda_pipeline_downloads_keypoints_equal_to_the_cpu_ones(pose_model, pos
         if device == "cuda":
             assert pipe.graphs and pipe.result_host.is_pinned() and tuple(pipe.result_host.shape) == (1, J, 3)
     np.testing.assert_allclose(got["cuda"][..., :2], got["cpu"][..., :2], atol=0.5)
-
-
-def test_a_runner_with_its_own_sinks_refuses_a_pose_bundle_in_one_line(pose_bundle, pose_clip):
-    """The fleet's sinks (``make_sink``) write class maps and records only: a pose bundle is refused before any
-    engine runs, not written as if its keypoints were a class map."""
-    from runtime.errors import EngineError
-    from runtime.loop import RunConfig, run
-
-    cfg = RunConfig(pose_bundle / "deq_cell.onnx", [str(pose_clip)], out=None, progress=False)
-    cfg.make_sink = lambda i, fps: pytest.fail("no sink may be made for a pose bundle")
-    with pytest.raises(EngineError, match="pose bundle runs with python -m runtime.run") as e:
-        run(cfg)
-    assert "\n" not in str(e.value)
