@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from benchmarks.fps_measure import (
     BundleCache,
     Case,
     EngineLoop,
+    bundle_case,
     entry,
     load_model,
     make_clip,
@@ -83,6 +84,7 @@ class Settings:
     checkpoint: bool
     threads: int = 0
     pairs: list[tuple[str, str]] | None = None  # only these (backend, precision) pairs, when given
+    engines: list[Path] = field(default_factory=list)  # exported bundles measured as they are (--engine)
 
     def measures(self, backend: str, precision: str) -> bool:
         """Whether this (backend, precision) pair is measured (--pairs narrows the backends x precisions grid)."""
@@ -173,6 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale-k", type=_pos_int, default=2, help="stream k used in the scaling measurements")
     p.add_argument("--no-scaling", action="store_true", help="skip the resolution and batch scaling measurements")
     p.add_argument("--no-checkpoint", action="store_true", help="random weights even where a checkpoint exists")
+    p.add_argument(
+        "--engine",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="ENGINE",
+        help="also measure these exported bundles as they are (e.g. engines-det/deq_cell.onnx), on their engine's "
+        "backend, stream k and frame N on the device and end to end: the task's head and, for pose and det "
+        "bundles, its decoding on the device are in the frame time, the decoding also in a column of its own "
+        "(head_decode). Alone (without --configs) only these are measured",
+    )
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument(
         "--threads",
@@ -191,7 +204,10 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
     from export.mdeq import check_resolution
 
     q = a.quick
-    configs = a.configs or (["tiny"] if q else ["tiny", "small-seg"])
+    engines = list(a.engine or [])
+    for eng in engines:
+        bundle_case(eng)  # a file that is no bundle: one line now, not after the other measurements
+    configs = a.configs or ([] if engines else ["tiny"] if q else ["tiny", "small-seg"])
     res = a.resolutions or ([(128, 256)] if q else [(512, 1024), (1024, 2048)])
     backends = a.backends or (["eager", "onnx"] if q else list(BACKENDS))
     precisions = a.precision or ["fp32", "fp16"]
@@ -230,8 +246,10 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
         warmup=warmup,
         frames=a.frames or (30 if q else 50),
         e2e_frames=a.e2e_frames or (24 if q else 40),
-        scale_resolutions=[] if a.no_scaling else sorted(set(scale_res)),
-        scale_batches=[] if a.no_scaling else sorted(set(a.scale_batches or ([1, 2] if q else [1, 2, 4]))),
+        scale_resolutions=[] if a.no_scaling or not configs else sorted(set(scale_res)),
+        scale_batches=[]
+        if a.no_scaling or not configs
+        else sorted(set(a.scale_batches or ([1, 2] if q else [1, 2, 4]))),
         scale_backend=a.scale_backend,
         scale_k=a.scale_k,
         device=a.device,
@@ -240,6 +258,7 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
         checkpoint=not a.no_checkpoint,
         threads=a.threads if a.threads is not None else (1 if pick_device(a.device).type == "cpu" else 0),
         pairs=list(dict.fromkeys(a.pairs)) if a.pairs else None,
+        engines=engines,
     )
 
 
@@ -266,9 +285,11 @@ def measure_backend(
     cache: BundleCache,
     clip: Path | None,
     prog: Progress,
+    engine: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Device loop for stream k in s.iters and frame N, then end to end for s.e2e_iters and frame N."""
-    loop = open_loop(backend, model, case, device, cache, s.threads)
+    """Device loop for stream k in s.iters and frame N, then end to end for s.e2e_iters and frame N (``engine``: a
+    bundle as it is, instead of the one exported for ``case``)."""
+    loop = open_loop(backend, model, case, device, cache, s.threads, engine)
     rows = []
     plan = [("stream", k) for k in s.iters] + [("frame", s.frame_n)]
     for mode, k in plan:
@@ -287,6 +308,8 @@ def measure_backend(
     if isinstance(loop, EngineLoop):
         for r in rows:
             r["cuda_graphs"] = loop.graphs_used()
+            if engine is not None:
+                r["engine"] = str(engine)
     release(loop)
     return rows
 
@@ -331,12 +354,14 @@ def run_benchmark(
     stamp["threads"] = s.threads
     stamp["quick"] = s.quick
     stamp["device"] = str(device)
+    if s.engines and not s.configs:  # only bundles: their own files (fps_<machine>_det), not the configs' results
+        stamp["stem_suffix"] = "_" + "_".join(sorted({bundle_case(e)[0].task for e in s.engines}))
     if device.type == "cpu":
         stamp["note"] = "CPU run on a shared machine: absolute numbers are noisy, compare ratios within this run only"
     skipped: list[dict[str, str]] = []
     cases = [Case(c, h, w, p) for c in s.configs for (h, w) in s.resolutions for p in s.precisions]
-    work: list[tuple[Case, str]] = []
-    if s.quick and "aoti" not in s.backends:
+    work: list[tuple[Case, str, Path | None]] = []
+    if s.quick and "aoti" not in s.backends and s.configs:
         skipped.append({"backend": "aoti", "case": "all", "reason": QUICK_NO_AOTI})
     for case in cases:
         for b in s.backends:
@@ -346,7 +371,16 @@ def run_benchmark(
             if why:
                 skipped.append({"backend": b, "case": case.label, "reason": why})
             else:
-                work.append((case, b))
+                work.append((case, b, None))
+    bundles: dict[str, str] = {}
+    for eng in s.engines:  # bundles as they are: their own backend, case and task
+        case, b = bundle_case(eng)
+        bundles[case.label] = f"bundle {eng}"
+        why = unavailable(b, case.precision, device)
+        if why:
+            skipped.append({"backend": b, "case": f"{case.label} ({eng})", "reason": why})
+        else:
+            work.append((case, b, eng))
     per_case = len(s.iters) + len(s.e2e_iters) + 2 + len(s.il_iters)
     prog = Progress(len(work) * per_case + len(s.scale_resolutions) + len(s.scale_batches))
     for sk in skipped:
@@ -356,27 +390,27 @@ def run_benchmark(
     with tempfile.TemporaryDirectory(prefix="deqstream-bench-") as tmp:
         cache = BundleCache(Path(tmp), device, stamp["command"])
         clips: dict[tuple[int, int], Path] = {}
-        for case, backend in work:
-            if case.config not in models:
+        for case, backend, eng in work:
+            if eng is None and case.config not in models:
                 models[case.config] = load_model(case.config, s.checkpoint)
-            model = models[case.config][0]
+            model = models[case.config][0] if eng is None else None
             hw = (case.height, case.width)
             if hw not in clips:
                 clips[hw] = make_clip(Path(tmp), *hw)
             try:
-                results["rows"] += measure_backend(s, backend, model, case, device, cache, clips[hw], prog)
+                results["rows"] += measure_backend(s, backend, model, case, device, cache, clips[hw], prog, eng)
             except Exception as e:  # noqa: BLE001 - one backend failing must not lose the others' numbers
                 msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
                 skipped.append({"backend": backend, "case": case.label, "reason": f"failed: {type(e).__name__}: {msg}"})
                 prog.line(f"{backend} {case.label} FAILED: {msg}", count=False)
             if on_partial is not None:
                 snap = {**results, "rows": list(results["rows"]), "skipped": list(skipped), "partial": True}
-                snap["weights"] = {name: src for name, (_, src) in models.items()}
+                snap["weights"] = {**{name: src for name, (_, src) in models.items()}, **bundles}
                 derive_for(snap, s, device)
                 on_partial(snap)
         results["scaling"] = run_scaling(s, models, device, cache, skipped, prog)
         results["export_s"] = cache.export_s
-    results["weights"] = {name: src for name, (_, src) in models.items()}
+    results["weights"] = {**{name: src for name, (_, src) in models.items()}, **bundles}
     derive_for(results, s, device)
     results["wall_s"] = round(time.perf_counter() - prog.t0, 1)
     return results
@@ -391,6 +425,7 @@ def derive_for(results: dict[str, Any], s: Settings, device: torch.device) -> No
 def _settings_dict(s: Settings) -> dict[str, Any]:
     d = asdict(s)
     d["out"] = str(s.out)
+    d["engines"] = [str(e) for e in s.engines]
     return d
 
 

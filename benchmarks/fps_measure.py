@@ -35,11 +35,13 @@ class Case:
     width: int
     precision: str = "fp32"
     batch: int = 1
+    task: str = "seg"  # the bundle's task (runtime.tasks): its head, and for pose and det its device decoding
 
     @property
     def label(self) -> str:
         b = f" B{self.batch}" if self.batch != 1 else ""
-        return f"{self.config} {self.height}x{self.width}{b} {self.precision}"
+        t = f" {self.task}" if self.task != "seg" else ""
+        return f"{self.config}{t} {self.height}x{self.width}{b} {self.precision}"
 
 
 def pick_device(requested: str) -> torch.device:
@@ -132,10 +134,11 @@ class StageTimer:
             self.marks.append((name, time.perf_counter()))
 
     def read(self) -> tuple[dict[str, float], float | None]:
-        """Stage times (ms) and, on GPU, the device time from the first to the last mark."""
-        out = {}
+        """Stage times (ms; a name marked twice sums its parts: a detector's head engines run before and after
+        part of its decoding) and, on GPU, the device time from the first to the last mark."""
+        out: dict[str, float] = {}
         for (_, a), (name, b) in zip(self.marks, self.marks[1:]):
-            out[name] = a.elapsed_time(b) if self.cuda else (b - a) * 1e3
+            out[name] = out.get(name, 0.0) + (a.elapsed_time(b) if self.cuda else (b - a) * 1e3)
         gpu = self.marks[0][1].elapsed_time(self.marks[-1][1]) if self.cuda and len(self.marks) > 1 else None
         self.marks = []
         return out, gpu
@@ -206,7 +209,8 @@ def _mark(timer: StageTimer | None, name: str) -> None:
 
 
 class EngineLoop(DeviceLoop):
-    """An exported bundle through the runtime's Pipeline (persistent buffers, CUDA graphs where capturable)."""
+    """An exported bundle through the runtime's Pipeline (persistent buffers, CUDA graphs where capturable). The
+    head is the task's: its engines and, for pose and det bundles, the decoding on the device (``head_decode``)."""
 
     def __init__(self, engine: Path, device: torch.device, threads: int = 0, spec: Any = None) -> None:
         """``spec``: the ``runtime.solve.Solve`` every frame runs (default plain iteration, f of the last)."""
@@ -242,8 +246,7 @@ class EngineLoop(DeviceLoop):
             pipe.prepare_state(plans, infos)
             pipe.solve(k)
             timer.mark("cell")
-            pipe.head.run(self.stream, pipe.buf.current)
-            timer.mark("head")
+            pipe.run_head(timer.mark)
         pipe.has_state = [True] * self.batch
         self.n += 1
 
@@ -408,12 +411,34 @@ def entry(
 
 
 def open_loop(
-    backend: str, model: Any, case: Case, device: torch.device, cache: BundleCache, threads: int = 0
+    backend: str,
+    model: Any,
+    case: Case,
+    device: torch.device,
+    cache: BundleCache,
+    threads: int = 0,
+    engine: Path | None = None,
 ) -> DeviceLoop:
-    """The device loop of ``backend`` for ``case`` (engines exported once per run through ``cache``)."""
+    """The device loop of ``backend`` for ``case`` (engines exported once per run through ``cache``, or the given
+    bundle's ``engine``)."""
     if backend == "eager":
         return EagerLoop(model, case, device)
-    return EngineLoop(cache.get(model, case, FORMAT[backend]), device, threads)
+    return EngineLoop(engine or cache.get(model, case, FORMAT[backend]), device, threads)
+
+
+def bundle_case(engine: Path) -> tuple[Case, str]:
+    """An exported bundle as a case (its config's name, size, precision, batch and task) and its backend (from the
+    engine's suffix); a file that is no bundle raises ValueError in one line."""
+    from runtime.bundle import open_bundle
+    from runtime.errors import DeqRuntimeError
+
+    try:
+        b = open_bundle(engine, check_hash=False)
+    except DeqRuntimeError as e:
+        raise ValueError(f"--engine {engine}: {e}") from None
+    backend = {v: k for k, v in FORMAT.items()}[b.kind]
+    name = str(b.manifest.get("config", {}).get("name") or Path(engine).parent.name)
+    return Case(name, b.height, b.width, str(b.manifest.get("precision", "fp32")), b.batch, b.task), backend
 
 
 def release(loop: DeviceLoop) -> None:

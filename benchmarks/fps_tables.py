@@ -20,7 +20,7 @@ import torch
 from benchmarks import roofline
 from benchmarks.fps_criteria import acceptance
 
-CASE_KEYS = ("config", "height", "width", "batch", "precision")
+CASE_KEYS = ("config", "height", "width", "batch", "precision", "task")
 # An accuracy row's mode -> the fps mode that runs the same loop: stream k = warm-started k iterations, per-frame
 # k = k iterations from zero (the fps "frame" mode, measured at its N only). stream+reset has no FPS measurement.
 ACCURACY_TO_FPS_MODE = {"stream": "stream", "per-frame": "frame"}
@@ -32,6 +32,7 @@ def derive(
     """Add speed-ups over per-frame N, backend ratios vs eager, roofline rows, accuracy vs FPS and the checks."""
     rows = results["rows"]
     results["speedups"] = speedups(rows)
+    results["head_decode"] = head_decode_rows(rows)
     results["evaluations"] = by_evaluations(rows)
     results["backend_ratios"] = backend_ratios(rows)
     results["roofline"] = roofline_rows(rows, device, quick, threads)
@@ -47,7 +48,35 @@ def _find(rows: list[dict[str, Any]], **kw: Any) -> dict[str, Any] | None:
 
 
 def _case(r: dict[str, Any]) -> dict[str, Any]:
-    return {k: r[k] for k in CASE_KEYS}
+    return {k: r.get(k, "seg") if k == "task" else r[k] for k in CASE_KEYS}
+
+
+def head_decode_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every measurement whose frame has a decoding step on the device (pose and det bundles: the ``head_decode``
+    stage), with the head engines' and the decoding's median ms per frame and the decoding's share of the median
+    latency (both are inside the measured frame time)."""
+    out = []
+    for r in rows:
+        stages = r["summary"].get("stages_ms", {})
+        dec = stages.get("head_decode", {})
+        if not dec.get("count"):
+            continue
+        lat = r["summary"]["latency_ms"]["median"]
+        out.append(
+            {
+                **_case(r),
+                "backend": r["backend"],
+                "measure": r["measure"],
+                "mode": r["mode"],
+                "k": r["iters"],
+                "fps": r["fps"],
+                "latency_ms": lat,
+                "head_ms": stages.get("head", {}).get("median"),
+                "head_decode_ms": dec["median"],
+                "decode_share": dec["median"] / lat if lat else math.nan,
+            }
+        )
+    return out
 
 
 def by_evaluations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -153,9 +182,13 @@ def _peaks(device: torch.device, precision: str, quick: bool, threads: int, tf32
 def roofline_rows(rows: list[dict[str, Any]], device: torch.device, quick: bool, threads: int) -> list[dict[str, Any]]:
     """One roofline row per measured (case, backend): cell ms per iteration from the frame-N device loop, against
     the peak of the precision the backend really runs (TF32 only where it may be used, see roofline.runs_tf32)."""
+    from export.config import CONFIGS
+
     out = []
     for r in rows:
         if r["measure"] != "device" or r["mode"] != "frame" or not math.isfinite(r["cell_ms_per_iter"]):
+            continue
+        if r["config"] not in CONFIGS:  # a bundle of a config this checkout does not define: no cost to count
             continue
         cost = _cell_cost(r["config"], r["batch"], r["height"], r["width"], r["precision"])
         tf32 = roofline.runs_tf32(r["backend"], r["precision"], device)
@@ -212,6 +245,8 @@ def join_accuracy_fps(acc: list[dict[str, Any]], rows: list[dict[str, Any]]) -> 
         fps_mode = ACCURACY_TO_FPS_MODE.get(a["mode"])
         for r in rows:
             if (r["config"], r["mode"], r["iters"], r["batch"]) != (a["config"], fps_mode, a["k"], 1):
+                continue
+            if r.get("task", "seg") != "seg":  # the accuracy rows are segmentation mIoU
                 continue
             points.append(
                 {

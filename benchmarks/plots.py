@@ -64,7 +64,8 @@ def _f(v: Any, fmt: str = ".2f") -> str:
 
 def _case(r: dict[str, Any]) -> str:
     b = f" B{r['batch']}" if r.get("batch", 1) != 1 else ""
-    return f"{r['config']} {r['height']}x{r['width']}{b} {r['precision']}"
+    t = f" {r['task']}" if r.get("task", "seg") != "seg" else ""
+    return f"{r['config']}{t} {r['height']}x{r['width']}{b} {r['precision']}"
 
 
 def _groups(rows: list[dict[str, Any]], measure: str) -> dict[tuple[str, str], dict[tuple[str, int], dict]]:
@@ -109,6 +110,22 @@ def latency_table(rows: list[dict[str, Any]]) -> list[str]:
             f"| {_f(lat.get('mean'))} | {_f(lat.get('median'))} | {_f(lat.get('p90'))} | {_f(lat.get('p95'))} "
             f"| {_f(lat.get('p99'))} | {_f(gpu.get('median'), '.3f')} | {_f(host.get('median'), '.3f')} "
             f"| {_f(r.get('cell_ms_per_iter'), '.3f')} | {_f(100 * cv if cv is not None else None, '.1f')}{warn} |"
+        )
+    return lines
+
+
+def head_decode_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The head's engines and the task's decoding on the device per frame (benchmarks.fps_tables.head_decode_rows)."""
+    lines = [
+        "| case | backend | measure | mode | k | fps | latency median ms | head median ms | head decode median ms "
+        "| decode share of latency |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {_case(r)} | {r['backend']} | {r['measure']} | {r['mode']} | {r['k']} | {_f(r['fps'])} "
+            f"| {_f(r['latency_ms'], '.3f')} | {_f(r['head_ms'], '.3f')} | {_f(r['head_decode_ms'], '.3f')} "
+            f"| {_f(100 * r['decode_share'], '.1f')} % |"
         )
     return lines
 
@@ -260,6 +277,15 @@ def markdown(results: dict[str, Any]) -> str:
     lines += fps_table(results["rows"], "device") + [""]
     lines += ["## End to end (decode -> class map on the host, through the runtime Pipeline), frames/s", ""]
     lines += fps_table(results["rows"], "e2e") + [""]
+    if results.get("head_decode"):
+        lines += ["## Head and its decoding on the device (pose and det bundles), per frame", ""]
+        lines += [
+            "Both are inside the frame times above. head: the task's head engines (det: the RPN/FPN and the box "
+            "engine); head decode: the decoding on the device (pose: heatmap peaks; det: proposals, RoIAlign, "
+            "per-class NMS), medians over the timed frames.",
+            "",
+        ]
+        lines += head_decode_table(results["head_decode"]) + [""]
     lines += ["## Cost in cell evaluations: plain unrolling vs StreamDEQ's Broyden rule (device loop)", ""]
     lines += [
         "A Broyden iteration evaluates the cell once, plus once per frame for the start's residual: IL K costs "
@@ -451,7 +477,7 @@ def plot_accuracy(results: dict[str, Any], path: Path) -> Path | None:
 # --------------------------------------------------------------------------- all outputs
 def output_stem(results: dict[str, Any]) -> str:
     st = results["stamp"]
-    return st.get("machine_tag", "cpu") + ("_quick" if st.get("quick") else "")
+    return st.get("machine_tag", "cpu") + ("_quick" if st.get("quick") else "") + st.get("stem_suffix", "")
 
 
 def write_outputs(results: dict[str, Any], out_dir: Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ class -1, so the count travels in the same single download).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -77,12 +78,17 @@ class DetStage:
     def warmup(self, stream: Any) -> None:
         self.box.run(stream)
 
-    def run(self, stream: Any, dst: torch.Tensor) -> None:
-        """The RPN engine has run: decode, run the box engine, write the frame's detections into ``dst``."""
+    def run(self, stream: Any, dst: torch.Tensor, mark: Callable[[str], None] | None = None) -> None:
+        """The RPN engine has run: decode, run the box engine, write the frame's detections into ``dst``. ``mark``
+        (the pipeline's timer): called before and after the box engine, so that it counts as head, not decoding."""
         *feats, logits, deltas = self.rpn_out
         props = self.decoder.proposals(logits, deltas, self.image_hw)
         self.roi.copy_(self.decoder.roi_features(feats, props, self.roi.dtype))
+        if mark is not None:
+            mark("head_decode")
         self.box.run(stream)
+        if mark is not None:
+            mark("head")
         det = self.decoder.detections(props, *self.box_out[:2], self.image_hw)
         dst[..., :4].copy_(det.boxes)
         dst[..., 4].copy_(det.scores)

@@ -215,7 +215,8 @@ class InterpPolicy(Policy):
         t0 = time.perf_counter()
         res = pipe.head_only(state)
         total = warp_ms + (time.perf_counter() - t0) * 1e3
-        res.stage_ms["interp"] = max(total - res.stage_ms.get("head", 0.0) - res.stage_ms.get("download", 0.0), 0.0)
+        done = sum(res.stage_ms.get(k, 0.0) for k in ("head", "head_decode", "download"))
+        res.stage_ms["interp"] = max(total - done, 0.0)
         extra = {"delay_frames": self.latest - h.frame.index, "propagation": how}
         return Emission(h.frame, Plan(iters=0, start="previous", run_cell=False), res, "", total, extra)
 

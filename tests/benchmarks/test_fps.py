@@ -11,6 +11,9 @@ import torch
 
 from benchmarks import fps, fps_criteria, fps_measure, plots, roofline
 from runtime.stats import describe, summarize
+from tests.runtime.conftest import tiny_model  # noqa: F401 - fixtures of the pose and det bundles
+from tests.runtime.test_det_runtime import det_bundle, detector  # noqa: F401
+from tests.runtime.test_pose_runtime import pose_bundle, pose_model  # noqa: F401
 
 
 class SleepLoop(fps_measure.DeviceLoop):
@@ -295,3 +298,35 @@ def test_partial_results_after_each_backend(tmp_path):
     assert [sorted({r["backend"] for r in snap["rows"]}) for snap in snaps] == [["eager"], ["eager", "onnx"]]
     assert all(snap["partial"] and "acceptance" in snap for snap in snaps) and "partial" not in final
     assert "**partial**" in plots.markdown(snaps[0]) and "**partial**" not in plots.markdown(final)
+
+
+# ------------------------------------------------------------------ pose and det bundles: the decoding in the frame
+
+
+def test_pose_and_det_bundles_time_their_decoding_in_a_column_of_its_own(pose_bundle, det_bundle, tmp_path):  # noqa: F811
+    """--engine with a pose and a det bundle: every row (device loop and end to end) has a positive head_decode
+    stage, inside the frame time (its mean plus the head's is at most the latency's mean), and the results file
+    shows it in its own column; only bundles given: the files are fps_cpu_det_pose.*."""
+    engines = [str(pose_bundle / "deq_cell.onnx"), str(det_bundle / "deq_cell.onnx")]
+    argv = ["--engine", *engines, "--iters", "1", "--frame-n", "2", "--il-iters", "1", "--warmup", "1", "--frames",
+            "2", "--e2e-frames", "2", "--e2e-iters", "1", "--threads", "1", "--out", str(tmp_path)]  # fmt: skip
+    assert fps.main(argv) == 0
+    data = json.loads((tmp_path / "fps_cpu_det_pose.json").read_text())
+    assert {r["task"] for r in data["rows"]} == {"pose", "det"} and all(r["backend"] == "onnx" for r in data["rows"])
+    for r in data["rows"]:
+        st, lat = r["summary"]["stages_ms"], r["summary"]["latency_ms"]
+        assert st["head_decode"]["count"] == r["summary"]["frames"] and st["head_decode"]["median"] > 0, r["mode"]
+        assert st["head"]["mean"] + st["head_decode"]["mean"] <= lat["mean"]
+    dec = data["head_decode"]
+    assert len(dec) == len(data["rows"]) and all(d["head_decode_ms"] > 0 and 0 < d["decode_share"] < 1 for d in dec)
+    assert {(d["task"], d["measure"]) for d in dec} == {(t, m) for t in ("pose", "det") for m in ("device", "e2e")}
+    md = (tmp_path / "fps_cpu_det_pose.md").read_text()
+    assert "| head decode median ms |" in md and "| mini-det det 128x192 fp32 | onnx | e2e | stream | 1 |" in md
+    assert not data["scaling"]["resolution"] and not data["scaling"]["batch"]  # no config measured: no scaling
+    assert {r["config"] for r in data["roofline"]} == {"tiny"}  # mini-det is no config of this checkout
+
+
+def test_an_engine_that_is_no_bundle_is_one_line(tmp_path, capsys):
+    assert fps.main(["--engine", str(tmp_path / "nothing" / "deq_cell.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --engine") and len(err.splitlines()) == 1
