@@ -43,10 +43,10 @@ def _frames(clip: str, count: int, height: int, width: int) -> list[tuple[np.nda
     import av
     from PIL import Image
 
-    from benchmarks.real_footage import clip_path
+    from benchmarks.real_footage import resolve_clip
 
     out = []
-    with av.open(str(clip_path(clip))) as container:
+    with av.open(str(resolve_clip(clip))) as container:
         for i, frame in enumerate(container.decode(video=0)):
             if i == count:
                 break
@@ -225,17 +225,16 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    # No prog= yet: a named prog makes tests/test_docs.py require its reference page (docs/reference/benchmarks.md),
-    # which the docs integration adds; then name it "python -m benchmarks.det_decode" as the other benchmarks do.
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.det_decode", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="1 frame per clip at 128x192 (what the test runs)")
     p.add_argument("--size", default="608x1024", help="HxW the frames are fitted into (default StreamDEQ's "
                    "1000x600 padded to 32: 608x1024)")  # fmt: skip
-    p.add_argument("--clips", nargs="+", default=["bikes", "carphone"])
+    p.add_argument("--clips", nargs="+", default=["bikes", "carphone"], help="benchmarks.real_footage's named "
+                   "clips or video file paths (default: bikes carphone)")  # fmt: skip
     p.add_argument("--frames", type=int, default=3, help="frames per clip (default 3)")
     p.add_argument("--iters", type=int, default=2, help="cell iterations per frame (default 2)")
     p.add_argument("--fpn-channels", type=int, default=64, help="FPN/RPN width (default 64; StreamDEQ's is 256)")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--out", type=Path, default=None, help="results path without suffix")
     args = p.parse_args(argv)
     args.argv = argv
