@@ -24,7 +24,8 @@ Per mode and clip, through ``runtime.loop.run`` on an ONNX bundle exported from 
 * cell runs: the fraction of frames on which the DEQ cell ran at least one iteration;
 * resets: the from-zero starts after frame 0, by cause (``reset_causes`` of the summary).
 
-Results: ``benchmarks/results/real_footage{_quick}.{json,md}``. Numbers depend on the checkpoint (the shipped
+Results: ``benchmarks/results/real_footage{_quick}.{json,md}`` (a det or pose bundle: ``real_footage{_quick}_det``,
+``_pose``). Numbers depend on the checkpoint (the shipped
 ``checkpoints/tiny_sur.pt`` was trained on synthetic street scenes, so its classes on real footage mean little:
 what is measured is how faithfully each cheap mode reproduces what the model itself would say).
 """
@@ -581,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     a.out.mkdir(parents=True, exist_ok=True)
     stem = "real_footage_quick" if a.quick else "real_footage"
+    task = next((c["task"] for c in results.values()), "seg")
+    stem += "" if task == "seg" else f"_{task}"  # a det or pose bundle's rows never replace the seg results
     text = markdown(results, stamp)
     write_text(a.out / f"{stem}.md", text)
     write_text(a.out / f"{stem}.json", json.dumps({"stamp": stamp, "clips": results}, indent=1))

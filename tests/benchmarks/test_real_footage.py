@@ -245,7 +245,8 @@ def test_a_pose_bundle_on_a_real_clip_end_to_end(pose_engine, tmp_path) -> None:
     args = ["--engine", str(pose_engine), "--clips", str(clip), "--out", str(out), "--max-frames", "12"]
     args += ["--flownet", str(tmp_path / "none.pt"), "--ref-iters", "60", "--key-iters", "--f-thres", "60"]
     assert rf.main(args) == 0
-    res = json.loads((out / "real_footage.json").read_text())
+    assert not (out / "real_footage.json").exists()  # the seg results are not replaced
+    res = json.loads((out / "real_footage_pose.json").read_text())
     ((name, got),) = res["clips"].items()
     assert name == "carphone_pristine" and got["task"] == "pose" and got["reference"]["frames"] == 12
     scored = sum(got["reference"]["per_frame"][t]["certified"] for t in (10, 11))
@@ -255,5 +256,5 @@ def test_a_pose_bundle_on_a_real_clip_end_to_end(pose_engine, tmp_path) -> None:
             assert 0.0 <= r["agreement_from10"] <= 1.0 and r["mean_px_from10"] >= 0.0, row
     if scored:  # frame N=60 stops at the same certificate's iteration count as the reference: the same keypoints
         assert got["rows"]["frame N=60"]["mean_px_from10"] < 0.5
-    text = (out / "real_footage.md").read_text()
+    text = (out / "real_footage_pose.md").read_text()
     assert "task pose" in text and "joints within r (frame 10+) | mean distance px" in text and "4.55 px" in text
