@@ -151,7 +151,8 @@ def modes(
 
 
 def run_mode(engine: Path, clip: Path, args: argparse.Namespace, **kw: Any) -> tuple[list[np.ndarray], list, dict]:
-    """One run of the runtime loop: the class maps, the records and the summary (nothing written to disk)."""
+    """One run of the runtime loop: its outputs at the source (class maps, boxes, keypoints: what ``on_frame`` gets),
+    the records and the summary (nothing written to disk)."""
     from runtime.loop import RunConfig, run
 
     maps: list[np.ndarray] = []
