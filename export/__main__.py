@@ -230,6 +230,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         args.heads = [h for h in args.heads if h != "det"] or None
     else:
         model, what, weights = _load_model(args)
+        if getattr(model, "center_head", None) is not None and not args.heads:  # export.train_det's detector
+            detector = model.center_head
+            what += f", one-stage detector head ({detector.det_cfg.num_classes} classes)"
     print(f"model {model.cfg.name}: {what}")
     family, why = _family(args, weights)
     if family is not None:

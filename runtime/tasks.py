@@ -136,21 +136,21 @@ class PoseTask(Task):
 
 class DetTask(Task):
     """Two engines (``head_det_rpn``, ``head_det_box``) with the decoding between and after them on the device
-    (runtime.det_stage) into a (B, M, 6) ``[x1, y1, x2, y2, score, class]`` buffer, class -1 past the frame's count;
-    the record and ``on_frame`` get the boxes in the input video's pixels (``--fit`` undone), the overlay draws them
-    with their class and score, and the sink writes them COCO-style as ``detections.json``."""
+    (runtime.det_stage), or one (``head_det_ctr``, a one-stage detector: runtime.center_decode, its peaks decoded
+    there), into a (B, M, 6) ``[x1, y1, x2, y2, score, class]`` buffer, class -1 past the frame's count; the record
+    and ``on_frame`` get the boxes in the input video's pixels (``--fit`` undone), the overlay draws them with their
+    class and score, and the sink writes them COCO-style as ``detections.json``."""
 
     name, sink_output, results_name = "det", True, "detections.json"
 
     def result_shape(self, bundle: Any) -> tuple[int, ...]:
-        from runtime.det_stage import result_shape
-
-        return result_shape(bundle)
+        return _det_module(bundle).result_shape(bundle)
 
     def stage(self, bundle: Any, device: torch.device, head: Any, first_out: torch.Tensor, **kw: Any) -> Any:
-        from runtime.det_stage import DetStage
-
-        return DetStage(bundle, device, head, first_out, **kw)
+        """The detector kind's device stage: DetStage (RPN, RoIAlign, box engine, NMS) or CenterStage (peaks)."""
+        module = _det_module(bundle)
+        make = module.CenterStage if module.__name__ == "runtime.center_decode" else module.DetStage
+        return make(bundle, device, head, first_out, **kw)
 
     def fields(self, out: np.ndarray, fitter: Fitter) -> dict[str, Any]:
         keys = ("x1", "y1", "x2", "y2")
@@ -192,6 +192,19 @@ class DetTask(Task):
             }
             for b in record.get("boxes", [])
         ]
+
+
+def _det_module(bundle: Any) -> Any:
+    """The decode module of a det bundle's detector kind (the manifest's ``detector.kind``)."""
+    from runtime.manifest import detector_kind
+
+    if detector_kind(bundle.manifest) == "centernet":
+        from runtime import center_decode
+
+        return center_decode
+    from runtime import det_stage
+
+    return det_stage
 
 
 TASKS: dict[str, Task] = {t.name: t for t in (SegTask(), ClsTask(), PoseTask(), DetTask())}
