@@ -230,7 +230,8 @@ def open_bundle(engine: str | Path, check_hash: bool = True) -> Bundle:
             if name not in engines:
                 raise BundleError(f"manifest has no {name!r} engine")
         if not any(n.startswith("head") for n in engines):
-            raise BundleError("manifest has no head engine (head_seg)")
+            want = task_head(str(manifest.get("task")), manifest) or "head_seg"
+            raise BundleError(f"manifest has no head engine ({want})")
         b = Bundle(
             root=root,
             kind=kind,

@@ -68,7 +68,7 @@ def decode_centers(
     cls, cell = idx // (h * w), idx % (h * w)
     ys, xs = (cell // w).float(), (cell % w).float()
     take = cell.unsqueeze(1).expand(-1, 2, -1)
-    wh = size.float().reshape(b, 2, -1).gather(2, take) * spec.stride
+    wh = size.float().reshape(b, 2, -1).gather(2, take).clamp(min=0) * spec.stride  # a negative size: empty
     off = offset.float().reshape(b, 2, -1).gather(2, take)
     cx, cy = (xs + off[:, 0]) * spec.stride, (ys + off[:, 1]) * spec.stride
     half_w, half_h = wh[:, 0] / 2, wh[:, 1] / 2
