@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from export.config import MDEQConfig
+from export.config import SYNTH_CLASSES, SYNTH_PALETTE, MDEQConfig
 
 KIND = "centernet"
 GAUSS_ALPHA = 0.54
@@ -48,10 +48,13 @@ class CenterNetConfig:
     score_thr: float = 0.3
     max_per_img: int = 100
     kind: str = KIND
+    # overlay colours per class (the manifest's palette): the synthetic scenes' car, person and sign colours
+    palette: tuple[tuple[int, int, int], ...] = tuple(SYNTH_PALETTE[SYNTH_CLASSES.index(n)] for n in class_names)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["class_names"] = list(self.class_names)
+        d["palette"] = [list(c) for c in self.palette]
         return d
 
     @classmethod
@@ -59,6 +62,8 @@ class CenterNetConfig:
         kw = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         if "class_names" in kw:
             kw["class_names"] = tuple(kw["class_names"])
+        if "palette" in kw:
+            kw["palette"] = tuple(tuple(int(v) for v in c) for c in kw["palette"])
         return cls(**kw)
 
 

@@ -107,10 +107,11 @@ def test_train_det_then_export_gives_a_centernet_bundle(tmp_path, capsys):
     assert meta["mode"] == "sur" and meta["steps"] == 2 and model.center_head.det_cfg.score_thr == 0.25
     assert (tmp_path / "det.jsonl").is_file()
     out = tmp_path / "engines"
-    assert export_main(["--checkpoint", str(ckpt), "--height", "64", "--width", "128", "--out", str(out)]) == 0
+    argv = ["--checkpoint", str(ckpt), "--height", "64", "--width", "128", "--det-score-thr", "0.4", "--out", str(out)]
+    assert export_main(argv) == 0
     man = json.loads((out / "manifest.json").read_text())
     assert man["task"] == "det" and man["detector"]["kind"] == "centernet" and "head_det_ctr" in man["engines"]
-    assert man["detector"]["score_thr"] == 0.25 and man["classes"] == ["car", "person", "sign"]
+    assert man["detector"]["score_thr"] == 0.4 and man["classes"] == ["car", "person", "sign"]  # the flag's
     capsys.readouterr()
     assert train_main(["--out", str(tmp_path / "x.pt"), "--trunk-lr-scale", "0"]) == 2
     err = capsys.readouterr().err.strip()

@@ -42,6 +42,7 @@ def center_det(tiny_model, tmp_path_factory: pytest.TempPathFactory):
     man = export_bundle(tiny_model, out, H, W, detector=head)
     assert man["task"] == "det" and set(man["engines"]) == {"injection", "deq_cell", "head_det_ctr"}
     assert man["detector"]["kind"] == "centernet" and man["classes"] == ["car", "person", "sign"]
+    assert man["palette"] == [[0, 0, 142], [220, 20, 60], [220, 220, 0]]  # the scenes' car, person, sign colours
     return head, out
 
 
