@@ -92,3 +92,16 @@ def test_a_peak_threshold_and_top_k_cut_the_list():
     ref = reference(heat, size, offset, 200, 0.0, (H * STRIDE, W * STRIDE))
     assert (low[:, 5] >= 0).sum() == len(ref) > 5  # the noise's own local maxima too, best first
     np.testing.assert_allclose(low[: len(ref)], ref, atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_the_decode_on_cuda_equals_the_cpu_one():
+    """The same tensor operations on the device (no host read): the CUDA result equals the CPU one."""
+    heat, size, offset, _ = synthetic_outputs(2)
+    spec = CenterSpec(num_classes=C, stride=STRIDE, score_thr=0.3, max_per_img=10)
+    hw = torch.tensor([[H * STRIDE - 8, W * STRIDE]], dtype=torch.float32)
+    cpu = decode_centers(*(torch.from_numpy(a) for a in (heat, size, offset)), spec, hw)
+    dst = torch.zeros(1, 10, 6, device="cuda")
+    gpu = decode_centers(*(torch.from_numpy(a).cuda() for a in (heat, size, offset)), spec, hw.cuda(), out=dst)
+    assert gpu.data_ptr() == dst.data_ptr()
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=0)
