@@ -55,3 +55,21 @@ def test_cli_refuses_a_missing_engine_in_one_line(tmp_path, capsys):
     assert main(["--engine", str(tmp_path / "none" / "deq_cell.onnx"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error:")
+
+
+def test_the_committed_results_are_the_shipped_detectors_and_meet_the_acceptance():
+    """benchmarks/results/det_accuracy.json (make det-accuracy): the shipped checkpoint on the test split; streaming
+    with resets at k = 2 within 2 mAP@50 points of converged, per-frame k = 2 at least 10 below it."""
+    import json
+    from pathlib import Path
+
+    from benchmarks.accuracy import SPLIT_SEEDS
+
+    root = Path(__file__).resolve().parents[2]
+    res = json.loads((root / "benchmarks" / "results" / "det_accuracy.json").read_text())
+    stamp, rows = res["stamp"], res["rows"]
+    assert stamp["split"] == "test" and stamp["heldout_seed"] == SPLIT_SEEDS["test"]
+    assert stamp["weights"]["checkpoint"] == "checkpoints/tiny_det.pt" and stamp["detector"].startswith("centernet")
+    converged = rows["converged"]["map50"]
+    assert converged - rows["stream+reset k=2"]["map50"] <= 0.02
+    assert converged - rows["per-frame k=2"]["map50"] >= 0.10
