@@ -119,3 +119,13 @@ def test_a_bundle_without_its_head_engine_is_one_line_and_exit_2(center_det, src
     assert main([str(src_clip), "--engine", str(broken / "deq_cell.onnx"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "unknown detector kind 'yolo'" in err
+
+
+def test_overlay_labels_name_the_class_when_the_manifest_does():
+    from runtime.writers import draw_boxes, palette_lut
+
+    lut = palette_lut([(255, 0, 0), (0, 255, 0)])
+    rgb = np.full((60, 120, 3), 40, np.uint8)
+    rows = np.array([[20, 25, 60, 55, 0.9, 1]], np.float32)
+    filled = [(draw_boxes(rgb, rows, lut, names)[18] == (0, 255, 0)).all(-1).sum() for names in ((), ("a", "person"))]
+    assert filled[1] > filled[0] > 0  # "person 0.90" is a wider label than "1 0.90"
