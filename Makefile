@@ -15,7 +15,8 @@ TRAIN_ARGS ?= --mode $(MODE) --iters 12 --batch 2 --crop 256 512 --lr 2e-3 --ste
 FINETUNE_ARGS ?= --mode $(MODE) --iters 12 --batch 2 --crop 256 512 --lr 5e-4 --steps 20000 --time-limit 14 --seed 1 \
   --threads 1 --spec-reg 4 --spec-margin 0.65 --spec-steps 8 --jac-reg-freq 0.5 --penalty-on camera
 
-.PHONY: install lock kernels export train finetune accuracy propagation demo bench docs test gpu gpu-wheels lint clean
+.PHONY: install lock kernels export train finetune accuracy propagation demo bench docs test gpu gpu-wheels lint clean \
+  train-det export-det det-accuracy
 
 # Every dependency at the version in $(LOCK) (refresh it with `make lock`). CPU-only machines get
 # the CPU build of torch pinned there (never the multi-GB CUDA build); machines that already have
@@ -70,6 +71,23 @@ accuracy: export
 # Every mode (frame, stream, stream-mv, mv, dff, mv-interp): mIoU and FPS, eager and deployed runtime.
 propagation: install
 	$(PYTHON) -m benchmarks.propagation $(if $(QUICK),--quick,)
+
+# The one-stage detector (docs/detection.md): SUR (N ~ U{1..8}) of the shipped trunk plus a CenterNet-style head on
+# synthetic boxes (32 minutes on one thread), its bundle (the records' score threshold chosen on validation clips:
+# benchmarks/results/det_accuracy_validation.md) and its accuracy vs iterations on the test clips.
+DET_CHECKPOINT ?= checkpoints/tiny_det.pt
+DET_ENGINES ?= engines-det
+DET_SCORE_THR ?= 0.3
+DET_TRAIN_ARGS ?= --init $(CHECKPOINT) --iters 8 --batch 4 --crop 128 256 --time-limit 32 --seed 0 --threads 1 --val-every 500
+train-det: install
+	$(PYTHON) -m export.train_det $(DET_TRAIN_ARGS) --out $(DET_CHECKPOINT)
+
+export-det: install
+	$(PYTHON) -m export --checkpoint $(DET_CHECKPOINT) --height $(HEIGHT) --width $(WIDTH) --formats $(FORMATS) \
+	  --det-score-thr $(DET_SCORE_THR) --out $(DET_ENGINES)
+
+det-accuracy: export-det
+	$(PYTHON) -m benchmarks.det_accuracy --engine $(DET_ENGINES)/deq_cell.onnx --threads 1 $(if $(QUICK),--quick,)
 
 # The sample clip is drawn by the PyTorch side (export.synthetic); runtime.demo only runs engines on it.
 DEMO_OUT ?= out/demo

@@ -237,7 +237,17 @@ def evaluate_clip(
     accs: dict,
     reset_iters: int | None = None,
 ) -> None:
-    """Run every (mode, k) and the converged baseline over one clip, accumulating into accs.
+    """Run every (mode, k) and the converged baseline over one clip (:func:`clip_states`), accumulating each
+    state's confusion, residual and distance to z* into accs."""
+    h, w = labels.shape[1:]
+    nc = stepper.num_classes
+    for t, key, z, res, dist in clip_states(stepper, frames, ks, f_thres, reset_iters):
+        accs[key].add(t, confusion(stepper.classes(z, h, w), labels[t], nc), res, dist)
+
+
+def clip_states(stepper: Stepper, frames: np.ndarray, ks, f_thres: int, reset_iters: int | None = None):
+    """Yield ``(t, key, z, residual, distance to z*)`` for every frame t of one clip, key "converged" or
+    ``(mode, k)`` for every mode of :data:`MODES` and k in ``ks`` (what each task's metric reads off z).
 
     "stream" is the paper's StreamDEQ (the state always carries over, across shot changes too);
     "stream+reset" adds the deployed runtime's shot-change rules (runtime.modes.ResetMonitor):
@@ -251,18 +261,17 @@ def evaluate_clip(
     reset (default k, as the paper; "stream" always uses k)."""
     from runtime.modes import FrameInfo, ResetMonitor, frame_change
 
-    h, w = labels.shape[1:]
-    nc = stepper.num_classes
+    h, w = frames.shape[1:3]
     state = {(mode, k): None for mode in MODES[1:] for k in ks}
     monitor = {k: ResetMonitor() for k in ks}
-    for t, (frame, lab) in enumerate(zip(frames, labels)):
+    for t, frame in enumerate(frames):
         x = stepper.inject(frame)
         change = frame_change(frames[t - 1] if t else None, frame)
         for k in ks:
             if monitor[k].before(FrameInfo(t, key_frame=t == 0), change):
                 state[("stream+reset", k)] = None
         zstar, res_star, _ = _solve(stepper, stepper.zeros(h, w), x, f_thres)
-        accs["converged"].add(t, confusion(stepper.classes(zstar, h, w), lab, nc), res_star, 0.0)
+        yield t, "converged", zstar, res_star, 0.0
         for k in ks:
             for mode in MODES:
                 prev = None if mode == "per-frame" else state[(mode, k)]
@@ -280,7 +289,7 @@ def evaluate_clip(
                         z, res, step = _solve(stepper, stepper.zeros(h, w), x, cold)
                         warm = False
                     monitor[k].accept(step, warm)
-                accs[(mode, k)].add(t, confusion(stepper.classes(z, h, w), lab, nc), res, _rel(z, zstar))
+                yield t, (mode, k), z, res, _rel(z, zstar)
                 if mode != "per-frame":
                     state[(mode, k)] = z
 

@@ -14,6 +14,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import shlex
 import sys
@@ -90,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
         "the checkpoint's training mode (make train records it); il for a published MDEQ / StreamDEQ checkpoint",
     )
     p.add_argument(
+        "--det-score-thr",
+        type=float,
+        default=None,
+        metavar="T",
+        help="detection bundles: record boxes scoring above T (the manifest's detector.score_thr). Default: the "
+        "detector's own (a one-stage checkpoint's from export.train_det --score-thr; 0.05 for StreamDEQ's)",
+    )
+    p.add_argument(
         "--skip-parity",
         action="store_true",
         help="write engines that no backend here can run (fp16 on a CPU without the kernels) unchecked; the "
@@ -160,6 +169,8 @@ def _check_static(args: argparse.Namespace) -> None:
         raise UsageError(f"FlowNet checkpoint not found: {args.flownet} (train one with `python -m export.train_flow`)")
     if args.checkpoint is None and args.config is None:
         raise UsageError("--random-init needs --config")
+    if args.det_score_thr is not None and not 0 <= args.det_score_thr < 1:
+        raise UsageError(f"--det-score-thr must be in [0, 1), got {args.det_score_thr}")
 
 
 def _device(name: str) -> str:
@@ -230,7 +241,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         args.heads = [h for h in args.heads if h != "det"] or None
     else:
         model, what, weights = _load_model(args)
+        if getattr(model, "center_head", None) is not None and not args.heads:  # export.train_det's detector
+            detector = model.center_head
+            what += f", one-stage detector head ({detector.det_cfg.num_classes} classes)"
     print(f"model {model.cfg.name}: {what}")
+    if detector is not None and args.det_score_thr is not None:
+        detector = copy.copy(detector)  # the caller's (a loaded model's) head keeps its own setting
+        detector.det_cfg = dataclasses.replace(detector.det_cfg, score_thr=args.det_score_thr)
+        print(f"detector score threshold: {args.det_score_thr} (--det-score-thr)")
     family, why = _family(args, weights)
     if family is not None:
         model.cfg = dataclasses.replace(model.cfg, stream_solve=FAMILY_SOLVES[family]())

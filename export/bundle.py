@@ -343,6 +343,8 @@ def _detector_manifest(manifest: dict[str, Any], model: MDEQSegNet, detector: An
     if not heads:  # the runtime runs head_det_rpn, then head_det_box, boxes per frame
         manifest["task"] = "det"
         manifest["classes"] = list(det.class_names) or [f"class{i}" for i in range(det.num_classes)]
+        if getattr(det, "palette", ()):  # a one-stage detector's own class colours
+            manifest["palette"] = [list(c) for c in det.palette]
     return copy.deepcopy(detector)
 
 

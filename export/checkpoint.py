@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from export.centernet import CenterNetConfig, CenterNetHead
 from export.config import MDEQConfig, SolveSpec
 from export.manifest import default_mode
 from export.mdeq import MDEQSegNet
@@ -130,6 +131,9 @@ def save_checkpoint(model: MDEQSegNet, path: str | os.PathLike[str], meta: dict[
     head = getattr(model, "pose_head", None)
     if isinstance(head, KeypointHead):  # its weights are pose_head.* in state_dict; the layout is not in them all
         payload["pose_head"] = dataclasses.asdict(head.layout)
+    det = getattr(model, "center_head", None)
+    if isinstance(det, CenterNetHead):  # a one-stage detector (export.train_det): center_head.* weights, its config
+        payload["center_head"] = det.det_cfg.to_dict()
     return atomic_torch_save(payload, path)
 
 
@@ -192,6 +196,9 @@ def model_from_own(obj: Mapping[str, Any]) -> tuple[MDEQSegNet, dict[str, Any]]:
     if isinstance(layout, Mapping):  # a keypoint head trained with the trunk (export.pose_head)
         fields = {**layout, "conv_kernels": tuple(layout.get("conv_kernels", ()))}
         model.pose_head = KeypointHead(cfg.channels, KeypointLayout(**fields))
+    det = obj.get("center_head")
+    if isinstance(det, Mapping):  # a CenterNet head trained with the trunk (export.train_det)
+        model.center_head = CenterNetHead(cfg, CenterNetConfig.from_dict(dict(det)))
     try:
         model.load_state_dict(obj["state_dict"])
     except RuntimeError as e:

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from export.centernet import OUTPUT_NAMES as CENTER_OUTPUTS
+from export.centernet import CenterGraph, CenterNetConfig, CenterNetHead
 from export.config import DetectorConfig, MDEQConfig
 from export.detection import BoxGraph, DetectorHeads, RPNGraph, rpn_output_names
 from export.mdeq import MDEQSegNet, check_resolution
@@ -20,10 +22,12 @@ from runtime.det_decode import DetectionDecoder, DetectSpec
 SAMPLE_ITERS = 2  # cell iterations from z = 0 that make the parity inputs look like real states
 
 
-def detector_entry(trunk: MDEQConfig, det: DetectorConfig) -> dict[str, Any]:
-    """The manifest's ``detector`` entry: the head config plus the FPN levels' strides (what the runtime's
-    DetectSpec reads)."""
-    return {**det.to_dict(), "strides": list(det.strides(trunk))}
+def detector_entry(trunk: MDEQConfig, det: DetectorConfig | CenterNetConfig) -> dict[str, Any]:
+    """The manifest's ``detector`` entry: its ``kind`` (runtime.manifest's DET_HEADS) and the head config, for the
+    two-stage detector plus the FPN levels' strides (what the runtime's DetectSpec reads)."""
+    if isinstance(det, CenterNetConfig):
+        return det.to_dict()
+    return {"kind": "faster_rcnn", **det.to_dict(), "strides": list(det.strides(trunk))}
 
 
 def sample_states(model: MDEQSegNet, batch: int, height: int, width: int, seed: int, device: str) -> list[Tensor]:
@@ -45,19 +49,31 @@ def roi_inputs(heads: DetectorHeads, z: Sequence[Tensor], height: int, width: in
 
 
 def det_graph_parts(
-    model: MDEQSegNet, heads: DetectorHeads, height: int, width: int, batch: int, precision: str, device: str
+    model: MDEQSegNet,
+    heads: DetectorHeads | CenterNetHead,
+    height: int,
+    width: int,
+    batch: int,
+    precision: str,
+    device: str,
 ) -> list[tuple[Any, ...]]:
-    """The two detection engine graphs, traced on one sample and checked on another, as export.bundle's
-    ``EngineGraph`` arguments (plain tuples: this module may not import export.bundle, which imports it)."""
+    """The detection engine graphs (two-stage: RPN and box head; one-stage: ``head_det_ctr``), traced on one sample
+    and checked on another, as export.bundle's ``EngineGraph`` arguments (plain tuples: this module may not import
+    export.bundle, which imports it)."""
     check_resolution(model.cfg, height, width)
     dtype = TORCH_DTYPES[check_precision(precision)]
     heads = heads.to(device).eval()
     z_t, z_c = (sample_states(model, batch, height, width, seed, device) for seed in (1, 2))
+    z_names = [f"z{i}" for i in range(model.cfg.num_scales)]
+    if isinstance(heads, CenterNetHead):  # one engine; its peaks are decoded in the runtime (center_decode)
+        graph = CenterGraph(heads).eval()
+        graph = to_half(graph) if precision == "fp16" else graph
+        cast = [t.to(dtype) for t in z_t], [t.to(dtype) for t in z_c]
+        return [("head_det_ctr", graph, *cast, z_names, list(CENTER_OUTPUTS))]
     r_t, r_c = roi_inputs(heads, z_t, height, width), roi_inputs(heads, z_c, height, width)
     rpn, box = RPNGraph(heads).eval(), BoxGraph(heads).eval()
     if precision == "fp16":
         rpn, box = to_half(rpn), to_half(box)
-    z_names = [f"z{i}" for i in range(model.cfg.num_scales)]
     return [
         (
             "head_det_rpn",

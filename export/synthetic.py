@@ -371,6 +371,26 @@ def _render(scene: Scene, cam: Camera, t: int, h: int, w: int) -> tuple[np.ndarr
     return img, lab, owner
 
 
+DET_SOURCE_CLASSES = (CAR, PERSON, SIGN)  # the sprite classes that get boxes; detection class i is the i-th
+MIN_BOX_PIXELS = 24  # visible pixels below which an object gets no box (a sliver at the frame edge or behind another)
+
+
+def object_boxes(scene: Scene, owner: np.ndarray, min_pixels: int = MIN_BOX_PIXELS) -> np.ndarray:
+    """(n, 5) float32 rows ``[x1, y1, x2, y2, class]`` of the objects visible in one rendered frame: each sprite's
+    box is the extent of the pixels it owns in ``owner`` (:func:`_render`'s layer index; occluded parts excluded),
+    in pixel-edge coordinates (x2, y2 one past the last pixel); class is the index into ``DET_SOURCE_CLASSES``.
+    Reads nothing random, so adding boxes changes no frame a seed renders."""
+    rows = []
+    for k, sp in enumerate(scene.sprites):
+        if sp.cls not in DET_SOURCE_CLASSES:
+            continue
+        ys, xs = np.nonzero(owner == k)
+        if ys.size < min_pixels:
+            continue
+        rows.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1, DET_SOURCE_CLASSES.index(sp.cls)])
+    return np.array(rows, np.float32).reshape(-1, 5)
+
+
 def _flow(scene: Scene, cam: Camera, prev: Camera, t: int, owner: np.ndarray) -> np.ndarray:
     """Flow current -> previous in pixels: where each pixel's world point was at t-1."""
     h, w = owner.shape
@@ -424,9 +444,12 @@ def render_clip_with_meta(
     brightness: bool = True,
     motion: bool = True,
     variant: str = VARIANTS[0],
+    boxes: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Like :func:`render_clip`, plus a meta dict (seed, cuts, gains, noise sigma, classes).
-    ``variant`` picks the scene family (:data:`VARIANTS`; the first is the benchmark's)."""
+    ``variant`` picks the scene family (:data:`VARIANTS`; the first is the benchmark's). ``boxes`` adds
+    ``meta["boxes"]``: per frame, the visible objects' ``[x1, y1, x2, y2, class]`` (:func:`object_boxes`) and
+    ``meta["det_classes"]``; the frames are the same either way."""
     _check_variant(variant)
     if num_frames < 1 or height < 8 or width < 8:
         raise ValueError(f"need num_frames >= 1 and height, width >= 8, got {num_frames}, {height}x{width}")
@@ -441,6 +464,7 @@ def render_clip_with_meta(
     labels = np.empty((num_frames, height, width), np.uint8)
     flows = np.zeros((num_frames, height, width, 2), np.float32)
     gains = []
+    frame_boxes: list[list[list[float]]] = []
     t_all = 0
     for length in lengths:
         scene, cams = _shot(rng, length, height, width, motion, variant)
@@ -450,6 +474,8 @@ def render_clip_with_meta(
             gains.append(float(gain))
             frames[t_all] = _finish(img, gain, sigma, rng)
             labels[t_all] = lab
+            if boxes:
+                frame_boxes.append(object_boxes(scene, owner).tolist())
             if t > 0:
                 flows[t_all] = _flow(scene, cams[t], cams[t - 1], t, owner)
             t_all += 1
@@ -465,6 +491,9 @@ def render_clip_with_meta(
         "flow": "current -> previous, pixels (x, y); zero on frame 0 and on cut frames",
         "variant": variant,
     }
+    if boxes:
+        meta["boxes"] = frame_boxes
+        meta["det_classes"] = [SYNTH_CLASSES[c] for c in DET_SOURCE_CLASSES]
     return frames, labels, flows, meta
 
 
@@ -488,6 +517,19 @@ def random_frame(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One training frame: a height x width crop of a random scene seen at scene_height x
     scene_width (so object scale matches full-size clips). Returns (frame uint8 (H,W,3), labels)."""
+    frame, lab, _ = random_frame_boxes(rng, height, width, scene_height, scene_width, variant)
+    return frame, lab
+
+
+def random_frame_boxes(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    scene_height: int = 256,
+    scene_width: int = 512,
+    variant: str = VARIANTS[0],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`random_frame` (the same draws, so the same frame) plus its objects' boxes (:func:`object_boxes`)."""
     scene_height, scene_width = max(scene_height, height), max(scene_width, width)
     sc = scene_height / REF_HEIGHT
     hw, ww = int(scene_height * 1.05) + 2, int(scene_width * 1.05) + 2
@@ -497,9 +539,9 @@ def random_frame(
     tx = rng.uniform(0, ww - scene_width / s - 1) + u0 / s
     ty = rng.uniform(0, hw - scene_height / s - 1) + v0 / s
     t = int(rng.integers(0, 30))
-    img, lab, _ = _render(scene, Camera(s, tx, ty), t, height, width)
+    img, lab, owner = _render(scene, Camera(s, tx, ty), t, height, width)
     frame = _finish(img, rng.uniform(0.75, 1.25), rng.uniform(0, 6), rng)
-    return frame, lab
+    return frame, lab, object_boxes(scene, owner)
 
 
 def random_batch(
@@ -515,6 +557,24 @@ def random_batch(
         frames.append(f)
         labels.append(lab)
     return np.ascontiguousarray(np.stack(frames)), np.ascontiguousarray(np.stack(labels))
+
+
+def random_det_batch(
+    rng: np.random.Generator, batch: int, height: int, width: int, variant: str = VARIANTS[0]
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Detection training frames: (B, H, W, 3) uint8 and per frame its (n, 5) boxes (:func:`object_boxes`), each
+    frame flipped horizontally with probability 1/2 (its boxes with it)."""
+    _check_variant(variant)
+    frames, boxes = [], []
+    for _ in range(batch):
+        f, _, b = random_frame_boxes(rng, height, width, variant=variant)
+        if rng.random() < 0.5:
+            f = f[:, ::-1]
+            b = b.copy()
+            b[:, [0, 2]] = width - b[:, [2, 0]]
+        frames.append(f)
+        boxes.append(b)
+    return np.ascontiguousarray(np.stack(frames)), boxes
 
 
 # --------------------------------------------------------------------------- I/O

@@ -25,8 +25,10 @@ from runtime.manifest import (
     SUFFIX_KIND,
     TASK_HEADS,
     check_engine_file,
+    detector_kind,
     read_manifest,
     sha256_file,
+    task_head,
 )
 
 
@@ -92,15 +94,18 @@ class Bundle:
         bundles said ``"task": "pose"``) the task of the head the runtime always picked: head_seg, else the
         first head engine."""
         task = self.manifest.get("task")
-        if isinstance(task, str) and TASK_HEADS.get(task) in self.engines:
+        if isinstance(task, str) and task_head(task, self.manifest) in self.engines:
             return str(task)
+        if task == "det" and isinstance(self.manifest.get("detector"), dict):  # its head engine is missing
+            head = task_head("det", self.manifest)
+            raise BundleError(f"manifest: this det bundle ({detector_kind(self.manifest)}) needs the {head!r} engine")
         first = "head_seg" if "head_seg" in self.engines else next(n for n in self.engines if n.startswith("head"))
         return next((t for t, h in TASK_HEADS.items() if h == first), "seg")
 
     @property
     def head_name(self) -> str:
         """The head engine the runtime runs: the task's (a bundle may hold several heads)."""
-        head = TASK_HEADS.get(self.task)
+        head = task_head(self.task, self.manifest)
         return head if head in self.engines else next(n for n in self.engines if n.startswith("head"))
 
 
@@ -153,7 +158,7 @@ def _check_consistency(b: Bundle) -> None:
     head = b.engines[b.head_name]
     if tuple(t.shape for t in head.inputs) != tuple(s.shape for s in b.state):
         raise BundleError(f"manifest: {b.head_name} inputs do not match the state shapes")
-    if b.task == "det":  # the RPN engine's outputs are decoded into the box engine's input (runtime.det_stage)
+    if b.task == "det" and b.head_name == "head_det_rpn":  # its outputs become the box engine's input (det_stage)
         if "head_det_box" not in b.engines:
             raise BundleError("manifest: a det bundle lists head_det_rpn but no 'head_det_box' engine")
         if not isinstance(b.manifest.get("detector"), dict):
@@ -225,7 +230,8 @@ def open_bundle(engine: str | Path, check_hash: bool = True) -> Bundle:
             if name not in engines:
                 raise BundleError(f"manifest has no {name!r} engine")
         if not any(n.startswith("head") for n in engines):
-            raise BundleError("manifest has no head engine (head_seg)")
+            want = task_head(str(manifest.get("task")), manifest) or "head_seg"
+            raise BundleError(f"manifest has no head engine ({want})")
         b = Bundle(
             root=root,
             kind=kind,

@@ -258,7 +258,14 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             sink = cfg.make_sink(i, fps)
         elif outs[i] is not None:
             sink = Sink(
-                outs[i], fps, bundle.palette, cfg.save_maps, cfg.video, overlay_size=cfg.overlay_size, task=task
+                outs[i],
+                fps,
+                bundle.palette,
+                cfg.save_maps,
+                cfg.video,
+                overlay_size=cfg.overlay_size,
+                task=task,
+                names=bundle.classes,
             )
         pre: Any = Prefetcher(src, hw, cfg.fit, keep_original=cfg.video and sink is not None, max_frames=cfg.max_frames)
         if cfg.start_frames and cfg.start_frames[i] > 0:

@@ -26,6 +26,10 @@ CORE_ENGINES = ("injection", "deq_cell")  # plus at least one head_* engine
 # The manifest's ``task`` -> the head engine the runtime runs for it (runtime.tasks says what its output means).
 # det: head_det_rpn, whose outputs the decoding turns into head_det_box's input (runtime.det_stage).
 TASK_HEADS = {"seg": "head_seg", "cls": "head_cls", "pose": "head_pose", "det": "head_det_rpn"}
+# A det bundle's head engine depends on its detector (the manifest's ``detector.kind``; absent: faster_rcnn, the
+# bundles written before one-stage detectors): the two-stage RPN engine, or the one-stage CenterNet-style head
+# (runtime.center_decode), whose peaks are decoded on the device with no second engine.
+DET_HEADS = {"faster_rcnn": "head_det_rpn", "centernet": "head_det_ctr"}
 # The fixed-point solvers a manifest's config.test_solve (and --solver) may name; runtime.solvers implements them.
 # Here, torch-free, so the CLI parses its arguments (and installs its SIGTERM handler) before torch is imported.
 SOLVER_NAMES = ("fixed_point", "anderson", "broyden")
@@ -58,6 +62,22 @@ PathLike = str | os.PathLike[str]
 
 class ManifestError(BundleError, ValueError):
     """A manifest or bundle that does not fit the contract (one-line message)."""
+
+
+def detector_kind(manifest: dict[str, Any]) -> str:
+    """The kind of a det bundle's detector (``DET_HEADS``); an unknown kind is one line."""
+    entry = manifest.get("detector")
+    kind = entry.get("kind", "faster_rcnn") if isinstance(entry, dict) else "faster_rcnn"
+    if kind not in DET_HEADS:
+        raise ManifestError(f"manifest: unknown detector kind {kind!r}; this runtime knows {', '.join(DET_HEADS)}")
+    return str(kind)
+
+
+def task_head(task: str, manifest: dict[str, Any]) -> str | None:
+    """The head engine the runtime runs for ``task`` (det: its detector kind's); None for an unknown task."""
+    if task == "det":
+        return DET_HEADS[detector_kind(manifest)]
+    return TASK_HEADS.get(task)
 
 
 def sha256_file(path: PathLike) -> str:

@@ -8,7 +8,8 @@ and the writers. The task comes from the manifest (``Bundle.task``); each object
   (B, J, 3) keypoints, so the heatmaps never leave the device); ``None``: the head's output is downloaded as is.
 * ``fields``: the record fields of one stream's downloaded output (cls: top-k, pose: keypoints in source pixels).
 * ``source``: that output at the input video's resolution (seg: the class map unfitted; pose: the keypoints).
-* ``draw``: the overlay of that output on a picture of the same resolution (seg: the blend; pose: the skeleton).
+* ``draw``: the overlay of that output on a picture of the same resolution (seg: the blend; pose: the skeleton;
+  det: the boxes, labelled with the manifest's class ``names``).
 
 ``has_map``: the task writes class maps (seg only). ``sink_output``: the sink gets the output, not only the record
 (cls draws its top-1 from the record, so a sink gets None as before).
@@ -16,6 +17,7 @@ and the writers. The task comes from the manifest (``Bundle.task``); each object
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -50,7 +52,7 @@ class Task:
     def source(self, out: np.ndarray, fitter: Fitter) -> np.ndarray:
         return out
 
-    def draw(self, rgb: np.ndarray, out: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    def draw(self, rgb: np.ndarray, out: np.ndarray, lut: np.ndarray, names: Sequence[str] = ()) -> np.ndarray:
         return rgb
 
     def stage(self, bundle: Any, device: torch.device, head: Any, first_out: torch.Tensor, **kw: Any) -> Any:
@@ -72,7 +74,7 @@ class SegTask(Task):
     def source(self, out: np.ndarray, fitter: Fitter) -> np.ndarray:
         return fitter.unfit(out) if fitter is not None else out
 
-    def draw(self, rgb: np.ndarray, out: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    def draw(self, rgb: np.ndarray, out: np.ndarray, lut: np.ndarray, names: Sequence[str] = ()) -> np.ndarray:
         from runtime.writers import overlay
 
         return overlay(rgb, out, lut)
@@ -127,7 +129,7 @@ class PoseTask(Task):
 
         return keypoints_to_source(out, fitter) if fitter is not None else np.array(out, np.float32, copy=True)
 
-    def draw(self, rgb: np.ndarray, out: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    def draw(self, rgb: np.ndarray, out: np.ndarray, lut: np.ndarray, names: Sequence[str] = ()) -> np.ndarray:
         from runtime.pose_draw import MPII_JOINTS, MPII_LIMBS, draw_skeleton
 
         mpii = len(out) == len(MPII_JOINTS)  # another skeleton: its joints as dots, no bones
@@ -136,21 +138,21 @@ class PoseTask(Task):
 
 class DetTask(Task):
     """Two engines (``head_det_rpn``, ``head_det_box``) with the decoding between and after them on the device
-    (runtime.det_stage) into a (B, M, 6) ``[x1, y1, x2, y2, score, class]`` buffer, class -1 past the frame's count;
-    the record and ``on_frame`` get the boxes in the input video's pixels (``--fit`` undone), the overlay draws them
-    with their class and score, and the sink writes them COCO-style as ``detections.json``."""
+    (runtime.det_stage), or one (``head_det_ctr``, a one-stage detector: runtime.center_decode, its peaks decoded
+    there), into a (B, M, 6) ``[x1, y1, x2, y2, score, class]`` buffer, class -1 past the frame's count; the record
+    and ``on_frame`` get the boxes in the input video's pixels (``--fit`` undone), the overlay draws them with their
+    class and score, and the sink writes them COCO-style as ``detections.json``."""
 
     name, sink_output, results_name = "det", True, "detections.json"
 
     def result_shape(self, bundle: Any) -> tuple[int, ...]:
-        from runtime.det_stage import result_shape
-
-        return result_shape(bundle)
+        return _det_module(bundle).result_shape(bundle)
 
     def stage(self, bundle: Any, device: torch.device, head: Any, first_out: torch.Tensor, **kw: Any) -> Any:
-        from runtime.det_stage import DetStage
-
-        return DetStage(bundle, device, head, first_out, **kw)
+        """The detector kind's device stage: DetStage (RPN, RoIAlign, box engine, NMS) or CenterStage (peaks)."""
+        module = _det_module(bundle)
+        make = module.CenterStage if module.__name__ == "runtime.center_decode" else module.DetStage
+        return make(bundle, device, head, first_out, **kw)
 
     def fields(self, out: np.ndarray, fitter: Fitter) -> dict[str, Any]:
         keys = ("x1", "y1", "x2", "y2")
@@ -175,10 +177,10 @@ class DetTask(Task):
             rows[:, :4] = boxes.numpy()
         return rows
 
-    def draw(self, rgb: np.ndarray, out: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    def draw(self, rgb: np.ndarray, out: np.ndarray, lut: np.ndarray, names: Sequence[str] = ()) -> np.ndarray:
         from runtime.writers import draw_boxes
 
-        return draw_boxes(rgb, out, lut)
+        return draw_boxes(rgb, out, lut, names)
 
     def results(self, record: dict[str, Any]) -> list[dict[str, Any]]:
         """COCO's detection results format: image_id the frame index, category_id the class index (the manifest's
@@ -192,6 +194,19 @@ class DetTask(Task):
             }
             for b in record.get("boxes", [])
         ]
+
+
+def _det_module(bundle: Any) -> Any:
+    """The decode module of a det bundle's detector kind (the manifest's ``detector.kind``)."""
+    from runtime.manifest import detector_kind
+
+    if detector_kind(bundle.manifest) == "centernet":
+        from runtime import center_decode
+
+        return center_decode
+    from runtime import det_stage
+
+    return det_stage
 
 
 TASKS: dict[str, Task] = {t.name: t for t in (SegTask(), ClsTask(), PoseTask(), DetTask())}

@@ -126,9 +126,10 @@ def caption(rgb: np.ndarray, text: str) -> np.ndarray:
     return np.asarray(img)
 
 
-def draw_boxes(rgb: np.ndarray, boxes: np.ndarray, lut: np.ndarray) -> np.ndarray:
+def draw_boxes(rgb: np.ndarray, boxes: np.ndarray, lut: np.ndarray, names: Sequence[str] = ()) -> np.ndarray:
     """Detections ``[x1, y1, x2, y2, score, class]`` (rows with class < 0 skipped) as rectangles in their class's
-    palette colour, each labelled ``class score`` above its top-left corner (PIL's default font)."""
+    palette colour, each labelled ``class score`` above its top-left corner (PIL's default font); the class is its
+    name from ``names`` (the manifest's classes) when there is one, else its index."""
     from PIL import Image, ImageDraw
 
     img = Image.fromarray(np.ascontiguousarray(rgb))
@@ -136,7 +137,7 @@ def draw_boxes(rgb: np.ndarray, boxes: np.ndarray, lut: np.ndarray) -> np.ndarra
     for x1, y1, x2, y2, score, cls in boxes[boxes[:, 5] >= 0]:
         color = tuple(int(v) for v in lut[int(cls) % len(lut)])
         draw.rectangle((x1, y1, max(x1, x2), max(y1, y2)), outline=color, width=2)
-        text = f"{int(cls)} {score:.2f}"
+        text = f"{names[int(cls)] if int(cls) < len(names) else int(cls)} {score:.2f}"
         box = draw.textbbox((x1, max(0.0, y1 - 12)), text)
         draw.rectangle(box, fill=color)
         draw.text((x1, max(0.0, y1 - 12)), text, fill=(0, 0, 0) if sum(color) > 380 else (255, 255, 255))
@@ -158,9 +159,16 @@ class OverlayWriter:
     OPTIONS = {"preset": "ultrafast", "crf": "23"}
 
     def __init__(
-        self, path: Path, fps: float, lut: np.ndarray, options: dict[str, str] | None = None, task: Any = None
+        self,
+        path: Path,
+        fps: float,
+        lut: np.ndarray,
+        options: dict[str, str] | None = None,
+        task: Any = None,
+        names: Sequence[str] = (),
     ) -> None:
         self.lut, self.task = lut, task  # runtime.tasks' task draws its output; None: a class map, blended
+        self.names = tuple(names)  # the manifest's class names (det labels its boxes with them)
         opts = dict(self.OPTIONS if options is None else options)
         self.video = VideoWriter(path, Fraction(fps).limit_denominator(1001), opts)
 
@@ -171,7 +179,9 @@ class OverlayWriter:
             self.video.write(caption(rgb, label))
         else:
             self.video.write(
-                overlay(rgb, classes, self.lut) if self.task is None else self.task.draw(rgb, classes, self.lut)
+                overlay(rgb, classes, self.lut)
+                if self.task is None
+                else self.task.draw(rgb, classes, self.lut, self.names)
             )
 
     def close(self) -> None:
@@ -357,6 +367,7 @@ class Sink(QueuedWriter):
         overlay_options: dict[str, str] | None = None,
         overlay_size: str = "source",
         task: Any = None,
+        names: Sequence[str] = (),
     ) -> None:
         if overlay_size not in OVERLAY_SIZES:
             raise ValueError(f"overlay size must be one of {', '.join(OVERLAY_SIZES)}, got {overlay_size!r}")
@@ -367,7 +378,7 @@ class Sink(QueuedWriter):
         self.results: list[dict[str, Any]] | None = [] if getattr(task, "results_name", None) else None
         self.log = JsonlWriter(out / "frames.jsonl")
         lut = palette_lut(palette)
-        self.video = OverlayWriter(out / "overlay.mp4", fps, lut, overlay_options, self.task) if video else None
+        self.video = OverlayWriter(out / "overlay.mp4", fps, lut, overlay_options, self.task, names) if video else None
         self.video_lane = Lane(f"overlay-{out.name}", self.video.write, maxsize) if self.video is not None else None
         self.maps: PngMapWriter | NpzMapWriter | None = None
         if save_maps == "png":

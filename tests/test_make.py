@@ -45,3 +45,18 @@ def test_make_test_builds_the_docs_strictly_and_install_takes_the_docs_extra() -
     assert done.returncode == 0, done.stderr
     assert f"{sys.executable} -m sphinx -W --keep-going -q -b html docs docs/_build/html" in done.stdout
     assert '-e ".[cpu,dev,fleet,docs]"' in done.stdout  # make install, the first prerequisite of make test
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_export_det_writes_the_shipped_detector_bundle_to_engines_det() -> None:
+    """`make export-det`: the shipped one-stage detector checkpoint, exported with its validated score threshold."""
+    done = subprocess.run(
+        ["make", "-n", "-o", "install", "export-det", f"PYTHON={sys.executable}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    line = " ".join(done.stdout.replace("\\\n", " ").split())
+    assert f"{sys.executable} -m export --checkpoint checkpoints/tiny_det.pt" in line and "--out engines-det" in line
+    assert (ROOT / "checkpoints" / "tiny_det.pt").is_file()
