@@ -129,7 +129,9 @@ class CenterStage:
     def warmup(self, stream: Any) -> None:
         """Nothing to warm: no engine of its own."""
 
-    def run(self, stream: Any, dst: torch.Tensor) -> None:
+    def run(self, stream: Any, dst: torch.Tensor, mark: Any = None) -> None:
+        """Decode the head's outputs into ``dst``; ``mark`` (the pipeline's timer, as DetStage takes it) is not
+        needed: everything after the head engine is decoding."""
         decode_centers(*self.out, self.spec, self.image_hw, out=dst, score_thr=self.score_thr)
 
 

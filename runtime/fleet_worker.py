@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,7 @@ class FleetSink(QueuedWriter):
         live: bool = False,
         die_after: int = 0,
         task: Task = TASKS["seg"],
+        names: Sequence[str] = (),
     ) -> None:
         self.out, self.start, self.die_after, self.task = out, start, die_after, task
         self.save_maps = save_maps if task.has_map else "none"  # keypoints and boxes are not maps
@@ -137,7 +139,8 @@ class FleetSink(QueuedWriter):
         self.keep_maps = self.save_maps != "none" or (video and task.sink_output)
         if self.keep_maps:
             self.maps_dir.mkdir(exist_ok=True)
-        self.video = OverlayWriter(out / "overlay.mp4", fps, palette_lut(palette), task=task) if video else None
+        lut = palette_lut(palette)
+        self.video = OverlayWriter(out / "overlay.mp4", fps, lut, task=task, names=names) if video else None
         self.labels = _ledger_labels(ledger) if video and start and not task.sink_output else {}
         if start == 0:
             (out / "frames.jsonl").unlink(missing_ok=True)
@@ -344,6 +347,7 @@ class Worker:
                 live_src,
                 die,
                 TASKS[bundle.task],
+                bundle.classes,
             )
             self.sinks[t.index] = sink
             return sink
