@@ -17,6 +17,7 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -236,6 +237,7 @@ def evaluate_clip(
     f_thres: int,
     accs: dict,
     reset_iters: int | None = None,
+    measure: Callable[[list, np.ndarray], np.ndarray] | None = None,
 ) -> None:
     """Run every (mode, k) and the converged baseline over one clip, accumulating into accs.
 
@@ -248,11 +250,19 @@ def evaluate_clip(
     The key-frame part of the first rule never applies here: our clips' only codec key frame is
     frame 0 (no scene-cut key frames), which has no previous frame. ``reset_iters`` is the
     runtime's ``--reset-iters``: iterations from zero for stream+reset's first frame and after a
-    reset (default k, as the paper; "stream" always uses k)."""
+    reset (default k, as the paper; "stream" always uses k).
+
+    ``measure(z, label)`` scores one frame's state against its label into what the accumulators sum (default: the
+    confusion matrix of the state's class map; benchmarks.pose_accuracy passes PCK counts against the joints)."""
     from runtime.modes import FrameInfo, ResetMonitor, frame_change
 
-    h, w = labels.shape[1:]
+    h, w = frames.shape[1:3]
     nc = stepper.num_classes
+
+    def class_map(z: list, lab: np.ndarray) -> np.ndarray:
+        return confusion(stepper.classes(z, h, w), lab, nc)
+
+    measure = measure or class_map
     state = {(mode, k): None for mode in MODES[1:] for k in ks}
     monitor = {k: ResetMonitor() for k in ks}
     for t, (frame, lab) in enumerate(zip(frames, labels)):
@@ -262,7 +272,7 @@ def evaluate_clip(
             if monitor[k].before(FrameInfo(t, key_frame=t == 0), change):
                 state[("stream+reset", k)] = None
         zstar, res_star, _ = _solve(stepper, stepper.zeros(h, w), x, f_thres)
-        accs["converged"].add(t, confusion(stepper.classes(zstar, h, w), lab, nc), res_star, 0.0)
+        accs["converged"].add(t, measure(zstar, lab), res_star, 0.0)
         for k in ks:
             for mode in MODES:
                 prev = None if mode == "per-frame" else state[(mode, k)]
@@ -280,7 +290,7 @@ def evaluate_clip(
                         z, res, step = _solve(stepper, stepper.zeros(h, w), x, cold)
                         warm = False
                     monitor[k].accept(step, warm)
-                accs[(mode, k)].add(t, confusion(stepper.classes(z, h, w), lab, nc), res, _rel(z, zstar))
+                accs[(mode, k)].add(t, measure(z, lab), res, _rel(z, zstar))
                 if mode != "per-frame":
                     state[(mode, k)] = z
 
