@@ -86,3 +86,28 @@ def test_a_checkpoint_without_a_pose_head_is_one_line_and_exit_2(capsys) -> None
     assert main(["--checkpoint", str(shipped), "--clips", "1", "--frames", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no pose head" in err
+
+
+def test_the_committed_table_is_the_shipped_checkpoint_on_the_test_clips() -> None:
+    """benchmarks/results/pose_accuracy.json (docs/pose.md's table) measured checkpoints/tiny_pose.pt as shipped, on
+    the test seeds, every mode at k = 1, 2, 4, 8; streaming at k = 2 beats per-frame k = 2 there."""
+    import json
+    from pathlib import Path
+
+    from benchmarks.accuracy import SPLIT_SEEDS
+    from export.checkpoint import load_checkpoint
+
+    root = Path(__file__).resolve().parents[2]
+    committed = json.loads((root / "benchmarks" / "results" / "pose_accuracy.json").read_text())
+    stamp = committed["stamp"]
+    assert stamp["split"] == "test" and stamp["heldout_seed"] == SPLIT_SEEDS["test"] and stamp["ks"] == [1, 2, 4, 8]
+    (result,) = committed["results"].values()
+    _, meta = load_checkpoint(root / "checkpoints" / "tiny_pose.pt")
+    weights = result["checkpoint_meta"]
+    assert weights["checkpoint"] == "checkpoints/tiny_pose.pt" and weights["steps"] == meta["steps"]
+    assert weights["wall_time_s"] == meta["wall_time_s"]
+    rows = result["rows"]
+    assert set(rows) == {"converged"} | {
+        f"{m} k={k}" for m in ("per-frame", "stream", "stream+reset") for k in (1, 2, 4, 8)
+    }
+    assert rows["stream+reset k=2"]["pck"] > rows["per-frame k=2"]["pck"]
