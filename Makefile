@@ -15,8 +15,8 @@ TRAIN_ARGS ?= --mode $(MODE) --iters 12 --batch 2 --crop 256 512 --lr 2e-3 --ste
 FINETUNE_ARGS ?= --mode $(MODE) --iters 12 --batch 2 --crop 256 512 --lr 5e-4 --steps 20000 --time-limit 14 --seed 1 \
   --threads 1 --spec-reg 4 --spec-margin 0.65 --spec-steps 8 --jac-reg-freq 0.5 --penalty-on camera
 
-.PHONY: install lock kernels export train finetune accuracy propagation demo bench docs test gpu gpu-wheels lint clean \
-  train-det export-det det-accuracy
+.PHONY: install lock kernels export export-pose train train-pose finetune accuracy pose-accuracy propagation demo bench docs test \
+  gpu gpu-wheels lint clean train-det export-det det-accuracy
 
 # Every dependency at the version in $(LOCK) (refresh it with `make lock`). CPU-only machines get
 # the CPU build of torch pinned there (never the multi-GB CUDA build); machines that already have
@@ -55,6 +55,28 @@ FORMATS ?= auto
 export: install
 	$(PYTHON) -m export --config $(CONFIG) --checkpoint $(CHECKPOINT) --height $(HEIGHT) --width $(WIDTH) \
 	  --formats $(FORMATS) $(if $(FLOWNET),--flownet $(FLOWNET),) --out $(ENGINES)
+
+# The shipped pose model (issue 28, docs/pose.md): its bundle in $(POSE_ENGINES) (injection, cell, head_pose; ONNX, plus
+# TensorRT .plan where TensorRT and a GPU are present, as for `make export`). `make train-pose` is its recipe, 50
+# minutes on one thread: SUR (N ~ U{1..12}) of the trunk from $(CHECKPOINT) and a keypoint head on 128x256 windows
+# around synthetic figures for 36, then 14 on full 256x512 frames (the windows' statistics are not the frames').
+POSE_CHECKPOINT ?= checkpoints/tiny_pose.pt
+POSE_BASE ?= $(POSE_CHECKPOINT:.pt=_base.pt)
+POSE_ENGINES ?= engines-pose
+POSE_TRAIN_ARGS ?= --iters 12 --batch 4 --lr 1e-3 --time-limit 36 --threads 1 --seed 0
+POSE_FINETUNE_ARGS ?= --iters 12 --batch 2 --frame 256 512 --crop 256 512 --lr 5e-4 --time-limit 14 --threads 1 \
+  --seed 1 --val-every 100
+export-pose: install
+	$(PYTHON) -m export --checkpoint $(POSE_CHECKPOINT) --heads pose --height $(HEIGHT) --width $(WIDTH) \
+	  --formats $(FORMATS) --out $(POSE_ENGINES)
+
+train-pose: install
+	$(PYTHON) -m export.train_pose --init $(CHECKPOINT) $(POSE_TRAIN_ARGS) --out $(POSE_BASE)
+	$(PYTHON) -m export.train_pose --init $(POSE_BASE) $(POSE_FINETUNE_ARGS) --out $(POSE_CHECKPOINT)
+
+# PCK vs iterations per frame of the pose bundle (frame / stream / stream + reset), on the test clips.
+pose-accuracy: export-pose
+	$(PYTHON) -m benchmarks.pose_accuracy --engine $(POSE_ENGINES)/deq_cell.onnx --threads 1 $(if $(QUICK),--quick,)
 
 train: install
 	$(PYTHON) -m export.train --config $(CONFIG) $(TRAIN_ARGS) --out $(BASE_CHECKPOINT)
@@ -130,4 +152,4 @@ lint:
 	$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check .
 
 clean:
-	rm -rf $(ENGINES) out kernels/build .pytest_cache docs/_build
+	rm -rf $(ENGINES) $(POSE_ENGINES) out kernels/build .pytest_cache docs/_build

@@ -17,6 +17,7 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -236,13 +237,20 @@ def evaluate_clip(
     f_thres: int,
     accs: dict,
     reset_iters: int | None = None,
+    measure: Callable[[list, np.ndarray], np.ndarray] | None = None,
 ) -> None:
     """Run every (mode, k) and the converged baseline over one clip (:func:`clip_states`), accumulating each
-    state's confusion, residual and distance to z* into accs."""
-    h, w = labels.shape[1:]
+    state's score, residual and distance to z* into accs. ``measure(z, truth)``: the score's counts (default: the
+    class map's confusion against ``labels[t]``; pose passes its PCK counts against the joints)."""
+    h, w = frames.shape[1:3]
     nc = stepper.num_classes
+
+    def class_map(z: list, lab: np.ndarray) -> np.ndarray:
+        return confusion(stepper.classes(z, h, w), lab, nc)
+
+    measure = measure or class_map
     for t, key, z, res, dist in clip_states(stepper, frames, ks, f_thres, reset_iters):
-        accs[key].add(t, confusion(stepper.classes(z, h, w), labels[t], nc), res, dist)
+        accs[key].add(t, measure(z, labels[t]), res, dist)
 
 
 def clip_states(stepper: Stepper, frames: np.ndarray, ks, f_thres: int, reset_iters: int | None = None):
@@ -258,7 +266,10 @@ def clip_states(stepper: Stepper, frames: np.ndarray, ks, f_thres: int, reset_it
     The key-frame part of the first rule never applies here: our clips' only codec key frame is
     frame 0 (no scene-cut key frames), which has no previous frame. ``reset_iters`` is the
     runtime's ``--reset-iters``: iterations from zero for stream+reset's first frame and after a
-    reset (default k, as the paper; "stream" always uses k)."""
+    reset (default k, as the paper; "stream" always uses k).
+
+    ``measure(z, label)`` scores one frame's state against its label into what the accumulators sum (default: the
+    confusion matrix of the state's class map; benchmarks.pose_accuracy passes PCK counts against the joints)."""
     from runtime.modes import FrameInfo, ResetMonitor, frame_change
 
     h, w = frames.shape[1:3]

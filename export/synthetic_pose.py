@@ -235,14 +235,21 @@ def pose_targets(
     return np.exp(-d2 / (2 * sigma**2)).astype(np.float32) * weight[:, None, None], weight
 
 
-def pck(pred: np.ndarray, joints: np.ndarray, thr: float = 0.5) -> float:
-    """Share of the joints inside the frame (flag > 0) whose prediction (..., J, >=2) lies within ``thr`` times the
-    figure's head length (upper_neck to head_top, per frame) of the truth (..., J, 3)."""
+def pck_counts(pred: np.ndarray, joints: np.ndarray, thr: float = 0.5) -> tuple[int, int]:
+    """(hits, counted): the joints inside the frame (flag > 0) and how many of them have their prediction
+    (..., J, >=2) within ``thr`` times the figure's head length (upper_neck to head_top, per frame) of the truth
+    (..., J, 3). Counts, so that scores over many frames pool exactly."""
     head = np.linalg.norm(joints[..., HEAD[1], :2] - joints[..., HEAD[0], :2], axis=-1)
     dist = np.linalg.norm(pred[..., :2] - joints[..., :2], axis=-1)
     counted = joints[..., 2] > OUTSIDE
     hit = (dist <= thr * head[..., None]) & counted
-    return float(hit.sum() / max(int(counted.sum()), 1))
+    return int(hit.sum()), int(counted.sum())
+
+
+def pck(pred: np.ndarray, joints: np.ndarray, thr: float = 0.5) -> float:
+    """Share of the joints inside the frame whose prediction lies within ``thr`` head lengths (:func:`pck_counts`)."""
+    hits, counted = pck_counts(pred, joints, thr)
+    return hits / max(counted, 1)
 
 
 __all__ = [
@@ -252,6 +259,7 @@ __all__ = [
     "draw_figure",
     "figure_joints",
     "pck",
+    "pck_counts",
     "pose_targets",
     "render_pose_clip",
 ]

@@ -229,9 +229,12 @@ def open_bundle(engine: str | Path, check_hash: bool = True) -> Bundle:
         for name in CORE_ENGINES:
             if name not in engines:
                 raise BundleError(f"manifest has no {name!r} engine")
+        task = manifest.get("task")
+        head = (task_head(task, manifest) if isinstance(task, str) else None) or "head_seg"
         if not any(n.startswith("head") for n in engines):
-            want = task_head(str(manifest.get("task")), manifest) or "head_seg"
-            raise BundleError(f"manifest has no head engine ({want})")
+            raise BundleError(f"manifest has no head engine ({head})")
+        if task in TASK_HEADS and task != "seg" and head not in engines:  # old bundles say seg over another head
+            raise BundleError(f"manifest: a {task} bundle without its {head} engine (has: {', '.join(engines)})")
         b = Bundle(
             root=root,
             kind=kind,

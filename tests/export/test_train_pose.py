@@ -1,0 +1,110 @@
+"""export.train_pose: the crops and their joints, the heatmap loss, SUR steps that learn, and the CLI's checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from export.synthetic_pose import OUTSIDE, pose_targets, render_pose_clip
+from export.train_pose import crop_origin, heatmap_loss, main, pose_batch, pose_model, targets_of
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+SHIPPED = Path(__file__).resolve().parents[2] / "checkpoints" / "tiny_sur.pt"
+
+
+def test_crops_carry_their_joints_shifted_and_flag_the_cut_ones() -> None:
+    """Each joint inside a crop shows the same pixel as in the full frame; the others are flagged outside."""
+    seeds = [123, 456, 789]
+    frames, joints = pose_batch(seeds, (128, 256), (64, 128), np.random.default_rng(0))
+    assert frames.shape == (3, 64, 128, 3) and joints.shape == (3, 16, 3)
+    for seed, crop, jt in zip(seeds, frames, joints):
+        full = render_pose_clip(seed, 1, 128, 256)
+        src, dx, dy = full.joints[0], full.joints[0, 0, 0] - jt[0, 0], full.joints[0, 0, 1] - jt[0, 1]
+        assert dx == int(dx) and dy == int(dy)  # a whole-pixel shift, the same for every joint
+        np.testing.assert_allclose(src[:, :2] - jt[:, :2], np.tile([dx, dy], (16, 1)), atol=1e-4)
+        r, c = np.round(jt[:, 1]).astype(int), np.round(jt[:, 0]).astype(int)
+        inside = (r >= 0) & (r < 64) & (c >= 0) & (c < 128)
+        assert ((jt[:, 2] == OUTSIDE) | inside).all()
+        assert (jt[~inside, 2] == OUTSIDE).all() and (jt[inside, 2] == src[inside, 2]).all()
+        for (x, y), (sx, sy) in zip(np.round(jt[inside, :2]).astype(int), np.round(src[inside, :2]).astype(int)):
+            assert (crop[y, x] == full.frames[0, sy, sx]).all()
+
+
+@pytest.mark.parametrize("box,crop", [((30, 50, 20, 40), 64), ((10, 110, 5, 90), 64)])
+def test_crop_window_holds_the_joint_box_when_it_fits(box, crop) -> None:
+    x0, x1, y0, y1 = box
+    joints = np.array([[x0, y0, 2], [x1, y1, 2]], np.float32)
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        oy, ox = crop_origin(joints, (128, 128), (crop, crop), rng)
+        assert 0 <= oy <= 128 - crop and 0 <= ox <= 128 - crop
+        for lo, hi, o in ((x0, x1, ox), (y0, y1, oy)):
+            if hi - lo + 8 <= crop:  # fits with a cell of margin: inside the window
+                assert o <= lo - 4 and hi + 4 <= o + crop
+            else:  # too large: the window lies inside the box
+                assert lo - 4 <= o and o + crop <= hi + 4
+
+
+def test_heatmap_loss_counts_only_weighted_joints() -> None:
+    target = torch.zeros(1, 2, 4, 4)
+    heat = torch.zeros(1, 2, 4, 4)
+    heat[0, 0, 1, 1], heat[0, 1] = 2.0, 5.0
+    assert float(heatmap_loss(heat, target, torch.tensor([[1.0, 0.0]]))) == pytest.approx(4.0 / 32)
+    assert float(heatmap_loss(heat, target, torch.tensor([[1.0, 1.0]]))) == pytest.approx((4.0 + 16 * 25) / 32)
+
+
+def test_sur_steps_reduce_the_heatmap_loss_on_a_fixed_batch() -> None:
+    model, _ = pose_model(SHIPPED)
+    frames, joints = pose_batch([5, 6], (64, 128), (64, 128), np.random.default_rng(0))
+    target, weight = targets_of(joints, (64, 128), 2.0)
+    assert torch.equal(target[0], torch.from_numpy(pose_targets(joints[0], (64, 128))[0]))
+    x = torch.from_numpy(frames)
+
+    model.eval()  # BatchNorm on its running statistics, no dropout: before and after compare the same function
+
+    def loss_at(iters: int) -> float:
+        with torch.no_grad():
+            state, _ = model.solve(x, iters)
+            return float(heatmap_loss(model.pose_head(*state), target, weight))
+
+    before = loss_at(4)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for n in (1, 4, 2, 3, 4, 1, 2, 4, 3, 2):
+        state, _ = model.solve(x, n)
+        loss = heatmap_loss(model.pose_head(*state), target, weight)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss_at(4) < 0.5 * before
+
+
+def test_cli_writes_a_pose_checkpoint_the_exporter_reads(tmp_path) -> None:
+    from export.checkpoint import load_checkpoint
+    from export.pose_head import KeypointHead
+
+    out = tmp_path / "pose.pt"
+    argv = ["--out", str(out), "--steps", "2", "--batch", "1", "--frame", "64", "128", "--crop", "64", "128"]
+    assert main([*argv, "--iters", "2", "--val-frames", "1", "--threads", "1"]) == 0
+    model, meta = load_checkpoint(out)
+    assert isinstance(model.pose_head, KeypointHead) and model.pose_head.layout.joints == 16
+    assert meta["task"] == "pose" and meta["steps"] == 2 and meta["init"]["path"].endswith("tiny_sur.pt")
+    assert 0.0 <= meta["val_pck"] <= 1.0
+    log = out.with_suffix(".jsonl").read_text().splitlines()
+    assert '"final_val_pck"' in log[-1]
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--init", "missing.pt"], "not found"),
+        (["--crop", "256", "256"], "larger than --frame"),
+        (["--sigma", "0"], "--sigma"),
+    ],
+)
+def test_bad_arguments_are_one_line_and_exit_2(tmp_path, capsys, extra, needle) -> None:
+    assert main(["--out", str(tmp_path / "p.pt"), "--frame", "128", "256", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err
