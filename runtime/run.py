@@ -245,11 +245,19 @@ def _validate(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error(f"--streams {a.streams} but {len(a.inputs)} input(s) given (one input per stream)")
 
 
-def output_names(no_video: bool, save_maps: str, streams: int) -> list[str]:
-    """What the run wrote into --out (per stream folder when there are several)."""
-    names = ([] if no_video else ["overlay.mp4"]) + {"png": ["maps/"], "npz": ["maps.npz"]}.get(save_maps, [])
-    names += ["frames.jsonl", "summary.json"]
-    return names if streams == 1 else [f"stream<i>/{{{', '.join(names[:-1])}}}", "summary.json"]
+def output_names(out: Path, streams: int) -> list[str]:
+    """What the run wrote into --out, read from the folder itself (so every task's files are named: a pose or det
+    run writes no maps, a det run writes detections.json); per stream folder when there are several."""
+    if streams == 1:
+        return _listing(out)
+    return [f"stream<i>/{{{', '.join(_listing(out / 'stream0'))}}}", "summary.json"]
+
+
+def _listing(folder: Path) -> list[str]:
+    """A folder's entries, folders with a trailing slash, hidden ones (a run's journal) left out."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if not p.name.startswith("."))
 
 
 def solve_use(mode: str, key_start: str) -> str:
@@ -407,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     from runtime.loop import format_summary
 
     print(format_summary(summary))
-    print(f"outputs: {args.out.resolve()} ({', '.join(output_names(args.no_video, args.save_maps, len(args.inputs)))})")
+    print(f"outputs: {args.out.resolve()} ({', '.join(output_names(args.out, len(args.inputs)))})")
     code = 0
     for s in summary["streams"]:
         if s["resets"]:

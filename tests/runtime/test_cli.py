@@ -342,12 +342,20 @@ def test_http_url_source(bundle64, clip64, tmp_path, capsys):
         server.shutdown()
 
 
-def test_outputs_line_names_what_was_written():
+def test_outputs_line_names_what_was_written(tmp_path):
+    """The line reads the folder: what is there, dot-files (a run's hidden journal) left out, per stream."""
     from runtime.run import output_names
 
-    assert output_names(False, "png", 1) == ["overlay.mp4", "maps/", "frames.jsonl", "summary.json"]
-    assert output_names(True, "none", 1) == ["frames.jsonl", "summary.json"]
-    assert output_names(True, "npz", 2) == ["stream<i>/{maps.npz, frames.jsonl}", "summary.json"]
+    (tmp_path / "maps").mkdir()
+    for name in ("overlay.mp4", "frames.jsonl", "summary.json", ".journal"):
+        (tmp_path / name).write_text("")
+    assert output_names(tmp_path, 1) == ["frames.jsonl", "maps/", "overlay.mp4", "summary.json"]
+    two = tmp_path / "two"
+    for i in range(2):
+        (two / f"stream{i}").mkdir(parents=True)
+        (two / f"stream{i}" / "frames.jsonl").write_text("")
+        (two / f"stream{i}" / "maps.npz").write_text("")
+    assert output_names(two, 2) == ["stream<i>/{frames.jsonl, maps.npz}", "summary.json"]
 
 
 # ----------------------------------------------------------------------------- runtime.demo (`make demo`)

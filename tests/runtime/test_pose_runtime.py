@@ -238,3 +238,13 @@ def test_the_shipped_pose_model_on_a_real_clip(tmp_path):
     assert (kp[..., 0] >= -2).all() and (kp[..., 0] <= 642).all() and (kp[..., 1] >= -2).all()
     assert (kp[..., 1] <= 274).all() and kp[..., 0].max() > 128  # the source's pixels, not the engine's 64x128
     assert decode_clip(tmp_path / "o" / "overlay.mp4").shape == (12, 272, 640, 3)
+
+
+def test_the_outputs_line_names_what_a_pose_run_wrote(pose_bundle, pose_clip, tmp_path, capsys):
+    """The closing ``outputs:`` line lists the folder as written: a pose run writes no class maps, so it names no
+    maps.npz (it used to, from the seg defaults)."""
+    run_cli(pose_bundle, pose_clip, tmp_path / "o", "--max-frames", "3")
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("outputs: "))
+    listed = line.split("(", 1)[1].rstrip(")").split(", ")
+    assert listed == sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert "maps.npz" not in listed and "overlay.mp4" in listed and "frames.jsonl" in listed
