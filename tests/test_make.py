@@ -45,3 +45,41 @@ def test_make_test_builds_the_docs_strictly_and_install_takes_the_docs_extra() -
     assert done.returncode == 0, done.stderr
     assert f"{sys.executable} -m sphinx -W --keep-going -q -b html docs docs/_build/html" in done.stdout
     assert '-e ".[cpu,dev,fleet,docs]"' in done.stdout  # make install, the first prerequisite of make test
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_finetune_fast_reproduces_the_committed_fast_checkpoint() -> None:
+    """`make finetune-fast` runs the two fine-tunes whose commands the committed checkpoint records: its own
+    (stage 2) and, in its `init`, stage 1's; every option of each, with the same value, in the same stage."""
+    import shlex
+
+    from export.checkpoint import load_checkpoint
+
+    done = subprocess.run(
+        ["make", "-n", "finetune-fast", f"PYTHON={sys.executable}"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    stages = [shlex.split(c) for c in done.stdout.replace("\\\n", " ").splitlines() if "-m export.train" in c]
+    _, meta = load_checkpoint(ROOT / "checkpoints" / "tiny_sur_fast.pt")
+    recorded = [meta["init"]["command"], meta["command"]]
+    assert len(stages) == 2
+    for made, rec in zip(stages, recorded):
+        opts = _options(shlex.split(rec)[3:])
+        got = _options(made[made.index("export.train") + 1 :])
+        for key in ("--init", "--out", "--no-progress"):  # paths and the progress bar differ, nothing else may
+            opts.pop(key, None), got.pop(key, None)
+        assert got == opts
+    assert stages[1][stages[1].index("--init") + 1] == stages[0][stages[0].index("--out") + 1]
+
+
+def _options(argv: list[str]) -> dict[str, tuple[str, ...]]:
+    """--flag -> its values, from an export.train command line."""
+    out: dict[str, tuple[str, ...]] = {}
+    key = None
+    for a in argv:
+        if a.startswith("--"):
+            key = a
+            out[key] = ()
+        elif key is not None:
+            out[key] += (a,)
+    return out
