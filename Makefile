@@ -18,7 +18,7 @@ FINETUNE_ARGS ?= --mode $(MODE) --iters 12 --batch 2 --crop 256 512 --lr 5e-4 --
 # A checkpoint that contracts fast on camera footage (issue #26 item 4; benchmarks/results/fast_model/README.md),
 # 42 more minutes on one thread from the shipped one: a 20-minute fine-tune with the spectral penalty above a
 # lower margin (0.4), then 22 minutes with a 0.45 margin, distilled towards the shipped model's answers after 20
-# iterations and saved as a weight average (--ema), which wins back the synthetic accuracy the first stage lost.
+# iterations and saved as a weight average (--ema). It costs synthetic accuracy (see that README); not the default.
 FAST_CHECKPOINT ?= $(CHECKPOINT:.pt=_fast.pt)
 FAST_STAGE1 ?= out/$(notdir $(FAST_CHECKPOINT:.pt=_stage1.pt))
 FAST_COMMON = --mode $(MODE) --iters 12 --batch 2 --crop 256 512 --threads 1 --spec-reg 4 --spec-steps 8 \
