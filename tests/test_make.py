@@ -60,3 +60,41 @@ def test_make_export_det_writes_the_shipped_detector_bundle_to_engines_det() -> 
     line = " ".join(done.stdout.replace("\\\n", " ").split())
     assert f"{sys.executable} -m export --checkpoint checkpoints/tiny_det.pt" in line and "--out engines-det" in line
     assert (ROOT / "checkpoints" / "tiny_det.pt").is_file()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_finetune_fast_reproduces_the_committed_fast_checkpoint() -> None:
+    """`make finetune-fast` runs the two fine-tunes whose commands the committed checkpoint records: its own
+    (stage 2) and, in its `init`, stage 1's; every option of each, with the same value, in the same stage."""
+    import shlex
+
+    from export.checkpoint import load_checkpoint
+
+    done = subprocess.run(
+        ["make", "-n", "finetune-fast", f"PYTHON={sys.executable}"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    stages = [shlex.split(c) for c in done.stdout.replace("\\\n", " ").splitlines() if "-m export.train" in c]
+    _, meta = load_checkpoint(ROOT / "checkpoints" / "tiny_sur_fast.pt")
+    recorded = [meta["init"]["command"], meta["command"]]
+    assert len(stages) == 2
+    for made, rec in zip(stages, recorded):
+        opts = _options(shlex.split(rec)[3:])
+        got = _options(made[made.index("export.train") + 1 :])
+        for key in ("--init", "--out", "--no-progress"):  # paths and the progress bar differ, nothing else may
+            opts.pop(key, None), got.pop(key, None)
+        assert got == opts
+    assert stages[1][stages[1].index("--init") + 1] == stages[0][stages[0].index("--out") + 1]
+
+
+def _options(argv: list[str]) -> dict[str, tuple[str, ...]]:
+    """--flag -> its values, from an export.train command line."""
+    out: dict[str, tuple[str, ...]] = {}
+    key = None
+    for a in argv:
+        if a.startswith("--"):
+            key = a
+            out[key] = ()
+        elif key is not None:
+            out[key] += (a,)
+    return out
