@@ -34,7 +34,8 @@ ANDERSON_GROWTH = 2.0
 ANDERSON_REG = 0.03
 # Broyden's safeguard: an iterate whose residual is above this many times the best so far drops the history and
 # steps plainly from the best point (chosen on the real validation frames: benchmarks/results/tuning_broyden.md,
-# python -m benchmarks.tune --broyden 15; at 2 or 4 it fires on Broyden's normal non-monotone residual and fails)
+# python -m benchmarks.tune --broyden 10; at 2 or 4 it fires on Broyden's normal non-monotone residual and needs
+# more evaluations than plain iteration)
 BROYDEN_GROWTH = 10.0
 # Anderson's stall guard: evaluations without the residual halving before the solve turns to plain iteration
 # (0: off; the validation frames chose off, see tuning_anderson.md; 20 rescues bikes frame 224, a test frame)
