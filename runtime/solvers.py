@@ -400,9 +400,10 @@ def broyden(
     Safeguard (``safeguard``, the default of our solves): an iterate whose ||f(z) - z||^2 over the whole state (in
     the accumulation dtype) exceeds ``growth``^2 times the best so far, or is NaN, is rejected: its secant pair is
     not kept, the history is dropped (the inverse Jacobian restarts at -I) and the next iterate is f of the best
-    point, a plain step from it, so no evaluation goes to a point already evaluated. Raw Broyden can take a huge
-    step after a bad secant pair and never come back where plain iteration converges. Every decision is
-    ``torch.where`` on the device: no host sync beyond the ``check_every`` test, no state-sized allocation.
+    point, a plain step from it. A second rejection with no better point found since the first turns the rest of
+    the solve into plain iteration from the best point (restarting would repeat the same steps). A NaN from the
+    cell poisons raw Broyden for good, and a bad secant pair can send it far off. Every decision is ``torch.where``
+    on the device: no host sync beyond the ``check_every`` test, no state-sized allocation.
 
     ``carry``: the iteration goes on across calls on the same workspace (stream mode's history carried from frame
     to frame, ``Workspace.forget`` drops it at a from-zero start): the previous call's last point and its residual
