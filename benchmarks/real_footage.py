@@ -61,6 +61,7 @@ CLIPS = {
 DEFAULT_CLIPS = ("bikes", "carphone")
 REF_TOL = 1e-5  # the certificate: relative residual of every reference frame
 FORMER_REF_TOL = 1e-2  # the reference before it was certified (at most 100 iterations), kept as a row
+STREAM_EVALS = (1, 2, 4)  # --stream-solvers: cell evaluations per frame compared (plain stream k = these)
 
 
 def resolve_clip(spec: str) -> Path:
@@ -132,21 +133,33 @@ def modes(
         rows[f"mv n={n} --iters {k}"] = keyed("mv", k)
     for t in key_tols:
         rows[f"mv n={n} --iters {f_thres} --tol {t:g}"] = keyed("mv", f_thres, solve=Solve(tol=t))
-    if stream_solvers:  # accelerated streaming beside plain iteration at equal cell evaluations per frame
-        rows["stream k=3"] = {"mode": "stream", "iters": 3}
-    for name in stream_solvers:
-        own = Solve().with_solver(name)
-        for spec in (own, dataclasses.replace(own, returns="f_last")):
-            flag = "" if spec is own else " --returns f_last"
-            for k in (1, 2, 3):
-                evals = spec.evaluations(k)
-                if evals <= 3:
-                    row = f"stream k={k} --solver {name}{flag} ({evals} evaluations)"
-                    rows[row] = {"mode": "stream", "iters": k, "solve": spec}
+    rows.update(stream_solver_rows(stream_solvers))
     rows[f"mv n={n} --key-start zero"] = keyed("mv", f_thres, key_start="zero")
     if has_flownet:
         rows[f"dff n={n}"] = keyed("dff", 2)
     rows[f"mv-interp n={n}"] = {"mode": "mv-interp", "iters": f_thres, "key_interval": n}
+    return rows
+
+
+def stream_solver_rows(solvers: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Accelerated streaming beside plain iteration at equal cell evaluations per frame (``STREAM_EVALS``): each
+    solver under its own rule and with --returns f_last, its history started afresh every frame or carried
+    (--carry-history); a Broyden iteration costs one evaluation more, so it starts at 2."""
+    from runtime.solve import Solve
+
+    rows: dict[str, dict[str, Any]] = {}
+    if solvers:
+        rows.update({f"stream k={k}": {"mode": "stream", "iters": k} for k in STREAM_EVALS if k > 2})
+    for name in solvers:
+        own = Solve().with_solver(name)
+        for spec in (own, dataclasses.replace(own, returns="f_last")):
+            for carry in (False, True):
+                flags = ("" if spec is own else " --returns f_last") + (" --carry-history" if carry else "")
+                for evals in STREAM_EVALS:
+                    k = spec.iterations(evals)
+                    if k >= 1:
+                        row = f"stream k={k} --solver {name}{flags} ({evals} evaluations)"
+                        rows[row] = {"mode": "stream", "iters": k, "solve": dataclasses.replace(spec, carry=carry)}
     return rows
 
 
@@ -485,8 +498,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         nargs="*",
         choices=("anderson", "broyden"),
         default=[],
-        help="extra stream rows warm-started with these solvers under their own rule (runtime.run --solver X), at 1 "
-        "to 3 cell evaluations per frame, beside plain iteration at k = 1, 2, 3 (accelerated streaming)",
+        help="extra stream rows warm-started with these solvers under their own rule (runtime.run --solver X) and "
+        "with --returns f_last, their history started afresh every frame or carried (--carry-history), at 1, 2 and "
+        "4 cell evaluations per frame, beside plain iteration at k = 1, 2, 4 (accelerated streaming)",
     )
     p.add_argument("--ref-iters", type=int, default=300, help="most evaluations of the certified reference (300)")
     p.add_argument(

@@ -19,6 +19,12 @@ are the settings that on no frame where plain iteration reaches 1e-4 within the 
 it or fail; among them the lowest median ratio to plain, then the lowest worst ratio, then the smallest ridge, then
 the guard on (the safer). Results: ``tuning_anderson.{json,md}``.
 
+``--broyden N`` likewise chooses the growth factor of the safeguarded Broyden (``runtime.solvers.BROYDEN_GROWTH``:
+an iterate whose residual is above that many times the best drops the history and steps plainly from the best
+point), beside raw Broyden. Rule: admissible are the settings that never fail where plain iteration reaches 1e-4
+within the budget; among them the lowest median ratio to plain, then the lowest worst ratio, then the smallest
+factor (the safer). Results: ``tuning_broyden.{json,md}``.
+
 The results files say what was chosen; tests hold the runtime's defaults to them.
 """
 
@@ -47,6 +53,8 @@ TOLERANCE = 0.005  # reset-iters: within 0.5 mIoU points of the best
 # candidate (ridge relative to ||g||^2, stall guard) settings of the safeguarded Anderson
 ANDERSON_CANDIDATES = tuple((reg, stall) for reg in (0.0, 0.03, 0.1) for stall in (0, 20))
 ANDERSON_BUDGET = 300  # evaluations from zero; a frame not at 1e-4 by then failed
+# candidate growth factors of the safeguarded Broyden (None: raw Broyden, no safeguard)
+BROYDEN_CANDIDATES = (None, 2.0, 4.0, 10.0)
 
 
 def pixel_clips(root: Path, n: int, frames: int, height: int, width: int) -> list[tuple[np.ndarray, list[int]]]:
@@ -137,6 +145,90 @@ def anderson_study(checkpoint: Path, frames: dict[str, np.ndarray], cands=ANDERS
     return out
 
 
+def broyden_key(growth: float | None) -> str:
+    return "raw" if growth is None else f"growth {growth:g}"
+
+
+def broyden_study(checkpoint: Path, frames: dict[str, np.ndarray], cands=BROYDEN_CANDIDATES) -> dict[str, Any]:
+    """Per clip and frame: plain iteration's and each candidate's evaluations from zero to 1e-4 (None: failed)."""
+    import torch
+
+    from benchmarks.convergence import TO_TOL, flat_cell
+    from export.train import load_model
+    from runtime.solvers import broyden, fixed_point, flat_workspace
+
+    model, _ = load_model(checkpoint, "cpu")
+    model.eval()
+
+    def evals(cell: Any, solver: Any, **kw: Any) -> int | None:
+        z0 = torch.zeros(cell.numel)
+        ws = flat_workspace(z0, ANDERSON_BUDGET, 1.0 / model.cfg.relax)
+        _, info = solver(cell.step, z0, ANDERSON_BUDGET, TO_TOL, ws=ws, check_every=1, **kw)
+        return info.nstep if float(info.trace[info.nstep - 1, 0]) < TO_TOL else None
+
+    def kw(growth: float | None) -> dict[str, Any]:
+        return {"safeguard": False} if growth is None else {"growth": growth}
+
+    out: dict[str, Any] = {}
+    for name, clip in frames.items():
+        rows = []
+        for frame in clip:
+            cell = flat_cell(model, frame)
+            row = {"plain": evals(cell, fixed_point)}
+            row.update({broyden_key(g): evals(cell, broyden, **kw(g)) for g in cands})
+            rows.append(row)
+        out[name] = rows
+        print(f"{name}: {rows}", flush=True)
+    return out
+
+
+def choose_broyden(per_clip: dict[str, list[dict]], cands=BROYDEN_CANDIDATES) -> dict[str, Any]:
+    """The ``--broyden`` rule of the module docstring over every frame of every clip."""
+    frames = [f for rows in per_clip.values() for f in rows if f["plain"] is not None]
+    table = {}
+    for g in cands:
+        key = broyden_key(g)
+        ratios = [(f[key] if f[key] is not None else float("inf")) / f["plain"] for f in frames]
+        table[key] = {"growth": g, "fails": sum(1 for f in frames if f[key] is None),
+                      "frames_worse_than_plain": sum(1 for r in ratios if r > 1),
+                      "median_ratio": float(np.median(ratios)), "worst_ratio": float(max(ratios))}  # fmt: skip
+    admissible = [t for t in table.values() if t["fails"] == 0]
+    pool = admissible or sorted(table.values(), key=lambda t: t["fails"])[:1]
+    safety = {None: np.inf}  # raw Broyden ranks after every safeguard at equal ratios
+    best = min(pool, key=lambda t: (t["median_ratio"], t["worst_ratio"], safety.get(t["growth"], t["growth"])))
+    return {"table": table, "frames": len(frames), "chosen": {"growth": best["growth"]}, "admissible": bool(admissible)}
+
+
+def broyden_markdown(res: dict) -> str:
+    a = res["broyden"]
+    lines = [
+        "# Safeguarded Broyden's growth factor, chosen on real validation frames",
+        "",
+        f"`{res['stamp']['command']}` ({res['stamp']['date']}, {res['stamp']['wall_s']} s), checkpoint "
+        f"`{a['checkpoint']}` at {a['height']}x{a['width']}, {a['frames_per_clip']} frames of each clip from where the "
+        f"validation split starts it ({', '.join(f'{k} {v}' for k, v in a['starts'].items())}). Evaluations from zero "
+        f"until the relative residual is below 1e-4 (at most {ANDERSON_BUDGET}); raw: no safeguard; rule in "
+        "`benchmarks/tune.py`.",
+        "",
+        "| setting | fails where plain reaches it | frames needing more than plain | median ratio to plain | "
+        "worst ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for key, t in a["choice"]["table"].items():
+        lines.append(
+            f"| {key} | {t['fails']} | {t['frames_worse_than_plain']} | {t['median_ratio']:.3f} | "
+            f"{t['worst_ratio']:.3f} |"
+        )
+    lines += ["", "| clip | frame | plain | " + " | ".join(a["choice"]["table"]) + " |"]
+    lines.append("|---|---|---|" + "---|" * len(a["choice"]["table"]))
+    for name, rows in a["per_clip"].items():
+        for i, f in enumerate(rows):
+            cells = " | ".join("fail" if f[k] is None else str(f[k]) for k in ["plain", *a["choice"]["table"]])
+            lines.append(f"| {name} | {a['starts'][name] + i} | {cells} |")
+    lines += ["", f"Chosen: {broyden_key(a['choice']['chosen']['growth'])} (`runtime.solvers.BROYDEN_GROWTH`)."]
+    return "\n".join(lines) + "\n"
+
+
 def choose_anderson(per_clip: dict[str, list[dict]], cands=ANDERSON_CANDIDATES) -> dict[str, Any]:
     """The rule of the module docstring over every frame of every clip."""
     frames = [f for rows in per_clip.values() for f in rows if f["plain"] is not None]
@@ -180,23 +272,26 @@ def anderson_markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_anderson(a: argparse.Namespace, command: str) -> dict[str, Any]:
+def run_anderson(a: argparse.Namespace, command: str, solver: str = "anderson") -> dict[str, Any]:
+    """``--anderson N`` (or ``--broyden N`` with ``solver="broyden"``): the study, the choice and the stamp."""
     from benchmarks.convergence import REAL_SPLITS
 
     t0 = time.time()
-    per_clip = anderson_study(Path(a.checkpoint), anderson_frames(a.anderson, a.height, a.width))
-    anderson = {
+    n = getattr(a, solver)
+    study, choose = (anderson_study, choose_anderson) if solver == "anderson" else (broyden_study, choose_broyden)
+    per_clip = study(Path(a.checkpoint), anderson_frames(n, a.height, a.width))
+    facts = {
         "checkpoint": a.checkpoint,
         "height": a.height,
         "width": a.width,
-        "frames_per_clip": a.anderson,
+        "frames_per_clip": n,
         "starts": dict(REAL_SPLITS["validation"]),
         "per_clip": per_clip,
-        "choice": choose_anderson(per_clip),
+        "choice": choose(per_clip),
     }
     stamp = {"command": command, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
              "wall_s": round(time.time() - t0, 1), "split": "validation"}  # fmt: skip
-    return {"stamp": stamp, "anderson": anderson}
+    return {"stamp": stamp, solver: facts}
 
 
 def markdown(res: dict) -> str:
@@ -247,6 +342,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="instead: choose safeguarded Anderson's ridge and stall guard on N real validation frames per clip "
         "(tuning_anderson.*)",
     )
+    p.add_argument(
+        "--broyden",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: choose safeguarded Broyden's growth factor on N real validation frames per clip "
+        "(tuning_broyden.*)",
+    )
     return p.parse_args(argv)
 
 
@@ -280,21 +383,22 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     a = parse_args(argv)
-    if min(a.clips, a.frames) < 1 or a.reset_clips < 0 or a.anderson < 0:
-        print("error: --clips and --frames must be >= 1, --reset-clips and --anderson >= 0", file=sys.stderr)
+    if min(a.clips, a.frames) < 1 or min(a.reset_clips, a.anderson, a.broyden) < 0:
+        print("error: --clips and --frames must be >= 1, --reset-clips, --anderson, --broyden >= 0", file=sys.stderr)
         return 2
     torch.set_num_threads(max(1, a.threads))
     args = argv if argv is not None else sys.argv[1:]
     command = "python -m benchmarks.tune " + " ".join(shlex.quote(s) for s in args)
     out = Path(a.out)
     try:
-        if a.anderson:
-            res = run_anderson(a, command)
-            out.mkdir(parents=True, exist_ok=True)
-            write_text(out / "tuning_anderson.json", json.dumps(res, indent=1))
-            write_text(out / "tuning_anderson.md", anderson_markdown(res))
-            print(anderson_markdown(res))
-            return 0
+        for solver, md in (("anderson", anderson_markdown), ("broyden", broyden_markdown)):
+            if getattr(a, solver):
+                res = run_anderson(a, command, solver)
+                out.mkdir(parents=True, exist_ok=True)
+                write_text(out / f"tuning_{solver}.json", json.dumps(res, indent=1))
+                write_text(out / f"tuning_{solver}.md", md(res))
+                print(md(res))
+                return 0
         res = run(a, command)
     except (OSError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -193,6 +193,7 @@ class Pipeline:
         for b, plan in enumerate(plans):
             views = self.buf.layout.sample_views(cur, b)
             if plan.start == "zero" or not self.has_state[b]:
+                self.ws.forget()  # a carried solver history (Solve.carry) belongs to the state being dropped
                 for v in views:
                     v.zero_()
             if plan.warp is not None:

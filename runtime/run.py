@@ -128,7 +128,15 @@ def add_run_options(p: argparse.ArgumentParser, streams: bool = True) -> None:
         "one). Naming another solver applies that solver's own rule (README 'Streaming solves'): fixed_point "
         "returns f of the last iterate, anderson and broyden the lowest-residual new iterate. auto: plain "
         "iterations until a stream's residual grows within a frame (the cell is not a contraction there), then "
-        "Anderson for that stream until its next reset; each record says which ran",
+        "safeguarded Anderson for that stream until its next reset; each record says which ran. Our broyden is "
+        "safeguarded (a growing or NaN residual drops its history for a plain step from the best point); a "
+        "manifest's own Broyden rule (StreamDEQ, MDEQ) runs as the reference ran it",
+    )
+    g.add_argument(
+        "--carry-history",
+        action="store_true",
+        help="anderson / broyden: keep the solver's history (difference pairs, low-rank inverse Jacobian) from frame "
+        "to frame instead of starting it afresh every frame; dropped whenever a stream starts from zero",
     )
     g.add_argument(
         "--returns",
@@ -287,6 +295,8 @@ def resolve_solve(args: argparse.Namespace, bundle: Any) -> tuple[Any, int | Non
         changes["stop"] = args.stop
     if args.check_every is not None:
         changes["check_every"] = args.check_every
+    if getattr(args, "carry_history", False):
+        changes["carry"] = True
     return dataclasses.replace(spec, **changes), iters
 
 

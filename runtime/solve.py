@@ -38,6 +38,8 @@ STOPS = ("rel", "abs")
 DEFAULT_RETURNS = {"fixed_point": "f_last", AUTO: "f_last", "anderson": "lowest_new", "broyden": "lowest_new"}
 # Solvers whose iterations are updates after one evaluation of the start (K iterations = K + 1 evaluations).
 UPDATE_SOLVERS = ("broyden",)
+# Solvers with a history that stream mode may carry from frame to frame (Solve.carry).
+CARRY_SOLVERS = ("anderson", "broyden")
 
 
 class SolveError(BundleError, ValueError):
@@ -52,6 +54,13 @@ class Solve:
     ``stop="abs"`` the 2-norm of f(z) - z over the whole state (every stream), unscaled. None: run every
     iteration the frame's plan asks for. ``check_every``: iterations between tolerance checks (one host sync
     each); a reference that checks every step needs 1 to stop where it stops.
+
+    ``safeguard`` (Broyden only): reject an iterate whose residual grows past twice the best and step plainly from
+    the best point (``runtime.solvers.broyden``). On for the solves we choose (``--solver broyden``, a Solve made
+    in code); off for a manifest's entry, which states a reference model's own rule (StreamDEQ's streaming Broyden,
+    MDEQ's test-time Broyden) and must run as that model was run, unless the entry says ``"safeguard": true``.
+    ``carry`` (Anderson and Broyden): keep the solver's history from one frame to the next instead of starting it
+    afresh every frame (dropped whenever a stream starts from zero).
     """
 
     solver: str = "fixed_point"
@@ -59,6 +68,8 @@ class Solve:
     stop: str = "rel"
     returns: str = "f_last"
     check_every: int = 4
+    safeguard: bool = True
+    carry: bool = False
 
     def __post_init__(self) -> None:
         if self.solver not in (*SOLVER_NAMES, AUTO):
@@ -75,6 +86,8 @@ class Solve:
             raise SolveError(f"check_every must be >= 1, got {self.check_every}")
         if self.solver == AUTO and self.returns != "f_last":
             raise SolveError("--solver auto switches solvers within a stream and returns f of the last iterate only")
+        if self.carry and self.solver not in CARRY_SOLVERS:
+            raise SolveError(f"carrying the solver history needs {' or '.join(CARRY_SOLVERS)}, not {self.solver}")
 
     @property
     def extra_evals(self) -> int:
@@ -93,15 +106,29 @@ class Solve:
         """Another solver under its own rule (the manifest's rule is for the manifest's solver); same if unchanged."""
         if solver == self.solver:
             return self
-        return replace(self, solver=solver, returns=DEFAULT_RETURNS[solver], stop="rel", tol=None)
+        return replace(
+            self, solver=solver, returns=DEFAULT_RETURNS[solver], stop="rel", tol=None, safeguard=True, carry=False
+        )
 
     def kwargs(self) -> dict[str, Any]:
-        """The keywords every solver of runtime.solvers takes."""
-        return {"tol": self.tol, "stop": self.stop, "returns": self.returns, "check_every": self.check_every}
+        """The keywords every solver of runtime.solvers takes, and the safeguard / carry of those that have them."""
+        kw: dict[str, Any] = {"tol": self.tol, "stop": self.stop, "returns": self.returns}
+        kw["check_every"] = self.check_every
+        if self.solver == "broyden":
+            kw["safeguard"] = self.safeguard
+        if self.carry:
+            kw["carry"] = True
+        return kw
 
     def describe(self) -> dict[str, Any]:
-        """As summary.json records it (with the evaluations one iteration costs)."""
-        return {**asdict(self), "extra_evaluations": self.extra_evals}
+        """As summary.json records it (with the evaluations one iteration costs). ``safeguard`` and ``carry`` appear
+        where they are on (a safeguarded Broyden, a carried history), so a reference rule's record reads as before."""
+        d = {**asdict(self), "extra_evaluations": self.extra_evals}
+        if not (self.solver == "broyden" and self.safeguard):
+            del d["safeguard"]
+        if not self.carry:
+            del d["carry"]
+        return d
 
 
 def from_entry(entry: dict[str, Any], numel: int, where: str) -> tuple[Solve, int]:
@@ -129,6 +156,7 @@ def from_entry(entry: dict[str, Any], numel: int, where: str) -> tuple[Solve, in
             stop=stop,
             returns=str(entry.get("returns", "f_last")),
             check_every=int(checks),
+            safeguard=bool(entry.get("safeguard", False)),
         )
         iters = int(entry["threshold"])
     except SolveError as e:

@@ -32,6 +32,11 @@ ANDERSON_GROWTH = 2.0
 # Anderson's ridge relative to the current squared residual (chosen on the real validation frames:
 # benchmarks/results/tuning_anderson.md, python -m benchmarks.tune --anderson 6)
 ANDERSON_REG = 0.03
+# Broyden's safeguard: an iterate whose residual is above this many times the best so far drops the history and
+# steps plainly from the best point (chosen on the real validation frames: benchmarks/results/tuning_broyden.md,
+# python -m benchmarks.tune --broyden 10; at 2 or 4 it fires on Broyden's normal non-monotone residual and needs
+# more evaluations than plain iteration)
+BROYDEN_GROWTH = 10.0
 # Anderson's stall guard: evaluations without the residual halving before the solve turns to plain iteration
 # (0: off; the validation frames chose off, see tuning_anderson.md; 20 rescues bikes frame 224, a test frame)
 ANDERSON_STALL = 0
@@ -85,6 +90,8 @@ class Workspace:
         self._lowest: Tensor | None = None
         self._keep: dict[str, Tensor] | None = None
         self._views: dict[int, list[Tensor]] = {}
+        self.broyden_stored = -1  # carried Broyden rows in use (-1: nothing carried)
+        self.anderson_slot = -1  # carried Anderson's next history slot (-1: nothing carried)
 
     def ensure_trace(self, max_iter: int) -> None:
         """Room for ``max_iter`` evaluations. Grows only when a larger --iters appears: at setup, never inside a
@@ -166,13 +173,16 @@ class Workspace:
         return self._anderson
 
     def broyden(self) -> dict[str, Tensor]:
+        """Broyden's history: L rows of U and V, the safeguard's best and previous points and scalars (made once)."""
         if self._broyden is None:
-            L, D = self.lbfgs, self.layout.total
-            kw = dict(dtype=self.acc, device=self.device)
-            self._broyden = {k: torch.zeros(L, D, **kw) for k in ("U", "V")}
-            self._broyden.update({k: torch.zeros(D, **kw) for k in ("gx", "gnew", "dx", "dg", "upd", "vt", "u", "t")})
-            self._broyden.update({k: torch.zeros(L, **kw) for k in ("c",)})
+            self._broyden = _broyden_buffers(self.lbfgs, self.layout.total, self.layout.dtype, self.acc, self.device)
         return self._broyden
+
+    def forget(self) -> None:
+        """Drop the solver history carried across calls (``carry=True``): the next carried solve starts afresh.
+        The pipeline calls this whenever a stream's state starts from zero."""
+        self.broyden_stored = -1
+        self.anderson_slot = -1
 
     def lowest(self) -> Tensor:
         """State-sized buffer (the state's dtype) for the lowest-residual iterate; made on first use."""
@@ -314,6 +324,7 @@ def anderson(
     reg: float = ANDERSON_REG,
     growth: float = ANDERSON_GROWTH,
     stall: int = ANDERSON_STALL,
+    carry: bool = False,
 ) -> tuple[Tensor, SolverInfo]:
     """Safeguarded Anderson acceleration (type II in Walker & Ni's difference form, no damping).
 
@@ -332,23 +343,38 @@ def anderson(
     Anderson's least squares holds the iterate on it (bikes frame 224: plain reaches 1e-5 in 91 evaluations, the
     ridged solver not in 300; with ``stall=20`` in 95). Every decision is ``torch.where`` on
     the device: no host sync beyond the ``check_every`` test and no state-sized allocation (``Workspace.anderson``
-    holds every buffer)."""
+    holds every buffer).
+
+    ``carry``: the iteration goes on across calls on the same workspace (stream mode's history carried from frame
+    to frame; ``Workspace.forget`` drops it at a from-zero start): the difference pairs stay, the previous call's
+    last point forms a pair with this call's start (a pair of a nearby map: the frame moved it), and the best point
+    of the safeguard starts afresh with each call, since each call's map is another."""
     ws = _workspace(z0, ws, max_iter)
     keep = ws.keeper(returns, stop)
     h = ws.anderson()
     x, fx = z0, (work if work is not None else torch.empty_like(z0))
+    carried = carry and ws.anderson_slot >= 0
+    slot = ws.anderson_slot if carried else 0
     k = -1
     for k in range(max_iter):
         step(x, fx)
         ws.measure(k, fx, x, stop)
         keep.offer(k, x)
-        if k + 1 == max_iter or ws.converged(k, tol, stop, check_every, max_iter):
+        last = k + 1 == max_iter or ws.converged(k, tol, stop, check_every, max_iter)
+        if last and not carry:
             break
-        if k == 0:
+        if k == 0 and not carried:
             _anderson_start(h, x, fx)
         else:
-            _anderson_update(h, x, fx, (k - 1) % ws.m, growth, stall)
+            if k == 0:  # a new map: its start is the best point so far, whatever the previous call's residuals
+                _anderson_new_map(h)
+            _anderson_update(h, x, fx, slot, growth, stall)
+            slot = (slot + 1) % ws.m
+        if last:
+            break
         _anderson_next(h, x, lam, reg)
+    if carry:
+        ws.anderson_slot = slot
     return keep.finish(x, fx, k + 1, "anderson")
 
 
@@ -363,23 +389,41 @@ def broyden(
     check_every: int = 4,
     work: Tensor | None = None,
     ws: Workspace | None = None,
+    safeguard: bool = True,
+    growth: float = BROYDEN_GROWTH,
+    carry: bool = False,
 ) -> tuple[Tensor, SolverInfo]:
     """Limited-memory ("good") Broyden on g(z) = f(z) - z, inverse Jacobian -I + U^T V kept
     in L preallocated rows (restarted when full); the first update is +g, so one update equals one plain
     iteration. ``max_iter`` evaluations are the start's plus ``max_iter - 1`` updates.
 
-    StreamDEQ's streaming solve is this with ``max_iter = K + 1``, ``stop="abs"``, tol 1e-3 checked every
-    step, ``returns="lowest_new"`` (the lowest-residual iterate among the K new ones, never the warm start);
-    the published MDEQ's test-time solve is ``max_iter = F_THRES + 1``, ``stop="abs"`` with tol
-    1e-5 * sqrt(numel) and ``returns="lowest"`` (the start included). The lowest iterate is tracked on the
-    device (no sync); it comes back in ``work``."""
+    Safeguard (``safeguard``, the default of our solves): an iterate whose ||f(z) - z||^2 over the whole state (in
+    the accumulation dtype) exceeds ``growth``^2 times the best so far, or is NaN, is rejected: its secant pair is
+    not kept, the history is dropped (the inverse Jacobian restarts at -I) and the next iterate is f of the best
+    point, a plain step from it. A second rejection with no better point found since the first turns the rest of
+    the solve into plain iteration from the best point (restarting would repeat the same steps). A NaN from the
+    cell poisons raw Broyden for good, and a bad secant pair can send it far off. Every decision is ``torch.where``
+    on the device: no host sync beyond the ``check_every`` test, no state-sized allocation.
+
+    ``carry``: the iteration goes on across calls on the same workspace (stream mode's history carried from frame
+    to frame, ``Workspace.forget`` drops it at a from-zero start): the previous call's last point and its residual
+    form a secant pair with this call's start (the map moved with the frame, so the pair is a secant of a nearby
+    map; the safeguard judges it), the stored pairs stay, and the first update is -B^-1 g instead of +g.
+
+    StreamDEQ's streaming solve is this without the safeguard (``safeguard=False``: the manifest's rule for IL
+    bundles, ``runtime.solve.from_entry``) with ``max_iter = K + 1``, ``stop="abs"``, tol 1e-3 checked every
+    step, ``returns="lowest_new"`` (the lowest-residual iterate among the K new ones, never the warm start); the
+    published MDEQ's test-time solve is ``max_iter = F_THRES + 1``, ``stop="abs"`` with tol 1e-5 * sqrt(numel) and
+    ``returns="lowest"`` (the start included). The lowest iterate is tracked on the device (no sync); it comes
+    back in ``work``."""
     ws = _workspace(z0, ws, max_iter)
     keep = ws.keeper(returns, stop)
     h = ws.broyden()
-    U, V, c = h["U"], h["V"], h["c"]
-    gx, gnew, dx, dg, upd, vt, u, t = (h[k] for k in ("gx", "gnew", "dx", "dg", "upd", "vt", "u", "t"))
+    gx, gnew, dx, dg, upd = (h[k] for k in ("gx", "gnew", "dx", "dg", "upd"))
     x, fx = z0, (work if work is not None else torch.empty_like(z0))
-    L = ws.lbfgs
+    guard = growth if safeguard else None
+    carried = carry and ws.broyden_stored >= 0
+    stored = ws.broyden_stored if carried else 0
 
     def measure(k: int) -> bool:
         """Residuals of evaluation k into the traces (and the return rule); converged?"""
@@ -389,36 +433,122 @@ def broyden(
 
     step(x, fx)
     done = measure(0)
-    _sub_acc(fx, x, gx)
-    upd.copy_(gx)
-    k, stored = 0, 0
-    if done or max_iter == 1:
-        return keep.finish(x, fx, 1, "broyden")
-    for k in range(1, max_iter):
-        _advance(x, upd, dx)
-        step(x, fx)
-        done = measure(k)
+    if carried:  # the secant pair from the previous call's last point to this start
         _sub_acc(fx, x, gnew)
+        _sub_acc(x, h["x_prev"], dx)
         torch.sub(gnew, gx, out=dg)
-        gx.copy_(gnew)
-        if k + 1 == max_iter or done:
-            break
-        if stored == L:  # memory full: restart from -I (overwriting the oldest pair diverges)
-            stored = 0
-        n = stored
-        _rmatvec(U[:n], V[:n], c[:n], dx, vt, t)  # vt = Binv^T dx
-        _matvec(U[:n], V[:n], c[:n], dg, u, t)  # u = Binv dg
-        torch.sub(dx, u, out=u)
-        den = torch.dot(vt, dg)
-        den = torch.where(den.abs() < 1e-30, torch.full_like(den, 1e-30), den)
-        u.div_(den)
-        U[stored].copy_(u)
-        V[stored].copy_(vt)
-        stored += 1
-        n = stored
-        _matvec(U[:n], V[:n], c[:n], gx, upd, t)
-        upd.neg_()
+        stored = _broyden_store(h, stored, ws.lbfgs, x, x, guard, first=True)
+    else:
+        _sub_acc(fx, x, gx)
+        if guard:
+            _broyden_best(h, x, gx, first=True)
+    k = 0
+    if not (done or max_iter == 1):
+        _broyden_step(h, stored, guard is not None)
+        for k in range(1, max_iter):
+            _advance(x, upd, dx)
+            step(x, fx)
+            done = measure(k)
+            _sub_acc(fx, x, gnew)
+            torch.sub(gnew, gx, out=dg)
+            last = k + 1 == max_iter or done
+            if last and not carry:
+                gx.copy_(gnew)
+                break
+            if guard:
+                _broyden_best(h, x, gnew)
+            stored = _broyden_store(h, stored, ws.lbfgs, x, h["x_prev"] if last else x, guard)
+            if last:
+                break
+            _broyden_step(h, stored, guard is not None)
+    if carry:
+        if k == 0 or not guard:  # the point the next call's secant pair starts from (the accept rule wrote it)
+            h["x_prev"].copy_(x)
+            _sub_acc(fx, x, gx)
+        ws.broyden_stored = stored
     return keep.finish(x, fx, k + 1, "broyden")
+
+
+def _broyden_store(
+    h: dict[str, Tensor], i: int, size: int, x: Tensor, point: Tensor, growth: float | None, first: bool = False
+) -> int:
+    """Store the pair of the step (dx, dg) in row ``i`` (row 0 once the memory is full: restart from -I, since
+    overwriting the oldest pair diverges) and move on to the new point ``x``, through the safeguard when there is
+    one (``growth``; ``point``: where the point the next update starts from goes); returns the rows in use."""
+    if i == size:
+        i = 0
+    _broyden_pair(h, i, growth is not None)
+    if growth is None:
+        h["gx"].copy_(h["gnew"])
+    else:
+        if first:
+            _broyden_best(h, x, h["gnew"], first=True)
+        _broyden_accept(h, x, point, growth, i)
+    return i + 1
+
+
+def _broyden_pair(h: dict[str, Tensor], i: int, masked: bool) -> None:
+    """Good Broyden's rank-one update of the inverse Jacobian from the step (dx, dg) into row ``i`` (Sherman-Morrison:
+    u = (dx - B^-1 dg) / (dx^T B^-1 dg), v = B^-T dx), over the ``i`` rows before it."""
+    U, V, c, mask = h["U"][:i], h["V"][:i], h["c"][:i], (h["mask"][:i] if masked else None)
+    dx, dg, u, vt, t = h["dx"], h["dg"], h["u"], h["vt"], h["t"]
+    _rmatvec(U, V, c, dx, vt, t, mask)  # vt = Binv^T dx
+    _matvec(U, V, c, dg, u, t, mask)  # u = Binv dg
+    torch.sub(dx, u, out=u)
+    den = torch.dot(vt, dg)
+    den = torch.where(den.abs() < 1e-30, torch.full_like(den, 1e-30), den)
+    u.div_(den)
+    h["U"][i].copy_(u)
+    h["V"][i].copy_(vt)
+
+
+def _broyden_step(h: dict[str, Tensor], n: int, masked: bool) -> None:
+    """upd = -B^-1 gx over the first ``n`` rows (with the safeguard: the rows its mask keeps)."""
+    mask = h["mask"][:n] if masked else None
+    _matvec(h["U"][:n], h["V"][:n], h["c"][:n], h["gx"], h["upd"], h["t"], mask)
+    h["upd"].neg_()
+
+
+def _broyden_best(h: dict[str, Tensor], x: Tensor, g: Tensor, first: bool = False) -> None:
+    """||g||^2 into ``r2`` and the best point so far (lowest ||g||^2) into ``x_best``/``g_best``/``best_r2``."""
+    torch.dot(g, g, out=h["r2"])
+    if first:
+        h["x_best"].copy_(x)
+        h["g_best"].copy_(g)
+        h["best_r2"].copy_(h["r2"])
+        h["reject_r2"].fill_(float("inf"))  # no rejection yet in this call
+        h["plain"].zero_()
+        return
+    better = h["better"]
+    torch.lt(h["r2"], h["best_r2"], out=better)
+    torch.where(better, x, h["x_best"], out=h["x_best"])
+    torch.where(better, g, h["g_best"], out=h["g_best"])
+    torch.where(better, h["r2"], h["best_r2"], out=h["best_r2"])
+
+
+def _broyden_accept(h: dict[str, Tensor], x: Tensor, point: Tensor, growth: float, i: int) -> None:
+    """The safeguard once the newest point is measured (``r2``, residual in ``gnew``, its pair in row ``i``).
+    Accepted (``r2`` at most ``growth``^2 times the best, never NaN): the pair stays, and the newest point ``x`` and
+    its residual are where the next update starts (``point`` gets that point: ``x`` itself, or ``x_prev`` after a
+    call's last evaluation). Rejected: the pair and the whole history are dropped, and ``point`` / ``gx`` become
+    the best point and its residual, so the next update (now +g) is a plain step from the best point. A rejection
+    with no better point found since the previous one would repeat the same steps from the same best point for
+    ever (seen on a real frame: plain step, Broyden step, rejection, over and over), so it turns the rest of the
+    solve into plain iteration from the best point (``plain``: every later point accepted, no history)."""
+    accept, plain, stuck = h["accept"], h["plain"], h["stuck"]
+    torch.le(h["r2"], h["best_r2"] * (growth * growth), out=accept)  # NaN compares False: rejected
+    accept |= plain  # plain iteration already: every point accepted
+    torch.ge(h["best_r2"], h["reject_r2"], out=stuck)
+    plain |= ~accept & stuck  # this point still goes back to the best one; plain from there on
+    torch.where(accept, h["reject_r2"], h["best_r2"], out=h["reject_r2"])
+    mask = h["mask"]
+    mask[i] = 1.0
+    mask.mul_(accept & ~plain)
+    for row in (h["U"][i], h["V"][i]):  # only finite rows may stay: a masked row still meets 0 * row in the products
+        torch.where(accept, row, h["zero"], out=row)
+        torch.nan_to_num(row, nan=0.0, posinf=0.0, neginf=0.0, out=row)
+    torch.where(accept, x, h["x_best"], out=point)
+    torch.where(accept, h["gnew"], h["g_best"], out=h["gx"])
 
 
 def _advance(x: Tensor, upd: Tensor, dx: Tensor) -> None:
@@ -433,20 +563,24 @@ def _advance(x: Tensor, upd: Tensor, dx: Tensor) -> None:
         torch.sub(x, dx, out=dx)  # fp16 - fp32 promotes to fp32: exact step
 
 
-def _matvec(U: Tensor, V: Tensor, c: Tensor, y: Tensor, out: Tensor, t: Tensor) -> None:
-    """out = (-I + U^T V) y, with U, V the stored rows."""
+def _matvec(U: Tensor, V: Tensor, c: Tensor, y: Tensor, out: Tensor, t: Tensor, mask: Tensor | None = None) -> None:
+    """out = (-I + U^T V) y, with U, V the stored rows (``mask``: 0 drops a row, 1 keeps it)."""
     torch.neg(y, out=out)
     if U.shape[0]:
         torch.mv(V, y, out=c)
+        if mask is not None:
+            c.mul_(mask)
         torch.mv(U.T, c, out=t)
         out.add_(t)
 
 
-def _rmatvec(U: Tensor, V: Tensor, c: Tensor, y: Tensor, out: Tensor, t: Tensor) -> None:
+def _rmatvec(U: Tensor, V: Tensor, c: Tensor, y: Tensor, out: Tensor, t: Tensor, mask: Tensor | None = None) -> None:
     """out = (-I + U^T V)^T y = -y + V^T (U y)."""
     torch.neg(y, out=out)
     if U.shape[0]:
         torch.mv(U, y, out=c)
+        if mask is not None:
+            c.mul_(mask)
         torch.mv(V.T, c, out=t)
         out.add_(t)
 
@@ -454,6 +588,19 @@ def _rmatvec(U: Tensor, V: Tensor, c: Tensor, y: Tensor, out: Tensor, t: Tensor)
 SOLVERS: dict[str, Callable[..., tuple[Tensor, SolverInfo]]] = dict(
     zip(SOLVER_NAMES, (fixed_point, anderson, broyden), strict=True)
 )
+
+
+# --------------------------------------------------------------------------- safeguarded Broyden
+def _broyden_buffers(L: int, d: int, dtype: torch.dtype, acc: torch.dtype, device: torch.device) -> dict[str, Tensor]:
+    """Every buffer ``broyden`` touches, preallocated (the points in the state's dtype, the rest in ``acc``)."""
+    kw = dict(dtype=acc, device=device)
+    h = {k: torch.zeros(L, d, **kw) for k in ("U", "V")}
+    h.update({k: torch.zeros(d, **kw) for k in ("gx", "gnew", "dx", "dg", "upd", "vt", "u", "t", "g_best")})
+    h.update({k: torch.zeros(d, dtype=dtype, device=device) for k in ("x_best", "x_prev")})
+    h.update({k: torch.zeros(L, **kw) for k in ("c", "mask")})
+    h.update({k: torch.zeros((), **kw) for k in ("r2", "best_r2", "reject_r2", "zero")})
+    h.update({k: torch.zeros((), dtype=torch.bool, device=device) for k in ("accept", "better", "plain", "stuck")})
+    return h
 
 
 # --------------------------------------------------------------------------- safeguarded Anderson
@@ -481,6 +628,14 @@ def _anderson_start(h: dict[str, Tensor], x: Tensor, fx: Tensor) -> None:
         h[name].copy_(src)
     h["mask"].zero_()
     h["anchor"].copy_(h["best_r2"])
+    h["since"].zero_()
+    h["plain"].zero_()
+
+
+def _anderson_new_map(h: dict[str, Tensor]) -> None:
+    """A carried history meets the next call's map: no best point yet, no stall."""
+    for name in ("best_r2", "anchor"):
+        h[name].fill_(float("inf"))
     h["since"].zero_()
     h["plain"].zero_()
 

@@ -122,16 +122,21 @@ def test_a_clip_given_by_its_path_end_to_end(tmp_path) -> None:
 
 
 def test_stream_solver_rows_compare_at_equal_evaluations() -> None:
-    """--stream-solvers: accelerated stream rows under each solver's own rule and with --returns f_last, at 1 to 3
-    cell evaluations per frame (a Broyden iteration costs one more), beside plain k = 3."""
+    """--stream-solvers: accelerated stream rows under each solver's own rule and with --returns f_last, history
+    reset per frame or carried, at 1, 2 and 4 cell evaluations per frame (a Broyden iteration costs one more, so
+    it starts at 2), beside plain k = 1, 2, 4."""
     rows = rf.modes(20, 5, False, stream_solvers=("anderson", "broyden"))
-    assert rows["stream k=3"] == {"mode": "stream", "iters": 3}
-    broyden = rows["stream k=2 --solver broyden (3 evaluations)"]
-    assert broyden["iters"] == 2 and broyden["solve"].returns == "lowest_new"
-    assert broyden["solve"].evaluations(broyden["iters"]) == 3
-    assert rows["stream k=3 --solver anderson --returns f_last (3 evaluations)"]["solve"].returns == "f_last"
-    assert not any("broyden" in name and "k=3" in name for name in rows)  # 4 evaluations: beyond the comparison
-    assert "stream k=3" not in rf.modes(20, 5, False)
+    assert rows["stream k=4"] == {"mode": "stream", "iters": 4}
+    broyden = rows["stream k=1 --solver broyden (2 evaluations)"]
+    assert broyden["iters"] == 1 and broyden["solve"].returns == "lowest_new" and not broyden["solve"].carry
+    assert broyden["solve"].evaluations(broyden["iters"]) == 2 and broyden["solve"].safeguard
+    carried = rows["stream k=3 --solver broyden --returns f_last --carry-history (4 evaluations)"]["solve"]
+    assert carried.carry and carried.returns == "f_last" and carried.evaluations(3) == 4
+    assert rows["stream k=4 --solver anderson --returns f_last (4 evaluations)"]["solve"].returns == "f_last"
+    assert rows["stream k=1 --solver anderson --carry-history (1 evaluations)"]["solve"].carry
+    assert not any("broyden" in name and "(1 evaluations)" in name for name in rows)
+    assert sum("--solver" in name for name in rows) == 3 * 4 + 2 * 4
+    assert "stream k=4" not in rf.modes(20, 5, False)
 
 
 # ------------------------------------------------------------------ label-free metrics of det and pose bundles

@@ -9,15 +9,17 @@ from pathlib import Path
 import pytest
 
 from benchmarks.tune import (
+    broyden_key,
     candidate_key,
     choose_anderson,
+    choose_broyden,
     choose_pixel_rule,
     choose_reset_iters,
     markdown,
     pixel_errors,
 )
 from runtime.modes import ResetMonitor
-from runtime.solvers import ANDERSON_REG, ANDERSON_STALL, anderson
+from runtime.solvers import ANDERSON_REG, ANDERSON_STALL, BROYDEN_GROWTH, anderson, broyden
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,3 +86,26 @@ def test_runtime_anderson_settings_are_the_committed_choice() -> None:
     assert (ANDERSON_REG, ANDERSON_STALL) == (chosen["reg"], chosen["stall"])
     params = inspect.signature(anderson).parameters
     assert (params["reg"].default, params["stall"].default) == (ANDERSON_REG, ANDERSON_STALL)
+
+
+def test_broyden_rule() -> None:
+    """Admissible: no failure where plain reached the tolerance; then the lowest median ratio, the lowest worst
+    ratio, the smallest growth factor (raw Broyden, no safeguard, ranks after every factor)."""
+    raw, g2, g10 = (broyden_key(g) for g in (None, 2.0, 10.0))
+    per_clip = {
+        "a": [{"plain": 40, raw: 30, g2: 30, g10: 30}, {"plain": 100, raw: 60, g2: None, g10: 60}],
+        "b": [{"plain": None, raw: None, g2: 250, g10: None}],  # plain failed: not counted
+    }
+    got = choose_broyden(per_clip, (None, 2.0, 10.0))
+    assert got["frames"] == 2 and got["table"][g2]["fails"] == 1 and got["admissible"]
+    assert got["table"][raw]["median_ratio"] == pytest.approx((0.75 + 0.6) / 2)
+    assert got["chosen"] == {"growth": 10.0}  # ties raw: the safeguard wins
+    got = choose_broyden({"a": [{"plain": 40, raw: 30, g10: 32}]}, (None, 10.0))
+    assert got["chosen"] == {"growth": None}  # a lower median ratio wins over the safeguard
+
+
+def test_runtime_broyden_growth_is_the_committed_choice() -> None:
+    res = json.loads((ROOT / "benchmarks" / "results" / "tuning_broyden.json").read_text())
+    assert res["stamp"]["split"] == "validation" and "--broyden" in res["stamp"]["command"]
+    assert res["broyden"]["choice"]["chosen"]["growth"] == BROYDEN_GROWTH
+    assert inspect.signature(broyden).parameters["growth"].default == BROYDEN_GROWTH
