@@ -216,7 +216,8 @@ MAIN_ORDER = ["wheels", "environment", "kernels", "kernel-tests", "runtime-gpu-t
 def test_plans_are_in_information_order_and_fit_their_budgets():
     assert [s.name for s in gpu_check.PLANS["main"]] == MAIN_ORDER
     assert [s.name for s in gpu_check.PLANS["speed"]][-2:] == ["fps-small-seg", "bench-gpu-tests"]
-    assert gpu_check.BUDGETS == {"main": 420, "speed": 540} and gpu_check.DEFAULT_BUDGET_S == 420
+    assert gpu_check.BUDGETS == {"main": 420, "speed": 540, "tasks": 420} and gpu_check.DEFAULT_BUDGET_S == 420
+    assert [s.name for s in gpu_check.PLANS["tasks"]][-3:] == ["export-det", "export-pose", "fps-tasks"]
     for name, steps in gpu_check.PLANS.items():
         assert sum(s.timeout_s for s in steps) <= gpu_check.BUDGETS[name], name
         assert gpu_check.BUDGETS[name] + gpu_check.CALL_MARGIN_S <= 600, name  # one device call (10 min at most)
@@ -279,6 +280,44 @@ def test_speed_point_headline(tmp_path):
     res = Outcome("aoti-speed-point", "passed", rc=0)
     gpu_check.headline(res, tmp_path)
     assert res.status == "passed" and res.headline == "eager fp32 k=1 410 fps, aoti fp16 k=1 1.23e+03 fps"
+
+
+def test_task_plan_exports_the_shipped_task_checkpoints_and_measures_their_decoding():
+    """Plan tasks: the committed det and pose checkpoints exported as .pt2 on the GPU, then the FPS benchmark on
+    exactly those bundles, on CUDA; its CLI accepts the arguments."""
+    from benchmarks import fps
+
+    steps = {s.name: s for s in gpu_check.PLANS["tasks"]}
+    for name, ckpt in (("export-det", "checkpoints/tiny_det.pt"), ("export-pose", "checkpoints/tiny_pose.pt")):
+        argv = steps[name].argv
+        assert argv[argv.index("--checkpoint") + 1] == ckpt and (ROOT / ckpt).is_file()
+        assert argv[argv.index("--formats") + 1] == "pt2" and argv[argv.index("--device") + 1] == "cuda"
+    argv = list(steps["fps-tasks"].argv)
+    bundles = argv[argv.index("--engine") + 1 : argv.index("--engine") + 3]
+    assert bundles == ["{work}/engines-det/deq_cell.pt2", "{work}/engines-pose/deq_cell.pt2"]
+    a = fps.build_parser().parse_args(argv[argv.index("benchmarks.fps") + 1 :])
+    assert a.device == "cuda" and len(a.engine) == 2
+
+
+def test_decode_headline_reads_the_device_rows_of_each_task(tmp_path):
+    (tmp_path / "fps_tasks").mkdir()
+    rows = [
+        {"task": "det", "backend": "aoti", "measure": "device", "mode": "stream", "k": 1, "latency_ms": 4.0,
+         "head_decode_ms": 0.5},
+        {"task": "det", "backend": "aoti", "measure": "e2e", "mode": "stream", "k": 1, "latency_ms": 9.0,
+         "head_decode_ms": 0.6},
+        {"task": "pose", "backend": "aoti", "measure": "device", "mode": "frame", "k": 20, "latency_ms": 30.0,
+         "head_decode_ms": 0.2},
+        {"task": "pose", "backend": "aoti", "measure": "device", "mode": "stream", "k": 1, "latency_ms": 3.0,
+         "head_decode_ms": 0.125},
+    ]  # fmt: skip
+    (tmp_path / "fps_tasks" / "fps_h100_det_pose.json").write_text(json.dumps({"head_decode": rows}))
+    res = Outcome("fps-tasks", "passed", rc=0)
+    gpu_check.headline(res, tmp_path)
+    assert res.headline == "det aoti k=1 4 ms, decode 0.5 ms, pose aoti k=1 3 ms, decode 0.125 ms"
+    empty = Outcome("fps-tasks", "passed", rc=0)
+    gpu_check.headline(empty, tmp_path / "nothing")
+    assert empty.status == "no results"
 
 
 def test_runs_as_a_module_without_make():
