@@ -12,7 +12,11 @@ Data: :func:`export.synthetic_pose.render_pose_clip` frames (one figure, MPII's 
 full frames the model runs on while a step costs a crop's compute. Windows alone do not make a model for full frames:
 the shipped recipe's first stage (36 minutes on 128x256 windows) scored PCK 58 % on windows of its monitor figures
 but 11 % on their full frames (the cell's GroupNorm statistics and the coarse branches see the whole input), so its
-second stage trains on full frames (``--crop`` equal to ``--frame``: the whole frame).
+second stage trains on full frames (``--crop`` equal to ``--frame``: the whole frame). Its cell still converged
+slowly under plain iteration (two warm-started iterations per frame left the state 0.2 of its norm from the fixed
+point), so the third stage adds ``--spec-reg`` (export/contraction.py's spectral penalty, as ``export.train``'s
+contraction fine-tune), weighted for the heatmap loss's small scale: export.train's weight of 4 made the cell
+contract and lost the figures.
 
 Loss: MSE between the heatmaps and Gaussian targets (:func:`export.synthetic_pose.pose_targets`, sigma in heatmap
 cells) over the joints inside the crop, visible or hidden behind the post (the joints PCK scores). Training seeds
@@ -40,10 +44,11 @@ from torch import Tensor
 
 from export.augment import camera_effects
 from export.checkpoint import load_checkpoint, save_checkpoint
+from export.contraction import gaussian_like, spectral_penalty
 from export.mdeq import MDEQSegNet, check_resolution
 from export.pose_head import KeypointHead, KeypointLayout
 from export.synthetic_pose import OUTSIDE, J, pck_counts, pose_targets, render_pose_clip
-from export.train import lr_at, machine, unroll_length
+from export.train import applies_on, lr_at, machine, unroll_length
 from runtime.pose_decode import decode_heatmaps
 
 STRIDE = 4  # the heatmaps are on the stride-4 branch
@@ -151,6 +156,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--val-every", type=int, default=250)
     p.add_argument("--val-frames", type=int, default=8)
     p.add_argument("--save-every", type=float, default=3.0, help="minutes between checkpoints")
+    p.add_argument(
+        "--spec-reg",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="add W x mean relu(g - margin)^2, g the growth of df/dz's dominant direction at a solved state "
+        "(export/contraction.py, as export.train's --spec-reg): makes the cell contract so that streaming's few "
+        "warm-started iterations per frame reach the fixed point; default %(default)s: off",
+    )
+    p.add_argument(
+        "--spec-margin", type=float, default=0.7, help="growth below which --spec-reg is zero (default %(default)s)"
+    )
+    p.add_argument(
+        "--spec-steps", type=int, default=3, help="power-iteration steps per --spec-reg term (default %(default)s)"
+    )
+    p.add_argument(
+        "--spec-freq",
+        type=float,
+        default=1.0,
+        metavar="P",
+        help="apply --spec-reg on this fraction of steps, evenly spread (0 < P <= 1; default %(default)s)",
+    )
+    p.add_argument(
+        "--penalty-on",
+        choices=("batch", "camera"),
+        default="batch",
+        help="where --spec-reg is taken: batch (default): the training state after its N iterations; camera: the "
+        "state after --iters plain iterations (no graph) from a camera-effects copy of the batch (export.train's "
+        "option of the same name)",
+    )
     return p.parse_args(argv)
 
 
@@ -174,6 +209,7 @@ class PoseTrainer:
         self.log_path.unlink(missing_ok=True)
         self.monitor = monitor_set(a.val_frames, self.frame_hw)
         self.step, self.elapsed = 0, 0.0
+        self.parts: dict[str, float] = {}
 
     def progress(self) -> float:
         p = self.step / self.a.steps
@@ -189,13 +225,31 @@ class PoseTrainer:
         target, weight = targets_of(joints, self.crop_hw, a.sigma)
         for g in self.opt.param_groups:
             g["lr"] = lr_at(a.lr, self.progress())
-        state, _ = self.model.solve(torch.from_numpy(frames), unroll_length("sur", a.iters, rng))
+        state, x0 = self.model.solve(torch.from_numpy(frames), unroll_length("sur", a.iters, rng))
         loss = heatmap_loss(self.model.pose_head(*state), target, weight)
+        self.parts = {}
+        if a.spec_reg > 0 and applies_on(self.step, a.spec_freq):
+            loss = loss + self.contraction(frames, [s.detach() for s in state], x0, rng)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 2.0)
         self.opt.step()
         return float(loss.detach())
+
+    def contraction(self, frames: np.ndarray, state: list[Tensor], x0: Tensor, rng: np.random.Generator) -> Tensor:
+        """The weighted spectral term of this step, at the batch's state or a camera copy's (``--penalty-on``);
+        its value and the largest growth go into ``self.parts`` for the log."""
+        a = self.a
+        if a.penalty_on == "camera":
+            cam = torch.from_numpy(camera_effects(frames, rng, p=1.0))
+            x0 = self.model.injection(cam)
+            with torch.no_grad():
+                state = [s.detach() for s in self.model.solve(cam, a.iters)[0]]
+        spec, growth = spectral_penalty(
+            self.model.fullstage, state, x0, gaussian_like(state, rng), a.spec_steps, a.spec_margin
+        )
+        self.parts = {"spec": round(float(spec.detach()), 5), "growth": round(float(growth.max()), 4)}
+        return a.spec_reg * spec
 
     def meta(self, val_pck: float) -> dict:
         a = self.a
@@ -211,6 +265,17 @@ class PoseTrainer:
             "lr": a.lr,
             "seed": a.seed,
             "augment": a.augment,
+            **(
+                {
+                    "spec_reg": a.spec_reg,
+                    "spec_margin": a.spec_margin,
+                    "spec_steps": a.spec_steps,
+                    "spec_freq": a.spec_freq,
+                    "penalty_on": a.penalty_on,
+                }
+                if a.spec_reg > 0
+                else {}
+            ),
             "wall_time_s": round(self.elapsed, 1),
             "machine": machine(),
             "command": self.command,
@@ -244,7 +309,7 @@ class PoseTrainer:
             now = time.time()
             self.elapsed += now - t_prev
             t_prev = now
-            rec = {"step": self.step, "loss": round(loss, 6), "elapsed_s": round(self.elapsed, 1)}
+            rec = {"step": self.step, "loss": round(loss, 6), "elapsed_s": round(self.elapsed, 1), **self.parts}
             if self.step % a.val_every == 0:
                 val = self.validate()
                 rec["val_pck"] = round(val, 4)
@@ -273,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--iters, --steps, --batch, --val-frames and --val-every must be >= 1")
         if not a.sigma > 0:
             raise ValueError(f"--sigma must be > 0, got {a.sigma}")
+        if not (a.spec_reg >= 0 and np.isfinite(a.spec_reg)) or not a.spec_margin >= 0 or a.spec_steps < 1:
+            raise ValueError("--spec-reg and --spec-margin must be finite numbers >= 0 and --spec-steps >= 1")
+        if not 0 < a.spec_freq <= 1:
+            raise ValueError(f"--spec-freq must be in (0, 1], got {a.spec_freq}")
         trainer = PoseTrainer(a, command)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

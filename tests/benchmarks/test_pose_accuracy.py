@@ -90,7 +90,8 @@ def test_a_checkpoint_without_a_pose_head_is_one_line_and_exit_2(capsys) -> None
 
 def test_the_committed_table_is_the_shipped_checkpoint_on_the_test_clips() -> None:
     """benchmarks/results/pose_accuracy.json (docs/pose.md's table) measured checkpoints/tiny_pose.pt as shipped, on
-    the test seeds, every mode at k = 1, 2, 4, 8; streaming at k = 2 beats per-frame k = 2 there."""
+    the test seeds, every mode at k = 1, 2, 4, 8; there issue 28's acceptance holds: stream + reset at k = 2 within 2
+    PCK points of converged, per-frame k = 2 below it (here: at least 5 points)."""
     import json
     from pathlib import Path
 
@@ -110,4 +111,7 @@ def test_the_committed_table_is_the_shipped_checkpoint_on_the_test_clips() -> No
     assert set(rows) == {"converged"} | {
         f"{m} k={k}" for m in ("per-frame", "stream", "stream+reset") for k in (1, 2, 4, 8)
     }
-    assert rows["stream+reset k=2"]["pck"] > rows["per-frame k=2"]["pck"]
+    converged = rows["converged"]["pck"]
+    assert abs(converged - rows["stream+reset k=2"]["pck"]) <= 0.02
+    assert rows["per-frame k=2"]["pck"] <= converged - 0.05
+    assert meta["spec_reg"] > 0  # the shipped checkpoint is the contraction fine-tune
