@@ -107,3 +107,30 @@ def anderson_state(
     f = FlatMap(cell, x.detach(), shapes)
     z, _ = anderson(f.step, x.new_zeros(f.numel), iters, tol)
     return [t.clone() for t in f.parts(z)]
+
+
+def spectral_term(
+    model: torch.nn.Module,
+    frames: np.ndarray,
+    state: list[Tensor],
+    x0: Tensor,
+    rng: np.random.Generator,
+    on: str,
+    iters: int,
+    steps: int,
+    margin: float,
+) -> tuple[Tensor, Tensor]:
+    """:func:`spectral_penalty` where a trainer's ``--penalty-on`` asks: ``batch``: the batch's own (detached) state
+    and x_0; ``camera``: the state after ``iters`` plain iterations (no graph) from a camera-effects copy of the
+    batch, whose x_0 keeps its graph. Camera copies are what real footage looks like to the cell (blur, noise,
+    exposure), and the synthetic batch alone let the detector's cell expand there; one helper so every task's
+    trainer takes the term the same way."""
+    from export.augment import camera_effects
+
+    if on == "camera":
+        cam = torch.from_numpy(camera_effects(frames, rng, p=1.0)).to(x0.device)
+        x0 = model.injection(cam)
+        with torch.no_grad():
+            state = model.solve(cam, iters)[0]
+    state = [s.detach() for s in state]
+    return spectral_penalty(model.fullstage, state, x0, gaussian_like(state, rng), steps, margin)

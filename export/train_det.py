@@ -10,6 +10,13 @@ integer clip seeds the benchmarks hold out.
 
 The checkpoint is our ``deqstream-ckpt/1`` format with the head under ``center_head.*`` and its config as
 ``center_head`` (export.checkpoint reads it back); the log is ``<out>.jsonl``.
+
+Contraction fine-tune (the recipe's second stage, ``make train-det``): the first stage's cell converged on synthetic
+frames but not on real footage (plain iteration stalled at a relative residual of 0.05-0.07 after 300 iterations on
+bikes), so no real frame had a certified reference. ``--spec-reg`` adds export/contraction.py's spectral penalty,
+taken on camera-effects copies of the batch (``--penalty-on camera``), as ``export.train``'s segmentation
+fine-tune does. An ``--init`` that already carries a CenterNet head keeps it (a fine-tune); a trunk-only one gets
+a fresh head.
 """
 
 from __future__ import annotations
@@ -26,9 +33,10 @@ import torch
 
 from export.centernet import CenterNetConfig, CenterNetHead, detection_loss, make_targets
 from export.checkpoint import load_checkpoint, save_checkpoint
+from export.contraction import spectral_term
 from export.mdeq import MDEQSegNet, check_resolution
 from export.synthetic import VARIANTS, random_det_batch
-from export.train import lr_at, machine, unroll_length
+from export.train import applies_on, lr_at, machine, unroll_length
 
 DEFAULT_INIT = "checkpoints/tiny_sur.pt"
 
@@ -54,14 +62,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--val-frames", type=int, default=8)
     p.add_argument("--save-every", type=float, default=3.0, help="minutes between checkpoints")
     p.add_argument("--score-thr", type=float, default=0.3, help="decode threshold stored with the head")
+    p.add_argument(
+        "--spec-reg",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="add W x mean relu(g - margin)^2, g the growth of df/dz's dominant direction (export/contraction.py, "
+        "as export.train's --spec-reg): makes the cell contract on real footage; default %(default)s: off",
+    )
+    p.add_argument("--spec-margin", type=float, default=0.7, help="growth below which --spec-reg is zero")
+    p.add_argument("--spec-steps", type=int, default=3, help="power-iteration steps per --spec-reg term")
+    p.add_argument(
+        "--spec-freq", type=float, default=1.0, metavar="P", help="apply --spec-reg on this fraction of steps (0, 1]"
+    )
+    p.add_argument(
+        "--penalty-on",
+        choices=("batch", "camera"),
+        default="batch",
+        help="where --spec-reg is taken: the batch's state, or a camera-effects copy's (export.train's option)",
+    )
     return p.parse_args(argv)
 
 
 def build(init: str, seed: int, score_thr: float) -> tuple[MDEQSegNet, dict]:
-    """The trunk of ``init`` with a fresh CenterNet head (seeded) as ``model.center_head``."""
+    """The model of ``init``: its CenterNet head kept (a fine-tune) or a fresh one (seeded) as ``model.center_head``."""
     model, meta = load_checkpoint(init)
-    torch.manual_seed(seed)
-    model.center_head = CenterNetHead(model.cfg, CenterNetConfig(score_thr=score_thr))
+    if not isinstance(getattr(model, "center_head", None), CenterNetHead):
+        torch.manual_seed(seed)
+        model.center_head = CenterNetHead(model.cfg, CenterNetConfig(score_thr=score_thr))
     return model, meta
 
 
@@ -69,11 +97,31 @@ def batch_loss(
     model: MDEQSegNet, frames: np.ndarray, boxes: list[np.ndarray], n: int
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The detection loss after ``n`` cell iterations from zero (differentiable through all of them)."""
-    state, _ = model.solve(torch.from_numpy(frames), n)
+    return detection_loss_at(model, model.solve(torch.from_numpy(frames), n)[0], boxes)
+
+
+def detection_loss_at(
+    model: MDEQSegNet, state: list[torch.Tensor], boxes: list[np.ndarray]
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The detection loss of the head read off ``state``."""
     out = model.center_head(*state)
     cfg = model.center_head.det_cfg
     h, w = out[0].shape[-2:]
     return detection_loss(out, make_targets(boxes, cfg.num_classes, h, w, cfg.stride))
+
+
+def train_loss(
+    model: MDEQSegNet, a: argparse.Namespace, step: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """One batch's detection loss, plus the weighted spectral term on the steps ``--spec-freq`` picks."""
+    frames, boxes = random_det_batch(rng, a.batch, *a.crop)
+    state, x0 = model.solve(torch.from_numpy(frames), unroll_length("sur", a.iters, rng))
+    loss, parts = detection_loss_at(model, state, boxes)
+    if a.spec_reg > 0 and applies_on(step, a.spec_freq):
+        spec, growth = spectral_term(model, frames, state, x0, rng, a.penalty_on, a.iters, a.spec_steps, a.spec_margin)
+        loss = loss + a.spec_reg * spec
+        parts = {**parts, "spec": float(spec.detach()), "growth": float(growth.max())}
+    return loss, parts
 
 
 @torch.no_grad()
@@ -115,6 +163,11 @@ def train(a: argparse.Namespace, command: str) -> int:
         "torch": torch.__version__,
         "variant": VARIANTS[0],
         "init": {"path": a.init, **{k: init_meta[k] for k in keep if k in init_meta}},
+        **(
+            {k: getattr(a, k) for k in ("spec_reg", "spec_margin", "spec_steps", "spec_freq", "penalty_on")}
+            if a.spec_reg > 0
+            else {}
+        ),
     }
     step, elapsed, last_save = 0, 0.0, time.time()
     model.train()
@@ -132,9 +185,7 @@ def train(a: argparse.Namespace, command: str) -> int:
             break
         for g in opt.param_groups:
             g["lr"] = lr_at(a.lr, progress) * g["scale"]
-        rng = np.random.default_rng([a.seed, step])
-        frames, boxes = random_det_batch(rng, a.batch, *a.crop)
-        loss, parts = batch_loss(model, frames, boxes, unroll_length("sur", a.iters, rng))
+        loss, parts = train_loss(model, a, step, np.random.default_rng([a.seed, step]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
@@ -174,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--iters, --steps and --batch must be >= 1")
         if not 0 < a.trunk_lr_scale <= 1 or not 0 <= a.score_thr < 1:
             raise ValueError("--trunk-lr-scale must be in (0, 1] and --score-thr in [0, 1)")
+        if not (a.spec_reg >= 0 and np.isfinite(a.spec_reg)) or not a.spec_margin >= 0 or a.spec_steps < 1:
+            raise ValueError("--spec-reg and --spec-margin must be finite numbers >= 0 and --spec-steps >= 1")
+        if not 0 < a.spec_freq <= 1:
+            raise ValueError(f"--spec-freq must be in (0, 1], got {a.spec_freq}")
         return train(a, command)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
