@@ -98,7 +98,8 @@ train: install
 	$(PYTHON) -m export.train --config $(CONFIG) $(TRAIN_ARGS) --out $(BASE_CHECKPOINT)
 	$(MAKE) finetune
 
-# The second stage alone, from the committed base checkpoint (UR: make finetune MODE=ur CHECKPOINT=checkpoints/tiny_ur.pt).
+# The second stage alone, from the base checkpoint `make train` wrote (not in the tree; UR: make finetune MODE=ur
+# CHECKPOINT=checkpoints/tiny_ur.pt).
 finetune:
 	$(PYTHON) -m export.train --config $(CONFIG) $(FINETUNE_ARGS) --init $(BASE_CHECKPOINT) --out $(CHECKPOINT)
 

@@ -13,7 +13,7 @@ from export.contraction import gaussian_like, spectral_penalty, spectral_term
 from export.synthetic import random_det_batch
 from export.train_det import build, main
 
-BASE = "checkpoints/tiny_det_base.pt"
+BASE = "checkpoints/tiny_det.pt"  # a detector checkpoint with its head (the first stage is not in the tree)
 
 
 @pytest.fixture(autouse=True)
