@@ -182,6 +182,50 @@ def build(force: bool = False, out: Path = FATBIN, source: Path = SOURCE, quiet:
     return out
 
 
+HOST_SOURCE = KERNEL_DIR / "mvhost.c"
+HOST_LIB = BUILD_DIR / "libmvhost.so"
+# -ffp-contract=off: no fused multiply-adds, so the C field rounds exactly as its numpy twin does
+HOST_FLAGS = ("-O2", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off")
+
+
+def find_cc() -> str | None:
+    """The C compiler for the host library: $CC, then cc, then gcc."""
+    cc = os.environ.get("CC")
+    return shutil.which(cc) if cc else shutil.which("cc") or shutil.which("gcc")
+
+
+def build_host(
+    force: bool = False, out: Path = HOST_LIB, source: Path = HOST_SOURCE, quiet: bool = False
+) -> Path | None:
+    """Build the host C library (``kernels/mvhost.c``, the motion-vector field) if stale; None without a C compiler
+    (the runtime then keeps its numpy code)."""
+    cc = find_cc()
+    if cc is None:
+        return None
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
+    flags = list(HOST_FLAGS)
+    key = build_key(source, flags, version.strip().splitlines()[0] if version.strip() else "unknown")
+    stamp = out.with_name(out.name + ".json")
+    if not force and out.is_file() and read_stamp(stamp).get("key") == key:
+        if not quiet:
+            print(f"kernels.build: {out} is up to date")
+        return out
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_out = Path(tmp) / out.name
+        proc = subprocess.run(
+            [cc, *flags, str(source), "-o", str(tmp_out), "-lm"], capture_output=True, text=True, check=False
+        )
+        if proc.returncode != 0:
+            raise BuildError(f"{Path(cc).name} failed ({proc.returncode}):\n{proc.stderr.strip()}")
+        _write_atomic(out, tmp_out.read_bytes())
+    info = {"key": key, "source_sha256": source_hash(source), "cc": cc, "flags": flags}
+    _write_atomic(stamp, (json.dumps(info, indent=2) + "\n").encode())
+    if not quiet:
+        print(f"kernels.build: wrote {out} in {time.perf_counter() - t0:.1f} s")
+    return out
+
+
 def arch_problem(data: bytes, major: int, minor: int) -> str | None:
     """None when the fatbin runs on an sm_<major><minor> GPU (SASS of the same major at or below it, or PTX at or
     below it to JIT), else one line with what it has."""
@@ -218,7 +262,8 @@ def check(arch: int = PTX_ARCH, out: Path = FATBIN, source: Path | None = None) 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m kernels.build",
-        description="Compile kernels/warp.cu to kernels/build/warp.fatbin (SASS sm_75..sm_90 + PTX compute_90). "
+        description="Compile kernels/warp.cu to kernels/build/warp.fatbin (SASS sm_75..sm_90 + PTX compute_90) and "
+        "kernels/mvhost.c to kernels/build/libmvhost.so (the motion-vector field's host code). "
         "Skips the build when nothing changed; exits 0 with a message when nvcc is not installed.",
     )
     parser.add_argument("--force", action="store_true", help="rebuild even if the stamp says it is up to date")
@@ -240,11 +285,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         path = build(force=args.force, out=args.out, quiet=args.quiet)
+        host = build_host(force=args.force, quiet=args.quiet)
     except (BuildError, OSError) as exc:
         print(f"kernels.build: error: {exc}", file=sys.stderr)
         return 1
     if path is None:
         print("kernels.build: nvcc not found (set CUDA_HOME or PATH); skipping the CUDA kernel build", file=sys.stderr)
+    if host is None:
+        print("kernels.build: no C compiler (cc, gcc or $CC); the motion-vector field stays in numpy", file=sys.stderr)
     return 0
 
 

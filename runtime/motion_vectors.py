@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from kernels import mvhost
 from runtime.encode import EncodeOptions, VideoWriter
 
 MV_CODECS = (
@@ -140,7 +141,7 @@ def field_from_vectors(
 
 
 def grid_blocks(
-    blocks: np.ndarray | None, motion: np.ndarray | None, height: int, width: int, stride: int
+    blocks: np.ndarray | mvhost.Picked | None, motion: np.ndarray | None, height: int, width: int, stride: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rasterise blocks (``w, h, dst_x, dst_y`` of AVMotionVector records) carrying ``motion`` (2, n) in pixels onto the
     stride-``stride`` grid: the area-weighted mean per cell in feature px, and the covered fraction of each cell.
@@ -158,6 +159,10 @@ def grid_blocks(
     if blocks is None or not len(blocks):
         z = np.zeros((gh, gw), np.float32)
         return np.stack([z, z]), z
+    if k == 1 and mvhost.usable(blocks):
+        return mvhost.grid_unit(blocks, motion, height, width)
+    if isinstance(blocks, mvhost.Picked):
+        blocks = blocks.array()
     acc, m = _rasterise(blocks, motion, uh, uw, ph, pw)
     if k == 1:  # the runtime's grid: cells are units (an inside unit has area 1); each m x m block of them is equal
         disp = np.zeros((2, *acc.shape[1:]), np.float64)
@@ -330,7 +335,9 @@ class ReferenceResolver:
             prev = self.ring[self.last % self.window]
             facts["change"] = float(np.abs(prev[::8, ::8].astype(np.int16) - y[::8, ::8]).mean())
         blocks = motion = None
-        if vectors is not None and len(vectors):
+        if vectors is not None and len(vectors) and mvhost.usable(vectors):
+            blocks, motion = self._resolve_c(vectors, y, index, pict, facts)
+        elif vectors is not None and len(vectors):
             facts["inter"] = _inter_fraction(vectors, *y.shape)
             fwd = vectors[vectors["source"] < 0]
             blocks, motion, spans = self._spans(fwd, y, index, pict)
@@ -342,6 +349,21 @@ class ReferenceResolver:
         if pict in ANCHORS:
             self.anchor = index
         return blocks, motion, facts
+
+    def _resolve_c(
+        self, vectors: np.ndarray, y: np.ndarray, index: int, pict: str | None, facts: dict[str, Any]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_spans` and :meth:`_backward` (and the inter fraction) in one call of ``kernels/mvhost.c``: the same
+        rules and arithmetic, without numpy's per-call overhead on a few hundred blocks."""
+        anchored = self.anchored and self.anchor is not None and pict is not None
+        span = max(1, index - self.anchor) if anchored and self.anchor is not None else 0
+        n_cand = 0 if self.single or anchored else min(self._candidates(y.shape), self.refs or self.window)
+        prev = self.prev_field[1] if self.prev_field is not None and self.prev_field[0] == index - 1 else None
+        idx, motion, facts["inter"], mean_span = mvhost.resolve(vectors, y, self.ring, self.last, n_cand, span, prev)
+        if mean_span is not None:
+            facts["mean_span"] = mean_span
+        facts["dropped"] = 1.0 - len(idx) / len(vectors)
+        return mvhost.Picked(vectors, idx), motion
 
     def _spans(
         self, fwd: np.ndarray, y: np.ndarray, index: int, pict: str | None = None

@@ -1,0 +1,462 @@
+/* Host-side motion-vector field at the codec's speed (issue #30): the per-frame work of
+ * runtime/motion_vectors.py (resolving which past frame each vector references, rasterising the blocks
+ * onto the 4-px unit grid) and of runtime/sources.py's Fitter.fit_field, as plain loops over blocks.
+ *
+ * Why C: numpy's per-call overhead (a few microseconds each, about a hundred calls per frame) made the field
+ * cost 1-2.5x the codec's own decode. Every function here repeats its numpy twin's arithmetic in the same order
+ * and precision (float64 sums in stream order, float32 where numpy computes in float32), so the two give
+ * bit-identical fields; tests/kernels/test_mvhost.py holds them to that on real clips. Build with
+ * `python -m kernels.build` (-O2 -ffp-contract=off: no fused multiply-adds, which would change roundings).
+ * No state: the Python side keeps the ring of past lumas and the previous field and passes them in.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define UNIT 4
+#define POINTS 4
+#define TIE 1.0
+#define MIN_PAIRS 8
+#define MAX_DISAGREE 1.0
+#define MAX_COST 40.0
+
+/* Field offsets of an AVMotionVector record: source, w, h, dst_x, dst_y, motion_x, motion_y, motion_scale. */
+typedef struct {
+    const uint8_t *base;
+    int64_t size;
+    const int64_t *off;
+} Recs;
+
+static int32_t r_source(const Recs *r, int64_t i) { int32_t v; memcpy(&v, r->base + i * r->size + r->off[0], 4); return v; }
+static int64_t r_w(const Recs *r, int64_t i) { return r->base[i * r->size + r->off[1]]; }
+static int64_t r_h(const Recs *r, int64_t i) { return r->base[i * r->size + r->off[2]]; }
+static int64_t r_i16(const Recs *r, int64_t i, int k) { int16_t v; memcpy(&v, r->base + i * r->size + r->off[k], 2); return v; }
+static int64_t r_dx(const Recs *r, int64_t i) { return r_i16(r, i, 3); }
+static int64_t r_dy(const Recs *r, int64_t i) { return r_i16(r, i, 4); }
+static int32_t r_i32(const Recs *r, int64_t i, int k) { int32_t v; memcpy(&v, r->base + i * r->size + r->off[k], 4); return v; }
+static double r_scale(const Recs *r, int64_t i) {
+    uint16_t v; memcpy(&v, r->base + i * r->size + r->off[7], 2);
+    return v > 1 ? (double)v : 1.0;
+}
+
+static int64_t floordiv(int64_t a, int64_t b) { int64_t q = a / b; return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q; }
+static int64_t imod(int64_t a, int64_t b) { int64_t m = a % b; return m < 0 ? m + b : m; }
+static int64_t clampi(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
+static int64_t gcd64(int64_t a, int64_t b) { a = a < 0 ? -a : a; b = b < 0 ? -b : b; while (b) { int64_t t = a % b; a = b; b = t; } return a; }
+
+/* ------------------------------------------------------------------ open-addressing map int64 key -> int64 */
+typedef struct { int64_t *keys; int64_t *vals; uint8_t *used; int64_t cap; } Map;
+
+static int map_init(Map *m, int64_t n) {
+    m->cap = 16;
+    while (m->cap < 2 * n + 2) m->cap <<= 1;
+    m->keys = malloc(m->cap * sizeof(int64_t));
+    m->vals = malloc(m->cap * sizeof(int64_t));
+    m->used = calloc(m->cap, 1);
+    return m->keys && m->vals && m->used;
+}
+static void map_free(Map *m) { free(m->keys); free(m->vals); free(m->used); }
+static int64_t map_slot(const Map *m, int64_t key) {
+    uint64_t h = (uint64_t)key * 0x9E3779B97F4A7C15ull;
+    int64_t s = (int64_t)(h >> 17) & (m->cap - 1);
+    while (m->used[s] && m->keys[s] != key) s = (s + 1) & (m->cap - 1);
+    return s;
+}
+
+/* ------------------------------------------------------------------ inter fraction (_inter_fraction) */
+static double inter_fraction(const Recs *r, int64_t n, int64_t height, int64_t width, int *err) {
+    Map m;
+    if (!map_init(&m, n)) { *err = 1; map_free(&m); return 0.0; }
+    int64_t total = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t bw = r_w(r, i), bh = r_h(r, i);
+        int64_t x0 = r_dx(r, i) - bw / 2, y0 = r_dy(r, i) - bh / 2;
+        int64_t key = ((x0 + 64) * 65536 + y0 + 64) * 4096 + bw * 64 + bh;
+        int64_t s = map_slot(&m, key);
+        if (m.used[s]) continue; /* each block once: its first occurrence */
+        m.used[s] = 1; m.keys[s] = key;
+        int64_t cw = clampi(x0 + bw, 0, width) - clampi(x0, 0, width);
+        int64_t ch = clampi(y0 + bh, 0, height) - clampi(y0, 0, height);
+        total += cw * ch;
+    }
+    map_free(&m);
+    double f = (double)total / (double)(height * width > 1 ? height * width : 1);
+    return f < 1.0 ? f : 1.0;
+}
+
+/* ------------------------------------------------------------------ median (numpy's: mean of the middle two) */
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+static double median(double *v, int64_t n) {
+    qsort(v, n, sizeof(double), cmp_double);
+    if (n % 2) return v[n / 2];
+    return (v[n / 2 - 1] + v[n / 2]) / 2.0;
+}
+
+/* How far ahead backward vectors reach, from forward displacements of the same blocks (_ahead). ``d`` float64
+ * (dp == NULL) or float32 (dp != NULL, NaN where unknown). Returns 0 for "None". */
+static int64_t ahead_of(const double *w0, const double *w1, const double *d0, const double *d1, const float *dp,
+                        int64_t n, int64_t stride_dp, double *scratch) {
+    int64_t k = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double num, den;
+        if (dp) {
+            float a = dp[i], b = dp[stride_dp + i];
+            if (!isfinite(a) || !isfinite(b)) continue;
+            float s2 = a * a + b * b;
+            if (!(s2 >= 0.0625f)) continue;
+            num = -(w0[i] * (double)a + w1[i] * (double)b);
+            den = (double)s2;
+        } else {
+            double a = d0[i], b = d1[i];
+            if (!isfinite(a) || !isfinite(b)) continue;
+            double s2 = a * a + b * b;
+            if (!(s2 >= 0.0625)) continue;
+            num = -(w0[i] * a + w1[i] * b);
+            den = s2;
+        }
+        scratch[k++] = num / den;
+    }
+    if (k < MIN_PAIRS) return 0;
+    return (int64_t)rint(median(scratch, k));
+}
+
+/* ------------------------------------------------------------------ resolve one frame's vectors
+ * rec/n/isz/off: the frame's AVMotionVector records. y (h, w, row stride ys): its luma. ring (window, h, w): past
+ * lumas, display index i in slot i % window, newest ``last``; n_cand: how many to match (0: none). span > 0: an
+ * anchored codec, every forward vector spans ``span`` frames. pdisp (2, puh, puw) / pcov (puh, puw): the previous
+ * frame's unit field, or NULL. Writes the kept vectors' indices (forward ones first, then backward-only ones) and
+ * their motion (2, n) in px per frame; facts = {inter, sum of spans, number of spans}. Returns the count, -1 on
+ * an allocation failure. */
+int64_t mvh_resolve(const uint8_t *rec, int64_t n, int64_t isz, const int64_t *off, const uint8_t *y, int64_t h,
+                    int64_t w, int64_t ys, const uint8_t *ring, int64_t window, int64_t last, int64_t n_cand,
+                    int64_t span, const float *pdisp, const float *pcov, int64_t puh, int64_t puw, int64_t *idx,
+                    double *motion, double *facts) {
+    Recs r = {rec, isz, off};
+    int err = 0;
+    facts[0] = inter_fraction(&r, n, h, w, &err);
+    facts[1] = facts[2] = 0.0;
+    if (err) return -1;
+    int64_t nf = 0, nb = 0;
+    int64_t *fwd = malloc((n + 1) * sizeof(int64_t)), *bwd = malloc((n + 1) * sizeof(int64_t));
+    double *mx = malloc((2 * n + 2) * sizeof(double)), *my = mx + n + 1;
+    int64_t *spans = malloc((n + 1) * sizeof(int64_t));
+    double *cost = NULL, *scratch = NULL;
+    int64_t *best = NULL;
+    int64_t out = -1;
+    if (!fwd || !bwd || !mx || !spans) goto done;
+    for (int64_t i = 0; i < n; i++) {
+        int32_t s = r_source(&r, i);
+        if (s < 0) fwd[nf++] = i;
+        else if (s > 0) bwd[nb++] = i;
+    }
+    for (int64_t j = 0; j < nf; j++) {
+        double sc = r_scale(&r, fwd[j]);
+        mx[j] = (double)r_i32(&r, fwd[j], 5) / sc;
+        my[j] = (double)r_i32(&r, fwd[j], 6) / sc;
+        spans[j] = 1;
+    }
+    /* _spans: which past frame each forward vector references */
+    int64_t nk = nf; /* kept forward vectors, compacted in place (fwd, mx, my, spans) */
+    if (span > 0 && nf) {
+        for (int64_t j = 0; j < nf; j++) { spans[j] = span; mx[j] /= (double)span; my[j] /= (double)span; }
+    } else if (n_cand > 0 && nf) {
+        cost = malloc(nf * n_cand * sizeof(double));
+        best = malloc(nf * sizeof(int64_t));
+        int64_t *votes = calloc(n_cand, sizeof(int64_t));
+        if (!cost || !best || !votes) { free(votes); goto done; }
+        static const double F[POINTS] = {0.125, 0.375, 0.625, 0.875};
+        const uint8_t *pasts[64];
+        if (n_cand > 64) n_cand = 64; /* HISTORY is 16 */
+        for (int64_t k = 0; k < n_cand; k++) pasts[k] = ring + imod(last - k, window) * h * w;
+        int64_t any_clear = 0;
+        for (int64_t j = 0; j < nf; j++) {
+            int64_t bw = r_w(&r, fwd[j]), bh = r_h(&r, fwd[j]);
+            int64_t x0 = r_dx(&r, fwd[j]) - bw / 2, y0 = r_dy(&r, fwd[j]) - bh / 2;
+            int64_t ddx = (int64_t)rint(mx[j]), ddy = (int64_t)rint(my[j]);
+            int64_t px[POINTS], py[POINTS];
+            for (int p = 0; p < POINTS; p++) { px[p] = x0 + (int64_t)(F[p] * (double)bw); py[p] = y0 + (int64_t)(F[p] * (double)bh); }
+            uint8_t cur[POINTS * POINTS];
+            int64_t at[POINTS * POINTS];
+            for (int a = 0; a < POINTS; a++)
+                for (int b = 0; b < POINTS; b++) {
+                    cur[a * POINTS + b] = y[clampi(py[a], 0, h - 1) * ys + clampi(px[b], 0, w - 1)];
+                    at[a * POINTS + b] = clampi(py[a] + ddy, 0, h - 1) * w + clampi(px[b] + ddx, 0, w - 1);
+                }
+            double *c = cost + j * n_cand;
+            for (int64_t k = 0; k < n_cand; k++) {
+                const uint8_t *past = pasts[k];
+                unsigned sum = 0;
+                for (int p = 0; p < POINTS * POINTS; p++) {
+                    int d = (int)past[at[p]] - (int)cur[p];
+                    sum += (unsigned)(d < 0 ? -d : d);
+                }
+                c[k] = (double)(uint16_t)sum / (double)(POINTS * POINTS);
+            }
+            int64_t b0 = 0;
+            for (int64_t k = 1; k < n_cand; k++) if (c[k] < c[b0]) b0 = k;
+            best[j] = b0;
+        }
+        /* the frame's usual reference: the span most clearly matched blocks chose */
+        for (int pass = 0; pass < 2; pass++) {
+            for (int64_t j = 0; j < nf; j++) {
+                int clear = 1;
+                if (n_cand > 1) {
+                    const double *c = cost + j * n_cand;
+                    double lo1 = INFINITY, lo2 = INFINITY;
+                    for (int64_t k = 0; k < n_cand; k++) {
+                        if (c[k] < lo1) { lo2 = lo1; lo1 = c[k]; }
+                        else if (c[k] < lo2) lo2 = c[k];
+                    }
+                    clear = lo2 - lo1 > TIE;
+                }
+                if (pass == 0) any_clear |= clear;
+                else if (clear || !any_clear) votes[best[j]]++;
+            }
+        }
+        int64_t usual = 0;
+        for (int64_t k = 1; k < n_cand; k++) if (votes[k] > votes[usual]) usual = k;
+        free(votes);
+        nk = 0;
+        for (int64_t j = 0; j < nf; j++) {
+            const double *c = cost + j * n_cand;
+            int64_t b = c[usual] <= c[best[j]] + TIE ? usual : best[j];
+            if (!(c[b] <= MAX_COST)) continue;
+            fwd[nk] = fwd[j];
+            spans[nk] = b + 1;
+            mx[nk] = mx[j] / (double)(b + 1);
+            my[nk] = my[j] / (double)(b + 1);
+            nk++;
+        }
+    }
+    for (int64_t j = 0; j < nk; j++) facts[1] += (double)spans[j];
+    facts[2] = (double)nk;
+    /* _backward: backward-only blocks of a B picture at constant velocity */
+    int64_t n_only = 0, n_agree = nk;
+    uint8_t *agree = NULL;
+    int64_t *only_idx = NULL;
+    double *om0 = NULL, *om1 = NULL;
+    if (nb && nk) {
+        Map m;
+        int64_t *pair = malloc(nb * sizeof(int64_t));
+        double *w0 = malloc(6 * nb * sizeof(double)), *w1 = w0 + nb, *d0 = w1 + nb, *d1 = d0 + nb, *ahead = d1 + nb,
+               *gap = ahead + nb;
+        scratch = malloc((nb + 1) * sizeof(double));
+        float *dp = NULL;
+        agree = malloc(nk);
+        only_idx = malloc(nb * sizeof(int64_t));
+        om0 = malloc(2 * nb * sizeof(double));
+        if (!map_init(&m, nk) || !pair || !w0 || !scratch || !agree || !only_idx || !om0) {
+            map_free(&m); free(pair); free(w0); free(agree); free(only_idx); free(om0);
+            goto done;
+        }
+        om1 = om0 + nb;
+        for (int64_t j = 0; j < nk; j++) { /* key -> the last kept forward block with it */
+            int64_t i = fwd[j];
+            int64_t key = ((r_dx(&r, i) + 32768) << 32) | ((r_dy(&r, i) + 32768) << 16) | (r_w(&r, i) << 8) | r_h(&r, i);
+            int64_t s = map_slot(&m, key);
+            m.used[s] = 1; m.keys[s] = key; m.vals[s] = j;
+        }
+        int64_t nboth = 0;
+        for (int64_t j = 0; j < nb; j++) {
+            int64_t i = bwd[j];
+            int64_t key = ((r_dx(&r, i) + 32768) << 32) | ((r_dy(&r, i) + 32768) << 16) | (r_w(&r, i) << 8) | r_h(&r, i);
+            int64_t s = map_slot(&m, key);
+            pair[j] = m.used[s] ? m.vals[s] : -1;
+            double sc = r_scale(&r, i);
+            w0[j] = (double)r_i32(&r, i, 5) / sc;
+            w1[j] = (double)r_i32(&r, i, 6) / sc;
+        }
+        map_free(&m);
+        /* the bi-predicted blocks: their two vectors (compacted into d0/d1 as forward displacement, w as ahead/gap) */
+        double *bw0 = ahead, *bw1 = gap; /* temporarily: the backward vectors of the bi-predicted blocks */
+        for (int64_t j = 0; j < nb; j++)
+            if (pair[j] >= 0) { d0[nboth] = mx[pair[j]]; d1[nboth] = my[pair[j]]; bw0[nboth] = w0[j]; bw1[nboth] = w1[j]; nboth++; }
+        int64_t mm = ahead_of(bw0, bw1, d0, d1, NULL, nboth, 0, scratch);
+        if (pdisp && pcov) {
+            dp = malloc(2 * nb * sizeof(float));
+            if (!dp) { free(pair); free(w0); free(agree); free(only_idx); free(om0); goto done; }
+            for (int64_t j = 0; j < nb; j++) {
+                double x = (double)r_dx(&r, bwd[j]), yy = (double)r_dy(&r, bwd[j]);
+                int64_t cx = clampi((int64_t)floor(x / UNIT), 0, puw - 1), cy = clampi((int64_t)floor(yy / UNIT), 0, puh - 1);
+                int64_t c = cy * puw + cx;
+                if (pcov[c] <= 0.0f) { dp[j] = NAN; dp[nb + j] = NAN; }
+                else { dp[j] = pdisp[c] * (float)UNIT; dp[nb + j] = pdisp[puh * puw + c] * (float)UNIT; }
+            }
+        }
+        if ((mm < 1 || mm > window) && dp) mm = ahead_of(w0, w1, NULL, NULL, dp, nb, nb, scratch);
+        if (mm >= 1 && mm <= window) {
+            for (int64_t j = 0; j < nb; j++) {
+                ahead[j] = (double)mm;
+                if (dp) {
+                    float a = isnan(dp[j]) ? 0.0f : dp[j], b = isnan(dp[nb + j]) ? 0.0f : dp[nb + j];
+                    float speed = a * a + b * b;
+                    float den = speed > 1e-9f ? speed : 1e-9f;
+                    double own = rint(-(w0[j] * (double)a + w1[j] * (double)b) / (double)den);
+                    if (speed >= 0.25f && own >= 1.0 && own <= (double)window) ahead[j] = own;
+                }
+            }
+            memset(agree, 1, nk);
+            for (int64_t j = 0; j < nb; j++) {
+                if (pair[j] < 0) continue;
+                double g0 = fabs(mx[pair[j]] + w0[j] / (double)mm), g1 = fabs(my[pair[j]] + w1[j] / (double)mm);
+                if ((g0 > g1 ? g0 : g1) > MAX_DISAGREE) agree[pair[j]] = 0;
+            }
+            n_agree = 0;
+            for (int64_t j = 0; j < nk; j++) n_agree += agree[j];
+            for (int64_t j = 0; j < nb; j++)
+                if (pair[j] < 0) {
+                    only_idx[n_only] = bwd[j];
+                    om0[n_only] = -w0[j] / ahead[j];
+                    om1[n_only] = -w1[j] / ahead[j];
+                    n_only++;
+                }
+        } else {
+            free(agree);
+            agree = NULL;
+        }
+        free(dp); free(pair); free(w0);
+    }
+    out = 0;
+    for (int64_t j = 0; j < nk; j++) {
+        if (agree && !agree[j]) continue;
+        idx[out] = fwd[j];
+        motion[out] = mx[j];
+        out++;
+    }
+    int64_t nout = n_agree + n_only;
+    out = 0;
+    for (int64_t j = 0; j < nk; j++) {
+        if (agree && !agree[j]) continue;
+        motion[nout + out] = my[j];
+        out++;
+    }
+    for (int64_t j = 0; j < n_only; j++) {
+        idx[out + j] = only_idx[j];
+        motion[out + j] = om0[j];
+        motion[nout + out + j] = om1[j];
+    }
+    out = nout;
+    free(agree); free(only_idx); free(om0);
+done:
+    free(fwd); free(bwd); free(mx); free(spans); free(cost); free(best); free(scratch);
+    return out;
+}
+
+/* ------------------------------------------------------------------ rasterise onto the 4-px unit grid
+ * (grid_blocks at stride UNIT): area-weighted mean displacement per unit in feature px (disp (2, uh, uw) float32)
+ * and the covered count (cov (uh, uw) float32), 0 outside the ph x pw picture. motion (2, n) px. */
+static int cmp_order(const void *a, const void *b) {
+    const int64_t *x = a, *y = b;
+    return x[0] != y[0] ? (x[0] > y[0]) - (x[0] < y[0]) : (x[1] > y[1]) - (x[1] < y[1]);
+}
+
+int64_t mvh_grid_unit(const uint8_t *rec, const int64_t *idx, int64_t n, int64_t isz, const int64_t *off,
+                      const double *motion, int64_t uh, int64_t uw, int64_t ph, int64_t pw, float *disp, float *cov) {
+    /* blocks: records idx[0..n) (all records in order when idx is NULL), block i carrying motion (i, n + i);
+     * disp (2, uh, uw) and cov may be one buffer */
+    Recs r = {rec, isz, off};
+    int64_t *geo = malloc(5 * (n + 1) * sizeof(int64_t)); /* per block: w, h, x0, y0, then the order */
+    if (!geo) return -1;
+    int64_t *bw = geo, *bh = geo + n, *x0 = geo + 2 * n, *y0 = geo + 3 * n, *order = geo + 4 * n;
+    int64_t g = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t k = idx ? idx[i] : i;
+        bw[i] = r_w(&r, k), bh[i] = r_h(&r, k);
+        x0[i] = r_dx(&r, k) - bw[i] / 2, y0[i] = r_dy(&r, k) - bh[i] / 2;
+        int64_t v[4] = {x0[i], y0[i], bw[i], bh[i]};
+        for (int q = 0; q < 4; q++) /* a power-of-two g divides v when v's low bits are clear: no division */
+            if (!g || ((g & (g - 1)) ? v[q] % g : v[q] & (g - 1))) g = gcd64(g, v[q]);
+    }
+    int64_t m = (g && g % UNIT == 0) ? g / UNIT : 1, cell = UNIT * m;
+    int64_t mh = (uh + m - 1) / m, mw = (uw + m - 1) / m, lim_y = (ph + m - 1) / m, lim_x = (pw + m - 1) / m;
+    double *acc = calloc(3 * mh * mw, sizeof(double));
+    if (!acc) { free(geo); return -1; }
+    /* stable order by block size (w * 4096 + h): a few distinct sizes, each gathered in stream order */
+    int64_t sizes[64], ns = 0;
+    for (int64_t i = 0; i < n && ns <= 64; i++) {
+        int64_t key = bw[i] * 4096 + bh[i], k = 0;
+        while (k < ns && sizes[k] != key) k++;
+        if (k == ns && ns < 64) sizes[ns] = key;
+        if (k == ns) ns++;
+    }
+    if (ns <= 64) {
+        int64_t o = 0;
+        for (int64_t a = 1; a < ns; a++) /* insertion sort of the distinct sizes */
+            for (int64_t b = a; b > 0 && sizes[b - 1] > sizes[b]; b--) { int64_t t = sizes[b]; sizes[b] = sizes[b - 1]; sizes[b - 1] = t; }
+        for (int64_t k = 0; k < ns; k++)
+            for (int64_t i = 0; i < n; i++)
+                if (bw[i] * 4096 + bh[i] == sizes[k]) order[o++] = i;
+    } else {
+        int64_t *pairs = malloc(2 * (n + 1) * sizeof(int64_t));
+        if (!pairs) { free(geo); free(acc); return -1; }
+        for (int64_t i = 0; i < n; i++) { pairs[2 * i] = bw[i] * 4096 + bh[i]; pairs[2 * i + 1] = i; }
+        qsort(pairs, n, 2 * sizeof(int64_t), cmp_order); /* (size, index): ties keep stream order */
+        for (int64_t i = 0; i < n; i++) order[i] = pairs[2 * i + 1];
+        free(pairs);
+    }
+    double *a0 = acc, *a1 = acc + mh * mw, *a2 = acc + 2 * mh * mw;
+    for (int64_t o = 0; o < n; o++) {
+        int64_t i = order[o];
+        int64_t cx = floordiv(x0[i], cell), cy = floordiv(y0[i], cell);
+        int64_t nx = bw[i] / cell > 1 ? bw[i] / cell : 1, ny = bh[i] / cell > 1 ? bh[i] / cell : 1;
+        for (int64_t q = 0; q < ny; q++)
+            for (int64_t p = 0; p < nx; p++) {
+                int64_t xs = cx + p, yy = cy + q;
+                if (xs < 0 || xs >= lim_x || yy < 0 || yy >= lim_y) continue;
+                int64_t k = yy * mw + xs;
+                a0[k] += motion[i];
+                a1[k] += motion[n + i];
+                a2[k] += 1.0;
+            }
+    }
+    for (int64_t k = 0; k < mh * mw; k++) { /* each m-cell's mean once (in place), then repeated over its units */
+        double c = a2[k];
+        a0[k] = c > 0 ? (double)(float)((a0[k] / c) / (double)UNIT) : 0.0;
+        a1[k] = c > 0 ? (double)(float)((a1[k] / c) / (double)UNIT) : 0.0;
+    }
+    for (int64_t u = 0; u < uh; u++) {
+        float *d0 = disp + u * uw, *d1 = disp + uh * uw + u * uw, *cv = cov + u * uw;
+        const double *c0 = a0 + (u / m) * mw, *c1 = a1 + (u / m) * mw, *c2 = a2 + (u / m) * mw;
+        int64_t lim = u < ph ? (pw < uw ? pw : uw) : 0;
+        for (int64_t v = 0; v < lim; v++) { d0[v] = (float)c0[v / m]; d1[v] = (float)c1[v / m]; cv[v] = (float)c2[v / m]; }
+        for (int64_t v = lim; v < uw; v++) d0[v] = d1[v] = cv[v] = 0.0f;
+    }
+    free(acc); free(geo);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ Fitter.fit_field
+ * Separable bilinear taps: rows (gh) and columns (gw), two each (ra/rc (2, gh) weights and source rows, ca/cc
+ * (2, gw) weights and source columns), engine cell (i, j) reading source cell rc * sw + cc with weight ra * ca, in
+ * the order (r0 c0, r0 c1, r1 c0, r1 c1); rin (gh) / cin (gw): rows / columns inside the scaled picture. d (2, S)
+ * float32 weighted by wt (S) float32, S = sh * sw. Writes out (2, G) float32 (rescaled by sx, sy), then wsum (G). */
+void mvh_fit_field(const double *ra, const int64_t *rc, const uint8_t *rin, int64_t gh, const double *ca,
+                   const int64_t *cc, const uint8_t *cin, int64_t gw, const float *d, const float *wt, int64_t sw,
+                   int64_t S, double sx, double sy, float *out) {
+    int64_t G = gh * gw;
+    float *wsum = out + 2 * G;
+    for (int64_t i = 0; i < gh; i++)
+        for (int64_t j = 0; j < gw; j++) {
+            double r0 = 0.0, r1 = 0.0, r2 = 0.0;
+            for (int a = 0; a < 2; a++)
+                for (int b = 0; b < 2; b++) {
+                    int64_t s = rc[a * gh + i] * sw + cc[b * gw + j];
+                    double t = ra[a * gh + i] * ca[b * gw + j];
+                    float ww = wt[s];
+                    float p0 = d[s] * ww, p1 = d[S + s] * ww;
+                    r0 = r0 + t * (double)p0;
+                    r1 = r1 + t * (double)p1;
+                    r2 = r2 + t * (double)ww;
+                }
+            int64_t g = i * gw + j;
+            double ws = (rin[i] && cin[j]) ? r2 : 0.0;
+            double den = ws > 1e-6 ? ws : 1e-6;
+            out[g] = ws > 1e-6 ? (float)((r0 / den) * sx) : 0.0f;
+            out[G + g] = ws > 1e-6 ? (float)((r1 / den) * sy) : 0.0f;
+            wsum[g] = (float)ws;
+        }
+}

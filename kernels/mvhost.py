@@ -1,0 +1,191 @@
+"""The motion-vector field's per-frame host work in C (``kernels/mvhost.c``), loaded with ctypes.
+
+Why: building the field from the codec's side data with numpy cost 1-2.5x the codec's own decode per frame, almost
+all of it numpy's per-call overhead on arrays of a few hundred blocks (issue #30). The C twins of
+``ReferenceResolver``'s matching and backward-vector rules, of the unit-grid rasteriser and of ``Fitter.fit_field``
+do the same arithmetic in the same order, so the fields are bit-identical (``tests/kernels/test_mvhost.py``).
+
+The library is built by ``python -m kernels.build`` (``make kernels``) with the system C compiler into
+``kernels/build/libmvhost.so``. Where it is missing or cannot load (no compiler, another platform), or with
+``DEQSTREAM_MV_HOST=numpy``, :func:`available` is False and the callers keep their numpy code: nothing else changes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SOURCE = Path(__file__).resolve().parent / "mvhost.c"
+LIB = SOURCE.parent / "build" / "libmvhost.so"
+FIELDS = ("source", "w", "h", "dst_x", "dst_y", "motion_x", "motion_y", "motion_scale")
+_TYPES = {"source": "i4", "w": "u1", "h": "u1", "dst_x": "i2", "dst_y": "i2", "motion_x": "i4", "motion_y": "i4",
+          "motion_scale": "u2"}  # fmt: skip
+_P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+_SIGNATURES = {
+    "mvh_resolve": (_I, [_P, _I, _I, _P, _P, _I, _I, _I, _P, _I, _I, _I, _I, _P, _P, _I, _I, _P, _P, _P]),
+    "mvh_grid_unit": (_I, [_P, _P, _I, _I, _P, _P, _I, _I, _I, _I, _P, _P]),
+    "mvh_fit_field": (None, [_P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _D, _D, _P]),
+}
+_state: dict[str, Any] = {}
+
+
+def _load() -> Any:
+    """The loaded library, or None (missing, unloadable, or switched off by DEQSTREAM_MV_HOST=numpy)."""
+    if "lib" not in _state:
+        lib = None
+        if os.environ.get("DEQSTREAM_MV_HOST", "c") != "numpy" and LIB.is_file() and _current():
+            try:
+                lib = ctypes.CDLL(str(LIB))
+                for name, (res, args) in _SIGNATURES.items():
+                    fn = getattr(lib, name)
+                    fn.restype, fn.argtypes = res, args
+            except (OSError, AttributeError):
+                lib = None
+        _state["lib"] = lib
+    return _state["lib"]
+
+
+def _current() -> bool:
+    """The library was built from this ``mvhost.c`` (its build stamp says so): a stale one could mismatch the
+    signatures above, so it is not loaded (``make kernels`` rebuilds it)."""
+    stamp = LIB.with_name(LIB.name + ".json")
+    try:
+        built = json.loads(stamp.read_text()).get("source_sha256")
+        return built == hashlib.sha256(SOURCE.read_bytes()).hexdigest()
+    except (OSError, ValueError):
+        return False
+
+
+def available() -> bool:
+    """True when the C library is built and loads here (else the callers' numpy code runs)."""
+    return _load() is not None
+
+
+def reset() -> None:
+    """Forget the loaded state (tests switch DEQSTREAM_MV_HOST between runs)."""
+    _state.clear()
+
+
+def _offsets(dtype: np.dtype) -> np.ndarray | None:
+    """The byte offsets of the fields the C code reads, if ``dtype`` is FFmpeg's AVMotionVector layout."""
+    key = ("off", dtype)
+    if key not in _state:
+        ok = dtype.fields is not None and all(
+            f in dtype.fields and dtype.fields[f][0].str.endswith(_TYPES[f]) for f in FIELDS
+        )
+        _state[key] = np.array([dtype.fields[f][1] for f in FIELDS], np.int64) if ok else None
+    return _state[key]
+
+
+def usable(records: np.ndarray | Picked) -> bool:
+    """The C path can read these records (the library loads and they are contiguous AVMotionVector records)."""
+    if isinstance(records, Picked):
+        return available()
+    return available() and records.flags.c_contiguous and _offsets(records.dtype) is not None
+
+
+def _ptr(a: np.ndarray | None) -> int | None:
+    return None if a is None else a.ctypes.data
+
+
+def resolve(
+    vectors: np.ndarray,
+    y: np.ndarray,
+    ring: np.ndarray | None,
+    last: int,
+    n_cand: int,
+    span: int,
+    prev: tuple[np.ndarray, np.ndarray] | None,
+) -> tuple[np.ndarray, np.ndarray, float, float | None]:
+    """One frame's vectors resolved to "from the previous frame" (``ReferenceResolver``'s rules): the indices of the
+    kept records (forward ones first, then backward-only ones), their motion (2, n) px, the inter fraction and the
+    mean span of the kept forward vectors (None when there are none)."""
+    n = len(vectors)
+    buf = np.empty(3 * n + 3, np.float64)  # idx (n, as int64), motion (2, n), facts (3): one address to fetch
+    p = buf.ctypes.data
+    h, w = y.shape
+    if y.strides[1] != 1:
+        y = np.ascontiguousarray(y)
+    window = ring.shape[0] if ring is not None else 1
+    pd, pc = (np.ascontiguousarray(prev[0]), np.ascontiguousarray(prev[1])) if prev is not None else (None, None)
+    puh, puw = pc.shape if pc is not None else (0, 0)
+    got = _load().mvh_resolve(
+        vectors.ctypes.data, n, vectors.dtype.itemsize, _offsets(vectors.dtype).ctypes.data, y.ctypes.data, h, w,
+        y.strides[0], _ptr(ring), window, last, n_cand if ring is not None else 0, span, _ptr(pd), _ptr(pc), puh,
+        puw, p, p + 8 * n, p + 24 * n,
+    )  # fmt: skip
+    if got < 0:
+        raise MemoryError("kernels.mvhost: out of memory resolving motion vectors")
+    idx, motion, facts = buf[:got].view(np.int64), buf[n : n + 2 * got].reshape(2, got), buf[3 * n :]
+    mean_span = facts[1] / facts[2] if facts[2] > 0 else None
+    return idx, motion, float(facts[0]), mean_span
+
+
+class Picked:
+    """Some of a frame's motion-vector records, by index (numpy's fancy indexing of structured records costs more than
+    the whole C field): what :func:`resolve` keeps, read as they are by :func:`grid_unit`."""
+
+    def __init__(self, records: np.ndarray, idx: np.ndarray) -> None:
+        self.records, self.idx = records, idx
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def array(self) -> np.ndarray:
+        """The picked records as a structured array (for the numpy code paths)."""
+        return self.records[self.idx]
+
+
+def grid_unit(
+    blocks: np.ndarray | Picked, motion: np.ndarray, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``grid_blocks(blocks, motion, height, width, UNIT)``: disp (2, uh, uw) float32 in unit cells, coverage."""
+    records, idx = (blocks.records, blocks.idx) if isinstance(blocks, Picked) else (blocks, None)
+    uh, uw = -(-height // 4), -(-width // 4)
+    buf = np.empty((3, uh, uw), np.float32)  # disp (2, uh, uw), then coverage
+    p = buf.ctypes.data
+    motion = np.ascontiguousarray(motion, np.float64)
+    got = _load().mvh_grid_unit(
+        records.ctypes.data, _ptr(idx), len(blocks), records.dtype.itemsize, _offsets(records.dtype).ctypes.data,
+        motion.ctypes.data, uh, uw, uh, uw, p, p + 8 * uh * uw,
+    )  # fmt: skip
+    if got < 0:
+        raise MemoryError("kernels.mvhost: out of memory rasterising motion vectors")
+    return buf[:2], buf[2]
+
+
+class FieldTaps:
+    """``Fitter``'s separable bilinear taps for one source grid, kept with their addresses (fetched once)."""
+
+    def __init__(self, rows: list[Any], cols: list[Any], row_in: np.ndarray, col_in: np.ndarray) -> None:
+        self.keep = [
+            np.ascontiguousarray(np.stack([a for a, _ in rows]), np.float64),
+            np.ascontiguousarray(np.stack([i for _, i in rows]), np.int64),
+            np.ascontiguousarray(row_in, np.uint8),
+            np.ascontiguousarray(np.stack([a for a, _ in cols]), np.float64),
+            np.ascontiguousarray(np.stack([i for _, i in cols]), np.int64),
+            np.ascontiguousarray(col_in, np.uint8),
+        ]
+        self.gh, self.gw = len(row_in), len(col_in)
+        self.ptrs = [a.ctypes.data for a in self.keep]
+
+
+def fit_field(
+    taps: FieldTaps, disp: np.ndarray, weight: np.ndarray, sx: float, sy: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``Fitter.fit_field``: the engine grid's displacement (2, gh, gw) float32 and weight (gh, gw) float32."""
+    d = np.ascontiguousarray(disp, np.float32)
+    wt = np.ascontiguousarray(weight, np.float32)
+    gh, gw = taps.gh, taps.gw
+    buf = np.empty((3, gh, gw), np.float32)
+    r, rc, rin, c, cc, cin = taps.ptrs
+    _load().mvh_fit_field(
+        r, rc, rin, gh, c, cc, cin, gw, d.ctypes.data, wt.ctypes.data, wt.shape[-1], wt.size, sx, sy, buf.ctypes.data
+    )
+    return buf[:2], buf[2]
