@@ -173,29 +173,42 @@ int64_t mvh_resolve(const uint8_t *rec, int64_t n, int64_t isz, const int64_t *o
         if (n_cand > 64) n_cand = 64; /* HISTORY is 16 */
         for (int64_t k = 0; k < n_cand; k++) pasts[k] = ring + imod(last - k, window) * h * w;
         int64_t any_clear = 0;
+        /* each block's points in this picture and where its vector puts them, then one candidate frame at a time
+         * over all blocks (a frame's luma stays in cache; block by block all 16 would be read at once) */
+        uint8_t *cur = malloc(nf * POINTS * POINTS);
+        int32_t *at = malloc(nf * POINTS * POINTS * sizeof(int32_t));
+        if (!cur || !at) { free(cur); free(at); free(votes); goto done; }
         for (int64_t j = 0; j < nf; j++) {
             int64_t bw = r_w(&r, fwd[j]), bh = r_h(&r, fwd[j]);
             int64_t x0 = r_dx(&r, fwd[j]) - bw / 2, y0 = r_dy(&r, fwd[j]) - bh / 2;
             int64_t ddx = (int64_t)rint(mx[j]), ddy = (int64_t)rint(my[j]);
             int64_t px[POINTS], py[POINTS];
             for (int p = 0; p < POINTS; p++) { px[p] = x0 + (int64_t)(F[p] * (double)bw); py[p] = y0 + (int64_t)(F[p] * (double)bh); }
-            uint8_t cur[POINTS * POINTS];
-            int64_t at[POINTS * POINTS];
+            uint8_t *cj = cur + j * POINTS * POINTS;
+            int32_t *aj = at + j * POINTS * POINTS;
             for (int a = 0; a < POINTS; a++)
                 for (int b = 0; b < POINTS; b++) {
-                    cur[a * POINTS + b] = y[clampi(py[a], 0, h - 1) * ys + clampi(px[b], 0, w - 1)];
-                    at[a * POINTS + b] = clampi(py[a] + ddy, 0, h - 1) * w + clampi(px[b] + ddx, 0, w - 1);
+                    cj[a * POINTS + b] = y[clampi(py[a], 0, h - 1) * ys + clampi(px[b], 0, w - 1)];
+                    aj[a * POINTS + b] = (int32_t)(clampi(py[a] + ddy, 0, h - 1) * w + clampi(px[b] + ddx, 0, w - 1));
                 }
-            double *c = cost + j * n_cand;
-            for (int64_t k = 0; k < n_cand; k++) {
-                const uint8_t *past = pasts[k];
+        }
+        for (int64_t k = 0; k < n_cand; k++) {
+            const uint8_t *past = pasts[k];
+            for (int64_t j = 0; j < nf; j++) {
+                const uint8_t *cj = cur + j * POINTS * POINTS;
+                const int32_t *aj = at + j * POINTS * POINTS;
                 unsigned sum = 0;
                 for (int p = 0; p < POINTS * POINTS; p++) {
-                    int d = (int)past[at[p]] - (int)cur[p];
+                    int d = (int)past[aj[p]] - (int)cj[p];
                     sum += (unsigned)(d < 0 ? -d : d);
                 }
-                c[k] = (double)(uint16_t)sum / (double)(POINTS * POINTS);
+                cost[j * n_cand + k] = (double)(uint16_t)sum / (double)(POINTS * POINTS);
             }
+        }
+        free(cur);
+        free(at);
+        for (int64_t j = 0; j < nf; j++) {
+            const double *c = cost + j * n_cand;
             int64_t b0 = 0;
             for (int64_t k = 1; k < n_cand; k++) if (c[k] < c[b0]) b0 = k;
             best[j] = b0;
@@ -459,4 +472,17 @@ void mvh_fit_field(const double *ra, const int64_t *rc, const uint8_t *rin, int6
             out[G + g] = ws > 1e-6 ? (float)((r1 / den) * sy) : 0.0f;
             wsum[g] = (float)ws;
         }
+}
+
+/* ------------------------------------------------------------------ the change fact
+ * Mean absolute difference of two lumas (row strides as, bs) at every 8th pixel of every 8th row. */
+double mvh_change(const uint8_t *a, int64_t as, const uint8_t *b, int64_t bs, int64_t h, int64_t w) {
+    int64_t sum = 0, n = 0;
+    for (int64_t i = 0; i < h; i += 8)
+        for (int64_t j = 0; j < w; j += 8) {
+            int d = (int)a[i * as + j] - (int)b[i * bs + j];
+            sum += d < 0 ? -d : d;
+            n++;
+        }
+    return n ? (double)sum / (double)n : NAN;
 }

@@ -30,6 +30,7 @@ _P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
 _SIGNATURES = {
     "mvh_resolve": (_I, [_P, _I, _I, _P, _P, _I, _I, _I, _P, _I, _I, _I, _I, _P, _P, _I, _I, _P, _P, _P]),
     "mvh_grid_unit": (_I, [_P, _P, _I, _I, _P, _P, _I, _I, _I, _I, _P, _P]),
+    "mvh_change": (_D, [_P, _I, _P, _I, _I, _I]),
     "mvh_fit_field": (None, [_P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _D, _D, _P]),
 }
 _state: dict[str, Any] = {}
@@ -189,3 +190,13 @@ def fit_field(
         r, rc, rin, gh, c, cc, cin, gw, d.ctypes.data, wt.ctypes.data, wt.shape[-1], wt.size, sx, sy, buf.ctypes.data
     )
     return buf[:2], buf[2]
+
+
+def change(prev: np.ndarray, y: np.ndarray) -> float:
+    """Mean absolute luma difference at every 8th pixel of every 8th row (``motion_vectors._change``)."""
+    if prev.strides[1] != 1:
+        prev = np.ascontiguousarray(prev)
+    if y.strides[1] != 1:
+        y = np.ascontiguousarray(y)
+    h, w = y.shape
+    return float(_load().mvh_change(prev.ctypes.data, prev.strides[0], y.ctypes.data, y.strides[0], h, w))

@@ -302,13 +302,21 @@ class ReferenceResolver:
         self.refs = refs
         self.anchor: int | None = None  # anchored codecs: display index of the last I / P picture
         self.ring: np.ndarray | None = None  # (window, H, W) past lumas; display index i in slot i % window
+        self.prev_luma: np.ndarray | None = None  # the previous display frame's luma (a view of its plane)
         self.held = 0  # consecutive past frames in the ring, the newest being display index self.last
         self.last = -1
         self.prev_field: tuple[int, Any] | None = None  # (index, its unit field (disp, coverage)) for _backward
         self.unit: tuple[np.ndarray, np.ndarray] | None = None  # the last frame's field on the stride-UNIT grid
 
     def remember(self, index: int, y: np.ndarray) -> None:
-        """Keep display frame ``index``'s luma as a candidate reference for the next frames."""
+        """Keep display frame ``index``'s luma: as the previous picture (the ``change`` fact; a view, no copy) and,
+        where vectors may reach further back, in the ring of candidates block matching reads. A stream known to have
+        one reference, or whose codec names it (``anchored``), is never matched: no copy (at 720p the copy cost a
+        quarter of the whole field)."""
+        self.prev_luma = y
+        if self.single or self.anchored:
+            self.held, self.last = 0, index
+            return
         if self.ring is None or self.ring.shape[1:] != y.shape:
             self.ring = np.zeros((self.window, *y.shape), np.uint8)
             self.held = 0
@@ -326,14 +334,15 @@ class ReferenceResolver:
     ) -> tuple[Any, Any, dict[str, float]]:
         """(blocks, motion (2, n) px from the previous frame, facts) for one frame; ``y`` its luma, ``pict`` its
         picture type (``anchored`` streams: the previous I / P picture is every forward vector's reference)."""
-        if self.held and self.last != index - 1:  # a gap (seek, dropped frame): start over
+        if self.last >= 0 and self.last != index - 1:  # a gap (seek, dropped frame): start over
             self.held = 0
             self.prev_field = None
             self.anchor = None
+            self.prev_luma = None
         facts = {"inter": 0.0, "dropped": 0.0, "change": None}
-        if self._candidates(y.shape):
-            prev = self.ring[self.last % self.window]
-            facts["change"] = float(np.abs(prev[::8, ::8].astype(np.int16) - y[::8, ::8]).mean())
+        prev = self.prev_luma
+        if prev is not None and prev.shape == y.shape:
+            facts["change"] = mvhost.change(prev, y) if mvhost.available() else _change(prev, y)
         blocks = motion = None
         if vectors is not None and len(vectors) and mvhost.usable(vectors):
             blocks, motion = self._resolve_c(vectors, y, index, pict, facts)
@@ -472,6 +481,11 @@ def _ahead(w: np.ndarray, d: np.ndarray) -> int | None:
     return int(np.rint(np.median(ratio)))
 
 
+def _change(prev: np.ndarray, y: np.ndarray) -> float:
+    """Mean absolute luma difference (0..255) between two pictures at every 8th pixel of every 8th row."""
+    return float(np.abs(prev[::8, ::8].astype(np.int16) - y[::8, ::8]).mean())
+
+
 def _inter_fraction(vectors: np.ndarray, height: int, width: int) -> float:
     """Fraction of the picture covered by inter-predicted blocks of either reference list (a shot change has few)."""
     bw, bh = vectors["w"].astype(np.int64), vectors["h"].astype(np.int64)
@@ -573,15 +587,25 @@ def probe(container, stream) -> StreamInfo:
 # ----------------------------------------------------------------- decoding
 
 
+def _picture_types() -> Any:
+    """PyAV's PictureType enum, imported once (an import statement per frame costs more than the lookup)."""
+    if "PictureType" not in _AV:
+        from av.video.frame import PictureType
+
+        _AV["PictureType"] = PictureType
+    return _AV["PictureType"]
+
+
+_AV: dict[str, Any] = {}
+
+
 def _pict_name(frame) -> str:
     """ "I", "P", "B", ... (PyAV 18 returns a plain int; older versions an enum or a string)."""
     pt = frame.pict_type
     if isinstance(pt, str):
         return pt
     try:
-        from av.video.frame import PictureType
-
-        return PictureType(int(pt)).name
+        return _picture_types()(int(pt)).name
     except (ImportError, ValueError, TypeError):
         return getattr(pt, "name", str(pt))
 
