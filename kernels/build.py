@@ -104,6 +104,15 @@ def gencode_flags(sass: tuple[int, ...], ptx: int | None) -> list[str]:
     return flags
 
 
+def up_to_date(out: Path, key: str, quiet: bool) -> bool:
+    """``out`` exists and its stamp records ``key`` (same source, flags and compiler): nothing to build."""
+    if out.is_file() and read_stamp(out.with_name(out.name + ".json")).get("key") == key:
+        if not quiet:
+            print(f"kernels.build: {out} is up to date")
+        return True
+    return False
+
+
 def build_key(source: Path, flags: list[str], version: str) -> str:
     """Hash of everything that changes the output: the source bytes, the flags, the compiler version."""
     h = hashlib.sha256(source.read_bytes())
@@ -158,9 +167,7 @@ def build(force: bool = False, out: Path = FATBIN, source: Path = SOURCE, quiet:
     version = nvcc_version(nvcc)
     key = build_key(source, flags, version)
     stamp = out.with_name(out.name + ".json")
-    if not force and out.is_file() and read_stamp(stamp).get("key") == key:
-        if not quiet:
-            print(f"kernels.build: {out} is up to date")
+    if not force and up_to_date(out, key, quiet):
         return out
     t0 = time.perf_counter()
     data = compile_fatbin(nvcc, source, flags)
@@ -206,9 +213,7 @@ def build_host(
     flags = list(HOST_FLAGS)
     key = build_key(source, flags, version.strip().splitlines()[0] if version.strip() else "unknown")
     stamp = out.with_name(out.name + ".json")
-    if not force and out.is_file() and read_stamp(stamp).get("key") == key:
-        if not quiet:
-            print(f"kernels.build: {out} is up to date")
+    if not force and up_to_date(out, key, quiet):
         return out
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

