@@ -209,6 +209,15 @@ def add_run_options(p: argparse.ArgumentParser, streams: bool = True) -> None:
         help="how frames meet the engine resolution: stretch (resize, default), scale to fit and pad "
         "(pad), or scale to cover and centre-crop (crop, the usual classification evaluation)",
     )
+    d.add_argument(
+        "--prepare",
+        choices=("auto", "host", "device"),
+        default="auto",
+        help="where frames are fitted to the engine size (resize / pad / crop) and converted to RGB: device (the "
+        "decoded frame goes up as it is, as its YUV 4:2:0 planes where the video has them, and is prepared by torch "
+        "where the engines run: the host only decodes), host (PIL on the decode thread: cheaper on a CPU, "
+        "benchmarks/results/host.md), or auto (default: device on CUDA, host on the CPU)",
+    )
     d.add_argument("--out", type=Path, default=Path("out"), help="output directory (default out/)")
     d.add_argument(
         "--save-maps",
@@ -344,6 +353,7 @@ def config_from_args(args: argparse.Namespace, sources: list[Any]) -> Any:
         reencode_mv=getattr(args, "reencode_mv", False),
         reset=not args.no_reset,
         fit=args.fit,
+        prepare=args.prepare,
         save_maps=args.save_maps,
         overlay_size=args.overlay_size,
         video=not args.no_video,
