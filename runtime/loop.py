@@ -64,8 +64,9 @@ class RunConfig:
     # more than PIL's, benchmarks/results/host.md)
     prepare: str = "auto"
     save_maps: str = "npz"
+    maps_size: str = "engine"  # NPZ maps as the engines made them (fit geometry recorded), or "source"
     overlay_size: str = "engine"  # the overlay drawn on the engine-size frame, or "source"
-    video: bool = True
+    video: bool = False  # the overlay MP4 (opt-in: it costs more than the codec's decode, runtime.writers)
     device: str = "auto"
     graphs: bool = True
     max_frames: int | None = None
@@ -273,6 +274,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
                 overlay_size=cfg.overlay_size,
                 task=task,
                 names=bundle.classes,
+                maps_size=cfg.maps_size,
             )
         pre: Any = _prefetcher(cfg, src, sink, hw, prep == "device")
         if cfg.start_frames and cfg.start_frames[i] > 0:
