@@ -422,15 +422,25 @@ def one_run(
     }
 
 
+# Null-backend runs take a few tenths of a second each: on a shared machine one burst of other work moves a row by
+# tens of per cent. Each row is the fastest of this many runs, the outputs interleaved within every round.
+E2E_REPEATS = 3
+
+
 def end_to_end(engine: Path, clip: Path, frames: int | None, work: Path, null: bool) -> dict[str, Any]:
-    """Frames per second through ``runtime.loop.run`` per mode and outputs (null backend: host only)."""
+    """Frames per second through ``runtime.loop.run`` per mode and outputs (null backend: host only, the fastest of
+    ``E2E_REPEATS`` interleaved runs)."""
     rows: dict[str, Any] = {}
     for mode, kw in e2e_modes().items():
-        for what, outputs in OUTPUTS.items():
-            if not null and outputs is not None:
-                continue
-            with null_backend() if null else contextlib.nullcontext():
-                rows[f"{mode}, {what}"] = one_run(engine, clip, frames, outputs, work, **kw)
+        for _ in range(E2E_REPEATS if null else 1):
+            for what, outputs in OUTPUTS.items():
+                if not null and outputs is not None:
+                    continue
+                with null_backend() if null else contextlib.nullcontext():
+                    r = one_run(engine, clip, frames, outputs, work, **kw)
+                key = f"{mode}, {what}"
+                if key not in rows or r["fps"] > rows[key]["fps"]:
+                    rows[key] = r
     return rows
 
 
@@ -577,9 +587,10 @@ def markdown(res: dict[str, Any], stamp: dict[str, Any]) -> str:
     if rows:
         lines += [
             "",
-            "End to end through `runtime.loop.run` with a null backend (engines that do nothing: the host alone): "
-            "FPS, and 1 / (largest thread) from the run's own stage means (`runtime.bounds`: decode thread, loop "
-            "thread = `Pipeline.run` latency, writer thread, overlay thread).",
+            "End to end through `runtime.loop.run` with a null backend (engines that do nothing: the host alone), "
+            f"each row the fastest of {E2E_REPEATS} runs with the outputs interleaved: FPS, and 1 / (largest thread) "
+            "from that run's own stage means (`runtime.bounds`: decode thread, loop thread = `Pipeline.run` latency, "
+            "writer thread, overlay thread).",
             "",
             "| clip | run | FPS | bound FPS | FPS / bound | largest | decode ms | loop ms | write ms | overlay ms |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",

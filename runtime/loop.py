@@ -66,7 +66,7 @@ class RunConfig:
     save_maps: str = "npz"
     maps_size: str = "engine"  # NPZ maps as the engines made them (fit geometry recorded), or "source"
     overlay_size: str = "engine"  # the overlay drawn on the engine-size frame, or "source"
-    video: bool = False  # the overlay MP4 (opt-in: it costs more than the codec's decode, runtime.writers)
+    video: bool = False  # the overlay MP4 (opt-in: with it the writers cost more than the codec, runtime.writers)
     device: str = "auto"
     graphs: bool = True
     max_frames: int | None = None
@@ -322,7 +322,7 @@ def _prefetcher(cfg: RunConfig, src: Source, sink: Any, hw: tuple[int, int], on_
     draws = _draws_on(sink)
     if on_device and draws != "source" and isinstance(src, VideoSource):
         src.yuv = True
-    keep = draws == "source" or (draws is not None and not on_device)
+    keep = draws == "source"  # an engine-size overlay draws on Frame.rgb (fitted here, or prepared and copied down)
     return Prefetcher(src, hw, cfg.fit, keep_original=keep, max_frames=cfg.max_frames, fit_on_device=on_device)
 
 

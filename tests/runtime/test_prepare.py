@@ -145,6 +145,31 @@ def test_pipeline_prepares_on_the_device_what_the_host_fits(bundle64) -> None:
             assert diff.max() <= 1, (fit, rgb.shape, diff.max())
 
 
+def test_a_video_source_hands_its_yuv_planes_to_the_device(tmp_path) -> None:
+    """``VideoSource.yuv``: 4:2:0 frames leave the decode thread as their planes (no RGB conversion on the host), with
+    the shot-change thumbnail; prepared on the device they are within a few grey levels of the host's RGB fit."""
+    from runtime.prepare import Preparers
+    from runtime.sources import Prefetcher, VideoSource
+
+    clip = write_clip(tmp_path / "c.mp4", moving_frames(4, h=70, w=134))
+    with av.open(str(clip)) as c:
+        rgbs = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    src = VideoSource(str(clip))
+    src.yuv = True
+    pre = Prefetcher(src, (32, 64), "crop", fit_on_device=True, keep_original=False)
+    prep = Preparers((32, 64), "crop", torch.device("cpu"))
+    out = torch.zeros((32, 64, 3), dtype=torch.uint8)
+    n = 0
+    while (f := pre.get()) is not None:
+        assert isinstance(f.rgb, tuple) and f.rgb[0].shape == (70, 134) and f.rgb[1].shape == (35, 67)
+        assert f.thumb is not None and f.thumb.shape == (4, 8, 3) and f.original is None
+        host = Fitter((70, 134), (32, 64), "crop").fit(rgbs[f.index]).astype(int)
+        assert np.abs(prep(f.rgb, out).numpy().astype(int) - host).max() <= 4
+        n += 1
+    pre.close()
+    assert n == 4
+
+
 def test_run_prepared_on_the_device_end_to_end_on_a_real_clip(bundle64, tmp_path) -> None:
     """``runtime.loop.run`` with ``prepare="device"`` on a real H.264 clip (its YUV planes go up: no colour conversion
     on the host): the same records as the host path, class maps that agree, and an engine-size overlay drawn on the
