@@ -255,6 +255,7 @@ def evaluate_runtime(bundle: Path, clips, args: argparse.Namespace, work: Path, 
     clip and interleaved; mIoU from the written class maps, FPS = frames / summed loop wall time."""
     from runtime.bundle import open_bundle
     from runtime.loop import RunConfig, run
+    from runtime.writers import read_maps
 
     table = runtime_modes(args, "flownet" in open_bundle(bundle, check_hash=False).engines)
     accs = {name: Acc() for name in table}
@@ -278,8 +279,7 @@ def evaluate_runtime(bundle: Path, clips, args: argparse.Namespace, work: Path, 
                     **kw,
                 )
             )
-            with np.load(out / "maps.npz") as z:
-                maps = [z[key] for key in sorted(z.files)]
+            maps = list(read_maps(out / "maps.npz").values())
             for t, (pred, lab) in enumerate(zip(maps, labels)):
                 accs[name].add(t, confusion(pred, lab, num_classes))
             wall[name] += summary["wall_s"]

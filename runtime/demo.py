@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 mode="stream",
                 iters=a.iters,
                 save_maps="none",
+                video=True,  # the demo's point: a clip to look at
             )
         )
     except DeqRuntimeError as e:

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_run_options(p, streams=False)
+    add_run_options(p, streams=False, video=True)
     f = p.add_argument_group("fleet")
     f.add_argument("--workers", type=int, default=None, help="worker actors (default: one per GPU, else 1)")
     f.add_argument(

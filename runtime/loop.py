@@ -26,9 +26,9 @@ from runtime.errors import DeqRuntimeError, EngineError, Interrupted, SourceErro
 from runtime.interp import Emission, InterpPolicy
 from runtime.manifest import AUTO
 from runtime.modes import FrameInfo, Outcome, Plan, Policy, ResetMonitor, frame_change, make_policy, reset_counts
-from runtime.pipeline import STAGES, Pipeline
+from runtime.pipeline import PREPARE, STAGES, Pipeline
 from runtime.solve import Solve
-from runtime.sources import Frame, Prefetcher, Source
+from runtime.sources import Frame, Prefetcher, Source, VideoSource
 from runtime.stats import Samples, format_summary, summarize
 from runtime.tasks import TASKS, Task
 from runtime.writers import Sink, atomic_write_json, clear_previous_run, prepare_out_dir
@@ -59,9 +59,14 @@ class RunConfig:
     reencode_mv: bool = False  # vector modes: re-encode on the fly an input whose vectors span several frames
     reset: bool = True
     fit: str = "resize"
+    # where frames are fitted to the engine size: "host" (Fitter.fit on the decode thread), "device" (the decoded
+    # frame goes up as it is, runtime.prepare), "auto" (device on CUDA: on a CPU torch's antialiased resize costs
+    # more than PIL's, benchmarks/results/host.md)
+    prepare: str = "auto"
     save_maps: str = "npz"
+    maps_size: str = "engine"  # NPZ maps as the engines made them (fit geometry recorded), or "source"
     overlay_size: str = "engine"  # the overlay drawn on the engine-size frame, or "source"
-    video: bool = True
+    video: bool = False  # the overlay MP4 (opt-in: with it the writers cost more than the codec, runtime.writers)
     device: str = "auto"
     graphs: bool = True
     max_frames: int | None = None
@@ -239,10 +244,13 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             for _ in range(n)
         ]
     max_iters = max(p.max_iters for p in policies)
+    prep = _prepare_where(cfg, device, log)
     pipeline = _cached(
         cfg,
-        f"pipeline/{max_iters}",
-        lambda: Pipeline(bundle, device, cfg.spec, cfg.graphs, cfg.threads, max_iters=max_iters, log=log),
+        f"pipeline/{max_iters}/{prep}/{cfg.fit}",
+        lambda: Pipeline(
+            bundle, device, cfg.spec, cfg.graphs, cfg.threads, max_iters=max_iters, log=log, prepare=prep, fit=cfg.fit
+        ),
     )
     for i, p in enumerate(policies):  # policies that need engines (dff: the flownet) get the pipeline
         attach = getattr(getattr(p, "inner", p), "attach", None)
@@ -266,8 +274,9 @@ def run(cfg: RunConfig) -> dict[str, Any]:
                 overlay_size=cfg.overlay_size,
                 task=task,
                 names=bundle.classes,
+                maps_size=cfg.maps_size,
             )
-        pre: Any = Prefetcher(src, hw, cfg.fit, keep_original=cfg.video and sink is not None, max_frames=cfg.max_frames)
+        pre: Any = _prefetcher(cfg, src, sink, hw, prep == "device")
         if cfg.start_frames and cfg.start_frames[i] > 0:
             pre = _Resume(pre, cfg.start_frames[i], getattr(sink, "skipped", None))
         streams.append(StreamState(i, src, policies[i], sink, pre, task))
@@ -281,6 +290,40 @@ def run(cfg: RunConfig) -> dict[str, Any]:
                 s.sink.abort()
         raise
     return summary
+
+
+def _prepare_where(cfg: RunConfig, device: torch.device, log: Any) -> str:
+    """``host`` or ``device`` for ``cfg.prepare`` on ``device``. mv-interp with an overlay at the engine size
+    prepares on the host: its interpolated frames never go up, so the device never has their picture."""
+    if cfg.prepare not in ("auto", *PREPARE):
+        raise ValueError(f"prepare must be one of auto, {', '.join(PREPARE)}, got {cfg.prepare!r}")
+    where = ("device" if device.type == "cuda" else "host") if cfg.prepare == "auto" else cfg.prepare
+    if where == "device" and cfg.mode == "mv-interp" and cfg.video and cfg.overlay_size == "engine":
+        if cfg.prepare == "device":
+            log(
+                "--mode mv-interp with an engine-size overlay prepares frames on the host (interpolated frames "
+                "are never uploaded)"
+            )
+        return "host"
+    return where
+
+
+def _draws_on(sink: Any) -> str | None:
+    """What a stream's writer draws its overlay on: ``source`` (the decoded RGB frame), ``engine`` (the frame the
+    engines saw), or None (no overlay). Writers without ``overlay_size`` (the fleet's) draw at the source size."""
+    if sink is None or getattr(sink, "video", None) is None:
+        return None
+    return getattr(sink, "overlay_size", "source")
+
+
+def _prefetcher(cfg: RunConfig, src: Source, sink: Any, hw: tuple[int, int], on_device: bool) -> Prefetcher:
+    """The stream's decode thread. Prepared on the device, a video comes as its YUV planes (no colour conversion on
+    the host) unless the overlay is drawn on the source-size RGB frame."""
+    draws = _draws_on(sink)
+    if on_device and draws != "source" and isinstance(src, VideoSource):
+        src.yuv = True
+    keep = draws == "source"  # an engine-size overlay draws on Frame.rgb (fitted here, or prepared and copied down)
+    return Prefetcher(src, hw, cfg.fit, keep_original=keep, max_frames=cfg.max_frames, fit_on_device=on_device)
 
 
 def _open(spec: Any, mode: str, log: Any = None, reencode: bool = False) -> Source:
@@ -324,7 +367,7 @@ def _loop(cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[StreamSt
                 break
             if interp is not None:
                 _emit(cfg, streams[0], interp.push(got[0], _shot_change(cfg, streams[0], got[0])), stages, latency, gpu)
-                streams[0].prev = got[0].rgb  # the frame before the next one (records go out later)
+                streams[0].prev = got[0].thumb  # the frame before the next one (records go out later)
             else:
                 latency_ms, gpu_ms = _one_frame(cfg, pipe, streams, got, blank, stages, log)
                 latency.append(latency_ms)
@@ -379,7 +422,7 @@ def _one_frame(
         info = FrameInfo(f.index, f.time, f.key_frame, f.side) if f is not None else FrameInfo(-1)
         reason = ""
         if f is not None and cfg.reset and cfg.mode != "frame":
-            reason = s.monitor.before(info, frame_change(s.prev, f.rgb))
+            reason = s.monitor.before(info, frame_change(s.prev, f.thumb, step=1))
         if f is not None and s.first_reset:  # consumed by the stream's first processed frame
             reason, s.first_reset = s.first_reset, ""
         if reason:
@@ -393,8 +436,16 @@ def _one_frame(
         plans.append(plan)
         frames.append(f.rgb if f is not None else blank)
         pre_reset.append(reason)
+    # prepared on the device, an engine-size overlay draws on the prepared frame: copied down with the output
+    keep = [
+        f is not None and pipe.preparers is not None and _draws_on(s.sink) == "engine" for s, f in zip(streams, got)
+    ]
     t0 = time.perf_counter()
-    res = pipe.run(frames, plans, infos)
+    res = pipe.run(frames, plans, infos, keep_frames=any(keep))
+    if res.frames is not None:
+        for b, f in enumerate(got):
+            if keep[b]:
+                f.rgb = res.frames[b]
     post = [""] * len(streams)
     if cfg.reset and cfg.mode != "frame":
         warm = [p.start == "previous" and pipe.has_state[i] and not pre_reset[i] for i, p in enumerate(plans)]
@@ -421,7 +472,7 @@ def _shot_change(cfg: RunConfig, s: StreamState, f: Frame) -> str:
         return reason
     if not cfg.reset:
         return ""
-    return s.monitor.before(FrameInfo(f.index, f.time, f.key_frame, f.side), frame_change(s.prev, f.rgb))
+    return s.monitor.before(FrameInfo(f.index, f.time, f.key_frame, f.side), frame_change(s.prev, f.thumb, step=1))
 
 
 def _emit(
@@ -526,7 +577,7 @@ def _record(
         ),
     )
     s.frames += 1
-    s.prev = f.rgb
+    s.prev = f.thumb
     if cfg.on_frame is not None:
         cfg.on_frame(dict(record), np.array(task.source(out, fitter), copy=True))
     if s.sink is not None:  # cls: the record only (its top-1 is the overlay's caption)

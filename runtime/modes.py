@@ -101,12 +101,13 @@ class Budgeted(Policy):
         return max(self._max, self.inner.max_iters)
 
 
-def frame_change(a: np.ndarray | None, b: np.ndarray) -> float | None:
-    """Mean absolute pixel difference (0..255) on a 1/8 subsample: cheap shot-change evidence, read
-    on the host from the decoded frames before the GPU sees them."""
+def frame_change(a: np.ndarray | None, b: np.ndarray, step: int = 8) -> float | None:
+    """Mean absolute pixel difference (0..255) on a 1/``step`` subsample: cheap shot-change evidence, read
+    on the host from the decoded frames before the GPU sees them (``step=1``: ``a`` and ``b`` are already the
+    subsample, ``Frame.thumb``)."""
     if a is None or a.shape != b.shape:
         return None
-    return float(np.abs(a[::8, ::8].astype(np.int16) - b[::8, ::8].astype(np.int16)).mean())
+    return float(np.abs(a[::step, ::step].astype(np.int16) - b[::step, ::step].astype(np.int16)).mean())
 
 
 class ResetMonitor:

@@ -27,11 +27,13 @@ from runtime.buffers import StreamBuffers
 from runtime.bundle import Bundle
 from runtime.manifest import AUTO
 from runtime.modes import Plan
+from runtime.prepare import Preparers
 from runtime.solve import Solve
 from runtime.solvers import SOLVERS, SolverInfo, Workspace, anderson, fixed_point
 from runtime.tasks import TASKS
 
 STAGES = ("upload", "injection", "cell", "head", "download")
+PREPARE = ("host", "device")  # where frames are fitted to the engine size (runtime.prepare)
 # The task's device step after the head engine (pose: heatmap peaks; det: proposals, RoIAlign and NMS, its box
 # engine counted in "head"): timed as a stage of its own, in records and summaries only for tasks that have one.
 HEAD_DECODE = "head_decode"
@@ -51,6 +53,7 @@ class BatchResult:
     graph: bool = False
     info: SolverInfo | None = None
     resets: list[str] = field(default_factory=list)
+    frames: np.ndarray | None = None  # (B, H, W, 3) the prepared engine frames, when ``run`` was asked for them
 
 
 class _Timer:
@@ -95,10 +98,18 @@ class Pipeline:
         threads: int = 0,
         max_iters: int = 64,
         log: Any = None,
+        prepare: str = "host",
+        fit: str = "resize",
     ) -> None:
         """``spec``: how every frame is solved (``runtime.solve``); ``max_iters``: the most iterations a frame
-        plan asks for (the workspace's traces hold that many evaluations, grown before any capture)."""
+        plan asks for (the workspace's traces hold that many evaluations, grown before any capture).
+        ``prepare``: ``host``, frames come fitted to the engine size (``Fitter.fit`` on the decode thread);
+        ``device``, they come as decoded (source-size RGB or YUV 4:2:0 planes) and ``upload`` fits them into the
+        frame buffer with ``fit``'s geometry on the engines' device (``runtime.prepare``), for every backend."""
+        if prepare not in PREPARE:
+            raise ValueError(f"prepare must be one of {', '.join(PREPARE)}, got {prepare!r}")
         self.bundle, self.device = bundle, device
+        self.preparers = Preparers((bundle.height, bundle.width), fit, device) if prepare == "device" else None
         self.spec = spec = spec or Solve()
         # AUTO: plain iterations until a stream's residual grows within a frame, then Anderson for that stream
         self.auto = spec.solver == AUTO
@@ -180,7 +191,13 @@ class Pipeline:
             self.warm.add(slot)
 
     # -- per-frame work -------------------------------------------------------------------
-    def upload(self, frames: list[np.ndarray]) -> None:
+    def upload(self, frames: list[Any]) -> None:
+        """Each stream's frame into its row of the frame buffer: prepared on the device (``prepare="device"``, on
+        the pipeline's stream), or copied as it is (already at the engine size) through the pinned host buffer."""
+        if self.preparers is not None:
+            for b, f in enumerate(frames):
+                self.preparers(f, self.buf.frame[b])
+            return
         host = self.buf.frame_host.numpy()  # a view of the (pinned) host buffer: numpy copies read-only frames too
         for b, f in enumerate(frames):
             np.copyto(host[b], f, casting="unsafe")
@@ -252,8 +269,10 @@ class Pipeline:
             torch.cuda.synchronize(self.device)
             return None
 
-    def run(self, frames: list[np.ndarray], plans: list[Plan], infos: list[Any]) -> BatchResult:
-        """Process one batched frame (``frames[b]`` already at the engine resolution)."""
+    def run(self, frames: list[Any], plans: list[Plan], infos: list[Any], keep_frames: bool = False) -> BatchResult:
+        """Process one batched frame (``frames[b]``: at the engine resolution, or as decoded with
+        ``prepare="device"``). ``keep_frames``: the result also holds the prepared engine frames (an overlay drawn
+        at the engine size needs them when the host never had them), copied down with the frame's output."""
         with self.stream_context():
             t = self.timer
             t.start()
@@ -266,14 +285,15 @@ class Pipeline:
             iters = max((p.iters for p in plans if p.run_cell), default=0)
             info, graph = self.solve(iters) if iters > 0 else (None, False)
             t.mark("cell")
-            residuals = self._head_and_download(t, info)
+            residuals = self._head_and_download(t, info, keep_frames)
         stage = t.stage_ms()
         engines = ("injection", "cell", "head", HEAD_DECODE)
         gpu = None if self.stream is None else sum(stage.get(k, 0.0) for k in engines)
         self.has_state = [True] * self.batch
         self.calls += 1
+        kept = self.buf.frame_host.numpy().copy() if keep_frames else None
         return BatchResult(
-            self.result_host.numpy().copy(), residuals, info.nstep if info else 0, stage, gpu, graph, info
+            self.result_host.numpy().copy(), residuals, info.nstep if info else 0, stage, gpu, graph, info, frames=kept
         )
 
     def warmup(self) -> None:
@@ -317,12 +337,15 @@ class Pipeline:
         nan = [float("nan")] * self.batch
         return BatchResult(self.result_host.numpy().copy(), nan, 0, stage, gpu)
 
-    def _head_and_download(self, t: _Timer, info: SolverInfo | None = None) -> list[float]:
-        """Head (and the task's decode) on the current state set; its result and final residuals to the host (pinned,
-        asynchronous) before the frame's one sync. Returns the residual per stream (NaN: no cell)."""
+    def _head_and_download(self, t: _Timer, info: SolverInfo | None = None, frames: bool = False) -> list[float]:
+        """Head (and the task's decode) on the current state set; its result and final residuals (and with
+        ``frames`` the frame buffer) to the host (pinned, asynchronous) before the frame's one sync. Returns the
+        residual per stream (NaN: no cell)."""
         self.run_head(t.mark)
         if self.result_host is not self.result:
             self.result_host.copy_(self.result, non_blocking=True)
+        if frames and self.buf.frame_host is not self.buf.frame:
+            self.buf.frame_host.copy_(self.buf.frame, non_blocking=True)
         ran = info is not None and info.nstep > 0
         watch = ran and self.auto and info.solver == "fixed_point" and info.nstep >= 2
         if ran:
@@ -384,4 +407,4 @@ class Pipeline:
         return BatchResult(self.result_host.numpy().copy(), residuals, info.nstep, stage, None, graph, info)
 
 
-__all__ = ["HEAD_DECODE", "STAGES", "BatchResult", "Pipeline", "Runner"]
+__all__ = ["HEAD_DECODE", "PREPARE", "STAGES", "BatchResult", "Pipeline", "Runner"]

@@ -32,14 +32,15 @@ WARM_KEY_MODES = ("mv", "dff")  # mv-interp solves every key frame from zero
 
 EXAMPLES = """examples:
   python -m runtime.run --engine engines/deq_cell.onnx clip.mp4 --mode stream --iters 2
-  python -m runtime.run --engine engines/deq_cell.onnx clip.mp4 --mode frame --iters 20 --save-maps npz
+  python -m runtime.run --engine engines/deq_cell.onnx clip.mp4 --mode frame --iters 20 --video
   python -m runtime.run --engine engines/deq_cell.plan rtsp://camera/stream --budget-ms 33
   python -m runtime.run --engine engines_b2/deq_cell.onnx a.mp4 b.mp4 --streams 2
   python -m runtime.run --engine engines/deq_cell.onnx clip.mp4 --mode mv --key-interval 5
   python -m runtime.run --engine engines/deq_cell.onnx clip.mp4 --mode stream-mv --iters 1
   python -m runtime.run --engine engines/deq_cell.onnx clip.mp4 --mode dff --key-interval 5   (bundle with flownet)
   python -m runtime.run --engine engines/deq_cell.onnx clip.mp4 --mode mv-interp --key-interval 5   (delayed output)
-outputs (in --out): overlay.mp4, maps/ or maps.npz, frames.jsonl (one record per frame), summary.json
+outputs (in --out): maps.npz (engine-size class maps, fit geometry included) or maps/, frames.jsonl (one record per
+frame), summary.json, and with --video overlay.mp4
 """
 
 
@@ -58,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def add_run_options(p: argparse.ArgumentParser, streams: bool = True) -> None:
-    """The inputs, engine, solving and I/O options (runtime.fleet reuses them; ``streams``: add --streams)."""
+def add_run_options(p: argparse.ArgumentParser, streams: bool = True, video: bool = False) -> None:
+    """The inputs, engine, solving and I/O options (runtime.fleet reuses them; ``streams``: add --streams; ``video``:
+    the overlay's default, on for the fleet, whose durable writer re-renders it after a move)."""
     p.add_argument(
         "inputs",
         nargs="+",
@@ -209,22 +211,51 @@ def add_run_options(p: argparse.ArgumentParser, streams: bool = True) -> None:
         help="how frames meet the engine resolution: stretch (resize, default), scale to fit and pad "
         "(pad), or scale to cover and centre-crop (crop, the usual classification evaluation)",
     )
+    d.add_argument(
+        "--prepare",
+        choices=("auto", "host", "device"),
+        default="auto",
+        help="where frames are fitted to the engine size (resize / pad / crop) and converted to RGB: device (the "
+        "decoded frame goes up as it is, as its YUV 4:2:0 planes where the video has them, and is prepared by torch "
+        "where the engines run: the host only decodes), host (PIL on the decode thread: cheaper on a CPU, "
+        "benchmarks/results/host.md), or auto (default: device on CUDA, host on the CPU)",
+    )
     d.add_argument("--out", type=Path, default=Path("out"), help="output directory (default out/)")
     d.add_argument(
         "--save-maps",
         choices=("png", "npz", "none"),
         default="npz",
-        help="per-frame class maps: one NPZ (default; about a quarter of the PNGs' cost per frame, "
-        "benchmarks/results/host.md), a PNG folder, or none",
+        help="per-frame class maps: one NPZ (default; a fraction of the PNGs' cost per frame, "
+        "benchmarks/results/host.md), a PNG folder (images at the source size), or none",
+    )
+    d.add_argument(
+        "--maps-size",
+        choices=("engine", "source"),
+        default="engine",
+        help="NPZ class maps as the engines made them, with the fit geometry recorded in the file (default: their "
+        "cost does not grow with the source; runtime.writers.read_maps brings them to the source size), or brought "
+        "to the source size while writing",
+    )
+    d.add_argument(
+        "--video",
+        action=argparse.BooleanOptionalAction,
+        default=video,
+        help="write overlay.mp4, the prediction drawn over the frames ("
+        + (
+            "on by default"
+            if video
+            else "off by default: with it the writers cost more per frame than the codec's "
+            "own decode of a standard-definition clip, benchmarks/results/host.md"
+        )
+        + ")",
     )
     d.add_argument(
         "--overlay-size",
         choices=("engine", "source"),
         default="engine",
-        help="draw the overlay video on the frame the engines saw (default: its cost does not grow with the "
+        help="with --video: draw the overlay on the frame the engines saw (default: its cost does not grow with the "
         "source size) or on the decoded frame at the source's size",
     )
-    d.add_argument("--no-video", action="store_true", help="do not write the overlay MP4")
     d.add_argument("--max-frames", type=int, default=None, help="stop after this many frames per stream")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.add_argument("--no-hash", action="store_true", help="skip the sha256 check of the engines against the manifest")
@@ -344,9 +375,11 @@ def config_from_args(args: argparse.Namespace, sources: list[Any]) -> Any:
         reencode_mv=getattr(args, "reencode_mv", False),
         reset=not args.no_reset,
         fit=args.fit,
+        prepare=args.prepare,
         save_maps=args.save_maps,
+        maps_size=args.maps_size,
         overlay_size=args.overlay_size,
-        video=not args.no_video,
+        video=args.video,
         device=args.device,
         graphs=not args.no_graphs,
         max_frames=args.max_frames,

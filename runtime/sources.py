@@ -28,16 +28,20 @@ LIVE_PREFIXES = ("rtsp://", "rtmp://", "rtp://", "udp://", "tcp://", "srt://", "
 
 @dataclass
 class Frame:
-    """One decoded frame: engine-resolution pixels plus what the policies and writers need."""
+    """One decoded frame: the pixels the pipeline uploads plus what the policies and writers need."""
 
     index: int
-    rgb: np.ndarray  # (H, W, 3) uint8 at the engine resolution
+    # What Pipeline.upload takes: (H, W, 3) uint8 at the engine resolution when prepared on the host; prepared on
+    # the device (runtime.prepare), the decoded frame as it came: source-size RGB or YUV 4:2:0 planes (the loop
+    # puts the prepared engine-size frame here after the run when a writer draws on it)
+    rgb: Any
     source_hw: tuple[int, int]
     time: float | None = None
     key_frame: bool = False
     decode_ms: float = 0.0
     original: np.ndarray | None = None  # source-resolution pixels (for the overlay), if kept
     side: dict[str, Any] = field(default_factory=dict)
+    thumb: np.ndarray | None = None  # the engine frame's every 8th pixel: the reset monitor's shot-change evidence
 
 
 FIT_MODES = ("resize", "pad", "crop")
@@ -252,6 +256,9 @@ class VideoSource(Source):
         import av
 
         self.side_hook = side_hook
+        # True: 4:2:0 frames come as their Y, U, V planes (runtime.prepare.planes: no colour conversion on the host,
+        # the pipeline converts on the device); other pixel formats still come as RGB
+        self.yuv = False
         self.name, self.live = spec, live
         fmt = None
         if spec.startswith("webcam:") or spec.startswith("/dev/video"):
@@ -289,11 +296,20 @@ class VideoSource(Source):
                 for f in decoded:
                     side = self.side_hook(f, index) if self.side_hook is not None else {}
                     ts = float(f.time) if f.time is not None else None
-                    yield f.to_ndarray(format="rgb24"), ts, bool(getattr(f, "key_frame", False)), side
+                    yield self._pixels(f), ts, bool(getattr(f, "key_frame", False)), side
                     index += 1
         except Exception as e:  # noqa: BLE001 - the demuxer gave up: keep what was decoded
             self.errors += 1
             self.last_error = _one_line(e)
+
+    def _pixels(self, f: Any) -> Any:
+        if self.yuv:
+            from runtime.prepare import planes
+
+            got = planes(f)
+            if got is not None:
+                return got
+        return f.to_ndarray(format="rgb24")
 
     def close(self) -> None:
         try:
@@ -334,9 +350,10 @@ _END = object()
 class Prefetcher:
     """Decode thread: fits frames to the engine resolution and fills a bounded queue.
 
-    ``keep_original`` keeps the source-resolution pixels for the overlay writer. ``fit_on_device``: frames stay at
-    the source size (``Frame.rgb`` is the decoded frame) for the pipeline to fit on the device
-    (:class:`runtime.prepare.Preparers`); motion fields are still fitted here (they are small).
+    ``keep_original`` keeps the source-resolution pixels for the overlay writer. ``fit_on_device``: frames stay as
+    decoded (``Frame.rgb`` is the source-size RGB, or the YUV planes of a source whose ``yuv`` is set) for the
+    pipeline to fit on the device (:class:`runtime.prepare.Preparers`); motion fields are still fitted here (they are
+    small), and so is ``Frame.thumb`` (:func:`runtime.prepare.thumbnail`).
     """
 
     def __init__(
@@ -364,6 +381,45 @@ class Prefetcher:
             self.fitters[hw] = Fitter(hw, self.dst_hw, self.fit_mode)
         return self.fitters[hw]
 
+    def _checked(self, pixels: Any) -> tuple[int, int]:
+        """The frame's source size; a frame that is neither (H, W, 3) uint8 nor 4:2:0 planes is an error."""
+        if isinstance(pixels, tuple) and len(pixels) == 3 and all(p.dtype == np.uint8 for p in pixels):
+            return int(pixels[0].shape[0]), int(pixels[0].shape[1])
+        if not isinstance(pixels, np.ndarray) or pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+            raise SourceError(f"{self.source.name}: frame {self.decoded} is not HxWx3 uint8")
+        return int(pixels.shape[0]), int(pixels.shape[1])
+
+    def _frame(self, pixels: Any, ts: float | None, key: bool, side: dict[str, Any], t0: float) -> Frame:
+        hw = self._checked(pixels)
+        fitter = self.fitter(hw)
+        if self.fit_on_device:  # fitted by the pipeline (runtime.prepare); the shot-change pixels read here
+            from runtime.prepare import thumbnail
+
+            fitted, thumb = pixels, thumbnail(pixels, fitter)
+        else:
+            fitted = fitter.fit(pixels)
+            thumb = fitted[::8, ::8]
+        if side and "motion" in side:  # codec vectors are on the source picture's grid
+            side = {**side, "motion": fitter.fit_motion(side["motion"])}
+        ms = (time.perf_counter() - t0) * 1e3
+        original = pixels if self.keep_original else None
+        return Frame(self.decoded, fitted, hw, ts, key, ms, original, side, thumb)
+
+    def _work(self) -> None:
+        try:
+            t0 = time.perf_counter()
+            for pixels, ts, key, side in self.source:
+                if self.max_frames is not None and self.decoded >= self.max_frames:
+                    break
+                if not self._put(self._frame(pixels, ts, key, side, t0)):
+                    return
+                self.decoded += 1
+                t0 = time.perf_counter()
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, reported there
+            self.error = e
+        finally:
+            self._put(_END)
+
     def _put(self, item: Any) -> bool:
         while not self.stop_event.is_set():
             try:
@@ -372,30 +428,6 @@ class Prefetcher:
             except queue.Full:
                 continue
         return False
-
-    def _work(self) -> None:
-        try:
-            t0 = time.perf_counter()
-            for rgb, ts, key, side in self.source:
-                if self.max_frames is not None and self.decoded >= self.max_frames:
-                    break
-                if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-                    raise SourceError(f"{self.source.name}: frame {self.decoded} is not HxWx3 uint8")
-                hw = (int(rgb.shape[0]), int(rgb.shape[1]))
-                fitter = self.fitter(hw)
-                fitted = rgb if self.fit_on_device else fitter.fit(rgb)  # on the device: runtime.prepare
-                if side and "motion" in side:  # codec vectors are on the source picture's grid
-                    side = {**side, "motion": fitter.fit_motion(side["motion"])}
-                ms = (time.perf_counter() - t0) * 1e3
-                frame = Frame(self.decoded, fitted, hw, ts, key, ms, rgb if self.keep_original else None, side)
-                if not self._put(frame):
-                    return
-                self.decoded += 1
-                t0 = time.perf_counter()
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer, reported there
-            self.error = e
-        finally:
-            self._put(_END)
 
     def get(self, stop: Callable[[], bool] = lambda: False) -> Frame | None:
         """Next frame, or None at the end or once ``stop()`` is true while waiting (a live

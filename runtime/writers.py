@@ -1,7 +1,13 @@
-"""Outputs: overlay MP4, per-frame class maps (PNG folder or one NPZ), per-frame JSON-lines log
-and summary.json. Every file is written to a temporary name in the same folder and renamed
-when complete, so a reader (or a crash) never sees half a file. A writer thread with a
-bounded queue does the encoding so it overlaps the GPU work.
+"""Outputs: per-frame class maps (one NPZ, by default at the engine size with the fit geometry recorded, or a PNG
+folder), per-frame JSON-lines log, summary.json, and on request an overlay MP4. Every file is written to a temporary
+name in the same folder and renamed when complete, so a reader (or a crash) never sees half a file. A writer thread
+with a bounded queue does the writing (the overlay on a thread of its own) so it overlaps the decode and the GPU work.
+
+Why these defaults (``python -m benchmarks.host``, ``benchmarks/results/host.md``): writing must cost at most the
+codec's own decode per frame. Class maps at the engine size in one NPZ (deflate level 1) cost a fraction of that at
+every source size (bringing them to the source size is per-pixel work that grows with the source: :func:`read_maps`
+does it when they are read). Every overlay measured (x264 or MPEG-4 Part 2, at the engine size or half of it) takes
+the writers above the codec's decode of a standard-definition clip, so the overlay is opt-in.
 """
 
 from __future__ import annotations
@@ -268,25 +274,69 @@ class _RenamedAtClose:
 
 
 class NpzMapWriter(_RenamedAtClose):
-    """All class maps in one NPZ (arrays ``frame_000000`` ...), streamed into a temp zip."""
+    """All class maps in one NPZ (arrays ``frame_000000`` ...), streamed into a temp zip (deflate level 1).
+
+    Maps written with their ``fitter`` are engine-size maps: the geometry that brings them to the source size is
+    recorded in the same file (``geometry``: rows ``[first frame, source height, source width]``, one per source size
+    the stream had; ``fit``: the fit mode) for :func:`read_maps`."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.tmp = temp_sibling(path)
         self.file = zipfile.ZipFile(self.tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1)
         self.count = 0
+        self.geometry: list[tuple[int, int, int]] = []
+        self.fit = ""
 
-    def write(self, index: int, classes: np.ndarray) -> None:
-        with self.file.open(f"frame_{index:06d}.npy", "w", force_zip64=True) as f:
-            np.lib.format.write_array(f, np.ascontiguousarray(classes), allow_pickle=False)
+    def write(self, index: int, classes: np.ndarray, fitter: Any = None) -> None:
+        self._entry(f"frame_{index:06d}", classes)
+        if fitter is not None and (not self.geometry or tuple(self.geometry[-1][1:]) != tuple(fitter.src_hw)):
+            self.geometry.append((index, *fitter.src_hw))
+            self.fit = fitter.mode
         self.count += 1
+
+    def _entry(self, name: str, a: np.ndarray) -> None:
+        with self.file.open(f"{name}.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array(f, np.ascontiguousarray(a), allow_pickle=False)
 
     def close(self) -> None:
         """No maps (a classification bundle has no class map): no empty archive either."""
-        if self.count:
-            super().close()
-        else:
+        if not self.count:
             self.abort()
+            return
+        if self.geometry:
+            self._entry(GEOMETRY, np.array(self.geometry, np.int64))
+            self._entry(FIT, np.array([self.fit]))
+        super().close()
+
+
+GEOMETRY, FIT = "geometry", "fit"
+MAPS_SIZES = ("engine", "source")
+
+
+def read_maps(path: Path, size: str = "source") -> dict[int, np.ndarray]:
+    """The class maps of a run's ``maps.npz`` by frame index, in frame order; ``size="source"`` brings engine-size
+    maps to the source size with the geometry the file records (nearest neighbour, as the runtime's own
+    ``Fitter.unfit``: the same arrays ``--maps-size source`` writes), ``"engine"`` gives them as stored."""
+    from runtime.sources import Fitter
+
+    if size not in MAPS_SIZES:
+        raise ValueError(f"size must be one of {', '.join(MAPS_SIZES)}, got {size!r}")
+    with np.load(path, allow_pickle=False) as z:
+        names = sorted(k for k in z.files if k.startswith("frame_"))
+        maps = {int(k[len("frame_") :]): z[k] for k in names}
+        geometry = z[GEOMETRY] if GEOMETRY in z.files and size == "source" else None
+        fit = str(z[FIT].reshape(-1)[0]) if geometry is not None else ""
+    if geometry is None:
+        return maps
+    out, fitters = {}, {}
+    for i, m in maps.items():
+        row = geometry[np.searchsorted(geometry[:, 0], i, side="right") - 1]
+        key = (int(row[1]), int(row[2]), m.shape)
+        if key not in fitters:
+            fitters[key] = Fitter(key[:2], m.shape, fit)
+        out[i] = fitters[key].unfit(m)
+    return out
 
 
 class JsonlWriter(_RenamedAtClose):
@@ -349,12 +399,14 @@ OVERLAY_SIZES = ("source", "engine")
 
 
 class Sink(QueuedWriter):
-    """Writer thread for one stream: maps back to the source size, writes maps and log, and hands the overlay to
-    its own thread (:class:`Lane`). ``write_ms``: this thread's time per frame; ``overlay_ms``: the overlay's.
+    """Writer thread for one stream: writes maps and log, and hands the overlay to its own thread (:class:`Lane`).
+    ``write_ms``: this thread's time per frame; ``overlay_ms``: the overlay's.
 
-    ``overlay_size``: ``source`` blends the prediction over the decoded frame at its own size; ``engine`` over the
-    frame the engines saw (fitted to their size, so its cost does not grow with the source: at 1920x1080 a
-    source-size overlay encodes 16 times the pixels of a 512x256 engine's)."""
+    ``maps_size``: ``engine`` writes NPZ class maps as the engines made them, with the fit geometry recorded
+    (:func:`read_maps` brings them to the source size); ``source`` brings each map to the source size first (PNG
+    maps are images at the source size either way). ``overlay_size``: ``source`` blends the prediction over the
+    decoded frame at its own size; ``engine`` over the frame the engines saw (fitted to their size, so its cost does
+    not grow with the source: at 1920x1080 a source-size overlay encodes 16 times the pixels of a 512x256 engine's)."""
 
     def __init__(
         self,
@@ -368,9 +420,13 @@ class Sink(QueuedWriter):
         overlay_size: str = "source",
         task: Any = None,
         names: Sequence[str] = (),
+        maps_size: str = "engine",
     ) -> None:
         if overlay_size not in OVERLAY_SIZES:
             raise ValueError(f"overlay size must be one of {', '.join(OVERLAY_SIZES)}, got {overlay_size!r}")
+        if maps_size not in MAPS_SIZES:
+            raise ValueError(f"maps size must be one of {', '.join(MAPS_SIZES)}, got {maps_size!r}")
+        self.maps_size = maps_size
         # task: runtime.tasks' (what the output is at the source, whether it is a map, how it is drawn); None: class
         # maps, as a seg task (runtime.writers does not import runtime.tasks, which draws with its functions)
         self.out, self.overlay_size, self.task = out, overlay_size, task
@@ -389,14 +445,20 @@ class Sink(QueuedWriter):
 
     def _write(self, record: dict[str, Any], frame: Any, classes: np.ndarray | None, fitter: Any) -> None:
         t0 = time.perf_counter()
-        full = self._at_source(classes, fitter)
+        maps = self.maps is not None and classes is not None and (self.task is None or self.task.has_map)  # not pose
+        at_engine = maps and isinstance(self.maps, NpzMapWriter) and self.maps_size == "engine"
+        full = None  # the output at the source size: computed only when something is written at that size
+        if (maps and not at_engine) or (self.video_lane is not None and self.overlay_size == "source"):
+            full = self._at_source(classes, fitter)
         if self.video_lane is not None and self.overlay_size == "engine":  # the picture the engines saw
             self.video_lane.put(frame.rgb, classes, top1_label(record))
         elif self.video_lane is not None:  # blended and encoded on the overlay's own thread
             rgb = frame.original if frame.original is not None else frame.rgb
             self.video_lane.put(rgb, full, top1_label(record))
-        if self.maps is not None and full is not None and (self.task is None or self.task.has_map):  # not cls, pose
-            self.maps.write(record["frame"], full)
+        if at_engine:
+            self.maps.write(record["frame"], classes, fitter)  # type: ignore[union-attr]
+        elif maps:
+            self.maps.write(record["frame"], full)  # type: ignore[union-attr]
         if self.results is not None:
             self.results.extend(self.task.results(record))
         ms = (time.perf_counter() - t0) * 1e3

@@ -24,10 +24,15 @@ def test_stages_of_a_users_clip(clip: Path, tmp_path: Path) -> None:
     res = json.loads((tmp_path / "host_inputs.json").read_text())
     st = res["clips"]["cam.mp4"]["stages"]
     assert st["size"] == [160, 96] and st["frames"] == 8 and st["stream"]["codec"] == "h264"
-    for k in ("codec", "codec+mv", "fit", "mv field", "planes", "device prep", "upload", "download", "overlay", "npz"):
+    for k in ("codec", "codec+mv", "fit", "mv field", "planes", "device prep", "upload", "download", *host.WRITER_COLS):
         assert st[k]["n"] == 8 and st[k]["cpu_ms"] >= 0.0, k
     r = res["clips"]["cam.mp4"]["ratios"]
     assert r["mv_field_over_codec"] == pytest.approx(st["mv field"]["cpu_ms"] / st["codec"]["cpu_ms"])
+    default = st["npz (engine size)"]["cpu_ms"] + st["jsonl"]["cpu_ms"] + st["download (engine size)"]["cpu_ms"]
+    assert r["default_writers_over_codec"] == pytest.approx(default / st["codec"]["cpu_ms"])
+    b = st["bytes_per_frame"]
+    assert b["maps raw"] == host.ENGINE_HW[0] * host.ENGINE_HW[1]  # one byte per engine pixel
+    assert 0 < b["maps zlib1"] < b["maps raw"] and b["npz (engine size)"] > 0
     assert "| cam.mp4 | 160x96 | h264 |" in (tmp_path / "host_inputs.md").read_text()
 
 
@@ -57,7 +62,8 @@ def test_null_backend_runs_the_loop_without_engines(clip: Path, tmp_path: Path, 
     assert set(got) == {f"{m}, {o}" for m in ("stream k=1", "mv n=5") for o in host.OUTPUTS}
     for name, r in got.items():
         assert r["frames"] == 6 and r["fps"] > 0 and r["largest_stage"] in ("decode", "loop", "write", "overlay"), name
-    assert got["stream k=1, engine-size overlay + NPZ maps + log"]["threads_ms"]["overlay"] > 0
+    assert got["stream k=1, default + engine-size overlay (--video)"]["threads_ms"]["overlay"] > 0
+    assert "overlay" not in (got["stream k=1, default outputs (engine-size NPZ maps + log)"]["threads_ms"] or {})
 
 
 def test_missing_input_is_one_line(tmp_path: Path, capsys) -> None:

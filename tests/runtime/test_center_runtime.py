@@ -74,7 +74,7 @@ def eager_boxes(model, head, frames: np.ndarray, iters: int) -> list[tuple[np.nd
 
 def test_records_equal_the_eager_reference_in_source_pixels(tiny_model, center_det, src_clip, tmp_path):
     head, bundle = center_det
-    args = ["--mode", "stream", "--iters", "2", "--solver", "fixed_point", "--no-reset", "--fit", "pad"]
+    args = ["--mode", "stream", "--iters", "2", "--solver", "fixed_point", "--no-reset", "--fit", "pad", "--video"]
     records = run_cli(bundle, src_clip, tmp_path, *args)
     frames = decode_clip(src_clip)
     assert [r["frame"] for r in records] == list(range(len(frames)))

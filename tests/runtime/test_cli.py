@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from runtime.run import main
+from runtime.writers import read_maps
 from tests.runtime.conftest import moving_frames, write_clip
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -148,14 +149,14 @@ def test_streams_must_match_engine_batch(bundle64, clip64, tmp_path, capsys):
 
 def test_one_record_per_decoded_frame_and_outputs(bundle64, clip64, tmp_path, capsys):
     out = tmp_path / "o"
-    rc = main(["--engine", str(bundle64 / "deq_cell.onnx"), str(clip64), "--out", str(out), "--no-progress"])
+    rc = main(["--engine", str(bundle64 / "deq_cell.onnx"), str(clip64), "--out", str(out), "--no-progress", "--video"])
     assert rc == 0
     recs = records(out)
     assert [r["frame"] for r in recs] == list(range(8))
     assert {"iterations", "residual", "timestamp", "latency_ms"} <= set(recs[0])
     assert {"decode", "upload", "injection", "cell", "head", "download", "write"} <= set(recs[0]["latency_ms"])
-    with np.load(out / "maps.npz") as maps:  # the default: one NPZ (PNGs on request)
-        assert sorted(maps.files) == [f"frame_{i:06d}" for i in range(8)]
+    with np.load(out / "maps.npz") as maps:  # the default: one NPZ (PNGs on request), its fit geometry recorded
+        assert sorted(maps.files) == sorted(["fit", "geometry", *(f"frame_{i:06d}" for i in range(8))])
     assert not (out / "maps").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == 8 and summary["latency_ms"]["count"] == 8
@@ -248,6 +249,7 @@ def test_ctrl_c_or_sigterm_keeps_processed_frames(bundle64, tmp_path, sig):
         "20",
         "--save-maps",
         "none",
+        "--video",
     )
     deadline = time.time() + 60
     while time.time() < deadline and not any(out.glob(".frames.jsonl.*")):
@@ -306,9 +308,8 @@ def test_image_folder_and_resize_back_to_source_size(bundle64, tmp_path, capsys)
         ]
     )
     assert rc == 3, capsys.readouterr().err
-    with np.load(out / "maps.npz") as z:
-        assert sorted(z.files) == [f"frame_{i:06d}" for i in range(3)]
-        assert z["frame_000000"].shape == (50, 90)
+    maps = read_maps(out / "maps.npz")  # at the source size, from the engine-size maps and their geometry
+    assert sorted(maps) == [0, 1, 2] and maps[0].shape == (50, 90)
 
 
 def test_http_url_source(bundle64, clip64, tmp_path, capsys):

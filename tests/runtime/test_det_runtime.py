@@ -204,6 +204,7 @@ def test_stream_and_mv_modes_write_boxes_and_an_overlay(det_bundle, det_clip, tm
             [str(det_clip)],
             out=tmp_path,
             mode=mode,
+            video=True,
             overlay_size="source",
             progress=False,
             on_frame=lambda rec, boxes: seen.append((rec, boxes)),
@@ -224,7 +225,7 @@ def test_the_overlay_draws_the_boxes(det_bundle, tmp_path):
     its height."""
     still = np.full((2, H, W, 3), 40, np.uint8)
     clip = write_clip(tmp_path / "still.mp4", still)
-    records = run_cli(det_bundle, clip, tmp_path / "o", "--mode", "frame", "--overlay-size", "engine")
+    records = run_cli(det_bundle, clip, tmp_path / "o", "--mode", "frame", "--video", "--overlay-size", "engine")
     frame = decode_clip(tmp_path / "o" / "overlay.mp4")[0].astype(int)
     boxes = as_arrays(records[0])[0]
     assert len(boxes)

@@ -61,7 +61,7 @@ def png_maps(folder: Path) -> np.ndarray:
 
 def alone(engine: Path, clip: Path, out: Path, save_maps: str) -> Path:
     """The reference: the same clip through runtime.run's loop, alone, same options."""
-    run(RunConfig(engine=engine, sources=[str(clip)], out=out, save_maps=save_maps, video=False, **RUN_KW))
+    run(RunConfig(engine=engine, sources=[str(clip)], out=out, save_maps=save_maps, maps_size="source", **RUN_KW))
     return out
 
 

@@ -38,7 +38,7 @@ def alone(bundle: Path, clip: Path, out: Path) -> list[dict]:
 
 def in_worker(bundle: Path, clips: list[Path], out: Path) -> list[dict]:
     """The clips through one fleet worker in this process (the actor's body, without Ray), one group each."""
-    cfg = RunConfig(engine=bundle / "deq_cell.onnx", sources=[], out=None, save_maps="npz", **RUN_KW)
+    cfg = RunConfig(engine=bundle / "deq_cell.onnx", sources=[], out=None, save_maps="npz", video=True, **RUN_KW)
     worker = Worker(cfg, 0)
     results = []
     for i, clip in enumerate(clips):

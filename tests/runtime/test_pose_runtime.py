@@ -110,7 +110,7 @@ def test_keypoints_match_eager_pytorch(pose_model, pose_bundle, pose_clip, tmp_p
 
 @pytest.mark.parametrize("mode", ["frame", "stream", "stream-mv", "mv", "mv-interp"])
 def test_every_mode_writes_keypoints_and_a_skeleton_overlay(pose_bundle, pose_clip, tmp_path, mode):
-    records = run_cli(pose_bundle, pose_clip, tmp_path, "--mode", mode, "--overlay-size", "source")
+    records = run_cli(pose_bundle, pose_clip, tmp_path, "--mode", mode, "--video", "--overlay-size", "source")
     assert len(records) == 6 and [r["frame"] for r in records] == list(range(6))
     kp = as_array(records)
     assert kp.shape == (6, J, 3) and np.isfinite(kp).all()
@@ -142,7 +142,7 @@ def test_the_overlay_draws_the_skeleton(pose_bundle, tmp_path):
     """Engine-size overlay of a still clip: the skeleton's dots (white) sit on the recorded keypoints."""
     still = np.full((4, H, W, 3), 40, np.uint8)
     clip = write_clip(tmp_path / "still.mp4", still)
-    records = run_cli(pose_bundle, clip, tmp_path / "o", "--mode", "frame", "--overlay-size", "engine")
+    records = run_cli(pose_bundle, clip, tmp_path / "o", "--mode", "frame", "--video", "--overlay-size", "engine")
     frame = decode_clip(tmp_path / "o" / "overlay.mp4")[0].astype(int)
     kp = as_array(records)[0]
     inside = [(x, y) for x, y, _ in kp if 2 <= x < W - 2 and 2 <= y < H - 2]
@@ -231,7 +231,7 @@ def test_the_shipped_pose_model_on_a_real_clip(tmp_path):
     engines = tmp_path / "engines-pose"
     argv = ["--checkpoint", str(shipped), "--heads", "pose", "--height", "64", "--width", "128"]
     assert export_main([*argv, "--formats", "onnx", "--out", str(engines)]) == 0
-    records = run_cli(engines, bikes, tmp_path / "o", "--max-frames", "12", "--overlay-size", "source")
+    records = run_cli(engines, bikes, tmp_path / "o", "--max-frames", "12", "--video", "--overlay-size", "source")
     assert [r["frame"] for r in records] == list(range(12))
     kp = as_array(records)
     assert kp.shape == (12, J, 3) and np.isfinite(kp).all()
@@ -243,7 +243,7 @@ def test_the_shipped_pose_model_on_a_real_clip(tmp_path):
 def test_the_outputs_line_names_what_a_pose_run_wrote(pose_bundle, pose_clip, tmp_path, capsys):
     """The closing ``outputs:`` line lists the folder as written: a pose run writes no class maps, so it names no
     maps.npz (it used to, from the seg defaults)."""
-    run_cli(pose_bundle, pose_clip, tmp_path / "o", "--max-frames", "3")
+    run_cli(pose_bundle, pose_clip, tmp_path / "o", "--max-frames", "3", "--video")
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("outputs: "))
     listed = line.split("(", 1)[1].rstrip(")").split(", ")
     assert listed == sorted(p.name for p in (tmp_path / "o").iterdir())

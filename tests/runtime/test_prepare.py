@@ -90,6 +90,114 @@ def test_prefetcher_leaves_frames_at_the_source_size_for_the_device() -> None:
     assert got == sizes and len(prep.by_size) == 2
 
 
+def nearest_fit(rgb: np.ndarray, f: Fitter) -> np.ndarray:
+    """``Fitter.fit``'s geometry with PIL's nearest-neighbour resize (the reference for :func:`thumbnail`)."""
+    from PIL import Image
+
+    (ih, iw), (oy, ox), (dh, dw) = f.scaled, f.offset, f.dst_hw
+    small = np.asarray(Image.fromarray(rgb).resize((iw, ih), Image.NEAREST))[oy : oy + dh, ox : ox + dw]
+    out = np.zeros((dh, dw, 3), np.uint8)
+    out[: small.shape[0], : small.shape[1]] = small
+    return out
+
+
+def test_thumbnail_samples_the_engine_frame_the_host_would_fit() -> None:
+    """The reset monitor's shot-change pixels, read from the source frame: the fitted frame's every 8th pixel (exactly
+    where the frame is not scaled; PIL's nearest-neighbour fit where it is, padding black)."""
+    from runtime.prepare import thumbnail
+
+    rgb = moving_frames(1, h=64, w=128, seed=3)[0]
+    assert np.array_equal(thumbnail(rgb, Fitter((64, 128), (64, 128), "resize")), rgb[::8, ::8])
+    for src in [(64, 128), (50, 90), (300, 200)]:
+        rgb = moving_frames(1, h=src[0], w=src[1], seed=4)[0]
+        for dst, fit in GEOMETRY:
+            f = Fitter(rgb.shape[:2], dst, fit)
+            got, ref = thumbnail(rgb, f), nearest_fit(rgb, f)[::8, ::8]
+            assert got.shape == ref.shape
+            assert (got != ref).any(axis=2).mean() < 0.02, (src, dst, fit)  # a sample's rounding at most
+
+
+def test_thumbnail_of_planes_matches_the_rgb_one(frames) -> None:
+    from runtime.prepare import thumbnail
+
+    for name, f in frames:
+        rgb = f.to_ndarray(format="rgb24")
+        fitter = Fitter(rgb.shape[:2], (256, 512), "resize")
+        diff = np.abs(thumbnail(planes(f), fitter).astype(int) - thumbnail(rgb, fitter).astype(int))
+        assert diff.max() <= 6 and diff.mean() < 2.0, name  # FFmpeg's chroma filter and fixed point vs ours
+
+
+def test_pipeline_prepares_on_the_device_what_the_host_fits(bundle64) -> None:
+    """``Pipeline(prepare="device")`` on the CPU fills the engines' frame buffer from source-size RGB frames within
+    1 grey level of the host path (frames fitted by ``Fitter.fit``, then copied in)."""
+    from runtime.bundle import open_bundle
+    from runtime.pipeline import Pipeline
+
+    bundle = open_bundle(bundle64 / "deq_cell.onnx")
+    src = [moving_frames(1, h=h, w=w, seed=s)[0] for s, (h, w) in enumerate([(96, 160), (50, 90)])]
+    for fit in ("resize", "pad", "crop"):
+        pipe = Pipeline(bundle, torch.device("cpu"), threads=1, prepare="device", fit=fit)
+        host = Pipeline(bundle, torch.device("cpu"), threads=1)
+        for rgb in src:
+            pipe.upload([rgb])
+            host.upload([Fitter(rgb.shape[:2], (bundle.height, bundle.width), fit).fit(rgb)])
+            diff = np.abs(pipe.buf.frame.numpy().astype(int) - host.buf.frame.numpy().astype(int))
+            assert diff.max() <= 1, (fit, rgb.shape, diff.max())
+
+
+def test_a_video_source_hands_its_yuv_planes_to_the_device(tmp_path) -> None:
+    """``VideoSource.yuv``: 4:2:0 frames leave the decode thread as their planes (no RGB conversion on the host), with
+    the shot-change thumbnail; prepared on the device they are within a few grey levels of the host's RGB fit."""
+    from runtime.prepare import Preparers
+    from runtime.sources import Prefetcher, VideoSource
+
+    clip = write_clip(tmp_path / "c.mp4", moving_frames(4, h=70, w=134))
+    with av.open(str(clip)) as c:
+        rgbs = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    src = VideoSource(str(clip))
+    src.yuv = True
+    pre = Prefetcher(src, (32, 64), "crop", fit_on_device=True, keep_original=False)
+    prep = Preparers((32, 64), "crop", torch.device("cpu"))
+    out = torch.zeros((32, 64, 3), dtype=torch.uint8)
+    n = 0
+    while (f := pre.get()) is not None:
+        assert isinstance(f.rgb, tuple) and f.rgb[0].shape == (70, 134) and f.rgb[1].shape == (35, 67)
+        assert f.thumb is not None and f.thumb.shape == (4, 8, 3) and f.original is None
+        host = Fitter((70, 134), (32, 64), "crop").fit(rgbs[f.index]).astype(int)
+        assert np.abs(prep(f.rgb, out).numpy().astype(int) - host).max() <= 4
+        n += 1
+    pre.close()
+    assert n == 4
+
+
+def test_run_prepared_on_the_device_end_to_end_on_a_real_clip(bundle64, tmp_path) -> None:
+    """``runtime.loop.run`` with ``prepare="device"`` on a real H.264 clip (its YUV planes go up: no colour conversion
+    on the host): the same records as the host path, class maps that agree, and an engine-size overlay drawn on the
+    prepared frames (copied down with the output)."""
+    from benchmarks.real_footage import clip_path
+    from runtime.loop import RunConfig, run
+
+    try:
+        clip = clip_path("bikes")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    maps, frames = {}, {}
+    for where in ("host", "device"):
+        got: list[np.ndarray] = []
+        kw = dict(mode="stream", iters=2, max_frames=6, progress=False, threads=1, reset=False, device="cpu")
+        cfg = RunConfig(engine=bundle64 / "deq_cell.onnx", sources=[str(clip)], out=tmp_path / where, **kw)
+        cfg.prepare, cfg.video, cfg.on_frame = where, True, lambda r, m, got=got: got.append(m)
+        summary = run(cfg)
+        assert summary["frames"] == 6
+        maps[where] = np.stack(got)
+        with av.open(str(tmp_path / where / "overlay.mp4")) as c:
+            frames[where] = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(int)
+    assert maps["device"].shape == maps["host"].shape == (6, 272, 640)
+    assert (maps["device"] == maps["host"]).mean() > 0.95  # inputs within a few grey levels (BT.601 on the device)
+    assert frames["device"].shape == frames["host"].shape == (6, 64, 128, 3)  # drawn at the engine size
+    assert np.abs(frames["device"] - frames["host"]).mean() < 3.0
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_preparation_matches_the_cpu_one(frames) -> None:
@@ -102,3 +210,22 @@ def test_cuda_preparation_matches_the_cpu_one(frames) -> None:
             a = cpu(src, torch.zeros((256, 512, 3), dtype=torch.uint8)).numpy().astype(int)
             b = gpu(src, torch.zeros((256, 512, 3), dtype=torch.uint8, device="cuda")).cpu().numpy().astype(int)
             assert np.abs(a - b).max() <= 1, name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_pipeline_prepares_what_the_host_fits(bundle64) -> None:
+    """On the GPU the pipeline's own upload (pinned copy, preparation on its CUDA stream) fills the frame buffer
+    within 1 grey level of the host path, and ``keep_frames`` brings the prepared frames back."""
+    from runtime.bundle import open_bundle
+    from runtime.modes import Plan
+    from runtime.pipeline import Pipeline
+
+    bundle = open_bundle(bundle64 / "deq_cell.onnx")
+    rgb = moving_frames(1, h=96, w=160, seed=5)[0]
+    host = Fitter(rgb.shape[:2], (bundle.height, bundle.width), "pad").fit(rgb).astype(int)
+    pipe = Pipeline(bundle, torch.device("cuda"), prepare="device", fit="pad")
+    pipe.warmup()
+    res = pipe.run([rgb], [Plan(iters=1)], [None], keep_frames=True)
+    assert res.frames is not None and np.abs(res.frames[0].astype(int) - host).max() <= 1
+    assert np.abs(pipe.buf.frame[0].cpu().numpy().astype(int) - host).max() <= 1

@@ -26,6 +26,7 @@ from runtime.propagation import (
     mv_pyramid,
 )
 from runtime.run import main
+from runtime.writers import read_maps
 from tests.runtime.conftest import H, W
 
 CHANNELS = (16, 32, 64, 128)  # the tiny config's state
@@ -218,8 +219,7 @@ def run_cli(engine: Path, clip: Path, out: Path, *args: str) -> tuple[int, list[
         ]
     )
     recs = [json.loads(ln) for ln in (out / "frames.jsonl").read_text().splitlines()] if rc == 0 else []
-    maps = np.load(out / "maps.npz") if rc == 0 else None
-    return rc, recs, (np.stack([maps[k] for k in sorted(maps.files)]) if maps is not None else None)
+    return rc, recs, (np.stack(list(read_maps(out / "maps.npz").values())) if rc == 0 else None)
 
 
 def eager_solve(model, frame: np.ndarray, iters: int) -> list[torch.Tensor]:

@@ -28,6 +28,7 @@ from export.bundle import export_bundle
 from export.checkpoint import import_published
 from export.config import MDEQConfig, reference_solve
 from runtime.solvers import SOLVERS
+from runtime.writers import read_maps
 from tests.export.published_layout import published_state_dict, save_layout
 from tests.runtime.conftest import contract, moving_frames
 
@@ -155,9 +156,8 @@ def _run_frame_mode(bundle: Path, folder: Path, out: Path, *extra: str) -> tuple
 
     args = [str(folder), "--engine", str(bundle / "deq_cell.onnx"), "--mode", "frame", "--out", str(out)]
     assert main([*args, "--save-maps", "npz", "--no-video", "--threads", "1", "--no-progress", *extra]) == 0
-    maps = np.load(out / "maps.npz")
     records = [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
-    return [maps[k] for k in sorted(maps.files)], records
+    return list(read_maps(out / "maps.npz").values()), records
 
 
 @pytest.mark.xfail(
@@ -298,7 +298,9 @@ def test_cls_bundle_writes_top1_top5_per_frame(frames, tmp_path) -> None:
     export_bundle(model, tmp_path / "e", H, W)
     out = tmp_path / "out"
     args = [str(folder), "--engine", str(tmp_path / "e" / "deq_cell.onnx"), "--mode", "frame", "--out", str(out)]
-    assert main_run([*args, "--solver", "fixed_point", "--iters", "30", "--threads", "1", "--no-progress"]) == 0
+    assert (
+        main_run([*args, "--solver", "fixed_point", "--iters", "30", "--threads", "1", "--no-progress", "--video"]) == 0
+    )
     records = [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
     assert len(records) == len(clip) and (out / "overlay.mp4").stat().st_size > 0
     assert not (out / "maps.npz").exists() and not (out / "maps").exists()  # no class maps for a classification head

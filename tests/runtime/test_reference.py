@@ -10,6 +10,7 @@ import torch
 
 from runtime.loop import RunConfig, run
 from runtime.solve import Solve
+from runtime.writers import read_maps
 from tests.runtime.conftest import H, W, decode_clip
 
 
@@ -41,9 +42,7 @@ def runtime_maps(bundle: Path, clip: Path, out: Path, mode: str, iters: int, **k
             **kw,
         )
     )
-    with np.load(out / "maps.npz") as z:
-        maps = np.stack([z[k] for k in sorted(z.files)])
-    return maps, summary
+    return np.stack(list(read_maps(out / "maps.npz").values())), summary
 
 
 @pytest.mark.parametrize("mode,iters", [("frame", 6), ("stream", 2)])

@@ -153,3 +153,32 @@ def test_overlay_at_the_engine_size_shows_the_engine_frame(tmp_path) -> None:
     assert abs(int(got[0][8, 12, 0]) - 128) <= 6  # class 1 (255, 0, 0) at alpha 0.5 over black
     with pytest.raises(ValueError, match="overlay size"):
         Sink(tmp_path / "x", 25.0, PALETTE, overlay_size="half")
+
+
+@pytest.mark.parametrize("fit", ["resize", "pad", "crop"])
+def test_engine_size_maps_read_back_at_the_source_size(tmp_path, fit: str) -> None:
+    """The default NPZ keeps the maps as the engines made them, with the fit geometry (a source that changes size
+    mid-stream included): ``read_maps`` gives exactly what ``--maps-size source`` writes (``Fitter.unfit`` at
+    write time), and ``size="engine"`` the maps as made."""
+    from runtime.sources import Fitter
+    from runtime.writers import read_maps
+
+    rng = np.random.default_rng(0)
+    sizes = [(50, 90)] * 3 + [(40, 40)] * 2
+    maps = [rng.integers(0, 5, (32, 64), dtype=np.uint8) for _ in sizes]
+    for size in ("engine", "source"):
+        (tmp_path / size).mkdir()
+        sink = Sink(tmp_path / size, 25.0, PALETTE, save_maps="npz", video=False, maps_size=size)
+        for i, (hw, m) in enumerate(zip(sizes, maps)):
+            sink.put({"frame": i}, _frame(i), m, Fitter(hw, (32, 64), fit))
+        sink.close()
+    want = read_maps(tmp_path / "source" / "maps.npz")
+    got = read_maps(tmp_path / "engine" / "maps.npz")
+    assert [m.shape for m in want.values()] == sizes
+    assert sorted(got) == sorted(want) and all(np.array_equal(got[i], want[i]) for i in want)
+    assert all(
+        np.array_equal(m, Fitter(hw, (32, 64), fit).unfit(maps[i]))
+        for i, (hw, m) in enumerate(zip(sizes, got.values()))
+    )
+    as_made = read_maps(tmp_path / "engine" / "maps.npz", "engine")
+    assert all(np.array_equal(as_made[i], maps[i]) for i in range(len(maps)))
