@@ -1,17 +1,24 @@
 """Which thread bounds a run's throughput (issue #30): the summary names it.
 
-The loop runs on three kinds of thread that overlap: the decode thread (``decode``: codec, frame fitting, motion
-vectors), the loop thread (the engines and everything between them: ``upload`` ... ``download``, the latency of
-``Pipeline.run``), and the writer threads (``write``: class maps and log; ``overlay``: its blend and encode). With
-bounded queues between them, frames come out at the rate of the slowest one, not of their sum. From a summary's
-stage means this says which one that is and the frame rate it allows.
+The loop runs on four kinds of thread that overlap: the decode thread (``decode``: codec, frame fitting), the
+motion vectors' field thread (``field``: the vector modes' field, built and fitted), the loop thread (the engines
+and everything between them: ``upload`` ... ``download``, the latency of ``Pipeline.run``), and the writer threads
+(``write``: class maps and log; ``overlay``: its blend and encode). With bounded queues between them, frames come
+out at the rate of the slowest one, not of their sum. From a summary's stage means this says which one that is and
+the frame rate it allows.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-THREADS = {"decode": ("decode",), "loop": ("latency",), "write": ("write",), "overlay": ("overlay",)}
+THREADS = {
+    "decode": ("decode",),
+    "field": ("field",),
+    "loop": ("latency",),
+    "write": ("write",),
+    "overlay": ("overlay",),
+}
 
 
 def bounding_stage(summary: dict[str, Any]) -> dict[str, Any] | None:

@@ -461,8 +461,16 @@ def _one_frame(
         if f is None:
             continue
         stages["decode"].append(f.decode_ms)
+        _field_ms(stages, f)
         _record(cfg, s, f, plan, res, pre_reset[s.idx] or post[s.idx] or plan.reason, latency_ms)
     return latency_ms, res.gpu_ms
+
+
+def _field_ms(stages: dict[str, Samples], f: Frame) -> None:
+    """The motion field's time on its own thread (``field``: built and fitted; runtime.mv_source.FieldThread)."""
+    m = f.side.get("motion") if f.side else None
+    if m is not None and getattr(m, "build_ms", 0.0):
+        stages.setdefault("field", Samples()).append(m.build_ms)
 
 
 def _shot_change(cfg: RunConfig, s: StreamState, f: Frame) -> str:
@@ -488,6 +496,7 @@ def _emit(
         for name, ms in e.result.stage_ms.items():
             stages.setdefault(name, Samples()).append(ms)
         stages["decode"].append(e.frame.decode_ms)
+        _field_ms(stages, e.frame)
         latency.append(e.latency_ms)
         if e.result.gpu_ms is not None:
             gpu.append(e.result.gpu_ms)

@@ -78,6 +78,7 @@ class MotionField:
     change: mean absolute luma difference from the previous display frame (0..255), None on the first frame.
     dropped: fraction of the frame's vectors not used (backward vectors, vectors no past frame explains).
     mean_span: mean number of frames the used forward vectors reached back before they were resolved.
+    build_ms: wall ms the field thread spent building and fitting it (0 when built on the decode thread).
     """
 
     disp: np.ndarray
@@ -93,6 +94,7 @@ class MotionField:
     change: float | None = None
     dropped: float = 0.0
     mean_span: float = 1.0
+    build_ms: float = 0.0  # time the field thread spent on it (built and fitted; runtime.mv_source.FieldThread)
 
 
 @dataclass

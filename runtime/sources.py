@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,44 @@ def _lerp_taps(c: np.ndarray, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
 Item = tuple[np.ndarray, float | None, bool, dict[str, Any]]
 
 
+class Pending:
+    """Side data still being made on a worker thread of its own (the motion field:
+    :class:`runtime.mv_source.FieldThread`); ``result()`` waits for it."""
+
+    def __init__(self, future: Future, pool: ThreadPoolExecutor) -> None:
+        self.future, self.pool = future, pool
+
+    def then(self, fn: Callable[[Any], Any]) -> Pending:
+        """``fn(value)`` on the same worker, after it (one worker: tasks run in submission order)."""
+        return Pending(self.pool.submit(lambda: fn(self.future.result())), self.pool)
+
+    def result(self) -> Any:
+        return self.future.result()
+
+
+def after(value: Any, fn: Callable[[Any], Any]) -> Any:
+    """``fn(value)``: now for a ready value, chained on its worker for a :class:`Pending` one."""
+    return value.then(fn) if isinstance(value, Pending) else fn(value)
+
+
+def _timed(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``fn`` (a motion field's fit) with its time added to the field's ``build_ms`` (the field thread's stage)."""
+
+    def run(field: Any) -> Any:
+        t0 = time.perf_counter()
+        out = fn(field)
+        out.build_ms = getattr(field, "build_ms", 0.0) + (time.perf_counter() - t0) * 1e3
+        return out
+
+    return run
+
+
+def settled(side: dict[str, Any]) -> dict[str, Any]:
+    """``side`` with a pending motion field waited for (what the policies read)."""
+    m = side.get("motion") if side else None
+    return {**side, "motion": m.result()} if isinstance(m, Pending) else side
+
+
 class Source:
     """Iterates ``(rgb, time, key_frame, side)`` at the source resolution; counts decode errors.
 
@@ -316,6 +355,8 @@ class VideoSource(Source):
             self.container.close()
         except Exception:  # noqa: BLE001 - closing twice or a dead connection is fine
             pass
+        if hasattr(self.side_hook, "close"):
+            self.side_hook.close()  # a side-data worker thread (runtime.mv_source.FieldThread)
 
 
 def _one_line(e: BaseException) -> str:
@@ -400,7 +441,9 @@ class Prefetcher:
             fitted = fitter.fit(pixels)
             thumb = fitted[::8, ::8]
         if side and "motion" in side:  # codec vectors are on the source picture's grid
-            side = {**side, "motion": fitter.fit_motion(side["motion"])}
+            m = side["motion"]  # on the field thread when it is pending there (its time counted with the field's)
+            fit = _timed(fitter.fit_motion) if isinstance(m, Pending) else fitter.fit_motion
+            side = {**side, "motion": after(m, fit)}
         ms = (time.perf_counter() - t0) * 1e3
         original = pixels if self.keep_original else None
         return Frame(self.decoded, fitted, hw, ts, key, ms, original, side, thumb)
@@ -443,6 +486,8 @@ class Prefetcher:
             if self.error is not None:
                 raise self.error
             return None
+        if item.side:
+            item.side = settled(item.side)
         return item
 
     def close(self) -> None:
