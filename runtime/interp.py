@@ -108,7 +108,7 @@ class InterpPolicy(Policy):
             self.since = 0
             return Plan(iters=self.iters, start="zero", reason=self._why(info, first, is_linked))
         self.since += 1
-        return Plan(iters=0, start="previous", run_cell=False)
+        return Plan(iters=0, start="previous", run_cell=False, pixels=False)
 
     def _why(self, info: FrameInfo, first: bool, is_linked: bool) -> str:
         """Every key frame starts from zero: why this one is a key frame (logged in its record)."""
@@ -218,7 +218,7 @@ class InterpPolicy(Policy):
         done = sum(res.stage_ms.get(k, 0.0) for k in ("head", "head_decode", "download"))
         res.stage_ms["interp"] = max(total - done, 0.0)
         extra = {"delay_frames": self.latest - h.frame.index, "propagation": how}
-        return Emission(h.frame, Plan(iters=0, start="previous", run_cell=False), res, "", total, extra)
+        return Emission(h.frame, Plan(iters=0, start="previous", run_cell=False, pixels=False), res, "", total, extra)
 
 
 __all__ = ["Emission", "InterpPolicy", "linked"]

@@ -316,12 +316,17 @@ def _draws_on(sink: Any) -> str | None:
     return getattr(sink, "overlay_size", "source")
 
 
+LAZY_MODES = ("mv", "mv-interp")  # modes whose propagated frames never reach the engines' pixel input
+
+
 def _prefetcher(cfg: RunConfig, src: Source, sink: Any, hw: tuple[int, int], on_device: bool) -> Prefetcher:
     """The stream's decode thread. Prepared on the device, a video comes as its YUV planes (no colour conversion on
     the host) unless the overlay is drawn on the source-size RGB frame."""
     draws = _draws_on(sink)
     if on_device and draws != "source" and isinstance(src, VideoSource):
         src.yuv = True
+    elif cfg.mode in LAZY_MODES and draws is None and isinstance(src, VideoSource):
+        src.lazy = True  # most frames propagate by codec motion: RGB and fitting only for those uploaded
     keep = draws == "source"  # an engine-size overlay draws on Frame.rgb (fitted here, or prepared and copied down)
     return Prefetcher(src, hw, cfg.fit, keep_original=keep, max_frames=cfg.max_frames, fit_on_device=on_device)
 
@@ -523,7 +528,10 @@ def _after_reset(
         s = streams[0]
         plan = s.policy.plan(infos[0], False)
         plan.start, plan.reason = "zero", post[0]
-        again = pipe.resolve([plan], infos)
+        if plans[0].run_cell and plans[0].pixels:
+            again = pipe.resolve([plan], infos)  # the frame's injection is still in place
+        else:  # a propagated frame: its pixels were never uploaded (nor injected)
+            again = pipe.run([got[0].rgb], [plan], infos)
         merged = dict(res.stage_ms)
         for k, v in again.stage_ms.items():
             merged[k] = merged.get(k, 0.0) + v

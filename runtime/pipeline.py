@@ -30,6 +30,7 @@ from runtime.modes import Plan
 from runtime.prepare import Preparers
 from runtime.solve import Solve
 from runtime.solvers import SOLVERS, SolverInfo, Workspace, anderson, fixed_point
+from runtime.sources import pixels_of
 from runtime.tasks import TASKS
 
 STAGES = ("upload", "injection", "cell", "head", "download")
@@ -200,7 +201,7 @@ class Pipeline:
             return
         host = self.buf.frame_host.numpy()  # a view of the (pinned) host buffer: numpy copies read-only frames too
         for b, f in enumerate(frames):
-            np.copyto(host[b], f, casting="unsafe")
+            np.copyto(host[b], pixels_of(f), casting="unsafe")
         if self.buf.frame_host is not self.buf.frame:
             self.buf.frame.copy_(self.buf.frame_host, non_blocking=True)
 
@@ -276,7 +277,8 @@ class Pipeline:
         with self.stream_context():
             t = self.timer
             t.start()
-            self.upload(frames)
+            if keep_frames or any(p.pixels for p in plans):  # frames propagated by codec motion need no pixels
+                self.upload(frames)
             t.mark("upload")
             if any(p.run_cell for p in plans):  # propagated frames (mv, dff) use no injection
                 self.injection.run(self.stream)

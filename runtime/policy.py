@@ -38,6 +38,9 @@ class Plan:
     run_cell: bool = True
     warp: WarpHook | None = None
     reason: str = ""  # why the state was reset (logged), empty otherwise
+    # the engines read the frame's pixels (injection, or a FlowNet in the warp); False for frames propagated by the
+    # codec's motion alone: the pipeline uploads nothing for them
+    pixels: bool = True
 
 
 @dataclass

@@ -230,7 +230,7 @@ class MVPolicy(Policy):
     def plan(self, info: FrameInfo, has_state: bool) -> Plan:
         kind = self.keys.kind(info, has_state, need_motion=True)
         if not kind:
-            return Plan(iters=0, start="previous", run_cell=False, warp=self.hook)
+            return Plan(iters=0, start="previous", run_cell=False, warp=self.hook, pixels=False)
         if kind == "cut" or self.key_start == "zero":
             return Plan(iters=self.reset_iters, start="zero", reason=_why(info, has_state, kind))
         return Plan(iters=self.iters, start="previous", warp=self.hook)

@@ -216,6 +216,53 @@ def settled(side: dict[str, Any]) -> dict[str, Any]:
     return {**side, "motion": m.result()} if isinstance(m, Pending) else side
 
 
+class Decoded:
+    """A decoded video frame whose conversion to RGB waits until something needs its pixels.
+
+    Why: in the vector modes most frames are propagated by the codec's motion (their warp and head read only the
+    state), so their pixels are never uploaded; converting and fitting them anyway cost the decode thread about twice
+    the codec's own decode (issue #30). :meth:`Prefetcher` reads the reset monitor's thumbnail from the planes."""
+
+    __slots__ = ("_rgb", "dtype", "frame", "shape")
+
+    def __init__(self, frame: Any) -> None:
+        self.frame, self._rgb = frame, None
+        self.shape, self.dtype = (frame.height, frame.width, 3), np.dtype(np.uint8)
+
+    def rgb(self) -> np.ndarray:
+        """(H, W, 3) uint8, converted by FFmpeg on first use."""
+        if self._rgb is None:
+            self._rgb = self.frame.to_ndarray(format="rgb24")
+        return self._rgb
+
+    def cheapest(self) -> Any:
+        """What a thumbnail reads: the 4:2:0 planes (views, no conversion) or else the RGB frame."""
+        from runtime.prepare import planes
+
+        return planes(self.frame) or self.rgb()
+
+
+class Fitted:
+    """The engine-size frame of a :class:`Decoded` one, fitted on first use (the upload of a frame whose pixels the
+    engines read: key frames)."""
+
+    __slots__ = ("_out", "decoded", "dtype", "fitter", "shape")
+
+    def __init__(self, decoded: Decoded, fitter: Fitter) -> None:
+        self.decoded, self.fitter, self._out = decoded, fitter, None
+        self.shape, self.dtype = (*fitter.dst_hw, 3), np.dtype(np.uint8)
+
+    def get(self) -> np.ndarray:
+        if self._out is None:
+            self._out = self.fitter.fit(self.decoded.rgb())
+        return self._out
+
+
+def pixels_of(frame: Any) -> Any:
+    """A frame's pixels as the pipeline uploads them (a :class:`Fitted` one is fitted now)."""
+    return frame.get() if isinstance(frame, Fitted) else frame
+
+
 class Source:
     """Iterates ``(rgb, time, key_frame, side)`` at the source resolution; counts decode errors.
 
@@ -298,6 +345,9 @@ class VideoSource(Source):
         # True: 4:2:0 frames come as their Y, U, V planes (runtime.prepare.planes: no colour conversion on the host,
         # the pipeline converts on the device); other pixel formats still come as RGB
         self.yuv = False
+        # True: frames come as Decoded (converted to RGB only if something needs their pixels; the vector modes'
+        # propagated frames never do)
+        self.lazy = False
         self.name, self.live = spec, live
         fmt = None
         if spec.startswith("webcam:") or spec.startswith("/dev/video"):
@@ -342,6 +392,8 @@ class VideoSource(Source):
             self.last_error = _one_line(e)
 
     def _pixels(self, f: Any) -> Any:
+        if self.lazy:
+            return Decoded(f)
         if self.yuv:
             from runtime.prepare import planes
 
@@ -424,6 +476,8 @@ class Prefetcher:
 
     def _checked(self, pixels: Any) -> tuple[int, int]:
         """The frame's source size; a frame that is neither (H, W, 3) uint8 nor 4:2:0 planes is an error."""
+        if isinstance(pixels, Decoded):
+            return int(pixels.shape[0]), int(pixels.shape[1])
         if isinstance(pixels, tuple) and len(pixels) == 3 and all(p.dtype == np.uint8 for p in pixels):
             return int(pixels[0].shape[0]), int(pixels[0].shape[1])
         if not isinstance(pixels, np.ndarray) or pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
@@ -437,6 +491,10 @@ class Prefetcher:
             from runtime.prepare import thumbnail
 
             fitted, thumb = pixels, thumbnail(pixels, fitter)
+        elif isinstance(pixels, Decoded):  # fitted only if uploaded; the shot-change pixels read from the planes
+            from runtime.prepare import thumbnail
+
+            fitted, thumb = Fitted(pixels, fitter), thumbnail(pixels.cheapest(), fitter)
         else:
             fitted = fitter.fit(pixels)
             thumb = fitted[::8, ::8]

@@ -322,3 +322,25 @@ def test_cli_rejects_bad_combinations(bundle64, clip64, tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             main(["--engine", eng, str(clip64), *bad])
         assert e.value.code == 2 and needle in capsys.readouterr().err
+
+
+def test_mv_mode_converts_only_the_frames_it_uploads(bundle64, pan_clip, tmp_path, monkeypatch):
+    """mv's propagated frames reach no engine input: their pixels are neither converted to RGB nor fitted nor
+    uploaded (issue #30), and the outputs are those of the eager decode thread (the reset monitor off: its
+    thumbnail is read from the planes, the eager one from the fitted frame)."""
+    import runtime.loop as loop
+    from runtime.sources import Fitted
+
+    engine = bundle64 / "deq_cell.onnx"
+    args = ("--mode", "mv", "--key-interval", "3", "--iters", "2", "--no-reset")
+    fitted = []
+    real_get = Fitted.get
+    monkeypatch.setattr(Fitted, "get", lambda self: fitted.append(1) or real_get(self))
+    rc, recs, maps = run_cli(engine, pan_clip, tmp_path / "lazy", *args)
+    assert rc == 0 and [r["iterations"] for r in recs] == [20, 0, 0, 2, 0, 0, 2, 0, 0]
+    assert len(fitted) == 3  # the key frames only
+    monkeypatch.setattr(loop, "LAZY_MODES", ())
+    rc, recs_eager, maps_eager = run_cli(engine, pan_clip, tmp_path / "eager", *args)
+    assert rc == 0 and len(fitted) == 3  # no lazy frames this time
+    np.testing.assert_array_equal(maps, maps_eager)
+    assert [r["residual"] for r in recs] == [r["residual"] for r in recs_eager]
