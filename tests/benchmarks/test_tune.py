@@ -17,6 +17,7 @@ from benchmarks.tune import (
     choose_reset_iters,
     markdown,
     pixel_errors,
+    solver_settings,
 )
 from runtime.modes import ResetMonitor
 from runtime.solvers import ANDERSON_REG, ANDERSON_STALL, BROYDEN_GROWTH, anderson, broyden
@@ -109,3 +110,16 @@ def test_runtime_broyden_growth_is_the_committed_choice() -> None:
     assert res["stamp"]["split"] == "validation" and "--broyden" in res["stamp"]["command"]
     assert res["broyden"]["choice"]["chosen"]["growth"] == BROYDEN_GROWTH
     assert inspect.signature(broyden).parameters["growth"].default == BROYDEN_GROWTH
+
+
+@pytest.mark.parametrize("solver, fn", [("anderson", anderson), ("broyden", broyden)])
+def test_one_study_serves_both_solvers(solver: str, fn) -> None:
+    """``--anderson`` and ``--broyden`` run one study (``solver_study``): its settings are the committed results
+    file's rows, in the same order (the format is unchanged), and each is a keyword of the runtime's solver."""
+    settings = solver_settings(solver)
+    res = json.loads((ROOT / "benchmarks" / "results" / f"tuning_{solver}.json").read_text())
+    assert list(settings) == list(res[solver]["choice"]["table"])
+    params = inspect.signature(fn).parameters
+    assert all(k in params for kw in settings.values() for k in kw)
+    if solver == "broyden":
+        assert settings[broyden_key(None)] == {"safeguard": False}  # raw Broyden: no safeguard
