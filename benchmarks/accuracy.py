@@ -332,39 +332,55 @@ def _sci(v: float | None) -> str:
     return "-" if v is None else f"{v:.3g}"
 
 
-def markdown(results: dict, stamp: dict) -> str:
-    """Table I style: one table per checkpoint, rows mode x k."""
+def stamp_lines(title: str, stamp: dict, clips: str, backend: str, date: str) -> list[str]:
+    """The head of an accuracy results file (title, command, clips, machine, backend, date, the reset rule and a
+    blank line), shared by the segmentation, detection and pose benchmarks so their files read alike; ``clips``,
+    ``backend`` and ``date`` are each task's own text after those labels."""
     lines = [
-        "# Accuracy vs iterations per frame (synthetic held-out clips, through H.264)",
+        f"# {title}",
         "",
         f"- command: `{stamp['command']}` ({stamp.get('wall_s', '-')} s)",
-        f"- clips: {stamp.get('split', 'test')} split, seeds from {stamp.get('heldout_seed', '-')}",
+        f"- clips: {clips}",
         f"- machine: {stamp['machine']}",
-        f"- backend: {stamp.get('backend', 'pytorch-eager')}",
-        f"- date: {stamp['date']}; clips: {stamp['clips']} x {stamp['frames']} frames at "
-        f"{stamp['height']}x{stamp['width']}; converged = {stamp['f_thres']} iterations "
-        f"from z = 0; 'from 10' = frame offsets >= {FROM_FRAME}",
+        f"- backend: {backend}",
+        f"- date: {stamp['date']}; {date}",
     ]
     if stamp.get("reset_iters"):
         lines.append(f"- stream+reset: {stamp['reset_iters']} iterations from z = 0 on first frames and after resets")
-    lines += [
-        "",
+    return lines + [""]
+
+
+def metric_table(rows: dict, key: str, label: str) -> list[str]:
+    """The mode x k table of one model's rows (:func:`run_accuracy`'s shape): the metric ``key`` and its
+    ``key``_from10 as percentages under ``label``, the relative residual and distance to z*; each task's markdown
+    uses it, so the three results files share one layout."""
+    lines = [
+        f"| mode | k | {label} % | {label} % from 10 | rel. residual | rel. distance to z* |",
+        "|---|---|---|---|---|---|",
     ]
+    for row, s in rows.items():
+        mode, k = (row, "f_thres") if row == "converged" else row.split(" k=")
+        lines.append(
+            f"| {mode} | {k} | {_pct(s[key])} | {_pct(s[key + '_from10'])} | {_sci(s['residual'])} | "
+            f"{_sci(s['distance'])} |"
+        )
+    return lines
+
+
+def markdown(results: dict, stamp: dict) -> str:
+    """Table I style: one table per checkpoint, rows mode x k."""
+    lines = stamp_lines(
+        "Accuracy vs iterations per frame (synthetic held-out clips, through H.264)",
+        stamp,
+        f"{stamp.get('split', 'test')} split, seeds from {stamp.get('heldout_seed', '-')}",
+        stamp.get("backend", "pytorch-eager"),
+        f"clips: {stamp['clips']} x {stamp['frames']} frames at {stamp['height']}x{stamp['width']}; converged = "
+        f"{stamp['f_thres']} iterations from z = 0; 'from 10' = frame offsets >= {FROM_FRAME}",
+    )
     for name, res in results.items():
         meta = res["checkpoint_meta"]
-        lines += [
-            f"## {name} (mode {meta.get('mode')}, N={meta.get('iters')}, {meta.get('steps')} steps)",
-            "",
-            "| mode | k | mIoU % | mIoU % from 10 | rel. residual | rel. distance to z* |",
-            "|---|---|---|---|---|---|",
-        ]
-        for row, s in res["rows"].items():
-            mode, k = (row, "f_thres") if row == "converged" else row.split(" k=")
-            lines.append(
-                f"| {mode} | {k} | {_pct(s['miou'])} | {_pct(s['miou_from10'])} | {_sci(s['residual'])} | "
-                f"{_sci(s['distance'])} |"
-            )
-        lines.append("")
+        lines += [f"## {name} (mode {meta.get('mode')}, N={meta.get('iters')}, {meta.get('steps')} steps)", ""]
+        lines += metric_table(res["rows"], "miou", "mIoU") + [""]
     return "\n".join(lines) + "\n"
 
 

@@ -33,10 +33,13 @@ from benchmarks.accuracy import (
     MODES,
     SPLIT_SEEDS,
     EngineStepper,
+    _pct,
     add_split_argument,
     clip_dir,
     clip_states,
+    metric_table,
     split_suffix,
+    stamp_lines,
 )
 from benchmarks.plots import write_text
 from export.synthetic import VARIANTS, EncodeOptions, read_clip, render_clip_with_meta, write_clip
@@ -182,35 +185,18 @@ def run_det_accuracy(stepper: DetStepper, clips, ks=KS, f_thres: int = 30, reset
 
 
 # --------------------------------------------------------------------------- outputs
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.1f}"
-
-
 def markdown(results: dict, stamp: dict) -> str:
-    lines = [
-        "# Detection accuracy vs iterations per frame (synthetic held-out clips with boxes, through H.264)",
-        "",
-        f"- command: `{stamp['command']}` ({stamp['wall_s']} s)",
-        f"- clips: {stamp['split']} split, seeds from {stamp['heldout_seed']}; {stamp['clips']} x {stamp['frames']} "
-        f"frames at {stamp['height']}x{stamp['width']}; {stamp['objects']} ground-truth boxes",
-        f"- machine: {stamp['machine']}",
-        f"- backend: {stamp['backend']}; detector: {stamp['detector']}",
-        f"- date: {stamp['date']}; converged = {stamp['f_thres']} iterations from z = 0; 'from 10' = frame offsets "
-        f">= {FROM_FRAME}; mAP@50 of detections above score {stamp['eval_thr']}",
-    ]
-    if stamp.get("reset_iters"):
-        lines.append(f"- stream+reset: {stamp['reset_iters']} iterations from z = 0 on first frames and after resets")
-    lines += [
-        "",
-        "| mode | k | mAP@50 % | mAP@50 % from 10 | rel. residual | rel. distance to z* |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row, s in results["rows"].items():
-        mode, k = (row, "f_thres") if row == "converged" else row.split(" k=")
-        lines.append(
-            f"| {mode} | {k} | {_pct(s['map50'])} | {_pct(s['map50_from10'])} | {s['residual']:.3g} | "
-            f"{s['distance']:.3g} |"
-        )
+    """The mode x k table (benchmarks.accuracy's layout), then the converged detections' F1 per threshold."""
+    lines = stamp_lines(
+        "Detection accuracy vs iterations per frame (synthetic held-out clips with boxes, through H.264)",
+        stamp,
+        f"{stamp['split']} split, seeds from {stamp['heldout_seed']}; {stamp['clips']} x {stamp['frames']} frames at "
+        f"{stamp['height']}x{stamp['width']}; {stamp['objects']} ground-truth boxes",
+        f"{stamp['backend']}; detector: {stamp['detector']}",
+        f"converged = {stamp['f_thres']} iterations from z = 0; 'from 10' = frame offsets >= {FROM_FRAME}; mAP@50 of "
+        f"detections above score {stamp['eval_thr']}",
+    )
+    lines += metric_table(results["rows"], "map50", "mAP@50")
     f1 = results["rows"]["converged"]["f1"]
     best = max(f1, key=lambda t: f1[t])
     lines += [

@@ -34,11 +34,11 @@ from benchmarks.accuracy import (
     Acc,
     EngineStepper,
     TorchStepper,
-    _pct,
-    _sci,
     add_split_argument,
     evaluate_clip,
+    metric_table,
     split_suffix,
+    stamp_lines,
 )
 from benchmarks.plots import write_text
 
@@ -153,35 +153,20 @@ def run_pose_accuracy(
 
 # --------------------------------------------------------------------------- outputs
 def markdown(results: dict, stamp: dict) -> str:
-    lines = [
-        "# Pose accuracy vs iterations per frame (synthetic held-out pose clips, through H.264)",
-        "",
-        f"- command: `{stamp['command']}` ({stamp.get('wall_s', '-')} s)",
-        f"- clips: {stamp['split']} split, seeds from {stamp['heldout_seed']}; {stamp['clips']} x {stamp['frames']} "
-        f"frames at {stamp['height']}x{stamp['width']}",
-        f"- machine: {stamp['machine']}",
-        f"- backend: {stamp['backend']}",
-        f"- date: {stamp['date']}; PCK@{stamp['thr']}: joints inside the frame within {stamp['thr']} head lengths; "
-        f"converged = {stamp['f_thres']} iterations from z = 0; 'from 10' = frame offsets >= {FROM_FRAME}",
-    ]
-    if stamp.get("reset_iters"):
-        lines.append(f"- stream+reset: {stamp['reset_iters']} iterations from z = 0 on first frames and after resets")
-    lines.append("")
+    """One table per model, rows mode x k (benchmarks.accuracy's layout)."""
+    lines = stamp_lines(
+        "Pose accuracy vs iterations per frame (synthetic held-out pose clips, through H.264)",
+        stamp,
+        f"{stamp['split']} split, seeds from {stamp['heldout_seed']}; {stamp['clips']} x {stamp['frames']} frames at "
+        f"{stamp['height']}x{stamp['width']}",
+        stamp["backend"],
+        f"PCK@{stamp['thr']}: joints inside the frame within {stamp['thr']} head lengths; converged = "
+        f"{stamp['f_thres']} iterations from z = 0; 'from 10' = frame offsets >= {FROM_FRAME}",
+    )
     for name, res in results.items():
         meta = res["checkpoint_meta"]
-        lines += [
-            f"## {name} (mode {meta.get('mode')}, N={meta.get('iters')}, {meta.get('steps')} steps)",
-            "",
-            "| mode | k | PCK % | PCK % from 10 | rel. residual | rel. distance to z* |",
-            "|---|---|---|---|---|---|",
-        ]
-        for row, s in res["rows"].items():
-            mode, k = (row, "f_thres") if row == "converged" else row.split(" k=")
-            lines.append(
-                f"| {mode} | {k} | {_pct(s['pck'])} | {_pct(s['pck_from10'])} | {_sci(s['residual'])} | "
-                f"{_sci(s['distance'])} |"
-            )
-        lines.append("")
+        lines += [f"## {name} (mode {meta.get('mode')}, N={meta.get('iters')}, {meta.get('steps')} steps)", ""]
+        lines += metric_table(res["rows"], "pck", "PCK") + [""]
     return "\n".join(lines) + "\n"
 
 

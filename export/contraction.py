@@ -17,6 +17,8 @@ have (near radius 1 those iterations are far from converged); :func:`anderson_st
 
 from __future__ import annotations
 
+import argparse
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -134,3 +136,57 @@ def spectral_term(
             state = model.solve(cam, iters)[0]
     state = [s.detach() for s in state]
     return spectral_penalty(model.fullstage, state, x0, gaussian_like(state, rng), steps, margin)
+
+
+CONTRACTION_KEYS = ("spec_reg", "spec_margin", "spec_steps", "spec_freq", "penalty_on")
+
+
+def add_contraction_args(p: argparse.ArgumentParser) -> None:
+    """The spectral-penalty options of the task trainers (export.train_det, export.train_pose): one definition so
+    both spell, default and document them alike. ``--jac-reg-freq`` is accepted for ``--spec-freq``: export.train's
+    name for the same fraction."""
+    p.add_argument(
+        "--spec-reg",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="add W x mean relu(g - margin)^2, g the growth of df/dz's dominant direction at a solved state "
+        "(export/contraction.py, as export.train's --spec-reg): makes the cell contract so that streaming's few "
+        "warm-started iterations per frame reach the fixed point; default %(default)s: off",
+    )
+    p.add_argument(
+        "--spec-margin", type=float, default=0.7, help="growth below which --spec-reg is zero (default %(default)s)"
+    )
+    p.add_argument(
+        "--spec-steps", type=int, default=3, help="power-iteration steps per --spec-reg term (default %(default)s)"
+    )
+    p.add_argument(
+        "--spec-freq",
+        "--jac-reg-freq",
+        dest="spec_freq",
+        type=float,
+        default=1.0,
+        metavar="P",
+        help="apply --spec-reg on this fraction of steps, evenly spread (0 < P <= 1; default %(default)s)",
+    )
+    p.add_argument(
+        "--penalty-on",
+        choices=("batch", "camera"),
+        default="batch",
+        help="where --spec-reg is taken: batch (default): the training state after its N iterations; camera: the "
+        "state after --iters plain iterations (no graph) from a camera-effects copy of the batch (export.train's "
+        "option of the same name)",
+    )
+
+
+def check_contraction_args(a: argparse.Namespace) -> None:
+    """A one-line ValueError for contraction options :func:`add_contraction_args` cannot bound by type alone."""
+    if not (a.spec_reg >= 0 and math.isfinite(a.spec_reg)) or not a.spec_margin >= 0 or a.spec_steps < 1:
+        raise ValueError("--spec-reg and --spec-margin must be finite numbers >= 0 and --spec-steps >= 1")
+    if not 0 < a.spec_freq <= 1:
+        raise ValueError(f"--spec-freq must be in (0, 1], got {a.spec_freq}")
+
+
+def contraction_meta(a: argparse.Namespace) -> dict:
+    """The contraction options a checkpoint's meta records (none when --spec-reg is off)."""
+    return {k: getattr(a, k) for k in CONTRACTION_KEYS} if a.spec_reg > 0 else {}

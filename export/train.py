@@ -98,6 +98,17 @@ def distill_loss(student: Tensor, teacher: Tensor) -> Tensor:
     return kl.sum(1).mean()
 
 
+def frozen_teacher(teacher: MDEQSegNet) -> MDEQSegNet:
+    """A --distill teacher, frozen: BatchNorm in training mode like the student's (batch statistics: matching the
+    student's training-mode outputs to eval-mode ones would teach it the train/eval gap), but without dropout, whose
+    masks are noise the target need not carry. Every trainer's --distill freezes its teacher this way."""
+    teacher.train().requires_grad_(False)
+    for m in teacher.modules():
+        if isinstance(m, VariationalDropout2d):
+            m.eval()
+    return teacher
+
+
 def applies_on(step: int, freq: float) -> bool:
     """Whether a penalty applied on a fraction ``freq`` of steps falls on ``step`` (evenly spread, no rng)."""
     return math.floor((step + 1) * freq) > math.floor(step * freq)
@@ -333,15 +344,9 @@ class Trainer:
         return saved, meta
 
     def load_teacher(self, path: Path) -> MDEQSegNet:
-        """The frozen model --distill matches. BatchNorm in training mode like the student's (batch statistics:
-        matching the student's training-mode logits to eval-mode ones would teach it the train/eval gap), but
-        without dropout, whose masks are noise the target need not carry."""
+        """The frozen model --distill matches (:func:`frozen_teacher`)."""
         teacher, _ = self.compatible(path, "--distill")
-        teacher.to(self.device).train().requires_grad_(False)
-        for m in teacher.modules():
-            if isinstance(m, VariationalDropout2d):
-                m.eval()
-        return teacher
+        return frozen_teacher(teacher.to(self.device))
 
     def start_from(self, path: Path, loaded: tuple[MDEQSegNet, dict]) -> None:
         """Weights of another checkpoint of the same config and scene family (what a fine-tune starts from)."""

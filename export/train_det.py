@@ -33,7 +33,7 @@ import torch
 
 from export.centernet import CenterNetConfig, CenterNetHead, detection_loss, make_targets
 from export.checkpoint import load_checkpoint, save_checkpoint
-from export.contraction import spectral_term
+from export.contraction import add_contraction_args, check_contraction_args, contraction_meta, spectral_term
 from export.mdeq import MDEQSegNet, check_resolution
 from export.synthetic import VARIANTS, random_det_batch
 from export.train import applies_on, lr_at, machine, unroll_length
@@ -62,25 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--val-frames", type=int, default=8)
     p.add_argument("--save-every", type=float, default=3.0, help="minutes between checkpoints")
     p.add_argument("--score-thr", type=float, default=0.3, help="decode threshold stored with the head")
-    p.add_argument(
-        "--spec-reg",
-        type=float,
-        default=0.0,
-        metavar="W",
-        help="add W x mean relu(g - margin)^2, g the growth of df/dz's dominant direction (export/contraction.py, "
-        "as export.train's --spec-reg): makes the cell contract on real footage; default %(default)s: off",
-    )
-    p.add_argument("--spec-margin", type=float, default=0.7, help="growth below which --spec-reg is zero")
-    p.add_argument("--spec-steps", type=int, default=3, help="power-iteration steps per --spec-reg term")
-    p.add_argument(
-        "--spec-freq", type=float, default=1.0, metavar="P", help="apply --spec-reg on this fraction of steps (0, 1]"
-    )
-    p.add_argument(
-        "--penalty-on",
-        choices=("batch", "camera"),
-        default="batch",
-        help="where --spec-reg is taken: the batch's state, or a camera-effects copy's (export.train's option)",
-    )
+    add_contraction_args(p)
     return p.parse_args(argv)
 
 
@@ -163,11 +145,7 @@ def train(a: argparse.Namespace, command: str) -> int:
         "torch": torch.__version__,
         "variant": VARIANTS[0],
         "init": {"path": a.init, **{k: init_meta[k] for k in keep if k in init_meta}},
-        **(
-            {k: getattr(a, k) for k in ("spec_reg", "spec_margin", "spec_steps", "spec_freq", "penalty_on")}
-            if a.spec_reg > 0
-            else {}
-        ),
+        **contraction_meta(a),
     }
     step, elapsed, last_save = 0, 0.0, time.time()
     model.train()
@@ -225,10 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--iters, --steps and --batch must be >= 1")
         if not 0 < a.trunk_lr_scale <= 1 or not 0 <= a.score_thr < 1:
             raise ValueError("--trunk-lr-scale must be in (0, 1] and --score-thr in [0, 1)")
-        if not (a.spec_reg >= 0 and np.isfinite(a.spec_reg)) or not a.spec_margin >= 0 or a.spec_steps < 1:
-            raise ValueError("--spec-reg and --spec-margin must be finite numbers >= 0 and --spec-steps >= 1")
-        if not 0 < a.spec_freq <= 1:
-            raise ValueError(f"--spec-freq must be in (0, 1], got {a.spec_freq}")
+        check_contraction_args(a)
         return train(a, command)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -44,11 +44,11 @@ from torch import Tensor
 
 from export.augment import camera_effects
 from export.checkpoint import load_checkpoint, save_checkpoint
-from export.contraction import gaussian_like, spectral_penalty
+from export.contraction import add_contraction_args, check_contraction_args, contraction_meta, spectral_term
 from export.mdeq import MDEQSegNet, check_resolution
 from export.pose_head import KeypointHead, KeypointLayout
 from export.synthetic_pose import OUTSIDE, J, pck_counts, pose_targets, render_pose_clip
-from export.train import applies_on, lr_at, machine, unroll_length
+from export.train import applies_on, frozen_teacher, lr_at, machine, unroll_length
 from runtime.pose_decode import decode_heatmaps
 
 STRIDE = 4  # the heatmaps are on the stride-4 branch
@@ -156,35 +156,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--val-every", type=int, default=250)
     p.add_argument("--val-frames", type=int, default=8)
     p.add_argument("--save-every", type=float, default=3.0, help="minutes between checkpoints")
+    add_contraction_args(p)
     p.add_argument(
-        "--spec-reg",
-        type=float,
-        default=0.0,
-        metavar="W",
-        help="add W x mean relu(g - margin)^2, g the growth of df/dz's dominant direction at a solved state "
-        "(export/contraction.py, as export.train's --spec-reg): makes the cell contract so that streaming's few "
-        "warm-started iterations per frame reach the fixed point; default %(default)s: off",
+        "--distill",
+        default=None,
+        metavar="CKPT",
+        help="also match this frozen pose checkpoint's heatmaps on the clean training frames (mean squared error over "
+        "every heatmap cell, weight --distill-weight): a contraction fine-tune (--spec-reg) keeps its starting "
+        "model's answers (export.train's option of the same name); default: off",
     )
     p.add_argument(
-        "--spec-margin", type=float, default=0.7, help="growth below which --spec-reg is zero (default %(default)s)"
-    )
-    p.add_argument(
-        "--spec-steps", type=int, default=3, help="power-iteration steps per --spec-reg term (default %(default)s)"
-    )
-    p.add_argument(
-        "--spec-freq",
+        "--distill-weight",
         type=float,
         default=1.0,
-        metavar="P",
-        help="apply --spec-reg on this fraction of steps, evenly spread (0 < P <= 1; default %(default)s)",
+        metavar="W",
+        help="weight of the --distill term (default %(default)s)",
     )
     p.add_argument(
-        "--penalty-on",
-        choices=("batch", "camera"),
-        default="batch",
-        help="where --spec-reg is taken: batch (default): the training state after its N iterations; camera: the "
-        "state after --iters plain iterations (no graph) from a camera-effects copy of the batch (export.train's "
-        "option of the same name)",
+        "--distill-iters",
+        type=int,
+        default=0,
+        metavar="M",
+        help="the --distill target is the teacher's heatmaps after M iterations from zero (0, the default: after the "
+        "student's own number of this batch; a large M matches its converged heatmaps only)",
     )
     return p.parse_args(argv)
 
@@ -202,6 +196,7 @@ class PoseTrainer:
         check_resolution(self.model.cfg, *self.frame_hw)
         kept = {k: init_meta[k] for k in ("mode", "steps", "variant") if k in init_meta}
         self.init_meta = {"path": str(a.init), **kept}
+        self.teacher = self.load_teacher(Path(a.distill)) if a.distill else None
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
         self.out = Path(a.out)
         self.log_path = self.out.with_suffix(".jsonl")
@@ -210,6 +205,15 @@ class PoseTrainer:
         self.monitor = monitor_set(a.val_frames, self.frame_hw)
         self.step, self.elapsed = 0, 0.0
         self.parts: dict[str, float] = {}
+
+    def load_teacher(self, path: Path) -> MDEQSegNet:
+        """The frozen pose model --distill matches (export.train's :func:`frozen_teacher`)."""
+        teacher, _ = load_checkpoint(path)
+        if not isinstance(getattr(teacher, "pose_head", None), KeypointHead):
+            raise ValueError(f"--distill {path} has no keypoint head")
+        if teacher.cfg != self.model.cfg or teacher.pose_head.layout != self.model.pose_head.layout:
+            raise ValueError(f"--distill {path} is a model of another shape than --init {self.a.init}")
+        return frozen_teacher(teacher)
 
     def progress(self) -> float:
         p = self.step / self.a.steps
@@ -225,11 +229,19 @@ class PoseTrainer:
         target, weight = targets_of(joints, self.crop_hw, a.sigma)
         for g in self.opt.param_groups:
             g["lr"] = lr_at(a.lr, self.progress())
-        state, x0 = self.model.solve(torch.from_numpy(frames), unroll_length("sur", a.iters, rng))
-        loss = heatmap_loss(self.model.pose_head(*state), target, weight)
+        n = unroll_length("sur", a.iters, rng)
+        state, x0 = self.model.solve(torch.from_numpy(frames), n)
+        heat = self.model.pose_head(*state)
+        loss = heatmap_loss(heat, target, weight)
         self.parts = {}
+        if self.teacher is not None:
+            with torch.no_grad():
+                taught = self.teacher.pose_head(*self.teacher.solve(torch.from_numpy(frames), a.distill_iters or n)[0])
+            distill = heatmap_loss(heat, taught, torch.ones_like(weight))
+            loss = loss + a.distill_weight * distill
+            self.parts["distill"] = round(float(distill.detach()), 7)
         if a.spec_reg > 0 and applies_on(self.step, a.spec_freq):
-            loss = loss + self.contraction(frames, [s.detach() for s in state], x0, rng)
+            loss = loss + self.contraction(frames, state, x0, rng)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 2.0)
@@ -237,18 +249,13 @@ class PoseTrainer:
         return float(loss.detach())
 
     def contraction(self, frames: np.ndarray, state: list[Tensor], x0: Tensor, rng: np.random.Generator) -> Tensor:
-        """The weighted spectral term of this step, at the batch's state or a camera copy's (``--penalty-on``);
-        its value and the largest growth go into ``self.parts`` for the log."""
+        """The weighted spectral term of this step (export/contraction.py's :func:`spectral_term`, where
+        ``--penalty-on`` asks); its value and the largest growth go into ``self.parts`` for the log."""
         a = self.a
-        if a.penalty_on == "camera":
-            cam = torch.from_numpy(camera_effects(frames, rng, p=1.0))
-            x0 = self.model.injection(cam)
-            with torch.no_grad():
-                state = [s.detach() for s in self.model.solve(cam, a.iters)[0]]
-        spec, growth = spectral_penalty(
-            self.model.fullstage, state, x0, gaussian_like(state, rng), a.spec_steps, a.spec_margin
+        spec, growth = spectral_term(
+            self.model, frames, state, x0, rng, a.penalty_on, a.iters, a.spec_steps, a.spec_margin
         )
-        self.parts = {"spec": round(float(spec.detach()), 5), "growth": round(float(growth.max()), 4)}
+        self.parts |= {"spec": round(float(spec.detach()), 5), "growth": round(float(growth.max()), 4)}
         return a.spec_reg * spec
 
     def meta(self, val_pck: float) -> dict:
@@ -265,15 +272,10 @@ class PoseTrainer:
             "lr": a.lr,
             "seed": a.seed,
             "augment": a.augment,
+            **contraction_meta(a),
             **(
-                {
-                    "spec_reg": a.spec_reg,
-                    "spec_margin": a.spec_margin,
-                    "spec_steps": a.spec_steps,
-                    "spec_freq": a.spec_freq,
-                    "penalty_on": a.penalty_on,
-                }
-                if a.spec_reg > 0
+                {"distill": a.distill, "distill_weight": a.distill_weight, "distill_iters": a.distill_iters}
+                if a.distill
                 else {}
             ),
             "wall_time_s": round(self.elapsed, 1),
@@ -338,10 +340,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--iters, --steps, --batch, --val-frames and --val-every must be >= 1")
         if not a.sigma > 0:
             raise ValueError(f"--sigma must be > 0, got {a.sigma}")
-        if not (a.spec_reg >= 0 and np.isfinite(a.spec_reg)) or not a.spec_margin >= 0 or a.spec_steps < 1:
-            raise ValueError("--spec-reg and --spec-margin must be finite numbers >= 0 and --spec-steps >= 1")
-        if not 0 < a.spec_freq <= 1:
-            raise ValueError(f"--spec-freq must be in (0, 1], got {a.spec_freq}")
+        check_contraction_args(a)
+        if not (a.distill_weight >= 0 and np.isfinite(a.distill_weight)) or a.distill_iters < 0:
+            raise ValueError("--distill-weight must be a finite number >= 0 and --distill-iters >= 0")
         trainer = PoseTrainer(a, command)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

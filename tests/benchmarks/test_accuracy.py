@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -249,3 +250,34 @@ def test_per_clip_confusions_pool_to_the_row(tiny_run) -> None:
         per = np.asarray(s["per_clip_confusion"])
         assert per.shape[0] == len(clips)
         assert miou(per.sum(0)) == pytest.approx(s["miou"])
+
+
+def test_metric_table_formats_one_row_per_mode_and_k() -> None:
+    """The shared table: percentages with one decimal, residuals in 3 significant digits, '-' for a missing one."""
+    from benchmarks.accuracy import metric_table
+
+    rows = {
+        "converged": {"pck": 0.5, "pck_from10": 0.25, "residual": 1.23456e-7, "distance": 0.0},
+        "stream k=2": {"pck": 0.4567, "pck_from10": None, "residual": 0.012345, "distance": None},
+    }
+    assert metric_table(rows, "pck", "PCK") == [
+        "| mode | k | PCK % | PCK % from 10 | rel. residual | rel. distance to z* |",
+        "|---|---|---|---|---|---|",
+        "| converged | f_thres | 50.0 | 25.0 | 1.23e-07 | 0 |",
+        "| stream | 2 | 45.7 | - | 0.0123 | - |",
+    ]
+
+
+@pytest.mark.parametrize(
+    "stem", ["accuracy", "accuracy_reset4", "det_accuracy", "pose_accuracy", "pose_accuracy_reset8"]
+)
+def test_committed_results_files_are_what_markdown_writes_from_their_json(stem) -> None:
+    """The three tasks' markdown share stamp_lines and metric_table; each committed .md (written by its command)
+    is still exactly what its module writes from the committed .json, so the shared helpers changed no layout."""
+    import importlib
+
+    root = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    module = importlib.import_module("benchmarks." + stem.split("_reset")[0])
+    data = json.loads((root / f"{stem}.json").read_text())
+    results = data["results"] if "results" in data else data
+    assert module.markdown(results, data["stamp"]) == (root / f"{stem}.md").read_text()

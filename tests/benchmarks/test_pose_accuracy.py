@@ -88,10 +88,13 @@ def test_a_checkpoint_without_a_pose_head_is_one_line_and_exit_2(capsys) -> None
     assert len(err.splitlines()) == 1 and "no pose head" in err
 
 
-def test_the_committed_table_is_the_shipped_checkpoint_on_the_test_clips() -> None:
-    """benchmarks/results/pose_accuracy.json (docs/pose.md's table) measured checkpoints/tiny_pose.pt as shipped, on
-    the test seeds, every mode at k = 1, 2, 4, 8; there issue 28's acceptance holds: stream + reset at k = 2 within 2
-    PCK points of converged, per-frame k = 2 below it (here: at least 5 points)."""
+@pytest.mark.parametrize("stem,reset_iters", [("pose_accuracy", None), ("pose_accuracy_reset8", 8)])
+def test_the_committed_table_is_the_shipped_checkpoint_on_the_test_clips(stem, reset_iters) -> None:
+    """benchmarks/results/pose_accuracy.json and pose_accuracy_reset8.json (docs/pose.md's tables, make pose-accuracy)
+    measured checkpoints/tiny_pose.pt as shipped, on the test seeds, every mode at k = 1, 2, 4, 8, cold starts with k
+    iterations and with the runtime's --reset-iters 8 (chosen on validation clips). With the latter issue 28's
+    acceptance holds: stream + reset at k = 2 within 2 PCK points of converged; per-frame k = 2 is below it (here: at
+    least 10 points) in both."""
     import json
     from pathlib import Path
 
@@ -99,9 +102,10 @@ def test_the_committed_table_is_the_shipped_checkpoint_on_the_test_clips() -> No
     from export.checkpoint import load_checkpoint
 
     root = Path(__file__).resolve().parents[2]
-    committed = json.loads((root / "benchmarks" / "results" / "pose_accuracy.json").read_text())
+    committed = json.loads((root / "benchmarks" / "results" / f"{stem}.json").read_text())
     stamp = committed["stamp"]
     assert stamp["split"] == "test" and stamp["heldout_seed"] == SPLIT_SEEDS["test"] and stamp["ks"] == [1, 2, 4, 8]
+    assert stamp["reset_iters"] == reset_iters
     (result,) = committed["results"].values()
     _, meta = load_checkpoint(root / "checkpoints" / "tiny_pose.pt")
     weights = result["checkpoint_meta"]
@@ -112,6 +116,8 @@ def test_the_committed_table_is_the_shipped_checkpoint_on_the_test_clips() -> No
         f"{m} k={k}" for m in ("per-frame", "stream", "stream+reset") for k in (1, 2, 4, 8)
     }
     converged = rows["converged"]["pck"]
-    assert abs(converged - rows["stream+reset k=2"]["pck"]) <= 0.02
-    assert rows["per-frame k=2"]["pck"] <= converged - 0.05
-    assert meta["spec_reg"] > 0  # the shipped checkpoint is the contraction fine-tune
+    if reset_iters == 8:
+        assert abs(converged - rows["stream+reset k=2"]["pck"]) <= 0.02
+    assert rows["per-frame k=2"]["pck"] <= converged - 0.10
+    # the shipped checkpoint is the contraction fine-tune distilled from the second stage
+    assert meta["spec_reg"] > 0 and meta["distill"] and meta["distill_iters"] == 30

@@ -105,6 +105,7 @@ def test_a_fine_tune_keeps_the_head_and_logs_the_term(tmp_path):
         (["--spec-reg", "-1"], "--spec-reg"),
         (["--spec-steps", "0"], "--spec-steps"),
         (["--spec-freq", "0"], "--spec-freq"),
+        (["--jac-reg-freq", "0"], "--spec-freq"),
     ],
 )
 def test_bad_contraction_options_give_one_line(tmp_path, capsys, extra, flag):

@@ -114,6 +114,8 @@ def test_cli_writes_a_pose_checkpoint_the_exporter_reads(tmp_path) -> None:
         (["--spec-reg", "1", "--spec-steps", "0"], "--spec-steps"),
         (["--spec-reg", "-1"], "--spec-reg"),
         (["--spec-freq", "0"], "--spec-freq"),
+        (["--distill-weight", "-1"], "--distill-weight"),
+        (["--distill-iters", "-1"], "--distill-iters"),
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path, capsys, extra, needle) -> None:
@@ -175,3 +177,60 @@ def test_the_spectral_term_lowers_the_cells_dominant_growth(tmp_path) -> None:
 
     _, meta = load_checkpoint(tmp_path / "p.pt")
     assert meta["spec_reg"] == 10 and meta["spec_margin"] == 0 and meta["penalty_on"] == "batch"
+
+
+def _pose_teacher(tmp_path: Path) -> Path:
+    """A small pose checkpoint (tiny_sur's trunk, a fresh head) to distil from."""
+    argv = ["--out", str(tmp_path / "teacher.pt"), "--frame", "64", "128", "--crop", "64", "128", "--steps", "1"]
+    trainer = PoseTrainer(parse_args(argv), "test")
+    trainer.save(0.0)
+    return tmp_path / "teacher.pt"
+
+
+def test_distill_is_zero_against_its_own_init_and_targets_the_teachers_iterations(tmp_path, monkeypatch) -> None:
+    """--distill of the init itself: a frozen copy (no gradients, dropout off, BatchNorm on batch statistics like
+    the student's); with dropout off in the student too and the student's own iterations (--distill-iters 0) both
+    give the same heatmaps, so the term is 0; with --distill-iters 7 the teacher runs 7 iterations instead and the
+    term is positive; the meta records the option."""
+    from export.mdeq import VariationalDropout2d
+
+    teacher_path = _pose_teacher(tmp_path)
+    base = ["--out", str(tmp_path / "s.pt"), "--frame", "64", "128", "--crop", "64", "128", "--iters", "3"]
+    base += ["--batch", "1", "--init", str(teacher_path), "--distill", str(teacher_path)]
+    for iters, expect_zero in ((0, True), (7, False)):
+        trainer = PoseTrainer(parse_args([*base, "--distill-iters", str(iters)]), "test")
+        teacher = trainer.teacher
+        assert all(not p.requires_grad for p in teacher.parameters())
+        drops = [m for m in teacher.modules() if isinstance(m, VariationalDropout2d)]
+        assert drops and not any(m.training for m in drops)
+        assert all(m.training for m in teacher.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        trainer.model.train()
+        for m in trainer.model.modules():
+            if isinstance(m, VariationalDropout2d):
+                m.eval()
+        seen: list[int] = []
+        solve = teacher.solve
+        monkeypatch.setattr(
+            teacher, "solve", lambda x, n, z=None, seen=seen, solve=solve: seen.append(n) or solve(x, n, z)
+        )
+        trainer.train_step()
+        if expect_zero:
+            assert trainer.parts["distill"] == pytest.approx(0.0, abs=1e-9)
+        else:
+            assert seen == [7] and trainer.parts["distill"] > 0
+    meta = trainer.meta(0.0)
+    assert meta["distill"] == str(teacher_path) and meta["distill_iters"] == 7 and meta["distill_weight"] == 1.0
+
+
+def test_distill_from_a_checkpoint_without_a_pose_head_is_one_line(tmp_path, capsys) -> None:
+    argv = ["--out", str(tmp_path / "p.pt"), "--frame", "128", "256", "--distill", str(SHIPPED)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no keypoint head" in err
+
+
+def test_jac_reg_freq_is_accepted_for_spec_freq(tmp_path) -> None:
+    """export.train's spelling of the penalty's fraction of steps sets the same option (export/contraction.py)."""
+    argv = ["--out", str(tmp_path / "p.pt")]
+    assert parse_args([*argv, "--jac-reg-freq", "0.25"]).spec_freq == 0.25
+    assert parse_args([*argv, "--spec-freq", "0.5"]).spec_freq == 0.5
