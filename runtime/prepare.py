@@ -19,73 +19,16 @@ Two inputs:
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from runtime.sources import Fitter
+from runtime.yuv import BT601, THUMB_STEP, YUV420, Planes, planes, thumbnail
 
-Planes = tuple[np.ndarray, np.ndarray, np.ndarray]
-YUV420 = ("yuv420p", "yuvj420p")
+__all__ = ["THUMB_STEP", "YUV420", "DevicePreparer", "Planes", "Preparers", "planes", "thumbnail"]
 
-
-def planes(frame: Any) -> Planes | None:
-    """A decoded PyAV frame's Y, U, V planes as (H, W), (ceil(H/2), ceil(W/2)) x 2 uint8 views (no copy, no colour
-    conversion); None for other pixel formats (the caller converts to RGB on the host instead)."""
-    if getattr(getattr(frame, "format", None), "name", "") not in YUV420:
-        return None
-    h, w = frame.height, frame.width
-    out = []
-    for p, (ph, pw) in zip(frame.planes, ((h, w), ((h + 1) // 2, (w + 1) // 2), ((h + 1) // 2, (w + 1) // 2))):
-        out.append(np.frombuffer(p, np.uint8).reshape(-1, p.line_size)[:ph, :pw])
-    return out[0], out[1], out[2]
-
-
-# BT.601, limited range: R = 1.164 (Y - 16) + 1.596 (V - 128), G = ... (rows: R, G, B; columns: Y, U, V)
-_KR, _KB = 0.299, 0.114
-_Y, _C = 255 / 219, 255 / 224  # limited range: Y spans 16..235, chroma 16..240
-_BT601 = torch.tensor(
-    [
-        [_Y, 0.0, _C * 2 * (1 - _KR)],
-        [_Y, -_C * 2 * (1 - _KB) * _KB / (1 - _KR - _KB), -_C * 2 * (1 - _KR) * _KR / (1 - _KR - _KB)],
-        [_Y, _C * 2 * (1 - _KB), 0.0],
-    ],
-    dtype=torch.float32,
-)
-
-
-THUMB_STEP = 8  # the shot-change evidence reads every 8th engine pixel (runtime.modes.frame_change)
-
-
-def thumbnail(frame: np.ndarray | Planes, fitter: Fitter, step: int = THUMB_STEP) -> np.ndarray:
-    """The engine frame's every ``step``-th pixel, (ceil(H/step), ceil(W/step), 3) uint8, read on the host from the
-    source-size frame (RGB or :func:`planes`) by nearest neighbour with ``fitter``'s geometry (padding black).
-
-    Why: the reset monitor's shot-change evidence (``frame_change``) is a mean pixel difference on that subsample,
-    read before the frame runs; with the frame prepared on the device the host has no engine-size picture, and
-    fitting one only for this would cost what moving the preparation saved. About 2000 pixels: microseconds."""
-    (ih, iw), (oy, ox), (dh, dw) = fitter.scaled, fitter.offset, fitter.dst_hw
-    (sh, sw) = fitter.src_hw
-    ey, ex = np.arange(0, dh, step) + oy, np.arange(0, dw, step) + ox  # scaled-picture pixels
-    inside = (ey < ih)[:, None] & (ex < iw)[None, :]
-    rows = np.minimum(((ey + 0.5) * sh / ih).astype(np.intp), sh - 1)
-    cols = np.minimum(((ex + 0.5) * sw / iw).astype(np.intp), sw - 1)
-    if isinstance(frame, np.ndarray):
-        out = frame[rows[:, None], cols[None, :]]
-    else:
-        y, u, v = frame
-        yuv = np.stack(
-            [
-                y[rows[:, None], cols[None, :]],
-                u[rows[:, None] // 2, cols[None, :] // 2],
-                v[rows[:, None] // 2, cols[None, :] // 2],
-            ],
-            axis=-1,
-        ).astype(np.float32) - np.array([16.0, 128.0, 128.0], np.float32)
-        out = np.clip(np.rint(yuv @ _BT601.numpy().T), 0, 255).astype(np.uint8)
-    return np.where(inside[..., None], out, 0).astype(np.uint8)
+_BT601 = torch.from_numpy(BT601)
 
 
 class DevicePreparer:

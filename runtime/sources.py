@@ -22,6 +22,7 @@ import numpy as np
 
 from kernels import mvhost
 from runtime.errors import SourceError
+from runtime.yuv import planes, thumbnail
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 LIVE_PREFIXES = ("rtsp://", "rtmp://", "rtp://", "udp://", "tcp://", "srt://", "http://", "https://")
@@ -237,8 +238,6 @@ class Decoded:
 
     def cheapest(self) -> Any:
         """What a thumbnail reads: the 4:2:0 planes (views, no conversion) or else the RGB frame."""
-        from runtime.prepare import planes
-
         return planes(self.frame) or self.rgb()
 
 
@@ -342,7 +341,7 @@ class VideoSource(Source):
         import av
 
         self.side_hook = side_hook
-        # True: 4:2:0 frames come as their Y, U, V planes (runtime.prepare.planes: no colour conversion on the host,
+        # True: 4:2:0 frames come as their Y, U, V planes (runtime.yuv.planes: no colour conversion on the host,
         # the pipeline converts on the device); other pixel formats still come as RGB
         self.yuv = False
         # True: frames come as Decoded (converted to RGB only if something needs their pixels; the vector modes'
@@ -395,8 +394,6 @@ class VideoSource(Source):
         if self.lazy:
             return Decoded(f)
         if self.yuv:
-            from runtime.prepare import planes
-
             got = planes(f)
             if got is not None:
                 return got
@@ -446,7 +443,7 @@ class Prefetcher:
     ``keep_original`` keeps the source-resolution pixels for the overlay writer. ``fit_on_device``: frames stay as
     decoded (``Frame.rgb`` is the source-size RGB, or the YUV planes of a source whose ``yuv`` is set) for the
     pipeline to fit on the device (:class:`runtime.prepare.Preparers`); motion fields are still fitted here (they are
-    small), and so is ``Frame.thumb`` (:func:`runtime.prepare.thumbnail`).
+    small), and so is ``Frame.thumb`` (:func:`runtime.yuv.thumbnail`).
     """
 
     def __init__(
@@ -488,12 +485,8 @@ class Prefetcher:
         hw = self._checked(pixels)
         fitter = self.fitter(hw)
         if self.fit_on_device:  # fitted by the pipeline (runtime.prepare); the shot-change pixels read here
-            from runtime.prepare import thumbnail
-
             fitted, thumb = pixels, thumbnail(pixels, fitter)
         elif isinstance(pixels, Decoded):  # fitted only if uploaded; the shot-change pixels read from the planes
-            from runtime.prepare import thumbnail
-
             fitted, thumb = Fitted(pixels, fitter), thumbnail(pixels.cheapest(), fitter)
         else:
             fitted = fitter.fit(pixels)
