@@ -61,7 +61,9 @@ def test_null_backend_runs_the_loop_without_engines(clip: Path, tmp_path: Path, 
     got = host.end_to_end(engine, clip, 6, tmp_path, null=True)
     assert set(got) == {f"{m}, {o}" for m in ("stream k=1", "mv n=5") for o in host.OUTPUTS}
     for name, r in got.items():
-        assert r["frames"] == 6 and r["fps"] > 0 and r["largest_stage"] in ("decode", "field", "loop", "write", "overlay"), name
+        assert (
+            r["frames"] == 6 and r["fps"] > 0 and r["largest_stage"] in ("decode", "field", "loop", "write", "overlay")
+        ), name
     assert got["stream k=1, default + engine-size overlay (--video)"]["threads_ms"]["overlay"] > 0
     assert "overlay" not in (got["stream k=1, default outputs (engine-size NPZ maps + log)"]["threads_ms"] or {})
 
