@@ -164,13 +164,13 @@ int64_t mvh_resolve(const uint8_t *rec, int64_t n, int64_t isz, const int64_t *o
     if (span > 0 && nf) {
         for (int64_t j = 0; j < nf; j++) { spans[j] = span; mx[j] /= (double)span; my[j] /= (double)span; }
     } else if (n_cand > 0 && nf) {
+        if (n_cand > 64) n_cand = 64; /* HISTORY is 16 */
         cost = malloc(nf * n_cand * sizeof(double));
         best = malloc(nf * sizeof(int64_t));
         int64_t *votes = calloc(n_cand, sizeof(int64_t));
         if (!cost || !best || !votes) { free(votes); goto done; }
         static const double F[POINTS] = {0.125, 0.375, 0.625, 0.875};
         const uint8_t *pasts[64];
-        if (n_cand > 64) n_cand = 64; /* HISTORY is 16 */
         for (int64_t k = 0; k < n_cand; k++) pasts[k] = ring + imod(last - k, window) * h * w;
         int64_t any_clear = 0;
         /* each block's points in this picture and where its vector puts them, then one candidate frame at a time

@@ -361,14 +361,20 @@ class ReferenceResolver:
             self.anchor = index
         return blocks, motion, facts
 
+    def _reach(self, shape: tuple[int, ...], index: int, pict: str | None) -> tuple[int, int]:
+        """How this frame's forward vectors find their reference: ``(span, 0)`` for an anchored codec (every vector
+        spans the distance to the previous I / P picture), else ``(0, n)``: match against the n newest past frames
+        (0: a single-reference stream, or nothing held yet; no matching, every span 1)."""
+        if self.anchored and self.anchor is not None and pict is not None:
+            return max(1, index - self.anchor), 0
+        return 0, 0 if self.single else min(self._candidates(shape), self.refs or self.window)
+
     def _resolve_c(
         self, vectors: np.ndarray, y: np.ndarray, index: int, pict: str | None, facts: dict[str, Any]
     ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`_spans` and :meth:`_backward` (and the inter fraction) in one call of ``kernels/mvhost.c``: the same
         rules and arithmetic, without numpy's per-call overhead on a few hundred blocks."""
-        anchored = self.anchored and self.anchor is not None and pict is not None
-        span = max(1, index - self.anchor) if anchored and self.anchor is not None else 0
-        n_cand = 0 if self.single or anchored else min(self._candidates(y.shape), self.refs or self.window)
+        span, n_cand = self._reach(y.shape, index, pict)
         prev = self.prev_field[1] if self.prev_field is not None and self.prev_field[0] == index - 1 else None
         idx, motion, facts["inter"], mean_span = mvhost.resolve(vectors, y, self.ring, self.last, n_cand, span, prev)
         if mean_span is not None:
@@ -388,11 +394,11 @@ class ReferenceResolver:
         scale = np.maximum(fwd["motion_scale"].astype(np.float64), 1.0)
         motion = np.stack([fwd["motion_x"] / scale, fwd["motion_y"] / scale])
         spans = np.ones(len(fwd), np.int64)
-        if self.anchored and self.anchor is not None and pict is not None and len(fwd):
-            spans[:] = max(1, index - self.anchor)  # the codec's one forward reference: the previous anchor
+        span, n_cand = self._reach(y.shape, index, pict)
+        if span and len(fwd):
+            spans[:] = span  # the codec's one forward reference: the previous anchor
             return fwd, motion / spans, spans
-        n_cand = min(self._candidates(y.shape), self.refs or self.window)
-        if self.single or not n_cand or not len(fwd):
+        if not n_cand or not len(fwd):
             return fwd, motion, spans
         assert self.ring is not None
         h, w = y.shape
