@@ -438,14 +438,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     src.add_argument(
         "--checkpoint", nargs="+", help="one or more deqstream-ckpt/1 files (e.g. SUR and UR), run in eager PyTorch"
     )
-    p.add_argument("--quick", action="store_true", help="2 clips x 16 frames (< 3 min on a 2-core CPU)")
-    p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--clips", type=int, default=None, help="held-out clips (default 6, quick 2)")
-    p.add_argument("--frames", type=int, default=None, help="frames per clip (default 30, quick 16)")
-    p.add_argument("--height", type=int, default=256)
-    p.add_argument("--width", type=int, default=512)
-    p.add_argument("--ks", type=int, nargs="+", default=list(KS))
-    p.add_argument("--f-thres", type=int, default=30, help="iterations from zero for the converged baseline")
+    add_clip_args(p, "2 clips x 16 frames (< 3 min on a 2-core CPU)")
     p.add_argument(
         "--reset-iters",
         type=int,
@@ -453,7 +446,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="stream+reset: iterations from zero on a stream's first frame and after a reset, as the runtime's "
         "--reset-iters (default k, as the paper); results go to accuracy_reset<N>.*",
     )
-    p.add_argument("--data", default="data/accuracy_clips", help="cache of the held-out MP4 clips")
+    return parse_clip_args(p, argv, "data/accuracy_clips")
+
+
+def add_clip_args(p: argparse.ArgumentParser, quick: str = "2 clips x 16 frames") -> None:
+    """The held-out clip options the task-accuracy benchmarks share (accuracy, det_accuracy, pose_accuracy): how
+    many clips and frames, the engine size, the ks and the converged baseline's iterations, the output folder."""
+    p.add_argument("--quick", action="store_true", help=quick)
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--clips", type=int, default=None, help="held-out clips (default 6, quick 2)")
+    p.add_argument("--frames", type=int, default=None, help="frames per clip (default 30, quick 16)")
+    p.add_argument("--height", type=int, default=256)
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--ks", type=int, nargs="+", default=list(KS))
+    p.add_argument("--f-thres", type=int, default=30, help="iterations from zero for the converged baseline")
+
+
+def parse_clip_args(p: argparse.ArgumentParser, argv: list[str] | None, data: str) -> argparse.Namespace:
+    """Add the shared tail (clip cache ``data``, --split, --device, --threads), parse, and fill in the clip and frame
+    counts --quick implies."""
+    p.add_argument("--data", default=data, help="cache of the held-out MP4 clips")
     add_split_argument(p)
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=0)

@@ -34,10 +34,11 @@ from benchmarks.accuracy import (
     SPLIT_SEEDS,
     EngineStepper,
     _pct,
-    add_split_argument,
+    add_clip_args,
     clip_dir,
     clip_states,
     metric_table,
+    parse_clip_args,
     split_suffix,
     stamp_lines,
 )
@@ -219,24 +220,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "bundle on held-out synthetic clips with boxes, through the runtime.",
     )
     p.add_argument("--engine", required=True, help="the det bundle's deq_cell.onnx (.pt2, .plan)")
-    p.add_argument("--quick", action="store_true", help="2 clips x 16 frames")
-    p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--clips", type=int, default=None, help="held-out clips (default 6, quick 2)")
-    p.add_argument("--frames", type=int, default=None, help="frames per clip (default 30, quick 16)")
-    p.add_argument("--height", type=int, default=256)
-    p.add_argument("--width", type=int, default=512)
-    p.add_argument("--ks", type=int, nargs="+", default=list(KS))
-    p.add_argument("--f-thres", type=int, default=30, help="iterations from zero for the converged baseline")
+    add_clip_args(p)
     p.add_argument("--reset-iters", type=int, default=None, help="stream+reset's iterations from zero (default k)")
     p.add_argument("--eval-thr", type=float, default=EVAL_THR, help="decode threshold for the ranking")
-    p.add_argument("--data", default="data/det_clips", help="cache of the held-out MP4 clips with boxes")
-    add_split_argument(p)
-    p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=int, default=0)
-    a = p.parse_args(argv)
-    a.clips = a.clips or (2 if a.quick else 6)
-    a.frames = a.frames or (16 if a.quick else 30)
-    return a
+    return parse_clip_args(p, argv, "data/det_clips")
 
 
 def main(argv: list[str] | None = None) -> int:

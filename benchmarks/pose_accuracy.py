@@ -34,9 +34,10 @@ from benchmarks.accuracy import (
     Acc,
     EngineStepper,
     TorchStepper,
-    add_split_argument,
+    add_clip_args,
     evaluate_clip,
     metric_table,
+    parse_clip_args,
     split_suffix,
     stamp_lines,
 )
@@ -178,14 +179,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--engine", help="an exported pose bundle (its deq_cell.onnx/.pt2/.plan), through the runtime")
     src.add_argument("--checkpoint", help="a deqstream-ckpt/1 file with a pose head, in eager PyTorch")
-    p.add_argument("--quick", action="store_true", help="2 clips x 16 frames")
-    p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--clips", type=int, default=None, help="held-out clips (default 6, quick 2)")
-    p.add_argument("--frames", type=int, default=None, help="frames per clip (default 30, quick 16)")
-    p.add_argument("--height", type=int, default=256)
-    p.add_argument("--width", type=int, default=512)
-    p.add_argument("--ks", type=int, nargs="+", default=list(KS))
-    p.add_argument("--f-thres", type=int, default=30, help="iterations from zero for the converged baseline")
+    add_clip_args(p)
     p.add_argument("--thr", type=float, default=THRESHOLD, help="PCK radius in head lengths (default %(default)s)")
     p.add_argument(
         "--reset-iters",
@@ -194,14 +188,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="stream+reset: iterations from zero on a stream's first frame and after a reset (default k); results "
         "go to pose_accuracy_reset<N>.*",
     )
-    p.add_argument("--data", default="data/pose_clips", help="cache of the held-out MP4 clips")
-    add_split_argument(p)
-    p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=int, default=0)
-    a = p.parse_args(argv)
-    a.clips = a.clips or (2 if a.quick else 6)
-    a.frames = a.frames or (16 if a.quick else 30)
-    return a
+    return parse_clip_args(p, argv, "data/pose_clips")
 
 
 def _stepper(a: argparse.Namespace, device: str) -> tuple[str, object, dict, str]:
