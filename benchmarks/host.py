@@ -130,8 +130,11 @@ class Clock:
         return {"cpu_ms": 1e3 * self.cpu / n, "wall_ms": 1e3 * self.wall / n, "n": self.n}
 
 
-def decoded(path: Path, limit: int, mvs: bool) -> tuple[list[Any], list[np.ndarray], Clock]:
-    """Decode on one thread: the frames, their RGB, and the codec's time (decode + RGB conversion)."""
+def decoded(
+    path: Path, limit: int, mvs: bool, packets: list[Any] | None = None
+) -> tuple[list[Any], list[np.ndarray], Clock]:
+    """Decode on one thread: the frames, their RGB, and the codec's time (decode + RGB conversion); ``packets``: a
+    list that gets every demuxed packet."""
     import av
 
     clock = Clock()
@@ -142,6 +145,8 @@ def decoded(path: Path, limit: int, mvs: bool) -> tuple[list[Any], list[np.ndarr
         if mvs:
             s.codec_context.options = {"flags2": "+export_mvs"}
         it = iter(c.decode(s))
+        if packets is not None:  # the same decode, packet by packet, each kept (the field notes their headers)
+            it = (f for pk in c.demux(s) if packets.append(pk) is None for f in pk.decode())
         while len(frames) < limit:
             with clock():
                 f = next(it, None)
@@ -185,7 +190,8 @@ def stages(clip: Clip, a: argparse.Namespace, work: Path) -> dict[str, Any]:
         raise ValueError(f"{clip.path}: no decodable video frames")
     for _ in range(REPEATS - 1):  # the floor every ratio divides by: the fastest of REPEATS passes
         codec = min(codec, decoded(clip.path, a.frames, mvs=False)[2], key=lambda c: c.cpu)
-    frames, _, codec_mv = decoded(clip.path, a.frames, mvs=True)
+    packets: list[Any] = []
+    frames, _, codec_mv = decoded(clip.path, a.frames, mvs=True, packets=packets)
     h, w = rgbs[0].shape[:2]
     fitter = Fitter((h, w), ENGINE_HW)
     out: dict[str, Any] = {"size": [w, h], "frames": len(rgbs), "codec": codec.ms(), "codec+mv": codec_mv.ms()}
@@ -194,7 +200,7 @@ def stages(clip: Clip, a: argparse.Namespace, work: Path) -> dict[str, Any]:
     out["stream"] = {"codec": info.codec, "b_frames": info.has_b_frames, "max_ref_frames": info.max_ref_frames}
     out["fit"] = each(rgbs, lambda i, r: fitter.fit(r))
     if info.has_vectors:
-        out.update(mv_fields(clip, frames, info, fitter))
+        out.update(mv_fields(clip, frames, packets, info, fitter))
         before = per_block_field(frames, info, fitter)
         if before is not None:
             out["mv field (per-block, before)"] = before
@@ -210,9 +216,10 @@ def stages(clip: Clip, a: argparse.Namespace, work: Path) -> dict[str, Any]:
     return out
 
 
-def mv_fields(clip: Clip, frames: list[Any], info: Any, fitter: Any) -> dict[str, Any]:
-    """The field as the vector modes build it (``runtime.mv_source`` hook + the fit to the engine grid), the fastest
-    of REPEATS passes with the C host code (``kernels/mvhost.c``) and one with the numpy code it replaced."""
+def mv_fields(clip: Clip, frames: list[Any], packets: list[Any], info: Any, fitter: Any) -> dict[str, Any]:
+    """The field as the vector modes build it (``runtime.mv_source`` hook, its packet notes + the fit to the engine
+    grid), the fastest of REPEATS passes with the C host code (``kernels/mvhost.c``) and one with the numpy code it
+    replaced."""
     import os
 
     from kernels import mvhost
@@ -220,7 +227,10 @@ def mv_fields(clip: Clip, frames: list[Any], info: Any, fitter: Any) -> dict[str
 
     def one() -> dict[str, float]:
         hook = motion_side_hook(str(clip.path), info=info, log=lambda _m: None)  # a fresh resolver each pass
-        return each(frames, lambda i, f: fitter.fit_motion(hook(f, i)["motion"]))
+        notes = each(packets, lambda i, p: hook.packet(p))  # on the decode thread in the runtime, per packet
+        got = each(frames, lambda i, f: fitter.fit_motion(hook(f, i)["motion"]))
+        extra = notes["cpu_ms"] * notes["n"] / max(got["n"], 1), notes["wall_ms"] * notes["n"] / max(got["n"], 1)
+        return {**got, "cpu_ms": got["cpu_ms"] + extra[0], "wall_ms": got["wall_ms"] + extra[1]}
 
     out = {"mv field": min((one() for _ in range(REPEATS)), key=lambda r: r["cpu_ms"])}
     out["mv field C"] = mvhost.available()

@@ -46,11 +46,12 @@ static int64_t clampi(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : 
 static int64_t gcd64(int64_t a, int64_t b) { a = a < 0 ? -a : a; b = b < 0 ? -b : b; while (b) { int64_t t = a % b; a = b; b = t; } return a; }
 
 /* ------------------------------------------------------------------ open-addressing map int64 key -> int64 */
-typedef struct { int64_t *keys; int64_t *vals; uint8_t *used; int64_t cap; } Map;
+typedef struct { int64_t *keys; int64_t *vals; uint8_t *used; int64_t cap; int shift; } Map;
 
 static int map_init(Map *m, int64_t n) {
     m->cap = 16;
-    while (m->cap < 2 * n + 2) m->cap <<= 1;
+    m->shift = 60;
+    while (m->cap < 2 * n + 2) { m->cap <<= 1; m->shift--; }
     m->keys = malloc(m->cap * sizeof(int64_t));
     m->vals = malloc(m->cap * sizeof(int64_t));
     m->used = calloc(m->cap, 1);
@@ -58,8 +59,10 @@ static int map_init(Map *m, int64_t n) {
 }
 static void map_free(Map *m) { free(m->keys); free(m->vals); free(m->used); }
 static int64_t map_slot(const Map *m, int64_t key) {
+    /* Fibonacci hashing: the product's top bits mix every bit of the key (its low bits, which the keys' block
+     * sizes and 8-px aligned positions leave nearly constant, made probe chains hundreds long) */
     uint64_t h = (uint64_t)key * 0x9E3779B97F4A7C15ull;
-    int64_t s = (int64_t)(h >> 17) & (m->cap - 1);
+    int64_t s = (int64_t)(h >> m->shift);
     while (m->used[s] && m->keys[s] != key) s = (s + 1) & (m->cap - 1);
     return s;
 }
@@ -127,13 +130,15 @@ static int64_t ahead_of(const double *w0, const double *w1, const double *d0, co
 /* ------------------------------------------------------------------ resolve one frame's vectors
  * rec/n/isz/off: the frame's AVMotionVector records. y (h, w, row stride ys): its luma. ring (window, h, w): past
  * lumas, display index i in slot i % window, newest ``last``; n_cand: how many to match (0: none). span > 0: an
- * anchored codec, every forward vector spans ``span`` frames. pdisp (2, puh, puw) / pcov (puh, puw): the previous
+ * anchored codec, every forward vector spans ``span`` frames. allowed (n_cand) or NULL: 0 where span k + 1 cannot be
+ * a reference (decoded later, or not a reference picture): its cost is infinite, not computed. pdisp (2, puh, puw) / pcov (puh, puw): the previous
  * frame's unit field, or NULL. Writes the kept vectors' indices (forward ones first, then backward-only ones) and
  * their motion (2, n) in px per frame; facts = {inter, sum of spans, number of spans}. Returns the count, -1 on
  * an allocation failure. */
 int64_t mvh_resolve(const uint8_t *rec, int64_t n, int64_t isz, const int64_t *off, const uint8_t *y, int64_t h,
                     int64_t w, int64_t ys, const uint8_t *ring, int64_t window, int64_t last, int64_t n_cand,
-                    int64_t span, const float *pdisp, const float *pcov, int64_t puh, int64_t puw, int64_t *idx,
+                    int64_t span, const uint8_t *allowed, const float *pdisp, const float *pcov, int64_t puh,
+                    int64_t puw, int64_t *idx,
                     double *motion, double *facts) {
     Recs r = {rec, isz, off};
     int err = 0;
@@ -194,6 +199,10 @@ int64_t mvh_resolve(const uint8_t *rec, int64_t n, int64_t isz, const int64_t *o
         }
         for (int64_t k = 0; k < n_cand; k++) {
             const uint8_t *past = pasts[k];
+            if (allowed && !allowed[k]) {
+                for (int64_t j = 0; j < nf; j++) cost[j * n_cand + k] = INFINITY;
+                continue;
+            }
             for (int64_t j = 0; j < nf; j++) {
                 const uint8_t *cj = cur + j * POINTS * POINTS;
                 const int32_t *aj = at + j * POINTS * POINTS;

@@ -28,7 +28,7 @@ _TYPES = {"source": "i4", "w": "u1", "h": "u1", "dst_x": "i2", "dst_y": "i2", "m
           "motion_scale": "u2"}  # fmt: skip
 _P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
 _SIGNATURES = {
-    "mvh_resolve": (_I, [_P, _I, _I, _P, _P, _I, _I, _I, _P, _I, _I, _I, _I, _P, _P, _I, _I, _P, _P, _P]),
+    "mvh_resolve": (_I, [_P, _I, _I, _P, _P, _I, _I, _I, _P, _I, _I, _I, _I, _P, _P, _P, _I, _I, _P, _P, _P]),
     "mvh_grid_unit": (_I, [_P, _P, _I, _I, _P, _P, _I, _I, _I, _I, _P, _P]),
     "mvh_change": (_D, [_P, _I, _P, _I, _I, _I]),
     "mvh_fit_field": (None, [_P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _D, _D, _P]),
@@ -103,10 +103,12 @@ def resolve(
     n_cand: int,
     span: int,
     prev: tuple[np.ndarray, np.ndarray] | None,
+    allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float, float | None]:
     """One frame's vectors resolved to "from the previous frame" (``ReferenceResolver``'s rules): the indices of the
     kept records (forward ones first, then backward-only ones), their motion (2, n) px, the inter fraction and the
-    mean span of the kept forward vectors (None when there are none)."""
+    mean span of the kept forward vectors (None when there are none). ``allowed`` (n_cand uint8): the spans that
+    may be references (``ReferenceResolver._allowed``), None for all."""
     n = len(vectors)
     buf = np.empty(3 * n + 3, np.float64)  # idx (n, as int64), motion (2, n), facts (3): one address to fetch
     p = buf.ctypes.data
@@ -118,8 +120,8 @@ def resolve(
     puh, puw = pc.shape if pc is not None else (0, 0)
     got = _load().mvh_resolve(
         vectors.ctypes.data, n, vectors.dtype.itemsize, _offsets(vectors.dtype).ctypes.data, y.ctypes.data, h, w,
-        y.strides[0], _ptr(ring), window, last, n_cand if ring is not None else 0, span, _ptr(pd), _ptr(pc), puh,
-        puw, p, p + 8 * n, p + 24 * n,
+        y.strides[0], _ptr(ring), window, last, n_cand if ring is not None else 0, span, _ptr(allowed), _ptr(pd),
+        _ptr(pc), puh, puw, p, p + 8 * n, p + 24 * n,
     )  # fmt: skip
     if got < 0:
         raise MemoryError("kernels.mvhost: out of memory resolving motion vectors")

@@ -28,6 +28,7 @@ import math
 import os
 import tempfile
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,7 @@ class StreamInfo:
     height: int
     has_b_frames: bool
     max_ref_frames: int | None  # H.264 SPS max_num_ref_frames; None when not parsable
+    nal_length: int = 0  # H.264 in MP4/MKV (avcC): bytes of each NAL unit's length prefix; 0: Annex B start codes
 
     @property
     def multi_frame(self) -> bool:
@@ -296,12 +298,21 @@ class ReferenceResolver:
     """
 
     def __init__(
-        self, single: bool = False, window: int = HISTORY, anchored: bool = False, refs: int | None = None
+        self,
+        single: bool = False,
+        window: int = HISTORY,
+        anchored: bool = False,
+        refs: int | None = None,
+        dpb: int | None = None,
     ) -> None:
         self.single, self.window, self.anchored = single, window, anchored
         # P-only streams: every picture is a reference and the decoder keeps the last ``refs`` (the SPS's
         # max_num_ref_frames), so no vector reaches further back; None where B pictures reorder them
         self.refs = refs
+        # the SPS's max_num_ref_frames for any H.264 stream: with the packets' decode order (``resolve``'s ``order``)
+        # only that many reference pictures decoded before a frame can be its forward references
+        self.dpb = dpb
+        self.order: dict[int, tuple[int, bool]] = {}  # display index -> (decode position, is a reference picture)
         self.anchor: int | None = None  # anchored codecs: display index of the last I / P picture
         self.ring: np.ndarray | None = None  # (window, H, W) past lumas; display index i in slot i % window
         self.prev_luma: np.ndarray | None = None  # the previous display frame's luma (a view of its plane)
@@ -332,15 +343,27 @@ class ReferenceResolver:
         return self.held if self.ring is not None and self.ring.shape[1:] == shape else 0
 
     def resolve(
-        self, vectors: np.ndarray | None, y: np.ndarray, index: int, pict: str | None = None
+        self,
+        vectors: np.ndarray | None,
+        y: np.ndarray,
+        index: int,
+        pict: str | None = None,
+        order: tuple[int, bool] | None = None,
     ) -> tuple[Any, Any, dict[str, float]]:
         """(blocks, motion (2, n) px from the previous frame, facts) for one frame; ``y`` its luma, ``pict`` its
-        picture type (``anchored`` streams: the previous I / P picture is every forward vector's reference)."""
+        picture type (``anchored`` streams: the previous I / P picture is every forward vector's reference),
+        ``order`` its (decode position, is a reference picture) from :class:`PacketLog` where known."""
         if self.last >= 0 and self.last != index - 1:  # a gap (seek, dropped frame): start over
             self.held = 0
             self.prev_field = None
             self.anchor = None
             self.prev_luma = None
+            self.order.clear()
+        self.order.pop(index - self.window - 1, None)
+        if order is not None:
+            self.order[index] = order
+        else:
+            self.order.pop(index, None)
         facts = {"inter": 0.0, "dropped": 0.0, "change": None}
         prev = self.prev_luma
         if prev is not None and prev.shape == y.shape:
@@ -369,14 +392,39 @@ class ReferenceResolver:
             return max(1, index - self.anchor), 0
         return 0, 0 if self.single else min(self._candidates(shape), self.refs or self.window)
 
+    def _allowed(self, index: int, n_cand: int) -> np.ndarray | None:
+        """Which spans 1..n_cand a forward vector of frame ``index`` can have (uint8 mask): the reference pictures
+        decoded before it, the newest ``dpb`` of them in decode order (the decoder keeps no more). None where the
+        packets did not tell (a frame without pts, another codec): every held frame is a candidate, as before."""
+        me = self.order.get(index)
+        if me is None or n_cand <= 1:
+            return None
+        past = []
+        for span in range(1, n_cand + 1):
+            got = self.order.get(index - span)
+            if got is None:
+                return None
+            if got[0] < me[0] and got[1]:
+                past.append((got[0], span))
+        past.sort(reverse=True)
+        keep = past[: self.dpb] if self.dpb else past
+        if not keep:
+            return None
+        mask = np.zeros(n_cand, np.uint8)
+        mask[[span - 1 for _, span in keep]] = 1
+        return mask
+
     def _resolve_c(
         self, vectors: np.ndarray, y: np.ndarray, index: int, pict: str | None, facts: dict[str, Any]
     ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`_spans` and :meth:`_backward` (and the inter fraction) in one call of ``kernels/mvhost.c``: the same
         rules and arithmetic, without numpy's per-call overhead on a few hundred blocks."""
         span, n_cand = self._reach(y.shape, index, pict)
+        allowed = self._allowed(index, n_cand) if n_cand else None
         prev = self.prev_field[1] if self.prev_field is not None and self.prev_field[0] == index - 1 else None
-        idx, motion, facts["inter"], mean_span = mvhost.resolve(vectors, y, self.ring, self.last, n_cand, span, prev)
+        idx, motion, facts["inter"], mean_span = mvhost.resolve(
+            vectors, y, self.ring, self.last, n_cand, span, prev, allowed
+        )
         if mean_span is not None:
             facts["mean_span"] = mean_span
         facts["dropped"] = 1.0 - len(idx) / len(vectors)
@@ -414,6 +462,9 @@ class ReferenceResolver:
         diff = np.maximum(past, cur)
         diff -= np.minimum(past, cur)  # |past - cur| without leaving uint8
         cost = diff.sum(axis=1, dtype=np.uint16)[slots].T / float(POINTS * POINTS)  # (n, cands), mean abs error
+        allowed = self._allowed(index, n_cand)
+        if allowed is not None:  # frames this one cannot reference (decode order, non-reference pictures)
+            cost[:, allowed == 0] = np.inf
         best = cost.argmin(axis=1)
         if n_cand > 1:
             two = np.partition(cost, 1, axis=1)
@@ -589,7 +640,74 @@ def probe(container, stream) -> StreamInfo:
                 refs = sps_max_ref_frames(sps)
             except (ValueError, IndexError):
                 refs = None
-    return StreamInfo(cc.name, cc.width, cc.height, bool(cc.has_b_frames), refs)
+    extra = bytes(cc.extradata or b"")
+    nal_length = (extra[4] & 3) + 1 if cc.name == "h264" and len(extra) > 4 and extra[0] == 1 else 0
+    return StreamInfo(cc.name, cc.width, cc.height, bool(cc.has_b_frames), refs, nal_length)
+
+
+# ----------------------------------------------------------------- H.264 packets: decode order and reference pictures
+
+SLICE_NALS = (1, 5)  # coded slice of a non-IDR / IDR picture
+
+
+def nal_ref_idc(data: bytes | memoryview, nal_length: int = 0) -> int | None:
+    """The nal_ref_idc of an H.264 access unit's first slice (0: no later picture may predict from it), from its
+    length-prefixed (``nal_length`` bytes, avcC) or Annex-B NAL units; None when it holds no slice."""
+    n = len(data)
+    if nal_length:
+        i = 0
+        while i + nal_length < n:
+            size = int.from_bytes(data[i : i + nal_length], "big")
+            i += nal_length
+            if data[i] & 0x1F in SLICE_NALS:
+                return (data[i] >> 5) & 3
+            i += size
+        return None
+    raw = bytes(data[:4096])  # parameter sets and SEI come first: the first slice header is near the start
+    if not any(raw[j + 3] & 0x1F in SLICE_NALS for j in _starts(raw)):
+        raw = bytes(data)
+    for i in _starts(raw):
+        if raw[i + 3] & 0x1F in SLICE_NALS:
+            return (raw[i + 3] >> 5) & 3
+    return None
+
+
+def _starts(raw: bytes) -> Iterator[int]:
+    i = raw.find(b"\x00\x00\x01")
+    while 0 <= i < len(raw) - 3:
+        yield i
+        i = raw.find(b"\x00\x00\x01", i + 3)
+
+
+class PacketLog:
+    """Each H.264 packet's decode position and whether it is a reference picture, by presentation time.
+
+    Why: a forward vector can only point at a picture decoded before its own that the codec kept as a reference.
+    With B-frames, the display neighbours of a P picture are decoded after it and non-reference B pictures are never
+    kept, so of the 16 past frames block matching would weigh only the last ``max_num_ref_frames`` reference pictures
+    can be meant (about 4): fewer candidates to match, and no block resolved to a frame it cannot reference (issue
+    #30). The demuxing loop calls :meth:`note` with each packet before decoding it; the field looks frames up by pts."""
+
+    LIMIT = 512  # packets remembered (frames come out of the decoder a few packets after their own)
+
+    def __init__(self, nal_length: int) -> None:
+        self.nal_length, self.count = nal_length, 0
+        self.seen: OrderedDict[int, tuple[int, bool]] = OrderedDict()
+
+    def note(self, packet: Any) -> None:
+        """Remember one packet (demux order is decode order). Reads only its NAL headers."""
+        if packet.pts is None or not packet.size:
+            return
+        ref = nal_ref_idc(memoryview(packet), self.nal_length)
+        if ref is not None:
+            self.seen[int(packet.pts)] = (self.count, ref > 0)
+            self.count += 1
+            if len(self.seen) > self.LIMIT:
+                self.seen.popitem(last=False)  # one atomic call: the field thread reads concurrently
+
+    def get(self, pts: int | None) -> tuple[int, bool] | None:
+        """(decode position, is a reference picture) of the frame shown at ``pts``, or None if unknown."""
+        return None if pts is None else self.seen.get(int(pts))
 
 
 # ----------------------------------------------------------------- decoding
@@ -627,10 +745,12 @@ class MotionVectorDecoder:
     its backward vectors are dropped and re-encoding gives exact single-reference vectors.
     """
 
-    def __init__(self, path: str | os.PathLike, stride: int = 16, warn: bool = True) -> None:
+    def __init__(
+        self, path: str | os.PathLike, stride: int = 16, warn: bool = True, decode_order: bool = True
+    ) -> None:
         import av
 
-        self.path, self.stride, self.warn = Path(path), stride, warn
+        self.path, self.stride, self.warn, self.decode_order = Path(path), stride, warn, decode_order
         if not self.path.is_file():
             raise FileNotFoundError(f"no such video: {self.path}")
         self._container = av.open(str(self.path))
@@ -649,7 +769,10 @@ class MotionVectorDecoder:
             single=info is not None and not info.multi_frame,
             anchored=info is not None and info.codec in ANCHOR_CODECS,
             refs=info.max_ref_frames if info is not None and info.codec == "h264" and not info.has_b_frames else None,
+            dpb=info.max_ref_frames if info is not None and info.codec == "h264" else None,
         )
+        h264 = info is not None and info.codec == "h264" and getattr(self, "decode_order", True)
+        self.packets = PacketLog(info.nal_length) if h264 else None
         if info is not None and info.multi_frame:
             self._warn(info.describe())
 
@@ -669,8 +792,18 @@ class MotionVectorDecoder:
         self._container.close()
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, MotionField]]:
-        for index, frame in enumerate(self._container.decode(self._stream)):
-            yield frame.to_ndarray(format="rgb24"), self.field(frame, index)
+        index = 0
+        for packet in self._container.demux(self._stream):
+            self.packet(packet)
+            for frame in packet.decode():
+                yield frame.to_ndarray(format="rgb24"), self.field(frame, index)
+                index += 1
+
+    def packet(self, packet: Any) -> None:
+        """Note a demuxed packet before it is decoded (H.264: its decode position and reference flag, which bound
+        the frames block matching weighs); the demuxing loop calls this, nothing else needs to."""
+        if self.packets is not None:
+            self.packets.note(packet)
 
     def field(self, frame, index: int) -> MotionField:
         """The MotionField of one decoded frame (frames must come in display order, as decoders return them)."""
@@ -680,7 +813,8 @@ class MotionVectorDecoder:
         if pict == "B" or (vectors is not None and bool((vectors["source"] > 0).any())):
             self.resolver.single, self.resolver.refs = False, None  # the stream said otherwise; trust the pictures
             self._warn(f"frame {index} is a {pict} picture")
-        blocks, motion, facts = self.resolver.resolve(vectors, luma(frame), index, pict)
+        order = self.packets.get(frame.pts) if self.packets is not None else None
+        blocks, motion, facts = self.resolver.resolve(vectors, luma(frame), index, pict, order)
         if self.stride == UNIT and self.resolver.unit is not None:
             disp, coverage = self.resolver.unit
         else:

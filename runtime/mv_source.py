@@ -57,12 +57,19 @@ class _FieldMaker(MotionVectorDecoder):
 
 def motion_side_hook(name: str, stride: int = MV_STRIDE, info: StreamInfo | None = None, log: Log | None = None) -> Any:
     """side_hook(av_frame, index) -> {"motion": MotionField} for VideoSource."""
-    maker = _FieldMaker(name, stride, info, log)
+    return _FieldHook(_FieldMaker(name, stride, info, log))
 
-    def hook(frame: Any, index: int) -> dict[str, Any]:
-        return {"motion": maker.field(frame, index)}
 
-    return hook
+class _FieldHook:
+    """The side hook: ``hook(av_frame, index) -> {"motion": MotionField}``; ``hook.packet(packet)`` notes each demuxed
+    packet first (H.264 decode order and reference pictures, :class:`runtime.motion_vectors.PacketLog`)."""
+
+    def __init__(self, maker: _FieldMaker) -> None:  # noqa: D107
+        self.maker = maker
+        self.packet = maker.packet
+
+    def __call__(self, frame: Any, index: int) -> dict[str, Any]:
+        return {"motion": self.maker.field(frame, index)}
 
 
 class FieldThread:
@@ -75,6 +82,8 @@ class FieldThread:
     def __init__(self, hook: Callable[[Any, int], dict[str, Any]]) -> None:
         self.hook = hook
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="mv-field")
+        if hasattr(hook, "packet"):  # packets are noted on the decode thread, before their frames are queued
+            self.packet = hook.packet
 
     def __call__(self, frame: Any, index: int) -> dict[str, Any]:
         return {"motion": Pending(self.pool.submit(self._build, frame, index), self.pool)}

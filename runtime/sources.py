@@ -373,8 +373,11 @@ class VideoSource(Source):
 
     def __iter__(self) -> Iterator[Item]:
         index = 0
+        note = getattr(self.side_hook, "packet", None)  # the motion-vector field reads H.264 packet headers
         try:
             for packet in self.container.demux(self.stream):
+                if note is not None:
+                    note(packet)
                 try:
                     decoded = packet.decode()
                 except Exception as e:  # noqa: BLE001 - a corrupt packet: skip it, count it

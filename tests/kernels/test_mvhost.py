@@ -66,15 +66,16 @@ def mpeg4_clip(tmp_path: Path) -> Path:
 @needs_clips
 @pytest.mark.parametrize("name", ["bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4", "mpeg4"])
 @pytest.mark.parametrize("stride", [4, 16])
+@pytest.mark.parametrize("decode_order", [False, True])
 def test_c_field_is_bit_identical_to_numpy_on_real_clips(
-    name: str, stride: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    name: str, stride: int, decode_order: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = mpeg4_clip(tmp_path) if name == "mpeg4" else real_clip(name)
     limit = 30 if name == "bigbuckbunny.mp4" else 60
     use("numpy", monkeypatch)
-    ref = new_fields(path, stride, limit)
+    ref = new_fields(path, stride, limit, decode_order)
     use("c", monkeypatch)
-    got = new_fields(path, stride, limit)
+    got = new_fields(path, stride, limit, decode_order)
     assert_same(ref, got)
     # the clips exercise what they are here for: matched spans > 1 and backward-only blocks on bikes
     if name == "bikes.mp4" and stride == 4:

