@@ -745,9 +745,7 @@ class MotionVectorDecoder:
     its backward vectors are dropped and re-encoding gives exact single-reference vectors.
     """
 
-    def __init__(
-        self, path: str | os.PathLike, stride: int = 16, warn: bool = True, decode_order: bool = True
-    ) -> None:
+    def __init__(self, path: str | os.PathLike, stride: int = 16, warn: bool = True, decode_order: bool = True) -> None:
         import av
 
         self.path, self.stride, self.warn, self.decode_order = Path(path), stride, warn, decode_order
