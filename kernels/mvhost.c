@@ -442,10 +442,18 @@ int64_t mvh_grid_unit(const uint8_t *rec, const int64_t *idx, int64_t n, int64_t
     }
     for (int64_t u = 0; u < uh; u++) {
         float *d0 = disp + u * uw, *d1 = disp + uh * uw + u * uw, *cv = cov + u * uw;
-        const double *c0 = a0 + (u / m) * mw, *c1 = a1 + (u / m) * mw, *c2 = a2 + (u / m) * mw;
         int64_t lim = u < ph ? (pw < uw ? pw : uw) : 0;
-        for (int64_t v = 0; v < lim; v++) { d0[v] = (float)c0[v / m]; d1[v] = (float)c1[v / m]; cv[v] = (float)c2[v / m]; }
-        for (int64_t v = lim; v < uw; v++) d0[v] = d1[v] = cv[v] = 0.0f;
+        if (u % m && lim == (u - 1 < ph ? (pw < uw ? pw : uw) : 0)) { /* the same m-cells as the row above */
+            memcpy(d0, d0 - uw, uw * sizeof(float));
+            memcpy(d1, d1 - uw, uw * sizeof(float));
+            memcpy(cv, cv - uw, uw * sizeof(float));
+            continue;
+        }
+        const double *c0 = a0 + (u / m) * mw, *c1 = a1 + (u / m) * mw, *c2 = a2 + (u / m) * mw;
+        int64_t v = 0;
+        for (int64_t q = 0; v < lim; q++) /* each m-cell's values repeated over its m units: no division per unit */
+            for (int64_t t = 0; t < m && v < lim; t++, v++) { d0[v] = (float)c0[q]; d1[v] = (float)c1[q]; cv[v] = (float)c2[q]; }
+        for (v = lim; v < uw; v++) d0[v] = d1[v] = cv[v] = 0.0f;
     }
     free(acc); free(geo);
     return 0;

@@ -39,7 +39,7 @@ import torch
 
 from runtime.pipeline import BatchResult, Pipeline
 from runtime.policy import FrameInfo, Plan, Policy
-from runtime.propagation import StateWarper, has_motion, interpolate_segment, is_cut, mv_pyramid
+from runtime.propagation import StateWarper, has_motion, interpolate_segment, is_cut, pyramid_of
 from runtime.sources import Frame
 
 SHOT_CHANGE = "shot change (intra-coded frame)"  # the reason mv logs for the same frames
@@ -162,7 +162,7 @@ class InterpPolicy(Policy):
 
     def _pyramid(self, info: FrameInfo) -> list[np.ndarray]:
         m = info.side["motion"]
-        return mv_pyramid(m.disp, m.coverage, self.shapes)
+        return pyramid_of(m, self.shapes)
 
     def _solve(self, frame: Frame, plan: Plan, info: FrameInfo) -> Emission:
         """A key frame: solved from zero by the pipeline, its state kept as key b."""

@@ -27,6 +27,7 @@ from runtime.interp import Emission, InterpPolicy
 from runtime.manifest import AUTO
 from runtime.modes import FrameInfo, Outcome, Plan, Policy, ResetMonitor, frame_change, make_policy, reset_counts
 from runtime.pipeline import PREPARE, STAGES, Pipeline
+from runtime.propagation import pyramid_step
 from runtime.solve import Solve
 from runtime.sources import Frame, Prefetcher, Source, VideoSource
 from runtime.stats import Samples, format_summary, summarize
@@ -276,7 +277,10 @@ def run(cfg: RunConfig) -> dict[str, Any]:
                 names=bundle.classes,
                 maps_size=cfg.maps_size,
             )
-        pre: Any = _prefetcher(cfg, src, sink, hw, prep == "device")
+        warped = cfg.mode in WARPED_MODES and cfg.policy is None
+        pre: Any = _prefetcher(
+            cfg, src, sink, hw, prep == "device", [z.shape[-2:] for z in bundle.state] if warped else None
+        )
         if cfg.start_frames and cfg.start_frames[i] > 0:
             pre = _Resume(pre, cfg.start_frames[i], getattr(sink, "skipped", None))
         streams.append(StreamState(i, src, policies[i], sink, pre, task))
@@ -316,19 +320,26 @@ def _draws_on(sink: Any) -> str | None:
     return getattr(sink, "overlay_size", "source")
 
 
+WARPED_MODES = ("mv", "stream-mv", "mv-interp")  # modes that warp the state by each frame's motion-field pyramid
 LAZY_MODES = ("mv", "mv-interp")  # modes whose propagated frames never reach the engines' pixel input
 
 
-def _prefetcher(cfg: RunConfig, src: Source, sink: Any, hw: tuple[int, int], on_device: bool) -> Prefetcher:
+def _prefetcher(
+    cfg: RunConfig, src: Source, sink: Any, hw: tuple[int, int], on_device: bool, shapes: Any = None
+) -> Prefetcher:
     """The stream's decode thread. Prepared on the device, a video comes as its YUV planes (no colour conversion on
-    the host) unless the overlay is drawn on the source-size RGB frame."""
+    the host) unless the overlay is drawn on the source-size RGB frame. ``shapes``: the state's (h, w) per scale,
+    for which the field thread makes each motion field's pyramid."""
     draws = _draws_on(sink)
     if on_device and draws != "source" and isinstance(src, VideoSource):
         src.yuv = True
     elif cfg.mode in LAZY_MODES and draws is None and isinstance(src, VideoSource):
         src.lazy = True  # most frames propagate by codec motion: RGB and fitting only for those uploaded
     keep = draws == "source"  # an engine-size overlay draws on Frame.rgb (fitted here, or prepared and copied down)
-    return Prefetcher(src, hw, cfg.fit, keep_original=keep, max_frames=cfg.max_frames, fit_on_device=on_device)
+    step = pyramid_step(shapes) if shapes else None
+    return Prefetcher(
+        src, hw, cfg.fit, keep_original=keep, max_frames=cfg.max_frames, fit_on_device=on_device, field_step=step
+    )
 
 
 def _open(spec: Any, mode: str, log: Any = None, reencode: bool = False) -> Source:

@@ -80,6 +80,7 @@ class MotionField:
     dropped: fraction of the frame's vectors not used (backward vectors, vectors no past frame explains).
     mean_span: mean number of frames the used forward vectors reached back before they were resolved.
     build_ms: wall ms the field thread spent building and fitting it (0 when built on the decode thread).
+    pyramid: its per-scale fields for the state's shapes, when the field thread made them.
     """
 
     disp: np.ndarray
@@ -96,6 +97,8 @@ class MotionField:
     dropped: float = 0.0
     mean_span: float = 1.0
     build_ms: float = 0.0  # time the field thread spent on it (built and fitted; runtime.mv_source.FieldThread)
+    # (state shapes, per-scale fields) made on the field thread (runtime.propagation.pyramid_step), None: not yet
+    pyramid: tuple[list[tuple[int, int]], list[np.ndarray]] | None = field(default=None, repr=False)
 
 
 @dataclass

@@ -84,6 +84,29 @@ def mv_pyramid(disp: np.ndarray, coverage: np.ndarray, shapes: Sequence[tuple[in
     return out
 
 
+def pyramid_step(shapes: Sequence[Sequence[int]]) -> Callable[[Any], Any]:
+    """A step for the field thread (``Prefetcher``'s ``field_step``): the fitted field's pyramid for the state's
+    ``shapes``, made there. Why: pooling four scales cost the loop thread of the vector modes about as much as
+    everything else it does per propagated frame (issue #30); on the field thread it overlaps the engines."""
+    want = [(int(h), int(w)) for h, w in shapes]
+
+    def step(m: Any) -> Any:
+        if m is not None and not m.is_key:
+            m.pyramid = (want, mv_pyramid(m.disp, m.coverage, want))
+        return m
+
+    return step
+
+
+def pyramid_of(m: Any, shapes: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """``m``'s per-scale fields for ``shapes``: the field thread's when it made them for these shapes, else now."""
+    want = [(int(h), int(w)) for h, w in shapes]
+    made = getattr(m, "pyramid", None)
+    if made is not None and made[0] == want:
+        return made[1]
+    return mv_pyramid(m.disp, m.coverage, want)
+
+
 def _motion(info: FrameInfo) -> Any:
     return info.side.get("motion") if info.side else None
 
@@ -151,7 +174,7 @@ def motion_warp_hook(warper: StateWarper) -> Callable[[list[Tensor], FrameInfo],
             return  # I-frame or no vectors: nothing moved that the codec could tell us
         warper.ensure(views)
         m = _motion(info)
-        warper.load(mv_pyramid(m.disp, m.coverage, [tuple(v.shape[1:]) for v in views]))
+        warper.load(pyramid_of(m, [tuple(v.shape[1:]) for v in views]))
         warper.warp_(views)
 
     return hook

