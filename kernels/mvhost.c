@@ -127,11 +127,16 @@ static int64_t ahead_of(const double *w0, const double *w1, const double *d0, co
     return (int64_t)rint(median(scratch, k));
 }
 
+static int any_set(const uint8_t *m, int64_t n) {
+    for (int64_t i = 0; i < n; i++) if (m[i]) return 1;
+    return 0;
+}
+
 /* ------------------------------------------------------------------ resolve one frame's vectors
  * rec/n/isz/off: the frame's AVMotionVector records. y (h, w, row stride ys): its luma. ring (window, h, w): past
  * lumas, display index i in slot i % window, newest ``last``; n_cand: how many to match (0: none). span > 0: an
  * anchored codec, every forward vector spans ``span`` frames. allowed (n_cand) or NULL: 0 where span k + 1 cannot be
- * a reference (decoded later, or not a reference picture): its cost is infinite, not computed. pdisp (2, puh, puw) / pcov (puh, puw): the previous
+ * a reference (decoded later, or not a reference picture): not weighed (numpy: an infinite cost). pdisp (2, puh, puw) / pcov (puh, puw): the previous
  * frame's unit field, or NULL. Writes the kept vectors' indices (forward ones first, then backward-only ones) and
  * their motion (2, n) in px per frame; facts = {inter, sum of spans, number of spans}. Returns the count, -1 on
  * an allocation failure. */
@@ -149,7 +154,7 @@ int64_t mvh_resolve(const uint8_t *rec, int64_t n, int64_t isz, const int64_t *o
     int64_t *fwd = malloc((n + 1) * sizeof(int64_t)), *bwd = malloc((n + 1) * sizeof(int64_t));
     double *mx = malloc((2 * n + 2) * sizeof(double)), *my = mx + n + 1;
     int64_t *spans = malloc((n + 1) * sizeof(int64_t));
-    double *cost = NULL, *scratch = NULL;
+    double *scratch = NULL;
     int64_t *best = NULL;
     int64_t out = -1;
     if (!fwd || !bwd || !mx || !spans) goto done;
@@ -168,21 +173,30 @@ int64_t mvh_resolve(const uint8_t *rec, int64_t n, int64_t isz, const int64_t *o
     int64_t nk = nf; /* kept forward vectors, compacted in place (fwd, mx, my, spans) */
     if (span > 0 && nf) {
         for (int64_t j = 0; j < nf; j++) { spans[j] = span; mx[j] /= (double)span; my[j] /= (double)span; }
+    } else if (n_cand > 0 && nf && allowed && !any_set(allowed, n_cand < 64 ? n_cand : 64)) {
+        nk = 0; /* no candidate can be a reference: no forward vector is explained (numpy: every cost infinite) */
     } else if (n_cand > 0 && nf) {
         if (n_cand > 64) n_cand = 64; /* HISTORY is 16 */
-        cost = malloc(nf * n_cand * sizeof(double));
+        /* the candidates weighed, newest first: span ks[a] + 1 (those ``allowed`` names; all when it is NULL) */
+        int64_t ks[64], na = 0;
+        for (int64_t k = 0; k < n_cand; k++) if (!allowed || allowed[k]) ks[na++] = k;
+        /* costs as sums of POINTS x POINTS absolute differences (<= 4080): the mean is sum / 16 exactly, so comparing
+         * sums against TIE and MAX_COST scaled by 16 decides as comparing the numpy twin's float64 means does */
+        const int64_t tie = (int64_t)(TIE * POINTS * POINTS), max_cost = (int64_t)(MAX_COST * POINTS * POINTS);
+        uint16_t *cs = malloc(nf * na * sizeof(uint16_t));
         best = malloc(nf * sizeof(int64_t));
-        int64_t *votes = calloc(n_cand, sizeof(int64_t));
-        if (!cost || !best || !votes) { free(votes); goto done; }
+        uint8_t *clear = malloc(nf);
+        int64_t *votes = calloc(na, sizeof(int64_t));
+        if (!cs || !best || !clear || !votes) { free(cs); free(clear); free(votes); goto done; }
         static const double F[POINTS] = {0.125, 0.375, 0.625, 0.875};
         const uint8_t *pasts[64];
-        for (int64_t k = 0; k < n_cand; k++) pasts[k] = ring + imod(last - k, window) * h * w;
+        for (int64_t a = 0; a < na; a++) pasts[a] = ring + imod(last - ks[a], window) * h * w;
         int64_t any_clear = 0;
         /* each block's points in this picture and where its vector puts them, then one candidate frame at a time
          * over all blocks (a frame's luma stays in cache; block by block all 16 would be read at once) */
         uint8_t *cur = malloc(nf * POINTS * POINTS);
         int32_t *at = malloc(nf * POINTS * POINTS * sizeof(int32_t));
-        if (!cur || !at) { free(cur); free(at); free(votes); goto done; }
+        if (!cur || !at) { free(cur); free(at); free(cs); free(clear); free(votes); goto done; }
         for (int64_t j = 0; j < nf; j++) {
             int64_t bw = r_w(&r, fwd[j]), bh = r_h(&r, fwd[j]);
             int64_t x0 = r_dx(&r, fwd[j]) - bw / 2, y0 = r_dy(&r, fwd[j]) - bh / 2;
@@ -197,12 +211,8 @@ int64_t mvh_resolve(const uint8_t *rec, int64_t n, int64_t isz, const int64_t *o
                     aj[a * POINTS + b] = (int32_t)(clampi(py[a] + ddy, 0, h - 1) * w + clampi(px[b] + ddx, 0, w - 1));
                 }
         }
-        for (int64_t k = 0; k < n_cand; k++) {
-            const uint8_t *past = pasts[k];
-            if (allowed && !allowed[k]) {
-                for (int64_t j = 0; j < nf; j++) cost[j * n_cand + k] = INFINITY;
-                continue;
-            }
+        for (int64_t a = 0; a < na; a++) {
+            const uint8_t *past = pasts[a];
             for (int64_t j = 0; j < nf; j++) {
                 const uint8_t *cj = cur + j * POINTS * POINTS;
                 const int32_t *aj = at + j * POINTS * POINTS;
@@ -211,48 +221,43 @@ int64_t mvh_resolve(const uint8_t *rec, int64_t n, int64_t isz, const int64_t *o
                     int d = (int)past[aj[p]] - (int)cj[p];
                     sum += (unsigned)(d < 0 ? -d : d);
                 }
-                cost[j * n_cand + k] = (double)(uint16_t)sum / (double)(POINTS * POINTS);
+                cs[j * na + a] = (uint16_t)sum;
             }
         }
         free(cur);
         free(at);
+        /* each block's best candidate, and whether its pixels tell the two best apart (by more than TIE) */
         for (int64_t j = 0; j < nf; j++) {
-            const double *c = cost + j * n_cand;
-            int64_t b0 = 0;
-            for (int64_t k = 1; k < n_cand; k++) if (c[k] < c[b0]) b0 = k;
+            const uint16_t *c = cs + j * na;
+            int64_t b0 = 0, lo1 = 1 << 30, lo2 = 1 << 30;
+            for (int64_t a = 0; a < na; a++) {
+                if (c[a] < c[b0]) b0 = a;
+                if (c[a] < lo1) { lo2 = lo1; lo1 = c[a]; }
+                else if (c[a] < lo2) lo2 = c[a];
+            }
             best[j] = b0;
+            clear[j] = na > 1 ? lo2 - lo1 > tie : 1;
+            any_clear |= clear[j];
         }
         /* the frame's usual reference: the span most clearly matched blocks chose */
-        for (int pass = 0; pass < 2; pass++) {
-            for (int64_t j = 0; j < nf; j++) {
-                int clear = 1;
-                if (n_cand > 1) {
-                    const double *c = cost + j * n_cand;
-                    double lo1 = INFINITY, lo2 = INFINITY;
-                    for (int64_t k = 0; k < n_cand; k++) {
-                        if (c[k] < lo1) { lo2 = lo1; lo1 = c[k]; }
-                        else if (c[k] < lo2) lo2 = c[k];
-                    }
-                    clear = lo2 - lo1 > TIE;
-                }
-                if (pass == 0) any_clear |= clear;
-                else if (clear || !any_clear) votes[best[j]]++;
-            }
-        }
+        for (int64_t j = 0; j < nf; j++) if (clear[j] || !any_clear) votes[best[j]]++;
         int64_t usual = 0;
-        for (int64_t k = 1; k < n_cand; k++) if (votes[k] > votes[usual]) usual = k;
+        for (int64_t a = 1; a < na; a++) if (votes[a] > votes[usual]) usual = a;
         free(votes);
+        free(clear);
         nk = 0;
         for (int64_t j = 0; j < nf; j++) {
-            const double *c = cost + j * n_cand;
-            int64_t b = c[usual] <= c[best[j]] + TIE ? usual : best[j];
-            if (!(c[b] <= MAX_COST)) continue;
+            const uint16_t *c = cs + j * na;
+            int64_t b = (int64_t)c[usual] <= (int64_t)c[best[j]] + tie ? usual : best[j];
+            if (!((int64_t)c[b] <= max_cost)) continue;
+            int64_t sp = ks[b] + 1;
             fwd[nk] = fwd[j];
-            spans[nk] = b + 1;
-            mx[nk] = mx[j] / (double)(b + 1);
-            my[nk] = my[j] / (double)(b + 1);
+            spans[nk] = sp;
+            mx[nk] = mx[j] / (double)sp;
+            my[nk] = my[j] / (double)sp;
             nk++;
         }
+        free(cs);
     }
     for (int64_t j = 0; j < nk; j++) facts[1] += (double)spans[j];
     facts[2] = (double)nk;
@@ -364,7 +369,7 @@ int64_t mvh_resolve(const uint8_t *rec, int64_t n, int64_t isz, const int64_t *o
     out = nout;
     free(agree); free(only_idx); free(om0);
 done:
-    free(fwd); free(bwd); free(mx); free(spans); free(cost); free(best); free(scratch);
+    free(fwd); free(bwd); free(mx); free(spans); free(best); free(scratch);
     return out;
 }
 
