@@ -116,3 +116,12 @@ def test_different_tensors_are_refused() -> None:
         interpolate_state(a, {"w": torch.zeros(2)}, 0.5)
     with pytest.raises(ValueError, match="w:"):
         interpolate_state(a, {"w": torch.zeros(3), "n": torch.tensor(1)}, 0.5)
+
+
+def test_same_command_same_bytes(pair, tmp_path) -> None:
+    """`make fast-interp` rebuilds a git-ignored checkpoint: the same sources and alpha must give the same file."""
+    out = tmp_path / "x.pt"
+    _run(pair, "0.3", out)
+    first = _sha(out)
+    _run(pair, "0.3", out)
+    assert _sha(out) == first
