@@ -25,8 +25,13 @@ FAST_COMMON = --mode $(MODE) --iters 12 --batch 2 --crop 256 512 --threads 1 --s
   --jac-reg-freq 0.5 --penalty-on camera --steps 20000
 FAST_ARGS1 ?= $(FAST_COMMON) --lr 5e-4 --time-limit 20 --seed 2 --spec-margin 0.4
 FAST_ARGS2 ?= $(FAST_COMMON) --lr 3e-4 --time-limit 22 --seed 3 --spec-margin 0.45 --distill-iters 20 --ema 0.99
+# The same trade-off dialled without training (benchmarks/results/fast_model/README.md, "Weight interpolation"):
+# (1 - alpha) x the shipped weights + alpha x the fast ones, alpha chosen on validation; git-ignored, rebuilt from the
+# two shipped checkpoints by `make fast-interp`.
+INTERP_ALPHA ?= 0.95
+INTERP_CHECKPOINT ?= $(CHECKPOINT:.pt=_interp.pt)
 
-.PHONY: install lock kernels export export-pose train train-pose finetune finetune-fast accuracy pose-accuracy propagation demo \
+.PHONY: install lock kernels export export-pose train train-pose finetune finetune-fast fast-interp accuracy pose-accuracy propagation demo \
   bench docs test gpu gpu-wheels lint clean train-det export-det det-accuracy
 
 # Every dependency at the version in $(LOCK) (refresh it with `make lock`). CPU-only machines get
@@ -114,6 +119,10 @@ finetune-fast:
 	$(PYTHON) -m export.train --config $(CONFIG) $(FAST_ARGS1) --init $(CHECKPOINT) --out $(FAST_STAGE1)
 	$(PYTHON) -m export.train --config $(CONFIG) $(FAST_ARGS2) --distill $(CHECKPOINT) --init $(FAST_STAGE1) \
 	  --out $(FAST_CHECKPOINT)
+
+# The weight interpolation of the two (no training minutes; deterministic: the same bytes' tensors every run).
+fast-interp:
+	$(PYTHON) -m export.interpolate $(CHECKPOINT) $(FAST_CHECKPOINT) --alpha $(INTERP_ALPHA) --out $(INTERP_CHECKPOINT)
 
 # The exported engines of the shipped checkpoint, through the runtime's runners.
 accuracy: export

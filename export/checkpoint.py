@@ -138,13 +138,17 @@ def save_checkpoint(model: MDEQSegNet, path: str | os.PathLike[str], meta: dict[
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """torch.save into a temp file beside ``path``, then rename: a crash never leaves half a file."""
+    """torch.save into a temp file beside ``path``, then rename: a crash never leaves half a file.
+
+    torch.save is handed the open file, not the temp file's name: given a name it calls the zip archive's folder
+    after it (random here), so the same content would give different bytes each time; given a file it is always
+    ``archive``, and the same checkpoint has the same sha256 (``make fast-interp``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        torch.save(obj, tmp)
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
         os.chmod(tmp, default_mode())  # mkstemp makes 0600; give the file the usual umask mode
         os.replace(tmp, path)
     except BaseException:

@@ -98,3 +98,20 @@ def _options(argv: list[str]) -> dict[str, tuple[str, ...]]:
         elif key is not None:
             out[key] += (a,)
     return out
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_fast_interp_mixes_the_two_shipped_checkpoints_into_an_ignored_file() -> None:
+    """`make fast-interp`: export.interpolate of the shipped and the fast checkpoint, written where git ignores it
+    (benchmarks/results/fast_model/README.md measures that file)."""
+    import shlex
+
+    done = subprocess.run(["make", "-n", "fast-interp", "PYTHON=python"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    cmd = shlex.split(done.stdout.strip())
+    assert cmd[:3] == ["python", "-m", "export.interpolate"]
+    assert cmd[3:5] == ["checkpoints/tiny_sur.pt", "checkpoints/tiny_sur_fast.pt"]
+    out = cmd[cmd.index("--out") + 1]
+    assert out == "checkpoints/tiny_sur_interp.pt" and 0 < float(cmd[cmd.index("--alpha") + 1]) < 1
+    ignored = subprocess.run(["git", "check-ignore", "-q", out], cwd=ROOT)
+    assert ignored.returncode == 0, f"{out} is not git-ignored"
