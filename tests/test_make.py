@@ -106,7 +106,9 @@ def test_make_fast_interp_mixes_the_two_shipped_checkpoints_into_an_ignored_file
     (benchmarks/results/fast_model/README.md measures that file)."""
     import shlex
 
-    done = subprocess.run(["make", "-n", "fast-interp", "PYTHON=python"], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        ["make", "--no-print-directory", "-n", "fast-interp", "PYTHON=python"], cwd=ROOT, capture_output=True, text=True
+    )  # under `make test` the inner make would otherwise announce its directory
     assert done.returncode == 0, done.stderr
     cmd = shlex.split(done.stdout.strip())
     assert cmd[:3] == ["python", "-m", "export.interpolate"]
