@@ -100,9 +100,10 @@ def test_runtime_anderson_settings_are_the_committed_choice() -> None:
 
 
 def test_broyden_rule() -> None:
-    """Admissible: no failure where plain reached the tolerance; then the lowest median ratio, the lowest worst
-    ratio, the fewest knobs moved from off, the smallest growth factor (raw Broyden, no safeguard, ranks after every
-    factor)."""
+    """Admissible: no failure where plain reached the tolerance and, with knobs, no clip with a higher median than
+    the same factor without them; then the lowest worst clip's median over plain's, the lowest median ratio, the
+    lowest worst ratio, the fewest knobs moved from off, the smallest growth factor (raw Broyden, no safeguard, ranks
+    after every factor)."""
     off = {"memory": 0, "slide": False, "scale": 1.0, "cap": 0.0}
     raw, g2, g10 = (broyden_key(g) for g in (None, 2.0, 10.0))
     per_clip = {
@@ -112,17 +113,25 @@ def test_broyden_rule() -> None:
     got = choose_broyden(per_clip, (None, 2.0, 10.0))
     assert got["frames"] == 2 and got["table"][g2]["fails"] == 1 and got["admissible"]
     assert got["table"][raw]["median_ratio"] == pytest.approx((0.75 + 0.6) / 2)
+    assert got["table"][raw]["worst_clip_ratio"] == pytest.approx(45 / 70)
     assert got["chosen"] == {"growth": 10.0, **off}  # ties raw: the safeguard wins
     got = choose_broyden({"a": [{"plain": 40, raw: 30, g10: 32}]}, (None, 10.0))
-    assert got["chosen"] == {"growth": None, **off}  # a lower median ratio wins over the safeguard
-    capped, slid = {"growth": 10.0, "cap": 2.0}, {"growth": 10.0, "memory": 20, "slide": True}
-    kc, ks = broyden_key(capped), broyden_key(slid)
-    assert (kc, ks) == ("growth 10, cap 2", "growth 10, memory 20, slide")
-    frames = {"a": [{"plain": 40, g10: 32, kc: 32, ks: 30}, {"plain": 50, g10: 40, kc: 40, ks: None}]}
-    got = choose_broyden(frames, (10.0, capped, slid))
-    assert got["chosen"] == {"growth": 10.0, **off}  # the cap ties the plain setting: fewer knobs win; slide failed
-    frames["a"][1][kc] = 38
-    assert choose_broyden(frames, (10.0, capped, slid))["chosen"] == {**off, **capped}
+    assert got["chosen"] == {"growth": None, **off}  # a lower median wins over the safeguard
+    capped, short = {"growth": 10.0, "cap": 2.0}, {"growth": 10.0, "memory": 5}
+    kc, ks = broyden_key(capped), broyden_key(short)
+    assert (kc, ks) == ("growth 10, cap 2", "growth 10, memory 5")
+    assert broyden_key({"growth": 10.0, "memory": 20, "slide": True}) == "growth 10, memory 20, slide"
+    # clip a: the cap ties; clip b: it gains. The short memory gains far more on b, the pooled median too, but loses a
+    per_clip = {
+        "a": [{"plain": 40, g10: 32, kc: 32, ks: 34}],
+        "b": [{"plain": 30, g10: 26, kc: 24, ks: 18}, {"plain": 30, g10: 26, kc: 24, ks: 18}],
+    }
+    got = choose_broyden(per_clip, (10.0, capped, short))
+    assert got["table"][ks]["clips_lost"] == 1 and got["table"][kc]["clips_lost"] == 0
+    assert got["table"][ks]["median_ratio"] < got["table"][kc]["median_ratio"]
+    assert got["chosen"] == {**off, **capped}  # worst clip 0.8 (a) against 26 / 30 without the cap
+    per_clip["b"] = [{"plain": 30, g10: 24, kc: 24, ks: 18}]  # no gain anywhere: the fewer knobs win
+    assert choose_broyden(per_clip, (10.0, capped, short))["chosen"] == {"growth": 10.0, **off}
 
 
 def test_runtime_broyden_growth_is_the_committed_choice() -> None:
