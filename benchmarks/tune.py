@@ -254,11 +254,17 @@ def broyden_markdown(res: dict) -> str:
             f"| {key} | {t['fails']} | {t['clips_lost']} | {t['worst_clip_ratio']:.3f} | "
             f"{t['frames_worse_than_plain']} | {t['median_ratio']:.3f} | {t['worst_ratio']:.3f} |"
         )
-    lines += ["", "| clip | frame | plain | " + " | ".join(a["choice"]["table"]) + " |"]
-    lines.append("|---|---|---|" + "---|" * len(a["choice"]["table"]))
+    keys = ["plain", *a["choice"]["table"]]
+    lines += ["", "Median evaluations per clip (the frames plain iteration solved):", ""]
+    lines += ["| clip | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for name in a["per_clip"]:
+        meds = [clip_medians({name: a["per_clip"][name]}, k).get(name, float("nan")) for k in keys]
+        lines.append(f"| {name} | " + " | ".join(f"{m:g}" for m in meds) + " |")
+    lines += ["", "| clip | frame | " + " | ".join(keys) + " |"]
+    lines.append("|---|---|" + "---|" * len(keys))
     for name, rows in a["per_clip"].items():
         for i, f in enumerate(rows):
-            cells = " | ".join("fail" if f[k] is None else str(f[k]) for k in ["plain", *a["choice"]["table"]])
+            cells = " | ".join("fail" if f[k] is None else str(f[k]) for k in keys)
             lines.append(f"| {name} | {a['starts'][name] + i} | {cells} |")
     c = a["choice"]["chosen"]
     knobs = ", ".join(f"{k} {c[k]:g}" if not isinstance(c[k], bool) else f"{k} {c[k]}" for k in BROYDEN_OFF)
