@@ -20,7 +20,17 @@ from benchmarks.tune import (
     solver_settings,
 )
 from runtime.modes import ResetMonitor
-from runtime.solvers import ANDERSON_REG, ANDERSON_STALL, BROYDEN_GROWTH, anderson, broyden
+from runtime.solvers import (
+    ANDERSON_REG,
+    ANDERSON_STALL,
+    BROYDEN_CAP,
+    BROYDEN_GROWTH,
+    BROYDEN_MEMORY,
+    BROYDEN_SCALE,
+    BROYDEN_SLIDE,
+    anderson,
+    broyden,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,8 +100,11 @@ def test_runtime_anderson_settings_are_the_committed_choice() -> None:
 
 
 def test_broyden_rule() -> None:
-    """Admissible: no failure where plain reached the tolerance; then the lowest median ratio, the lowest worst
-    ratio, the smallest growth factor (raw Broyden, no safeguard, ranks after every factor)."""
+    """Admissible: no failure where plain reached the tolerance and, with knobs, no clip with a higher median than
+    the same factor without them; then the lowest worst clip's median over plain's, the lowest median ratio, the
+    lowest worst ratio, the fewest knobs moved from off, the smallest growth factor (raw Broyden, no safeguard, ranks
+    after every factor)."""
+    off = {"memory": 0, "slide": False, "scale": 1.0, "cap": 0.0}
     raw, g2, g10 = (broyden_key(g) for g in (None, 2.0, 10.0))
     per_clip = {
         "a": [{"plain": 40, raw: 30, g2: 30, g10: 30}, {"plain": 100, raw: 60, g2: None, g10: 60}],
@@ -100,16 +113,35 @@ def test_broyden_rule() -> None:
     got = choose_broyden(per_clip, (None, 2.0, 10.0))
     assert got["frames"] == 2 and got["table"][g2]["fails"] == 1 and got["admissible"]
     assert got["table"][raw]["median_ratio"] == pytest.approx((0.75 + 0.6) / 2)
-    assert got["chosen"] == {"growth": 10.0}  # ties raw: the safeguard wins
+    assert got["table"][raw]["worst_clip_ratio"] == pytest.approx(45 / 70)
+    assert got["chosen"] == {"growth": 10.0, **off}  # ties raw: the safeguard wins
     got = choose_broyden({"a": [{"plain": 40, raw: 30, g10: 32}]}, (None, 10.0))
-    assert got["chosen"] == {"growth": None}  # a lower median ratio wins over the safeguard
+    assert got["chosen"] == {"growth": None, **off}  # a lower median wins over the safeguard
+    capped, short = {"growth": 10.0, "cap": 2.0}, {"growth": 10.0, "memory": 5}
+    kc, ks = broyden_key(capped), broyden_key(short)
+    assert (kc, ks) == ("growth 10, cap 2", "growth 10, memory 5")
+    assert broyden_key({"growth": 10.0, "memory": 20, "slide": True}) == "growth 10, memory 20, slide"
+    # clip a: the cap ties; clip b: it gains. The short memory gains far more on b, the pooled median too, but loses a
+    per_clip = {
+        "a": [{"plain": 40, g10: 32, kc: 32, ks: 34}],
+        "b": [{"plain": 30, g10: 26, kc: 24, ks: 18}, {"plain": 30, g10: 26, kc: 24, ks: 18}],
+    }
+    got = choose_broyden(per_clip, (10.0, capped, short))
+    assert got["table"][ks]["clips_lost"] == 1 and got["table"][kc]["clips_lost"] == 0
+    assert got["table"][ks]["median_ratio"] < got["table"][kc]["median_ratio"]
+    assert got["chosen"] == {**off, **capped}  # worst clip 0.8 (a) against 26 / 30 without the cap
+    per_clip["b"] = [{"plain": 30, g10: 24, kc: 24, ks: 18}]  # no gain anywhere: the fewer knobs win
+    assert choose_broyden(per_clip, (10.0, capped, short))["chosen"] == {"growth": 10.0, **off}
 
 
 def test_runtime_broyden_growth_is_the_committed_choice() -> None:
     res = json.loads((ROOT / "benchmarks" / "results" / "tuning_broyden.json").read_text())
     assert res["stamp"]["split"] == "validation" and "--broyden" in res["stamp"]["command"]
-    assert res["broyden"]["choice"]["chosen"]["growth"] == BROYDEN_GROWTH
-    assert inspect.signature(broyden).parameters["growth"].default == BROYDEN_GROWTH
+    chosen = res["broyden"]["choice"]["chosen"]
+    runtime = {"growth": BROYDEN_GROWTH, "memory": BROYDEN_MEMORY, "slide": BROYDEN_SLIDE, "scale": BROYDEN_SCALE}
+    assert chosen == {**runtime, "cap": BROYDEN_CAP}
+    params = inspect.signature(broyden).parameters
+    assert all(params[k].default == v for k, v in chosen.items())
 
 
 @pytest.mark.parametrize("solver, fn", [("anderson", anderson), ("broyden", broyden)])

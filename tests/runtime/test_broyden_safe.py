@@ -6,7 +6,10 @@ line search), and after it the rank-one update v = B^-T dx, u = (dx - B^-1 dg) /
 same iteration across calls: the stored pairs stay and the previous call's last point and this call's start form
 one more pair. On contractions where the runtime's safeguard never fires (checked on the reference's own
 residuals) the runtime must evaluate the same points; where it must fire (a NaN, a far-off evaluation) it must take
-a plain step from the best point and still reach the tolerance that raw Broyden misses.
+a plain step from the best point and still reach the tolerance that raw Broyden misses. The reference also writes
+the safeguarded solve's knobs (issue #26) its own way: a memory that restarts (or drops its oldest pair) when full,
+the initial inverse Jacobian -beta I with beta from the first two residual norms, the step capped at a multiple of
+||g||; with each knob on the runtime must evaluate the reference's points, with them off the plain reference's.
 """
 
 from __future__ import annotations
@@ -19,45 +22,74 @@ import pytest
 import torch
 
 from runtime.solve import Solve, from_entry
-from runtime.solvers import BROYDEN_GROWTH, broyden, fixed_point, flat_workspace
+from runtime.solvers import (
+    BROYDEN_CAP,
+    BROYDEN_GROWTH,
+    BROYDEN_MEMORY,
+    BROYDEN_SCALE,
+    BROYDEN_SLIDE,
+    broyden,
+    fixed_point,
+    flat_workspace,
+)
 from tests.runtime.test_anderson_safe import Recorder, linear_map, tanh_map
 
 SHIPPED = Path(__file__).resolve().parents[2] / "checkpoints" / "tiny_sur.pt"
+OFF = {"memory": 0, "slide": False, "scale": 1.0, "cap": 0.0}  # the knobs off: good Broyden as torchdeq writes it
+DEFAULTS = {"memory": BROYDEN_MEMORY, "slide": BROYDEN_SLIDE, "scale": BROYDEN_SCALE, "cap": BROYDEN_CAP}
 
 
 class ReferenceBroyden:
     """Good Broyden in float64, the standard formulation; ``carry`` keeps the history between ``solve`` calls."""
 
-    def __init__(self, carry: bool = False) -> None:
-        self.carry = carry
+    def __init__(
+        self, carry: bool = False, memory: int = 0, slide: bool = False, scale: float = 1.0, cap: float = 0.0
+    ) -> None:
+        self.carry, self.memory, self.slide, self.scale, self.cap = carry, memory, slide, scale, cap
+        self.beta = 1.0
         self.us: list[torch.Tensor] = []
         self.vs: list[torch.Tensor] = []
         self.prev: tuple[torch.Tensor, torch.Tensor] | None = None  # the last call's last point and its g
 
-    def inv(self, y: torch.Tensor) -> torch.Tensor:  # (-I + sum u v^T) y
-        return -y + sum((u * (v @ y) for u, v in zip(self.us, self.vs)), torch.zeros_like(y))
+    def inv(self, y: torch.Tensor) -> torch.Tensor:  # (-beta I + sum u v^T) y
+        return -self.beta * y + sum((u * (v @ y) for u, v in zip(self.us, self.vs)), torch.zeros_like(y))
 
-    def inv_t(self, y: torch.Tensor) -> torch.Tensor:  # (-I + sum u v^T)^T y
-        return -y + sum((v * (u @ y) for u, v in zip(self.us, self.vs)), torch.zeros_like(y))
+    def inv_t(self, y: torch.Tensor) -> torch.Tensor:  # (-beta I + sum u v^T)^T y
+        return -self.beta * y + sum((v * (u @ y) for u, v in zip(self.us, self.vs)), torch.zeros_like(y))
+
+    def step(self, g: torch.Tensor) -> torch.Tensor:
+        """-B^-1 g, no longer than ``cap`` ||g|| (``cap`` > 0)."""
+        s = -self.inv(g)
+        if self.cap and float(s.norm()) > self.cap * float(g.norm()):
+            s = s * (self.cap * float(g.norm()) / float(s.norm()))
+        return s
 
     def update(self, dx: torch.Tensor, dg: torch.Tensor) -> None:
+        if self.memory and len(self.us) == self.memory:  # full: drop the oldest pair, or every pair
+            self.us, self.vs = (self.us[1:], self.vs[1:]) if self.slide else ([], [])
         vt = self.inv_t(dx)
         self.us.append((dx - self.inv(dg)) / (vt @ dg))
         self.vs.append(vt)
 
     def solve(self, f, x0: torch.Tensor, evals: int) -> list[torch.Tensor]:
         """The points f is evaluated at (``evals`` of them) from ``x0``."""
+        fresh = not self.carry or self.prev is None
         if not self.carry:
             self.us, self.vs, self.prev = [], [], None
+        if fresh:
+            self.beta = 1.0
         x = x0.double()
         gx = f(x) - x
         points = [x]
         if self.prev is not None:
             self.update(x - self.prev[0], gx - self.prev[1])
-        for _ in range(evals - 1):
-            x_new = x - self.inv(gx)
+        for k in range(1, evals):
+            x_new = x + self.step(gx)
             g_new = f(x_new) - x_new
             points.append(x_new)
+            if k == 1 and fresh and self.scale > 1:  # beta = 1 / (1 - rho), rho = ||g_1|| / ||g_0||, beta <= scale
+                rho = min(float(g_new.norm() / gx.norm()), 1.0 - 1.0 / self.scale)
+                self.beta = 1.0 / (1.0 - rho)
             self.update(x_new - x, g_new - gx)
             x, gx = x_new, g_new
         self.prev = (x, gx)
@@ -68,6 +100,7 @@ def run(f, d: int, iters: int, tol: float | None = None, *, ws=None, x0=None, gl
     rec = Recorder(f, glitch)
     z0 = torch.zeros(d, dtype=torch.float64) if x0 is None else x0.clone()
     ws = ws or flat_workspace(z0, iters)
+    kw = {**(OFF if kw.get("safeguard", True) else {}), **kw}  # each test names the knobs it turns on
     z, info = broyden(rec, z0, iters, tol, work=torch.zeros_like(z0), ws=ws, check_every=1, **kw)
     return z, info, rec
 
@@ -97,6 +130,82 @@ def test_iterates_match_the_reference_implementation(make, seed: int) -> None:
     assert len(got) == iters == info.nstep
     for k, (g, w) in enumerate(zip(got, want)):
         assert float((g - w).norm()) <= 1e-8 * float(w.norm()) + 1e-10 * res[0], k
+
+
+KNOBS = [
+    {"memory": 5},
+    {"memory": 5, "slide": True},
+    {"scale": 1.5},
+    {"scale": 4.0},
+    {"cap": 1.5},
+    {"cap": 0.7},  # a cap below one plain step: every step shortened
+    {"memory": 4, "slide": True, "scale": 3.0, "cap": 2.0},
+]
+
+
+@pytest.mark.parametrize("knobs", KNOBS, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()))
+@pytest.mark.parametrize(
+    "make, changes", [(lambda s: tanh_map(80, 0.9, s), True), (lambda s: tanh_map(80, 0.8, s + 5, True), False)]
+)
+def test_each_knob_matches_the_reference(knobs: dict, make, changes: bool) -> None:
+    """With a knob on, the same points as the reference written with that knob, where the safeguard never fires (16
+    evaluations: the memory of 4 or 5 fills and restarts or slides more than once). On the first map every knob
+    changes the points (on the second a cap of 1.5 plain steps is never reached)."""
+    f, iters = make(2), 16
+    want = ReferenceBroyden(**knobs).solve(f, torch.zeros(80), iters)
+    never_fires(f, want)
+    _, info, rec = run(f, 80, iters, **knobs)
+    got = [zi for zi, _ in rec.pairs]
+    assert len(got) == iters == info.nstep
+    scale = float((f(want[0]) - want[0]).norm())
+    for k, (g, w) in enumerate(zip(got, want)):
+        assert float((g - w).norm()) <= 1e-8 * float(w.norm()) + 1e-10 * scale, k
+    plain = ReferenceBroyden().solve(f, torch.zeros(80), iters)
+    moved = max(float((p - w).norm()) for p, w in zip(plain, want))
+    assert moved > 1e-6 * float(want[-1].norm()) or not changes  # the knob changed the points
+
+
+def test_defaults_are_the_reference_with_the_chosen_knobs() -> None:
+    """The runtime's defaults (``BROYDEN_MEMORY`` .. ``BROYDEN_CAP``, what ``benchmarks.tune --broyden`` chose) are
+    the reference with those knobs: off, good Broyden as torchdeq writes it."""
+    f, iters = tanh_map(80, 0.95, 7), 16
+    want = ReferenceBroyden(**DEFAULTS).solve(f, torch.zeros(80), iters)
+    never_fires(f, want)
+    rec = Recorder(f)
+    z0 = torch.zeros(80, dtype=torch.float64)
+    broyden(rec, z0, iters, None, work=torch.zeros_like(z0), ws=flat_workspace(z0, iters), check_every=1)
+    for k, ((g, _), w) in enumerate(zip(rec.pairs, want)):
+        assert float((g - w).norm()) <= 1e-8 * float(w.norm()) + 1e-10, k
+
+
+def symmetric_contraction(d: int, lo: float, hi: float, seed: int):
+    """z -> A z + b, A symmetric with eigenvalues evenly spread over [lo, hi] (a known spectrum, radius hi)."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    a = q @ torch.diag(torch.linspace(lo, hi, d, dtype=torch.float64)) @ q.T
+    b = torch.randn(d, generator=g, dtype=torch.float64)
+    return lambda z: a @ z + b
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [OFF, DEFAULTS, *(k for k in KNOBS if k.get("cap", 1.0) >= 1.0)],  # a cap below 1: damped, slower by design
+    ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()),
+)
+@pytest.mark.parametrize("lo, hi", [(0.0, 0.87), (-0.5, 0.95), (0.5, 0.9)])
+def test_never_worse_than_plain_on_a_linear_contraction(knobs: dict, lo: float, hi: float) -> None:
+    """On linear contractions of known spectrum (radius 0.87 as the shipped cell's; one with negative eigenvalues;
+    one with none near 0), float32 state, tolerance 1e-5: every setting reaches it, never in more evaluations than
+    plain iteration."""
+    f = symmetric_contraction(100, lo, hi, 3)
+    z0 = torch.zeros(100)
+
+    def evals(solver, **kw) -> int:
+        _, info = solver(Recorder(f), z0.clone(), 400, 1e-5, work=torch.zeros_like(z0), check_every=1, **kw)
+        assert info.residuals()[0] < 1e-5
+        return info.nstep
+
+    assert evals(broyden, **knobs) <= evals(fixed_point)
 
 
 def test_raw_and_safeguarded_take_the_same_steps_where_it_never_fires() -> None:
