@@ -26,6 +26,7 @@ from runtime.errors import DeqRuntimeError, EngineError, Interrupted, SourceErro
 from runtime.interp import Emission, InterpPolicy
 from runtime.manifest import AUTO
 from runtime.modes import FrameInfo, Outcome, Plan, Policy, ResetMonitor, frame_change, make_policy, reset_counts
+from runtime.mv_source import VECTOR_MODES
 from runtime.pipeline import PREPARE, STAGES, Pipeline
 from runtime.propagation import pyramid_step
 from runtime.solve import Solve
@@ -277,7 +278,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
                 names=bundle.classes,
                 maps_size=cfg.maps_size,
             )
-        warped = cfg.mode in WARPED_MODES and cfg.policy is None
+        warped = cfg.mode in VECTOR_MODES and cfg.policy is None  # they warp the state by each field's pyramid
         pre: Any = _prefetcher(
             cfg, src, sink, hw, prep == "device", [z.shape[-2:] for z in bundle.state] if warped else None
         )
@@ -320,7 +321,6 @@ def _draws_on(sink: Any) -> str | None:
     return getattr(sink, "overlay_size", "source")
 
 
-WARPED_MODES = ("mv", "stream-mv", "mv-interp")  # modes that warp the state by each frame's motion-field pyramid
 LAZY_MODES = ("mv", "mv-interp")  # modes whose propagated frames never reach the engines' pixel input
 
 

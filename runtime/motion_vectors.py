@@ -423,7 +423,7 @@ class ReferenceResolver:
         """:meth:`_spans` and :meth:`_backward` (and the inter fraction) in one call of ``kernels/mvhost.c``: the same
         rules and arithmetic, without numpy's per-call overhead on a few hundred blocks."""
         span, n_cand = self._reach(y.shape, index, pict)
-        allowed = self._allowed(index, n_cand) if n_cand else None
+        allowed = self._allowed(index, n_cand)
         prev = self.prev_field[1] if self.prev_field is not None and self.prev_field[0] == index - 1 else None
         idx, motion, facts["inter"], mean_span = mvhost.resolve(
             vectors, y, self.ring, self.last, n_cand, span, prev, allowed
@@ -666,12 +666,11 @@ def nal_ref_idc(data: bytes | memoryview, nal_length: int = 0) -> int | None:
                 return (data[i] >> 5) & 3
             i += size
         return None
-    raw = bytes(data[:4096])  # parameter sets and SEI come first: the first slice header is near the start
-    if not any(raw[j + 3] & 0x1F in SLICE_NALS for j in _starts(raw)):
-        raw = bytes(data)
-    for i in _starts(raw):
-        if raw[i + 3] & 0x1F in SLICE_NALS:
-            return (raw[i + 3] >> 5) & 3
+    # parameter sets and SEI come first: the first slice header is near the start, so its first 4 KiB are read first
+    for raw in (bytes(data[:4096]), bytes(data)) if n > 4096 else (bytes(data),):
+        for i in _starts(raw):
+            if raw[i + 3] & 0x1F in SLICE_NALS:
+                return (raw[i + 3] >> 5) & 3
     return None
 
 
@@ -772,7 +771,7 @@ class MotionVectorDecoder:
             refs=info.max_ref_frames if info is not None and info.codec == "h264" and not info.has_b_frames else None,
             dpb=info.max_ref_frames if info is not None and info.codec == "h264" else None,
         )
-        h264 = info is not None and info.codec == "h264" and getattr(self, "decode_order", True)
+        h264 = info is not None and info.codec == "h264" and self.decode_order
         self.packets = PacketLog(info.nal_length) if h264 else None
         if info is not None and info.multi_frame:
             self._warn(info.describe())

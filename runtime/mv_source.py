@@ -44,7 +44,7 @@ class _FieldMaker(MotionVectorDecoder):
     """MotionVectorDecoder's per-frame field logic without opening its own container; warns through ``log``."""
 
     def __init__(self, name: str, stride: int, info: StreamInfo | None, log: Log | None) -> None:  # noqa: D107
-        self.path, self.stride, self.warn, self.log = Path(name), stride, True, log
+        self.path, self.stride, self.warn, self.log, self.decode_order = Path(name), stride, True, log, True
         self.setup(info)
 
     def _warn(self, why: str) -> None:
