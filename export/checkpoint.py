@@ -206,7 +206,7 @@ def model_from_own(obj: Mapping[str, Any]) -> tuple[MDEQSegNet, dict[str, Any]]:
     try:
         model.load_state_dict(obj["state_dict"])
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint weights do not fit its own config {cfg.name!r}: {_first_line(e)}") from None
+        raise CheckpointError(f"checkpoint weights do not fit its own config {cfg.name!r}: {first_line(e)}") from None
     model.untrained_heads = []  # a strict load: every head weight came from the file
     return model.eval(), dict(obj.get("meta", {}))
 
@@ -222,7 +222,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[MDEQSegNet, dict[str,
 # --------------------------------------------------------------------- published MDEQ
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """An exception's first line (its type's name when it says nothing): the one line a CLI prints."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import Tensor
 
-from export.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from export.checkpoint import CheckpointError, first_line, load_checkpoint, save_checkpoint
 from export.mdeq import MDEQSegNet
 from runtime.manifest import sha256_file
 
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         model = interpolate_models(model_a, model_b, a.alpha)
         out = save_checkpoint(model, a.out, build_meta((a.a, a.b), (meta_a, meta_b), a.alpha, command))
     except (ValueError, CheckpointError, OSError, RuntimeError) as e:
-        print(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return 2
     print(f"wrote {out}: alpha {a.alpha} between {a.a} and {a.b} (sha256 {sha256_file(out)})")
     return 0

@@ -538,7 +538,7 @@ def _broyden_pair(h: dict[str, Tensor], i: int, rows: int, masked: bool, b0: Ten
     sliding memory every row but the masked-out ``i``)."""
     U, V, c, mask = h["U"][:rows], h["V"][:rows], h["c"][:rows], (h["mask"][:rows] if masked else None)
     dx, dg, u, vt, t = h["dx"], h["dg"], h["u"], h["vt"], h["t"]
-    _rmatvec(U, V, c, dx, vt, t, mask, b0)  # vt = Binv^T dx
+    _matvec(V, U, c, dx, vt, t, mask, b0)  # vt = Binv^T dx: (-I + U^T V)^T = -I + V^T U
     _matvec(U, V, c, dg, u, t, mask, b0)  # u = Binv dg
     torch.sub(dx, u, out=u)
     den = torch.dot(vt, dg)
@@ -642,33 +642,13 @@ def _matvec(
     b0: Tensor | None = None,
 ) -> None:
     """out = (-I + U^T V) y, with U, V the stored rows (``mask``: 0 drops a row, 1 keeps it; ``b0``: -b0 I instead
-    of -I)."""
+    of -I). With U and V swapped, the transpose's product."""
     _neg(y, out, b0)
     if U.shape[0]:
         torch.mv(V, y, out=c)
         if mask is not None:
             c.mul_(mask)
         torch.mv(U.T, c, out=t)
-        out.add_(t)
-
-
-def _rmatvec(
-    U: Tensor,
-    V: Tensor,
-    c: Tensor,
-    y: Tensor,
-    out: Tensor,
-    t: Tensor,
-    mask: Tensor | None = None,
-    b0: Tensor | None = None,
-) -> None:
-    """out = (-I + U^T V)^T y = -y + V^T (U y) (``b0``: -b0 I instead of -I)."""
-    _neg(y, out, b0)
-    if U.shape[0]:
-        torch.mv(U, y, out=c)
-        if mask is not None:
-            c.mul_(mask)
-        torch.mv(V.T, c, out=t)
         out.add_(t)
 
 
