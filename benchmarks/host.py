@@ -130,6 +130,13 @@ class Clock:
         return {"cpu_ms": 1e3 * self.cpu / n, "wall_ms": 1e3 * self.wall / n, "n": self.n}
 
 
+def _kept(demuxed: Iterator[Any], packets: list[Any]) -> Iterator[Any]:
+    """The same decode, packet by packet, each packet kept in ``packets`` (the field notes their headers)."""
+    for packet in demuxed:
+        packets.append(packet)
+        yield from packet.decode()
+
+
 def decoded(
     path: Path, limit: int, mvs: bool, packets: list[Any] | None = None
 ) -> tuple[list[Any], list[np.ndarray], Clock]:
@@ -144,9 +151,7 @@ def decoded(
         s.thread_count = 1
         if mvs:
             s.codec_context.options = {"flags2": "+export_mvs"}
-        it = iter(c.decode(s))
-        if packets is not None:  # the same decode, packet by packet, each kept (the field notes their headers)
-            it = (f for pk in c.demux(s) if packets.append(pk) is None for f in pk.decode())
+        it = iter(c.decode(s)) if packets is None else _kept(c.demux(s), packets)
         while len(frames) < limit:
             with clock():
                 f = next(it, None)
@@ -230,8 +235,8 @@ def field_timer(clip: Clip, frames: list[Any], packets: list[Any], info: Any, fi
         hook = motion_side_hook(str(clip.path), info=info, log=lambda _m: None)
         notes = each(packets, lambda i, p: hook.packet(p))  # on the decode thread in the runtime, per packet
         got = each(frames, lambda i, f: fitter.fit_motion(hook(f, i)["motion"]))
-        extra = notes["cpu_ms"] * notes["n"] / max(got["n"], 1), notes["wall_ms"] * notes["n"] / max(got["n"], 1)
-        return {**got, "cpu_ms": got["cpu_ms"] + extra[0], "wall_ms": got["wall_ms"] + extra[1]}
+        per_frame = notes["n"] / max(got["n"], 1)  # the packets' notes spread over the frames
+        return {**got, **{k: got[k] + notes[k] * per_frame for k in ("cpu_ms", "wall_ms")}}
 
     return one
 

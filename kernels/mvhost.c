@@ -136,15 +136,14 @@ static int any_set(const uint8_t *m, int64_t n) {
  * rec/n/isz/off: the frame's AVMotionVector records. y (h, w, row stride ys): its luma. ring (window, h, w): past
  * lumas, display index i in slot i % window, newest ``last``; n_cand: how many to match (0: none). span > 0: an
  * anchored codec, every forward vector spans ``span`` frames. allowed (n_cand) or NULL: 0 where span k + 1 cannot be
- * a reference (decoded later, or not a reference picture): not weighed (numpy: an infinite cost). pdisp (2, puh, puw) / pcov (puh, puw): the previous
- * frame's unit field, or NULL. Writes the kept vectors' indices (forward ones first, then backward-only ones) and
+ * a reference (decoded later, or not a reference picture): not weighed (numpy: an infinite cost). pdisp (2, puh,
+ * puw) / pcov (puh, puw): the previous frame's unit field, or NULL. Writes the kept vectors' indices (forward ones first, then backward-only ones) and
  * their motion (2, n) in px per frame; facts = {inter, sum of spans, number of spans}. Returns the count, -1 on
  * an allocation failure. */
 int64_t mvh_resolve(const uint8_t *rec, int64_t n, int64_t isz, const int64_t *off, const uint8_t *y, int64_t h,
                     int64_t w, int64_t ys, const uint8_t *ring, int64_t window, int64_t last, int64_t n_cand,
                     int64_t span, const uint8_t *allowed, const float *pdisp, const float *pcov, int64_t puh,
-                    int64_t puw, int64_t *idx,
-                    double *motion, double *facts) {
+                    int64_t puw, int64_t *idx, double *motion, double *facts) {
     Recs r = {rec, isz, off};
     int err = 0;
     facts[0] = inter_fraction(&r, n, h, w, &err);
@@ -445,10 +444,11 @@ int64_t mvh_grid_unit(const uint8_t *rec, const int64_t *idx, int64_t n, int64_t
         a0[k] = c > 0 ? (double)(float)((a0[k] / c) / (double)UNIT) : 0.0;
         a1[k] = c > 0 ? (double)(float)((a1[k] / c) / (double)UNIT) : 0.0;
     }
+    const int64_t wide = pw < uw ? pw : uw; /* units of a row inside the picture (rows from ph on: none) */
     for (int64_t u = 0; u < uh; u++) {
         float *d0 = disp + u * uw, *d1 = disp + uh * uw + u * uw, *cv = cov + u * uw;
-        int64_t lim = u < ph ? (pw < uw ? pw : uw) : 0;
-        if (u % m && lim == (u - 1 < ph ? (pw < uw ? pw : uw) : 0)) { /* the same m-cells as the row above */
+        int64_t lim = u < ph ? wide : 0;
+        if (u % m && (u - 1 < ph) == (u < ph)) { /* the same m-cells, inside or outside, as the row above */
             memcpy(d0, d0 - uw, uw * sizeof(float));
             memcpy(d1, d1 - uw, uw * sizeof(float));
             memcpy(cv, cv - uw, uw * sizeof(float));
