@@ -466,34 +466,67 @@ int64_t mvh_grid_unit(const uint8_t *rec, const int64_t *idx, int64_t n, int64_t
 
 /* ------------------------------------------------------------------ Fitter.fit_field
  * Separable bilinear taps: rows (gh) and columns (gw), two each (ra/rc (2, gh) weights and source rows, ca/cc
- * (2, gw) weights and source columns), engine cell (i, j) reading source cell rc * sw + cc with weight ra * ca, in
- * the order (r0 c0, r0 c1, r1 c0, r1 c1); rin (gh) / cin (gw): rows / columns inside the scaled picture. d (2, S)
- * float32 weighted by wt (S) float32, S = sh * sw. Writes out (2, G) float32 (rescaled by sx, sy), then wsum (G). */
-void mvh_fit_field(const double *ra, const int64_t *rc, const uint8_t *rin, int64_t gh, const double *ca,
-                   const int64_t *cc, const uint8_t *cin, int64_t gw, const float *d, const float *wt, int64_t sw,
-                   int64_t S, double sx, double sy, float *out) {
+ * (2, gw) weights and source columns); rin (gh) uint8 / cin (gw) 1.0 or 0.0: rows / columns inside the scaled
+ * picture. d (2, S) float32 weighted by wt (S) float32, S = sh * sw. Writes out (2, G) float32 (rescaled by sx, sy), then wsum (G).
+ * Separably, as the numpy twin: each engine row first mixes its two source rows over every source column
+ * (v = ra0 p[r0] + ra1 p[r1], p the float32 products d * wt: contiguous, the compiler vectorises it), then samples
+ * that row at the engine columns (ca0 v[c0] + ca1 v[c1]): 2 + 2 taps per cell instead of 4 products of both
+ * weights, and half the gathers of sampling the source rows first. Returns 0, -1 on an allocation failure. */
+/* noinline: a loop of its own, which the compiler vectorises (inside the row loop's nest it does not) */
+__attribute__((noinline)) static void mix_rows(const float *restrict a0, const float *restrict a1,
+                                               const float *restrict b0, const float *restrict b1,
+                                               const float *restrict w0, const float *restrict w1, double y0, double y1,
+                                               int64_t sw, double *restrict v) {
+    for (int64_t x = 0; x < sw; x++) {
+        float p0 = a0[x] * w0[x], p1 = a1[x] * w1[x], q0 = b0[x] * w0[x], q1 = b1[x] * w1[x];
+        v[x] = y0 * (double)p0 + y1 * (double)p1;
+        v[sw + x] = y0 * (double)q0 + y1 * (double)q1;
+        v[2 * sw + x] = y0 * (double)w0[x] + y1 * (double)w1[x];
+    }
+}
+
+/* one engine row from its mixed source rows sampled at the engine columns (h: 3 x gw): the quotients are formed for
+ * every cell (den >= 1e-6) and zeroed by a factor, no branch, so the compiler vectorises it (selects by ``?`` kept it
+ * scalar); a zeroed cell may come out as -0.0, equal to 0.0 */
+__attribute__((noinline)) static void finish_row(const double *restrict h, const double *restrict cin, int64_t gw,
+                                                 double sx, double sy, float *restrict o0, float *restrict o1,
+                                                 float *restrict ow) {
+    for (int64_t j = 0; j < gw; j++) {
+        double ws = h[2 * gw + j] * cin[j]; /* cin 1.0 or 0.0; ws >= 0: exactly ws or +0.0 */
+        double k = ws > 1e-6 ? 1.0 : 0.0;
+        double den = ws > 1e-6 ? ws : 1e-6;
+        o0[j] = (float)((h[j] / den) * sx * k);
+        o1[j] = (float)((h[gw + j] / den) * sy * k);
+        ow[j] = (float)ws;
+    }
+}
+
+int64_t mvh_fit_field(const double *ra, const int64_t *rc, const uint8_t *rin, int64_t gh, const double *ca,
+                      const int64_t *cc, const double *cin, int64_t gw, const float *d, const float *wt, int64_t sw,
+                      int64_t S, double sx, double sy, float *out) {
     int64_t G = gh * gw;
     float *wsum = out + 2 * G;
-    for (int64_t i = 0; i < gh; i++)
-        for (int64_t j = 0; j < gw; j++) {
-            double r0 = 0.0, r1 = 0.0, r2 = 0.0;
-            for (int a = 0; a < 2; a++)
-                for (int b = 0; b < 2; b++) {
-                    int64_t s = rc[a * gh + i] * sw + cc[b * gw + j];
-                    double t = ra[a * gh + i] * ca[b * gw + j];
-                    float ww = wt[s];
-                    float p0 = d[s] * ww, p1 = d[S + s] * ww;
-                    r0 = r0 + t * (double)p0;
-                    r1 = r1 + t * (double)p1;
-                    r2 = r2 + t * (double)ww;
-                }
-            int64_t g = i * gw + j;
-            double ws = (rin[i] && cin[j]) ? r2 : 0.0;
-            double den = ws > 1e-6 ? ws : 1e-6;
-            out[g] = ws > 1e-6 ? (float)((r0 / den) * sx) : 0.0f;
-            out[G + g] = ws > 1e-6 ? (float)((r1 / den) * sy) : 0.0f;
-            wsum[g] = (float)ws;
+    double *v = malloc((3 * sw + 3 * gw) * sizeof(double)), *h = v + 3 * sw;
+    if (!v) return -1;
+    for (int64_t i = 0; i < gh; i++) {
+        float *o0 = out + i * gw, *o1 = out + G + i * gw, *ow = wsum + i * gw;
+        if (!rin[i]) { /* below the picture: no weight, no motion */
+            for (int64_t j = 0; j < gw; j++) o0[j] = o1[j] = ow[j] = 0.0f;
+            continue;
         }
+        int64_t r0 = rc[i] * sw, r1 = rc[gh + i] * sw;
+        mix_rows(d + r0, d + r1, d + S + r0, d + S + r1, wt + r0, wt + r1, ra[i], ra[gh + i], sw, v);
+        for (int64_t j = 0; j < gw; j++) {
+            int64_t c0 = cc[j], c1 = cc[gw + j];
+            double x0 = ca[j], x1 = ca[gw + j];
+            h[j] = x0 * v[c0] + x1 * v[c1];
+            h[gw + j] = x0 * v[sw + c0] + x1 * v[sw + c1];
+            h[2 * gw + j] = x0 * v[2 * sw + c0] + x1 * v[2 * sw + c1];
+        }
+        finish_row(h, cin, gw, sx, sy, o0, o1, ow);
+    }
+    free(v);
+    return 0;
 }
 
 /* ------------------------------------------------------------------ the change fact

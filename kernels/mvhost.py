@@ -31,7 +31,7 @@ _SIGNATURES = {
     "mvh_resolve": (_I, [_P, _I, _I, _P, _P, _I, _I, _I, _P, _I, _I, _I, _I, _P, _P, _P, _I, _I, _P, _P, _P]),
     "mvh_grid_unit": (_I, [_P, _P, _I, _I, _P, _P, _I, _I, _I, _I, _P, _P]),
     "mvh_change": (_D, [_P, _I, _P, _I, _I, _I]),
-    "mvh_fit_field": (None, [_P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _D, _D, _P]),
+    "mvh_fit_field": (_I, [_P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _D, _D, _P]),
 }
 _state: dict[str, Any] = {}
 
@@ -173,7 +173,7 @@ class FieldTaps:
             np.ascontiguousarray(row_in, np.uint8),
             np.ascontiguousarray(np.stack([a for a, _ in cols]), np.float64),
             np.ascontiguousarray(np.stack([i for _, i in cols]), np.int64),
-            np.ascontiguousarray(col_in, np.uint8),
+            np.ascontiguousarray(col_in, np.float64),  # 1.0 / 0.0: a factor in the C code's vectorised loop
         ]
         self.gh, self.gw = len(row_in), len(col_in)
         self.ptrs = [a.ctypes.data for a in self.keep]
@@ -188,9 +188,11 @@ def fit_field(
     gh, gw = taps.gh, taps.gw
     buf = np.empty((3, gh, gw), np.float32)
     r, rc, rin, c, cc, cin = taps.ptrs
-    _load().mvh_fit_field(
+    got = _load().mvh_fit_field(
         r, rc, rin, gh, c, cc, cin, gw, d.ctypes.data, wt.ctypes.data, wt.shape[-1], wt.size, sx, sy, buf.ctypes.data
     )
+    if got < 0:
+        raise MemoryError("kernels.mvhost: out of memory fitting the motion field")
     return buf[:2], buf[2]
 
 

@@ -123,16 +123,17 @@ class Fitter:
         ``F.interpolate`` does; cells in the padding get weight 0), vectors rescaled from source to
         engine cells per axis. Motion vectors come at the source resolution, the state at the
         engine's: without this a padded or cropped frame would be warped by misplaced motion.
-        Only the four source cells under each engine cell are read (taps cached per grid size), so the
-        cost follows the engine grid, not the source's (issue #30)."""
-        taps, inside, sx, sy, separable = self._field_taps(weight.shape, stride)
+        Only the source rows under the engine rows are read (taps cached per grid size), so the cost follows the
+        engine grid, not the source's (issue #30); separably, as ``kernels/mvhost.c`` does it: each engine row mixes
+        its two source rows, then samples that mix at the engine columns."""
+        rows, cols, inside, sx, sy, separable = self._field_taps(weight.shape, stride)
         if mvhost.available():  # the same sums in C (kernels/mvhost.c), without numpy's per-call overhead
             return mvhost.fit_field(separable, disp, weight, sx, sy)
-        d, wt = disp.reshape(2, -1), weight.reshape(-1)
-        r: Any = 0
-        for ab, idx in taps:  # same products and sums, in the same order, as weighting the whole grid first
-            w = np.take(wt, idx)
-            r = r + ab * np.concatenate([np.take(d, idx, axis=1) * w, w[None]]).astype(np.float64)
+        (ra0, rc0), (ra1, rc1) = rows
+        (ca0, cc0), (ca1, cc1) = cols
+        p = np.concatenate([disp * weight, weight[None]])  # float32 products, as the C code forms them
+        v = ra0[:, None] * p[:, rc0].astype(np.float64) + ra1[:, None] * p[:, rc1].astype(np.float64)  # (3, gh, sw)
+        r = ca0 * v[:, :, cc0] + ca1 * v[:, :, cc1]  # (3, gh, gw)
         wsum = np.where(inside, r[2], 0.0)
         out = np.where(wsum > 1e-6, r[:2] / np.maximum(wsum, 1e-6), 0.0)
         out[0] *= sx  # source cells -> scaled-picture px -> engine cells
@@ -140,8 +141,8 @@ class Fitter:
         return out.astype(np.float32), wsum.astype(np.float32)
 
     def _field_taps(self, hw: tuple[int, int], stride: int) -> Any:
-        """Bilinear taps [(weight (gh, gw), flat source cell (gh, gw))] x 4, the engine cells inside the scaled
-        picture, and the x / y rescaling, for a source grid of ``hw`` cells (cached: one per grid size)."""
+        """Bilinear taps of the rows and of the columns [(weights, source index)] x 2, the engine cells inside the
+        scaled picture, and the x / y rescaling, for a source grid of ``hw`` cells (cached: one per grid size)."""
         key = (hw, stride)
         cache = self.__dict__.setdefault("_taps", {})
         if key not in cache:
@@ -151,9 +152,8 @@ class Fitter:
             ey, ex = (np.arange(gh) + 0.5) * dh / gh + oy, (np.arange(gw) + 0.5) * dw / gw + ox  # scaled-picture px
             inside = (ey < ih)[:, None] & (ex < iw)[None, :]
             rows, cols = _lerp_taps(ey * h / ih - 0.5, h), _lerp_taps(ex * w / iw - 0.5, w)  # centres at integers
-            taps = [(a[:, None] * b[None, :], i[:, None] * w + j[None, :]) for a, i in rows for b, j in cols]
             separable = mvhost.FieldTaps(rows, cols, ey < ih, ex < iw)  # the same taps as the C code reads them
-            cache[key] = (taps, inside, (iw / w) / (dw / gw), (ih / h) / (dh / gh), separable)
+            cache[key] = (rows, cols, inside, (iw / w) / (dw / gw), (ih / h) / (dh / gh), separable)
         return cache[key]
 
     def fit_motion(self, motion: Any) -> Any:
