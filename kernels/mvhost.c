@@ -541,3 +541,30 @@ double mvh_change(const uint8_t *a, int64_t as, const uint8_t *b, int64_t bs, in
         }
     return n ? (double)sum / (double)n : NAN;
 }
+
+/* ------------------------------------------------------------------ class maps, run-length coded
+ * n bytes (a flattened class map) as (value, run length - 1) byte pairs, runs at most 256 long, into out (2n bytes
+ * at most). Returns the bytes written. Why here: the writer thread codes every frame's map; in C (ctypes releases
+ * the GIL) it holds no lock the loop thread waits for. A run is extended a word at a time: the first byte that
+ * differs is the lowest set byte of the word XOR the run's value repeated (little-endian; bytewise elsewhere). */
+int64_t mvh_rle8(const uint8_t *a, int64_t n, uint8_t *out) {
+    int64_t o = 0, i = 0;
+    while (i < n) {
+        uint8_t v = a[i];
+        int64_t lim = n - i < 256 ? n : i + 256, j = i + 1;
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        uint64_t word = 0x0101010101010101ull * v, got;
+        for (; j + 8 <= lim; j += 8) {
+            memcpy(&got, a + j, 8);
+            if (got != word) break;
+        }
+        if (j + 8 <= lim) j += __builtin_ctzll(got ^ word) >> 3;
+        else
+#endif
+            while (j < lim && a[j] == v) j++;
+        out[o++] = v;
+        out[o++] = (uint8_t)(j - i - 1);
+        i = j;
+    }
+    return o;
+}

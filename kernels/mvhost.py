@@ -31,6 +31,7 @@ _SIGNATURES = {
     "mvh_resolve": (_I, [_P, _I, _I, _P, _P, _I, _I, _I, _P, _I, _I, _I, _I, _P, _P, _P, _I, _I, _P, _P, _P]),
     "mvh_grid_unit": (_I, [_P, _P, _I, _I, _P, _P, _I, _I, _I, _I, _P, _P]),
     "mvh_change": (_D, [_P, _I, _P, _I, _I, _I]),
+    "mvh_rle8": (_I, [_P, _I, _P]),
     "mvh_fit_field": (_I, [_P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _D, _D, _P]),
 }
 _state: dict[str, Any] = {}
@@ -204,3 +205,22 @@ def change(prev: np.ndarray, y: np.ndarray) -> float:
         y = np.ascontiguousarray(y)
     h, w = y.shape
     return float(_load().mvh_change(prev.ctypes.data, prev.strides[0], y.ctypes.data, y.strides[0], h, w))
+
+
+def rle8(a: np.ndarray) -> np.ndarray:
+    """A uint8 array's bytes (C order) as (value, run length - 1) byte pairs, runs at most 256 long: the class maps'
+    stored form (``runtime.writers.rle8_decode`` reads it back). C where the library loads (no GIL held), else the
+    same pairs from numpy."""
+    if a.dtype != np.uint8:
+        raise TypeError(f"rle8 codes uint8 arrays, got {a.dtype}")
+    flat = np.ascontiguousarray(a).reshape(-1)
+    lib = _load()
+    if lib is not None:
+        out = np.empty(2 * flat.size, np.uint8)
+        return out[: lib.mvh_rle8(flat.ctypes.data, flat.size, out.ctypes.data)]
+    starts = np.flatnonzero(np.diff(flat, prepend=np.int16(flat[0]) + 1 if flat.size else 0))
+    lengths = np.diff(np.append(starts, flat.size))
+    split = (lengths + 255) // 256  # runs longer than 256 as several
+    first = np.repeat(starts, split) + 256 * (np.arange(split.sum()) - np.repeat(np.cumsum(split) - split, split))
+    count = np.minimum(np.repeat(starts + lengths, split) - first, 256)
+    return np.stack([flat[first], (count - 1).astype(np.uint8)], axis=1).reshape(-1)

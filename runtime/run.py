@@ -225,8 +225,9 @@ def add_run_options(p: argparse.ArgumentParser, streams: bool = True, video: boo
         "--save-maps",
         choices=("png", "npz", "none"),
         default="npz",
-        help="per-frame class maps: one NPZ (default; a fraction of the PNGs' cost per frame, "
-        "benchmarks/results/host.md), a PNG folder (images at the source size), or none",
+        help="per-frame class maps: one NPZ, run-length coded (default; a fraction of the PNGs' cost per frame, "
+        "benchmarks/results/host.md; runtime.writers.read_maps reads it), a PNG folder (images at the source size), "
+        "or none",
     )
     d.add_argument(
         "--maps-size",

@@ -4,10 +4,11 @@ name in the same folder and renamed when complete, so a reader (or a crash) neve
 with a bounded queue does the writing (the overlay on a thread of its own) so it overlaps the decode and the GPU work.
 
 Why these defaults (``python -m benchmarks.host``, ``benchmarks/results/host.md``): writing must cost at most the
-codec's own decode per frame. Class maps at the engine size in one NPZ (deflate level 1) cost a fraction of that at
-every source size (bringing them to the source size is per-pixel work that grows with the source: :func:`read_maps`
-does it when they are read). Every overlay measured (x264 or MPEG-4 Part 2, at the engine size or half of it) takes
-the writers above the codec's decode of a standard-definition clip, so the overlay is opt-in.
+codec's own decode per frame and take at most a tenth off the frame rate. Class maps at the engine size in one NPZ,
+run-length coded in C (:class:`NpzMapWriter`), cost a small fraction of that at every source size (bringing them to
+the source size is per-pixel work that grows with the source: :func:`read_maps` does it when they are read). Every
+overlay measured (x264 or MPEG-4 Part 2, at the engine size or half of it) takes the writers above the codec's
+decode of a standard-definition clip, so the overlay is opt-in.
 """
 
 from __future__ import annotations
@@ -274,7 +275,15 @@ class _RenamedAtClose:
 
 
 class NpzMapWriter(_RenamedAtClose):
-    """All class maps in one NPZ (arrays ``frame_000000`` ...), streamed into a temp zip (deflate level 1).
+    """All class maps in one NPZ, run-length coded (:data:`ENCODING`), streamed into a temp zip in chunks of
+    :data:`CHUNK` frames: ``runs_<first frame>`` the chunk's maps as (value, run length - 1) byte pairs one after the
+    other (``kernels.mvhost.rle8``), ``index_<first frame>`` one row per map ``[frame, height, width, end]`` (``end``:
+    where its pairs stop in ``runs``). :func:`read_maps` decodes them.
+
+    Why coded and chunked (``python -m benchmarks.host``): a map deflated into an entry of its own cost the writer
+    thread 0.4 ms per frame at 512x256, most of it with the GIL held, and took the vector modes' frame rate down by
+    15-20 % on two cores against outputs off; run-length coding in C (no GIL) costs a sixth of that, and one entry
+    per 64 frames pays the zip's per-entry Python once per chunk. Class maps are regions: few runs per row.
 
     Maps written with their ``fitter`` are engine-size maps: the geometry that brings them to the source size is
     recorded in the same file (``geometry``: rows ``[first frame, source height, source width]``, one per source size
@@ -283,17 +292,36 @@ class NpzMapWriter(_RenamedAtClose):
     def __init__(self, path: Path) -> None:
         self.path = path
         self.tmp = temp_sibling(path)
-        self.file = zipfile.ZipFile(self.tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1)
+        self.file = zipfile.ZipFile(self.tmp, "w", compression=zipfile.ZIP_STORED)
         self.count = 0
         self.geometry: list[tuple[int, int, int]] = []
         self.fit = ""
+        self.runs: list[np.ndarray] = []  # the open chunk's coded maps
+        self.rows: list[tuple[int, int, int, int]] = []
 
     def write(self, index: int, classes: np.ndarray, fitter: Any = None) -> None:
-        self._entry(f"frame_{index:06d}", classes)
+        from kernels.mvhost import rle8
+
+        if classes.ndim == 2 and _as_bytes(classes):
+            runs = rle8(classes.astype(np.uint8, copy=False))
+            self.runs.append(runs)
+            self.rows.append((index, *classes.shape, (self.rows[-1][3] if self.rows else 0) + len(runs)))
+            if len(self.rows) == CHUNK:
+                self._flush()
+        else:  # labels beyond a byte (or not a 2-D map): an array entry of its own, read back alike
+            self._entry(f"frame_{index:06d}", classes)
         if fitter is not None and (not self.geometry or tuple(self.geometry[-1][1:]) != tuple(fitter.src_hw)):
             self.geometry.append((index, *fitter.src_hw))
             self.fit = fitter.mode
         self.count += 1
+
+    def _flush(self) -> None:
+        """The open chunk as its two entries."""
+        if self.rows:
+            first = self.rows[0][0]
+            self._entry(f"{RUNS}{first:06d}", np.concatenate(self.runs))
+            self._entry(f"{INDEX}{first:06d}", np.array(self.rows, np.int64))
+            self.runs, self.rows = [], []
 
     def _entry(self, name: str, a: np.ndarray) -> None:
         with self.file.open(f"{name}.npy", "w", force_zip64=True) as f:
@@ -304,6 +332,8 @@ class NpzMapWriter(_RenamedAtClose):
         if not self.count:
             self.abort()
             return
+        self._flush()
+        self._entry(ENCODING_KEY, np.array([ENCODING]))
         if self.geometry:
             self._entry(GEOMETRY, np.array(self.geometry, np.int64))
             self._entry(FIT, np.array([self.fit]))
@@ -311,7 +341,36 @@ class NpzMapWriter(_RenamedAtClose):
 
 
 GEOMETRY, FIT = "geometry", "fit"
+ENCODING_KEY, ENCODING, RUNS, INDEX = "encoding", "rle8", "runs_", "index_"
+CHUNK = 64  # maps per pair of entries
 MAPS_SIZES = ("engine", "source")
+
+
+def _as_bytes(classes: np.ndarray) -> bool:
+    """The map's labels are bytes (uint8, or another integer type holding only 0..255: coded as bytes, read back as
+    uint8)."""
+    if classes.dtype == np.uint8:
+        return True
+    return classes.dtype.kind in "iu" and (not classes.size or (classes.min() >= 0 and classes.max() <= 255))
+
+
+def rle8_decode(runs: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """(value, run length - 1) byte pairs (``kernels.mvhost.rle8``) back to the uint8 array of ``shape``."""
+    return np.repeat(runs[0::2], runs[1::2].astype(np.int64) + 1).reshape(shape)
+
+
+def _stored_maps(z: Any) -> dict[int, np.ndarray]:
+    """The maps of an open NPZ as stored, by frame: run-length coded chunks (:class:`NpzMapWriter`) and
+    ``frame_<index>`` arrays (maps of labels beyond a byte, the fleet's journal, files written before the coding)."""
+    maps = {int(k[len("frame_") :]): z[k] for k in z.files if k.startswith("frame_")}
+    if ENCODING_KEY in z.files and str(z[ENCODING_KEY].reshape(-1)[0]) != ENCODING:
+        raise ValueError(f"unknown class-map encoding {z[ENCODING_KEY].reshape(-1)[0]!r} (this reader: {ENCODING})")
+    for key in (k for k in z.files if k.startswith(INDEX)):
+        runs, start = z[RUNS + key[len(INDEX) :]], 0
+        for frame, h, w, end in z[key].tolist():
+            maps[frame] = rle8_decode(runs[start:end], (h, w))
+            start = end
+    return dict(sorted(maps.items()))
 
 
 def read_maps(path: Path, size: str = "source") -> dict[int, np.ndarray]:
@@ -323,8 +382,7 @@ def read_maps(path: Path, size: str = "source") -> dict[int, np.ndarray]:
     if size not in MAPS_SIZES:
         raise ValueError(f"size must be one of {', '.join(MAPS_SIZES)}, got {size!r}")
     with np.load(path, allow_pickle=False) as z:
-        names = sorted(k for k in z.files if k.startswith("frame_"))
-        maps = {int(k[len("frame_") :]): z[k] for k in names}
+        maps = _stored_maps(z)
         geometry = z[GEOMETRY] if GEOMETRY in z.files and size == "source" else None
         fit = str(z[FIT].reshape(-1)[0]) if geometry is not None else ""
     if geometry is None:

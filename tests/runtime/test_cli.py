@@ -156,7 +156,8 @@ def test_one_record_per_decoded_frame_and_outputs(bundle64, clip64, tmp_path, ca
     assert {"iterations", "residual", "timestamp", "latency_ms"} <= set(recs[0])
     assert {"decode", "upload", "injection", "cell", "head", "download", "write"} <= set(recs[0]["latency_ms"])
     with np.load(out / "maps.npz") as maps:  # the default: one NPZ (PNGs on request), its fit geometry recorded
-        assert sorted(maps.files) == sorted(["fit", "geometry", *(f"frame_{i:06d}" for i in range(8))])
+        assert sorted(maps.files) == ["encoding", "fit", "geometry", "index_000000", "runs_000000"]  # 8 maps, coded
+    assert sorted(read_maps(out / "maps.npz")) == list(range(8))
     assert not (out / "maps").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == 8 and summary["latency_ms"]["count"] == 8

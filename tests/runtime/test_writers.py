@@ -11,7 +11,7 @@ import pytest
 
 from runtime.errors import OutputError
 from runtime.fleet_worker import FleetSink
-from runtime.writers import PngMapWriter, Sink
+from runtime.writers import PngMapWriter, Sink, read_maps
 
 PALETTE = [[0, 0, 0], [255, 0, 0]]
 
@@ -91,8 +91,8 @@ def test_overlay_runs_on_its_own_thread_and_lands_complete(tmp_path) -> None:
     with av.open(str(tmp_path / "overlay.mp4")) as c:
         assert sum(1 for _ in c.decode(video=0)) == 6
     assert len(sink.overlay_ms) == 6 and len(sink.write_ms) == 6
-    maps = np.load(tmp_path / "maps.npz")
-    assert [int(maps[f"frame_{i:06d}"][0, 0]) for i in range(6)] == [i % 2 for i in range(6)]
+    maps = read_maps(tmp_path / "maps.npz")
+    assert [int(maps[i][0, 0]) for i in range(6)] == [i % 2 for i in range(6)]
 
 
 def test_a_failed_overlay_is_one_output_error_and_no_files(tmp_path, monkeypatch) -> None:
@@ -161,7 +161,6 @@ def test_engine_size_maps_read_back_at_the_source_size(tmp_path, fit: str) -> No
     mid-stream included): ``read_maps`` gives exactly what ``--maps-size source`` writes (``Fitter.unfit`` at
     write time), and ``size="engine"`` the maps as made."""
     from runtime.sources import Fitter
-    from runtime.writers import read_maps
 
     rng = np.random.default_rng(0)
     sizes = [(50, 90)] * 3 + [(40, 40)] * 2
@@ -182,3 +181,74 @@ def test_engine_size_maps_read_back_at_the_source_size(tmp_path, fit: str) -> No
     )
     as_made = read_maps(tmp_path / "engine" / "maps.npz", "engine")
     assert all(np.array_equal(as_made[i], maps[i]) for i in range(len(maps)))
+
+
+def _runs_reference(a: np.ndarray) -> list[tuple[int, int]]:
+    """(value, length) of every maximal run of the flattened array, split into runs of at most 256 (plain Python)."""
+    out: list[tuple[int, int]] = []
+    for v in a.reshape(-1).tolist():
+        if out and out[-1][0] == v and out[-1][1] < 256:
+            out[-1] = (v, out[-1][1] + 1)
+        else:
+            out.append((v, 1))
+    return out
+
+
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+@pytest.mark.parametrize(
+    "case", ["noise", "flat", "long rows", "one pixel", "empty", "runs of 255-257", "regions"]
+)  # fmt: skip
+def test_rle8_pairs_equal_a_plain_run_count_and_decode_back(case: str, backend: str, monkeypatch) -> None:
+    """The maps' coding (C, and the numpy code used without the library) against a run count in plain Python; the
+    reader's decoding gives the map back."""
+    from kernels import mvhost
+    from runtime.writers import rle8_decode
+
+    if backend == "c" and not mvhost.available():
+        pytest.skip("the C host library is not built (python -m kernels.build)")
+    monkeypatch.setenv("DEQSTREAM_MV_HOST", backend)
+    mvhost.reset()
+    rng = np.random.default_rng(1)
+    a = {
+        "noise": rng.integers(0, 3, (64, 96), np.uint8),
+        "flat": np.full((256, 512), 7, np.uint8),
+        "long rows": np.repeat(np.arange(5, dtype=np.uint8), 1000).reshape(5, 1000),
+        "one pixel": np.array([[200]], np.uint8),
+        "empty": np.zeros((0, 4), np.uint8),
+        "runs of 255-257": np.concatenate([np.full(n, n % 2, np.uint8) for n in (255, 256, 257, 1, 513)])[None],
+        "regions": (np.add.outer(np.arange(120), np.arange(160)) // 37).astype(np.uint8) % 7,
+    }[case]
+    try:
+        pairs = mvhost.rle8(a)
+    finally:
+        mvhost.reset()
+    assert pairs.dtype == np.uint8 and len(pairs) % 2 == 0
+    assert list(zip(pairs[0::2].tolist(), (pairs[1::2].astype(int) + 1).tolist())) == _runs_reference(a)
+    assert np.array_equal(rle8_decode(pairs, a.shape), a)
+    with pytest.raises(TypeError):
+        mvhost.rle8(a.astype(np.int64))
+
+
+def test_npz_maps_come_back_across_chunks_with_wide_labels_and_the_old_layout(tmp_path) -> None:
+    """More maps than one chunk holds, a size change inside a chunk, int64 labels within a byte (coded) and beyond it
+    (an array entry of its own): read_maps gives every map back, in frame order; an NPZ of plain per-frame arrays
+    (the fleet's, or written before the coding) reads as before."""
+    from runtime.writers import CHUNK, NpzMapWriter, read_maps
+
+    rng = np.random.default_rng(2)
+    maps = {i: rng.integers(0, 4, (8, 12) if i < 70 else (6, 10), dtype=np.uint8) for i in range(CHUNK + 20)}
+    maps[3] = maps[3].astype(np.int64)
+    maps[5] = rng.integers(0, 1000, (8, 12))
+    w = NpzMapWriter(tmp_path / "maps.npz")
+    for i, m in maps.items():
+        w.write(i, m)
+    w.close()
+    got = read_maps(tmp_path / "maps.npz", "engine")
+    assert list(got) == list(maps)
+    assert all(np.array_equal(got[i], maps[i]) for i in maps)
+    with np.load(tmp_path / "maps.npz") as z:
+        assert sorted(k for k in z.files if k.startswith("index_")) == ["index_000000", f"index_{CHUNK + 1:06d}"]
+        assert "frame_000005" in z.files and "frame_000003" not in z.files
+    np.savez(tmp_path / "old.npz", **{f"frame_{i:06d}": maps[i] for i in (2, 0, 1)})
+    old = read_maps(tmp_path / "old.npz")
+    assert list(old) == [0, 1, 2] and all(np.array_equal(old[i], maps[i]) for i in old)
