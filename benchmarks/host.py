@@ -510,8 +510,10 @@ def one_run(
 
 
 # Null-backend runs take a few tenths of a second each: on a shared machine one burst of other work moves a row by
-# tens of per cent. Each row is the fastest of this many runs, the outputs interleaved within every round.
-E2E_REPEATS = 3
+# tens of per cent. Each row is the fastest of this many runs, the outputs interleaved within every round; the cost
+# of the outputs is the median over the rounds of each round's own FPS ratio (a burst hits both runs of a round less
+# often than it hits one fastest run).
+E2E_REPEATS = 5
 
 
 def end_to_end(engine: Path, clip: Path, frames: int | None, work: Path, null: bool) -> dict[str, Any]:
@@ -526,9 +528,24 @@ def end_to_end(engine: Path, clip: Path, frames: int | None, work: Path, null: b
                 with null_backend() if null else contextlib.nullcontext():
                     r = one_run(engine, clip, frames, outputs, work, **kw)
                 key = f"{mode}, {what}"
+                rounds = rows[key]["fps_rounds"] if key in rows else []
                 if key not in rows or r["fps"] > rows[key]["fps"]:
                     rows[key] = r
+                rows[key]["fps_rounds"] = [*rounds, r["fps"]]
     return rows
+
+
+def paired_costs(e2e: dict[str, Any]) -> list[tuple[str, float, float, float]]:
+    """(run, median, min, max) over the rounds of FPS with the outputs / FPS with them off in the same round."""
+    out = []
+    for key, r in e2e.items():
+        mode, _, what = key.partition(", ")
+        off = e2e.get(f"{mode}, outputs off")
+        if what == "outputs off" or off is None or len(off["fps_rounds"]) != len(r["fps_rounds"]):
+            continue
+        ratio = [a / b for a, b in zip(r["fps_rounds"], off["fps_rounds"])]
+        out.append((key, float(np.median(ratio)), min(ratio), max(ratio)))
+    return out
 
 
 def real_footage_fps(engine: Path, work: Path) -> dict[str, Any]:
@@ -689,6 +706,17 @@ def markdown(res: dict[str, Any], stamp: dict[str, Any]) -> str:
         ]
         for name, e in rows:
             lines += [e2e_line(name, run_name, r) for run_name, r in e.items()]
+        lines += [
+            "",
+            "What the outputs cost the frame rate (acceptance: default outputs <= 10 % off): in each of the "
+            f"{E2E_REPEATS} rounds, FPS with the outputs / FPS with them off in the same round; the median, and the "
+            "range:",
+            "",
+            "| clip | run | FPS / FPS outputs off: median | min | max |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for name, e in rows:
+            lines += [f"| {name} | {k} | {m:.3f} | {lo:.3f} | {hi:.3f} |" for k, m, lo, hi in paired_costs(e)]
     if res.get("real"):
         lines += [
             "",

@@ -82,3 +82,15 @@ def test_not_a_video_is_one_line(tmp_path: Path, capsys) -> None:
     assert host.main(["--inputs", str(bad), "--no-e2e", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) <= 2 and err[-1].startswith("error: ")
+
+
+def test_outputs_cost_is_the_median_of_each_rounds_own_ratio() -> None:
+    """A burst that slows one round's run shows in that round's ratio only, not in the median of the rounds."""
+    from benchmarks.host import paired_costs
+
+    e2e = {
+        "mv n=5, outputs off": {"fps_rounds": [100.0, 50.0, 110.0]},
+        "mv n=5, default outputs": {"fps_rounds": [90.0, 45.0, 88.0]},
+        "stream k=1, default outputs": {"fps_rounds": [1.0]},  # no outputs-off run to pair with: left out
+    }
+    assert paired_costs(e2e) == [("mv n=5, default outputs", 0.9, 0.8, 0.9)]
