@@ -399,7 +399,7 @@ int64_t mvh_grid_unit(const uint8_t *rec, const int64_t *idx, int64_t n, int64_t
     }
     int64_t m = (g && g % UNIT == 0) ? g / UNIT : 1, cell = UNIT * m;
     int64_t mh = (uh + m - 1) / m, mw = (uw + m - 1) / m, lim_y = (ph + m - 1) / m, lim_x = (pw + m - 1) / m;
-    double *acc = calloc(3 * mh * mw, sizeof(double));
+    double *acc = calloc(3 * mh * mw, sizeof(double) + sizeof(float)); /* sums, then the means as float */
     if (!acc) { free(geo); return -1; }
     /* stable order by block size (w * 4096 + h): a few distinct sizes, each gathered in stream order */
     int64_t sizes[64], ns = 0;
@@ -439,10 +439,13 @@ int64_t mvh_grid_unit(const uint8_t *rec, const int64_t *idx, int64_t n, int64_t
                 a2[k] += 1.0;
             }
     }
-    for (int64_t k = 0; k < mh * mw; k++) { /* each m-cell's mean once (in place), then repeated over its units */
-        double c = a2[k];
-        a0[k] = c > 0 ? (double)(float)((a0[k] / c) / (double)UNIT) : 0.0;
-        a1[k] = c > 0 ? (double)(float)((a1[k] / c) / (double)UNIT) : 0.0;
+    /* each m-cell's mean once, as float (f0, f1, f2 after the sums), then repeated over its units; an empty m-cell
+     * has sums 0 and divides by 1 (0, as numpy's where): no branch, so the loop is vectorised */
+    float *f0 = (float *)(acc + 3 * mh * mw), *f1 = f0 + mh * mw, *f2 = f1 + mh * mw;
+    for (int64_t k = 0; k < mh * mw; k++) {
+        double c = a2[k], den = c > 0 ? c : 1.0;
+        float m0 = (float)((a0[k] / den) / (double)UNIT), m1 = (float)((a1[k] / den) / (double)UNIT);
+        f0[k] = m0; f1[k] = m1; f2[k] = (float)c;
     }
     const int64_t wide = pw < uw ? pw : uw; /* units of a row inside the picture (rows from ph on: none) */
     for (int64_t u = 0; u < uh; u++) {
@@ -454,10 +457,16 @@ int64_t mvh_grid_unit(const uint8_t *rec, const int64_t *idx, int64_t n, int64_t
             memcpy(cv, cv - uw, uw * sizeof(float));
             continue;
         }
-        const double *c0 = a0 + (u / m) * mw, *c1 = a1 + (u / m) * mw, *c2 = a2 + (u / m) * mw;
+        const float *c0 = f0 + (u / m) * mw, *c1 = f1 + (u / m) * mw, *c2 = f2 + (u / m) * mw;
         int64_t v = 0;
-        for (int64_t q = 0; v < lim; q++) /* each m-cell's values repeated over its m units: no division per unit */
-            for (int64_t t = 0; t < m && v < lim; t++, v++) { d0[v] = (float)c0[q]; d1[v] = (float)c1[q]; cv[v] = (float)c2[q]; }
+        if (m == 2) /* the usual grid (8-px blocks): pairs of units, a loop the compiler vectorises */
+            for (; v + 2 <= lim; v += 2) {
+                d0[v] = d0[v + 1] = c0[v / 2];
+                d1[v] = d1[v + 1] = c1[v / 2];
+                cv[v] = cv[v + 1] = c2[v / 2];
+            }
+        for (int64_t q = v / m; v < lim; q++) /* each m-cell's values repeated over its m units: no division per unit */
+            for (int64_t t = 0; t < m && v < lim; t++, v++) { d0[v] = c0[q]; d1[v] = c1[q]; cv[v] = c2[q]; }
         for (v = lim; v < uw; v++) d0[v] = d1[v] = cv[v] = 0.0f;
     }
     free(acc); free(geo);
