@@ -14,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define PREFETCH 16 /* blocks ahead whose past pixels block matching fetches early */
+
 #define UNIT 4
 #define POINTS 4
 #define TIE 1.0
@@ -215,6 +217,12 @@ int64_t mvh_resolve(const uint8_t *rec, int64_t n, int64_t isz, const int64_t *o
             for (int64_t j = 0; j < nf; j++) {
                 const uint8_t *cj = cur + j * POINTS * POINTS;
                 const int32_t *aj = at + j * POINTS * POINTS;
+#if defined(__GNUC__)
+                if (j + PREFETCH < nf) { /* the rows a block further on reads: their misses overlap this block's */
+                    const int32_t *ak = aj + PREFETCH * POINTS * POINTS;
+                    for (int r = 0; r < POINTS; r++) __builtin_prefetch(past + ak[r * POINTS], 0, 0);
+                }
+#endif
                 unsigned sum = 0;
                 for (int p = 0; p < POINTS * POINTS; p++) {
                     int d = (int)past[aj[p]] - (int)cj[p];
