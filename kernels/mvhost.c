@@ -199,6 +199,14 @@ int64_t mvh_resolve(const uint8_t *rec, int64_t n, int64_t isz, const int64_t *o
         int32_t *at = malloc(nf * POINTS * POINTS * sizeof(int32_t));
         if (!cur || !at) { free(cur); free(at); free(cs); free(clear); free(votes); goto done; }
         for (int64_t j = 0; j < nf; j++) {
+#if defined(__GNUC__)
+            if (j + PREFETCH < nf) { /* this picture's rows a block further on reads (its first and third point rows) */
+                int64_t k = fwd[j + PREFETCH], kh = r_h(&r, k);
+                int64_t kx = clampi(r_dx(&r, k), 0, w - 1), ky = r_dy(&r, k) - kh / 2;
+                __builtin_prefetch(y + clampi(ky + kh / 8, 0, h - 1) * ys + kx, 0, 0);
+                __builtin_prefetch(y + clampi(ky + kh * 5 / 8, 0, h - 1) * ys + kx, 0, 0);
+            }
+#endif
             int64_t bw = r_w(&r, fwd[j]), bh = r_h(&r, fwd[j]);
             int64_t x0 = r_dx(&r, fwd[j]) - bw / 2, y0 = r_dy(&r, fwd[j]) - bh / 2;
             int64_t ddx = (int64_t)rint(mx[j]), ddy = (int64_t)rint(my[j]);
