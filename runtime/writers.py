@@ -280,10 +280,12 @@ class NpzMapWriter(_RenamedAtClose):
     other (``kernels.mvhost.rle8``), ``index_<first frame>`` one row per map ``[frame, height, width, end]`` (``end``:
     where its pairs stop in ``runs``). :func:`read_maps` decodes them.
 
-    Why coded and chunked (``python -m benchmarks.host``): a map deflated into an entry of its own cost the writer
-    thread 0.4 ms per frame at 512x256, most of it with the GIL held, and took the vector modes' frame rate down by
-    15-20 % on two cores against outputs off; run-length coding in C (no GIL) costs a sixth of that, and one entry
-    per 64 frames pays the zip's per-entry Python once per chunk. Class maps are regions: few runs per row.
+    Why coded and chunked (``python -m benchmarks.host``, ``benchmarks/results/host.md``): a map deflated into an
+    entry of its own cost the writer thread 0.41 to 0.45 ms per frame at 512x256 on standard-definition clips, and
+    with it the vector modes kept as little as 0.83 of their frame rate on two cores; run-length coding in C (ctypes
+    releases the GIL) costs about a fifth of that, and one entry per 64 frames pays the zip's per-entry Python once
+    per chunk. Class maps are regions: few runs per row (the benchmark's noisier maps take about 1.4 times the
+    deflated bytes).
 
     Maps written with their ``fitter`` are engine-size maps: the geometry that brings them to the source size is
     recorded in the same file (``geometry``: rows ``[first frame, source height, source width]``, one per source size
