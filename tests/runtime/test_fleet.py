@@ -49,8 +49,10 @@ def untimed(recs: list[dict]) -> list[dict]:
 
 
 def npz_maps(folder: Path) -> np.ndarray:
-    with np.load(folder / "maps.npz") as z:
-        return np.stack([z[k] for k in sorted(z.files)])
+    """The maps as stored, in frame order (the fleet's per-frame arrays, runtime.run's run-length coded chunks)."""
+    from runtime.writers import read_maps
+
+    return np.stack(list(read_maps(folder / "maps.npz", "engine").values()))
 
 
 def png_maps(folder: Path) -> np.ndarray:
