@@ -556,6 +556,35 @@ def real_footage_fps(engine: Path, work: Path) -> dict[str, Any]:
     return {name: end_to_end(engine, clip_path(name), None, work, null=False) for name in DEFAULT_CLIPS}
 
 
+def real_maps(engine: Path, work: Path, frames: int) -> dict[str, Any]:
+    """The real engines' class maps as ``runtime.run`` writes them by default (stream k=1, the first ``frames``
+    frames of each clip of ``benchmarks.real_footage``): bytes per frame run-length coded (``maps.npz``) and deflated
+    one entry per map (the writer of before, :class:`DeflatedNpz`), and runs per map."""
+    from benchmarks.real_footage import DEFAULT_CLIPS, clip_path
+    from runtime.loop import RunConfig, run
+    from runtime.writers import read_maps
+
+    out = {}
+    for name in DEFAULT_CLIPS:
+        folder = Path(tempfile.mkdtemp(dir=work))
+        kw = e2e_modes()["stream k=1"]
+        run(RunConfig(engine=engine, sources=[str(clip_path(name))], out=folder, progress=False, threads=1,
+                      max_frames=frames, log=lambda _m: None, check_hash=False, **kw))  # fmt: skip
+        maps = read_maps(folder / "maps.npz", "engine")
+        old = DeflatedNpz(folder / "deflated.npz")
+        for i, m in maps.items():
+            old.write(i, m)
+        old.close()
+        runs = [int(np.count_nonzero(np.diff(m.reshape(-1).astype(np.int16)))) + 1 for m in maps.values()]
+        out[name] = {
+            "frames": len(maps),
+            "runs_per_map": float(np.mean(runs)),
+            "coded_bytes": (folder / "maps.npz").stat().st_size / len(maps),
+            "deflated_bytes": (folder / "deflated.npz").stat().st_size / len(maps),
+        }
+    return out
+
+
 def export_engine(a: argparse.Namespace, work: Path) -> Path:
     """The shipped checkpoint as an ONNX bundle at the engine size (its engines are replaced by null ones when
     only the host is measured)."""
@@ -729,6 +758,20 @@ def markdown(res: dict[str, Any], stamp: dict[str, Any]) -> str:
         ]
         for name, e in res["real"].items():
             lines += [e2e_line(name, run_name, r) for run_name, r in e.items()]
+    if res.get("real_maps"):
+        lines += [
+            "",
+            "The real engines' class maps, as `runtime.run` writes them by default (stream k=1, the first "
+            f"{stamp.get('e2e_frames', '?')} frames): bytes per frame run-length coded (`maps.npz`) and deflated one "
+            "entry per map (the writer of before):",
+            "",
+            "| clip | frames | runs per map | coded bytes / frame | deflated bytes / frame |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {n} | {m['frames']} | {m['runs_per_map']:.0f} | {m['coded_bytes']:.0f} | {m['deflated_bytes']:.0f} |"
+            for n, m in res["real_maps"].items()
+        ]
     lines += ["", "| clip | origin |", "| --- | --- |"]
     lines += [f"| {n} | {c['origin']} |" for n, c in res["clips"].items()]
     return "\n".join(lines) + "\n"
@@ -805,6 +848,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["clips"][clip.name] = row
             if engine is not None and a.real:
                 results["real"] = real_footage_fps(engine, work)
+                results["real_maps"] = real_maps(engine, work, a.e2e_frames)
     except (FileNotFoundError, ValueError, OSError, RuntimeError, DeqRuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
