@@ -284,8 +284,8 @@ class NpzMapWriter(_RenamedAtClose):
     entry of its own cost the writer thread 0.41 to 0.45 ms per frame at 512x256 on standard-definition clips, and
     with it the vector modes kept as little as 0.83 of their frame rate on two cores; run-length coding in C (ctypes
     releases the GIL) costs about a fifth of that, and one entry per 64 frames pays the zip's per-entry Python once
-    per chunk. Class maps are regions: few runs per row (the benchmark's noisier maps take about 1.4 times the
-    deflated bytes).
+    per chunk. A model's class maps are regions: on the real engines' maps of bikes and carphone the coded file is
+    smaller than the deflated one (7666 and 4329 bytes per frame against 8645 and 5334).
 
     Maps written with their ``fitter`` are engine-size maps: the geometry that brings them to the source size is
     recorded in the same file (``geometry``: rows ``[first frame, source height, source width]``, one per source size
