@@ -389,8 +389,9 @@ class DeflatedNpz:
         self.file = zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1)
 
     def write(self, index: int, classes: np.ndarray) -> None:
-        with self.file.open(f"frame_{index:06d}.npy", "w", force_zip64=True) as f:
-            np.lib.format.write_array(f, np.ascontiguousarray(classes), allow_pickle=False)
+        from runtime.writers import npy_entry
+
+        npy_entry(self.file, f"frame_{index:06d}", classes)
 
     def close(self) -> None:
         self.file.close()
@@ -564,10 +565,9 @@ def real_maps(engine: Path, work: Path, frames: int) -> dict[str, Any]:
     from runtime.loop import RunConfig, run
     from runtime.writers import read_maps
 
-    out = {}
+    out, kw = {}, e2e_modes()["stream k=1"]
     for name in DEFAULT_CLIPS:
         folder = Path(tempfile.mkdtemp(dir=work))
-        kw = e2e_modes()["stream k=1"]
         run(RunConfig(engine=engine, sources=[str(clip_path(name))], out=folder, progress=False, threads=1,
                       max_frames=frames, log=lambda _m: None, check_hash=False, **kw))  # fmt: skip
         maps = read_maps(folder / "maps.npz", "engine")

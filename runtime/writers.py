@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from kernels.mvhost import rle8
 from runtime.encode import VideoWriter, publish, temp_sibling
 from runtime.errors import OutputError
 from runtime.stats import Samples
@@ -302,8 +303,6 @@ class NpzMapWriter(_RenamedAtClose):
         self.rows: list[tuple[int, int, int, int]] = []
 
     def write(self, index: int, classes: np.ndarray, fitter: Any = None) -> None:
-        from kernels.mvhost import rle8
-
         if classes.ndim == 2 and _as_bytes(classes):
             runs = rle8(classes.astype(np.uint8, copy=False))
             self.runs.append(runs)
@@ -311,7 +310,7 @@ class NpzMapWriter(_RenamedAtClose):
             if len(self.rows) == CHUNK:
                 self._flush()
         else:  # labels beyond a byte (or not a 2-D map): an array entry of its own, read back alike
-            self._entry(f"frame_{index:06d}", classes)
+            npy_entry(self.file, f"frame_{index:06d}", classes)
         if fitter is not None and (not self.geometry or tuple(self.geometry[-1][1:]) != tuple(fitter.src_hw)):
             self.geometry.append((index, *fitter.src_hw))
             self.fit = fitter.mode
@@ -321,13 +320,9 @@ class NpzMapWriter(_RenamedAtClose):
         """The open chunk as its two entries."""
         if self.rows:
             first = self.rows[0][0]
-            self._entry(f"{RUNS}{first:06d}", np.concatenate(self.runs))
-            self._entry(f"{INDEX}{first:06d}", np.array(self.rows, np.int64))
+            npy_entry(self.file, f"{RUNS}{first:06d}", np.concatenate(self.runs))
+            npy_entry(self.file, f"{INDEX}{first:06d}", np.array(self.rows, np.int64))
             self.runs, self.rows = [], []
-
-    def _entry(self, name: str, a: np.ndarray) -> None:
-        with self.file.open(f"{name}.npy", "w", force_zip64=True) as f:
-            np.lib.format.write_array(f, np.ascontiguousarray(a), allow_pickle=False)
 
     def close(self) -> None:
         """No maps (a classification bundle has no class map): no empty archive either."""
@@ -335,10 +330,10 @@ class NpzMapWriter(_RenamedAtClose):
             self.abort()
             return
         self._flush()
-        self._entry(ENCODING_KEY, np.array([ENCODING]))
+        npy_entry(self.file, ENCODING_KEY, np.array([ENCODING]))
         if self.geometry:
-            self._entry(GEOMETRY, np.array(self.geometry, np.int64))
-            self._entry(FIT, np.array([self.fit]))
+            npy_entry(self.file, GEOMETRY, np.array(self.geometry, np.int64))
+            npy_entry(self.file, FIT, np.array([self.fit]))
         super().close()
 
 
@@ -346,6 +341,12 @@ GEOMETRY, FIT = "geometry", "fit"
 ENCODING_KEY, ENCODING, RUNS, INDEX = "encoding", "rle8", "runs_", "index_"
 CHUNK = 64  # maps per pair of entries
 MAPS_SIZES = ("engine", "source")
+
+
+def npy_entry(file: zipfile.ZipFile, name: str, a: np.ndarray) -> None:
+    """``a`` as the member ``<name>.npy`` of a zip being written, streamed in (``np.load`` reads it as ``name``)."""
+    with file.open(f"{name}.npy", "w", force_zip64=True) as f:
+        np.lib.format.write_array(f, np.ascontiguousarray(a), allow_pickle=False)
 
 
 def _as_bytes(classes: np.ndarray) -> bool:
@@ -364,9 +365,9 @@ def rle8_decode(runs: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 def _stored_maps(z: Any) -> dict[int, np.ndarray]:
     """The maps of an open NPZ as stored, by frame: run-length coded chunks (:class:`NpzMapWriter`) and
     ``frame_<index>`` arrays (maps of labels beyond a byte, the fleet's journal, files written before the coding)."""
-    maps = {int(k[len("frame_") :]): z[k] for k in z.files if k.startswith("frame_")}
     if ENCODING_KEY in z.files and str(z[ENCODING_KEY].reshape(-1)[0]) != ENCODING:
         raise ValueError(f"unknown class-map encoding {z[ENCODING_KEY].reshape(-1)[0]!r} (this reader: {ENCODING})")
+    maps = {int(k[len("frame_") :]): z[k] for k in z.files if k.startswith("frame_")}
     for key in (k for k in z.files if k.startswith(INDEX)):
         runs, start = z[RUNS + key[len(INDEX) :]], 0
         for frame, h, w, end in z[key].tolist():
