@@ -344,3 +344,21 @@ def test_mv_mode_converts_only_the_frames_it_uploads(bundle64, pan_clip, tmp_pat
     assert rc == 0 and len(fitted) == 3  # no lazy frames this time
     np.testing.assert_array_equal(maps, maps_eager)
     assert [r["residual"] for r in recs] == [r["residual"] for r in recs_eager]
+
+
+def test_pool_matches_a_float64_reference_and_numpys_reduction():
+    from runtime.propagation import _pool
+
+    rng = np.random.default_rng(3)
+    for (h, w), f in [((64, 128), 2), ((64, 128), 8), ((67, 131), 4), ((60, 100), 16), ((20, 30), 32)]:
+        a = rng.normal(size=(3, h, w)).astype(np.float32)
+        shape = (-(-h // f), -(-w // f))  # a cell past the edge: zero padding
+        got = _pool(a, f, shape)
+        pad = np.zeros((3, shape[0] * f, shape[1] * f))
+        pad[:, :h, :w] = a
+        want = pad.reshape(3, shape[0], f, shape[1], f).sum(axis=(2, 4))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        if min(shape) < 4:  # numpy orders a reduction to a few cells its own way
+            continue
+        # the same float32 sums in the same order as numpy's two-axis reduction (the pinned numpy)
+        assert np.array_equal(got, pad.astype(np.float32).reshape(3, shape[0], f, shape[1], f).sum(axis=(2, 4)))
