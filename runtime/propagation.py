@@ -74,7 +74,8 @@ def _pool(a: np.ndarray, f: int, shape: tuple[int, int]) -> np.ndarray:
 
     Separably, columns then rows, from strided views: the same float32 sums, in the same order, as
     ``a.reshape(..., h, f, w, f).sum(axis=(-3, -1))`` on grids of a few cells or more (bit for bit with the pinned
-    numpy; the pyramid's fields are unchanged), 4x faster on the field thread's four scales, where numpy's reduction over two strided axes was the cost (issue #30)."""
+    numpy; the pyramid's fields are unchanged), 4x faster on the field thread's four scales, where numpy's
+    reduction over two strided axes was the cost (issue #30)."""
     h, w = shape
     a = a[..., : h * f, : w * f]
     if a.shape[-2] != h * f or a.shape[-1] != w * f:  # grid smaller than asked: pad with zeros
