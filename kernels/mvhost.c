@@ -593,3 +593,142 @@ int64_t mvh_rle8(const uint8_t *a, int64_t n, uint8_t *out) {
     }
     return o;
 }
+
+/* ------------------------------------------------------------------ frames fitted to the engine size
+ * Pillow's BILINEAR resize of an 8-bit RGB picture with the same integers: per axis a triangle filter widened by
+ * the downscale factor, weights normalised in double and rounded to 22-bit fixed point, each pass rounded and
+ * clipped to 8 bits. Pillow chooses which axis goes first by the sizes (its version decides how); the caller says
+ * (``order``), having checked on a probe picture which order gives Pillow's result (runtime.sources.Fitter).
+ * Integer sums are exact in any order, so every output reads a fixed window of k taps (zero weights pad it,
+ * shifted to stay inside the picture): constant trip counts the compiler unrolls. Why: Pillow's resize (RGBX
+ * pixels, copies in and out) was most of the host's decode stage (issue #30). */
+#define RS_BITS 22
+
+/* One axis: first input index and k fixed-point weights per output index; returns k, 0 on no memory. */
+static int64_t rs_taps(int64_t in_size, int64_t out_size, int64_t **first, int32_t **weights) {
+    double scale = (double)(float)in_size / (double)out_size, filterscale = scale < 1.0 ? 1.0 : scale;
+    double support = filterscale, inv = 1.0 / filterscale;
+    int64_t k = (int64_t)ceil(support) * 2 + 1;
+    if (k > in_size) k = in_size; /* a window never holds more than the whole axis */
+    double *w = malloc(sizeof(double) * k);
+    *first = malloc(sizeof(int64_t) * out_size);
+    *weights = calloc((size_t)(out_size * k), sizeof(int32_t));
+    if (!w || !*first || !*weights) {
+        free(w);
+        return 0;
+    }
+    for (int64_t o = 0; o < out_size; o++) {
+        double center = (o + 0.5) * scale, sum = 0.0;
+        int64_t lo = (int64_t)(center - support + 0.5), hi = (int64_t)(center + support + 0.5);
+        if (lo < 0) lo = 0;
+        if (hi > in_size) hi = in_size;
+        int64_t n = hi - lo, start = lo + k <= in_size ? lo : in_size - k;
+        for (int64_t x = 0; x < n; x++) {
+            double d = ((double)(x + lo) - center + 0.5) * inv;
+            d = d < 0.0 ? -d : d;
+            w[x] = d < 1.0 ? 1.0 - d : 0.0;
+            sum += w[x];
+        }
+        for (int64_t x = 0; x < n; x++) {
+            double v = sum != 0.0 ? w[x] / sum : w[x];
+            (*weights)[o * k + (lo - start) + x] = (int32_t)(0.5 + v * (1 << RS_BITS));
+        }
+        (*first)[o] = start;
+    }
+    free(w);
+    return k;
+}
+
+static inline uint8_t rs_clip(int32_t s) {
+    s >>= RS_BITS;
+    return (uint8_t)(s < 0 ? 0 : s > 255 ? 255 : s);
+}
+
+/* Horizontal pass over ``rows`` rows: out pixel o of a row from k pixels at xf[o]. K > 0: the window length known
+ * at compile time (unrolled); 0: ``k``. */
+#define RS_HROW(K)                                                                                                   \
+    for (int64_t o = 0; o < dw; o++) {                                                                               \
+        const uint8_t *p = in + xf[o] * 3;                                                                           \
+        const int32_t *w = xw + o * (K);                                                                             \
+        int32_t s0 = 1 << (RS_BITS - 1), s1 = s0, s2 = s0;                                                           \
+        for (int64_t t = 0; t < (K); t++) {                                                                          \
+            s0 += p[3 * t] * w[t];                                                                                   \
+            s1 += p[3 * t + 1] * w[t];                                                                               \
+            s2 += p[3 * t + 2] * w[t];                                                                               \
+        }                                                                                                            \
+        out[3 * o] = rs_clip(s0), out[3 * o + 1] = rs_clip(s1), out[3 * o + 2] = rs_clip(s2);                        \
+    }
+
+static void rs_hpass(const uint8_t *src, int64_t stride, int64_t rows, const int64_t *xf, const int32_t *xw,
+                     int64_t k, int64_t dw, uint8_t *dst, int64_t dstride) {
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *in = src + r * stride;
+        uint8_t *out = dst + r * dstride;
+        switch (k) {
+        case 3: RS_HROW(3) break;
+        case 5: RS_HROW(5) break;
+        case 7: RS_HROW(7) break;
+        case 9: RS_HROW(9) break;
+        case 11: RS_HROW(11) break;
+        case 13: RS_HROW(13) break;
+        default: RS_HROW(k) break;
+        }
+    }
+}
+
+/* Vertical pass: out row o from k rows at yf[o] (n bytes each), along whole rows (vectorised). */
+static int rs_vpass(const uint8_t *src, int64_t stride, const int64_t *yf, const int32_t *yw, int64_t k,
+                    int64_t dh, int64_t n, uint8_t *dst, int64_t dstride) {
+    int32_t *acc = malloc(sizeof(int32_t) * n);
+    if (!acc) return -1;
+    for (int64_t o = 0; o < dh; o++) {
+        const int32_t *w = yw + o * k;
+        for (int64_t i = 0; i < n; i++) acc[i] = 1 << (RS_BITS - 1);
+        for (int64_t t = 0; t < k; t++) {
+            const uint8_t *restrict row = src + (yf[o] + t) * stride;
+            int32_t wt = w[t];
+            if (wt)
+                for (int64_t i = 0; i < n; i++) acc[i] += row[i] * wt;
+        }
+        uint8_t *out = dst + o * dstride;
+        for (int64_t i = 0; i < n; i++) out[i] = rs_clip(acc[i]);
+    }
+    free(acc);
+    return 0;
+}
+
+/* src (sh, sw, 3), rows src_stride bytes apart -> dst (dh, dw, 3) contiguous; order 0: horizontal pass first (over
+ * the rows the vertical pass reads), 1: vertical first. Returns 0; -1 without memory; 1 for an empty size. */
+int64_t mvh_resize_rgb(const uint8_t *src, int64_t sh, int64_t sw, int64_t src_stride, uint8_t *dst, int64_t dh,
+                       int64_t dw, int64_t order) {
+    int64_t *xf = NULL, *yf = NULL, rc = -1, kx = 0, ky = 0;
+    int32_t *xw = NULL, *yw = NULL;
+    uint8_t *tmp = NULL;
+    int hor = dw != sw, ver = dh != sh;
+    if (sh < 1 || sw < 1 || dh < 1 || dw < 1) {
+        rc = 1;
+        goto done;
+    }
+    if ((ver && !(ky = rs_taps(sh, dh, &yf, &yw))) || (hor && !(kx = rs_taps(sw, dw, &xf, &xw)))) goto done;
+    if (!hor && !ver) {
+        for (int64_t r = 0; r < dh; r++) memcpy(dst + r * dw * 3, src + r * src_stride, (size_t)(dw * 3));
+    } else if (!ver) {
+        rs_hpass(src, src_stride, dh, xf, xw, kx, dw, dst, dw * 3);
+    } else if (!hor) {
+        if (rs_vpass(src, src_stride, yf, yw, ky, dh, dw * 3, dst, dw * 3)) goto done;
+    } else if (order == 0) { /* rows yf[0] .. the last window's end, horizontally, then vertically */
+        int64_t y0 = yf[0], rows = yf[dh - 1] + ky - y0;
+        if (!(tmp = malloc((size_t)(rows * dw * 3)))) goto done;
+        rs_hpass(src + y0 * src_stride, src_stride, rows, xf, xw, kx, dw, tmp, dw * 3);
+        for (int64_t o = 0; o < dh; o++) yf[o] -= y0;
+        if (rs_vpass(tmp, dw * 3, yf, yw, ky, dh, dw * 3, dst, dw * 3)) goto done;
+    } else {
+        if (!(tmp = malloc((size_t)(dh * sw * 3)))) goto done;
+        if (rs_vpass(src, src_stride, yf, yw, ky, dh, sw * 3, tmp, sw * 3)) goto done;
+        rs_hpass(tmp, sw * 3, dh, xf, xw, kx, dw, dst, dw * 3);
+    }
+    rc = 0;
+done:
+    free(xf), free(yf), free(xw), free(yw), free(tmp);
+    return rc;
+}

@@ -32,6 +32,7 @@ _SIGNATURES = {
     "mvh_grid_unit": (_I, [_P, _P, _I, _I, _P, _P, _I, _I, _I, _I, _P, _P]),
     "mvh_change": (_D, [_P, _I, _P, _I, _I, _I]),
     "mvh_rle8": (_I, [_P, _I, _P]),
+    "mvh_resize_rgb": (_I, [_P, _I, _I, _I, _P, _I, _I, _I]),
     "mvh_fit_field": (_I, [_P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _D, _D, _P]),
 }
 _state: dict[str, Any] = {}
@@ -205,6 +206,23 @@ def change(prev: np.ndarray, y: np.ndarray) -> float:
         y = np.ascontiguousarray(y)
     h, w = y.shape
     return float(_load().mvh_change(prev.ctypes.data, prev.strides[0], y.ctypes.data, y.strides[0], h, w))
+
+
+def resize_rgb(rgb: np.ndarray, hw: tuple[int, int], order: int) -> np.ndarray | None:
+    """An (h, w, 3) uint8 picture resized to ``hw`` by Pillow's BILINEAR arithmetic (``kernels/mvhost.c``, no GIL
+    held), the horizontal pass first (``order`` 0) or the vertical one (1); None where the library is not loaded or a
+    size is empty."""
+    lib = _load()
+    if lib is None or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        return None
+    if rgb.strides[1:] != (3, 1) or rgb.strides[0] < 3 * rgb.shape[1]:
+        rgb = np.ascontiguousarray(rgb)
+    out = np.empty((hw[0], hw[1], 3), np.uint8)
+    h, w = rgb.shape[:2]
+    rc = lib.mvh_resize_rgb(rgb.ctypes.data, h, w, rgb.strides[0], out.ctypes.data, hw[0], hw[1], order)
+    if rc < 0:
+        raise MemoryError(f"kernels.mvhost: out of memory resizing a {w}x{h} picture")
+    return out if rc == 0 else None
 
 
 def rle8(a: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ be decoded is processed and the rest is reported, never a crash.
 from __future__ import annotations
 
 import copy
+import functools
 import queue
 import threading
 import time
@@ -49,6 +50,23 @@ class Frame:
 FIT_MODES = ("resize", "pad", "crop")
 
 
+@functools.lru_cache(maxsize=64)
+def _pillow_order(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> int | None:
+    """Which pass order of ``mvhost.resize_rgb`` gives Pillow's bilinear resize from ``src_hw`` to ``dst_hw``,
+    found on a random probe picture; None without the C library or when neither order does."""
+    if not mvhost.available():
+        return None
+    from PIL import Image
+
+    probe = np.random.default_rng(0).integers(0, 256, (*src_hw, 3), dtype=np.uint8)
+    want = np.asarray(Image.fromarray(probe).resize((dst_hw[1], dst_hw[0]), Image.BILINEAR))
+    for order in (0, 1):
+        got = mvhost.resize_rgb(probe, dst_hw, order)
+        if got is not None and np.array_equal(got, want):
+            return order
+    return None
+
+
 class Fitter:
     """Engine resolution <-> source resolution, one geometry for pixels, class maps and motion fields.
 
@@ -86,7 +104,9 @@ class Fitter:
         from PIL import Image
 
         (ih, iw), (oy, ox), (dh, dw) = self.scaled, self.offset, self.dst_hw
-        small = np.asarray(Image.fromarray(rgb).resize((iw, ih), Image.BILINEAR))
+        small = None if rgb.shape[:2] != self.src_hw else self._resize(rgb)
+        if small is None:
+            small = np.asarray(Image.fromarray(rgb).resize((iw, ih), Image.BILINEAR))
         if self.scaled == self.dst_hw:
             return np.ascontiguousarray(small)
         window = small[oy : oy + dh, ox : ox + dw]
@@ -95,6 +115,15 @@ class Fitter:
         out = np.zeros((dh, dw, 3), np.uint8)
         out[: window.shape[0], : window.shape[1]] = window
         return out
+
+    def _resize(self, rgb: np.ndarray) -> np.ndarray | None:
+        """Pillow's bilinear resize to ``scaled`` in C (``mvhost.resize_rgb``), or None (Pillow then). Pillow runs its
+        two passes in an order it picks by the sizes (its version decides how); which one it picks here is read once
+        from a random probe of the source size, and the C code runs that order, so the pixels equal Pillow's. Neither
+        order matching (another filter in a future Pillow) keeps Pillow. 5.1 -> 3.3 ms at 720p (issue #30)."""
+        if "_order" not in self.__dict__:
+            self._order = _pillow_order(self.src_hw, self.scaled)
+        return None if self._order is None else mvhost.resize_rgb(rgb, self.scaled, self._order)
 
     def unfit(self, classes: np.ndarray) -> np.ndarray:
         """Engine-resolution class map -> source resolution (nearest, crops the padding)."""

@@ -118,3 +118,52 @@ def test_build_without_a_compiler_says_so(monkeypatch: pytest.MonkeyPatch, capsy
     monkeypatch.setattr(build, "find_nvcc", lambda: None)
     assert build.main([]) == 0
     assert "no C compiler" in capsys.readouterr().err
+
+
+@needs_cc
+def test_resize_rgb_gives_pillows_pixels_in_one_of_its_two_orders() -> None:
+    """Pillow picks which pass runs first by the sizes: on random pictures and sizes (down, up, one axis, mixed),
+    one of the C code's two orders equals Pillow's bilinear resize bit for bit, and the order ``Fitter`` reads off a
+    probe of that source size is one that does."""
+    from PIL import Image
+
+    from runtime.sources import _pillow_order
+
+    rng = np.random.default_rng(7)
+    sizes = [((720, 1280), (256, 512)), ((272, 640), (256, 512)), ((40, 50), (40, 17)), ((31, 9), (90, 9))]
+    sizes += [((146, 79), (98, 1)), ((2, 50), (1, 10)), ((1, 1), (5, 3))]  # windows wider than the picture
+    sizes += [(tuple(map(int, rng.integers(9, 200, 2))), tuple(map(int, rng.integers(1, 200, 2)))) for _ in range(40)]
+    orders = set()
+    for src, dst in sizes:
+        a = rng.integers(0, 256, (*src, 3), dtype=np.uint8)
+        want = np.asarray(Image.fromarray(a).resize((dst[1], dst[0]), Image.BILINEAR))
+        order = _pillow_order(src, dst)
+        assert order is not None, (src, dst)
+        np.testing.assert_array_equal(mvhost.resize_rgb(a, dst, order), want, err_msg=f"{src} -> {dst}")
+        orders.add(order)
+    assert orders == {0, 1}  # both orders were needed, so both were checked
+    strided = np.zeros((60, 90, 4), np.uint8)[:, :, :3]  # a row stride that is not 3 x width
+    assert mvhost.resize_rgb(strided, (30, 45), 0).shape == (30, 45, 3)
+    assert mvhost.resize_rgb(np.zeros((0, 50, 3), np.uint8), (1, 10), 0) is None  # empty: Pillow decides
+
+
+@needs_clips
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+def test_fitter_fit_equals_pillow_on_real_frames(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Fitter.fit`` (the C resize where the library loads, Pillow without it) against Pillow's resize + window."""
+    import av
+    from PIL import Image
+
+    use(backend, monkeypatch)
+    with av.open(str(real_clip("bikes.mp4"))) as c:
+        frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(3), c.decode(video=0))]
+    for mode in FIT_MODES:
+        for hw in [(256, 512), (224, 224), (300, 200)]:
+            f = Fitter(frames[0].shape[:2], hw, mode)
+            (ih, iw), (oy, ox) = f.scaled, f.offset
+            for rgb in frames:
+                small = np.asarray(Image.fromarray(rgb).resize((iw, ih), Image.BILINEAR))
+                want = np.zeros((*hw, 3), np.uint8)
+                window = small[oy : oy + hw[0], ox : ox + hw[1]]
+                want[: window.shape[0], : window.shape[1]] = window
+                np.testing.assert_array_equal(f.fit(rgb), want, err_msg=f"{mode} {hw}")
