@@ -63,7 +63,7 @@ class RunConfig:
     fit: str = "resize"
     # where frames are fitted to the engine size: "host" (Fitter.fit on the decode thread), "device" (the decoded
     # frame goes up as it is, runtime.prepare), "auto" (device on CUDA: on a CPU torch's antialiased resize costs
-    # more than PIL's, benchmarks/results/host.md)
+    # more than the host fit's, benchmarks/results/host.md)
     prepare: str = "auto"
     save_maps: str = "npz"
     maps_size: str = "engine"  # NPZ maps as the engines made them (fit geometry recorded), or "source"

@@ -1,11 +1,12 @@
 """Frame preparation on the device: the decoded 8-bit frame goes up as it is, and resize / pad / crop and the colour
 conversion run where the engines run (issue #30).
 
-Why: on the host, fitting a frame to the engine size (PIL's bilinear resize, ``runtime.sources.Fitter.fit``) costs
-about as much as decoding it, once per frame, on the thread that decodes. Done by torch on the engines' device it is
-one small kernel chain per frame, the same code for every backend (ONNX Runtime, AOTInductor and TensorRT all read
-the same uint8 frame buffer; normalisation is inside the injection engine). The geometry is ``Fitter``'s (one
-``scaled`` size, one window ``offset``), so class maps and motion fields still go back through ``Fitter``.
+Why: on the host, fitting a frame to the engine size (Pillow's bilinear resize, done in C with Pillow's integers by
+``runtime.sources.Fitter.fit``) costs about as much as decoding it, once per frame, on the thread that decodes. Done
+by torch on the engines' device it is one small kernel chain per frame, the same code for every backend (ONNX
+Runtime, AOTInductor and TensorRT all read the same uint8 frame buffer; normalisation is inside the injection
+engine). The geometry is ``Fitter``'s (one ``scaled`` size, one window ``offset``), so class maps and motion fields
+still go back through ``Fitter``.
 
 Two inputs:
 

@@ -217,8 +217,8 @@ def add_run_options(p: argparse.ArgumentParser, streams: bool = True, video: boo
         default="auto",
         help="where frames are fitted to the engine size (resize / pad / crop) and converted to RGB: device (the "
         "decoded frame goes up as it is, as its YUV 4:2:0 planes where the video has them, and is prepared by torch "
-        "where the engines run: the host only decodes), host (PIL on the decode thread: cheaper on a CPU, "
-        "benchmarks/results/host.md), or auto (default: device on CUDA, host on the CPU)",
+        "where the engines run: the host only decodes), host (Pillow's bilinear resize, in C, on the decode thread: "
+        "cheaper on a CPU, benchmarks/results/host.md), or auto (default: device on CUDA, host on the CPU)",
     )
     d.add_argument("--out", type=Path, default=Path("out"), help="output directory (default out/)")
     d.add_argument(
