@@ -14,6 +14,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Hot loops get an AVX2 clone beside the baseline one, picked when the library loads (GNU ifunc): the same IEEE
+ * operations on wider vectors (no FMA: -ffp-contract=off), so the results are bit-identical on either path. */
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+#define WIDE __attribute__((target_clones("avx2", "default")))
+#else
+#define WIDE
+#endif
 #define PREFETCH 16 /* blocks ahead whose past pixels block matching fetches early */
 
 #define UNIT 4
@@ -498,7 +505,7 @@ int64_t mvh_grid_unit(const uint8_t *rec, const int64_t *idx, int64_t n, int64_t
  * that row at the engine columns (ca0 v[c0] + ca1 v[c1]): 2 + 2 taps per cell instead of 4 products of both
  * weights, and half the gathers of sampling the source rows first. Returns 0, -1 on an allocation failure. */
 /* noinline: a loop of its own, which the compiler vectorises (inside the row loop's nest it does not) */
-__attribute__((noinline)) static void mix_rows(const float *restrict a0, const float *restrict a1,
+__attribute__((noinline)) WIDE static void mix_rows(const float *restrict a0, const float *restrict a1,
                                                const float *restrict b0, const float *restrict b1,
                                                const float *restrict w0, const float *restrict w1, double y0, double y1,
                                                int64_t sw, double *restrict v) {
@@ -513,7 +520,7 @@ __attribute__((noinline)) static void mix_rows(const float *restrict a0, const f
 /* one engine row from its mixed source rows sampled at the engine columns (h: 3 x gw): the quotients are formed for
  * every cell (den >= 1e-6) and zeroed by a factor, no branch, so the compiler vectorises it (selects by ``?`` kept it
  * scalar); a zeroed cell may come out as -0.0, equal to 0.0 */
-__attribute__((noinline)) static void finish_row(const double *restrict h, const double *restrict cin, int64_t gw,
+__attribute__((noinline)) WIDE static void finish_row(const double *restrict h, const double *restrict cin, int64_t gw,
                                                  double sx, double sy, float *restrict o0, float *restrict o1,
                                                  float *restrict ow) {
     for (int64_t j = 0; j < gw; j++) {
@@ -659,7 +666,7 @@ static inline uint8_t rs_clip(int32_t s) {
         out[3 * o] = rs_clip(s0), out[3 * o + 1] = rs_clip(s1), out[3 * o + 2] = rs_clip(s2);                        \
     }
 
-static void rs_hpass(const uint8_t *src, int64_t stride, int64_t rows, const int64_t *xf, const int32_t *xw,
+WIDE static void rs_hpass(const uint8_t *src, int64_t stride, int64_t rows, const int64_t *xf, const int32_t *xw,
                      int64_t k, int64_t dw, uint8_t *dst, int64_t dstride) {
     for (int64_t r = 0; r < rows; r++) {
         const uint8_t *in = src + r * stride;
@@ -677,7 +684,7 @@ static void rs_hpass(const uint8_t *src, int64_t stride, int64_t rows, const int
 }
 
 /* Vertical pass: out row o from k rows at yf[o] (n bytes each), along whole rows (vectorised). */
-static int rs_vpass(const uint8_t *src, int64_t stride, const int64_t *yf, const int32_t *yw, int64_t k,
+WIDE static int rs_vpass(const uint8_t *src, int64_t stride, const int64_t *yf, const int32_t *yw, int64_t k,
                     int64_t dh, int64_t n, uint8_t *dst, int64_t dstride) {
     int32_t *acc = malloc(sizeof(int32_t) * n);
     if (!acc) return -1;
