@@ -607,7 +607,8 @@ int64_t mvh_rle8(const uint8_t *a, int64_t n, uint8_t *out) {
  * clipped to 8 bits. Pillow chooses which axis goes first by the sizes (its version decides how); the caller says
  * (``order``), having checked on a probe picture which order gives Pillow's result (runtime.sources.Fitter).
  * Integer sums are exact in any order, so every output reads a fixed window of k taps (zero weights pad it,
- * shifted to stay inside the picture): constant trip counts the compiler unrolls. Why: Pillow's resize (RGBX
+ * shifted to stay inside the picture): constant trip counts the compiler unrolls, and with AVX2 eight outputs at a
+ * time from gathered pixels. Why: Pillow's resize (RGBX
  * pixels, copies in and out) was most of the host's decode stage (issue #30). */
 #define RS_BITS 22
 
@@ -651,10 +652,10 @@ static inline uint8_t rs_clip(int32_t s) {
     return (uint8_t)(s < 0 ? 0 : s > 255 ? 255 : s);
 }
 
-/* Horizontal pass over ``rows`` rows: out pixel o of a row from k pixels at xf[o]. K > 0: the window length known
- * at compile time (unrolled); 0: ``k``. */
-#define RS_HROW(K)                                                                                                   \
-    for (int64_t o = 0; o < dw; o++) {                                                                               \
+/* Horizontal pass of one row from output o0 on: out pixel o from k pixels at xf[o]. K: the window length, a
+ * constant where the switch below names it (the compiler unrolls it), else ``k``. */
+#define RS_HROW(K, o0)                                                                                               \
+    for (int64_t o = (o0); o < dw; o++) {                                                                            \
         const uint8_t *p = in + xf[o] * 3;                                                                           \
         const int32_t *w = xw + o * (K);                                                                             \
         int32_t s0 = 1 << (RS_BITS - 1), s1 = s0, s2 = s0;                                                           \
@@ -666,21 +667,75 @@ static inline uint8_t rs_clip(int32_t s) {
         out[3 * o] = rs_clip(s0), out[3 * o + 1] = rs_clip(s1), out[3 * o + 2] = rs_clip(s2);                        \
     }
 
-WIDE static void rs_hpass(const uint8_t *src, int64_t stride, int64_t rows, const int64_t *xf, const int32_t *xw,
-                     int64_t k, int64_t dw, uint8_t *dst, int64_t dstride) {
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define RS_AVX2 1
+/* Outputs [0, n8) of one row, 8 at a time (AVX2): each tap gathers the 4-byte words at the 8 windows' pixels (R, G,
+ * B and the next byte), splits the channels and adds them times that tap's 8 weights (wt: transposed, wt[t * dw8 +
+ * o]). The same integer sums as RS_HROW. The caller keeps every load inside the picture (n8). */
+__attribute__((target("avx2"))) static void rs_hrow_avx2(const uint8_t *in, const int32_t *off, const int32_t *wt,
+                                                         int64_t k, int64_t dw8, int64_t n8, uint8_t *out) {
+    const __m256i byte = _mm256_set1_epi32(0xFF), half = _mm256_set1_epi32(1 << (RS_BITS - 1));
+    const __m256i top = _mm256_set1_epi32(255), zero = _mm256_setzero_si256();
+    int32_t px[8];
+    for (int64_t o = 0; o < n8; o += 8) {
+        __m256i at = _mm256_loadu_si256((const __m256i *)(off + o)), r = half, g = half, b = half;
+        for (int64_t t = 0; t < k; t++) {
+            __m256i v = _mm256_i32gather_epi32((const int *)(in + 3 * t), at, 1);
+            __m256i w = _mm256_loadu_si256((const __m256i *)(wt + t * dw8 + o));
+            r = _mm256_add_epi32(r, _mm256_mullo_epi32(_mm256_and_si256(v, byte), w));
+            g = _mm256_add_epi32(g, _mm256_mullo_epi32(_mm256_and_si256(_mm256_srli_epi32(v, 8), byte), w));
+            b = _mm256_add_epi32(b, _mm256_mullo_epi32(_mm256_and_si256(_mm256_srli_epi32(v, 16), byte), w));
+        }
+        r = _mm256_max_epi32(_mm256_min_epi32(_mm256_srai_epi32(r, RS_BITS), top), zero);
+        g = _mm256_max_epi32(_mm256_min_epi32(_mm256_srai_epi32(g, RS_BITS), top), zero);
+        b = _mm256_max_epi32(_mm256_min_epi32(_mm256_srai_epi32(b, RS_BITS), top), zero);
+        __m256i rgb = _mm256_or_si256(r, _mm256_or_si256(_mm256_slli_epi32(g, 8), _mm256_slli_epi32(b, 16)));
+        _mm256_storeu_si256((__m256i *)px, rgb);
+        for (int i = 0; i < 8; i++) memcpy(out + 3 * (o + i), px + i, 3); /* little-endian: R, G, B */
+    }
+}
+#endif
+
+/* The horizontal pass over ``rows`` rows (src rows ``stride`` apart, sw pixels each). With AVX2 the outputs go 8 at
+ * a time, except where a 4-byte load would read past the picture's last byte (the last row's final windows). */
+static void rs_hpass(const uint8_t *src, int64_t stride, int64_t rows, int64_t sw, const int64_t *xf,
+                     const int32_t *xw, int64_t k, int64_t dw, uint8_t *dst, int64_t dstride) {
+    int64_t done = 0, last = 0;
+#ifdef RS_AVX2
+    int64_t dw8 = (dw + 7) / 8 * 8;
+    int32_t *off = NULL, *wt = NULL;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && (off = malloc(sizeof(int32_t) * dw8)) &&
+        (wt = calloc((size_t)(k * dw8), sizeof(int32_t)))) {
+        for (int64_t o = 0; o < dw; o++) {
+            off[o] = (int32_t)(xf[o] * 3);
+            for (int64_t t = 0; t < k; t++) wt[t * dw8 + o] = xw[o * k + t];
+            if (xf[o] + k < sw) last = o + 1; /* its last load (4 bytes at its last pixel) ends inside the picture */
+        }
+        done = dw / 8 * 8, last = last / 8 * 8;
+    }
+#endif
     for (int64_t r = 0; r < rows; r++) {
         const uint8_t *in = src + r * stride;
         uint8_t *out = dst + r * dstride;
+        int64_t o0 = r + 1 < rows ? done : last; /* below the last row lies the next one: its loads stay inside */
+#ifdef RS_AVX2
+        if (o0) rs_hrow_avx2(in, off, wt, k, dw8, o0, out);
+#endif
         switch (k) {
-        case 3: RS_HROW(3) break;
-        case 5: RS_HROW(5) break;
-        case 7: RS_HROW(7) break;
-        case 9: RS_HROW(9) break;
-        case 11: RS_HROW(11) break;
-        case 13: RS_HROW(13) break;
-        default: RS_HROW(k) break;
+        case 3: RS_HROW(3, o0) break;
+        case 5: RS_HROW(5, o0) break;
+        case 7: RS_HROW(7, o0) break;
+        case 9: RS_HROW(9, o0) break;
+        case 11: RS_HROW(11, o0) break;
+        case 13: RS_HROW(13, o0) break;
+        default: RS_HROW(k, o0) break;
         }
     }
+#ifdef RS_AVX2
+    free(off), free(wt);
+#endif
 }
 
 /* Vertical pass: out row o from k rows at yf[o] (n bytes each), along whole rows (vectorised). */
@@ -720,19 +775,19 @@ int64_t mvh_resize_rgb(const uint8_t *src, int64_t sh, int64_t sw, int64_t src_s
     if (!hor && !ver) {
         for (int64_t r = 0; r < dh; r++) memcpy(dst + r * dw * 3, src + r * src_stride, (size_t)(dw * 3));
     } else if (!ver) {
-        rs_hpass(src, src_stride, dh, xf, xw, kx, dw, dst, dw * 3);
+        rs_hpass(src, src_stride, dh, sw, xf, xw, kx, dw, dst, dw * 3);
     } else if (!hor) {
         if (rs_vpass(src, src_stride, yf, yw, ky, dh, dw * 3, dst, dw * 3)) goto done;
     } else if (order == 0) { /* rows yf[0] .. the last window's end, horizontally, then vertically */
         int64_t y0 = yf[0], rows = yf[dh - 1] + ky - y0;
         if (!(tmp = malloc((size_t)(rows * dw * 3)))) goto done;
-        rs_hpass(src + y0 * src_stride, src_stride, rows, xf, xw, kx, dw, tmp, dw * 3);
+        rs_hpass(src + y0 * src_stride, src_stride, rows, sw, xf, xw, kx, dw, tmp, dw * 3);
         for (int64_t o = 0; o < dh; o++) yf[o] -= y0;
         if (rs_vpass(tmp, dw * 3, yf, yw, ky, dh, dw * 3, dst, dw * 3)) goto done;
     } else {
         if (!(tmp = malloc((size_t)(dh * sw * 3)))) goto done;
         if (rs_vpass(src, src_stride, yf, yw, ky, dh, sw * 3, tmp, sw * 3)) goto done;
-        rs_hpass(tmp, sw * 3, dh, xf, xw, kx, dw, dst, dw * 3);
+        rs_hpass(tmp, sw * 3, dh, sw, xf, xw, kx, dw, dst, dw * 3);
     }
     rc = 0;
 done:

@@ -120,7 +120,7 @@ class Fitter:
         """Pillow's bilinear resize to ``scaled`` in C (``mvhost.resize_rgb``), or None (Pillow then). Pillow runs its
         two passes in an order it picks by the sizes (its version decides how); which one it picks here is read once
         from a random probe of the source size, and the C code runs that order, so the pixels equal Pillow's. Neither
-        order matching (another filter in a future Pillow) keeps Pillow. 5.1 -> 3.3 ms at 720p (issue #30)."""
+        order matching (another filter in a future Pillow) keeps Pillow. 5.3 -> 1.7 ms at 720p (issue #30)."""
         if "_order" not in self.__dict__:
             self._order = _pillow_order(self.src_hw, self.scaled)
         return None if self._order is None else mvhost.resize_rgb(rgb, self.scaled, self._order)
