@@ -76,7 +76,9 @@ class MotionField:
         :class:`ReferenceResolver` resolves or drops each vector; kept for callers that check it).
     vectors: the raw AVMotionVector records (structured array), to re-grid at another stride.
     inter: fraction of the picture coded inter by either reference list (a shot change codes little inter).
-    change: mean absolute luma difference from the previous display frame (0..255), None on the first frame.
+    change: mean absolute luma difference from the previous display frame (0..255), None on the first frame;
+        measured when first read (only a frame with little inter coverage is asked, by the cut test), from the two
+        lumas the field keeps until then: 14-20 us a frame the field thread no longer spends (issue #30).
     dropped: fraction of the frame's vectors not used (backward vectors, vectors no past frame explains).
     mean_span: mean number of frames the used forward vectors reached back before they were resolved.
     build_ms: wall ms the field thread spent building and fitting it (0 when built on the decode thread).
@@ -93,12 +95,19 @@ class MotionField:
     multi_frame: bool = False
     vectors: np.ndarray | None = field(default=None, repr=False)
     inter: float | None = None
-    change: float | None = None
+    _change: Any = field(default=None, repr=False)  # the change, or (previous luma, luma) until it is read
     dropped: float = 0.0
     mean_span: float = 1.0
     build_ms: float = 0.0  # time the field thread spent on it (built and fitted; runtime.mv_source.FieldThread)
     # (state shapes, per-scale fields) made on the field thread (runtime.propagation.pyramid_step), None: not yet
     pyramid: tuple[list[tuple[int, int]], list[np.ndarray]] | None = field(default=None, repr=False)
+
+    @property
+    def change(self) -> float | None:
+        if isinstance(self._change, tuple):
+            prev, y = self._change
+            self._change = mvhost.change(prev, y) if mvhost.available() else _change(prev, y)
+        return self._change
 
 
 @dataclass
@@ -370,7 +379,7 @@ class ReferenceResolver:
         facts = {"inter": 0.0, "dropped": 0.0, "change": None}
         prev = self.prev_luma
         if prev is not None and prev.shape == y.shape:
-            facts["change"] = mvhost.change(prev, y) if mvhost.available() else _change(prev, y)
+            facts["change"] = (prev, y)  # measured if MotionField.change is read
         blocks = motion = None
         if vectors is not None and len(vectors) and mvhost.usable(vectors):
             blocks, motion = self._resolve_c(vectors, y, index, pict, facts)
@@ -829,7 +838,7 @@ class MotionVectorDecoder:
             stride=self.stride,
             vectors=vectors,
             inter=facts["inter"],
-            change=facts["change"],
+            _change=facts["change"],
             dropped=facts["dropped"],
             mean_span=facts.get("mean_span", 1.0),
         )
