@@ -94,3 +94,14 @@ def test_outputs_cost_is_the_median_of_each_rounds_own_ratio() -> None:
         "stream k=1, default outputs": {"fps_rounds": [1.0]},  # no outputs-off run to pair with: left out
     }
     assert paired_costs(e2e) == [("mv n=5, default outputs", 0.9, 0.8, 0.9)]
+
+
+def test_mv_against_stream_is_the_median_of_each_rounds_own_ratio() -> None:
+    from benchmarks.host import paired_modes
+
+    e2e = {
+        "stream k=1, outputs off": {"fps_rounds": [100.0, 50.0, 200.0]},
+        "mv n=5, outputs off": {"fps_rounds": [120.0, 40.0, 300.0]},
+        "mv n=5, default outputs": {"fps_rounds": [1.0, 2.0, 3.0]},  # no stream k=1 run with these outputs: left out
+    }
+    assert paired_modes(e2e) == [("outputs off", 1.2, 0.8, 1.5)]
