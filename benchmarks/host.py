@@ -536,16 +536,24 @@ def end_to_end(engine: Path, clip: Path, frames: int | None, work: Path, null: b
     return rows
 
 
+def _round_ratios(num: dict[str, Any], den: dict[str, Any]) -> tuple[float, float, float] | None:
+    """(median, min, max) over the rounds of ``num``'s FPS / ``den``'s FPS in the same round; None when the two
+    did not run the same rounds."""
+    if len(num["fps_rounds"]) != len(den["fps_rounds"]):
+        return None
+    ratio = [a / b for a, b in zip(num["fps_rounds"], den["fps_rounds"])]
+    return float(np.median(ratio)), min(ratio), max(ratio)
+
+
 def paired_costs(e2e: dict[str, Any]) -> list[tuple[str, float, float, float]]:
     """(run, median, min, max) over the rounds of FPS with the outputs / FPS with them off in the same round."""
     out = []
     for key, r in e2e.items():
         mode, _, what = key.partition(", ")
         off = e2e.get(f"{mode}, outputs off")
-        if what == "outputs off" or off is None or len(off["fps_rounds"]) != len(r["fps_rounds"]):
-            continue
-        ratio = [a / b for a, b in zip(r["fps_rounds"], off["fps_rounds"])]
-        out.append((key, float(np.median(ratio)), min(ratio), max(ratio)))
+        got = None if what == "outputs off" or off is None else _round_ratios(r, off)
+        if got is not None:
+            out.append((key, *got))
     return out
 
 
@@ -557,11 +565,23 @@ def paired_modes(
     for key, r in e2e.items():
         mode, _, what = key.partition(", ")
         other = e2e.get(f"{b}, {what}")
-        if mode != a or other is None or len(other["fps_rounds"]) != len(r["fps_rounds"]):
-            continue
-        ratio = [x / y for x, y in zip(r["fps_rounds"], other["fps_rounds"])]
-        out.append((what, float(np.median(ratio)), min(ratio), max(ratio)))
+        got = None if mode != a or other is None else _round_ratios(r, other)
+        if got is not None:
+            out.append((what, *got))
     return out
+
+
+def ratio_table(
+    rows: list[tuple[str, dict[str, Any]]],
+    pairs: Callable[[dict[str, Any]], list[tuple[str, float, float, float]]],
+    caption: str,
+    header: str,
+) -> list[str]:
+    """A Markdown table of per-round FPS ratios (``paired_costs`` / ``paired_modes``), one row per clip and pair."""
+    lines = ["", caption, "", header, "| --- | --- | --- | --- | --- |"]
+    for name, e in rows:
+        lines += [f"| {name} | {k} | {m:.3f} | {lo:.3f} | {hi:.3f} |" for k, m, lo, hi in pairs(e)]
+    return lines
 
 
 def real_footage_fps(engine: Path, work: Path) -> dict[str, Any]:
@@ -751,27 +771,21 @@ def markdown(res: dict[str, Any], stamp: dict[str, Any]) -> str:
         ]
         for name, e in rows:
             lines += [e2e_line(name, run_name, r) for run_name, r in e.items()]
-        lines += [
-            "",
+        lines += ratio_table(
+            rows,
+            paired_costs,
             "What the outputs cost the frame rate (acceptance: default outputs <= 10 % off): in each of the "
             f"{E2E_REPEATS} rounds, FPS with the outputs / FPS with them off in the same round; the median, and the "
             "range:",
-            "",
             "| clip | run | FPS / FPS outputs off: median | min | max |",
-            "| --- | --- | --- | --- | --- |",
-        ]
-        for name, e in rows:
-            lines += [f"| {name} | {k} | {m:.3f} | {lo:.3f} | {hi:.3f} |" for k, m, lo, hi in paired_costs(e)]
-        lines += [
-            "",
+        )
+        lines += ratio_table(
+            rows,
+            paired_modes,
             "mv n=5 against stream k=1 (acceptance: mv n=5 at least as fast): in each round, FPS of mv n=5 / FPS of "
             "stream k=1 with the same outputs; the median, and the range:",
-            "",
             "| clip | outputs | FPS mv n=5 / FPS stream k=1: median | min | max |",
-            "| --- | --- | --- | --- | --- |",
-        ]
-        for name, e in rows:
-            lines += [f"| {name} | {k} | {m:.3f} | {lo:.3f} | {hi:.3f} |" for k, m, lo, hi in paired_modes(e)]
+        )
     if res.get("real"):
         lines += [
             "",

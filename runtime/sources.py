@@ -101,11 +101,11 @@ class Fitter:
         """Source pixels -> engine-resolution pixels (bilinear)."""
         if self.identity:
             return np.ascontiguousarray(rgb)
-        from PIL import Image
-
         (ih, iw), (oy, ox), (dh, dw) = self.scaled, self.offset, self.dst_hw
-        small = None if rgb.shape[:2] != self.src_hw else self._resize(rgb)
+        small = self._resize(rgb)
         if small is None:
+            from PIL import Image
+
             small = np.asarray(Image.fromarray(rgb).resize((iw, ih), Image.BILINEAR))
         if self.scaled == self.dst_hw:
             return np.ascontiguousarray(small)
@@ -122,8 +122,10 @@ class Fitter:
         from a random probe of the source size, and the C code runs that order, so the pixels equal Pillow's. Neither
         order matching (another filter in a future Pillow) keeps Pillow. 5.3 -> 1.7 ms at 720p (issue #30)."""
         if "_order" not in self.__dict__:
-            self._order = _pillow_order(self.src_hw, self.scaled)
-        return None if self._order is None else mvhost.resize_rgb(rgb, self.scaled, self._order)
+            self._order = _pillow_order(tuple(self.src_hw), tuple(self.scaled))
+        if self._order is None or rgb.shape[:2] != tuple(self.src_hw):  # the probe was of this size only
+            return None
+        return mvhost.resize_rgb(rgb, self.scaled, self._order)
 
     def unfit(self, classes: np.ndarray) -> np.ndarray:
         """Engine-resolution class map -> source resolution (nearest, crops the padding)."""

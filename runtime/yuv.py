@@ -44,23 +44,21 @@ THUMB_STEP = 8  # the shot-change evidence reads every 8th engine pixel (runtime
 
 
 _OFFSET = np.array([16.0, 128.0, 128.0], np.float32)
-_TAPS: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # thumbnail gathers per geometry (a stream keeps one)
 
 
 def _taps(fitter: Any, step: int) -> tuple[Any, ...]:
-    """Rows and columns a thumbnail reads (luma, then chroma), and the inside mask (None: all inside), per geometry."""
-    key = (fitter.src_hw, fitter.scaled, fitter.offset, fitter.dst_hw, step)
-    if key not in _TAPS:
+    """Rows and columns a thumbnail reads (luma, then chroma), and the inside mask (None: all inside), made once per
+    step and kept on the fitter, as its field taps are (one geometry per fitter)."""
+    cache = fitter.__dict__.setdefault("_thumb_taps", {})
+    if step not in cache:
         (ih, iw), (oy, ox), (dh, dw) = fitter.scaled, fitter.offset, fitter.dst_hw
         (sh, sw) = fitter.src_hw
         ey, ex = np.arange(0, dh, step) + oy, np.arange(0, dw, step) + ox  # scaled-picture pixels
         inside = (ey < ih)[:, None] & (ex < iw)[None, :]
         rows = np.minimum(((ey + 0.5) * sh / ih).astype(np.intp), sh - 1)[:, None]
         cols = np.minimum(((ex + 0.5) * sw / iw).astype(np.intp), sw - 1)[None, :]
-        if len(_TAPS) > 64:
-            _TAPS.clear()
-        _TAPS[key] = (rows, cols, rows // 2, cols // 2, None if inside.all() else inside[..., None])
-    return _TAPS[key]
+        cache[step] = (rows, cols, rows // 2, cols // 2, None if inside.all() else inside[..., None])
+    return cache[step]
 
 
 def thumbnail(frame: np.ndarray | Planes, fitter: Any, step: int = THUMB_STEP) -> np.ndarray:
