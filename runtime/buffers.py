@@ -76,6 +76,9 @@ class StreamBuffers:
         self.x = torch.zeros(x_spec.shape, dtype=torch_dtype(x_spec.dtype), device=device)
         self.z = [torch.zeros(self.layout.total, dtype=self.layout.dtype, device=device) for _ in range(2)]
         self.zviews = [self.layout.views(z) for z in self.z]
+        # each stream's row of every scale, per set: made once, since each view is a torch call that lets another
+        # thread take the GIL, and the loop would otherwise make them again every frame (issue #30)
+        self.rows = [[self.layout.sample_views(z, b) for b in range(self.layout.batch)] for z in self.z]
         self.out = torch.zeros(out_spec.shape, dtype=torch_dtype(out_spec.dtype), device=device)
         self.out_host = torch.zeros(out_spec.shape, dtype=self.out.dtype).pin_memory() if cuda else self.out
         self.current = 0  # which state set holds the latest state
@@ -83,6 +86,10 @@ class StreamBuffers:
     @property
     def state(self) -> torch.Tensor:
         return self.z[self.current]
+
+    def row_views(self, b: int) -> list[torch.Tensor]:
+        """Stream ``b``'s per-scale views of the current state set (to zero or warp one stream)."""
+        return self.rows[self.current][b]
 
     def set_index(self, z: torch.Tensor) -> int:
         """Which of the two sets ``z`` is (solvers hand back one of them)."""

@@ -207,9 +207,8 @@ class Pipeline:
 
     def prepare_state(self, plans: list[Plan], infos: list[Any]) -> None:
         """Zero or warp each stream's start state in the current set, as its plan says."""
-        cur = self.buf.z[self.buf.current]
         for b, plan in enumerate(plans):
-            views = self.buf.layout.sample_views(cur, b)
+            views = self.buf.row_views(b)
             if plan.start == "zero" or not self.has_state[b]:
                 self.ws.forget()  # a carried solver history (Solve.carry) belongs to the state being dropped
                 for v in views:

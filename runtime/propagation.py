@@ -162,6 +162,7 @@ class StateWarper:
         self.scratch: list[Tensor] = []
         self.host: list[Tensor] = []  # pinned staging of numpy fields on CUDA (a pageable copy is synchronous)
         self.copied: Any = None  # event after the last staged copies: the staging is free again once it passed
+        self.loaded: list[Tensor] = []  # what the last load gave the warp: the buffers, or the fields themselves
 
     def ensure(self, views: Sequence[Tensor]) -> None:
         if self.disp and [tuple(d.shape[2:]) for d in self.disp] == [tuple(v.shape[1:]) for v in views]:
@@ -175,13 +176,20 @@ class StateWarper:
         self.copied = torch.cuda.Event() if cuda else None
 
     def load(self, fields: Sequence[np.ndarray | Tensor], sign: float = 1.0) -> list[Tensor]:
-        """Copy per-scale fields (2, h, w) into the device displacement buffers (numpy through pinned staging)."""
+        """Per-scale fields (2, h, w) as the warp's displacements: copied into the device buffers (numpy through
+        pinned staging); on a CPU device a float32 numpy field is read where it lies (no copy: fields are never
+        written once made, and each copy was three more torch calls per scale on the loop thread, issue #30)."""
         if self.copied is not None:
             self.copied.synchronize()  # the previous load's copies have left the staging buffers
+        if sign == 1.0 and not self.host and all(_borrowable(f, buf) for buf, f in zip(self.disp, fields)):
+            self.loaded = [torch.from_numpy(f.reshape(buf.shape)) for buf, f in zip(self.disp, fields)]
+            return self.loaded
         for i, (buf, f) in enumerate(zip(self.disp, fields)):
             if self.host and isinstance(f, np.ndarray):
                 np.copyto(self.host[i].numpy(), f.reshape(self.host[i].shape), casting="unsafe")
                 buf[0].copy_(self.host[i], non_blocking=True)
+            elif isinstance(f, np.ndarray) and buf.device.type == "cpu":  # any dtype, strides, read-only or not
+                np.copyto(buf.numpy()[0], f.reshape(buf.shape[1:]), casting="unsafe")
             else:
                 src = torch.from_numpy(np.ascontiguousarray(f)) if isinstance(f, np.ndarray) else f
                 buf[0].copy_(src.reshape(buf.shape[1:]))
@@ -189,13 +197,26 @@ class StateWarper:
                 buf.mul_(sign)
         if self.copied is not None:
             self.copied.record()
+        self.loaded = self.disp
         return self.disp
 
     def warp_(self, views: Sequence[Tensor], disp: Sequence[Tensor] | None = None) -> None:
         """views <- views warped by ``disp`` (default: the loaded buffers), in place."""
-        for v, d, s in zip(views, disp or self.disp, self.scratch):
+        for v, d, s in zip(views, disp or self.loaded, self.scratch):
             warp(v[None], d, out=s)
             v.copy_(s[0])
+
+
+def _borrowable(f: Any, buf: Tensor) -> bool:
+    """A field the CPU warp can read in place: float32 numpy, C-contiguous, writable, of the buffer's size."""
+    return (
+        isinstance(f, np.ndarray)
+        and buf.device.type == "cpu"
+        and f.dtype == np.float32
+        and f.flags.c_contiguous
+        and f.flags.writeable  # torch warns on a read-only array
+        and f.size == buf.numel()
+    )
 
 
 def motion_warp_hook(warper: StateWarper) -> Callable[[list[Tensor], FrameInfo], None]:

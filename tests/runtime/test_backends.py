@@ -60,6 +60,22 @@ def test_state_buffers_are_aligned_views_of_one_flat_vector(bundle64):
         assert flat.sum().item() == views[2].numel()
 
 
+def test_row_views_are_made_once_and_follow_the_current_set(bundle64):
+    """The loop zeroes and warps a stream's rows through views kept per set (not made again every frame): the same
+    tensors each time, the memory of the set that is current."""
+    b = open_bundle(bundle64 / "deq_cell.onnx")
+    buf = StreamBuffers(b, torch.device("cpu"))
+    for cur in (0, 1):
+        buf.current = cur
+        rows = buf.row_views(0)
+        assert rows is buf.row_views(0)
+        for v, full in zip(rows, buf.zviews[cur]):
+            assert v.data_ptr() == full.data_ptr() and v.shape == full.shape[1:]
+        rows[1].fill_(2.0)
+        assert buf.z[cur].sum().item() == 2.0 * rows[1].numel() and buf.z[1 - cur].abs().sum().item() == 0.0
+        rows[1].zero_()
+
+
 def test_fp16_state_offsets_are_256_byte_aligned():
     """An odd number of 64-element blocks would leave fp16 views only 128-byte aligned."""
     from runtime.bundle import TensorSpec

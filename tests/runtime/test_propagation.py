@@ -70,6 +70,41 @@ def test_warp_hook_moves_every_scale_by_an_integer_displacement_exactly():
     assert [t.data_ptr() for t in warper.disp + warper.scratch] == bufs  # persistent, not per frame
 
 
+def test_cpu_warp_reads_numpy_fields_in_place_and_copies_the_rest():
+    """On a CPU device a float32 field is warped from where it lies (no copy into the buffers); a sign, another dtype,
+    a strided or a read-only field go through the buffers. Every way gives the same state."""
+    fields = [np.random.default_rng(i).normal(0, 2, (2, h, w)).astype(np.float32) for i, (h, w) in enumerate(SHAPES)]
+    ro = [f.copy() for f in fields]
+    for f in ro:
+        f.flags.writeable = False
+    ways = {
+        "in place": (fields, 1.0),
+        "read-only": (ro, 1.0),
+        "float64": ([f.astype(np.float64) for f in fields], 1.0),
+        "strided": ([np.repeat(f, 2, axis=2)[:, :, ::2] for f in fields], 1.0),
+        "negated twice": ([-f for f in fields], -1.0),
+    }
+    got = {}
+    for name, (fs, sign) in ways.items():
+        views = random_state(3)
+        warper = StateWarper()
+        warper.ensure(views)
+        loaded = warper.load(fs, sign)
+        borrowed = [d.data_ptr() for d in loaded] == [f.ctypes.data for f in fs]
+        assert borrowed == (name == "in place"), name
+        assert [d.data_ptr() for d in loaded if not borrowed] == [d.data_ptr() for d in warper.disp if not borrowed]
+        warper.warp_(views)
+        got[name] = views
+    for name, views in got.items():
+        for a, b in zip(views, got["in place"]):
+            torch.testing.assert_close(a, b, atol=0, rtol=0, msg=name)
+    ref = random_state(3)
+    for v, f in zip(ref, fields):  # the grid_sample reference on its own
+        v.copy_(reference.warp(v[None], torch.from_numpy(f)[None])[0])
+    for a, b in zip(got["in place"], ref):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
 def test_hook_leaves_the_state_alone_without_vectors():
     views = random_state(1)
     before = [v.clone() for v in views]
