@@ -22,6 +22,7 @@ import torch
 
 from runtime.bounds import bounding_stage
 from runtime.bundle import Bundle, open_bundle
+from runtime.cycles import CycleCollector, reads_side_data
 from runtime.errors import DeqRuntimeError, EngineError, Interrupted, SourceError
 from runtime.interp import Emission, InterpPolicy
 from runtime.manifest import AUTO
@@ -287,7 +288,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         streams.append(StreamState(i, src, policies[i], sink, pre, task))
         streams[-1].first_reset = cfg.first_reset[i] if cfg.first_reset else ""
     try:
-        summary = _loop(cfg, bundle, pipeline, streams, log)
+        with CycleCollector(any(reads_side_data(s.source) for s in streams)) as cycles:
+            summary = _loop(cfg, bundle, pipeline, streams, log, cycles)
     except BaseException:
         for s in streams:
             s.prefetch.close()
@@ -355,7 +357,9 @@ def _fallback(cfg: RunConfig, sources: list[Source], bundle: Bundle, log: Any) -
     return fallback_without_vectors(cfg, sources, bundle, log)
 
 
-def _loop(cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[StreamState], log: Any) -> dict[str, Any]:
+def _loop(
+    cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[StreamState], log: Any, cycles: CycleCollector
+) -> dict[str, Any]:
     from tqdm import tqdm
 
     latency, gpu, stages = Samples(), Samples(), {k: Samples() for k in ("decode", *STAGES)}
@@ -390,6 +394,7 @@ def _loop(cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[StreamSt
                 if gpu_ms is not None:
                     gpu.append(gpu_ms)
             bar.update(1)
+            cycles.tick(sum(3 * f.source_hw[0] * f.source_hw[1] for f in got if f is not None))
             if flag.stop:
                 interrupted = True
                 log("interrupted: finishing with the frames processed so far")
