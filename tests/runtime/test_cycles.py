@@ -70,6 +70,22 @@ def test_collector_frees_cycles_once_the_budget_is_spent_and_unfreezes(gc_paused
     assert gc.get_freeze_count() == 0
 
 
+def test_a_process_that_froze_objects_itself_keeps_them_frozen(gc_paused):
+    """Freezing is the process's when it froze first (before forking workers, say): the collector only collects."""
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        Cycle.freed = 0
+        with CycleCollector(budget=1) as c:
+            assert not c.froze and gc.get_freeze_count() == frozen
+            Cycle()
+            c.tick(1)
+            assert Cycle.freed == 1
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+
+
 def test_disabled_collector_leaves_the_collector_alone(gc_paused):
     Cycle.freed = 0
     with CycleCollector(enabled=False, budget=1) as c:
