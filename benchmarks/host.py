@@ -23,7 +23,8 @@ and ONNX Runtime 1 thread), each stage runs alone over the same decoded frames a
 Then end to end through ``runtime.loop.run`` with a *null* backend (engines and feature warps that do nothing, so
 only the host is measured): frames per second of stream k=1 and mv n=5 with outputs off, with the default outputs,
 with the overlay added, and with the source-size outputs of before, next to 1 / (largest stage) from the run's own
-stage means.
+stage means; and mv n=5 with ``runtime.cycles``' collector of decoded frames held in reference cycles and without it
+(how much resident memory grows during a run, and FPS).
 Finally, with the real ONNX engines (``--real``), stream k=1 against mv n=5 on the clips of
 ``benchmarks.real_footage``.
 
@@ -39,9 +40,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shlex
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -536,6 +539,85 @@ def end_to_end(engine: Path, clip: Path, frames: int | None, work: Path, null: b
     return rows
 
 
+# Rounds of the memory measurement: mv n=5 with runtime.cycles' collector and without, in turn.
+MEMORY_ROUNDS = 3
+
+
+class RssPeak:
+    """The most the process's resident memory grew above its size at the start, sampled every 10 ms on a thread of
+    its own (Linux ``/proc/self/statm``; ``mb`` stays None elsewhere)."""
+
+    def __init__(self) -> None:
+        self.mb: float | None = None
+        self._stop = False
+
+    @staticmethod
+    def rss() -> int | None:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def __enter__(self) -> RssPeak:
+        self._start = self.rss()
+        self._peak = self._start
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        if self._start is not None:
+            self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop:
+            now = self.rss()
+            self._peak = max(self._peak or 0, now or 0)
+            time.sleep(0.01)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop = True
+        if self._start is not None:
+            self._thread.join()
+            self.mb = (max(self._peak or 0, self.rss() or 0) - self._start) / 2**20
+
+
+@contextlib.contextmanager
+def cycle_collector(on: bool) -> Iterator[None]:
+    """``runtime.loop`` with its collector of decoded frames held in reference cycles (``runtime.cycles``), as
+    shipped, or without it (what CPython's generations do alone)."""
+    import runtime.loop as loop
+
+    real = loop.reads_side_data
+    if not on:
+        loop.reads_side_data = lambda source: False
+    try:
+        yield
+    finally:
+        loop.reads_side_data = real
+
+
+def held_memory(engine: Path, clip: Path, frames: int | None, work: Path) -> dict[str, Any]:
+    """mv n=5 (null backend, outputs off) with the collector of decoded frames and without, ``MEMORY_ROUNDS`` rounds:
+    the median growth of resident memory during a run (MB) and FPS. Every run starts from a full collection."""
+    import gc
+
+    runs: dict[str, list[dict[str, Any]]] = {"collector on": [], "collector off": []}
+    for _ in range(MEMORY_ROUNDS):
+        for on in (True, False):
+            gc.collect()
+            with null_backend(), cycle_collector(on), RssPeak() as peak:
+                r = one_run(engine, clip, frames, None, work, **e2e_modes()["mv n=5"])
+            runs["collector on" if on else "collector off"].append({"fps": r["fps"], "rss_mb": peak.mb})
+    out = {}
+    for k, rs in runs.items():
+        mbs = [r["rss_mb"] for r in rs if r["rss_mb"] is not None]
+        out[k] = {
+            "fps": float(np.median([r["fps"] for r in rs])),
+            "rss_mb": float(np.median(mbs)) if mbs else None,
+            "rounds": rs,
+        }
+    return out
+
+
 def _round_ratios(num: dict[str, Any], den: dict[str, Any]) -> tuple[float, float, float] | None:
     """(median, min, max) over the rounds of ``num``'s FPS / ``den``'s FPS in the same round; None when the two
     did not run the same rounds."""
@@ -786,6 +868,23 @@ def markdown(res: dict[str, Any], stamp: dict[str, Any]) -> str:
             "stream k=1 with the same outputs; the median, and the range:",
             "| clip | outputs | FPS mv n=5 / FPS stream k=1: median | min | max |",
         )
+    held = [(n, c["held_memory"]) for n, c in res["clips"].items() if c.get("held_memory")]
+    if held:
+        lines += [
+            "",
+            "Decoded frames held by reference cycles (PyAV links a frame and its side data both ways, so a frame whose "
+            "motion vectors were read waits for the cyclic garbage collector): mv n=5, null backend, outputs off, "
+            "with `runtime.cycles`' collector (as shipped) and without it, in turn, the median of "
+            f"{MEMORY_ROUNDS} rounds of each: how much resident memory grew during a run, and FPS:",
+            "",
+            "| clip | RSS growth, collector on (MB) | off (MB) | FPS on | FPS off |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for name, m in held:
+            on, off = m["collector on"], m["collector off"]
+            lines.append(
+                f"| {name} | {fmt(on['rss_mb'], 0)} | {fmt(off['rss_mb'], 0)} | {on['fps']:.1f} | {off['fps']:.1f} |"
+            )
     if res.get("real"):
         lines += [
             "",
@@ -884,6 +983,7 @@ def main(argv: list[str] | None = None) -> int:
                 row: dict[str, Any] = {"origin": clip.origin, "stages": st, "ratios": ratios(st)}
                 if engine is not None:
                     row["e2e_null"] = end_to_end(engine, clip.path, a.e2e_frames, work, null=True)
+                    row["held_memory"] = held_memory(engine, clip.path, a.e2e_frames, work)
                 results["clips"][clip.name] = row
             if engine is not None and a.real:
                 results["real"] = real_footage_fps(engine, work)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,38 @@ def test_null_backend_runs_the_loop_without_engines(clip: Path, tmp_path: Path, 
         ), name
     assert got["stream k=1, default + engine-size overlay (--video)"]["threads_ms"]["overlay"] > 0
     assert "overlay" not in (got["stream k=1, default outputs (engine-size NPZ maps + log)"]["threads_ms"] or {})
+
+
+def test_rss_peak_sees_memory_held_during_the_block() -> None:
+    with host.RssPeak() as idle:
+        pass
+    with host.RssPeak() as peak:
+        held = np.ones(64 << 20, np.uint8)  # 64 MB, touched
+        time.sleep(0.05)
+        del held
+    if peak.mb is None:
+        pytest.skip("no /proc/self/statm on this system")
+    assert peak.mb >= 60 and idle.mb is not None and idle.mb < 30
+
+
+def test_held_memory_runs_mv_with_the_collector_and_without(
+    clip: Path, tmp_path: Path, engine: Path, monkeypatch
+) -> None:
+    import runtime.loop as loop
+
+    seen = []
+    real = loop.CycleCollector
+
+    def recording(enabled: bool = True):
+        seen.append(enabled)
+        return real(enabled)
+
+    monkeypatch.setattr(loop, "CycleCollector", recording)
+    got = host.held_memory(engine, clip, 6, tmp_path)
+    assert seen == [True, False] * host.MEMORY_ROUNDS  # in turn, as shipped first
+    for k in ("collector on", "collector off"):
+        assert got[k]["fps"] > 0 and len(got[k]["rounds"]) == host.MEMORY_ROUNDS
+    assert loop.reads_side_data.__module__ == "runtime.cycles"  # the shipped rule is back after the measurement
 
 
 def test_missing_input_is_one_line(tmp_path: Path, capsys) -> None:
