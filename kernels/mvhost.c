@@ -574,6 +574,17 @@ double mvh_change(const uint8_t *a, int64_t as, const uint8_t *b, int64_t bs, in
     return n ? (double)sum / (double)n : NAN;
 }
 
+/* ------------------------------------------------------------------ the shot-change evidence
+ * Mean absolute difference of two n-byte arrays (the reset monitor's thumbnails: runtime.modes.frame_change). The
+ * integer sum is exact, so the mean equals numpy's. Called with the GIL held (ctypes.PyDLL): a few microseconds of
+ * work, where numpy's five calls each released the GIL and the loop thread then waited for a busy thread to give it
+ * back (issue #30). */
+double mvh_absdiff_mean(const uint8_t *a, const uint8_t *b, int64_t n) {
+    int64_t sum = 0;
+    for (int64_t i = 0; i < n; i++) sum += a[i] > b[i] ? a[i] - b[i] : b[i] - a[i];
+    return n ? (double)sum / (double)n : NAN;
+}
+
 /* ------------------------------------------------------------------ class maps, run-length coded
  * n bytes (a flattened class map) as (value, run length - 1) byte pairs, runs at most 256 long, into out (2n bytes
  * at most). Returns the bytes written. Why here: the writer thread codes every frame's map; in C (ctypes releases

@@ -35,6 +35,9 @@ _SIGNATURES = {
     "mvh_resize_rgb": (_I, [_P, _I, _I, _I, _P, _I, _I, _I]),
     "mvh_fit_field": (_I, [_P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _D, _D, _P]),
 }
+# Calls of a few microseconds, made with the GIL held (ctypes.PyDLL): releasing it for them let a thread busy in
+# Python keep it for up to the switch interval before the caller got it back.
+_HELD = {"mvh_absdiff_mean": (_D, [_P, _P, _I])}
 _state: dict[str, Any] = {}
 
 
@@ -63,6 +66,22 @@ def _current() -> bool:
         return built == hashlib.sha256(SOURCE.read_bytes()).hexdigest()
     except (OSError, ValueError):
         return False
+
+
+def _load_held() -> Any:
+    """The same library with the GIL held through its calls (``_HELD``), or None where it does not load."""
+    if "held" not in _state:
+        held = None
+        if _load() is not None:
+            try:
+                held = ctypes.PyDLL(str(LIB))
+                for name, (res, args) in _HELD.items():
+                    fn = getattr(held, name)
+                    fn.restype, fn.argtypes = res, args
+            except (OSError, AttributeError):
+                held = None
+        _state["held"] = held
+    return _state["held"]
 
 
 def available() -> bool:
@@ -206,6 +225,17 @@ def change(prev: np.ndarray, y: np.ndarray) -> float:
         y = np.ascontiguousarray(y)
     h, w = y.shape
     return float(_load().mvh_change(prev.ctypes.data, prev.strides[0], y.ctypes.data, y.strides[0], h, w))
+
+
+def absdiff_mean(a: np.ndarray, b: np.ndarray) -> float | None:
+    """The mean absolute difference of two uint8 arrays of one shape (numpy's value exactly), the GIL held; None where
+    the library is not loaded or the arrays are not both C-contiguous uint8 of one shape."""
+    held = _load_held()
+    if held is None or a.dtype != np.uint8 or b.dtype != np.uint8 or a.shape != b.shape:
+        return None
+    if not (a.flags.c_contiguous and b.flags.c_contiguous):
+        return None
+    return float(held.mvh_absdiff_mean(a.ctypes.data, b.ctypes.data, a.size))
 
 
 def resize_rgb(rgb: np.ndarray, hw: tuple[int, int], order: int) -> np.ndarray | None:

@@ -530,7 +530,7 @@ class Prefetcher:
             fitted, thumb = Fitted(pixels, fitter), thumbnail(pixels.cheapest(), fitter)
         else:
             fitted = fitter.fit(pixels)
-            thumb = fitted[::8, ::8]
+            thumb = np.ascontiguousarray(fitted[::8, ::8])  # a copy: not the whole frame kept as the next one's prev
         if side and "motion" in side:  # codec vectors are on the source picture's grid
             m = side["motion"]  # on the field thread when it is pending there (its time counted with the field's)
             fit = fitter.fit_motion

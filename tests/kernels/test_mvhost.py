@@ -167,3 +167,27 @@ def test_fitter_fit_equals_pillow_on_real_frames(backend: str, monkeypatch: pyte
                 window = small[oy : oy + hw[0], ox : ox + hw[1]]
                 want[: window.shape[0], : window.shape[1]] = window
                 np.testing.assert_array_equal(f.fit(rgb), want, err_msg=f"{mode} {hw}")
+
+
+@needs_cc
+def test_absdiff_mean_is_numpys_mean_and_frame_change_uses_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reset monitor's shot-change evidence: the C mean equals numpy's exactly (an exact integer sum), and
+    ``frame_change`` gives the same value through either path, the strided case through numpy."""
+    from runtime.modes import frame_change
+
+    rng = np.random.default_rng(7)
+    pairs = [rng.integers(0, 256, (2, *s), dtype=np.uint8) for s in ((32, 64, 3), (17, 5, 3), (1, 1, 3), (90, 160, 3))]
+    pairs.append(np.stack([np.zeros((32, 64, 3), np.uint8), np.full((32, 64, 3), 255, np.uint8)]))
+    use("c", monkeypatch)
+    for a, b in pairs:
+        want = float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+        assert mvhost.absdiff_mean(a, b) == want
+        assert frame_change(a, b, step=1) == want
+        assert frame_change(a, b) == frame_change(a[::8, ::8].copy(), b[::8, ::8].copy(), step=1)
+    a, b = pairs[0]
+    assert mvhost.absdiff_mean(a[:, ::2], b[:, ::2]) is None and mvhost.absdiff_mean(a, b[:-1]) is None
+    assert mvhost.absdiff_mean(a.astype(np.int16), b.astype(np.int16)) is None
+    c_values = [frame_change(a, b, step=1) for a, b in pairs]
+    use("numpy", monkeypatch)
+    assert mvhost.absdiff_mean(a, b) is None
+    assert [frame_change(a, b, step=1) for a, b in pairs] == c_values
