@@ -109,19 +109,23 @@ def open_mv_source(
 
     ``need_vectors=False`` (dff: vectors only help it spot shot changes) accepts image folders and
     codecs without vectors and returns the plain source. A video whose codec exports no vectors
-    (HEVC, VP9, AV1) comes back as a plain source with ``no_vectors`` set to the codec's name; the
-    caller picks the policy (:func:`fallback_without_vectors`). A stream whose vectors may span
+    (HEVC, VP9, AV1), and a folder of images, come back as a plain source with ``no_vectors`` set to
+    the codec's name (or "a folder of images"); the caller picks the policy
+    (:func:`fallback_without_vectors`). A stream whose vectors may span
     several frames says so once through ``log`` (a warning without it); with ``reencode`` such a
     stream, and one without vectors, is re-encoded on the fly with single-reference settings instead
     (:class:`ReencodingSource`).
     """
     s = str(spec)
     base = open_source(s)  # the usual checks and messages (missing, empty, folder, ...)
-    if not isinstance(base, VideoSource):
-        if not need_vectors:
-            return base
-        base.close()
-        raise SourceError(f"{s}: motion-vector modes need a video input (a folder of images has no motion vectors)")
+    if not isinstance(base, VideoSource):  # a folder of images: no codec, no vectors
+        if need_vectors and reencode:
+            if log is not None:
+                log(f"{s}: re-encoding on the fly for single-reference motion vectors (a folder of images has none)")
+            return ReencodingSource(base, stride, log)
+        if need_vectors:
+            base.no_vectors = "a folder of images"  # type: ignore[attr-defined]
+        return base
     info = probe(base.container, base.stream)
     if reencode and (info.multi_frame or not info.has_vectors):
         if log is not None:
