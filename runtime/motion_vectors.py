@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -248,7 +249,23 @@ def luma(frame: Any) -> np.ndarray:
         plane = frame.planes[0]
         rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
         return rows[: frame.height, : frame.width]
-    return frame.to_ndarray(format="gray")
+    return _own_reformatter().reformat(frame, format="gray").to_ndarray()
+
+
+_THREAD = threading.local()
+
+
+def _own_reformatter() -> Any:
+    """This thread's own PyAV reformatter. Why not ``frame.to_ndarray``: that converts through a reformatter PyAV
+    keeps on the frame, and the field thread reads the luma of a frame whose RGB another thread may be converting at
+    the same moment (10-bit and other formats without a plain 8-bit luma plane); two threads in one scaler context
+    deadlocked inside FFmpeg (found on 10-bit H.264 in every vector mode)."""
+    own = getattr(_THREAD, "reformatter", None)
+    if own is None:
+        from av.video.reformatter import VideoReformatter
+
+        own = _THREAD.reformatter = VideoReformatter()
+    return own
 
 
 def _points(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

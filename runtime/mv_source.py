@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 
 from runtime.encode import EncodeOptions
-from runtime.errors import SourceError
 from runtime.motion_vectors import (
     MotionVectorDecoder,
     MultiFrameMotionWarning,

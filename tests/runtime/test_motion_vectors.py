@@ -194,3 +194,41 @@ def test_sps_parser_reads_reference_count(clip, tmp_path: Path) -> None:
 def test_missing_file_is_clear(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no such video"):
         mv.MotionVectorDecoder(tmp_path / "nope.mp4")
+
+
+def test_luma_of_a_10_bit_frame_while_another_thread_converts_it(tmp_path: Path) -> None:
+    """The field thread reads a frame's luma while the decode or loop thread converts the same frame to RGB. Through
+    the reformatter PyAV keeps on the frame the two deadlocked inside FFmpeg's scaler (10-bit H.264, every vector
+    mode); ``luma`` converts with its thread's own reformatter, and gives the same pixels."""
+    import threading
+
+    import av
+
+    path = tmp_path / "ten.mkv"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 96, 64, "yuv420p10le"
+        rng = np.random.default_rng(0)
+        for _ in range(6):
+            rgb = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    for _ in range(15):
+        with av.open(str(path)) as c:
+            frames = list(c.decode(video=0))
+        assert frames[0].format.name == "yuv420p10le"
+        for f in frames:
+            got: dict[str, np.ndarray] = {}
+            jobs = {"y": lambda f=f: mv.luma(f), "rgb": lambda f=f: f.to_ndarray(format="rgb24")}
+            ts = [
+                threading.Thread(target=lambda k=k, job=job, got=got: got.setdefault(k, job()), daemon=True)
+                for k, job in jobs.items()
+            ]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(timeout=20)
+            assert not any(t.is_alive() for t in ts), "deadlocked"
+            np.testing.assert_array_equal(got["y"], f.to_ndarray(format="gray"))
