@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from export.config import CONFIGS, FAMILY_SOLVES, get_config
+from runtime.errors import OneLineParser
 
 EXIT_USAGE = 2  # bad input: missing file, bad resolution, TensorRT absent
 EXIT_FAILED = 1  # the export ran and failed (e.g. parity)
@@ -32,7 +33,7 @@ def _csv(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m export",
         description="Export an MDEQ model as an engine bundle: injection, deq_cell and head graphs (ONNX, "
         "AOTInductor .pt2 and/or TensorRT .plan) plus manifest.json. Each engine is checked against "

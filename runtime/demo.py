@@ -8,7 +8,6 @@ the engines and the manifest.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 
 from runtime.bundle import open_bundle
 from runtime.encode import EncodeOptions, encode_mp4
-from runtime.errors import DeqRuntimeError
+from runtime.errors import DeqRuntimeError, OneLineParser
 from runtime.writers import prepare_out_dir
 
 
@@ -51,7 +50,7 @@ def save_still(video: Path, png: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m runtime.demo", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m runtime.demo", description=__doc__.splitlines()[0])
     p.add_argument("--engines", type=Path, default=Path("engines"), help="bundle directory (default engines/)")
     p.add_argument("--kind", choices=("onnx", "pt2", "plan"), default="onnx", help="engine kind to run (default onnx)")
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory (default out/demo)")

@@ -7,6 +7,9 @@ prints that line and exits non-zero instead of showing a traceback.
 
 from __future__ import annotations
 
+import argparse
+from typing import NoReturn
+
 
 class DeqRuntimeError(Exception):
     """Base class: the message is one line meant for the user."""
@@ -36,3 +39,11 @@ class Interrupted(BaseException):
     Not a KeyboardInterrupt on purpose: CPython exits by killing itself with SIGINT (status -2 instead of our 130)
     when the last code an extension ran through ``PyRun_String`` (pybind11's ``exec``) ended in a KeyboardInterrupt,
     even one we caught later. A BaseException, so that libraries' ``except Exception`` do not swallow it."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one line, as every other error of the CLIs is (argparse prints the
+    whole usage text first: 24 lines for ``runtime.run``); ``--help`` is unchanged."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (--help for usage)\n")

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import SourceError
+from runtime.errors import OneLineParser, SourceError
 from runtime.run import _validate, add_run_options, config_from_args, guarded
 
 INSTALL_HINT = "runtime.fleet needs Ray: pip install 'deqstream[fleet]'"
@@ -44,7 +44,7 @@ exit status: 0 all complete, 2 bad options/engine/output or no Ray, 3 some strea
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m runtime.fleet",
         description="Run an exported MDEQ engine bundle over many video streams on a Ray cluster (embedded "
         "local one by default): one worker per GPU, streams balanced by pixel work, a dead worker's streams "

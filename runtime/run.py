@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import DeqRuntimeError, EngineError, Interrupted
+from runtime.errors import DeqRuntimeError, EngineError, Interrupted, OneLineParser
 from runtime.manifest import AUTO, SOLVER_NAMES
 from runtime.solve import RETURNS, STOPS
 from runtime.sources import FIT_MODES
@@ -45,7 +45,7 @@ frame), summary.json, and with --video overlay.mp4
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m runtime.run",
         description="Run an exported MDEQ engine bundle over video: per-frame DEQ (--mode frame), "
         "StreamDEQ warm-started iterations (--mode stream), or feature propagation between key frames "

@@ -450,3 +450,13 @@ def test_sigterm_inside_an_import_is_still_the_interruption(capsys):
 
     assert run_cli.guarded(bad_engine) == (2, None)
     assert capsys.readouterr().err.strip() == "error: bad engine"
+
+
+def test_usage_errors_are_one_line(capsys) -> None:
+    """A bad flag says so in one line, as every other error does (argparse would print the usage text first)."""
+    for argv in (["--engine", "x", "--max-frames", "0", "a.mp4"], ["--engine", "x", "--mode", "bogus", "a.mp4"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("python -m runtime.run: error: ") and err.rstrip().endswith("(--help for usage)")
