@@ -44,17 +44,22 @@ _state: dict[str, Any] = {}
 def _load() -> Any:
     """The loaded library, or None (missing, unloadable, or switched off by DEQSTREAM_MV_HOST=numpy)."""
     if "lib" not in _state:
-        lib = None
-        if os.environ.get("DEQSTREAM_MV_HOST", "c") != "numpy" and LIB.is_file() and _current():
-            try:
-                lib = ctypes.CDLL(str(LIB))
-                for name, (res, args) in _SIGNATURES.items():
-                    fn = getattr(lib, name)
-                    fn.restype, fn.argtypes = res, args
-            except (OSError, AttributeError):
-                lib = None
-        _state["lib"] = lib
+        on = os.environ.get("DEQSTREAM_MV_HOST", "c") != "numpy" and LIB.is_file() and _current()
+        _state["lib"] = _open(ctypes.CDLL, _SIGNATURES) if on else None
     return _state["lib"]
+
+
+def _open(kind: Any, table: dict[str, Any]) -> Any:
+    """The library through ``kind`` (``ctypes.CDLL``: calls release the GIL; ``PyDLL``: they hold it) with the
+    signatures of ``table``, or None where it does not load."""
+    try:
+        lib = kind(str(LIB))
+        for name, (res, args) in table.items():
+            fn = getattr(lib, name)
+            fn.restype, fn.argtypes = res, args
+        return lib
+    except (OSError, AttributeError):
+        return None
 
 
 def _current() -> bool:
@@ -71,16 +76,7 @@ def _current() -> bool:
 def _load_held() -> Any:
     """The same library with the GIL held through its calls (``_HELD``), or None where it does not load."""
     if "held" not in _state:
-        held = None
-        if _load() is not None:
-            try:
-                held = ctypes.PyDLL(str(LIB))
-                for name, (res, args) in _HELD.items():
-                    fn = getattr(held, name)
-                    fn.restype, fn.argtypes = res, args
-            except (OSError, AttributeError):
-                held = None
-        _state["held"] = held
+        _state["held"] = _open(ctypes.PyDLL, _HELD) if _load() is not None else None
     return _state["held"]
 
 
