@@ -4,9 +4,9 @@ PyAV links a frame and its side data both ways (``Frame.side_data`` keeps the co
 entry keep the frame), so every frame whose motion vectors the vector modes read is freed, with its decoder
 buffers, only by a garbage collection, never when the loop drops it. CPython collects its youngest generation about
 every hundred frames here, and promotes the frames still in flight to older generations, whose collections wait for
-a quarter as many new objects as the process already holds (torch alone: ~185 000). Measured with the null engines
-(``benchmarks.host``): mv n=5 on a 1280x720 H.264 clip kept 100-290 decoded frames alive through a run of 1080,
-and 773 (over 1 GB) in the fourth of four runs in one process.
+a quarter as many new objects as the process already holds (torch alone: ~185 000). Measured in scratch runs on
+``benchmarks.host``'s null engines: mv n=5 on a 1280x720 H.264 clip kept 100-290 decoded frames alive through a run
+of 1080, and 773 (over 1 GB) in the fourth of four runs in one process.
 
 :class:`CycleCollector` freezes what exists when the loop starts (``gc.freeze``: long-lived, never traversed again)
 and runs one full collection whenever the frames decoded since the last one hold ``budget`` bytes of pictures; it then
