@@ -549,6 +549,7 @@ class RssPeak:
 
     def __init__(self) -> None:
         self.mb: float | None = None
+        self.samples = 0  # readings taken so far
         self._stop = False
 
     @staticmethod
@@ -571,6 +572,7 @@ class RssPeak:
         while not self._stop:
             now = self.rss()
             self._peak = max(self._peak or 0, now or 0)
+            self.samples += 1
             time.sleep(0.01)
 
     def __exit__(self, *exc: Any) -> None:
