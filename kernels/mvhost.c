@@ -561,27 +561,22 @@ int64_t mvh_fit_field(const double *ra, const int64_t *rc, const uint8_t *rin, i
     return 0;
 }
 
-/* ------------------------------------------------------------------ the change fact
- * Mean absolute difference of two lumas (row strides as, bs) at every 8th pixel of every 8th row. */
-double mvh_change(const uint8_t *a, int64_t as, const uint8_t *b, int64_t bs, int64_t h, int64_t w) {
+/* ------------------------------------------------------------------ mean absolute differences
+ * Mean absolute difference of two byte pictures (h rows of w bytes, row strides as, bs) at every step-th byte of
+ * every step-th row: the field's change fact (lumas, step 8: motion_vectors._change) and the reset monitor's
+ * shot-change evidence (thumbnails as one row, step 1: runtime.modes.frame_change). The integer sum is exact, so the
+ * mean equals numpy's. The thumbnails' call holds the GIL (ctypes.PyDLL): a few microseconds of work, where
+ * numpy's five calls each released the GIL and the loop thread then waited for a busy thread to give it back
+ * (issue #30). */
+double mvh_absdiff_mean(const uint8_t *a, int64_t as, const uint8_t *b, int64_t bs, int64_t h, int64_t w,
+                        int64_t step) {
     int64_t sum = 0, n = 0;
-    for (int64_t i = 0; i < h; i += 8)
-        for (int64_t j = 0; j < w; j += 8) {
+    for (int64_t i = 0; i < h; i += step)
+        for (int64_t j = 0; j < w; j += step) {
             int d = (int)a[i * as + j] - (int)b[i * bs + j];
             sum += d < 0 ? -d : d;
             n++;
         }
-    return n ? (double)sum / (double)n : NAN;
-}
-
-/* ------------------------------------------------------------------ the shot-change evidence
- * Mean absolute difference of two n-byte arrays (the reset monitor's thumbnails: runtime.modes.frame_change). The
- * integer sum is exact, so the mean equals numpy's. Called with the GIL held (ctypes.PyDLL): a few microseconds of
- * work, where numpy's five calls each released the GIL and the loop thread then waited for a busy thread to give it
- * back (issue #30). */
-double mvh_absdiff_mean(const uint8_t *a, const uint8_t *b, int64_t n) {
-    int64_t sum = 0;
-    for (int64_t i = 0; i < n; i++) sum += a[i] > b[i] ? a[i] - b[i] : b[i] - a[i];
     return n ? (double)sum / (double)n : NAN;
 }
 

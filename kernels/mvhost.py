@@ -30,14 +30,14 @@ _P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
 _SIGNATURES = {
     "mvh_resolve": (_I, [_P, _I, _I, _P, _P, _I, _I, _I, _P, _I, _I, _I, _I, _P, _P, _P, _I, _I, _P, _P, _P]),
     "mvh_grid_unit": (_I, [_P, _P, _I, _I, _P, _P, _I, _I, _I, _I, _P, _P]),
-    "mvh_change": (_D, [_P, _I, _P, _I, _I, _I]),
+    "mvh_absdiff_mean": (_D, [_P, _I, _P, _I, _I, _I, _I]),
     "mvh_rle8": (_I, [_P, _I, _P]),
     "mvh_resize_rgb": (_I, [_P, _I, _I, _I, _P, _I, _I, _I]),
     "mvh_fit_field": (_I, [_P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _D, _D, _P]),
 }
 # Calls of a few microseconds, made with the GIL held (ctypes.PyDLL): releasing it for them let a thread busy in
 # Python keep it for up to the switch interval before the caller got it back.
-_HELD = {"mvh_absdiff_mean": (_D, [_P, _P, _I])}
+_HELD = {"mvh_absdiff_mean": _SIGNATURES["mvh_absdiff_mean"]}
 _state: dict[str, Any] = {}
 
 
@@ -220,7 +220,7 @@ def change(prev: np.ndarray, y: np.ndarray) -> float:
     if y.strides[1] != 1:
         y = np.ascontiguousarray(y)
     h, w = y.shape
-    return float(_load().mvh_change(prev.ctypes.data, prev.strides[0], y.ctypes.data, y.strides[0], h, w))
+    return float(_load().mvh_absdiff_mean(prev.ctypes.data, prev.strides[0], y.ctypes.data, y.strides[0], h, w, 8))
 
 
 def absdiff_mean(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -231,7 +231,7 @@ def absdiff_mean(a: np.ndarray, b: np.ndarray) -> float | None:
         return None
     if not (a.flags.c_contiguous and b.flags.c_contiguous):
         return None
-    return float(held.mvh_absdiff_mean(a.ctypes.data, b.ctypes.data, a.size))
+    return float(held.mvh_absdiff_mean(a.ctypes.data, a.size, b.ctypes.data, b.size, 1, a.size, 1))  # one row
 
 
 def resize_rgb(rgb: np.ndarray, hw: tuple[int, int], order: int) -> np.ndarray | None:
