@@ -116,13 +116,16 @@ class Fitter:
         out[: window.shape[0], : window.shape[1]] = window
         return out
 
+    @functools.cached_property
+    def _order(self) -> int | None:
+        """The pass order that gives Pillow's pixels for this geometry (``_pillow_order``), read on first use."""
+        return _pillow_order(tuple(self.src_hw), tuple(self.scaled))
+
     def _resize(self, rgb: np.ndarray) -> np.ndarray | None:
         """Pillow's bilinear resize to ``scaled`` in C (``mvhost.resize_rgb``), or None (Pillow then). Pillow runs its
         two passes in an order it picks by the sizes (its version decides how); which one it picks here is read once
         from a random probe of the source size, and the C code runs that order, so the pixels equal Pillow's. Neither
         order matching (another filter in a future Pillow) keeps Pillow. 5.3 -> 1.7 ms at 720p (issue #30)."""
-        if "_order" not in self.__dict__:
-            self._order = _pillow_order(tuple(self.src_hw), tuple(self.scaled))
         if self._order is None or rgb.shape[:2] != tuple(self.src_hw):  # the probe was of this size only
             return None
         return mvhost.resize_rgb(rgb, self.scaled, self._order)
