@@ -142,3 +142,30 @@ def test_fp64_state_keeps_fp64_arithmetic():
 
     assert acc_dtype(torch.float64) == torch.float64 and acc_dtype(torch.float32) == torch.float32
     assert acc_dtype(torch.float16) == torch.float32 and acc_dtype(torch.bfloat16) == torch.float32
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("stop", ["rel", "abs"])
+def test_measure_matches_float64_norms(batch, stop):
+    """The meter's residuals against float64 norms of the same vectors, per stream: one stream takes whole-state
+    norms, several take per-scale sums; both must give each stream's ||f(z) - z|| / ||f(z)||, ||f(z) - z|| and (for
+    ``stop="abs"``) the whole state's ||f(z) - z||, step_scale applied to all three."""
+    layout = StateLayout.from_specs(
+        tuple(TensorSpec(f"z{i}", (batch, c, h, w), "float32") for i, (c, h, w) in enumerate([(4, 8, 16), (8, 4, 8)]))
+    )
+    ws = Workspace(layout, torch.device("cpu"), max_iter=4, step_scale=2.0)
+    g = torch.Generator().manual_seed(batch)
+    fz, z = torch.zeros(layout.total), torch.zeros(layout.total)
+    for v_f, v_z in zip(layout.views(fz), layout.views(z)):
+        v_f.copy_(torch.randn(v_f.shape, generator=g))
+        v_z.copy_(v_f + 0.1 * torch.randn(v_z.shape, generator=g))
+    ws.measure(2, fz, z, stop)
+    rows = lambda flat: torch.cat([v.double().reshape(batch, -1) for v in layout.views(flat)], 1)  # noqa: E731
+    d, f = rows(fz) - rows(z), rows(fz)
+    torch.testing.assert_close(ws.abs_trace[2].double(), 2 * d.norm(dim=1), rtol=1e-5, atol=0)
+    torch.testing.assert_close(ws.trace[2].double(), 2 * d.norm(dim=1) / f.norm(dim=1), rtol=1e-5, atol=0)
+    if stop == "abs":
+        assert float(ws.total) == pytest.approx(2 * float(d.norm()), rel=1e-5)
+    zero = torch.zeros(layout.total)
+    ws.measure(3, zero, zero, stop)
+    assert float(ws.trace[3].max()) == 0.0 and float(ws.abs_trace[3].max()) == 0.0  # 0/clamp(0): never NaN
