@@ -561,6 +561,102 @@ int64_t mvh_fit_field(const double *ra, const int64_t *rc, const uint8_t *rin, i
     return 0;
 }
 
+/* ------------------------------------------------------------------ the field's pyramid of state scales
+ * runtime.propagation.mv_pyramid with the same float32 operations in the same order: scale 0 is the field where
+ * any block covers it; scale i sums the coverage-weighted field and the coverage over 2^i x 2^i cells (columns
+ * first, as _lane_sum adds parts: in sequence below 8, else 8 running lanes added as a tree; then rows in
+ * sequence), zero beyond the grid, and takes the weighted mean divided by 2^i. Why: numpy's forty-odd calls per
+ * frame on the field thread each released the GIL and waited to get it back (issue #30).
+ * shapes: n rows (h, w), the first the field's own (h0, w0); out: the n fields (2, h, w) one after another.
+ * Returns 0, -1 when out of memory, 1 for a cell wider than 128 (the caller keeps numpy's reduction). */
+static float pyr_lanes(const float *p, int64_t f) {
+    if (f < 8) {
+        float acc = p[0];
+        for (int64_t k = 1; k < f; k++) acc += p[k];
+        return acc;
+    }
+    int64_t whole = f - f % 8;
+    float l[8];
+    for (int j = 0; j < 8; j++) l[j] = p[j];
+    for (int64_t i = 8; i < whole; i += 8)
+        for (int j = 0; j < 8; j++) l[j] += p[i + j];
+    float acc = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+    for (int64_t k = whole; k < f; k++) acc += p[k];
+    return acc;
+}
+
+/* dst[j]: the sum of row[j f .. j f + f - 1], zeros past the row's w0 values. */
+static void pyr_cols(const float *restrict row, int64_t w0, int64_t f, int64_t w, float *restrict dst) {
+    int64_t full = w0 / f < w ? w0 / f : w, j = 0;
+    if (f == 2)
+        for (; j < full; j++) dst[j] = row[2 * j] + row[2 * j + 1];
+    else if (f == 4)
+        for (; j < full; j++) dst[j] = ((row[4 * j] + row[4 * j + 1]) + row[4 * j + 2]) + row[4 * j + 3];
+    else
+        for (; j < full; j++) dst[j] = pyr_lanes(row + j * f, f);
+    for (; j < w; j++) {
+        float v[128];
+        for (int64_t k = 0; k < f; k++) v[k] = j * f + k < w0 ? row[j * f + k] : 0.0f;
+        dst[j] = pyr_lanes(v, f);
+    }
+}
+
+/* One row of a scale: the weighted means (acc: the row's three sums) divided by the cell's width f; every lane
+ * divides (by 1 where dropped), so the loop runs as vector divisions. */
+static void pyr_finish(const float *restrict acc, int64_t w, float f, float *restrict o0, float *restrict o1) {
+    for (int64_t j = 0; j < w; j++) {
+        float den = acc[2 * w + j];
+        int keep = den > 1e-6f;
+        float by = keep ? den : 1.0f, q0 = acc[j] / by, q1 = acc[w + j] / by;
+        o0[j] = (keep ? q0 : 0.0f) / f;
+        o1[j] = (keep ? q1 : 0.0f) / f;
+    }
+}
+
+int64_t mvh_pyramid(const float *restrict disp, const float *restrict cov, int64_t h0, int64_t w0,
+                    const int64_t *shapes, int64_t n, float *restrict out) {
+    int64_t G = h0 * w0, widest = 0;
+    for (int64_t i = 1; i < n; i++) {
+        if ((int64_t)1 << i > 128) return 1;
+        if (shapes[2 * i + 1] > widest) widest = shapes[2 * i + 1];
+    }
+    float *buf = malloc((3 * w0 + 6 * widest + 1) * sizeof(float));
+    if (!buf) return -1;
+    float *src = buf, *acc = buf + 3 * w0, *tmp = acc + 3 * widest;
+    for (int64_t k = 0; k < G; k++) {
+        float keep = cov[k] > 0 ? 1.0f : 0.0f;
+        out[k] = disp[k] * keep;
+        out[G + k] = disp[G + k] * keep;
+    }
+    float *o = out + 2 * G;
+    for (int64_t i = 1; i < n; i++) {
+        int64_t f = (int64_t)1 << i, h = shapes[2 * i], w = shapes[2 * i + 1], hw = h * w;
+        for (int64_t y = 0; y < h; y++) {
+            for (int64_t dy = 0; dy < f; dy++) {
+                int64_t sy = y * f + dy;
+                float *dst = dy ? tmp : acc;
+                if (sy < h0) { /* the row's coverage-weighted field and coverage, then its cells' column sums */
+                    const float *d0 = disp + sy * w0, *d1 = disp + G + sy * w0, *cv = cov + sy * w0;
+                    for (int64_t x = 0; x < w0; x++) {
+                        src[x] = d0[x] * cv[x];
+                        src[w0 + x] = d1[x] * cv[x];
+                        src[2 * w0 + x] = cv[x];
+                    }
+                    for (int c = 0; c < 3; c++) pyr_cols(src + c * w0, w0, f, w, dst + c * w);
+                } else {
+                    for (int64_t k = 0; k < 3 * w; k++) dst[k] = 0.0f;
+                }
+                if (dy)
+                    for (int64_t k = 0; k < 3 * w; k++) acc[k] += tmp[k];
+            }
+            pyr_finish(acc, w, (float)f, o + y * w, o + hw + y * w);
+        }
+        o += 2 * hw;
+    }
+    free(buf);
+    return 0;
+}
+
 /* ------------------------------------------------------------------ mean absolute differences
  * Mean absolute difference of two byte pictures (h rows of w bytes, row strides as, bs) at every step-th byte of
  * every step-th row: the field's change fact (lumas, step 8: motion_vectors._change) and the reset monitor's

@@ -34,6 +34,7 @@ _SIGNATURES = {
     "mvh_rle8": (_I, [_P, _I, _P]),
     "mvh_resize_rgb": (_I, [_P, _I, _I, _I, _P, _I, _I, _I]),
     "mvh_fit_field": (_I, [_P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _I, _I, _D, _D, _P]),
+    "mvh_pyramid": (_I, [_P, _P, _I, _I, _P, _I, _P]),
 }
 # Calls of a few microseconds, made with the GIL held (ctypes.PyDLL): releasing it for them let a thread busy in
 # Python keep it for up to the switch interval before the caller got it back.
@@ -211,6 +212,27 @@ def fit_field(
     if got < 0:
         raise MemoryError("kernels.mvhost: out of memory fitting the motion field")
     return buf[:2], buf[2]
+
+
+def pyramid(disp: np.ndarray, coverage: np.ndarray, shapes: list[tuple[int, int]]) -> list[np.ndarray] | None:
+    """``runtime.propagation.mv_pyramid`` for a field already on the first scale's grid: one (2, h_i, w_i) float32
+    field per state scale, views of one buffer; None where the library is not loaded or a scale's cell is wider than
+    128 (numpy's own reduction there)."""
+    lib = _load()
+    if lib is None:
+        return None
+    d = np.ascontiguousarray(disp, np.float32)
+    c = np.ascontiguousarray(coverage, np.float32)
+    sizes = [2 * h * w for h, w in shapes]
+    out = np.empty(sum(sizes), np.float32)
+    table = np.array(shapes, np.int64)
+    rc = lib.mvh_pyramid(d.ctypes.data, c.ctypes.data, *c.shape, table.ctypes.data, len(shapes), out.ctypes.data)
+    if rc < 0:
+        raise MemoryError("kernels.mvhost: out of memory pooling the motion field")
+    if rc:
+        return None
+    ends = np.cumsum(sizes)
+    return [out[e - n : e].reshape(2, h, w) for e, n, (h, w) in zip(ends, sizes, shapes)]
 
 
 def change(prev: np.ndarray, y: np.ndarray) -> float:

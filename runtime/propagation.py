@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kernels import mvhost
 from kernels.warp import warp, warp_interp
 from runtime.policy import FrameInfo, Plan, Policy
 from runtime.sources import Fitter
@@ -106,6 +107,15 @@ def mv_pyramid(disp: np.ndarray, coverage: np.ndarray, shapes: Sequence[tuple[in
     cov = np.asarray(coverage, np.float32)
     if tuple(disp.shape[1:]) != tuple(shapes[0]):
         disp, cov = _resample(disp, cov, tuple(shapes[0]))
+    if mvhost.available():  # the same float32 sums in C (kernels/mvhost.c: mvh_pyramid), bit for bit
+        got = mvhost.pyramid(disp, cov, [(int(h), int(w)) for h, w in shapes])
+        if got is not None:
+            return got
+    return _pyramid_numpy(disp, cov, shapes)
+
+
+def _pyramid_numpy(disp: np.ndarray, cov: np.ndarray, shapes: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+    """:func:`mv_pyramid` in numpy, for a field on the first scale's grid: the C twin's reference and fallback."""
     out = [disp * (cov > 0)]
     sums = np.concatenate([disp * cov, cov[None]])  # pooled together: one pass per scale
     for i, shape in enumerate(shapes[1:], start=1):

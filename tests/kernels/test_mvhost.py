@@ -191,3 +191,33 @@ def test_absdiff_mean_is_numpys_mean_and_frame_change_uses_it(monkeypatch: pytes
     use("numpy", monkeypatch)
     assert mvhost.absdiff_mean(a, b) is None
     assert [frame_change(a, b, step=1) for a, b in pairs] == c_values
+
+
+@needs_cc
+def test_pyramid_is_bit_identical_to_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mvh_pyramid`` against ``mv_pyramid``'s numpy path on random fields: grids that are not whole cells, scales
+    asked larger or smaller than the grid (zeros past it), empty coverage, cells of up to 16 (the lanes' tree); and
+    ``mv_pyramid`` takes the C result where the library loads, numpy's where it does not."""
+    from runtime.propagation import _pyramid_numpy, mv_pyramid
+
+    mvhost.reset()  # an earlier test may have left the numpy switch's answer cached
+    rng = np.random.default_rng(7)
+    for t in range(300):
+        h0, w0 = int(rng.integers(1, 70)), int(rng.integers(1, 130))
+        shapes = [(h0, w0)] + [
+            (max(1, -(-h0 // 2**i) + int(rng.integers(-1, 2))), max(1, -(-w0 // 2**i) + int(rng.integers(-1, 2))))
+            for i in range(1, int(rng.integers(1, 6)))
+        ]
+        disp = (rng.normal(size=(2, h0, w0)) * 5).astype(np.float32)
+        cov = (rng.random((h0, w0)) * (rng.random((h0, w0)) > 0.3)).astype(np.float32) * (t % 9 != 0)
+        got, ref = mvhost.pyramid(disp, cov, shapes), _pyramid_numpy(disp, cov, shapes)
+        assert got is not None and len(got) == len(ref)
+        for a, b in zip(got, ref):
+            assert a.shape == b.shape and a.dtype == b.dtype == np.float32
+            assert np.array_equal(a.view(np.uint32), b.view(np.uint32)), (t, shapes)  # same bits, zeros' signs too
+    assert mvhost.pyramid(disp, cov, [(h0, w0)] * 9) is None  # a 256-wide cell: numpy's own reduction
+    assert all(np.array_equal(a, b) for a, b in zip(mv_pyramid(disp, cov, shapes), ref))
+    monkeypatch.setenv("DEQSTREAM_MV_HOST", "numpy")
+    mvhost.reset()
+    assert not mvhost.available()
+    assert all(np.array_equal(a, b) for a, b in zip(mv_pyramid(disp, cov, shapes), ref))
