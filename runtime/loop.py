@@ -290,6 +290,9 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     try:
         with CycleCollector(any(reads_side_data(s.source) for s in streams)) as cycles:
             summary = _loop(cfg, bundle, pipeline, streams, log, cycles)
+        for s in streams:
+            if s.source.rotation % 90:
+                log(rotation_note(s.source.name, s.source.rotation))
     except BaseException:
         for s in streams:
             s.prefetch.close()
@@ -626,6 +629,15 @@ def _solved_by(cfg: RunConfig, s: StreamState, res: Any) -> dict[str, str]:
     return {"solver": info.solver}
 
 
+def rotation_note(name: str, degrees: int) -> str:
+    """The one-line warning for a video whose display matrix turns it by other than quarter turns (the source turns
+    quarter turns upright itself): its outputs are as stored, not as shown."""
+    return (
+        f"{name}: a player shows this video turned {degrees} degrees counter-clockwise (display matrix); only "
+        "quarter turns are applied, so its frames were processed and written as stored"
+    )
+
+
 def _run_facts(cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[StreamState], interrupted: bool) -> dict:
     """What the summary says besides timings: config, device, per-stream counts and problems."""
     per_stream = []
@@ -635,6 +647,7 @@ def _run_facts(cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[Str
                 "source": s.source.name,
                 "frames": s.frames,
                 "decode_errors": s.source.errors,
+                "display_rotation": s.source.rotation,
                 "last_decode_error": s.source.last_error or None,
                 "resets": s.resets,
                 "reset_causes": reset_counts(s.resets),

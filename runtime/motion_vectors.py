@@ -24,6 +24,7 @@ holds it to the per-block implementation it replaced (bit-identical on the real 
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import tempfile
@@ -102,6 +103,23 @@ class MotionField:
     build_ms: float = 0.0  # time the field thread spent on it (built and fitted; runtime.mv_source.FieldThread)
     # (state shapes, per-scale fields) made on the field thread (runtime.propagation.pyramid_step), None: not yet
     pyramid: tuple[list[tuple[int, int]], list[np.ndarray]] | None = field(default=None, repr=False)
+
+    def turned(self, turn: int) -> MotionField:
+        """This field as seen after turning the picture ``turn`` quarter turns counter-clockwise (``np.rot90``): the
+        grid turned, and each displacement with it ((dx, dy) -> (dy, -dx) per quarter turn, image axes pointing
+        right and down). Where the stored size is not a multiple of the stride the cells shift by under one cell.
+        ``vectors`` stay the codec's records, in the stored picture's coordinates."""
+        turn %= 4
+        if not turn:
+            return self
+        dx, dy = self.disp[0], self.disp[1]
+        comps = {1: (dy, -dx), 2: (-dx, -dy), 3: (-dy, dx)}[turn]
+        out = copy.copy(self)  # a shallow copy: the facts (key, inter, change, spans) hold for the turned picture
+        out.disp = np.ascontiguousarray(np.stack([np.rot90(c, turn) for c in comps]), np.float32)
+        out.valid = np.ascontiguousarray(np.rot90(self.valid, turn))
+        out.coverage = np.ascontiguousarray(np.rot90(self.coverage, turn))
+        out.pyramid = None
+        return out
 
     @property
     def change(self) -> float | None:

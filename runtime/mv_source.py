@@ -163,6 +163,10 @@ class ReencodingSource(Source):
     def last_error(self) -> str:  # type: ignore[override]
         return self.inner.last_error
 
+    @property
+    def rotation(self) -> int:  # type: ignore[override]
+        return self.inner.rotation
+
     def _pair(self, h: int, w: int) -> tuple[Any, Any]:
         """The encoder and the decoder for frames of h x w (new ones when the size changes)."""
         import av

@@ -262,21 +262,25 @@ class Decoded:
     state), so their pixels are never uploaded; converting and fitting them anyway cost the decode thread about twice
     the codec's own decode (issue #30). :meth:`Prefetcher` reads the reset monitor's thumbnail from the planes."""
 
-    __slots__ = ("_rgb", "dtype", "frame", "shape")
+    __slots__ = ("_rgb", "dtype", "frame", "shape", "turn")
 
-    def __init__(self, frame: Any) -> None:
-        self.frame, self._rgb = frame, None
-        self.shape, self.dtype = (frame.height, frame.width, 3), np.dtype(np.uint8)
+    def __init__(self, frame: Any, turn: int = 0) -> None:
+        self.frame, self._rgb, self.turn = frame, None, turn  # turn: quarter turns counter-clockwise to upright
+        h, w = (frame.width, frame.height) if turn % 2 else (frame.height, frame.width)
+        self.shape, self.dtype = (h, w, 3), np.dtype(np.uint8)
 
     def rgb(self) -> np.ndarray:
-        """(H, W, 3) uint8, converted by FFmpeg on first use."""
+        """(H, W, 3) uint8, converted by FFmpeg on first use (and turned upright)."""
         if self._rgb is None:
-            self._rgb = self.frame.to_ndarray(format="rgb24")
+            self._rgb = upright(self.frame.to_ndarray(format="rgb24"), self.turn)
         return self._rgb
 
     def cheapest(self) -> Any:
-        """What a thumbnail reads: the 4:2:0 planes (views, no conversion) or else the RGB frame."""
-        return planes(self.frame) or self.rgb()
+        """What a thumbnail reads: the 4:2:0 planes (views, no conversion, turned upright) or else the RGB frame."""
+        got = planes(self.frame)
+        if got is None:
+            return self.rgb()
+        return tuple(np.rot90(p, self.turn) for p in got) if self.turn else got
 
 
 class Fitted:
@@ -295,6 +299,11 @@ class Fitted:
         return self._out
 
 
+def upright(a: np.ndarray, turn: int) -> np.ndarray:
+    """A picture (H, W, ...) turned ``turn`` quarter turns counter-clockwise (a contiguous copy), or itself for 0."""
+    return np.ascontiguousarray(np.rot90(a, turn)) if turn % 4 else a
+
+
 def pixels_of(frame: Any) -> Any:
     """A frame's pixels as the pipeline uploads them (a :class:`Fitted` one is fitted now)."""
     return frame.get() if isinstance(frame, Fitted) else frame
@@ -308,6 +317,9 @@ class Source:
 
     name = "source"
     live = False
+    # degrees counter-clockwise a player turns the picture (a video's display matrix, read from its first frame);
+    # a video source turns its frames (and motion fields) upright by it, as players and ffmpeg do
+    rotation = 0
 
     def __init__(self) -> None:
         self.errors = 0
@@ -408,6 +420,7 @@ class VideoSource(Source):
         if codec_options:
             self.stream.codec_context.options = dict(codec_options)
         self.total = self.stream.frames or None
+        self.turn = 0  # quarter turns counter-clockwise that bring the stored frames upright (from ``rotation``)
 
     def __iter__(self) -> Iterator[Item]:
         index = 0
@@ -423,7 +436,12 @@ class VideoSource(Source):
                     self.last_error = _one_line(e)
                     continue
                 for f in decoded:
+                    if index == 0:
+                        self.rotation = display_rotation(f)
+                        self.turn = self.rotation // 90 % 4 if self.rotation % 90 == 0 else 0
                     side = self.side_hook(f, index) if self.side_hook is not None else {}
+                    if self.turn and side.get("motion") is not None:  # fields are built on the stored picture
+                        side = {**side, "motion": after(side["motion"], self._turned)}
                     ts = float(f.time) if f.time is not None else None
                     yield self._pixels(f), ts, bool(getattr(f, "key_frame", False)), side
                     index += 1
@@ -431,14 +449,17 @@ class VideoSource(Source):
             self.errors += 1
             self.last_error = _one_line(e)
 
+    def _turned(self, motion: Any) -> Any:
+        return motion.turned(self.turn)
+
     def _pixels(self, f: Any) -> Any:
         if self.lazy:
-            return Decoded(f)
+            return Decoded(f, self.turn)
         if self.yuv:
             got = planes(f)
             if got is not None:
-                return got
-        return f.to_ndarray(format="rgb24")
+                return tuple(upright(p, self.turn) for p in got) if self.turn else got
+        return upright(f.to_ndarray(format="rgb24"), self.turn)
 
     def close(self) -> None:
         try:
@@ -447,6 +468,16 @@ class VideoSource(Source):
             pass
         if hasattr(self.side_hook, "close"):
             self.side_hook.close()  # a side-data worker thread (runtime.mv_source.FieldThread)
+
+
+def display_rotation(frame: Any) -> int:
+    """The degrees counter-clockwise a player turns this decoded frame (its display matrix; 0 without one), in
+    -179..180. PyAV before 14 has no ``VideoFrame.rotation``: 0 there."""
+    try:
+        deg = int(round(float(getattr(frame, "rotation", 0) or 0)))
+    except (TypeError, ValueError):
+        return 0
+    return (deg + 179) % 360 - 179
 
 
 def _one_line(e: BaseException) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -48,14 +49,23 @@ def moving_frames(n: int, h: int = H, w: int = W, seed: int = 0) -> np.ndarray:
     return out
 
 
-def write_clip(path: Path, frames: np.ndarray, fps: int = 10, codec: str = "libx264") -> Path:
+def write_clip(
+    path: Path, frames: np.ndarray, fps: int = 10, codec: str = "libx264", rotation: int = 0, options: Any = None
+) -> Path:
+    """``frames`` encoded into ``path``; ``rotation``: a display matrix turning them that many degrees
+    counter-clockwise for viewing (as phones record portrait video); ``options``: the encoder's, instead of fast
+    x264 settings."""
     import av
 
     with av.open(str(path), "w") as c:
         s = c.add_stream(codec, rate=fps)
         s.height, s.width = frames.shape[1:3]
         s.pix_fmt = "yuv420p"
-        if codec == "libx264":
+        if rotation:
+            s.set_display_rotation(rotation)
+        if options is not None:
+            s.options = dict(options)
+        elif codec == "libx264":
             s.options = {"preset": "ultrafast", "crf": "18", "g": "4"}
         for f in frames:
             for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):

@@ -460,3 +460,33 @@ def test_usage_errors_are_one_line(capsys) -> None:
         err = capsys.readouterr().err
         assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
         assert err.startswith("python -m runtime.run: error: ") and err.rstrip().endswith("(--help for usage)")
+
+
+@pytest.mark.parametrize("mode", ["stream", "mv"])
+def test_a_turned_video_runs_upright(bundle64, tmp_path, capsys, mode):
+    """A phone's portrait video is stored sideways with a display matrix that turns it for viewing: the run turns
+    its frames (and, in the vector modes, its motion) upright, as a player and ffmpeg do, so its maps are those of
+    the upright video, at the upright size; the summary records the turn. A turn by other than quarter turns is
+    processed as stored, with a one-line warning."""
+    frames = moving_frames(4)
+    plain = write_clip(tmp_path / "plain.mp4", frames)
+    eng = str(bundle64 / "deq_cell.onnx")
+    args = ["--engine", eng, "--no-progress", "--mode", mode, *(["--key-interval", "2"] if mode == "mv" else [])]
+    assert main([str(plain), "--out", str(tmp_path / "plain"), *args]) == 0
+    ref = read_maps(tmp_path / "plain" / "maps.npz")
+    for rotation in (90, -90, 45):
+        turn = rotation // 90 if rotation % 90 == 0 else 0
+        stored = np.stack([np.ascontiguousarray(np.rot90(f, -turn)) for f in frames])
+        clip = write_clip(tmp_path / f"turned{rotation}.mp4", stored, rotation=rotation)
+        out = tmp_path / f"turned{rotation}"
+        assert main([str(clip), "--out", str(out), *args]) == 0
+        err = capsys.readouterr().err
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["streams"][0]["display_rotation"] == rotation
+        notes = [line for line in err.splitlines() if "display matrix" in line]
+        assert len(notes) == (0 if turn else 1), err
+        got = read_maps(out / "maps.npz")
+        assert got.keys() == ref.keys()
+        for i in ref:
+            assert got[i].shape == ref[i].shape, (rotation, i)
+            assert (got[i] == ref[i]).mean() > 0.9, (rotation, i, (got[i] == ref[i]).mean())

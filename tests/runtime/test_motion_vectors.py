@@ -232,3 +232,32 @@ def test_luma_of_a_10_bit_frame_while_another_thread_converts_it(tmp_path: Path)
                 t.join(timeout=20)
             assert not any(t.is_alive() for t in ts), "deadlocked"
             np.testing.assert_array_equal(got["y"], f.to_ndarray(format="gray"))
+
+
+@pytest.mark.parametrize("rotation", [0, 90, -90, 180])
+def test_a_turned_video_comes_upright_with_its_motion(tmp_path: Path, rotation: int) -> None:
+    """A video stored turned, with a display matrix that turns it back for viewing (as phones record portrait
+    video), comes out of the runtime's video source upright: frames equal to the upright frames within the codec's
+    loss, and motion fields on the upright grid whose displacement is the known motion of the upright picture."""
+    from runtime.mv_source import open_mv_source
+    from tests.runtime.conftest import write_clip
+
+    tex, turn = texture(), rotation // 90
+    frames = [render(tex, t) for t in range(FRAMES)]
+    stored = np.stack([np.ascontiguousarray(np.rot90(f, -turn)) for f in frames])
+    options = {"crf": "12", "g": "100", "sc_threshold": "0", "preset": "medium", "bf": "0", "refs": "1"}
+    src = open_mv_source(write_clip(tmp_path / "turned.mp4", stored, rotation=rotation, options=options))
+    got = list(src)
+    src.close()
+    assert src.rotation == rotation and len(got) == FRAMES
+    want = np.array([-VX, -VY]) / 4  # backward displacement in stride-4 cells, as test_known_translation
+    for t, ((rgb, _, _, side), ref) in enumerate(zip(got, frames)):
+        assert rgb.shape == ref.shape and np.abs(rgb.astype(np.int16) - ref).mean() < 8.0, t  # 4:2:0 loss: ~4
+        if t == 0:
+            continue
+        m = side["motion"].result()
+        assert m.disp.shape == (2, H // 4, W // 4) and m.valid.shape == m.coverage.shape == (H // 4, W // 4)
+        inner, valid = m.disp[:, 4:-4, 4:-4], m.valid[4:-4, 4:-4]
+        assert valid.mean() > 0.9
+        err = np.abs(inner - want[:, None, None])[:, valid]
+        assert err.mean() < 0.1 and np.median(err) < 0.1, (t, err.mean())
