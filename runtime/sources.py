@@ -437,8 +437,7 @@ class VideoSource(Source):
                     continue
                 for f in decoded:
                     if index == 0:
-                        self.rotation = display_rotation(f)
-                        self.turn = self.rotation // 90 % 4 if self.rotation % 90 == 0 else 0
+                        self.rotation, self.turn = display_rotation(f), quarter_turns(f)
                     side = self.side_hook(f, index) if self.side_hook is not None else {}
                     if self.turn and side.get("motion") is not None:  # fields are built on the stored picture
                         side = {**side, "motion": after(side["motion"], self._turned)}
@@ -478,6 +477,13 @@ def display_rotation(frame: Any) -> int:
     except (TypeError, ValueError):
         return 0
     return (deg + 179) % 360 - 179
+
+
+def quarter_turns(frame: Any) -> int:
+    """The quarter turns counter-clockwise (0..3) that bring this decoded frame upright, as a player shows it (0 for a
+    display matrix turning it by other than quarter turns: such a frame is used as stored)."""
+    deg = display_rotation(frame)
+    return deg // 90 % 4 if deg % 90 == 0 else 0
 
 
 def _one_line(e: BaseException) -> str:

@@ -295,3 +295,18 @@ def test_cli_reads_a_clip_given_by_its_path(tmp_path) -> None:
     assert len(s["certificate"]["per_frame"]) == 2 and res["cert_tol"] == 1e-5
     md = (out / "convergence.md").read_text()
     assert "| pan | 2 |" in md and "frames certified" in md and "Broyden median / worst" in md
+
+
+@pytest.mark.parametrize("rotation", [90, 180])
+def test_real_frames_come_upright_as_the_runtime_turns_them(tmp_path, rotation):
+    """A clip stored turned, with a display matrix that turns it back, gives the frames of the upright clip (within
+    the codec's loss), at the asked size: the convergence benchmark measures the pictures the runtime runs on."""
+    pytest.importorskip("av")
+    from tests.runtime.conftest import moving_frames, write_clip
+
+    frames = moving_frames(2, 64, 128)
+    stored = np.stack([np.ascontiguousarray(np.rot90(f, -(rotation // 90))) for f in frames])
+    turned = cv.real_frames(str(write_clip(tmp_path / "turned.mp4", stored, rotation=rotation)), 2, 64, 128)
+    plain = cv.real_frames(str(write_clip(tmp_path / "plain.mp4", frames)), 2, 64, 128)
+    assert turned.shape == plain.shape == (2, 64, 128, 3)
+    assert np.abs(turned.astype(np.int16) - plain).mean() < 8.0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 
+import numpy as np
 import pytest
 
 from benchmarks.det_decode import CAPS, main
@@ -32,3 +33,19 @@ def test_det_decode_rejects_a_bad_size(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["--size", "100x200"])
     assert "multiples of 32" in capsys.readouterr().err
+
+
+def test_frames_come_upright_as_the_runtime_turns_them(tmp_path):
+    """A clip stored turned a quarter turn, with a display matrix that turns it back, gives the upright clip's
+    frames (within the codec's loss) and content size."""
+    pytest.importorskip("av")
+    from benchmarks.det_decode import _frames
+    from tests.runtime.conftest import moving_frames, write_clip
+
+    frames = moving_frames(2, 64, 128)
+    stored = np.stack([np.ascontiguousarray(np.rot90(f, -1)) for f in frames])
+    turned = _frames(str(write_clip(tmp_path / "turned.mp4", stored, rotation=90)), 2, 64, 128)
+    plain = _frames(str(write_clip(tmp_path / "plain.mp4", frames)), 2, 64, 128)
+    assert [hw for _, hw in turned] == [hw for _, hw in plain] == [(64, 128)] * 2
+    for (a, _), (b, _) in zip(turned, plain):
+        assert np.abs(a.astype(np.int16) - b).mean() < 8.0
