@@ -216,13 +216,14 @@ def fit_field(
 
 def pyramid(disp: np.ndarray, coverage: np.ndarray, shapes: list[tuple[int, int]]) -> list[np.ndarray] | None:
     """``runtime.propagation.mv_pyramid`` for a field already on the first scale's grid: one (2, h_i, w_i) float32
-    field per state scale, views of one buffer; None where the library is not loaded or a scale's cell is wider than
-    128 (numpy's own reduction there)."""
+    field per state scale, views of one buffer; None where the library is not loaded, a scale's cell is wider than
+    128 (numpy's own reduction there) or the shapes disagree (the field, its coverage and the first scale must be
+    one grid)."""
     lib = _load()
-    if lib is None:
-        return None
     d = np.ascontiguousarray(disp, np.float32)
     c = np.ascontiguousarray(coverage, np.float32)
+    if lib is None or not shapes or d.shape != (2, *c.shape) or tuple(shapes[0]) != c.shape:
+        return None  # the C code sizes scale 0 by the coverage: a mismatch would write past the buffer
     sizes = [2 * h * w for h, w in shapes]
     out = np.empty(sum(sizes), np.float32)
     table = np.array(shapes, np.int64)

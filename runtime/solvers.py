@@ -16,6 +16,7 @@ per-stream for the usual batch of one).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -84,6 +85,9 @@ class Workspace:
         ||g(z) - z|| is relax times the model's own ||f(z) - z||."""
         self.layout, self.device, self.B, D = layout, device, layout.batch, layout.total
         self.step_scale = step_scale
+        # one stream whose scales fill the flat state with no alignment gaps between them: whole-state norms are the
+        # stream's norms (a gap's padding is nobody's, and a from-zero start zeroes the scales, not the gaps)
+        self.whole = self.B == 1 and D == sum(math.prod(s) for s in layout.shapes)
         S = len(layout.shapes)
         self.acc = acc_dtype(layout.dtype)
         f32 = dict(dtype=self.acc, device=device)
@@ -172,13 +176,13 @@ class Workspace:
         """Per-stream relative residual ||fz - z|| / ||fz|| into ``out`` (B,) and ||fz - z|| into ``abs_out`` (B,;
         default ``self.anorm``), allocation-free.
 
-        One stream in the accumulation dtype takes two whole-state norms: 5 tensor calls where the per-scale sums
-        take 17, each a kernel launch on a GPU and, on a CPU, a call that may hand the GIL to another thread. The mv
-        modes measure every key-frame evaluation: with null engines on carphone, dropping the measure altogether
-        made mv n=5 1.21x faster (issue #30)."""
+        One stream in the accumulation dtype, its scales without gaps between them, takes two whole-state norms: 5
+        tensor calls where the per-scale sums take 17, each a kernel launch on a GPU and, on a CPU, a call that may
+        hand the GIL to another thread. The mv modes measure every key-frame evaluation: with null engines on
+        carphone, dropping the measure altogether made mv n=5 1.21x faster (issue #30)."""
         a = self.anorm if abs_out is None else abs_out
         _sub_acc(fz, z, self.diff)
-        if self.B == 1 and fz.dtype == self.acc:
+        if self.whole and fz.dtype == self.acc:
             torch.linalg.vector_norm(self.diff, out=a[0])
             torch.linalg.vector_norm(fz, out=self.fnorm)
             self.fnorm.clamp_(min=1e-15)

@@ -216,6 +216,10 @@ def test_pyramid_is_bit_identical_to_numpy(monkeypatch: pytest.MonkeyPatch) -> N
             assert a.shape == b.shape and a.dtype == b.dtype == np.float32
             assert np.array_equal(a.view(np.uint32), b.view(np.uint32)), (t, shapes)  # same bits, zeros' signs too
     assert mvhost.pyramid(disp, cov, [(h0, w0)] * 9) is None  # a 256-wide cell: numpy's own reduction
+    ones = np.ones((200, 200), np.float32)  # shapes that disagree: refused, never written past the buffer
+    assert mvhost.pyramid(np.stack([ones, ones]), ones, [(2, 2), (1, 1)]) is None
+    assert mvhost.pyramid(np.stack([ones, ones]), ones, []) is None
+    assert mvhost.pyramid(np.stack([ones, ones])[:, :100], ones, [(200, 200)]) is None
     assert all(np.array_equal(a, b) for a, b in zip(mv_pyramid(disp, cov, shapes), ref))
     monkeypatch.setenv("DEQSTREAM_MV_HOST", "numpy")
     mvhost.reset()

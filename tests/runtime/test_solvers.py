@@ -144,18 +144,22 @@ def test_fp64_state_keeps_fp64_arithmetic():
     assert acc_dtype(torch.float16) == torch.float32 and acc_dtype(torch.bfloat16) == torch.float32
 
 
-@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize(
+    ("batch", "scales"), [(1, [(4, 8, 16), (8, 4, 8)]), (3, [(4, 8, 16), (8, 4, 8)]), (1, [(3, 5, 7), (2, 3, 3)])]
+)
 @pytest.mark.parametrize("stop", ["rel", "abs"])
-def test_measure_matches_float64_norms(batch, stop):
-    """The meter's residuals against float64 norms of the same vectors, per stream: one stream takes whole-state
-    norms, several take per-scale sums; both must give each stream's ||f(z) - z|| / ||f(z)||, ||f(z) - z|| and (for
-    ``stop="abs"``) the whole state's ||f(z) - z||, step_scale applied to all three."""
+def test_measure_matches_float64_norms(batch, scales, stop):
+    """The meter's residuals against float64 norms of the same vectors, per stream: one stream whose scales fill the
+    state takes whole-state norms, several streams or scales with alignment gaps between them take per-scale sums
+    (the gaps hold garbage here: they are nobody's); all must give each stream's ||f(z) - z|| / ||f(z)||,
+    ||f(z) - z|| and (for ``stop="abs"``) the whole state's ||f(z) - z||, step_scale applied to all three."""
     layout = StateLayout.from_specs(
-        tuple(TensorSpec(f"z{i}", (batch, c, h, w), "float32") for i, (c, h, w) in enumerate([(4, 8, 16), (8, 4, 8)]))
+        tuple(TensorSpec(f"z{i}", (batch, c, h, w), "float32") for i, (c, h, w) in enumerate(scales))
     )
     ws = Workspace(layout, torch.device("cpu"), max_iter=4, step_scale=2.0)
+    assert ws.whole == (batch == 1 and layout.total == sum(b * c * h * w for b, c, h, w in layout.shapes))
     g = torch.Generator().manual_seed(batch)
-    fz, z = torch.zeros(layout.total), torch.zeros(layout.total)
+    fz, z = torch.randn(layout.total, generator=g) * 9, torch.randn(layout.total, generator=g) * 9  # gaps: garbage
     for v_f, v_z in zip(layout.views(fz), layout.views(z)):
         v_f.copy_(torch.randn(v_f.shape, generator=g))
         v_z.copy_(v_f + 0.1 * torch.randn(v_z.shape, generator=g))
@@ -167,5 +171,5 @@ def test_measure_matches_float64_norms(batch, stop):
     if stop == "abs":
         assert float(ws.total) == pytest.approx(2 * float(d.norm()), rel=1e-5)
     zero = torch.zeros(layout.total)
-    ws.measure(3, zero, zero, stop)
+    ws.measure(3, zero, zero, stop)  # gaps zero too: 0/clamp(0)
     assert float(ws.trace[3].max()) == 0.0 and float(ws.abs_trace[3].max()) == 0.0  # 0/clamp(0): never NaN
