@@ -247,15 +247,14 @@ def test_a_turned_video_comes_upright_with_its_motion(tmp_path: Path, rotation: 
     stored = np.stack([np.ascontiguousarray(np.rot90(f, -turn)) for f in frames])
     options = {"crf": "12", "g": "100", "sc_threshold": "0", "preset": "medium", "bf": "0", "refs": "1"}
     src = open_mv_source(write_clip(tmp_path / "turned.mp4", stored, rotation=rotation, options=options))
-    got = list(src)
+    got = [(rgb, side["motion"].result()) for rgb, _, _, side in src]  # every field made before close stops its thread
     src.close()
     assert src.rotation == rotation and len(got) == FRAMES
     want = np.array([-VX, -VY]) / 4  # backward displacement in stride-4 cells, as test_known_translation
-    for t, ((rgb, _, _, side), ref) in enumerate(zip(got, frames)):
+    for t, ((rgb, m), ref) in enumerate(zip(got, frames)):
         assert rgb.shape == ref.shape and np.abs(rgb.astype(np.int16) - ref).mean() < 8.0, t  # 4:2:0 loss: ~4
         if t == 0:
             continue
-        m = side["motion"].result()
         assert m.disp.shape == (2, H // 4, W // 4) and m.valid.shape == m.coverage.shape == (H // 4, W // 4)
         inner, valid = m.disp[:, 4:-4, 4:-4], m.valid[4:-4, 4:-4]
         assert valid.mean() > 0.9
