@@ -420,7 +420,6 @@ class VideoSource(Source):
         if codec_options:
             self.stream.codec_context.options = dict(codec_options)
         self.total = self.stream.frames or None
-        self.turn = 0  # quarter turns counter-clockwise that bring the stored frames upright (from ``rotation``)
 
     def __iter__(self) -> Iterator[Item]:
         index = 0
@@ -437,7 +436,7 @@ class VideoSource(Source):
                     continue
                 for f in decoded:
                     if index == 0:
-                        self.rotation, self.turn = display_rotation(f), quarter_turns(f)
+                        self.rotation = display_rotation(f)
                     side = self.side_hook(f, index) if self.side_hook is not None else {}
                     if self.turn and side.get("motion") is not None:  # fields are built on the stored picture
                         side = {**side, "motion": after(side["motion"], self._turned)}
@@ -447,6 +446,11 @@ class VideoSource(Source):
         except Exception as e:  # noqa: BLE001 - the demuxer gave up: keep what was decoded
             self.errors += 1
             self.last_error = _one_line(e)
+
+    @property
+    def turn(self) -> int:
+        """Quarter turns counter-clockwise that bring the stored frames upright (from ``rotation``)."""
+        return _turns(self.rotation)
 
     def _turned(self, motion: Any) -> Any:
         return motion.turned(self.turn)
@@ -482,8 +486,11 @@ def display_rotation(frame: Any) -> int:
 def quarter_turns(frame: Any) -> int:
     """The quarter turns counter-clockwise (0..3) that bring this decoded frame upright, as a player shows it (0 for a
     display matrix turning it by other than quarter turns: such a frame is used as stored)."""
-    deg = display_rotation(frame)
-    return deg // 90 % 4 if deg % 90 == 0 else 0
+    return _turns(display_rotation(frame))
+
+
+def _turns(degrees: int) -> int:
+    return degrees // 90 % 4 if degrees % 90 == 0 else 0
 
 
 def _one_line(e: BaseException) -> str:
