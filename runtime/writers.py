@@ -33,6 +33,7 @@ import numpy as np
 from kernels.mvhost import rle8
 from runtime.encode import VideoWriter, publish, temp_sibling
 from runtime.errors import OutputError
+from runtime.handoff import HandOff
 from runtime.stats import Samples
 
 
@@ -422,11 +423,12 @@ class QueuedWriter:
 
     out: Path
 
-    def _start_thread(self, name: str, maxsize: int = 8) -> None:
-        """Call last in ``__init__``: ``_write`` may run as soon as the thread does."""
+    def _start_thread(self, name: str, maxsize: int = 8, batch: int = 1) -> None:
+        """Call last in ``__init__``: ``_write`` may run as soon as the thread does. ``batch``: frames handed over
+        per wake-up of the thread (:class:`runtime.handoff.HandOff`)."""
         self.error: BaseException | None = None
         self.write_ms = Samples()  # bounded: a live camera runs for weeks
-        self.q: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
+        self.q = HandOff(maxsize, batch)
         self.thread = threading.Thread(target=self._work, name=name, daemon=True)
         self.thread.start()
 
@@ -437,26 +439,27 @@ class QueuedWriter:
 
     def _join(self, timeout: float | None = None) -> None:
         """Let the thread write what is queued, then stop it."""
-        self.q.put(None)
+        self.q.close(None)
         self.thread.join(timeout)
 
     def _work(self) -> None:
         while True:
-            item = self.q.get()
-            if item is None:
-                return
-            if self.error is not None:
-                continue  # drain; the main thread reports the error
-            try:
-                self._write(*item)
-            except BaseException as e:  # noqa: BLE001 - surfaced to the main thread by put/close
-                self.error = e
+            for item in self.q.take():
+                if item is None:
+                    return
+                if self.error is not None:
+                    continue  # drain; the main thread reports the error
+                try:
+                    self._write(*item)
+                except BaseException as e:  # noqa: BLE001 - surfaced to the main thread by put/close
+                    self.error = e
 
     def _write(self, record: dict[str, Any] | None, frame: Any, classes: np.ndarray | None, fitter: Any) -> None:
         raise NotImplementedError
 
 
 OVERLAY_SIZES = ("source", "engine")
+WRITE_BATCH = 16  # frames per wake-up of a sink's thread when it draws no overlay
 
 
 class Sink(QueuedWriter):
@@ -502,7 +505,10 @@ class Sink(QueuedWriter):
             self.maps = PngMapWriter(out / "maps")
         elif save_maps == "npz":
             self.maps = NpzMapWriter(out / "maps.npz")
-        self._start_thread(f"write-{out.name}", maxsize)
+        # no overlay: the maps and the log are cheap and their frames hold no decoded picture, so the thread takes
+        # them a batch at a time (host.md: one wake-up per frame cost more than the writing)
+        batch = 1 if self.video_lane is not None else WRITE_BATCH
+        self._start_thread(f"write-{out.name}", max(maxsize, 3 * batch), batch)
 
     def put(self, record: dict[str, Any], frame: Any, classes: np.ndarray | None, fitter: Any) -> None:
         """Queue one frame's outputs; the decoded frame itself only where an overlay draws on it (a queued frame holds
