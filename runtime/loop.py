@@ -34,7 +34,7 @@ from runtime.solve import Solve
 from runtime.sources import Frame, Prefetcher, Source, VideoSource
 from runtime.stats import Samples, format_summary, summarize
 from runtime.tasks import TASKS, Task
-from runtime.writers import Sink, atomic_write_json, clear_previous_run, prepare_out_dir
+from runtime.writers import PreviousRun, Sink, atomic_write_json, prepare_out_dir
 
 
 @dataclass
@@ -224,17 +224,49 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             f"the engines take batch {bundle.batch} but {n} input stream(s) were given "
             f"(export with --batch {n}, or pass {bundle.batch} input(s))"
         )
-    task = TASKS[bundle.task]
     device = pick_device(cfg.device, bundle)
-    outs: list[Path | None] = [None] * n
-    if cfg.out is not None:
-        root = prepare_out_dir(Path(cfg.out))
-        gone = clear_previous_run(root)
-        if gone:
-            log(f"replaced an earlier run's outputs in {root}: {', '.join(gone[:6])}{' ...' if len(gone) > 6 else ''}")
-        outs = [root] if n == 1 else [prepare_out_dir(root / f"stream{i}") for i in range(n)]
-    sources = [s if isinstance(s, Source) else _open(s, cfg.mode, log, cfg.reencode_mv) for s in cfg.sources]
-    cfg = _fallback(cfg, sources, bundle, log)  # a vector mode on a stream without vectors (HEVC, VP9, AV1)
+    sources: list[Source] = []
+    try:  # every input is opened (and checked) before the output folder is touched
+        for spec in cfg.sources:
+            sources.append(spec if isinstance(spec, Source) else _open(spec, cfg.mode, log, cfg.reencode_mv))
+        cfg = _fallback(cfg, sources, bundle, log)  # a vector mode on a stream without vectors (HEVC, VP9, AV1)
+        if cfg.out is None:
+            return _run(cfg, bundle, device, sources, [None] * n, log)
+        return _run_into(cfg, bundle, device, sources, Path(cfg.out), log)
+    except BaseException:
+        for src in sources:
+            src.close()
+        raise
+
+
+def _run_into(cfg: RunConfig, bundle: Bundle, device: torch.device, sources: list[Source], out: Path, log: Any) -> dict:
+    """:func:`_run` writing into ``out``: an earlier run's outputs there are set aside, and come back if this run
+    fails (:class:`runtime.writers.PreviousRun`); a batched run's ``stream<i>/`` folders it made are not left empty."""
+    root = prepare_out_dir(out)
+    previous = PreviousRun(root)
+    n = len(sources)
+    try:
+        outs: list[Path | None] = [root] if n == 1 else [prepare_out_dir(root / f"stream{i}") for i in range(n)]
+        summary = _run(cfg, bundle, device, sources, outs, log)
+    except BaseException:
+        for i in range(n if n > 1 else 0):
+            d = root / f"stream{i}"
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        previous.restore()  # quietly: the error is the one line the user needs
+        raise
+    previous.drop()
+    if previous.names:
+        log(f"replaced an earlier run's outputs in {root}: {previous.describe()}")
+    return summary
+
+
+def _run(
+    cfg: RunConfig, bundle: Bundle, device: torch.device, sources: list[Source], outs: list[Path | None], log: Any
+) -> dict[str, Any]:
+    """The run proper, on opened sources: engines, streams, the loop."""
+    n = len(sources)
+    task = TASKS[bundle.task]
     if cfg.policy is not None:  # a custom mode (e.g. a propagation mode) plugs in here
         policies = [cfg.policy() for _ in range(n)]
     elif cfg.mode == "mv-interp":  # key frames from zero with cfg.iters; delayed output (runtime.interp)

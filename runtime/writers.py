@@ -39,6 +39,8 @@ from runtime.stats import Samples
 
 def prepare_out_dir(out: Path) -> Path:
     """Create ``out`` and prove it is writable now, not after an hour of processing."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output directory {out} is a file, not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".probe-", dir=out)
@@ -50,28 +52,63 @@ def prepare_out_dir(out: Path) -> Path:
 
 
 RUN_OUTPUTS = ("overlay.mp4", "maps", "maps.npz", "frames.jsonl", "summary.json", "detections.json")
+ASIDE_PREFIX = ".previous-run-"
 
 
-def clear_previous_run(out: Path) -> list[str]:
-    """A run owns its output folder: what an earlier run wrote there (our file names only, and the
-    ``stream<i>/`` folders of a batched run) goes before this run starts, so a shorter run or one
-    with other options never leaves files that could be taken for its own. Returns what went."""
-    gone = []
-    for name in RUN_OUTPUTS:
-        p = out / name
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        elif p.exists() or p.is_symlink():
-            p.unlink()
-        else:
-            continue
-        gone.append(name)
+def previous_outputs(out: Path) -> list[Path]:
+    """What an earlier run wrote in ``out`` (our file names only, and those in the ``stream<i>/`` folders of a batched
+    run), as paths relative to ``out``."""
+    found = [Path(n) for n in RUN_OUTPUTS if (out / n).exists() or (out / n).is_symlink()]
     for d in sorted(out.glob("stream*")):
-        if d.is_dir() and d.name[len("stream") :].isdigit():
-            gone += [f"{d.name}/{n}" for n in clear_previous_run(d)]
-            if not any(d.iterdir()):
-                d.rmdir()
-    return gone
+        if d.is_dir() and not d.is_symlink() and d.name[len("stream") :].isdigit():
+            found += [d.name / p for p in previous_outputs(d)]
+    return found
+
+
+class PreviousRun:
+    """A run owns its output folder: what an earlier run wrote there is moved aside when this run starts (a rename
+    each), so a shorter run or one with other options never leaves files that could be taken for its own. It comes
+    back (:meth:`restore`) when this run fails before finishing: a typo in an input's name must not cost the user
+    their last results. :meth:`drop` deletes it once this run has written its own. A folder set aside by a run that
+    was killed is deleted by the next run."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        for stale in out.glob(ASIDE_PREFIX + "*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        self.names = previous_outputs(out)
+        self.aside = Path(tempfile.mkdtemp(prefix=ASIDE_PREFIX, dir=out)) if self.names else None
+        for rel in self.names:
+            (self.aside / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(out / rel, self.aside / rel)
+        for d in {rel.parent for rel in self.names if rel.parent != Path(".")}:
+            if not any((out / d).iterdir()):
+                (out / d).rmdir()
+
+    def restore(self) -> None:
+        """Put the earlier run's outputs back (this run's own were never renamed into place)."""
+        if self.aside is None:
+            return
+        for rel in self.names:
+            dst = self.out / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if dst.is_dir() and not dst.is_symlink():  # a failed run's own leftovers (an empty maps/ folder)
+                shutil.rmtree(dst)
+            elif dst.exists() or dst.is_symlink():
+                dst.unlink()
+            os.replace(self.aside / rel, dst)
+        shutil.rmtree(self.aside, ignore_errors=True)
+        self.aside = None
+
+    def drop(self) -> None:
+        if self.aside is not None:
+            shutil.rmtree(self.aside, ignore_errors=True)
+            self.aside = None
+
+    def describe(self) -> str:
+        """The names set aside, for the one-line note."""
+        names = [str(n) for n in self.names]
+        return ", ".join(names[:6]) + (" ..." if len(names) > 6 else "")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

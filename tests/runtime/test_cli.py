@@ -491,3 +491,27 @@ def test_a_turned_video_runs_upright(bundle64, tmp_path, capsys, mode):
         # field's turn is held to the known motion in test_motion_vectors.py)
         agree = np.mean([(got[i] == ref[i]).mean() for i in ref])
         assert agree > 0.9, (rotation, agree)
+
+
+def test_a_failed_run_keeps_the_earlier_runs_outputs(bundle64, clip64, tmp_path, capsys):
+    """A typo'd input, a text file and a clip that opens but has no decodable frame (the run fails in its loop),
+    each run into the folder of a good run: one line, a non-zero exit, and the good run's outputs as they were."""
+    out = tmp_path / "o"
+    base = ["--engine", str(bundle64 / "deq_cell.onnx"), "--out", str(out)]
+    assert run_main(capsys, *base, str(clip64))[0] == 0
+    good = {p.name: p.read_bytes() for p in out.iterdir()}
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 50)
+    dead = bytearray(clip64.read_bytes())  # opens (its index is intact), but no frame decodes
+    start, end = dead.find(b"mdat") + 4, dead.find(b"moov") - 8
+    assert 4 < start < end
+    dead[start:end] = bytes(end - start)
+    (tmp_path / "dead.mp4").write_bytes(bytes(dead))
+    for bad, needle in (
+        (tmp_path / "nope.mp4", "no such file"),
+        (text, "cannot open"),
+        (tmp_path / "dead.mp4", "zero"),
+    ):
+        rc, err = run_main(capsys, *base, str(bad))
+        check_one_line_error(rc, err, needle)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == good, bad.name

@@ -11,7 +11,7 @@ import pytest
 
 from runtime.errors import OutputError
 from runtime.fleet_worker import FleetSink
-from runtime.writers import PngMapWriter, Sink, read_maps
+from runtime.writers import PngMapWriter, PreviousRun, Sink, prepare_out_dir, read_maps
 
 PALETTE = [[0, 0, 0], [255, 0, 0]]
 
@@ -252,3 +252,57 @@ def test_npz_maps_come_back_across_chunks_with_wide_labels_and_the_old_layout(tm
     np.savez(tmp_path / "old.npz", **{f"frame_{i:06d}": maps[i] for i in (2, 0, 1)})
     old = read_maps(tmp_path / "old.npz")
     assert list(old) == [0, 1, 2] and all(np.array_equal(old[i], maps[i]) for i in old)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _earlier_run(out: Path) -> dict[str, bytes]:
+    """A batched run's outputs and a user's own file, as an earlier run and its user left them."""
+    (out / "maps").mkdir(parents=True)
+    (out / "maps" / "000000.png").write_bytes(b"png")
+    (out / "summary.json").write_text("{}")
+    (out / "stream1").mkdir()
+    (out / "stream1" / "frames.jsonl").write_text('{"frame": 0}\n')
+    (out / "notes.txt").write_text("mine")
+    return _tree(out)
+
+
+def test_an_earlier_run_is_set_aside_and_restored_when_this_run_fails(tmp_path):
+    out = tmp_path / "o"
+    before = _earlier_run(out)
+    previous = PreviousRun(out)
+    assert sorted(map(str, previous.names)) == ["maps", "stream1/frames.jsonl", "summary.json"]
+    visible = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    assert visible == {"notes.txt"}  # the run starts in a folder holding only the user's file
+    (out / "maps").mkdir()  # what a failed run may leave: an empty folder of its own
+    previous.restore()
+    assert _tree(out) == before
+    assert not list(out.glob(".previous-run-*"))
+
+
+def test_an_earlier_run_is_deleted_once_this_run_has_written(tmp_path):
+    out = tmp_path / "o"
+    _earlier_run(out)
+    previous = PreviousRun(out)
+    (out / "summary.json").write_text('{"new": 1}')
+    previous.drop()
+    assert _tree(out) == {"notes.txt": b"mine", "summary.json": b'{"new": 1}'}
+
+
+def test_a_folder_set_aside_by_a_killed_run_goes_with_the_next_run(tmp_path):
+    out = tmp_path / "o"
+    _earlier_run(out)
+    PreviousRun(out)  # never restored nor dropped: the process died
+    assert len(list(out.glob(".previous-run-*"))) == 1
+    again = PreviousRun(out)
+    assert again.names == [] and not list(out.glob(".previous-run-*"))
+
+
+def test_an_output_path_that_is_a_file_says_so(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(OutputError, match="is a file, not a folder"):
+        prepare_out_dir(f)
+    assert f.read_text() == "x"
