@@ -225,7 +225,8 @@ def fallback_without_vectors(cfg: Any, sources: list[Source], bundle: Any, log: 
     else:
         mode, what = "stream", f"stream mode at {iters} iteration(s)"
     why = f"{codec} carries no motion vectors"
-    log(f"{missing[0].name}: {why}: --mode {cfg.mode} runs as {what} (--reencode-mv: as asked, re-encoded on the fly)")
+    hint = f"--reencode-mv runs --mode {cfg.mode} as asked, on an on-the-fly H.264 re-encode"
+    log(f"{missing[0].name}: {why}: --mode {cfg.mode} runs as {what} ({hint})")
     fallback = {"requested_mode": cfg.mode, "mode": mode, "iters": iters, "reason": why}
     extra = {**cfg.extra, "record": {"fallback": f"{mode}: {why}"}, "summary": {"fallback": fallback}}
     return dataclasses.replace(cfg, mode=mode, iters=iters, key_solve=None, extra=extra)

@@ -13,8 +13,9 @@ Two inputs:
 * RGB (H, W, 3) uint8, the host's decoded frame: the result is within 1 grey level of ``Fitter.fit`` (same
   antialiased bilinear filter as PIL, computed in float and rounded once);
 * YUV 4:2:0 planes (:func:`planes`, no colour conversion on the host at all): converted on the device with the
-  BT.601 limited-range matrix (what FFmpeg assumes for untagged SD/HD streams), chroma repeated 2 x 2 as FFmpeg's
-  unscaled converter does. FFmpeg's fixed-point converter lands 1-2 grey levels lower than the exact matrix, so this
+  matrix and range FFmpeg would use for the frame's colour tags (BT.601 for untagged video, BT.709, full range for
+  MJPEG and full-range tagged video; :func:`runtime.yuv.conversion`), chroma repeated 2 x 2 as FFmpeg's unscaled
+  converter does. FFmpeg's fixed-point converter lands 1-2 grey levels lower than the exact matrix, so this
   path is within a few grey levels of the RGB path, not within one.
 """
 
@@ -25,11 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from runtime.sources import Fitter
-from runtime.yuv import BT601, THUMB_STEP, YUV420, Planes, planes, thumbnail
+from runtime.yuv import THUMB_STEP, YUV420, Planes, planes, thumbnail
 
 __all__ = ["THUMB_STEP", "YUV420", "DevicePreparer", "Planes", "Preparers", "planes", "thumbnail"]
-
-_BT601 = torch.from_numpy(BT601)
 
 
 class DevicePreparer:
@@ -42,10 +41,13 @@ class DevicePreparer:
     def __init__(self, src_hw: tuple[int, int], dst_hw: tuple[int, int], fit: str, device: torch.device) -> None:
         self.fitter = Fitter(src_hw, dst_hw, fit)
         self.device = device
-        self.matrix = _BT601.to(device)
+        self.conversions: dict[bytes, tuple[torch.Tensor, torch.Tensor]] = {}  # by the planes' matrix and offsets
 
     def _up(self, a: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(a))
+        a = np.ascontiguousarray(a)
+        if not a.flags.writeable:  # a picture read by Pillow: torch warns about (and would share) read-only memory
+            a = a.copy()
+        t = torch.from_numpy(a)
         if self.device.type == "cuda":
             return t.pin_memory().to(self.device, non_blocking=True)
         return t
@@ -54,12 +56,23 @@ class DevicePreparer:
         """The source frame as float RGB (1, 3, H, W) on the device, 0..255 (not rounded)."""
         if isinstance(frame, np.ndarray):
             return self._up(frame).to(self.device).permute(2, 0, 1)[None].float()
+        matrix, offset = self._conversion(frame)
         y, u, v = (self._up(p).float() for p in frame)
         h, w = y.shape
-        u = u.repeat_interleave(2, 0).repeat_interleave(2, 1)[:h, :w] - 128.0
-        v = v.repeat_interleave(2, 0).repeat_interleave(2, 1)[:h, :w] - 128.0
-        yuv = torch.stack([y - 16.0, u, v])  # (3, H, W)
-        return torch.einsum("ck,khw->chw", self.matrix, yuv).clamp_(0.0, 255.0)[None]
+        u = u.repeat_interleave(2, 0).repeat_interleave(2, 1)[:h, :w]
+        v = v.repeat_interleave(2, 0).repeat_interleave(2, 1)[:h, :w]
+        yuv = torch.stack([y, u, v]).sub_(offset)  # (3, H, W)
+        return torch.einsum("ck,khw->chw", matrix, yuv).clamp_(0.0, 255.0)[None]
+
+    def _conversion(self, frame: Planes) -> tuple[torch.Tensor, torch.Tensor]:
+        """The planes' matrix and offsets (3, 1, 1) on the device, copied up once per kind of frame."""
+        key = frame.matrix.tobytes() + frame.offset.tobytes()
+        if key not in self.conversions:
+            self.conversions[key] = (
+                torch.from_numpy(frame.matrix.copy()).to(self.device),
+                torch.from_numpy(frame.offset.copy()).to(self.device)[:, None, None],
+            )
+        return self.conversions[key]
 
     def __call__(self, frame: np.ndarray | Planes, out: torch.Tensor) -> torch.Tensor:
         f = self.fitter

@@ -280,7 +280,7 @@ class Decoded:
         got = planes(self.frame)
         if got is None:
             return self.rgb()
-        return tuple(np.rot90(p, self.turn) for p in got) if self.turn else got
+        return got.map(lambda p: np.rot90(p, self.turn)) if self.turn else got
 
 
 class Fitted:
@@ -461,7 +461,7 @@ class VideoSource(Source):
         if self.yuv:
             got = planes(f)
             if got is not None:
-                return tuple(upright(p, self.turn) for p in got) if self.turn else got
+                return got.map(lambda p: upright(p, self.turn)) if self.turn else got
         return upright(f.to_ndarray(format="rgb24"), self.turn)
 
     def close(self) -> None:

@@ -229,3 +229,52 @@ def test_cuda_pipeline_prepares_what_the_host_fits(bundle64) -> None:
     res = pipe.run([rgb], [Plan(iters=1)], [None], keep_frames=True)
     assert res.frames is not None and np.abs(res.frames[0].astype(int) - host).max() <= 1
     assert np.abs(pipe.buf.frame[0].cpu().numpy().astype(int) - host).max() <= 1
+
+
+def _tagged(frame: av.VideoFrame, fmt: str, colorspace: int, color_range: int) -> av.VideoFrame:
+    """``frame``'s planes in a new ``fmt`` frame with these colour tags (what a camera's or a phone's video says)."""
+    out = av.VideoFrame(frame.width, frame.height, fmt)
+    for src, dst in zip(frame.planes, out.planes):
+        rows = min(src.buffer_size // src.line_size, dst.buffer_size // dst.line_size)
+        width = min(src.line_size, dst.line_size)
+        a = np.frombuffer(src, np.uint8).reshape(-1, src.line_size)[:rows, :width]
+        np.frombuffer(dst, np.uint8).reshape(-1, dst.line_size)[:rows, :width] = a
+    out.colorspace, out.color_range = colorspace, color_range
+    return out
+
+
+TAGS = [(fmt, cs, rng) for fmt in ("yuv420p", "yuvj420p") for cs in (0, 1, 2, 4, 5, 6, 7, 9) for rng in (1, 2)]
+
+
+@pytest.mark.parametrize(("fmt", "colorspace", "color_range"), TAGS)
+def test_tagged_planes_convert_as_ffmpeg_does(frames, fmt, colorspace, color_range) -> None:
+    """BT.709, FCC, SMPTE 240M, BT.2020 and full-range video (MJPEG's yuvj420p, full-range tags) on the device and in
+    the thumbnail, each within FFmpeg's fixed-point rounding of PyAV's own RGB for the same tags (BT.601's limited
+    matrix on a BT.709 frame is 10 grey levels off in green)."""
+    from runtime.prepare import thumbnail
+
+    name, src = frames[0]
+    f = _tagged(src, fmt, colorspace, color_range)
+    rgb = f.to_ndarray(format="rgb24")
+    p = planes(f)
+    assert p is not None
+    got = DevicePreparer(rgb.shape[:2], rgb.shape[:2], "resize", torch.device("cpu")).rgb(p)
+    got = got[0].permute(1, 2, 0).round().numpy().astype(int)
+    diff = np.abs(got - rgb.astype(int))
+    assert diff.max() <= 4 and diff.mean() < 1.5, f"{fmt} {colorspace} {color_range}: {diff.max()} {diff.mean():.2f}"
+    fitter = Fitter(rgb.shape[:2], (64, 128), "resize")
+    thumb = np.abs(thumbnail(p, fitter).astype(int) - thumbnail(rgb, fitter).astype(int))
+    assert thumb.max() <= 6 and thumb.mean() < 2.0
+
+
+def test_colour_spaces_ffmpeg_converts_otherwise_are_left_to_the_host(frames) -> None:
+    f = _tagged(frames[0][1], "yuv420p", 8, 1)  # YCgCo
+    assert planes(f) is None
+
+
+def test_a_read_only_picture_goes_up_without_a_warning(recwarn) -> None:
+    rgb = moving_frames(1, h=40, w=60)[0]
+    rgb.flags.writeable = False  # as Pillow's pictures come
+    out = torch.zeros((32, 64, 3), dtype=torch.uint8)
+    DevicePreparer((40, 60), (32, 64), "pad", torch.device("cpu"))(rgb, out)
+    assert not [w for w in recwarn if "not writable" in str(w.message)]

@@ -350,6 +350,7 @@ def test_cli_rejects_bad_combinations(bundle64, clip64, tmp_path, capsys):
     err = capsys.readouterr().err
     # a folder of images has no motion vectors: it runs as a codec without them does (stream here: no FlowNet)
     assert rc == 0 and "a folder of images carries no motion vectors: --mode mv runs as stream" in err
+    assert "(--reencode-mv runs --mode mv as asked" in err  # a hint: the flag was not given, nothing re-encoded
     summary = json.loads((tmp_path / "o2" / "summary.json").read_text())
     assert summary["mode"] == "stream" and summary["fallback"]["requested_mode"] == "mv"
     for bad, needle in (
