@@ -681,6 +681,7 @@ def _run_facts(cfg: RunConfig, bundle: Bundle, pipe: Pipeline, streams: list[Str
                 "decode_errors": s.source.errors,
                 "display_rotation": s.source.rotation,
                 "last_decode_error": s.source.last_error or None,
+                "shortfall": s.source.shortfall,  # the file's frames stopped short of its duration (truncated?)
                 "resets": s.resets,
                 "reset_causes": reset_counts(s.resets),
                 "mean_iterations": s.iters.mean() if s.iters else 0.0,

@@ -167,6 +167,10 @@ class ReencodingSource(Source):
     def rotation(self) -> int:  # type: ignore[override]
         return self.inner.rotation
 
+    @property
+    def shortfall(self) -> dict[str, Any] | None:  # type: ignore[override]
+        return self.inner.shortfall
+
     def _pair(self, h: int, w: int) -> tuple[Any, Any]:
         """The encoder and the decoder for frames of h x w (new ones when the size changes)."""
         import av

@@ -1,8 +1,9 @@
 """``python -m runtime.run --engine engines/deq_cell.onnx video.mp4``: the streaming runtime CLI.
 
 Bad input ends with one line on stderr and a non-zero exit code, never a traceback:
-2 = unusable input/engine/output, 3 = the input was only partly decodable (outputs written
-for what decoded), 130 = interrupted (outputs written for what was processed).
+2 = unusable input/engine/output, 3 = the input was only partly decodable (decode errors, or a file whose frames
+stop short of the length it gives: outputs written for what decoded), 130 = interrupted (outputs written for what
+was processed).
 """
 
 from __future__ import annotations
@@ -469,6 +470,15 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"warning: {s['source']}: {s['decode_errors']} decode error(s), last: {s['last_decode_error']}; "
                 f"outputs cover the {s['frames']} frames that decoded",
+                file=sys.stderr,
+            )
+            code = 3
+        short = s.get("shortfall")
+        if short and not summary["interrupted"]:
+            print(
+                f"warning: {s['source']}: its frames stop at {short['covered_s']:.2f} s of the "
+                f"{short['duration_s']:.2f} s it says it lasts (about {short['listed']} frames; truncated or "
+                f"damaged?); outputs cover the {s['frames']} frames that decoded",
                 file=sys.stderr,
             )
             code = 3

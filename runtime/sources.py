@@ -299,6 +299,29 @@ class Fitted:
         return self._out
 
 
+def shortfall(container: Any, stream: Any, decoded: int, last: float | None) -> dict[str, Any] | None:
+    """What a video file's frames, read to the end, fell short of: its video's duration (the stream's own, or the
+    container's when the video is its only stream), against the time from the stream's start to the end of the last
+    frame decoded; None when they cover it within 3 frames or 2 %, or the file does not say (MPEG-TS estimates its
+    duration from its last packets, so a cut one reads as complete). Why time and not the index's frame count: an
+    edit list (a phone's trim) keeps samples the player never shows, and the duration is the edited one."""
+    rate = float(stream.average_rate or 0)
+    if stream.duration and stream.time_base:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration and len(container.streams) == 1:
+        duration = container.duration / 1e6  # microseconds (AV_TIME_BASE)
+    else:
+        return None
+    if rate <= 0 or duration <= 0:
+        return None
+    start = float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else 0.0
+    covered = 0.0 if last is None else max(0.0, last - start + 1.0 / rate)
+    if duration - covered <= max(3.0 / rate, 0.02 * duration):
+        return None
+    listed = int(stream.frames or round(duration * rate))
+    return {"duration_s": round(duration, 3), "covered_s": round(covered, 3), "frames": decoded, "listed": listed}
+
+
 def upright(a: np.ndarray, turn: int) -> np.ndarray:
     """A picture (H, W, ...) turned ``turn`` quarter turns counter-clockwise (a contiguous copy), or itself for 0."""
     return np.ascontiguousarray(np.rot90(a, turn)) if turn % 4 else a
@@ -325,6 +348,9 @@ class Source:
         self.errors = 0
         self.last_error = ""
         self.total: int | None = None
+        # a file whose frames stop short of what its container says (truncated, or damaged past its index): what it
+        # said and what the frames covered, once it has been read to the end (:func:`shortfall`)
+        self.shortfall: dict[str, Any] | None = None
 
     def __iter__(self) -> Iterator[Item]:
         raise NotImplementedError
@@ -422,7 +448,7 @@ class VideoSource(Source):
         self.total = self.stream.frames or None
 
     def __iter__(self) -> Iterator[Item]:
-        index = 0
+        index, last = 0, None
         note = getattr(self.side_hook, "packet", None)  # the motion-vector field reads H.264 packet headers
         try:
             for packet in self.container.demux(self.stream):
@@ -435,6 +461,7 @@ class VideoSource(Source):
                     self.last_error = _one_line(e)
                     continue
                 for f in decoded:
+                    last = f.time if f.time is not None else last
                     if index == 0:
                         self.rotation = display_rotation(f)
                     side = self.side_hook(f, index) if self.side_hook is not None else {}
@@ -446,6 +473,8 @@ class VideoSource(Source):
         except Exception as e:  # noqa: BLE001 - the demuxer gave up: keep what was decoded
             self.errors += 1
             self.last_error = _one_line(e)
+        if not self.live:  # read to the end (a consumer that stops early closes the generator before this line)
+            self.shortfall = shortfall(self.container, self.stream, index, last)
 
     @property
     def turn(self) -> int:

@@ -50,14 +50,20 @@ def moving_frames(n: int, h: int = H, w: int = W, seed: int = 0) -> np.ndarray:
 
 
 def write_clip(
-    path: Path, frames: np.ndarray, fps: int = 10, codec: str = "libx264", rotation: int = 0, options: Any = None
+    path: Path,
+    frames: np.ndarray,
+    fps: int = 10,
+    codec: str = "libx264",
+    rotation: int = 0,
+    options: Any = None,
+    container_options: Any = None,
 ) -> Path:
     """``frames`` encoded into ``path``; ``rotation``: a display matrix turning them that many degrees
     counter-clockwise for viewing (as phones record portrait video); ``options``: the encoder's, instead of fast
-    x264 settings."""
+    x264 settings; ``container_options``: the muxer's (``{"movflags": "faststart"}``: an MP4's index up front)."""
     import av
 
-    with av.open(str(path), "w") as c:
+    with av.open(str(path), "w", options=dict(container_options or {})) as c:
         s = c.add_stream(codec, rate=fps)
         s.height, s.width = frames.shape[1:3]
         s.pix_fmt = "yuv420p"

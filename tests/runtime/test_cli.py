@@ -206,8 +206,31 @@ def test_corrupt_and_truncated_streams(bundle64, tmp_path, capsys):
         summary = json.loads((out / "summary.json").read_text())
         assert 0 < len(recs) == summary["streams"][0]["frames"]
         assert [r["frame"] for r in recs] == list(range(len(recs)))
-        if rc == 3:
+        if src is truncated:  # its frames stop at two thirds of the length its header gives: said, and exit 3
+            assert rc == 3 and "truncated or damaged?" in err and summary["streams"][0]["shortfall"]
+        elif rc == 3:
             assert "decode error" in err
+
+
+def test_a_file_whose_frames_stop_short_of_its_length_says_so(bundle64, tmp_path, capsys):
+    """An MP4 with its index up front (a phone's, a web video's) cut short still opens and decodes up to the cut:
+    one warning with the length it claims and the time its frames cover, exit 3 (partly decodable), outputs for the
+    frames that decoded. The intact file, read whole or stopped by --max-frames, gets no warning."""
+    frames = moving_frames(30)
+    whole = write_clip(tmp_path / "w.mp4", frames, container_options={"movflags": "faststart"})
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    base = ["--engine", str(bundle64 / "deq_cell.onnx"), "--save-maps", "none"]
+    rc, err = run_main(capsys, *base, str(cut), "--out", str(tmp_path / "c"))
+    summary = json.loads((tmp_path / "c" / "summary.json").read_text())["streams"][0]
+    assert rc == 3 and "Traceback" not in err
+    assert "it says it lasts" in err and "truncated or damaged?" in err
+    assert 0 < summary["frames"] < 30 and summary["shortfall"]["duration_s"] == 3.0
+    assert summary["shortfall"]["covered_s"] == summary["frames"] / 10
+    for extra in ([], ["--max-frames", "5"]):
+        rc, err = run_main(capsys, *base, str(whole), "--out", str(tmp_path / f"w{len(extra)}"), *extra)
+        assert rc == 0 and "warning" not in err, err
 
 
 def test_no_partial_files_after_a_writer_failure(bundle64, clip64, tmp_path, capsys, monkeypatch):
