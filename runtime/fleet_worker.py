@@ -389,6 +389,9 @@ class Worker:
             status, reason = "interrupted", "stopped by SIGINT/SIGTERM"
         elif entry.get("decode_errors"):
             status, reason = "partial", f"{entry['decode_errors']} decode error(s), last: {entry['last_decode_error']}"
+        elif entry.get("shortfall"):  # a cut file, as runtime.run warns of it
+            short = entry["shortfall"]
+            status, reason = "partial", f"frames stop at {short['covered_s']} s of {short['duration_s']} s"
         new = frames - t.start
         res = {"index": t.index, "source": t.source, "status": status, "reason": reason, "frames": frames}
         res.update({"new_frames": new, "worker": self.worker_id, "out": t.out, "start": t.start})

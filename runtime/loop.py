@@ -226,22 +226,26 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         )
     device = pick_device(cfg.device, bundle)
     sources: list[Source] = []
+    opened: list[Source] = []  # ours to close if the run fails (a caller's Source objects stay the caller's)
     try:  # every input is opened (and checked) before the output folder is touched
         for spec in cfg.sources:
-            sources.append(spec if isinstance(spec, Source) else _open(spec, cfg.mode, log, cfg.reencode_mv))
+            if not isinstance(spec, Source):
+                spec = _open(spec, cfg.mode, log, cfg.reencode_mv)
+                opened.append(spec)
+            sources.append(spec)
         cfg = _fallback(cfg, sources, bundle, log)  # a vector mode on a stream without vectors (HEVC, VP9, AV1)
         if cfg.out is None:
             return _run(cfg, bundle, device, sources, [None] * n, log)
         return _run_into(cfg, bundle, device, sources, Path(cfg.out), log)
     except BaseException:
-        for src in sources:
+        for src in opened:
             src.close()
         raise
 
 
 def _run_into(cfg: RunConfig, bundle: Bundle, device: torch.device, sources: list[Source], out: Path, log: Any) -> dict:
-    """:func:`_run` writing into ``out``: an earlier run's outputs there are set aside, and come back if this run
-    fails (:class:`runtime.writers.PreviousRun`); a batched run's ``stream<i>/`` folders it made are not left empty."""
+    """:func:`_run` writing into ``out``: an earlier run's outputs there are set aside, and come back in place of what
+    this run wrote if it fails (:class:`runtime.writers.PreviousRun`)."""
     root = prepare_out_dir(out)
     previous = PreviousRun(root)
     n = len(sources)
@@ -249,10 +253,6 @@ def _run_into(cfg: RunConfig, bundle: Bundle, device: torch.device, sources: lis
         outs: list[Path | None] = [root] if n == 1 else [prepare_out_dir(root / f"stream{i}") for i in range(n)]
         summary = _run(cfg, bundle, device, sources, outs, log)
     except BaseException:
-        for i in range(n if n > 1 else 0):
-            d = root / f"stream{i}"
-            if d.is_dir() and not any(d.iterdir()):
-                d.rmdir()
         previous.restore()  # quietly: the error is the one line the user needs
         raise
     previous.drop()

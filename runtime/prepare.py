@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from runtime.sources import Fitter
-from runtime.yuv import THUMB_STEP, YUV420, Planes, planes, thumbnail
+from runtime.yuv import THUMB_STEP, YUV420, Planes, as_planes, planes, thumbnail
 
 __all__ = ["THUMB_STEP", "YUV420", "DevicePreparer", "Planes", "Preparers", "planes", "thumbnail"]
 
@@ -56,7 +56,7 @@ class DevicePreparer:
         """The source frame as float RGB (1, 3, H, W) on the device, 0..255 (not rounded)."""
         if isinstance(frame, np.ndarray):
             return self._up(frame).to(self.device).permute(2, 0, 1)[None].float()
-        matrix, offset = self._conversion(frame)
+        matrix, offset = self._conversion(as_planes(frame))
         y, u, v = (self._up(p).float() for p in frame)
         h, w = y.shape
         u = u.repeat_interleave(2, 0).repeat_interleave(2, 1)[:h, :w]

@@ -299,27 +299,30 @@ class Fitted:
         return self._out
 
 
-def shortfall(container: Any, stream: Any, decoded: int, last: float | None) -> dict[str, Any] | None:
-    """What a video file's frames, read to the end, fell short of: its video's duration (the stream's own, or the
-    container's when the video is its only stream), against the time from the stream's start to the end of the last
-    frame decoded; None when they cover it within 3 frames or 2 %, or the file does not say (MPEG-TS estimates its
-    duration from its last packets, so a cut one reads as complete). Why time and not the index's frame count: an
-    edit list (a phone's trim) keeps samples the player never shows, and the duration is the edited one."""
-    rate = float(stream.average_rate or 0)
-    if stream.duration and stream.time_base:
-        duration = float(stream.duration * stream.time_base)
+def shortfall(container: Any, stream: Any, decoded: int, end: int | None) -> dict[str, Any] | None:
+    """What a video file's packets, read to the end, fell short of: ``end`` is the latest packet end (pts + duration,
+    in the stream's time base), against the video's duration: the stream's own (measured from its start), or else
+    the container's when the video is its only stream (Matroska and WebM give the end time there, so the packets' end
+    is taken as it is). None when they cover it within 3 frames or 2 %, when every frame the index lists decoded,
+    or when the file does not say (MPEG-TS estimates its duration from its last packets, so a cut one reads as
+    complete). Why time and packets, not the decoded frames' count or times: an edit list (a phone's trim) keeps
+    samples the player never shows, and a last frame held for seconds (a screen recording) is one frame."""
+    rate, tb = float(stream.average_rate or 0), stream.time_base
+    if rate <= 0 or not tb or (stream.frames and decoded >= stream.frames):
+        return None
+    reached = 0.0 if end is None else float(end * tb)
+    if stream.duration:
+        duration = float(stream.duration * tb)
+        reached -= float(stream.start_time * tb) if stream.start_time is not None else 0.0
     elif container.duration and len(container.streams) == 1:
         duration = container.duration / 1e6  # microseconds (AV_TIME_BASE)
     else:
         return None
-    if rate <= 0 or duration <= 0:
-        return None
-    start = float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else 0.0
-    covered = 0.0 if last is None else max(0.0, last - start + 1.0 / rate)
-    if duration - covered <= max(3.0 / rate, 0.02 * duration):
+    if duration <= 0 or duration - reached <= max(3.0 / rate, 0.02 * duration):
         return None
     listed = int(stream.frames or round(duration * rate))
-    return {"duration_s": round(duration, 3), "covered_s": round(covered, 3), "frames": decoded, "listed": listed}
+    covered = round(max(reached, 0.0), 3)
+    return {"duration_s": round(duration, 3), "covered_s": covered, "frames": decoded, "listed": listed}
 
 
 def upright(a: np.ndarray, turn: int) -> np.ndarray:
@@ -448,12 +451,15 @@ class VideoSource(Source):
         self.total = self.stream.frames or None
 
     def __iter__(self) -> Iterator[Item]:
-        index, last = 0, None
+        index, end = 0, None
         note = getattr(self.side_hook, "packet", None)  # the motion-vector field reads H.264 packet headers
         try:
             for packet in self.container.demux(self.stream):
                 if note is not None:
                     note(packet)
+                if packet.pts is not None:  # how far the file's video reaches (a cut file: short of its duration)
+                    reach = packet.pts + (packet.duration or 0)
+                    end = reach if end is None or reach > end else end
                 try:
                     decoded = packet.decode()
                 except Exception as e:  # noqa: BLE001 - a corrupt packet: skip it, count it
@@ -461,7 +467,6 @@ class VideoSource(Source):
                     self.last_error = _one_line(e)
                     continue
                 for f in decoded:
-                    last = f.time if f.time is not None else last
                     if index == 0:
                         self.rotation = display_rotation(f)
                     side = self.side_hook(f, index) if self.side_hook is not None else {}
@@ -474,7 +479,7 @@ class VideoSource(Source):
             self.errors += 1
             self.last_error = _one_line(e)
         if not self.live:  # read to the end (a consumer that stops early closes the generator before this line)
-            self.shortfall = shortfall(self.container, self.stream, index, last)
+            self.shortfall = shortfall(self.container, self.stream, index, end)
 
     @property
     def turn(self) -> int:

@@ -55,55 +55,90 @@ RUN_OUTPUTS = ("overlay.mp4", "maps", "maps.npz", "frames.jsonl", "summary.json"
 ASIDE_PREFIX = ".previous-run-"
 
 
+def _stream_dirs(out: Path) -> list[Path]:
+    """The ``stream<i>/`` folders of a batched run in ``out``."""
+    return [d for d in sorted(out.glob("stream*")) if d.is_dir() and d.name[len("stream") :].isdigit()]
+
+
 def previous_outputs(out: Path) -> list[Path]:
-    """What an earlier run wrote in ``out`` (our file names only, and those in the ``stream<i>/`` folders of a batched
-    run), as paths relative to ``out``."""
+    """What a run wrote in ``out`` (our file names only, and those in the ``stream<i>/`` folders of a batched run), as
+    paths relative to ``out``."""
     found = [Path(n) for n in RUN_OUTPUTS if (out / n).exists() or (out / n).is_symlink()]
-    for d in sorted(out.glob("stream*")):
-        if d.is_dir() and not d.is_symlink() and d.name[len("stream") :].isdigit():
-            found += [d.name / p for p in previous_outputs(d)]
+    for d in _stream_dirs(out):
+        found += [d.name / p for p in previous_outputs(d)]
     return found
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 class PreviousRun:
     """A run owns its output folder: what an earlier run wrote there is moved aside when this run starts (a rename
-    each), so a shorter run or one with other options never leaves files that could be taken for its own. It comes
-    back (:meth:`restore`) when this run fails before finishing: a typo in an input's name must not cost the user
-    their last results. :meth:`drop` deletes it once this run has written its own. A folder set aside by a run that
-    was killed is deleted by the next run."""
+    each, into a hidden folder beside it), so a shorter run or one with other options never leaves files that could
+    be taken for its own. When this run fails, :meth:`restore` removes what it wrote and puts the earlier run's
+    outputs back: a typo in an input's name must not cost the user their last results. :meth:`drop` deletes them
+    once this run has written its own. Outputs a killed run had set aside come back at the next run's start where
+    nothing took their place."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
-        for stale in out.glob(ASIDE_PREFIX + "*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        self.names = previous_outputs(out)
-        self.aside = Path(tempfile.mkdtemp(prefix=ASIDE_PREFIX, dir=out)) if self.names else None
-        for rel in self.names:
-            (self.aside / rel).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(out / rel, self.aside / rel)
-        for d in {rel.parent for rel in self.names if rel.parent != Path(".")}:
-            if not any((out / d).iterdir()):
-                (out / d).rmdir()
+        self.names: list[Path] = []  # set aside, relative to out
+        self.asides: dict[Path, Path] | None = {}  # a folder holding outputs -> its hidden folder; None once closed
+        self._recover()
+        try:
+            for rel in previous_outputs(out):
+                os.replace(out / rel, self._aside(rel.parent) / rel.name)
+                self.names.append(rel)
+        except BaseException:
+            self._put_back()  # half set aside: all back as it was
+            raise
+
+    def _aside(self, parent: Path) -> Path:
+        assert self.asides is not None
+        if parent not in self.asides:  # inside the folder itself: the same file system, even through a link
+            self.asides[parent] = Path(tempfile.mkdtemp(prefix=ASIDE_PREFIX, dir=self.out / parent))
+        return self.asides[parent]
+
+    def _recover(self) -> None:
+        """Outputs a killed run set aside: back in place where their names are free, else deleted."""
+        for folder in [self.out, *_stream_dirs(self.out)]:
+            for stale in folder.glob(ASIDE_PREFIX + "*"):
+                for p in stale.iterdir():
+                    if not (folder / p.name).exists() and p.name in RUN_OUTPUTS:
+                        os.replace(p, folder / p.name)
+                shutil.rmtree(stale, ignore_errors=True)
 
     def restore(self) -> None:
-        """Put the earlier run's outputs back (this run's own were never renamed into place)."""
-        if self.aside is None:
+        """Remove what this run wrote (our names only) and put the earlier run's outputs back."""
+        if self.asides is None:
             return
+        for rel in previous_outputs(self.out):
+            _remove(self.out / rel)
+        self._put_back()
+
+    def _put_back(self) -> None:
+        assert self.asides is not None
         for rel in self.names:
-            dst = self.out / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if dst.is_dir() and not dst.is_symlink():  # a failed run's own leftovers (an empty maps/ folder)
-                shutil.rmtree(dst)
-            elif dst.exists() or dst.is_symlink():
-                dst.unlink()
-            os.replace(self.aside / rel, dst)
-        shutil.rmtree(self.aside, ignore_errors=True)
-        self.aside = None
+            os.replace(self.asides[rel.parent] / rel.name, self.out / rel)
+        self._close()
 
     def drop(self) -> None:
-        if self.aside is not None:
-            shutil.rmtree(self.aside, ignore_errors=True)
-            self.aside = None
+        """Delete the earlier run's outputs (this run has written its own)."""
+        if self.asides is not None:
+            self._close()
+
+    def _close(self) -> None:
+        """The hidden folders go, and so do ``stream<i>/`` folders left empty (a batched run followed by one stream)."""
+        for aside in (self.asides or {}).values():
+            shutil.rmtree(aside, ignore_errors=True)
+        self.asides = None
+        for d in _stream_dirs(self.out):
+            if not any(d.iterdir()):
+                d.rmdir()
 
     def describe(self) -> str:
         """The names set aside, for the one-line note."""

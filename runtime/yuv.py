@@ -65,9 +65,17 @@ class Planes(tuple):
         out.matrix, out.offset = matrix, offset
         return out
 
+    def __getnewargs__(self) -> tuple[Any, ...]:  # copy and pickle build it again with its conversion
+        return (*self, self.matrix, self.offset)
+
     def map(self, fn: Any) -> Planes:
         """``fn`` applied to each plane (turning them upright), the conversion kept."""
         return Planes(*(fn(p) for p in self), self.matrix, self.offset)
+
+
+def as_planes(frame: Any) -> Planes:
+    """Planes handed in as a plain (Y, U, V) tuple (a caller's own source) convert as untagged video does."""
+    return frame if isinstance(frame, Planes) else Planes(*frame, *conversion(2, False))  # type: ignore[misc]
 
 
 def planes(frame: Any) -> Planes | None:
@@ -117,6 +125,7 @@ def thumbnail(frame: np.ndarray | Planes, fitter: Any, step: int = THUMB_STEP) -
     if isinstance(frame, np.ndarray):
         out = frame[rows, cols]
     else:
+        frame = as_planes(frame)
         y, u, v = frame
         yuv = np.empty((rows.shape[0], cols.shape[1], 3), np.float32)
         yuv[..., 0], yuv[..., 1], yuv[..., 2] = y[rows, cols], u[crows, ccols], v[crows, ccols]

@@ -227,7 +227,7 @@ def test_a_file_whose_frames_stop_short_of_its_length_says_so(bundle64, tmp_path
     assert rc == 3 and "Traceback" not in err
     assert "it says it lasts" in err and "truncated or damaged?" in err
     assert 0 < summary["frames"] < 30 and summary["shortfall"]["duration_s"] == 3.0
-    assert summary["shortfall"]["covered_s"] == summary["frames"] / 10
+    assert summary["frames"] / 10 <= summary["shortfall"]["covered_s"] < 2.0  # packets reach past decoded frames
     for extra in ([], ["--max-frames", "5"]):
         rc, err = run_main(capsys, *base, str(whole), "--out", str(tmp_path / f"w{len(extra)}"), *extra)
         assert rc == 0 and "warning" not in err, err

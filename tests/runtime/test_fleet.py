@@ -232,3 +232,21 @@ def test_sigterm_to_the_driver_leaves_complete_outputs(bundle64, tmp_path):
     assert 5 <= len(recs) < 400 and [r["frame"] for r in recs] == list(range(len(recs)))
     assert frames_in(out / "stream0" / "overlay.mp4") == len(recs) == len(png_maps(out / "stream0"))
     assert not (out / "stream1").exists()  # never started: nothing half-written
+
+
+def test_a_cut_file_is_partial_in_the_fleet_as_in_the_cli(tmp_path) -> None:
+    from runtime.fleet_worker import StreamTask, Worker
+
+    worker = Worker.__new__(Worker)  # only _done's state: no engines, no Ray
+    worker.worker_id, worker.sinks = 0, {}
+    short = {"duration_s": 3.0, "covered_s": 1.2, "frames": 12, "listed": 30}
+    stream = {"decode_errors": 0, "last_decode_error": None, "resets": [], "shortfall": short}
+    res = worker._done(
+        StreamTask(0, "cut.mp4", str(tmp_path)), {"interrupted": False, "wall_s": 1.0, "streams": [stream]}, 12
+    )
+    assert res["status"] == "partial" and "1.2 s of 3.0 s" in res["reason"]
+    stream["shortfall"] = None
+    res = worker._done(
+        StreamTask(0, "cut.mp4", str(tmp_path)), {"interrupted": False, "wall_s": 1.0, "streams": [stream]}, 12
+    )
+    assert res["status"] == "complete"

@@ -278,3 +278,23 @@ def test_a_read_only_picture_goes_up_without_a_warning(recwarn) -> None:
     out = torch.zeros((32, 64, 3), dtype=torch.uint8)
     DevicePreparer((40, 60), (32, 64), "pad", torch.device("cpu"))(rgb, out)
     assert not [w for w in recwarn if "not writable" in str(w.message)]
+
+
+def test_plain_plane_tuples_convert_as_untagged_video_and_planes_copy_with_their_conversion(frames) -> None:
+    """A caller's own source may hand (Y, U, V) as a plain tuple: BT.601 limited, as before colour tags were read;
+    planes copy and pickle with their matrix."""
+    import copy
+    import pickle
+
+    from runtime.prepare import thumbnail
+
+    f = _tagged(frames[0][1], "yuv420p", 1, 1)  # BT.709
+    p = planes(f)
+    prep = DevicePreparer(p[0].shape, (32, 64), "resize", torch.device("cpu"))
+    plain = tuple(p)
+    untagged = planes(_tagged(frames[0][1], "yuv420p", 2, 1))
+    assert torch.equal(prep.rgb(plain), prep.rgb(untagged))
+    fitter = Fitter(p[0].shape, (32, 64), "resize")
+    assert np.array_equal(thumbnail(plain, fitter), thumbnail(untagged, fitter))
+    for again in (pickle.loads(pickle.dumps(p)), copy.copy(p), copy.deepcopy(p)):
+        assert np.array_equal(again.matrix, p.matrix) and all(np.array_equal(a, b) for a, b in zip(again, p))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -269,17 +270,24 @@ def _earlier_run(out: Path) -> dict[str, bytes]:
     return _tree(out)
 
 
+def _visible(out: Path) -> set[str]:
+    return {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and ".previous-run-" not in str(p)}
+
+
 def test_an_earlier_run_is_set_aside_and_restored_when_this_run_fails(tmp_path):
     out = tmp_path / "o"
     before = _earlier_run(out)
     previous = PreviousRun(out)
     assert sorted(map(str, previous.names)) == ["maps", "stream1/frames.jsonl", "summary.json"]
-    visible = {p.name for p in out.iterdir() if not p.name.startswith(".")}
-    assert visible == {"notes.txt"}  # the run starts in a folder holding only the user's file
-    (out / "maps").mkdir()  # what a failed run may leave: an empty folder of its own
+    assert _visible(out) == {"notes.txt"}  # the run starts in a folder holding only the user's file
+    (out / "maps").mkdir()  # what the failed run wrote before it failed: maps renamed into place one by one, ...
+    (out / "maps" / "000007.png").write_bytes(b"new")
+    (out / "overlay.mp4").write_bytes(b"new")  # ... a stream's outputs published, a batched run's new folder
+    (out / "stream0").mkdir()
+    (out / "stream0" / "frames.jsonl").write_text("new")
     previous.restore()
-    assert _tree(out) == before
-    assert not list(out.glob(".previous-run-*"))
+    assert _tree(out) == before  # the folder as it was: none of the failed run's files
+    assert sorted(p.name for p in out.iterdir()) == ["maps", "notes.txt", "stream1", "summary.json"]
 
 
 def test_an_earlier_run_is_deleted_once_this_run_has_written(tmp_path):
@@ -289,15 +297,37 @@ def test_an_earlier_run_is_deleted_once_this_run_has_written(tmp_path):
     (out / "summary.json").write_text('{"new": 1}')
     previous.drop()
     assert _tree(out) == {"notes.txt": b"mine", "summary.json": b'{"new": 1}'}
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "summary.json"]  # no emptied stream1/ either
 
 
-def test_a_folder_set_aside_by_a_killed_run_goes_with_the_next_run(tmp_path):
+def test_outputs_set_aside_by_a_killed_run_come_back_at_the_next_start(tmp_path):
     out = tmp_path / "o"
-    _earlier_run(out)
-    PreviousRun(out)  # never restored nor dropped: the process died
-    assert len(list(out.glob(".previous-run-*"))) == 1
-    again = PreviousRun(out)
-    assert again.names == [] and not list(out.glob(".previous-run-*"))
+    before = _earlier_run(out)
+    PreviousRun(out)  # never restored nor dropped: the process died ...
+    (out / "summary.json").write_text("killed")  # ... after publishing one file of its own
+    again = PreviousRun(out)  # the earlier outputs whose names were free are back, then set aside again
+    assert sorted(map(str, again.names)) == ["maps", "stream1/frames.jsonl", "summary.json"]
+    again.restore()
+    assert _tree(out) == {**before, "summary.json": b"killed"}
+    assert not list(out.rglob(".previous-run-*"))
+
+
+def test_a_failure_while_setting_aside_puts_everything_back(tmp_path, monkeypatch):
+    out = tmp_path / "o"
+    before = _earlier_run(out)
+    real, calls = os.replace, []
+
+    def flaky(src, dst):
+        calls.append(src)
+        if len(calls) == 2:
+            raise PermissionError("busy")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", flaky)
+    with pytest.raises(PermissionError):
+        PreviousRun(out)
+    monkeypatch.setattr(os, "replace", real)
+    assert _tree(out) == before and not list(out.rglob(".previous-run-*"))
 
 
 def test_an_output_path_that_is_a_file_says_so(tmp_path):
