@@ -469,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         if s["decode_errors"]:
             print(
                 f"warning: {s['source']}: {s['decode_errors']} decode error(s), last: {s['last_decode_error']}; "
-                f"outputs cover the {s['frames']} frames that decoded",
+                f"outputs cover the {_frames(s['frames'])} that decoded",
                 file=sys.stderr,
             )
             code = 3
@@ -478,13 +478,17 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"warning: {s['source']}: its frames stop at {short['covered_s']:.2f} s of the "
                 f"{short['duration_s']:.2f} s it says it lasts (about {short['listed']} frames; truncated or "
-                f"damaged?); outputs cover the {s['frames']} frames that decoded",
+                f"damaged?); outputs cover the {_frames(s['frames'])} that decoded",
                 file=sys.stderr,
             )
             code = 3
     if summary["interrupted"]:
         code = 130
     return code
+
+
+def _frames(n: int) -> str:
+    return f"{n} frame" if n == 1 else f"{n} frames"
 
 
 if __name__ == "__main__":
