@@ -325,6 +325,8 @@ def _run(
         for s in streams:
             if s.source.rotation % 90:
                 log(rotation_note(s.source.name, s.source.rotation))
+            for note in sorted(getattr(s.source, "notes", ())):
+                log(f"{s.source.name}: {note}")
     except BaseException:
         for s in streams:
             s.prefetch.close()

@@ -171,6 +171,10 @@ class ReencodingSource(Source):
     def shortfall(self) -> dict[str, Any] | None:  # type: ignore[override]
         return self.inner.shortfall
 
+    @property
+    def notes(self) -> set[str]:  # type: ignore[override]
+        return self.inner.notes
+
     def _pair(self, h: int, w: int) -> tuple[Any, Any]:
         """The encoder and the decoder for frames of h x w (new ones when the size changes)."""
         import av

@@ -9,6 +9,7 @@ be decoded is processed and the rest is reported, never a crash.
 from __future__ import annotations
 
 import copy
+import errno
 import functools
 import queue
 import threading
@@ -262,17 +263,18 @@ class Decoded:
     state), so their pixels are never uploaded; converting and fitting them anyway cost the decode thread about twice
     the codec's own decode (issue #30). :meth:`Prefetcher` reads the reset monitor's thumbnail from the planes."""
 
-    __slots__ = ("_rgb", "dtype", "frame", "shape", "turn")
+    __slots__ = ("_rgb", "dtype", "frame", "notes", "shape", "turn")
 
-    def __init__(self, frame: Any, turn: int = 0) -> None:
+    def __init__(self, frame: Any, turn: int = 0, notes: set[str] | None = None) -> None:
         self.frame, self._rgb, self.turn = frame, None, turn  # turn: quarter turns counter-clockwise to upright
+        self.notes = notes  # the source's (frame_rgb's note on a colour space FFmpeg cannot convert)
         h, w = (frame.width, frame.height) if turn % 2 else (frame.height, frame.width)
         self.shape, self.dtype = (h, w, 3), np.dtype(np.uint8)
 
     def rgb(self) -> np.ndarray:
         """(H, W, 3) uint8, converted by FFmpeg on first use (and turned upright)."""
         if self._rgb is None:
-            self._rgb = upright(self.frame.to_ndarray(format="rgb24"), self.turn)
+            self._rgb = upright(frame_rgb(self.frame, self.notes), self.turn)
         return self._rgb
 
     def cheapest(self) -> Any:
@@ -325,6 +327,26 @@ def shortfall(container: Any, stream: Any, decoded: int, end: int | None) -> dic
     return {"duration_s": round(duration, 3), "covered_s": covered, "frames": decoded, "listed": listed}
 
 
+def frame_rgb(frame: Any, notes: set[str] | None = None) -> np.ndarray:
+    """A decoded frame as RGB (H, W, 3) uint8, converted by FFmpeg by its colour tags. A colour-space tag FFmpeg's
+    converter refuses ("operation not supported": YCgCo, a reserved value, constant-luminance BT.2020, ICtCp) would
+    lose every frame of the video; it is read as the nearest tag FFmpeg converts instead (BT.2020 for its
+    constant-luminance variant, else untagged, BT.601), and ``notes`` gets one line saying so."""
+    try:
+        return frame.to_ndarray(format="rgb24")
+    except OSError as e:
+        if getattr(e, "errno", None) not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    tag = int(getattr(frame, "colorspace", 2))
+    frame.colorspace, read_as = (9, "BT.2020") if tag == 10 else (2, "BT.601")
+    if notes is not None:
+        notes.add(
+            f"its colour space (tag {tag}) is one FFmpeg cannot convert to RGB: read as {read_as}, so its colours "
+            "may be off"
+        )
+    return frame.to_ndarray(format="rgb24")
+
+
 def upright(a: np.ndarray, turn: int) -> np.ndarray:
     """A picture (H, W, ...) turned ``turn`` quarter turns counter-clockwise (a contiguous copy), or itself for 0."""
     return np.ascontiguousarray(np.rot90(a, turn)) if turn % 4 else a
@@ -354,6 +376,7 @@ class Source:
         # a file whose frames stop short of what its container says (truncated, or damaged past its index): what it
         # said and what the frames covered, once it has been read to the end (:func:`shortfall`)
         self.shortfall: dict[str, Any] | None = None
+        self.notes: set[str] = set()  # one-line warnings about how frames were read, said after the run
 
     def __iter__(self) -> Iterator[Item]:
         raise NotImplementedError
@@ -491,12 +514,12 @@ class VideoSource(Source):
 
     def _pixels(self, f: Any) -> Any:
         if self.lazy:
-            return Decoded(f, self.turn)
+            return Decoded(f, self.turn, self.notes)
         if self.yuv:
             got = planes(f)
             if got is not None:
                 return got.map(lambda p: upright(p, self.turn)) if self.turn else got
-        return upright(f.to_ndarray(format="rgb24"), self.turn)
+        return upright(frame_rgb(f, self.notes), self.turn)
 
     def close(self) -> None:
         try:

@@ -538,3 +538,47 @@ def test_a_failed_run_keeps_the_earlier_runs_outputs(bundle64, clip64, tmp_path,
         rc, err = run_main(capsys, *base, str(bad))
         check_one_line_error(rc, err, needle)
         assert {p.name: p.read_bytes() for p in out.iterdir()} == good, bad.name
+
+
+def test_a_colour_space_ffmpeg_cannot_convert_is_read_as_bt601_with_a_warning(bundle64, tmp_path, capsys):
+    """H.264 tagged YCgCo (matrix 8): PyAV 18 refuses to make RGB of it ("operation not supported"), which lost every
+    frame ("zero frames decoded"). Now every frame runs, read as untagged video, with one warning after the run."""
+    import av
+
+    from runtime.sources import frame_rgb
+
+    frames = moving_frames(12)
+    clip = tmp_path / "ycgco.mp4"
+    with av.open(str(clip), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.height, s.width = frames.shape[1:3]
+        s.pix_fmt, s.options = "yuv420p", {"preset": "ultrafast"}
+        s.codec_context.colorspace = 8
+        for f in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    with av.open(str(clip)) as c:
+        first = next(c.decode(video=0))
+    assert first.colorspace == 8
+    with pytest.raises(OSError):
+        first.to_ndarray(format="rgb24")
+    notes: set[str] = set()
+    rgb = frame_rgb(first, notes)
+    first.colorspace = 2
+    assert np.array_equal(rgb, first.to_ndarray(format="rgb24")) and len(notes) == 1
+    for mode in ("stream", "mv"):
+        rc, err = run_main(
+            capsys,
+            "--engine",
+            str(bundle64 / "deq_cell.onnx"),
+            str(clip),
+            "--out",
+            str(tmp_path / mode),
+            "--mode",
+            mode,
+        )
+        assert rc == 0 and "Traceback" not in err
+        assert err.count("(tag 8) is one FFmpeg cannot convert to RGB: read as BT.601") == 1, err
+        assert len(records(tmp_path / mode)) == 12
