@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 import time
 from pathlib import Path
 
@@ -73,11 +74,16 @@ def test_rss_peak_sees_memory_held_during_the_block() -> None:
     with host.RssPeak() as idle:
         pass
     with host.RssPeak() as peak:
-        held = np.ones(64 << 20, np.uint8)  # 64 MB, touched
+        # 64 MB of fresh pages, touched: a mapping of its own (np.ones could reuse heap memory an earlier test freed
+        # and the allocator kept resident, and then the process would not grow; it failed so once in CI)
+        buf = mmap.mmap(-1, 64 << 20)
+        held = np.frombuffer(buf, np.uint8)
+        held[:] = 1
         seen, t0 = peak.samples, time.monotonic()
         while peak.samples < seen + 2 and time.monotonic() - t0 < 10:  # a busy machine may schedule it late
             time.sleep(0.01)
         del held
+        buf.close()
     if peak.mb is None:
         pytest.skip("no /proc/self/statm on this system")
     assert peak.mb >= 60 and idle.mb is not None and idle.mb < 30
