@@ -18,7 +18,7 @@ FULL_RANGE = 2  # AVColorRange: AVCOL_RANGE_JPEG, 0..255 luma and chroma
 # Kr, Kb by the frame's colour-space tag (AVColorSpace), as FFmpeg's converter applies them when PyAV makes RGB:
 # BT.709 (1); untagged (2), RGB (0) and the BT.601 tags (5, 6) as BT.601; FCC (4), SMPTE 240M (7), BT.2020
 # non-constant-luminance (9). Other tags (YCgCo, constant-luminance BT.2020, ICtCp, ...): no planes, the host
-# converts (PyAV 18 refuses most of them, runtime.sources then reports the frame as undecodable).
+# converts (PyAV 18 refuses most of them; runtime.sources.frame_rgb then reads them as the nearest tag it converts).
 _KR_KB = {
     0: (0.299, 0.114),
     1: (0.2126, 0.0722),

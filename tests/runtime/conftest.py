@@ -57,10 +57,12 @@ def write_clip(
     rotation: int = 0,
     options: Any = None,
     container_options: Any = None,
+    colorspace: int | None = None,
 ) -> Path:
     """``frames`` encoded into ``path``; ``rotation``: a display matrix turning them that many degrees
     counter-clockwise for viewing (as phones record portrait video); ``options``: the encoder's, instead of fast
-    x264 settings; ``container_options``: the muxer's (``{"movflags": "faststart"}``: an MP4's index up front)."""
+    x264 settings; ``container_options``: the muxer's (``{"movflags": "faststart"}``: an MP4's index up front);
+    ``colorspace``: the colour-space tag (AVColorSpace) the stream carries."""
     import av
 
     with av.open(str(path), "w", options=dict(container_options or {})) as c:
@@ -69,6 +71,8 @@ def write_clip(
         s.pix_fmt = "yuv420p"
         if rotation:
             s.set_display_rotation(rotation)
+        if colorspace is not None:
+            s.codec_context.colorspace = colorspace
         if options is not None:
             s.options = dict(options)
         elif codec == "libx264":

@@ -547,18 +547,7 @@ def test_a_colour_space_ffmpeg_cannot_convert_is_read_as_bt601_with_a_warning(bu
 
     from runtime.sources import frame_rgb
 
-    frames = moving_frames(12)
-    clip = tmp_path / "ycgco.mp4"
-    with av.open(str(clip), "w") as c:
-        s = c.add_stream("libx264", rate=10)
-        s.height, s.width = frames.shape[1:3]
-        s.pix_fmt, s.options = "yuv420p", {"preset": "ultrafast"}
-        s.codec_context.colorspace = 8
-        for f in frames:
-            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+    clip = write_clip(tmp_path / "ycgco.mp4", moving_frames(12), colorspace=8)
     with av.open(str(clip)) as c:
         first = next(c.decode(video=0))
     assert first.colorspace == 8
